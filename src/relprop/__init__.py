@@ -1,0 +1,19 @@
+"""relprop: relevance propagation and attribution methods for PyTorch, recurrent nets included.
+
+>>> import torch, relprop
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
+>>> relprop.explain(model, torch.randn(2, 4), method="lrp", preset="epsilon").relevance.shape
+torch.Size([2, 4])
+"""
+
+from __future__ import annotations
+
+from . import canonizers, composites, layers, methods, rules
+from .api import METHODS, Explanation, explain, method
+from .core import ExplanationError
+
+__all__ = [
+    "explain", "Explanation", "ExplanationError", "METHODS", "method",
+    "rules", "composites", "canonizers", "layers", "methods",
+]
+__version__ = "0.1.0"

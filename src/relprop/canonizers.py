@@ -1,0 +1,127 @@
+"""Reversible rewrites of a model into an equivalent form that LRP rules can explain.
+
+A canonizer's ``apply(model)`` changes the model and returns a function that restores it exactly (the original
+parameter tensors are put back, bit for bit). :meth:`relprop.composites.RuleMap.attached` undoes every canonizer
+on exit, also after an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .core import ExplanationError
+
+__all__ = ["Canonizer", "MergeBatchNorm"]
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_MERGEABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Canonizer(Protocol):
+    """Rewrites a model in place and returns the function that undoes the rewrite."""
+
+    def apply(self, model: nn.Module) -> Callable[[], None]: ...
+
+
+class MergeBatchNorm:
+    """Merge each eval-mode BatchNorm into the Linear/Conv layer before it; the BatchNorm becomes the identity.
+
+    ``y = gamma (x W^T + b - mean) / sqrt(var + eps) + beta`` becomes ``x W'^T + b'`` with
+    ``W' = a W``, ``b' = a (b - mean) + beta``, ``a = gamma / sqrt(var + eps)``. Pairs are found as consecutive
+    children of an ``nn.Sequential``; other pairs can be named: ``MergeBatchNorm(pairs=[("conv1", "bn1")])``.
+
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).eval()
+    >>> x = torch.randn(2, 3); before = model(x)
+    >>> undo = MergeBatchNorm().apply(model)
+    >>> torch.allclose(model(x), before, atol=1e-6)
+    True
+    >>> undo(); torch.equal(model(x), before)
+    True
+    """
+
+    def __init__(self, pairs: Sequence[tuple[str, str]] = ()) -> None:
+        self.pairs = tuple(pairs)
+
+    def _find(self, model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+        modules = dict(model.named_modules())
+        found = []
+        for linear_name, norm_name in self.pairs:
+            if linear_name not in modules or norm_name not in modules:
+                raise ExplanationError(f"MergeBatchNorm: no module named '{linear_name}' or '{norm_name}'")
+            found.append((modules[linear_name], modules[norm_name]))
+        for module in modules.values():
+            if isinstance(module, nn.Sequential):
+                children = list(module.children())
+                found += [(a, b) for a, b in zip(children, children[1:])
+                          if isinstance(a, _MERGEABLE) and isinstance(b, _BATCH_NORMS)]
+        return found
+
+    def apply(self, model: nn.Module) -> Callable[[], None]:
+        undo: list[Callable[[], None]] = []
+        try:
+            for linear, norm in self._find(model):
+                undo.append(_merge(linear, norm))
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+
+        def restore() -> None:
+            for step in reversed(undo):
+                step()
+
+        return restore
+
+
+def _merge(linear: nn.Module, norm: nn.Module) -> Callable[[], None]:
+    if norm.training or norm.running_mean is None or norm.running_var is None:
+        raise ExplanationError(
+            f"cannot merge {norm}: it must be in eval mode with running statistics (call model.eval())"
+        )
+    weight, bias = linear.weight, linear.bias
+    saved = {
+        "weight": weight.data, "bias": None if bias is None else bias.data,
+        "norm_weight": None if norm.weight is None else norm.weight.data,
+        "norm_bias": None if norm.bias is None else norm.bias.data,
+        "mean": norm.running_mean.data, "var": norm.running_var.data,
+    }
+    with torch.no_grad():
+        var, mean = norm.running_var, norm.running_mean
+        std = (var + norm.eps).sqrt()
+        scale = (norm.weight if norm.weight is not None else torch.ones_like(var)) / std
+        shift = norm.bias if norm.bias is not None else torch.zeros_like(mean)
+        old_bias = bias if bias is not None else torch.zeros_like(mean)
+        shape = (-1,) + (1,) * (weight.dim() - 1)  # (out_features, 1, ...) broadcasts over the weight
+        weight.data = weight.data * scale.reshape(shape)
+        new_bias = (old_bias - mean) * scale + shift
+        if bias is None:
+            linear.bias = nn.Parameter(new_bias, requires_grad=weight.requires_grad)
+        else:
+            bias.data = new_bias
+        # identity BatchNorm: (x - 0) / sqrt(1 - eps + eps) * 1 + 0
+        norm.running_mean.data = torch.zeros_like(mean)
+        norm.running_var.data = torch.ones_like(var) - norm.eps
+        if norm.weight is not None:
+            norm.weight.data = torch.ones_like(norm.weight)
+        if norm.bias is not None:
+            norm.bias.data = torch.zeros_like(norm.bias)
+    norm._relprop_merged = True  # read by the BatchNorm rule
+
+    def restore() -> None:
+        weight.data = saved["weight"]
+        if bias is None:
+            linear.bias = None
+        else:
+            bias.data = saved["bias"]
+        norm.running_mean.data, norm.running_var.data = saved["mean"], saved["var"]
+        if norm.weight is not None:
+            norm.weight.data = saved["norm_weight"]
+        if norm.bias is not None:
+            norm.bias.data = saved["norm_bias"]
+        del norm._relprop_merged
+
+    return restore

@@ -1,0 +1,241 @@
+"""Which rule goes where: :class:`RuleMap` assigns rules by module name, first layer or type, plus named presets.
+
+What a rule does lives in :mod:`relprop.rules`; this module only decides where each rule applies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from torch import Tensor, nn
+
+from . import rules
+from .canonizers import Canonizer, MergeBatchNorm
+from .core import ExplanationError, FunctionalGuard, Rule, attach_rules, lrp_check
+from .layers import GatedProduct, Sum
+
+__all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES"]
+
+Selector = Union[type, tuple[type, ...], str]
+
+CONV_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+LINEAR_TYPES: tuple[type, ...] = (nn.Linear, *CONV_TYPES)
+ACTIVATIONS: tuple[type, ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.ReLU6, nn.Hardtanh,
+    nn.PReLU, nn.SELU, nn.CELU,
+)
+AVG_POOLS: tuple[type, ...] = (
+    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+)
+MAX_POOLS: tuple[type, ...] = (
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)
+# Leaf modules whose backward is pure routing (or identity in eval mode): they need no rule.
+ROUTING_MODULES: tuple[type, ...] = (
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.Embedding,
+)
+
+_ADVICE = {
+    (nn.LSTM, nn.GRU, nn.RNN): "apply relprop.canonizers.ExplicitRecurrent() (the presets do) or build the model "
+    "from relprop.models cells",
+    (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d): "it must follow a Linear/Conv in an nn.Sequential to be "
+    "merged by MergeBatchNorm, or name the pair: MergeBatchNorm(pairs=[('conv', 'bn')])",
+}
+
+
+def _advice(module: nn.Module) -> str:
+    for types, text in _ADVICE.items():
+        if isinstance(module, types):
+            return text
+    kind = type(module).__name__
+    return (
+        f"add an entry to the RuleMap, e.g. RuleMap([({kind}, rules.Epsilon())]) for a linear map or "
+        f"RuleMap([({kind}, rules.Pass())]) for an element-wise activation"
+    )
+
+
+def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
+    return [
+        (ACTIVATIONS, rules.Pass()),
+        (Sum, rules.Proportional(stabilizer)),
+        (GatedProduct, rules.SignalTakeAll()),
+        (AVG_POOLS, rules.Proportional(stabilizer)),
+        (MAX_POOLS, rules.WinnerTakeAll()),
+        ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _MergedOnly()),
+    ]
+
+
+@dataclass(frozen=True)
+class _MergedOnly:
+    """Pass for a BatchNorm that MergeBatchNorm turned into the identity; raises for one it did not merge."""
+
+    def relevance(
+        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if not getattr(module, "_relprop_merged", False):
+            raise ExplanationError(f"BatchNorm {module} was not merged; {_ADVICE[(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)]}")
+        return (relevance_out,)
+
+
+def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
+    if isinstance(selector, str):
+        return fnmatch.fnmatchcase(name, selector)
+    return isinstance(module, selector)
+
+
+def _root(model: nn.Module) -> nn.Module:
+    """The module whose sub-modules get rules (wrappers such as relprop's embedding input point to the model)."""
+    return model.relprop_root() if hasattr(model, "relprop_root") else model  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class RuleMap:
+    """Assigns a rule to every leaf module: by name (glob patterns), then the first layer, then by type.
+
+    ``entries`` come first, then relprop's base map (activations pass, sums and average pools proportional,
+    gated products signal-take-all, max pools winner-take-all). ``first`` is the rule of the first module of a
+    type in ``first_types`` in registration order (zennit's convention).
+
+    >>> from torch import nn
+    >>> rule_map = RuleMap([(nn.Linear, rules.Epsilon())], first=rules.Flat())
+    >>> [type(rule).__name__ for _, _, rule in rule_map.assign(nn.Sequential(nn.Linear(2, 2), nn.ReLU(),
+    ...                                                                         nn.Linear(2, 1)))[0]]
+    ['Flat', 'Pass', 'Epsilon']
+    """
+
+    entries: Sequence[tuple[Selector, Rule]] = ()
+    first: Rule | None = None
+    first_types: tuple[type, ...] = LINEAR_TYPES
+    canonizers: Sequence[Canonizer] = field(default_factory=lambda: (MergeBatchNorm(),))
+    stabilizer: float = 1e-6
+
+    def assign(
+        self, model: nn.Module
+    ) -> tuple[list[tuple[str, nn.Module, Rule]], list[tuple[str, nn.Module, str]]]:
+        """Return ``(assignments, uncovered)`` for the leaf modules (and ruled containers) of ``model``."""
+        model = _root(model)
+        entries = list(self.entries) + _base_entries(self.stabilizer)
+        assignments: list[tuple[str, nn.Module, Rule]] = []
+        uncovered: list[tuple[str, nn.Module, str]] = []
+        first_done = self.first is None
+        for name, module in model.named_modules():
+            rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
+            if rule is None and not first_done and isinstance(module, self.first_types):
+                rule, first_done = self.first, True
+            if rule is None:
+                rule = next((r for s, r in entries if not isinstance(s, str) and _matches(s, name, module)), None)
+            if rule is not None:
+                assignments.append((name, module, rule))
+            elif not list(module.children()) and not isinstance(module, ROUTING_MODULES):
+                if list(module.parameters(recurse=False)) or type(module).forward is not nn.Module.forward:
+                    uncovered.append((name, module, _advice(module)))
+        ruled = {id(m) for _, m, _ in assignments}
+        # a ruled container owns its children: no tripwires below it
+        owned = {id(c) for _, m, _ in assignments for c in m.modules() if c is not m}
+        uncovered = [u for u in uncovered if id(u[1]) not in owned and id(u[1]) not in ruled]
+        assignments = [a for a in assignments if id(a[1]) not in owned]
+        return assignments, uncovered
+
+    @contextlib.contextmanager
+    def attached(self, model: nn.Module) -> Iterator[FunctionalGuard]:
+        """Apply the canonizers and attach the rules; yields the guard to enter around the forward pass.
+
+        Everything is undone on exit, also when an exception is raised.
+        """
+        model = _root(model)
+        with contextlib.ExitStack() as stack:
+            for canonizer in self.canonizers:
+                stack.callback(canonizer.apply(model))
+            assignments, uncovered = self.assign(model)
+            guard = FunctionalGuard(lrp_check)
+            trusted = [m for m in model.modules() if isinstance(m, ROUTING_MODULES)]
+            stack.enter_context(attach_rules(model, assignments, uncovered, guard, trusted))
+            yield guard
+
+
+PRESETS: dict[str, Callable[..., RuleMap]] = {}
+
+
+def preset(name: str) -> Callable[[Callable[..., RuleMap]], Callable[..., RuleMap]]:
+    """Register a function returning a :class:`RuleMap` under ``name``."""
+
+    def register(build: Callable[..., RuleMap]) -> Callable[..., RuleMap]:
+        PRESETS[name] = build
+        return build
+
+    return register
+
+
+def get_preset(name: str, **options: Any) -> RuleMap:
+    """Build the preset ``name`` with its options (e.g. ``epsilon=0.25`` or ``low=-1.0, high=1.0``)."""
+    if name not in PRESETS:
+        raise ExplanationError(f"unknown LRP preset '{name}'; valid presets: {', '.join(sorted(PRESETS))}")
+    try:
+        return PRESETS[name](**options)
+    except TypeError as error:
+        raise ExplanationError(f"preset '{name}': {error}") from None
+
+
+def _require_bounds(name: str, low: float | Tensor | None, high: float | Tensor | None) -> None:
+    if low is None or high is None:
+        raise ExplanationError(
+            f"preset '{name}' uses the zB rule on the first layer and needs the input range: pass low= and high= "
+            "(e.g. low=-1.0, high=1.0 for pixels scaled to [-1, 1])"
+        )
+
+
+@preset("epsilon")
+def _epsilon(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
+    return RuleMap([(LINEAR_TYPES, rules.Epsilon(epsilon=epsilon))], stabilizer=stabilizer)
+
+
+@preset("zplus")
+def _zplus(stabilizer: float = 1e-6) -> RuleMap:
+    return RuleMap([(LINEAR_TYPES, rules.ZPlus(stabilizer))], stabilizer=stabilizer)
+
+
+def _alpha_beta(alpha: float, beta: float) -> Callable[..., RuleMap]:
+    def build(stabilizer: float = 1e-6) -> RuleMap:
+        return RuleMap([(LINEAR_TYPES, rules.AlphaBeta(stabilizer, alpha=alpha, beta=beta))], stabilizer=stabilizer)
+
+    return build
+
+
+for _alpha, _beta in [(1, 0), (2, 1), (1.5, 0.5), (1.2, 0.2), (3, 2)]:
+    preset(f"alpha{_alpha}beta{_beta}")(_alpha_beta(_alpha, _beta))
+
+
+@preset("dtd")
+def _dtd(low: float | Tensor | None = None, high: float | Tensor | None = None, stabilizer: float = 1e-6) -> RuleMap:
+    """Deep Taylor decomposition: z+ in hidden layers, zB on the first layer (Montavon et al. 2017)."""
+    _require_bounds("dtd", low, high)
+    return RuleMap([(LINEAR_TYPES, rules.ZPlus(stabilizer))], first=rules.ZBox(stabilizer, low=low, high=high),
+                   stabilizer=stabilizer)  # type: ignore[arg-type]
+
+
+@preset("epsilon_plus_flat")
+def _epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
+    """zennit's EpsilonPlusFlat: z+ on convolutions, epsilon on dense layers, flat on the first linear layer."""
+    return RuleMap(
+        [(CONV_TYPES, rules.ZPlus(stabilizer)), (nn.Linear, rules.Epsilon(epsilon=epsilon))],
+        first=rules.Flat(stabilizer), stabilizer=stabilizer,
+    )
+
+
+@preset("epsilon_gamma_box")
+def _epsilon_gamma_box(
+    low: float | Tensor | None = None, high: float | Tensor | None = None, epsilon: float = 1e-6,
+    gamma: float = 0.25, stabilizer: float = 1e-6,
+) -> RuleMap:
+    """zennit's EpsilonGammaBox: gamma on convolutions, epsilon on dense layers, zB on the first convolution."""
+    _require_bounds("epsilon_gamma_box", low, high)
+    return RuleMap(
+        [(CONV_TYPES, rules.Gamma(stabilizer, gamma=gamma)), (nn.Linear, rules.Epsilon(epsilon=epsilon))],
+        first=rules.ZBox(stabilizer, low=low, high=high), first_types=CONV_TYPES,  # type: ignore[arg-type]
+        stabilizer=stabilizer,
+    )

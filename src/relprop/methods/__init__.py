@@ -1,0 +1,13 @@
+"""Attribution methods as plain functions ``f(model, x, target, **options) -> relevance`` (same shape as x)."""
+
+from __future__ import annotations
+
+from .gradient import gradient, gradient_x_input, integrated_gradients, sensitivity, smoothgrad
+from .guided import deconvnet, guided_backprop
+from .lrp import lrp
+from .perturbation import occlusion
+
+__all__ = [
+    "gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet", "integrated_gradients",
+    "smoothgrad", "occlusion", "lrp",
+]

@@ -1,0 +1,253 @@
+"""Activation maximisation: class prototypes ``x* = argmax_x log p(c|x)`` (Erhan et al. 2009).
+
+With a density model of the data as prior the objective becomes ``log p(c|x) + log p(x)``
+("AM + expert", Montavon et al. 2018, Methods for interpreting and understanding deep neural networks),
+which keeps the prototype close to the data instead of drifting to an adversarial pattern.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from relprop.core import ExplanationError
+
+__all__ = ["DensityModel", "GaussianMixturePrior", "GaussianPrior", "activation_maximization", "prototypes"]
+
+_WHERE = "relprop.methods.maximization"
+
+
+class DensityModel(Protocol):
+    """Anything with a differentiable ``log_prob(x (N, ...)) -> (N,)``."""
+
+    def log_prob(self, x: Tensor) -> Tensor: ...
+
+
+def _flatten64(x: Tensor, dim: int) -> Tensor:
+    """(N, ...) -> (N, D) in float64, checking that D matches the prior."""
+    flat = x.reshape(x.shape[0], -1)  # (N, D)
+    if flat.shape[1] != dim:
+        raise ExplanationError(
+            f"{_WHERE}: the prior was fitted on {dim} features but x has shape {tuple(x.shape)} "
+            f"({flat.shape[1]} features per sample); fit the prior on data flattened like x"
+        )
+    return flat.to(torch.float64)
+
+
+def _gaussian_log_density(diff: Tensor, scale_tril: Tensor) -> Tensor:
+    """log N(diff | 0, L L^T) for diff (..., D, N) and Cholesky factors L (..., D, D): (..., N)."""
+    z = torch.linalg.solve_triangular(scale_tril, diff, upper=False)  # (..., D, N)
+    log_det = 2.0 * torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)  # (...,)
+    dim = diff.shape[-2]
+    return -0.5 * (dim * math.log(2 * math.pi) + log_det[..., None] + z.square().sum(-2))
+
+
+def _cholesky(covariance: Tensor, what: str) -> Tensor:
+    factor, info = torch.linalg.cholesky_ex(covariance)
+    if bool((info != 0).any()):
+        raise ExplanationError(
+            f"{_WHERE}: the {what} covariance is not positive definite (constant features?); "
+            "use more shrinkage / regularisation"
+        )
+    return factor
+
+
+@dataclass(frozen=True)
+class GaussianPrior:
+    """Multivariate normal density of the data, ``log p(x) = log N(x | mean, L L^T)``, in float64."""
+
+    mean: Tensor  # (D,)
+    scale_tril: Tensor  # (D, D)
+
+    @classmethod
+    def fit(cls, data: Tensor, *, shrinkage: float | None = None) -> GaussianPrior:
+        """Fit mean and shrunk covariance ``(1 - s) S + s tr(S)/D I`` to data (N, ...).
+
+        ``shrinkage=None`` picks ``s`` by Ledoit-Wolf (scikit-learn); constant features (e.g. MNIST
+        borders) need ``s > 0``.
+        """
+        flat = data.detach().reshape(data.shape[0], -1).to(torch.float64)  # (N, D)
+        if shrinkage is None:
+            from sklearn.covariance import ledoit_wolf_shrinkage
+
+            shrinkage = float(ledoit_wolf_shrinkage(flat.cpu().numpy()))
+        mean = flat.mean(0)
+        centred = flat - mean
+        empirical = centred.T @ centred / flat.shape[0]  # (D, D)
+        scale = empirical.trace() / flat.shape[1]
+        eye = torch.eye(flat.shape[1], dtype=torch.float64, device=flat.device)
+        covariance = (1 - shrinkage) * empirical + shrinkage * scale * eye
+        return cls(mean=mean, scale_tril=_cholesky(covariance, "Gaussian prior"))
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log density per sample, (N, ...) -> (N,), differentiable in x."""
+        flat = _flatten64(x, self.mean.shape[0])
+        diff = (flat - self.mean.to(flat.device)).T  # (D, N)
+        result = _gaussian_log_density(diff, self.scale_tril.to(flat.device))
+        return result.to(x.dtype) if x.is_floating_point() else result
+
+
+@dataclass(frozen=True)
+class GaussianMixturePrior:
+    """Mixture of full-covariance Gaussians, fitted by scikit-learn, evaluated in torch (float64)."""
+
+    log_weights: Tensor  # (k,)
+    means: Tensor  # (k, D)
+    scale_trils: Tensor  # (k, D, D)
+
+    @classmethod
+    def fit(cls, data: Tensor, k: int = 10, seed: int = 0, *, reg_covar: float = 1e-3) -> GaussianMixturePrior:
+        """Fit ``k`` components to data (N, ...) with EM; ``reg_covar`` is added to every covariance diagonal."""
+        from sklearn.mixture import GaussianMixture
+
+        flat = data.detach().reshape(data.shape[0], -1).to(torch.float64)  # (N, D)
+        mixture = GaussianMixture(n_components=k, covariance_type="full", reg_covar=reg_covar, random_state=seed)
+        mixture.fit(flat.cpu().numpy())
+        covariances = torch.as_tensor(mixture.covariances_, dtype=torch.float64, device=flat.device)
+        return cls(
+            log_weights=torch.as_tensor(mixture.weights_, dtype=torch.float64, device=flat.device).log(),
+            means=torch.as_tensor(mixture.means_, dtype=torch.float64, device=flat.device),
+            scale_trils=_cholesky(covariances, "mixture component"),
+        )
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """Log density per sample, (N, ...) -> (N,), differentiable in x."""
+        flat = _flatten64(x, self.means.shape[1])
+        diff = (flat[None] - self.means.to(flat.device)[:, None]).transpose(1, 2)  # (k, D, N)
+        per_component = _gaussian_log_density(diff, self.scale_trils.to(flat.device))  # (k, N)
+        result = torch.logsumexp(per_component + self.log_weights.to(flat.device)[:, None], dim=0)
+        return result.to(x.dtype) if x.is_floating_point() else result
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Switch every submodule to eval mode and restore each module's own flag afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _into_ball(u: Tensor, norm: float | None) -> Tensor:
+    """x = u scaled into the L2 ball of radius ``norm`` per sample (identity inside the ball)."""
+    if norm is None:
+        return u
+    squared = u.reshape(u.shape[0], -1).square().sum(1)  # (B,)
+    outside = squared > norm**2
+    safe = torch.where(outside, squared, torch.ones_like(squared))
+    scale = torch.where(outside, norm * safe.rsqrt(), torch.ones_like(squared))
+    return u * scale.reshape(-1, *([1] * (u.ndim - 1)))
+
+
+def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.device, parameter.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def prototypes(
+    model: nn.Module,
+    classes: Sequence[int] | Tensor,
+    *,
+    shape: Sequence[int],
+    steps: int = 200,
+    lr: float = 0.05,
+    prior: DensityModel | None = None,
+    norm: float | None = None,
+    box: tuple[float, float] | None = (-1.0, 1.0),
+    init: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """One prototype per class, optimised together: (len(classes), *shape).
+
+    Gradient ascent with Adam on ``log_softmax(model(x))[c] (+ prior.log_prob(x))``; ``shape`` is one
+    input's shape, e.g. ``(784,)`` or ``(steps, features)`` for a sequence model. The softmax runs over the
+    model's own logits (the thesis' extra constant-zero training logit is not part of the model).
+    Constraints: ``box=(low, high)`` clamps every value; ``norm=r`` keeps ``||x||_2 <= r`` per sample.
+    The ball is a reparametrisation ``x = u * min(1, r / ||u||)`` (projecting Adam steps onto a ball
+    would stall at a wrong point, since Adam rescales coordinates); the box clamps ``u`` after each step,
+    so ``0`` must lie in the box when both are used. ``init`` (shape or (len(classes), *shape)) defaults
+    to seeded noise of scale 0.01. The model runs in eval mode (each module's flag is restored); only x
+    is optimised (``torch.autograd.grad``), so parameters and their ``.grad`` stay untouched.
+    """
+    device, dtype = _device_dtype(model)
+    labels = torch.as_tensor(classes, dtype=torch.long, device=device).reshape(-1)  # (B,)
+    size = (labels.numel(), *shape)
+    if box is not None and not box[0] < box[1]:
+        raise ExplanationError(f"{_WHERE}: box must be (low, high) with low < high, got {box}")
+    if norm is not None and (norm <= 0 or (box is not None and not box[0] <= 0 <= box[1])):
+        raise ExplanationError(
+            f"{_WHERE}: norm={norm} needs norm > 0 and a box containing 0 (got box={box}); "
+            "shift the inputs or drop one constraint"
+        )
+    if init is None:
+        generator = torch.Generator().manual_seed(seed)
+        start = 0.01 * torch.randn(size, generator=generator, dtype=torch.float64)
+    elif init.shape in (torch.Size(size), torch.Size(size[1:])):
+        start = init.detach().expand(size)
+    else:
+        raise ExplanationError(f"{_WHERE}: init must have shape {tuple(size[1:])} or {size}, got {tuple(init.shape)}")
+    u = start.to(device=device, dtype=dtype).clone()
+    if box is not None:
+        u.clamp_(*box)
+    u.requires_grad_(True)
+    optimizer = torch.optim.Adam([u], lr=lr, maximize=True)
+    rows = torch.arange(labels.numel(), device=device)
+    with _eval_mode(model), torch.enable_grad():
+        for _ in range(steps):
+            x = _into_ball(u, norm)
+            logits = model(x)
+            if logits.ndim != 2 or int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
+                raise ExplanationError(
+                    f"{_WHERE}: classes {labels.tolist()} do not index the model output of shape "
+                    f"{tuple(logits.shape)} for inputs of shape {tuple(x.shape)}"
+                )
+            objective = torch.log_softmax(logits, dim=1)[rows, labels].sum()
+            if prior is not None:
+                objective = objective + prior.log_prob(x).sum()
+            (u.grad,) = torch.autograd.grad(objective, u)
+            optimizer.step()
+            if box is not None:
+                with torch.no_grad():
+                    u.clamp_(*box)
+    return _into_ball(u.detach(), norm)
+
+
+def activation_maximization(
+    model: nn.Module,
+    target: int,
+    *,
+    shape: Sequence[int],
+    steps: int = 200,
+    lr: float = 0.05,
+    prior: DensityModel | None = None,
+    norm: float | None = None,
+    box: tuple[float, float] | None = (-1.0, 1.0),
+    init: Tensor | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """Prototype of class ``target``: ``argmax_x log p(target|x) [+ log p(x)]``, shape ``shape``.
+
+    See :func:`prototypes` for the constraints and the optimiser.
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(3, 2, bias=False)
+    >>> activation_maximization(model, 1, shape=(3,), steps=5).shape
+    torch.Size([3])
+    """
+    batch_init = None if init is None else init.reshape(1, *shape)
+    return prototypes(
+        model, [target], shape=shape, steps=steps, lr=lr, prior=prior, norm=norm, box=box, init=batch_init,
+        seed=seed,
+    )[0]

@@ -1,0 +1,282 @@
+"""The z-rule family of LRP for linear maps (Linear, ConvNd and modules exposing ``relprop_affine``).
+
+Every rule here has the form (Bach et al. 2015; Montavon et al. 2019, "Layer-wise relevance propagation: an
+overview")::
+
+    R_j = sum_groups c_g * sum_k  sum_t sign_t * x^t_j w^t_jk / stabilize(z^g_k) * m^g_k * R_k
+    z^g_k = sum_t sign_t * (sum_j x^t_j w^t_jk + b^t_k)
+
+where each *term* ``t`` modifies the inputs, weights and bias, each *group* ``g`` of terms shares one denominator,
+and ``m^g`` optionally masks outputs (Gamma uses the sign of z). Simple rules override :meth:`ZRule.inputs` and
+:meth:`ZRule.weights`; rules with several terms override :meth:`ZRule.groups`. By default a rule's weight
+modifier also applies to the bias, which then takes part in the denominator (as in zennit); ``bias=False`` drops it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..core import ExplanationError, stabilize
+
+__all__ = ["ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "affine_map"]
+
+
+class _Affine:
+    """A linear map ``x -> x W^T + b`` of one module, with its transpose (the vector-Jacobian product)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        if hasattr(module, "relprop_affine"):
+            self.weight, self.bias = module.relprop_affine()
+            self.kind = "linear"
+        elif isinstance(module, nn.Linear):
+            self.weight, self.bias, self.kind = module.weight, module.bias, "linear"
+        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            self.weight, self.bias, self.kind = module.weight, module.bias, "conv"
+        else:
+            raise ExplanationError(
+                f"z-rules need a linear map, but got {type(module).__name__}; give it a rule from "
+                "relprop.rules.elementwise, or add a relprop_affine() method returning (weight, bias)"
+            )
+
+    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.kind == "linear":
+            return F.linear(x, weight, bias)
+        return self.module._conv_forward(x, weight, bias)  # type: ignore[operator]  # handles padding modes
+
+    def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
+        if self.kind == "linear":
+            return s @ weight
+        conv = self.module
+        if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+            grad_input = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input,
+                          3: torch.nn.grad.conv3d_input}[weight.dim() - 2]
+            return grad_input(x.shape, weight, s, conv.stride, conv.padding, conv.dilation, conv.groups)
+        x = x.detach().requires_grad_()
+        (grad,) = torch.autograd.grad(self.forward(x, weight, None), x, s)
+        return grad
+
+
+def affine_map(module: nn.Module) -> _Affine:
+    """The linear map of ``module`` as used by the z-rules (raises for modules that are not linear maps)."""
+    return _Affine(module)
+
+
+class Term(NamedTuple):
+    """One contribution ``sign * (x W^T + b)`` to a denominator."""
+
+    x: Tensor
+    weight: Tensor
+    bias: Tensor | None
+    sign: float = 1.0
+
+
+class Group(NamedTuple):
+    """Terms sharing one denominator; its relevance is scaled by ``coefficient`` and masked by ``mask``."""
+
+    terms: list[Term]
+    coefficient: float = 1.0
+    mask: Tensor | None = None
+
+
+def _positive(t: Tensor) -> Tensor:
+    return t.clamp(min=0)
+
+
+def _negative(t: Tensor) -> Tensor:
+    return t.clamp(max=0)
+
+
+@dataclass(frozen=True)
+class ZRule:
+    """Base of the z-rule family: one term with modified inputs and weights, one stabilised denominator."""
+
+    stabilizer: float = 1e-6
+    bias: bool = True
+
+    def inputs(self, x: Tensor) -> Tensor:
+        return x
+
+    def weights(self, name: str, param: Tensor) -> Tensor:
+        return param
+
+    def stabilize(self, z: Tensor) -> Tensor:
+        return stabilize(z, self.stabilizer)
+
+    def _bias(self, bias: Tensor | None) -> Tensor | None:
+        if bias is None or not self.bias:
+            return None
+        return self.weights("bias", bias)
+
+    def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
+        return [Group([Term(self.inputs(x), self.weights("weight", weight), self._bias(bias))])]
+
+    def relevance(
+        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x,) = inputs
+        affine = _Affine(module)
+        relevance_in = torch.zeros_like(x)
+        for group in self.groups(x, affine.weight, affine.bias, output):
+            z = sum(term.sign * affine.forward(term.x, term.weight, term.bias) for term in group.terms)
+            s = relevance_out / self.stabilize(z)  # type: ignore[arg-type]
+            if group.mask is not None:
+                s = s * group.mask
+            for term in group.terms:
+                relevance_in = relevance_in + (group.coefficient * term.sign) * term.x * affine.transpose(
+                    s, term.weight, x
+                )
+        return (relevance_in,)
+
+
+def _signed_terms(x: Tensor, w_pos: Tensor, w_neg: Tensor, bias: Tensor | None) -> list[Term]:
+    """``x+ w_pos + bias + x- w_neg``; the negative-input term is dropped when x has no negative entries."""
+    terms = [Term(_positive(x), w_pos, bias)]
+    if bool((x < 0).any()):
+        terms.append(Term(_negative(x), w_neg, None))
+    return terms
+
+
+@dataclass(frozen=True)
+class Epsilon(ZRule):
+    """LRP-epsilon: ``R_j = sum_k a_j w_jk / (z_k + eps sign(z_k)) R_k`` (Bach et al. 2015). ``epsilon=0`` is LRP-0.
+
+    >>> layer = torch.nn.Linear(3, 2)
+    >>> Epsilon(epsilon=1e-9).relevance(layer, (torch.ones(1, 3),), layer(torch.ones(1, 3)), torch.ones(1, 2))[0].shape
+    torch.Size([1, 3])
+    """
+
+    epsilon: float = 1e-6
+
+    def stabilize(self, z: Tensor) -> Tensor:
+        if self.epsilon == 0:
+            return torch.where(z == 0, torch.ones_like(z), z)
+        return stabilize(z, self.epsilon)
+
+    def relevance(
+        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x,) = inputs
+        affine = _Affine(module)
+        if not self.bias and affine.bias is not None or hasattr(module, "relprop_affine"):
+            z = affine.forward(x, affine.weight, self._bias(affine.bias))
+        else:
+            z = output  # the module's own output is x W^T + b
+        return (x * affine.transpose(relevance_out / self.stabilize(z), affine.weight, x),)
+
+
+@dataclass(frozen=True)
+class ZPlus(ZRule):
+    """z+: ``R_j = sum_k a_j w+_jk / sum_j a_j w+_jk R_k`` (Montavon et al. 2017); equals AlphaBeta(1, 0).
+
+    Negative inputs contribute through negative weights (``x- w-``), the generalisation zennit uses.
+    """
+
+    def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
+        b_pos = _positive(bias) if bias is not None and self.bias else None
+        return [Group(_signed_terms(x, _positive(weight), _negative(weight), b_pos))]
+
+
+@dataclass(frozen=True)
+class AlphaBeta(ZRule):
+    """alpha-beta: ``R_j = sum_k (alpha z+_jk / z+_k - beta z-_jk / z-_k) R_k`` with ``alpha - beta = 1``.
+
+    (Bach et al. 2015.) ``z+`` collects positive contributions ``x+ w+ + x- w- + b+``, ``z-`` the negative ones.
+    """
+
+    alpha: float = 2.0
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1) > 1e-12:
+            raise ValueError(f"AlphaBeta needs alpha >= 0, beta >= 0 and alpha - beta = 1, got {self.alpha}, {self.beta}")
+
+    def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
+        w_pos, w_neg = _positive(weight), _negative(weight)
+        b_pos = _positive(bias) if bias is not None and self.bias else None
+        b_neg = _negative(bias) if bias is not None and self.bias else None
+        groups = [Group(_signed_terms(x, w_pos, w_neg, b_pos), self.alpha)]
+        if self.beta:
+            groups.append(Group(_signed_terms(x, w_neg, w_pos, b_neg), -self.beta))
+        return groups
+
+
+@dataclass(frozen=True)
+class Gamma(ZRule):
+    """gamma: weights ``w + gamma w+`` favour positive contributions (Montavon et al. 2019).
+
+    Generalised to signed inputs and outputs (Andeol et al. 2021): outputs with ``z > 0`` use
+    ``x+ (w + gamma w+) + x- (w + gamma w-)``, outputs with ``z < 0`` the mirror image.
+    """
+
+    gamma: float = 0.25
+
+    def _lift(self, param: Tensor, part: Tensor) -> Tensor:
+        return param + self.gamma * part
+
+    def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
+        up = self._lift(weight, _positive(weight))
+        down = self._lift(weight, _negative(weight))
+        use_bias = bias is not None and self.bias
+        b_up = self._lift(bias, _positive(bias)) if use_bias else None  # type: ignore[arg-type]
+        b_down = self._lift(bias, _negative(bias)) if use_bias else None  # type: ignore[arg-type]
+        return [
+            Group(_signed_terms(x, up, down, b_up), mask=(output > 0).to(output)),
+            Group(_signed_terms(x, down, up, b_down), mask=(output < 0).to(output)),
+        ]
+
+
+@dataclass(frozen=True)
+class ZBox(ZRule):
+    """zB for inputs bounded in ``[low, high]``: ``z_jk = a_j w_jk - l_j w+_jk - h_j w-_jk`` (Montavon et al. 2017).
+
+    ``low`` and ``high`` are scalars or tensors broadcastable to one sample (per-feature bounds).
+    """
+
+    low: float | Tensor = field(default=-1.0)
+    high: float | Tensor = field(default=1.0)
+
+    def _bound(self, value: float | Tensor, x: Tensor) -> Tensor:
+        bound = torch.as_tensor(value).to(x)
+        if bound.dim() == x.dim() - 1:
+            bound = bound.unsqueeze(0)
+        return bound.expand_as(x)
+
+    def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
+        use_bias = bias is not None and self.bias
+        return [Group([
+            Term(x, weight, bias if use_bias else None),
+            Term(self._bound(self.low, x), _positive(weight), _positive(bias) if use_bias else None, -1.0),  # type: ignore[arg-type]
+            Term(self._bound(self.high, x), _negative(weight), _negative(bias) if use_bias else None, -1.0),  # type: ignore[arg-type]
+        ])]
+
+
+@dataclass(frozen=True)
+class WSquare(ZRule):
+    """w^2: ``R_j = sum_k w_jk^2 / sum_j w_jk^2 R_k`` (Montavon et al. 2017); the bias takes no part by default."""
+
+    bias: bool = False
+
+    def inputs(self, x: Tensor) -> Tensor:
+        return torch.ones_like(x)
+
+    def weights(self, name: str, param: Tensor) -> Tensor:
+        return param**2
+
+
+@dataclass(frozen=True)
+class Flat(ZRule):
+    """flat: relevance spreads uniformly over each output's receptive field (Lapuschkin et al. 2019)."""
+
+    bias: bool = False
+
+    def inputs(self, x: Tensor) -> Tensor:
+        return torch.ones_like(x)
+
+    def weights(self, name: str, param: Tensor) -> Tensor:
+        return torch.ones_like(param)

@@ -45,10 +45,12 @@ def _gaussian_log_density(diff: Tensor, scale_tril: Tensor) -> Tensor:
     z = torch.linalg.solve_triangular(scale_tril, diff, upper=False)  # (..., D, N)
     log_det = 2.0 * torch.diagonal(scale_tril, dim1=-2, dim2=-1).log().sum(-1)  # (...,)
     dim = diff.shape[-2]
-    return -0.5 * (dim * math.log(2 * math.pi) + log_det[..., None] + z.square().sum(-2))
+    density: Tensor = -0.5 * (dim * math.log(2 * math.pi) + log_det[..., None] + z.square().sum(-2))
+    return density
 
 
 def _cholesky(covariance: Tensor, what: str) -> Tensor:
+    factor: Tensor
     factor, info = torch.linalg.cholesky_ex(covariance)
     if bool((info != 0).any()):
         raise ExplanationError(
@@ -102,12 +104,16 @@ class GaussianMixturePrior:
     scale_trils: Tensor  # (k, D, D)
 
     @classmethod
-    def fit(cls, data: Tensor, k: int = 10, seed: int = 0, *, reg_covar: float = 1e-3) -> GaussianMixturePrior:
-        """Fit ``k`` components to data (N, ...) with EM; ``reg_covar`` is added to every covariance diagonal."""
+    def fit(
+        cls, data: Tensor, k: int = 10, seed: int = 0, *, reg_covar: float = 1e-3
+    ) -> GaussianMixturePrior:
+        """Fit ``k`` components to data (N, ...) by EM; ``reg_covar`` is added to each covariance diagonal."""
         from sklearn.mixture import GaussianMixture
 
         flat = data.detach().reshape(data.shape[0], -1).to(torch.float64)  # (N, D)
-        mixture = GaussianMixture(n_components=k, covariance_type="full", reg_covar=reg_covar, random_state=seed)
+        mixture = GaussianMixture(
+            n_components=k, covariance_type="full", reg_covar=reg_covar, random_state=seed
+        )
         mixture.fit(flat.cpu().numpy())
         covariances = torch.as_tensor(mixture.covariances_, dtype=torch.float64, device=flat.device)
         return cls(
@@ -196,7 +202,9 @@ def prototypes(
     elif init.shape in (torch.Size(size), torch.Size(size[1:])):
         start = init.detach().expand(size)
     else:
-        raise ExplanationError(f"{_WHERE}: init must have shape {tuple(size[1:])} or {size}, got {tuple(init.shape)}")
+        raise ExplanationError(
+            f"{_WHERE}: init must have shape {tuple(size[1:])} or {size}, got {tuple(init.shape)}"
+        )
     u = start.to(device=device, dtype=dtype).clone()
     if box is not None:
         u.clamp_(*box)
@@ -246,8 +254,15 @@ def activation_maximization(
     >>> activation_maximization(model, 1, shape=(3,), steps=5).shape
     torch.Size([3])
     """
-    batch_init = None if init is None else init.reshape(1, *shape)
     return prototypes(
-        model, [target], shape=shape, steps=steps, lr=lr, prior=prior, norm=norm, box=box, init=batch_init,
+        model,
+        [target],
+        shape=shape,
+        steps=steps,
+        lr=lr,
+        prior=prior,
+        norm=norm,
+        box=box,
+        init=init,
         seed=seed,
     )[0]

@@ -1,0 +1,219 @@
+"""Faithfulness metrics: does removing the relevant features change the prediction?
+
+Pixel flipping / region perturbation (Bach et al. 2015; Samek et al. 2017): remove features in order of
+relevance, most relevant first ("morf"), and record the target-class output. A good explanation makes the
+output drop fast; the area over the perturbation curve (AOPC) summarises the drop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from relprop.core import ExplanationError
+
+__all__ = ["FlipCurve", "pixel_flipping", "word_deletion"]
+
+Order = Literal["morf", "lerf", "random"]
+_WHERE = "relprop.metrics.faithfulness"
+
+
+@dataclass(frozen=True)
+class FlipCurve:
+    """Perturbation curve of a batch.
+
+    ``fractions`` (steps + 1,): share of features (or groups) removed at each point, from 0 to 1.
+    ``scores`` (N, steps + 1): target-class output after that removal (``scores[:, 0] = f(x)``).
+    ``aopc`` (N,): ``1/(L+1) sum_{k=0}^{L} (f(x) - f(x_k))`` over the ``L + 1 = steps + 1`` points
+    (Samek et al. 2017); higher means the ordering found the evidence faster.
+    """
+
+    fractions: Tensor
+    scores: Tensor
+    aopc: Tensor
+    higher_is_better: ClassVar[bool] = True
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Switch every submodule to eval mode and restore each module's own flag afterwards."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def _groups(feature_groups: Tensor | None, feature_shape: torch.Size, device: torch.device) -> Tensor:
+    """Map each element of one sample to a group index in [0, G): a LongTensor of shape (D,)."""
+    size = feature_shape.numel()
+    if feature_groups is None:
+        return torch.arange(size, device=device)
+    if feature_groups.shape != feature_shape:
+        raise ExplanationError(
+            f"{_WHERE}: feature_groups must have the per-sample shape of x {tuple(feature_shape)} "
+            f"(one group id per element, shared by the batch), got {tuple(feature_groups.shape)}"
+        )
+    inverse: Tensor
+    _, inverse = torch.unique(feature_groups.reshape(-1).to(device), return_inverse=True)
+    return inverse  # (D,) relabelled to 0..G-1
+
+
+def _fill(fill: float | int | Tensor, x: Tensor) -> Tensor:
+    """Broadcast the replacement value to x's shape, keeping x's dtype (integer fills for token ids)."""
+    if isinstance(fill, Tensor):
+        if not x.is_floating_point() and fill.is_floating_point():
+            raise ExplanationError(
+                f"{_WHERE}: x holds integers ({x.dtype}) but the fill tensor is {fill.dtype}; "
+                "pass an integer baseline (e.g. the padding id)"
+            )
+        if fill.shape not in (x.shape, x.shape[1:]) and fill.numel() != 1:
+            raise ExplanationError(
+                f"{_WHERE}: fill tensor must be a scalar or have shape {tuple(x.shape)} or "
+                f"{tuple(x.shape[1:])}, got {tuple(fill.shape)}"
+            )
+        return fill.to(device=x.device, dtype=x.dtype).expand_as(x)
+    if not x.is_floating_point() and float(fill) != int(fill):
+        raise ExplanationError(f"{_WHERE}: x holds integers ({x.dtype}); fill={fill!r} must be an integer")
+    return torch.full_like(x, int(fill) if not x.is_floating_point() else float(fill))
+
+
+def _ranking(group_relevance: Tensor, order: Order, seed: int) -> Tensor:
+    """Group indices per sample in removal order: (N, G)."""
+    if order == "morf":
+        return group_relevance.argsort(dim=1, descending=True, stable=True)
+    if order == "lerf":
+        return group_relevance.argsort(dim=1, stable=True)
+    if order == "random":
+        generator = torch.Generator().manual_seed(seed)
+        keys = torch.rand(group_relevance.shape, generator=generator, dtype=torch.float64)
+        return keys.argsort(dim=1).to(group_relevance.device)
+    raise ExplanationError(f"{_WHERE}: unknown order {order!r}; use 'morf', 'lerf' or 'random'")
+
+
+def _target_scores(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor) -> Tensor:
+    """The model's output for each sample's target class: (n,)."""
+    output = model(x)
+    if output.ndim == 1:
+        return output
+    if output.ndim != 2:
+        raise ExplanationError(
+            f"{_WHERE}: the model must return (N, classes) or (N,), got shape {tuple(output.shape)}"
+        )
+    return output.gather(1, target[:, None])[:, 0]
+
+
+def pixel_flipping(
+    model: nn.Module,
+    x: Tensor,
+    relevance: Tensor,
+    target: int | Tensor,
+    *,
+    steps: int = 20,
+    fill: float | int | Tensor = -1.0,
+    feature_groups: Tensor | None = None,
+    order: Order = "morf",
+    seed: int = 0,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> FlipCurve:
+    """Perturbation curve: remove the most relevant features first and track the target output.
+
+    At point ``j`` the ``round(j / steps * G)`` highest-ranked features (or groups) are replaced by
+    ``fill`` (a number, or a baseline tensor of shape x or x[0]); ``G`` is the number of features, or of
+    groups when ``feature_groups`` (per-sample shape of x, one id per element, e.g. the time step of each
+    value) is given: a group is removed as a whole, ranked by its summed relevance. ``order`` is
+    ``"morf"`` (most relevant first), ``"lerf"`` (least relevant first) or ``"random"`` (seeded; the
+    chance-level baseline). Inputs may be integer token ids with an integer ``fill`` (see
+    :func:`word_deletion`). Runs under ``torch.no_grad`` in eval mode (each module's flag is restored),
+    in batches of ``batch_size`` samples; ``progress`` shows a tqdm bar over the curve points.
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(4, 2, bias=False)
+    >>> curve = pixel_flipping(model, torch.randn(3, 4), torch.randn(3, 4), 0, steps=4, fill=0.0)
+    >>> curve.scores.shape, curve.aopc.shape
+    (torch.Size([3, 5]), torch.Size([3]))
+    """
+    if relevance.shape != x.shape:
+        raise ExplanationError(
+            f"{_WHERE}: relevance must have the shape of x {tuple(x.shape)}, got {tuple(relevance.shape)}; "
+            "for token inputs sum relevance over the embedding axis first"
+        )
+    if steps < 1 or batch_size < 1:
+        raise ExplanationError(f"{_WHERE}: steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    n = x.shape[0]
+    target = torch.as_tensor(target, device=x.device, dtype=torch.long)
+    if target.shape not in ((), (n,)):
+        raise ExplanationError(f"{_WHERE}: target must be an int or ({n},), got {tuple(target.shape)}")
+    target = target.expand(n)  # (N,)
+    groups = _groups(feature_groups, x.shape[1:], x.device)  # (D,)
+    count = int(groups.max()) + 1 if groups.numel() else 0
+    flat_relevance = relevance.detach().reshape(n, -1).to(device=x.device, dtype=torch.float64)  # (N, D)
+    group_relevance = torch.zeros(n, count, dtype=torch.float64, device=x.device)
+    group_relevance.index_add_(1, groups, flat_relevance)  # (N, G)
+    ranking = _ranking(group_relevance, order, seed)  # (N, G)
+    rank = torch.empty_like(ranking)
+    rank.scatter_(1, ranking, torch.arange(count, device=x.device).expand(n, count))  # rank of each group
+    element_rank = rank[:, groups].reshape(x.shape)  # removal position of every element
+    baseline = _fill(fill, x)
+    fractions = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    removed_counts = torch.round(fractions * count).long().tolist()
+
+    columns = []
+    with torch.no_grad(), _eval_mode(model):
+        for removed in tqdm(removed_counts, disable=not progress, desc="pixel flipping", leave=False):
+            column = []
+            for start in range(0, n, batch_size):
+                part = slice(start, start + batch_size)
+                flipped = torch.where(element_rank[part] < removed, baseline[part], x[part])
+                column.append(_target_scores(model, flipped, target[part]))
+            columns.append(torch.cat(column))
+    scores = torch.stack(columns, dim=1)  # (N, steps + 1)
+    aopc = (scores[:, :1] - scores).mean(dim=1)
+    return FlipCurve(fractions=fractions.to(scores), scores=scores, aopc=aopc)
+
+
+def word_deletion(
+    model: nn.Module,
+    tokens: Tensor,
+    relevance: Tensor,
+    target: int | Tensor,
+    *,
+    pad_id: int = 0,
+    steps: int = 20,
+    order: Order = "morf",
+    seed: int = 0,
+    batch_size: int = 256,
+) -> FlipCurve:
+    """Word deletion: :func:`pixel_flipping` on token ids (N, L), replacing deleted words by ``pad_id``.
+
+    ``relevance`` is per word (N, L), or per embedding value (N, L, E), which is summed over E first.
+    Padding positions count as features; with zero relevance they are "removed" (a no-op) after the
+    positive words under ``"morf"``. The model receives integer token ids throughout.
+    """
+    if relevance.ndim == tokens.ndim + 1:
+        relevance = relevance.sum(dim=-1)  # (N, L, E) -> (N, L)
+    return pixel_flipping(
+        model,
+        tokens,
+        relevance,
+        target,
+        steps=steps,
+        fill=pad_id,
+        order=order,
+        seed=seed,
+        batch_size=batch_size,
+    )
+
+
+pixel_flipping.higher_is_better = True  # type: ignore[attr-defined]
+word_deletion.higher_is_better = True  # type: ignore[attr-defined]

@@ -1,0 +1,161 @@
+"""Localisation metrics: does the relevance sit on the blocks that hold the evidence?
+
+For MAJ sequences (Chormai 2018; Rieger et al. 2018) a sample is ``blocks`` side-by-side images and the
+ground-truth mask marks the blocks that show the true class. Relevance is first summed per block (the
+"coarse-grained" view), then compared with the mask.
+
+Layouts
+-------
+``"sequence"``: relevance ``(N, steps)`` or ``(N, steps, *features)``; block ``b`` is the ``steps / blocks``
+consecutive steps ``b * steps / blocks ...``. ``"image"``: relevance ``(N, W)``, ``(N, H, W)`` or
+``(N, C, H, W)``; blocks are equal-width column bands of the last axis. A 12-step MAJ heatmap gives the same
+block vector in both layouts (steps 4b..4b+3 are columns 28b..28b+27).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from relprop.core import ExplanationError
+
+__all__ = ["BlockCosine", "RelevanceInRegion", "block_cosine", "block_relevance", "relevance_in_region"]
+
+Layout = Literal["sequence", "image"]
+
+
+def block_relevance(relevance: Tensor, *, blocks: int = 3, layout: Layout = "sequence") -> Tensor:
+    """Sum relevance per block: ``(N, ...) -> (N, blocks)``.
+
+    Example
+    -------
+    >>> block_relevance(torch.ones(2, 12, 196), blocks=3)[0]
+    tensor([784., 784., 784.])
+    """
+    if relevance.ndim < 2:
+        raise ExplanationError(
+            f"relprop.metrics.localisation: relevance needs a batch axis, got shape {tuple(relevance.shape)}"
+        )
+    n = relevance.shape[0]
+    if layout == "sequence":
+        per_position = relevance.reshape(n, relevance.shape[1], -1).sum(dim=2)  # (N, steps)
+    elif layout == "image":
+        per_position = relevance.reshape(n, -1, relevance.shape[-1]).sum(dim=1)  # (N, W)
+    else:
+        raise ExplanationError(
+            f"relprop.metrics.localisation: unknown layout {layout!r}; use 'sequence' or 'image'"
+        )
+    length = per_position.shape[1]
+    if blocks < 1 or length % blocks:
+        axis = "steps" if layout == "sequence" else "columns"
+        raise ExplanationError(
+            f"relprop.metrics.localisation: {length} {axis} (relevance shape {tuple(relevance.shape)}, "
+            f"layout {layout!r}) do not split into {blocks} equal blocks; check blocks= or layout="
+        )
+    return per_position.reshape(n, blocks, length // blocks).sum(dim=2)  # (N, blocks)
+
+
+def _blocks_and_mask(
+    relevance: Tensor, mask: Tensor, blocks: int | None, layout: Layout
+) -> tuple[Tensor, Tensor]:
+    """Return the block vector and the mask as float tensors of shape (N, blocks), after checking shapes."""
+    if mask.ndim != 2 or mask.shape[0] != relevance.shape[0]:
+        raise ExplanationError(
+            f"relprop.metrics.localisation: mask must be (N, blocks) with N = {relevance.shape[0]} "
+            f"(relevance shape {tuple(relevance.shape)}), got mask shape {tuple(mask.shape)}"
+        )
+    if blocks is None:
+        blocks = mask.shape[1]
+    elif blocks != mask.shape[1]:
+        raise ExplanationError(
+            f"relprop.metrics.localisation: blocks={blocks} but the mask has {mask.shape[1]} entries"
+        )
+    dtype = relevance.dtype if relevance.is_floating_point() else torch.get_default_dtype()
+    vector = block_relevance(relevance.to(dtype), blocks=blocks, layout=layout)
+    return vector, mask.to(device=vector.device, dtype=dtype)
+
+
+def block_cosine(
+    relevance: Tensor, mask: Tensor, *, blocks: int | None = None, layout: Layout = "sequence"
+) -> Tensor:
+    """Cosine similarity between per-block relevance and the ground-truth mask, per sample.
+
+    ``cos(v, m) = v . m / (|v| |m|)`` with ``v_b`` the relevance summed over block ``b`` (Chormai 2018,
+    "coarse-grained explainability"). Raw (signed) sums are used, so the score lies in [-1, 1]; a sample
+    whose block vector (or mask) is all zero scores 0. ``blocks`` defaults to ``mask.shape[1]``.
+
+    Example
+    -------
+    >>> block_cosine(torch.tensor([[3.0, 4.0, 0.0]]), torch.tensor([[1, 0, 0]]))
+    tensor([0.6000])
+    """
+    vector, target = _blocks_and_mask(relevance, mask, blocks, layout)
+    denominator = vector.norm(dim=1) * target.norm(dim=1)
+    safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
+    return torch.where(denominator > 0, (vector * target).sum(dim=1) / safe, torch.zeros_like(denominator))
+
+
+def relevance_in_region(
+    relevance: Tensor,
+    mask: Tensor,
+    *,
+    blocks: int | None = None,
+    layout: Layout = "sequence",
+    positive: bool = False,
+) -> Tensor:
+    """Share of the relevance that falls on the correct blocks, per sample.
+
+    ``sum_{b: m_b > 0} v_b / sum_b v_b`` ("percentage of relevance in the data region", Chormai 2018).
+    Signed block sums are used as in the thesis, so the share can leave [0, 1] when blocks carry opposite
+    signs (negative relevance on a wrong block pushes the share above 1). Samples whose total is not
+    positive (zero or negative: no net evidence to share out) score 0, so the result is never NaN.
+    With ``positive=True`` only positive relevance counts (``R.clamp(min=0)`` per element before the
+    block sums), which bounds the share in [0, 1].
+
+    Example
+    -------
+    >>> relevance_in_region(torch.tensor([[3.0, 1.0, 0.0]]), torch.tensor([[1, 0, 0]]))
+    tensor([0.7500])
+    """
+    if positive:
+        relevance = relevance.clamp(min=0)
+    vector, target = _blocks_and_mask(relevance, mask, blocks, layout)
+    total = vector.sum(dim=1)
+    inside = (vector * (target > 0).to(vector)).sum(dim=1)
+    valid = total > torch.finfo(total.dtype).tiny
+    safe = torch.where(valid, total, torch.ones_like(total))
+    return torch.where(valid, inside / safe, torch.zeros_like(total))
+
+
+@dataclass(frozen=True)
+class BlockCosine:
+    """Callable :func:`block_cosine` with fixed options: ``metric(relevance, mask) -> (N,)``."""
+
+    blocks: int | None = None
+    layout: Layout = "sequence"
+    higher_is_better: ClassVar[bool] = True
+
+    def __call__(self, relevance: Tensor, mask: Tensor) -> Tensor:
+        return block_cosine(relevance, mask, blocks=self.blocks, layout=self.layout)
+
+
+@dataclass(frozen=True)
+class RelevanceInRegion:
+    """Callable :func:`relevance_in_region` with fixed options: ``metric(relevance, mask) -> (N,)``."""
+
+    blocks: int | None = None
+    layout: Layout = "sequence"
+    positive: bool = False
+    higher_is_better: ClassVar[bool] = True
+
+    def __call__(self, relevance: Tensor, mask: Tensor) -> Tensor:
+        return relevance_in_region(
+            relevance, mask, blocks=self.blocks, layout=self.layout, positive=self.positive
+        )
+
+
+block_cosine.higher_is_better = True  # type: ignore[attr-defined]
+relevance_in_region.higher_is_better = True  # type: ignore[attr-defined]

@@ -15,7 +15,7 @@ modifier also applies to the bias, which then takes part in the denominator (as 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +98,8 @@ class ZRule:
 
     stabilizer: float = 1e-6
     bias: bool = True
+    # True when inputs() ignores the values of x (flat, w^2): the denominator is then computed for one sample
+    uniform_inputs: ClassVar[bool] = False
 
     def inputs(self, x: Tensor) -> Tensor:
         return x
@@ -121,25 +123,24 @@ class ZRule:
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
         affine = _Affine(module)
-        relevance_in = torch.zeros_like(x)
+        relevance_in: Tensor | None = None
         for group in self.groups(x, affine.weight, affine.bias, output):
-            z = sum(term.sign * affine.forward(term.x, term.weight, term.bias) for term in group.terms)
+            z = sum(term.sign * affine.forward(term.x[:1] if self.uniform_inputs else term.x, term.weight, term.bias)
+                    for term in group.terms)  # (1 or batch, ...): a uniform denominator broadcasts over the batch
             s = relevance_out / self.stabilize(z)  # type: ignore[arg-type]
             if group.mask is not None:
                 s = s * group.mask
             for term in group.terms:
-                relevance_in = relevance_in + (group.coefficient * term.sign) * term.x * affine.transpose(
-                    s, term.weight, x
-                )
+                part = (group.coefficient * term.sign) * term.x * affine.transpose(s, term.weight, x)
+                relevance_in = part if relevance_in is None else relevance_in + part
         return (relevance_in,)
 
 
 def _signed_terms(x: Tensor, w_pos: Tensor, w_neg: Tensor, bias: Tensor | None) -> list[Term]:
     """``x+ w_pos + bias + x- w_neg``; the negative-input term is dropped when x has no negative entries."""
-    terms = [Term(_positive(x), w_pos, bias)]
-    if bool((x < 0).any()):
-        terms.append(Term(_negative(x), w_neg, None))
-    return terms
+    if not bool((x < 0).any()):
+        return [Term(x, w_pos, bias)]
+    return [Term(_positive(x), w_pos, bias), Term(_negative(x), w_neg, None)]
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,26 @@ class Gamma(ZRule):
     def _lift(self, param: Tensor, part: Tensor) -> Tensor:
         return param + self.gamma * part
 
+    def relevance(
+        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x,) = inputs
+        if bool((x < 0).any()):
+            return super().relevance(module, inputs, output, relevance_out)
+        # x >= 0 (e.g. after a ReLU): with q = x w+ + b+ and z = x w + b, the two denominators are
+        # z_up = z + gamma q and z_down = z + gamma (z - q); one extra forward and two transposes suffice.
+        affine = _Affine(module)
+        weight, bias = affine.weight, affine.bias if self.bias else None
+        w_pos = _positive(weight)
+        z = output if self.bias or affine.bias is None else affine.forward(x, weight, None)
+        q = affine.forward(x, w_pos, None if bias is None else _positive(bias))
+        s_up = relevance_out * (output > 0).to(z) / self.stabilize(z + self.gamma * q)
+        s_down = relevance_out * (output < 0).to(z) / self.stabilize(z + self.gamma * (z - q))
+        # R = x [T(s_up, w + g w+) + T(s_down, w + g w-)] = x [T(a, w+) + T(b, w-)]
+        a = (1 + self.gamma) * s_up + s_down
+        b = s_up + (1 + self.gamma) * s_down
+        return (x * (affine.transpose(a, w_pos, x) + affine.transpose(b, weight - w_pos, x)),)
+
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         up = self._lift(weight, _positive(weight))
         down = self._lift(weight, _negative(weight))
@@ -261,6 +282,7 @@ class WSquare(ZRule):
     """w^2: ``R_j = sum_k w_jk^2 / sum_j w_jk^2 R_k`` (Montavon et al. 2017); the bias takes no part by default."""
 
     bias: bool = False
+    uniform_inputs: ClassVar[bool] = True
 
     def inputs(self, x: Tensor) -> Tensor:
         return torch.ones_like(x)
@@ -274,6 +296,7 @@ class Flat(ZRule):
     """flat: relevance spreads uniformly over each output's receptive field (Lapuschkin et al. 2019)."""
 
     bias: bool = False
+    uniform_inputs: ClassVar[bool] = True
 
     def inputs(self, x: Tensor) -> Tensor:
         return torch.ones_like(x)

@@ -1,0 +1,253 @@
+"""Train and reload the SST text CNN (the sentiment experiment of the specification).
+
+A :class:`~relprop.models.text_cnn.TextCNN` on frozen GloVe 6B 50d vectors, trained with Adam (lr 1e-3,
+batch 256) for a fixed number of epochs; the final-epoch model is kept and the best-dev epoch is recorded. A
+run directory holds ``model.safetensors`` (the weights) and ``run.json`` (configs, vocabulary, per-epoch
+accuracies); no pickle.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import nn
+from tqdm.auto import tqdm
+
+from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
+from relprop.models.text_cnn import TextCNN, TextCNNConfig
+
+__all__ = ["TextTrainConfig", "TextEpoch", "TextRun", "train_text", "load_text_run", "evaluate_accuracy"]
+
+_FORMAT = "relprop.text_run"
+_VERSION = 1
+_WEIGHTS = "model.safetensors"
+_META = "run.json"
+
+
+@dataclass(frozen=True)
+class TextTrainConfig:
+    """Everything that determines a text CNN run.
+
+    ``classes`` is 5 (fine-grained) or 2 (binary SST-2); ``phrases`` trains on all labelled sub-phrases of
+    the training trees; ``train_limit`` keeps a seeded random subset of N training examples (quick tests);
+    ``run_dir`` is where the run is saved (None: not saved). The vocabulary is the training words
+    (``min_count``) plus, with ``glove_words``, every word of the GloVe file, so that the frozen vectors also
+    reach dev/test words unseen in training (no labels involved; as with the full GloVe vocabulary).
+    """
+
+    classes: int = 5
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    phrases: bool = False
+    filters: int = 100
+    width: int = 2
+    freeze_embeddings: bool = True
+    min_count: int = 1
+    glove_words: bool = True
+    train_limit: int | None = None
+    run_dir: str | None = None
+    device: str = "cpu"
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TextEpoch:
+    """Metrics after one epoch; accuracies in [0, 1], the training ones averaged over the epoch's batches."""
+
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    dev_accuracy: float
+    test_accuracy: float
+
+
+@dataclass(frozen=True)
+class TextRun:
+    """A trained (final-epoch) model with vocabulary, config and history; ``path`` is the run directory."""
+
+    model: TextCNN
+    vocabulary: Vocabulary
+    config: TextTrainConfig
+    history: tuple[TextEpoch, ...]
+    glove_coverage: float
+    path: Path | None = None
+
+    @property
+    def best_dev_epoch(self) -> int:
+        """1-based epoch with the highest dev accuracy (earliest on ties)."""
+        return max(self.history, key=lambda e: (e.dev_accuracy, -e.epoch)).epoch
+
+    @property
+    def dev_accuracy(self) -> float:
+        return self.history[-1].dev_accuracy
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.history[-1].test_accuracy
+
+
+@torch.no_grad()
+def evaluate_accuracy(
+    model: TextCNN, examples: Sequence[SSTExample], vocab: Vocabulary, *, batch_size: int = 1024
+) -> float:
+    """Fraction of ``examples`` whose argmax logit equals the label (model put in eval mode)."""
+    if not examples:
+        raise ValueError("evaluate_accuracy needs at least one example")
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for start in range(0, len(examples), batch_size):
+        ids, labels = batch_encode(examples[start : start + batch_size], vocab, min_length=model.config.width)
+        correct += int((model(ids.to(device)).argmax(dim=1).cpu() == labels).sum())
+    return correct / len(examples)
+
+
+def train_text(config: TextTrainConfig) -> TextRun:
+    """Train a TextCNN on SST with Adam and cross-entropy; evaluate dev and test after every epoch.
+
+    Example
+    -------
+    >>> run = train_text(TextTrainConfig(classes=2, epochs=5))  # doctest: +SKIP
+    >>> run.test_accuracy, run.best_dev_epoch  # doctest: +SKIP
+    """
+    if config.classes not in (5, 2):
+        raise ValueError(f"TextTrainConfig.classes must be 5 or 2, got {config.classes}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be >= 1, got {config.epochs} and {config.batch_size}")
+    torch.manual_seed(config.seed)
+    classes: Literal[5, 2] = 5 if config.classes == 5 else 2
+    train = load_sst("train", classes=classes, phrases=config.phrases)
+    if config.train_limit is not None:  # a seeded random subset: the tree files are not in random order
+        keep = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        train = [train[i] for i in sorted(keep[: config.train_limit].tolist())]
+    dev, test = load_sst("dev", classes=classes), load_sst("test", classes=classes)
+
+    vocab = Vocabulary.from_examples(train, min_count=config.min_count)
+    if config.glove_words:
+        vocab = vocab.extended(_glove_words())
+    glove = load_glove(vocab, seed=config.seed)
+    model_config = TextCNNConfig(
+        vocab_size=len(vocab),
+        embedding_dim=glove.vectors.shape[1],
+        filters=config.filters,
+        width=config.width,
+        classes=config.classes,
+        freeze_embeddings=config.freeze_embeddings,
+    )
+    model = TextCNN(model_config, embeddings=glove.vectors).to(config.device)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
+    loss_fn = nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(config.seed)
+
+    history: list[TextEpoch] = []
+    batches = math.ceil(len(train) / config.batch_size)
+    bar = tqdm(total=config.epochs * batches, desc="text cnn", disable=not config.progress, leave=False)
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).tolist()
+        loss_sum, correct = 0.0, 0
+        for start in range(0, len(train), config.batch_size):
+            batch = [train[i] for i in order[start : start + config.batch_size]]
+            ids, labels = batch_encode(batch, vocab, min_length=config.width)
+            ids, labels = ids.to(config.device), labels.to(config.device)
+            logits = model(ids)  # (batch, classes)
+            loss = loss_fn(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(batch)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+            bar.update()
+            bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}")
+        history.append(
+            TextEpoch(
+                epoch=epoch,
+                train_loss=loss_sum / len(train),
+                train_accuracy=correct / len(train),
+                dev_accuracy=evaluate_accuracy(model, dev, vocab),
+                test_accuracy=evaluate_accuracy(model, test, vocab),
+            )
+        )
+    bar.close()
+    model.eval()
+    run = TextRun(model, vocab, config, tuple(history), glove.coverage)
+    if config.run_dir is not None:
+        run = _save(run, Path(config.run_dir))
+    return run
+
+
+def load_text_run(path: str | os.PathLike[str]) -> TextRun:
+    """Restore a run saved by :func:`train_text` (weights from safetensors, the rest from JSON) on the CPU."""
+    directory = Path(path)
+    meta_file, weights_file = directory / _META, directory / _WEIGHTS
+    if not meta_file.is_file() or not weights_file.is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a text run directory: expected {_META} and {_WEIGHTS} written by train_text"
+        )
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+        raise ValueError(
+            f"{meta_file} has format {meta.get('format')!r} version {meta.get('version')!r}; "
+            f"expected {_FORMAT!r} version {_VERSION}"
+        )
+    config = _from_dict(TextTrainConfig, meta["train_config"])
+    model = TextCNN(_from_dict(TextCNNConfig, meta["model_config"]))
+    model.load_state_dict(load_safetensors(weights_file.read_bytes()), strict=True)
+    model.eval()
+    history = tuple(_from_dict(TextEpoch, e) for e in meta["history"])
+    vocab = Vocabulary.from_json(meta["vocabulary"])
+    return TextRun(model, vocab, config, history, float(meta["glove_coverage"]), directory)
+
+
+def _glove_words() -> list[str]:
+    with gzip.open(glove_path(), "rt", encoding="utf-8") as handle:
+        return [line.partition(" ")[0] for line in handle]
+
+
+def _save(run: TextRun, directory: Path) -> TextRun:
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu().contiguous() for name, tensor in run.model.state_dict().items()}
+    meta: dict[str, Any] = {
+        "format": _FORMAT,
+        "version": _VERSION,
+        "train_config": asdict(run.config),
+        "model_config": asdict(run.model.config),
+        "vocabulary": run.vocabulary.to_json(),
+        "history": [asdict(e) for e in run.history],
+        "best_dev_epoch": run.best_dev_epoch,
+        "glove_coverage": run.glove_coverage,
+    }
+    _atomic_write(directory / _WEIGHTS, save_safetensors(state))
+    _atomic_write(directory / _META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    return TextRun(run.model, run.vocabulary, run.config, run.history, run.glove_coverage, directory)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{key: value for key, value in data.items() if key in names})

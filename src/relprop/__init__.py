@@ -8,12 +8,12 @@ torch.Size([2, 4])
 
 from __future__ import annotations
 
-from . import canonizers, composites, layers, methods, rules
+from . import canonizers, composites, layers, methods, models, presets_recurrent, rules
 from .api import METHODS, Explanation, explain, method
 from .core import ExplanationError
 
 __all__ = [
     "explain", "Explanation", "ExplanationError", "METHODS", "method",
-    "rules", "composites", "canonizers", "layers", "methods",
+    "rules", "composites", "canonizers", "layers", "methods", "models",
 ]
 __version__ = "0.1.0"

@@ -125,3 +125,8 @@ def _merge(linear: nn.Module, norm: nn.Module) -> Callable[[], None]:
         del norm._relprop_merged
 
     return restore
+
+
+from .canonizers_recurrent import ExplicitRecurrent  # noqa: E402  (re-exported; it imports relprop.models)
+
+__all__ += ["ExplicitRecurrent"]

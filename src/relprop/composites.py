@@ -15,8 +15,10 @@ from torch import Tensor, nn
 
 from . import rules
 from .canonizers import Canonizer, MergeBatchNorm
+from .canonizers_recurrent import ExplicitRecurrent
 from .core import ExplanationError, FunctionalGuard, Rule, attach_rules, lrp_check
 from .layers import GatedProduct, Sum
+from .rules.mixed import Mixed, mixed_split
 
 __all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES"]
 
@@ -99,7 +101,10 @@ class RuleMap:
 
     ``entries`` come first, then relprop's base map (activations pass, sums and average pools proportional,
     gated products signal-take-all, max pools winner-take-all). ``first`` is the rule of the first module of a
-    type in ``first_types`` in registration order (zennit's convention).
+    type in ``first_types`` in registration order (zennit's convention). If that layer mixes model input and
+    recurrent state (it has a ``mixed_split``, e.g. the thesis's ``[x_t, r_{t-1}] W``), its input part gets
+    ``first`` and its state part the layer's type rule, with one shared denominator (:class:`rules.mixed.Mixed`).
+    The default canonizers merge batch norms and run stock ``nn.LSTM``/``nn.GRU``/``nn.RNN`` as explicit cells.
 
     >>> from torch import nn
     >>> rule_map = RuleMap([(nn.Linear, rules.Epsilon())], first=rules.Flat())
@@ -111,7 +116,7 @@ class RuleMap:
     entries: Sequence[tuple[Selector, Rule]] = ()
     first: Rule | None = None
     first_types: tuple[type, ...] = LINEAR_TYPES
-    canonizers: Sequence[Canonizer] = field(default_factory=lambda: (MergeBatchNorm(),))
+    canonizers: Sequence[Canonizer] = field(default_factory=lambda: (MergeBatchNorm(), ExplicitRecurrent()))
     stabilizer: float = 1e-6
 
     def assign(
@@ -127,6 +132,8 @@ class RuleMap:
             rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
             if rule is None and not first_done and isinstance(module, self.first_types):
                 rule, first_done = self.first, True
+                if mixed_split(module) is not None:  # pixels and recurrent state in one layer
+                    rule = self._mixed(name, module, rule, entries)
             if rule is None:
                 rule = next((r for s, r in entries if not isinstance(s, str) and _matches(s, name, module)), None)
             if rule is not None:
@@ -140,6 +147,16 @@ class RuleMap:
         uncovered = [u for u in uncovered if id(u[1]) not in owned and id(u[1]) not in ruled]
         assignments = [a for a in assignments if id(a[1]) not in owned]
         return assignments, uncovered
+
+    def _mixed(self, name: str, module: nn.Module, first: Rule, entries: list[tuple[Selector, Rule]]) -> Rule:
+        """The first rule on the pixel part, the module's type rule on the state part, one shared denominator."""
+        state = next((r for s, r in entries if not isinstance(s, str) and _matches(s, name, module)), None)
+        if not isinstance(first, rules.ZRule) or not isinstance(state, rules.ZRule):
+            raise ExplanationError(
+                f"layer '{name}' mixes model input and recurrent state, which needs z-rules on both parts for a "
+                f"shared denominator; got {type(first).__name__} and {type(state).__name__}"
+            )
+        return Mixed(pixel=first, state=state, stabilizer=self.stabilizer)
 
     @contextlib.contextmanager
     def attached(self, model: nn.Module) -> Iterator[FunctionalGuard]:

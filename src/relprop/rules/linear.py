@@ -195,7 +195,9 @@ class AlphaBeta(ZRule):
 
     def __post_init__(self) -> None:
         if self.alpha < 0 or self.beta < 0 or abs(self.alpha - self.beta - 1) > 1e-12:
-            raise ValueError(f"AlphaBeta needs alpha >= 0, beta >= 0 and alpha - beta = 1, got {self.alpha}, {self.beta}")
+            raise ValueError(
+                f"AlphaBeta needs alpha >= 0, beta >= 0 and alpha - beta = 1, got {self.alpha}, {self.beta}"
+            )
 
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         w_pos, w_neg = _positive(weight), _negative(weight)

@@ -7,7 +7,6 @@ During training they are plain sums and products; while explaining, composites g
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["Sum", "GatedProduct"]

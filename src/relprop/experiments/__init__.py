@@ -1,0 +1,1 @@
+"""Experiments: training and evaluating the thesis architectures on MAJ tasks, the thesis grid, text runs."""

@@ -1,0 +1,168 @@
+"""Training of the thesis architectures on MAJ sequence tasks, with resumable, atomic run directories.
+
+A run directory holds::
+
+    config.json            the TrainConfig
+    history.json           one record per finished epoch (loss, accuracies, seconds)
+    best.safetensors       weights with the best validation accuracy so far
+    last.safetensors       weights after the last finished epoch
+    optimizer.pt           Adam state after the last finished epoch (loaded with weights_only=True)
+
+An interrupted run continues from its last finished epoch; a finished run is left as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .. import models
+from ..data import load_maj
+from ..io import atomic_write, load_weights, read_json, save_weights, write_json
+
+__all__ = ["TrainConfig", "train", "load_run", "run_finished", "maj_shape"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one architecture on one MAJ dataset (defaults: the thesis, except ``epochs``)."""
+
+    arch: str = "rlstm_sd"
+    dataset: str = "digits-maj"
+    variant: str = "maj"
+    epochs: int = 10
+    batch_size: int = 50
+    lr: float = 2e-4
+    keep_prob: float = 0.8
+    seed: int = 0
+    data_seed: int = 71
+    limit: int | None = None  # use only the first `limit` training samples (smoke runs)
+    eval_limit: int | None = None  # validation samples used per epoch
+
+
+def maj_shape(dataset: str, variant: str = "maj") -> dict[str, int]:
+    """Sequence geometry of a MAJ dataset: image height, steps and features per step."""
+    height = 8 if dataset == "digits-maj" else 28
+    width = 2 if dataset == "digits-maj" else 7
+    blocks = 7 if variant == "7-digits" else 3
+    return {"height": height, "steps": 4 * blocks, "step_width": width}
+
+
+def build_model(config: TrainConfig) -> nn.Module:
+    """The architecture of ``config`` for its dataset's geometry."""
+    return models.build(config.arch, **maj_shape(config.dataset, config.variant), keep_prob=config.keep_prob)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
+    """Fraction of correct argmax predictions, evaluated in eval mode without gradients."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    with torch.no_grad():
+        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+            correct += int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
+    model.train(was_training)
+    return correct / max(len(y), 1)
+
+
+def run_finished(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a run that trained all its epochs."""
+    path = Path(run_dir)
+    if not (path / "config.json").exists() or not (path / "history.json").exists():
+        return False
+    return len(read_json(path / "history.json")) >= read_json(path / "config.json")["epochs"]
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    saved = read_json(run_dir / "config.json")
+    mine = dataclasses.asdict(config)
+    different = {k: (saved.get(k), v) for k, v in mine.items() if k != "epochs" and saved.get(k) != v}
+    if different:
+        raise ValueError(f"{run_dir} holds a run with another configuration {different}; use another directory")
+
+
+def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
+    """Train (or resume) ``config`` into ``run_dir``; returns the run directory.
+
+    Adam, softmax cross-entropy over the 10 logits plus a constant-zero logit (the thesis loss), validation
+    accuracy after every epoch, the best checkpoint kept.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    if (run_dir / "config.json").exists():
+        _check_same_config(run_dir, config)
+        if (run_dir / "history.json").exists():
+            history = read_json(run_dir / "history.json")
+    write_json(run_dir / "config.json", dataclasses.asdict(config))
+    if len(history) >= config.epochs:
+        return run_dir
+
+    device = _device()
+    torch.manual_seed(config.seed)
+    model = build_model(config).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if history:
+        load_weights(model, run_dir / "last.safetensors")
+        optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", weights_only=True, map_location=device))
+
+    train_split = load_maj(config.dataset, "train", variant=config.variant, seed=config.data_seed, limit=config.limit)
+    val_split = load_maj(config.dataset, "val", variant=config.variant, seed=config.data_seed,
+                         limit=config.eval_limit)
+    x, y = train_split.sequences(), train_split.y  # (N, steps, features)
+    x_val, y_val = val_split.sequences(), val_split.y
+    best = max((h["val_accuracy"] for h in history), default=-1.0)
+
+    for epoch in range(len(history), config.epochs):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        total_loss, correct = 0.0, 0
+        batches = tqdm(order.split(config.batch_size), desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
+                       disable=not progress, leave=False)
+        for index in batches:
+            xb, yb = x[index].to(device), y[index].to(device)
+            logits = model(xb)
+            loss = models.maj_loss(logits, yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss) * len(index)
+            correct += int((logits.argmax(1) == yb).sum())
+        val_accuracy = accuracy(model, x_val, y_val)
+        record = {
+            "epoch": epoch + 1, "loss": total_loss / len(y), "train_accuracy": correct / len(y),
+            "val_accuracy": val_accuracy, "seconds": time.perf_counter() - started,
+        }
+        if val_accuracy > best:
+            best = val_accuracy
+            save_weights(model, run_dir / "best.safetensors")
+        save_weights(model, run_dir / "last.safetensors")
+        atomic_write(run_dir / "optimizer.pt", lambda file: torch.save(optimizer.state_dict(), file))
+        history.append(record)
+        write_json(run_dir / "history.json", history)  # written last: the epoch counts only when all is saved
+        if progress:
+            tqdm.write(f"{config.arch} {config.dataset} epoch {epoch + 1}: loss {record['loss']:.4f} "
+                       f"train {record['train_accuracy']:.4f} val {val_accuracy:.4f} ({record['seconds']:.0f}s)")
+    return run_dir
+
+
+def load_run(run_dir: str | Path, *, which: str = "best") -> tuple[nn.Module, TrainConfig]:
+    """The trained model of a run directory (eval mode) and its config; ``which`` is "best" or "last"."""
+    run_dir = Path(run_dir)
+    config = TrainConfig(**read_json(run_dir / "config.json"))
+    model = build_model(config)
+    load_weights(model, run_dir / f"{which}.safetensors")
+    return model.to(_device()).eval(), config

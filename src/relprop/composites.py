@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -56,8 +57,9 @@ def _advice(module: nn.Module) -> str:
             return text
     kind = type(module).__name__
     return (
-        f"add an entry to the RuleMap, e.g. RuleMap([({kind}, rules.Epsilon())]) for a linear map or "
-        f"RuleMap([({kind}, rules.Pass())]) for an element-wise activation"
+        f"give it a rule in the RuleMap: RuleMap([({kind}, rules.Pass())]) if it is element-wise, a z-rule such "
+        f"as rules.Epsilon() if it is a linear map (it then needs a relprop_affine() method returning "
+        f"(weight, bias)), or a rule of your own implementing relprop.rules.Rule"
     )
 
 
@@ -192,10 +194,11 @@ def get_preset(name: str, **options: Any) -> RuleMap:
     """Build the preset ``name`` with its options (e.g. ``epsilon=0.25`` or ``low=-1.0, high=1.0``)."""
     if name not in PRESETS:
         raise ExplanationError(f"unknown LRP preset '{name}'; valid presets: {', '.join(sorted(PRESETS))}")
-    try:
-        return PRESETS[name](**options)
-    except TypeError as error:
-        raise ExplanationError(f"preset '{name}': {error}") from None
+    accepted = list(inspect.signature(PRESETS[name]).parameters)
+    unknown = [option for option in options if option not in accepted]
+    if unknown:
+        raise ExplanationError(f"preset '{name}' got unknown options {unknown}; it accepts {accepted}")
+    return PRESETS[name](**options)
 
 
 def _require_bounds(name: str, low: float | Tensor | None, high: float | Tensor | None) -> None:

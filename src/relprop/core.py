@@ -69,7 +69,7 @@ class _Relay(torch.autograd.Function):
             )
         grads: list[Tensor | None] = [None] * ctx.n_inputs
         for slot, value in zip(ctx.tensor_slots, relevance_in):
-            grads[slot] = value
+            grads[slot] = None if value is None else value.detach()
         return (None, None, None, *grads)
 
 

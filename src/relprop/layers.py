@@ -15,6 +15,7 @@ __all__ = ["Sum", "GatedProduct"]
 class Sum(nn.Module):
     """Element-wise sum of any number of same-shaped tensors (e.g. a residual connection).
 
+    >>> import torch
     >>> Sum()(torch.ones(2), torch.ones(2))
     tensor([2., 2.])
     """
@@ -29,6 +30,7 @@ class Sum(nn.Module):
 class GatedProduct(nn.Module):
     """Element-wise product ``gate * signal`` of a gate (e.g. a sigmoid) and the signal it lets through.
 
+    >>> import torch
     >>> GatedProduct()(torch.tensor([0.5]), torch.tensor([4.0]))
     tensor([2.])
     """

@@ -139,7 +139,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss) * len(index)
+            total_loss += loss.detach().item() * len(index)
             correct += int((logits.argmax(1) == yb).sum())
         val_accuracy = accuracy(model, x_val, y_val)
         record = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from torch import Tensor, nn
@@ -19,7 +20,7 @@ def occlusion(
     """Occlusion (Zeiler & Fergus 2014): ``R_i`` = mean over the windows covering ``i`` of ``f(x) - f(x_occluded)``.
 
     ``window`` and ``stride`` cover the non-batch dimensions (an int applies to every one); windows run to the end
-    of each dimension, the last one clipped. ``stride`` defaults to ``window``.
+    of each dimension, the last one clipped at the border (as Captum's). ``stride`` defaults to ``window``.
 
     >>> model = torch.nn.Linear(4, 2, bias=False)
     >>> x = torch.randn(1, 4); t = torch.tensor([1])
@@ -34,8 +35,7 @@ def occlusion(
             f"occlusion window {window} and stride {stride} must be positive with one entry per non-batch "
             f"dimension of x {tuple(dims)}"
         )
-    starts = [range(0, max(d - w, 0) + 1, s) for d, w, s in zip(dims, window, stride)]
-    starts = [list(r) + ([d - w] if d > w and (d - w) % s else []) for r, d, w, s in zip(starts, dims, window, stride)]
+    starts = [range(0, s * (math.ceil(max(d - w, 0) / s) + 1), s) for d, w, s in zip(dims, window, stride)]
     batch = x.shape[0]
     rows = torch.arange(batch, device=x.device)
     with torch.no_grad():
@@ -52,7 +52,8 @@ def occlusion(
                 region = tuple(slice(a, a + w) for a, w in zip(start, window))
                 masks[(j, 0) + region] = 1
             occluded = torch.where(masks.bool(), torch.full_like(occluded, fill), occluded)
-            scores = model(occluded.reshape(-1, *dims))[rows.repeat(len(chunk)), target.repeat(len(chunk))]
+            flat_rows = torch.arange(len(chunk) * batch, device=x.device)  # window-major: (window j, sample i)
+            scores = model(occluded.reshape(-1, *dims))[flat_rows, target.repeat(len(chunk))]
             drop = (reference.repeat(len(chunk)) - scores).reshape(len(chunk), batch)  # (windows, batch)
             total += (drop.reshape(len(chunk), batch, *(1,) * len(dims)) * masks).sum(0)
             count += masks.sum(0)

@@ -32,17 +32,20 @@ class _Affine:
     def __init__(self, module: nn.Module) -> None:
         self.module = module
         if hasattr(module, "relprop_affine"):
-            self.weight, self.bias = module.relprop_affine()
+            weight, bias = module.relprop_affine()
             self.kind = "linear"
         elif isinstance(module, nn.Linear):
-            self.weight, self.bias, self.kind = module.weight, module.bias, "linear"
+            weight, bias, self.kind = module.weight, module.bias, "linear"
         elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            self.weight, self.bias, self.kind = module.weight, module.bias, "conv"
+            weight, bias, self.kind = module.weight, module.bias, "conv"
         else:
             raise ExplanationError(
                 f"z-rules need a linear map, but got {type(module).__name__}; give it a rule from "
                 "relprop.rules.elementwise, or add a relprop_affine() method returning (weight, bias)"
             )
+        # rules never differentiate into the parameters: no graph is built through them
+        self.weight = weight.detach()
+        self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.kind == "linear":

@@ -1,0 +1,109 @@
+"""Shared test helpers: seeded float64 data, tiny MLP/CNN builders and the hypothesis profiles.
+
+The global default dtype is left alone: models are built with ``.double()`` and data is created as float64.
+Builders are exposed as session-scoped fixtures (``make_mlp``, ``make_cnn``, ``randn``) so hypothesis tests can
+use them too; ``mlp``/``mlp_nobias``/``cnn``/``cnn_nobias`` are ready-made instances. Torch runs on one thread:
+the tensors are tiny, and intra-op threads only contend on a shared two-core machine.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+import pytest
+import torch
+from hypothesis import settings
+from torch import nn
+
+torch.set_num_threads(1)  # tiny float64 tensors: threads only add contention on the shared 2-core machine
+
+settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)
+settings.register_profile("dev", deadline=None, max_examples=25)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def seeded(seed: int) -> torch.Generator:
+    """A CPU generator with a fixed seed."""
+    return torch.Generator().manual_seed(seed)
+
+
+def randn64(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    """Standard normal float64 tensor from a seeded generator, times ``scale``."""
+    return scale * torch.randn(*shape, generator=seeded(seed), dtype=torch.float64)
+
+
+def _init_(model: nn.Module, seed: int, bias_scale: float) -> nn.Module:
+    """Re-draw every weight as N(0, 1/fan_in) and every bias as N(0, bias_scale^2), seeded."""
+    generator = seeded(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(bias_scale * torch.randn(param.shape, generator=generator, dtype=torch.float64))
+            else:
+                fan_in = param[0].numel() if param.dim() > 1 else 1
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64) / fan_in**0.5)
+    return model
+
+
+def build_mlp(
+    sizes: Sequence[int] = (6, 8, 5, 3), *, bias: bool = True, seed: int = 0,
+    activation: Callable[[], nn.Module] = nn.ReLU, bias_scale: float = 0.3,
+) -> nn.Sequential:
+    """Linear/activation stack in float64, eval mode: sizes (in, hidden..., classes)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes, sizes[1:])):
+        layers.append(nn.Linear(a, b, bias=bias))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return _init_(nn.Sequential(*layers).double().eval(), seed, bias_scale)  # type: ignore[return-value]
+
+
+def build_cnn(
+    *, channels: int = 2, size: int = 8, classes: int = 3, bias: bool = True, pool: str = "avg", dims: int = 2,
+    seed: int = 0, bias_scale: float = 0.3,
+) -> nn.Sequential:
+    """Conv -> ReLU -> pool(2) -> Conv -> ReLU -> Flatten -> Linear, for inputs (batch, channels, size[, size])."""
+    conv = {1: nn.Conv1d, 2: nn.Conv2d}[dims]
+    pools = {("avg", 1): nn.AvgPool1d, ("avg", 2): nn.AvgPool2d, ("max", 1): nn.MaxPool1d, ("max", 2): nn.MaxPool2d}
+    spatial = (size // 2 - 2) ** dims
+    model = nn.Sequential(
+        conv(channels, 4, 3, padding=1, bias=bias), nn.ReLU(), pools[(pool, dims)](2),
+        conv(4, 5, 3, bias=bias), nn.ReLU(), nn.Flatten(), nn.Linear(5 * spatial, classes, bias=bias),
+    )
+    return _init_(model.double().eval(), seed, bias_scale)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="session")
+def make_mlp() -> Callable[..., nn.Sequential]:
+    return build_mlp
+
+
+@pytest.fixture(scope="session")
+def make_cnn() -> Callable[..., nn.Sequential]:
+    return build_cnn
+
+
+@pytest.fixture(scope="session")
+def randn() -> Callable[..., torch.Tensor]:
+    return randn64
+
+
+@pytest.fixture
+def mlp() -> nn.Sequential:
+    return build_mlp(bias=True)
+
+
+@pytest.fixture
+def mlp_nobias() -> nn.Sequential:
+    return build_mlp(bias=False)
+
+
+@pytest.fixture
+def cnn() -> nn.Sequential:
+    return build_cnn(bias=True)
+
+
+@pytest.fixture
+def cnn_nobias() -> nn.Sequential:
+    return build_cnn(bias=False)

@@ -1,0 +1,330 @@
+"""relprop's gradient, perturbation and LRP methods against Captum (float64, tolerance 1e-6 relative to max |R|).
+
+What Captum's LRP computes (read from ``captum/attr/_utils/lrp_rules.py`` and ``captum/attr/_core/lrp.py``):
+a second forward pass runs with modified weights; the gradient at each ruled layer's output is divided by that
+layer's (modified) output plus ``eps * sign`` (zero counting as positive), and at its input multiplied by the
+input; ReLUs pass relevance unchanged; the result is finally multiplied by the target's logit. So Captum starts at
+the logit as relprop does. ``EpsilonRule`` (default ``eps = 1e-9``) is relprop's ``Epsilon``; ``GammaRule``
+modifies the weights only (``w + gamma w+``) and keeps the raw bias (or zeroes it with ``set_bias_to_zero``),
+with one set of weights for outputs of either sign; ``Alpha1_Beta0_Rule`` uses ``w+`` with the raw bias. Both
+assume non-negative inputs (ReLU nets); Gamma and Alpha1_Beta0 stabilise with the class default 1e-9.
+Captum's LRP needs module children it knows: flattening is done functionally in the CNN below.
+relprop and zennit apply a rule's weight modifier to the bias as well (``b + gamma b+``, ``b+``), so with biases
+the matching relprop rule is a ``ZRule`` whose ``weights()`` leaves the bias alone (tested below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+captum = pytest.importorskip("captum")
+from captum.attr import (  # noqa: E402
+    LRP,
+    Deconvolution,
+    GuidedBackprop,
+    InputXGradient,
+    IntegratedGradients,
+    NoiseTunnel,
+    Occlusion,
+    Saliency,
+)
+from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule  # noqa: E402
+
+import relprop  # noqa: E402
+from relprop import rules  # noqa: E402
+from relprop.composites import LINEAR_TYPES, RuleMap  # noqa: E402
+from relprop.core import ExplanationError  # noqa: E402
+from relprop.layers import Sum  # noqa: E402
+from relprop.methods import lrp  # noqa: E402
+
+pytestmark = [
+    pytest.mark.reference,
+    pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require"),
+    pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU activations"),
+]
+
+TOLERANCE = 1e-6
+
+
+def max_relative_error(got: Tensor, want: Tensor) -> float:
+    want = want.detach()
+    scale = want.abs().max()
+    assert scale > 0, "degenerate case: zero attribution everywhere"
+    return float((got.detach().to(want) - want).abs().max() / scale)
+
+
+class _CNN(nn.Module):
+    """Conv -> ReLU -> pool -> Conv -> ReLU -> flatten (functional: Captum's LRP has no rule for nn.Flatten)."""
+
+    def __init__(self, pool: nn.Module, bias: bool) -> None:
+        super().__init__()
+        self.conv1, self.relu1, self.pool = nn.Conv2d(2, 4, 3, padding=1, bias=bias), nn.ReLU(), pool
+        self.conv2, self.relu2 = nn.Conv2d(4, 5, 3, bias=bias), nn.ReLU()
+        self.fc = nn.Linear(5 * 2 * 2, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu2(self.conv2(self.pool(self.relu1(self.conv1(x)))))
+        return self.fc(x.flatten(1))  # (batch, 20)
+
+
+def _seeded(model: nn.Module, seed: int) -> nn.Module:
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            scale = 0.3 if name.endswith("bias") else param[0].numel() ** -0.5
+            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64) * scale)
+    return model.double().eval()
+
+
+def _model(kind: str, bias: bool = True, seed: int = 0) -> nn.Module:
+    if kind == "mlp":
+        model: nn.Module = nn.Sequential(nn.Linear(6, 12, bias=bias), nn.ReLU(), nn.Linear(12, 10, bias=bias),
+                                         nn.ReLU(), nn.Linear(10, 3, bias=bias))
+    else:
+        model = _CNN(nn.MaxPool2d(2) if kind == "cnn-max" else nn.AvgPool2d(2), bias)
+    return _seeded(model.double(), seed)
+
+
+def _input(kind: str, *, nonnegative: bool = False, seed: int = 1) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (4, 6) if kind == "mlp" else (4, 2, 8, 8)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    return x.abs() if nonnegative else x
+
+
+KINDS = ["mlp", "cnn-avg", "cnn-max"]
+
+
+# ---------------------------------------------------------------- gradient family
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ["saliency", "input_x_gradient", "guided_backprop", "deconvnet"])
+def test_gradient_family_matches_captum(name: str, kind: str) -> None:
+    model, x = _model(kind), _input(kind)
+    target = torch.tensor([0, 1, 2, 1])
+    if name == "saliency":
+        want = Saliency(model).attribute(x, target=target, abs=False)
+        got = relprop.explain(model, x, target, method="gradient").relevance
+    elif name == "input_x_gradient":
+        want = InputXGradient(model).attribute(x, target=target)
+        got = relprop.explain(model, x, target, method="gradient_x_input").relevance
+    elif name == "guided_backprop":
+        want = GuidedBackprop(model).attribute(x, target=target)
+        got = relprop.explain(model, x, target, method="guided_backprop").relevance
+    else:
+        want = Deconvolution(model).attribute(x, target=target)
+        got = relprop.explain(model, x, target, method="deconvnet").relevance
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn-avg"])
+@pytest.mark.parametrize(("quadrature", "captum_method"), [("right", "riemann_right"), ("midpoint", "riemann_middle")])
+def test_integrated_gradients_matches_captum(quadrature: str, captum_method: str, kind: str) -> None:
+    """Captum builds its alphas with float32 ``torch.linspace``; with 12 steps (k/12 is not a float32) that rounding
+    (~1e-8) shows and stays within the tolerance."""
+    model, x = _model(kind, seed=3), _input(kind)
+    baseline = torch.full_like(x, 0.25)
+    target = torch.tensor([2, 0, 1, 1])
+    want = IntegratedGradients(model).attribute(x, baselines=baseline, target=target, n_steps=12, method=captum_method)
+    got = relprop.explain(model, x, target, method="integrated_gradients", baseline=baseline, steps=12,
+                          quadrature=quadrature).relevance
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
+def test_trapezoid_differs_from_captum() -> None:
+    """Captum's ``riemann_trapezoid`` places n points 1/(n-1) apart but weighs them with step 1/n (its weights sum
+    to (n-1)/n); relprop uses the textbook trapezoid rule (step 1/(n-1)). So Captum's result is relprop's times
+    (n-1)/n, and relprop's is the one that converges to the integral."""
+    model, x = _model("mlp", seed=3), _input("mlp")
+    target = torch.tensor([2, 0, 1, 1])
+    steps = 8
+    want = IntegratedGradients(model).attribute(x, target=target, n_steps=steps, method="riemann_trapezoid")
+    got = relprop.explain(model, x, target, method="integrated_gradients", steps=steps,
+                          quadrature="trapezoid").relevance
+    assert max_relative_error(got * (steps - 1) / steps, want) <= TOLERANCE
+    assert max_relative_error(got, want) > 0.05
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn-max"])
+def test_smoothgrad_without_noise_matches_captum(kind: str) -> None:
+    model, x = _model(kind, seed=4), _input(kind)
+    target = torch.tensor([1, 1, 0, 2])
+    want = NoiseTunnel(Saliency(model)).attribute(x, nt_type="smoothgrad", nt_samples=4, stdevs=0.0,
+                                                  target=target, abs=False)
+    got = relprop.explain(model, x, target, method="smoothgrad", noise=0.0, samples=4).relevance
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize(("kind", "window", "stride"), [
+    ("mlp", (2,), (2,)), ("mlp", (3,), (1,)), ("mlp", (4,), (3,)), ("cnn-avg", (1, 3, 3), (1, 1, 1)),
+    ("cnn-max", (2, 4, 4), (2, 2, 2)), ("cnn-avg", (1, 3, 3), (1, 2, 2)),
+])
+def test_occlusion_matches_captum(kind: str, window: tuple[int, ...], stride: tuple[int, ...]) -> None:
+    """Sliding windows, including shapes where (d - w) is not divisible by the stride (the last window is clipped).
+
+    Captum divides its sums after a ``.float()`` cast, so its result is float32 (error ~1e-7).
+    """
+    model, x = _model(kind, seed=5), _input(kind)
+    target = torch.tensor([0, 2, 1, 0])
+    want = Occlusion(model).attribute(x, sliding_window_shapes=window, strides=stride, baselines=0.5,
+                                      target=target)
+    got = relprop.explain(model, x, target, method="occlusion", window=window, stride=stride, fill=0.5).relevance
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
+# ---------------------------------------------------------------- LRP
+
+
+def captum_lrp(model: nn.Module, x: Tensor, target: Tensor, make_rule: object) -> Tensor:
+    """Captum's LRP with one fresh rule instance per linear layer (Captum keeps per-layer state in rules)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            module.rule = make_rule()  # type: ignore[operator]
+    try:
+        return LRP(model).attribute(x, target=target).detach()
+    finally:
+        for module in model.modules():
+            if hasattr(module, "rule"):
+                del module.rule
+
+
+def _positive_target(model: nn.Module, x: Tensor) -> Tensor:
+    """Argmax targets; the samples are chosen so that the target logit is positive."""
+    logits = model(x)
+    assert bool((logits.max(1).values > 0).all()), "pick another seed: a sample has no positive logit"
+    return logits.argmax(1)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_lrp_epsilon_matches_captum(kind: str, bias: bool) -> None:
+    """Captum's default EpsilonRule (eps 1e-9, also on pooling layers) = relprop Epsilon(1e-9).
+
+    On average pooling Captum's epsilon rule is relprop's Proportional(1e-9). On max pooling it sends
+    ``R x_max / (x_max + 1e-9)`` to the winner, relprop's WinnerTakeAll sends ``R``: equal up to ~1e-9 / x_max.
+    """
+    model, x = _model(kind, bias, seed=6), _input(kind)
+    target = torch.tensor([0, 1, 2, 1])
+    want = captum_lrp(model, x, target, lambda: EpsilonRule(epsilon=1e-9))
+    rule_map = RuleMap([(LINEAR_TYPES, rules.Epsilon(epsilon=1e-9)), (nn.AvgPool2d, rules.Proportional(1e-9))])
+    got = lrp(model, x, target, rule_map=rule_map)
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rule_id", ["gamma", "alpha1beta0"])
+def test_lrp_positive_rules_match_captum_without_bias(rule_id: str, kind: str, bias: bool) -> None:
+    """Non-negative inputs, bias left out (``set_bias_to_zero=True``): Captum's GammaRule = relprop Gamma(bias=False),
+    Alpha1_Beta0_Rule = ZPlus(bias=False). relprop's Gamma mirrors its weights for outputs with z < 0; those get no
+    relevance in a ReLU net (their ReLU output is 0), and targets are chosen with positive logits."""
+    model, x = _model(kind, bias, seed=7), _input(kind, nonnegative=True)
+    target = _positive_target(model, x)
+    if rule_id == "gamma":
+        want = captum_lrp(model, x, target, lambda: GammaRule(gamma=0.25, set_bias_to_zero=True))
+        ours: object = rules.Gamma(1e-9, gamma=0.25, bias=False)
+    else:
+        want = captum_lrp(model, x, target, lambda: Alpha1_Beta0_Rule(set_bias_to_zero=True))
+        ours = rules.ZPlus(1e-9, bias=False)
+    rule_map = RuleMap([(LINEAR_TYPES, ours), (nn.AvgPool2d, rules.Proportional(1e-9))])
+    got = lrp(model, x, target, rule_map=rule_map)
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
+@dataclass(frozen=True)
+class _RawBias(rules.ZRule):
+    """Captum's convention: the weight modifier leaves the bias alone (``gamma=0`` with ``positive`` gives w+)."""
+
+    gamma: float = 0.25
+    positive_only: bool = False
+
+    def weights(self, name: str, param: Tensor) -> Tensor:
+        if name == "bias":
+            return param
+        return param.clamp(min=0) if self.positive_only else param + self.gamma * param.clamp(min=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("rule_id", ["gamma", "alpha1beta0"])
+def test_lrp_positive_rules_with_bias_differ_by_design(rule_id: str, kind: str) -> None:
+    """With biases Captum keeps the raw bias in the denominator; relprop (like zennit) modifies it (b + gamma b+,
+    b+). A ZRule whose ``weights()`` leaves the bias alone reproduces Captum; the built-in rule differs."""
+    model, x = _model(kind, True, seed=8), _input(kind, nonnegative=True)
+    target = _positive_target(model, x)
+    if rule_id == "gamma":
+        want = captum_lrp(model, x, target, lambda: GammaRule(gamma=0.25))
+        variant, builtin = _RawBias(1e-9, gamma=0.25), rules.Gamma(1e-9, gamma=0.25)
+    else:
+        want = captum_lrp(model, x, target, Alpha1_Beta0_Rule)
+        variant, builtin = _RawBias(1e-9, positive_only=True), rules.ZPlus(1e-9)
+    pools = (nn.AvgPool2d, rules.Proportional(1e-9))
+    got = lrp(model, x, target, rule_map=RuleMap([(LINEAR_TYPES, variant), pools]))
+    assert max_relative_error(got, want) <= TOLERANCE
+    different = lrp(model, x, target, rule_map=RuleMap([(LINEAR_TYPES, builtin), pools]))
+    assert max_relative_error(different, want) > 1e-4
+
+
+# ---------------------------------------------------------------- the functional-residual defect
+
+
+class _Residual(nn.Module):
+    """A functional residual written with ``+``, which module hooks cannot see; ``Sum()`` makes it a module.
+
+    ``projection``: ``y = S x + relu(W2 relu(W1 x))`` (a ResNet-style projection shortcut).
+    ``identity``: ``y = a + relu(W2 a)`` with ``a = relu(W1 x)``. Both end in ``W3 y``; no biases.
+    """
+
+    def __init__(self, kind: str, add: nn.Module | None = None) -> None:
+        super().__init__()
+        self.kind, self.add = kind, add
+        self.lin1, self.relu1 = nn.Linear(6, 8, bias=False), nn.ReLU()
+        self.lin2, self.relu2 = nn.Linear(8, 8, bias=False), nn.ReLU()
+        self.lin3 = nn.Linear(8, 3, bias=False)
+        if kind == "projection":
+            self.skip = nn.Linear(6, 8, bias=False)
+
+    def parts(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.kind == "projection":
+            return self.skip(x), self.relu2(self.lin2(self.relu1(self.lin1(x))))
+        a = self.relu1(self.lin1(x))
+        return a, self.relu2(self.lin2(a))
+
+    def forward(self, x: Tensor) -> Tensor:
+        skip, branch = self.parts(x)
+        return self.lin3(skip + branch if self.add is None else self.add(skip, branch))
+
+
+@pytest.mark.parametrize("kind", ["projection", "identity"])
+def test_functional_residual_breaks_captum_and_relprop_refuses(kind: str) -> None:
+    """Captum's LRP back-propagates through the functional ``+`` as a plain gradient, so the relevance R_y of the
+    sum goes in full down both paths. With a projection shortcut the input relevance then sums to exactly
+    2 f(x) (bias-free, eps -> 0). With an identity shortcut the copy on the identity path is further multiplied
+    by the activation ``a`` at Captum's input hook of ``lin2``: the sum is ``f(x) + sum_j a_j R_y,j``, with
+    ``R_y = y * W3[target]``. relprop raises instead; with the sum written as a ``Sum`` module it conserves."""
+    model = _seeded(_Residual(kind), seed=9)
+    x = _input("mlp", seed=10)
+    logits = model(x)
+    target = logits.argmax(1)
+    score = logits.gather(1, target[:, None]).squeeze(1).detach()
+    captum_total = captum_lrp(model, x, target, lambda: EpsilonRule(epsilon=1e-12)).sum(1)
+    if kind == "projection":
+        expected = 2 * score
+    else:
+        skip, branch = model.parts(x)
+        expected = score + (skip * (skip + branch) * model.lin3.weight[target]).sum(1).detach()
+    assert torch.allclose(captum_total, expected, rtol=1e-6, atol=0), (captum_total / score)
+    assert not torch.allclose(captum_total, score, rtol=0.05, atol=0)
+
+    with pytest.raises(ExplanationError, match="Sum"):
+        relprop.explain(model, x, target, method="lrp", preset="epsilon", epsilon=1e-12)
+
+    fixed = _Residual(kind, add=Sum())
+    fixed.load_state_dict(model.state_dict())
+    fixed = fixed.double().eval()
+    explanation = relprop.explain(fixed, x, target, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    assert torch.allclose(explanation.relevance.sum(1), score, rtol=1e-8, atol=0)

@@ -1,0 +1,285 @@
+"""The ``relprop.explain`` facade: its errors, the Explanation result, embeddings, residuals and in-place ReLUs."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop import rules
+from relprop.canonizers import MergeBatchNorm
+from relprop.composites import LINEAR_TYPES, PRESETS, RuleMap
+from relprop.core import ExplanationError
+from relprop.layers import Sum
+from relprop.methods import lrp
+
+
+@pytest.fixture
+def x() -> Tensor:
+    return torch.randn(2, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- argument errors
+
+
+def test_unknown_method_lists_valid_names(mlp, x) -> None:
+    with pytest.raises(ExplanationError, match="unknown method 'saliencyy'") as error:
+        relprop.explain(mlp, x, method="saliencyy")
+    for name in relprop.METHODS:
+        assert name in str(error.value)
+
+
+def test_unknown_option_lists_accepted_ones(mlp, x) -> None:
+    with pytest.raises(ExplanationError, match="stepz") as error:
+        relprop.explain(mlp, x, method="integrated_gradients", stepz=3)
+    for name in ("baseline", "steps", "quadrature"):
+        assert name in str(error.value)
+
+
+def test_unknown_lrp_option_lists_accepted_ones(mlp, x) -> None:
+    with pytest.raises(ExplanationError, match="epsilonn") as error:
+        relprop.explain(mlp, x, method="lrp", preset="epsilon", epsilonn=0.1)
+    assert "stabilizer" in str(error.value) and "'epsilon'" in str(error.value).replace("preset 'epsilon'", "")
+
+
+def test_unknown_preset_lists_presets(mlp, x) -> None:
+    with pytest.raises(ExplanationError, match="unknown LRP preset 'epsilon_plus_flatt'") as error:
+        relprop.explain(mlp, x, method="lrp", preset="epsilon_plus_flatt")
+    for name in PRESETS:
+        assert name in str(error.value)
+
+
+def test_preset_with_missing_bounds_says_what_to_pass(cnn) -> None:
+    with pytest.raises(ExplanationError, match="low= and high="):
+        relprop.explain(cnn, torch.zeros(1, 2, 8, 8, dtype=torch.float64), method="lrp", preset="dtd")
+
+
+@pytest.mark.parametrize(("target", "pattern"), [
+    (3, "out of range.*3 outputs"),
+    (-1, "out of range"),
+    (torch.tensor([0, 3]), "out of range"),
+    (torch.tensor([0.0, 1.0]), "integer"),
+    (torch.tensor([0, 1, 2]), r"shape \(2,\)"),
+    (torch.tensor([[0], [1]]), r"shape \(2,\)"),
+    (1.0, "int, a LongTensor"),
+    (True, "int, a LongTensor"),
+])
+def test_bad_target(mlp, x, target: object, pattern: str) -> None:
+    with pytest.raises(ExplanationError, match=pattern):
+        relprop.explain(mlp, x, target, method="gradient")
+
+
+def test_good_targets(mlp, x) -> None:
+    argmax = relprop.explain(mlp, x, method="gradient")
+    assert torch.equal(argmax.target, mlp(x).argmax(1))
+    as_int = relprop.explain(mlp, x, 1, method="gradient")
+    as_int32 = relprop.explain(mlp, x, torch.tensor([1, 1], dtype=torch.int32), method="gradient")
+    assert as_int.target.dtype == torch.long and torch.equal(as_int.relevance, as_int32.relevance)
+    assert torch.equal(as_int.score, mlp(x)[:, 1].detach())
+
+
+@pytest.mark.parametrize(("bad", "pattern"), [
+    (torch.randn(6, dtype=torch.float64), r"batched.*\(6,\).*unsqueeze"),
+    (torch.zeros(0, 6, dtype=torch.float64), "empty batch"),
+    (torch.tensor([[float("nan")] * 6], dtype=torch.float64), "NaN or infinite"),
+    (torch.tensor([[0.0, float("inf")] * 3], dtype=torch.float64), "NaN or infinite"),
+    (torch.zeros(2, 6, dtype=torch.long), "nn.Embedding.*has 0"),
+    (torch.zeros(2, 6, dtype=torch.bool), "dtype torch.bool"),
+    (torch.zeros(2, 6, dtype=torch.complex128), "dtype torch.complex128"),
+    ([[0.0] * 6], "torch.Tensor"),
+])
+def test_bad_input(mlp, bad: object, pattern: str) -> None:
+    with pytest.raises(ExplanationError, match=pattern):
+        relprop.explain(mlp, bad, method="gradient")  # type: ignore[arg-type]
+
+
+def test_model_in_training_mode(mlp, x) -> None:
+    mlp.train()
+    with pytest.raises(ExplanationError, match="training mode.*eval()"):
+        relprop.explain(mlp, x)
+
+
+@pytest.mark.parametrize("method", ["gradient", "lrp", "occlusion"])
+def test_wrong_input_shape_names_the_shape(mlp, method: str) -> None:
+    with pytest.raises(ExplanationError, match=re.escape("shape (2, 5)")):
+        relprop.explain(mlp, torch.randn(2, 5, dtype=torch.float64), method=method)
+
+
+# ---------------------------------------------------------------- models LRP cannot explain as they are
+
+
+class _WithLayerNorm(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.norm, self.out = nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.norm(self.lin(x)))
+
+
+def test_uncovered_module_names_module_and_fix(x) -> None:
+    model = _WithLayerNorm().double().eval()
+    with pytest.raises(ExplanationError, match="'norm' \\(LayerNorm\\).*RuleMap"):
+        relprop.explain(model, x, method="lrp")
+    assert relprop.explain(model, x, method="gradient").relevance.shape == x.shape  # gradients need no rule
+
+
+class _Residual(nn.Module):
+    """``out(x + relu(lin(x)))``, functional or with a Sum module; no biases."""
+
+    def __init__(self, add: nn.Module | None = None) -> None:
+        super().__init__()
+        self.lin, self.relu, self.add = nn.Linear(6, 6, bias=False), nn.ReLU(), add
+        self.out = nn.Linear(6, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        branch = self.relu(self.lin(x))
+        return self.out(x + branch if self.add is None else self.add(x, branch))
+
+
+def test_functional_residual_raises_with_sum_advice(x) -> None:
+    with pytest.raises(ExplanationError, match="'add'.*relprop.layers.Sum"):
+        relprop.explain(_Residual().double().eval(), x, method="lrp")
+
+
+def test_residual_with_sum_module_works_and_conserves(x) -> None:
+    functional = _Residual().double().eval()
+    model = _Residual(Sum()).double().eval()
+    model.load_state_dict(functional.state_dict())
+    explanation = relprop.explain(model, x, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    assert torch.equal(explanation.output, functional(x).detach())
+    assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=0)
+    assert bool((explanation.details["conservation_gap"].abs() < 1e-9).all())
+
+
+class _LSTMClassifier(nn.Module):
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.lstm, self.out = nn.LSTM(6, 5, batch_first=True, bias=bias), nn.Linear(5, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.lstm(x)[0][:, -1])  # (batch, hidden) at the last step
+
+
+def test_stock_lstm_is_never_explained_silently() -> None:
+    """A stock nn.LSTM hides its gates: without the recurrent canonizer LRP refuses it; the presets apply
+    ExplicitRecurrent, and then a bias-free LSTM conserves (gates take no relevance) and the model is untouched."""
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        model = _LSTMClassifier(bias=False).double().eval()
+    x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    without = RuleMap([(LINEAR_TYPES, rules.Epsilon())], canonizers=(MergeBatchNorm(),))
+    with pytest.raises(ExplanationError, match="lstm"):
+        relprop.explain(model, x, method="lrp", rule_map=without)
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    explanation = relprop.explain(model, x, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    assert explanation.relevance.shape == x.shape
+    assert torch.allclose(explanation.relevance.sum((1, 2)), explanation.score, rtol=1e-8, atol=0)
+    assert [name for name, _ in model.named_modules()] == ["", "lstm", "out"]
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert relprop.explain(model, x, method="gradient").relevance.shape == x.shape
+
+
+# ---------------------------------------------------------------- the Explanation result
+
+
+class _TokenClassifier(nn.Module):
+    """Embedding -> Conv1d over positions -> ReLU -> max over time -> Linear; no biases."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(11, 4)
+        self.conv, self.relu = nn.Conv1d(4, 5, 2, bias=False), nn.ReLU()
+        self.pool, self.out = nn.AdaptiveMaxPool1d(1), nn.Linear(5, 3, bias=False)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.embedding(ids).transpose(1, 2)  # (batch, embedding, tokens)
+        return self.out(self.pool(self.relu(self.conv(h))).flatten(1))
+
+
+@pytest.mark.parametrize("method", ["lrp", "gradient_x_input", "integrated_gradients"])
+def test_embedding_inputs_give_per_token_relevance(method: str) -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _TokenClassifier().double().eval()
+    ids = torch.tensor([[1, 4, 2, 9, 3], [0, 0, 7, 7, 10]])
+    explanation = relprop.explain(model, ids, method=method)
+    per_dimension = explanation.details["embedding_relevance"]
+    assert explanation.relevance.shape == (2, 5) and per_dimension.shape == (2, 5, 4)
+    assert torch.allclose(explanation.relevance, per_dimension.sum(-1), rtol=1e-12, atol=0)
+    assert torch.equal(explanation.output, model(ids).detach())
+    embedded = model.embedding(ids).detach().requires_grad_()
+    if method == "gradient_x_input":
+        (grad,) = torch.autograd.grad(model.out(model.pool(model.relu(model.conv(embedded.transpose(1, 2))))
+                                                .flatten(1)).gather(1, explanation.target[:, None]).sum(), embedded)
+        assert torch.allclose(per_dimension, grad * embedded, rtol=1e-12, atol=1e-15)
+    if method == "lrp":  # bias-free ReLU net: the token relevances add up to the logit
+        assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-5, atol=0)
+    assert torch.allclose(explanation.per_step, explanation.relevance, rtol=1e-12, atol=0)
+
+
+def test_explanation_is_frozen(mlp, x) -> None:
+    explanation = relprop.explain(mlp, x, method="lrp")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        explanation.relevance = torch.zeros_like(x)  # type: ignore[misc]
+    assert explanation.method == "lrp" and explanation.output.shape == (2, 3) and explanation.target.shape == (2,)
+    assert not explanation.relevance.requires_grad and not explanation.output.requires_grad
+
+
+def test_lrp_results_carry_no_graph(mlp, x) -> None:
+    explanation = relprop.explain(mlp, x, method="lrp")
+    assert not explanation.details["conservation_gap"].requires_grad
+    assert not lrp(mlp, x, explanation.target).requires_grad
+
+
+def test_per_step_sums_over_the_rest() -> None:
+    with torch.random.fork_rng():
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).double().eval()
+    x = torch.randn(2, 4, 3, dtype=torch.float64)  # (batch, steps, features)
+    explanation = relprop.explain(model, x, method="gradient_x_input")
+    assert explanation.per_step.shape == (2, 4)
+    assert torch.allclose(explanation.per_step, explanation.relevance.sum(-1), rtol=1e-12, atol=0)
+
+
+def test_integrated_gradients_reports_completeness_gap(mlp, x) -> None:
+    baseline = torch.full_like(x, 0.3)
+    explanation = relprop.explain(mlp, x, 2, method="integrated_gradients", baseline=baseline, steps=16)
+    gap = explanation.details["completeness_gap"]
+    expected = explanation.relevance.sum(1) - (mlp(x)[:, 2] - mlp(baseline)[:, 2]).detach()
+    assert gap.shape == (2,) and torch.allclose(gap, expected, rtol=1e-10, atol=1e-14)
+    assert "conservation_gap" not in explanation.details
+
+
+# ---------------------------------------------------------------- in-place ReLU
+
+
+def _torchvision_style(inplace: bool) -> nn.Sequential:
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        model = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Linear(16, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 3),
+        )
+    return model.double().eval()
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("lrp", {"preset": "epsilon_gamma_box", "low": -1.0, "high": 1.0}), ("lrp", {"preset": "epsilon_plus_flat"}),
+    ("lrp", {"preset": "alpha2beta1"}), ("gradient", {}), ("guided_backprop", {}), ("deconvnet", {}),
+    ("integrated_gradients", {"steps": 4}),
+])
+def test_inplace_relu_equals_non_inplace(method: str, options: dict[str, object]) -> None:
+    x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 2 - 1
+    inplace = relprop.explain(_torchvision_style(True), x, method=method, **options)
+    plain = relprop.explain(_torchvision_style(False), x, method=method, **options)
+    assert torch.equal(inplace.output, plain.output)
+    assert torch.allclose(inplace.relevance, plain.relevance, rtol=1e-12, atol=1e-15)
+    assert plain.relevance.abs().max() > 0

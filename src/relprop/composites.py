@@ -37,10 +37,11 @@ AVG_POOLS: tuple[type, ...] = (
 MAX_POOLS: tuple[type, ...] = (
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
 )
-# Leaf modules whose backward is pure routing (or identity in eval mode): they need no rule.
+# Leaf modules whose backward is pure routing (or identity in eval mode): they need no rule. Max pooling routes
+# each window's relevance to its winner (winner-take-all), which is exactly its own backward pass.
 ROUTING_MODULES: tuple[type, ...] = (
     nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.Embedding,
+    nn.Embedding, *MAX_POOLS,
 )
 
 _ADVICE = {
@@ -69,7 +70,6 @@ def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
         (Sum, rules.Proportional(stabilizer)),
         (GatedProduct, rules.SignalTakeAll()),
         (AVG_POOLS, rules.Proportional(stabilizer)),
-        (MAX_POOLS, rules.WinnerTakeAll()),
         ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _MergedOnly()),
     ]
 
@@ -102,7 +102,8 @@ class RuleMap:
     """Assigns a rule to every leaf module: by name (glob patterns), then the first layer, then by type.
 
     ``entries`` come first, then relprop's base map (activations pass, sums and average pools proportional,
-    gated products signal-take-all, max pools winner-take-all). ``first`` is the rule of the first module of a
+    gated products signal-take-all); max pools route relevance to each window's winner unless an entry gives
+    them a rule (e.g. ``(nn.MaxPool2d, rules.Proportional())``). ``first`` is the rule of the first module of a
     type in ``first_types`` in registration order (zennit's convention). If that layer mixes model input and
     recurrent state (it has a ``mixed_split``, e.g. the thesis's ``[x_t, r_{t-1}] W``), its input part gets
     ``first`` and its state part the layer's type rule, with one shared denominator (:class:`rules.mixed.Mixed`).

@@ -41,8 +41,7 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     >>> stabilize(torch.tensor([-2.0, 0.0, 3.0]), 0.5)
     tensor([-2.5000,  0.5000,  3.5000])
     """
-    sign = (z >= 0).to(z) * 2 - 1
-    return z + sign * epsilon
+    return z.sign().add_(0.5).sign_().mul_(epsilon).add_(z)  # sign with 0 -> +1, arithmetic kernels only
 
 
 class _Relay(torch.autograd.Function):

@@ -232,7 +232,9 @@ def _network_twin(model: nn.Sequential, rule_map: RuleMap, x: Tensor, target: Te
         if isinstance(module, nn.Flatten):
             relevance = relevance.reshape(a.shape)
             continue
-        relevance = twin(assigned[id(module)], module, a, relevance)
+        # max pools have no rule by default: their own backward routes relevance to the winner
+        default = rules.WinnerTakeAll() if isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)) else None
+        relevance = twin(assigned.get(id(module), default), module, a, relevance)
     return relevance
 
 

@@ -87,6 +87,10 @@ class Group(NamedTuple):
     mask: Tensor | None = None
 
 
+def _has_negative(x: Tensor) -> bool:
+    return bool(x.min() < 0)
+
+
 def _positive(t: Tensor) -> Tensor:
     return t.clamp(min=0)
 
@@ -134,14 +138,18 @@ class ZRule:
             if group.mask is not None:
                 s = s * group.mask
             for term in group.terms:
-                part = (group.coefficient * term.sign) * term.x * affine.transpose(s, term.weight, x)
-                relevance_in = part if relevance_in is None else relevance_in + part
+                part = affine.transpose(s, term.weight, x).mul_(term.x)
+                scale = group.coefficient * term.sign
+                if relevance_in is None:
+                    relevance_in = part if scale == 1 else part.mul_(scale)
+                else:
+                    relevance_in.add_(part, alpha=scale)
         return (relevance_in,)
 
 
 def _signed_terms(x: Tensor, w_pos: Tensor, w_neg: Tensor, bias: Tensor | None) -> list[Term]:
     """``x+ w_pos + bias + x- w_neg``; the negative-input term is dropped when x has no negative entries."""
-    if not bool((x < 0).any()):
+    if not _has_negative(x):
         return [Term(x, w_pos, bias)]
     return [Term(_positive(x), w_pos, bias), Term(_negative(x), w_neg, None)]
 
@@ -171,7 +179,7 @@ class Epsilon(ZRule):
             z = affine.forward(x, affine.weight, self._bias(affine.bias))
         else:
             z = output  # the module's own output is x W^T + b
-        return (x * affine.transpose(relevance_out / self.stabilize(z), affine.weight, x),)
+        return (affine.transpose(relevance_out / self.stabilize(z), affine.weight, x).mul_(x),)
 
 
 @dataclass(frozen=True)
@@ -184,6 +192,17 @@ class ZPlus(ZRule):
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         b_pos = _positive(bias) if bias is not None and self.bias else None
         return [Group(_signed_terms(x, _positive(weight), _negative(weight), b_pos))]
+
+    def relevance(
+        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x,) = inputs
+        if _has_negative(x):
+            return super().relevance(module, inputs, output, relevance_out)
+        affine = _Affine(module)  # x >= 0: one term, z = x w+ + b+
+        w_pos = _positive(affine.weight)
+        z = affine.forward(x, w_pos, _positive(affine.bias) if affine.bias is not None and self.bias else None)
+        return (affine.transpose(relevance_out / self.stabilize(z), w_pos, x).mul_(x),)
 
 
 @dataclass(frozen=True)
@@ -229,21 +248,24 @@ class Gamma(ZRule):
         self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        if bool((x < 0).any()):
-            return super().relevance(module, inputs, output, relevance_out)
-        # x >= 0 (e.g. after a ReLU): with q = x w+ + b+ and z = x w + b, the two denominators are
-        # z_up = z + gamma q and z_down = z + gamma (z - q); one extra forward and two transposes suffice.
         affine = _Affine(module)
-        weight, bias = affine.weight, affine.bias if self.bias else None
-        w_pos = _positive(weight)
-        z = output if self.bias or affine.bias is None else affine.forward(x, weight, None)
-        q = affine.forward(x, w_pos, None if bias is None else _positive(bias))
-        s_up = relevance_out * (output > 0).to(z) / self.stabilize(z + self.gamma * q)
-        s_down = relevance_out * (output < 0).to(z) / self.stabilize(z + self.gamma * (z - q))
-        # R = x [T(s_up, w + g w+) + T(s_down, w + g w-)] = x [T(a, w+) + T(b, w-)]
-        a = (1 + self.gamma) * s_up + s_down
-        b = s_up + (1 + self.gamma) * s_down
-        return (x * (affine.transpose(a, w_pos, x) + affine.transpose(b, weight - w_pos, x)),)
+        if _has_negative(x) or (affine.bias is not None and not self.bias):
+            return super().relevance(module, inputs, output, relevance_out)
+        # x >= 0 (e.g. after a ReLU): with q = x w+ + b+ and z = x w + b, the denominators are
+        # z_up = z + gamma q > 0 where z > 0 and z_down = (1 + gamma) z - gamma q < 0 where z < 0, so
+        # stabilize(z_up) = |z_up| + eps and stabilize(z_down) = -(|z_down| + eps). With a = R [z>0] / (|z_up| + eps)
+        # and n = R [z<0] / (|z_down| + eps): R_in = x (w^T (a - (1 + gamma) n) + w+^T (gamma (a + n))).
+        gamma, eps = self.gamma, self.stabilizer
+        w_pos = _positive(affine.weight)
+        q = affine.forward(x, w_pos, None if affine.bias is None else _positive(affine.bias))
+        sign = output.sign()
+        up = sign.clamp(min=0)  # 1 where z > 0
+        down = up - sign  # 1 where z < 0
+        a = (relevance_out * up).div_(torch.add(output, q, alpha=gamma).abs_().add_(eps))
+        n = (relevance_out * down).div_(output.mul(1 + gamma).sub_(q, alpha=gamma).abs_().add_(eps))
+        u = torch.sub(a, n, alpha=1 + gamma)
+        v = a.add_(n).mul_(gamma)
+        return (affine.transpose(u, affine.weight, x).add_(affine.transpose(v, w_pos, x)).mul_(x),)
 
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         up = self._lift(weight, _positive(weight))
@@ -255,6 +277,25 @@ class Gamma(ZRule):
             Group(_signed_terms(x, up, down, b_up), mask=(output > 0).to(output)),
             Group(_signed_terms(x, down, up, b_down), mask=(output < 0).to(output)),
         ]
+
+
+def _uniform(bound: float | Tensor, x: Tensor) -> bool:
+    """Whether a bound is the same for every sample (a scalar or a per-feature tensor without batch dimension)."""
+    return not isinstance(bound, Tensor) or bound.dim() < x.dim() or bound.shape[0] == 1
+
+
+def _stacked_transpose(affine: _Affine, s: Tensor, first: Tensor, second: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(first^T s, second^T s)``, in one call where the weights can be stacked on the input dimension."""
+    module = affine.module
+    if affine.kind == "linear":
+        return (s @ torch.cat([first, second], 1)).chunk(2, dim=-1)  # type: ignore[return-value]
+    if module.padding_mode == "zeros" and not isinstance(module.padding, str) and module.groups == 1:
+        grad_input = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input,
+                      3: torch.nn.grad.conv3d_input}[first.dim() - 2]
+        shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])  # both weights' inputs side by side on the channels
+        both = grad_input(shape, torch.cat([first, second], 1), s, module.stride, module.padding, module.dilation, 1)
+        return both.chunk(2, dim=1)  # type: ignore[return-value]
+    return affine.transpose(s, first, x), affine.transpose(s, second, x)
 
 
 @dataclass(frozen=True)
@@ -272,6 +313,24 @@ class ZBox(ZRule):
         if bound.dim() == x.dim() - 1:
             bound = bound.unsqueeze(0)
         return bound.expand_as(x)
+
+    def relevance(
+        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x,) = inputs
+        affine = _Affine(module)
+        low, high = self._bound(self.low, x[:1]), self._bound(self.high, x[:1])  # (1, ...) shared by the batch
+        if (affine.bias is not None and not self.bias) or not (_uniform(self.low, x) and _uniform(self.high, x)):
+            return super().relevance(module, inputs, output, relevance_out)
+        # z = x w + b - (l w+ + b+) - (h w- + b-); the bound terms are the same for every sample.
+        # R = x w^T s - l w+^T s - h w-^T s = (x - h) w^T s + (h - l) w+^T s
+        weight, bias = affine.weight, affine.bias
+        w_pos = _positive(weight)
+        z = (output - affine.forward(low, w_pos, None if bias is None else _positive(bias))
+             - affine.forward(high, weight - w_pos, None if bias is None else _negative(bias)))
+        s = relevance_out / self.stabilize(z)
+        t_w, t_pos = _stacked_transpose(affine, s, weight, w_pos, x)
+        return (t_w.mul_(x - high).add_(t_pos.mul_(high - low)),)
 
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         use_bias = bias is not None and self.bias
@@ -308,3 +367,17 @@ class Flat(ZRule):
 
     def weights(self, name: str, param: Tensor) -> Tensor:
         return torch.ones_like(param)
+
+    def relevance(
+        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        (x,) = inputs
+        affine = _Affine(module)
+        if self.bias and affine.bias is not None or getattr(module, "groups", 1) != 1:
+            return super().relevance(module, inputs, output, relevance_out)
+        # every output of the layer has the same all-ones weights: one output channel stands for all of them
+        ones = affine.weight.new_ones((1, *affine.weight.shape[1:]))
+        z = affine.forward(x.new_ones((1, *x.shape[1:])), ones, None)  # receptive-field sizes, (1, 1, ...)
+        channel = -1 if affine.kind == "linear" else 1  # where the layer's outputs are
+        s = (relevance_out / self.stabilize(z)).sum(channel, keepdim=True)  # one output of all-ones weights
+        return (affine.transpose(s, ones, x),)

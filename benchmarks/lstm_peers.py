@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"bias": bias, "test_accuracy": round(accuracy, 3)}
 
         for epsilon in (1e-9, 1e-3):
-            explanation = relprop.explain(model, x, target, method="lrp", preset="lstm_epsilon", epsilon=epsilon)
+            explanation = relprop.explain(model, x, target, method="lrp", preset="lstm_epsilon", epsilon=epsilon,
+                                          stabilizer=min(epsilon, 1e-6))
             row[f"relprop lstm_epsilon eps={epsilon:g}"] = _error(explanation.relevance, logit)
 
         try:

@@ -153,6 +153,10 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--test-limit", type=int, default=None)
     grid.add_argument("--methods", type=_methods, default=("sa", "gb", "dtd", "lrp_a1.5b0.5"))
     grid.set_defaults(handler=_reproduce)
+
+    from .cli_text import add_text_commands
+
+    add_text_commands(commands)
     return parser
 
 

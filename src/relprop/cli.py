@@ -95,11 +95,13 @@ def _reproduce(args: argparse.Namespace) -> int:
         {"limit": args.test_limit} if args.test_limit is not None else {}))
     config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, seeds=args.seeds, train=train_config,
                                  evaluation=evaluation)
-    results = reproduce(config, args.out, progress=not args.quiet)
+    results = reproduce(config, args.out, progress=not args.quiet, collect_only=args.collect)
     print("\naccuracy")
     _print_table(results["accuracy"])
     print("\ncosine similarity to the ground truth (mean over test sequences)")
     _print_table(results["cosine"])
+    if results["missing"]:
+        print(f"\nnot evaluated yet (left out): {', '.join(results['missing'])}")
     print(f"\ntables and figures in {args.out}")
     return 0
 
@@ -144,6 +146,8 @@ def _parser() -> argparse.ArgumentParser:
     grid = commands.add_parser("reproduce", help="the thesis grid of architectures x datasets, with tables")
     grid.add_argument("--out", type=Path, default=Path("runs/reproduce"))
     grid.add_argument("--quick", action="store_true", help="smoke-size grid")
+    grid.add_argument("--collect", action="store_true",
+                      help="train nothing: tabulate the cells already evaluated and list the missing ones")
     grid.add_argument("--archs", type=_comma, default=None)
     grid.add_argument("--datasets", type=_comma, default=("mnist-maj", "fashion-maj"))
     grid.add_argument("--seeds", type=lambda t: tuple(int(s) for s in _comma(t)), default=(0,))

@@ -68,26 +68,39 @@ def _cell_dir(root: Path, dataset: str, arch: str, seed: int) -> Path:
     return root / dataset / arch.replace("+", "plus") / f"seed{seed}"
 
 
-def reproduce(config: GridConfig, root: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the grid into ``root`` and write the tables; returns the collected results."""
+def reproduce(
+    config: GridConfig, root: str | Path, *, progress: bool = True, collect_only: bool = False
+) -> dict[str, Any]:
+    """Run (or resume) the grid into ``root`` and write the tables; returns the collected results.
+
+    With ``collect_only`` nothing is trained or evaluated: the tables cover the cells already evaluated, and
+    ``missing`` lists the others.
+    """
     root = Path(root)
     cells = [(d, a, s) for d in config.datasets for a in config.archs for s in config.seeds]
-    collected = []
+    collected, missing = [], []
     for dataset, arch, seed in tqdm(cells, desc="grid", disable=not progress):
         run_dir = _cell_dir(root, dataset, arch, seed)
-        train(dataclasses.replace(config.train, arch=arch, dataset=dataset, seed=seed), run_dir, progress=progress)
         evaluation_file = run_dir / "evaluation.json"
+        if collect_only:
+            if not evaluation_file.exists():
+                missing.append(f"{dataset}/{arch}/seed{seed}")
+                continue
+            collected.append({"seed": seed, "epochs": len(read_json(run_dir / "history.json")),
+                              **read_json(evaluation_file)})
+            continue
+        train(dataclasses.replace(config.train, arch=arch, dataset=dataset, seed=seed), run_dir, progress=progress)
         results = read_json(evaluation_file) if evaluation_file.exists() else None
         if results is None or set(results["methods"]) != set(config.evaluation.methods):
             results = evaluate(run_dir, config.evaluation, progress=progress)
-        collected.append({"seed": seed, **results})
-    write_json(root / "results.json", {"config": _jsonable(config), "cells": collected})
+        collected.append({"seed": seed, "epochs": len(read_json(run_dir / "history.json")), **results})
+    write_json(root / "results.json", {"config": _jsonable(config), "cells": collected, "missing": missing})
     accuracy_rows, cosine_rows = tables(collected, config.evaluation.methods)
     for name, rows in (("accuracy", accuracy_rows), ("cosine", cosine_rows)):
         atomic_write(root / f"{name}.csv", _to_csv(rows).encode())
         atomic_write(root / f"{name}.md", _to_markdown(rows).encode())
     _figures(root, collected, config)
-    return {"cells": collected, "accuracy": accuracy_rows, "cosine": cosine_rows}
+    return {"cells": collected, "accuracy": accuracy_rows, "cosine": cosine_rows, "missing": missing}
 
 
 def _jsonable(config: GridConfig) -> dict[str, Any]:
@@ -108,7 +121,8 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
         thesis = THESIS.get((arch, dataset), {})
         accuracy = _mean([c["accuracy"] for c in group])
         accuracy_rows.append({
-            "arch": arch, "dataset": dataset, "seeds": len(group), "accuracy": round(accuracy, 4),
+            "arch": arch, "dataset": dataset, "seeds": len(group), "epochs": group[0].get("epochs", ""),
+            "accuracy": round(accuracy, 4),
             "thesis": thesis.get("accuracy", ""),
             "difference": round(accuracy - thesis["accuracy"], 4) if "accuracy" in thesis else "",
         })

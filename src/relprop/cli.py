@@ -90,7 +90,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     config = GridConfig.quick(args.datasets) if args.quick else GridConfig(datasets=args.datasets)
     train_config = dataclasses.replace(
         config.train, **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
-                                           ("limit", args.limit)) if v is not None})
+                                           ("lr", args.lr), ("limit", args.limit)) if v is not None})
     evaluation = dataclasses.replace(config.evaluation, methods=args.methods, **(
         {"limit": args.test_limit} if args.test_limit is not None else {}))
     config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, seeds=args.seeds, train=train_config,
@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     grid.add_argument("--seeds", type=lambda t: tuple(int(s) for s in _comma(t)), default=(0,))
     grid.add_argument("--epochs", type=int, default=None)
     grid.add_argument("--batch-size", type=int, default=None)
+    grid.add_argument("--lr", type=float, default=None)
     grid.add_argument("--limit", type=int, default=None)
     grid.add_argument("--test-limit", type=int, default=None)
     grid.add_argument("--methods", type=_methods, default=("sa", "gb", "dtd", "lrp_a1.5b0.5"))
@@ -161,6 +162,10 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_text import add_text_commands
 
     add_text_commands(commands)
+
+    from .cli_viz import add_viz_commands
+
+    add_viz_commands(commands)
     return parser
 
 

@@ -38,6 +38,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[IO[bytes]
                 data(file)
             file.flush()
             os.fsync(file.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

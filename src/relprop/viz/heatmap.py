@@ -1,0 +1,243 @@
+"""Relevance maps as pictures: colour mapping, overlays, MAJ sequence heatmaps, PNG files and grids.
+
+Convention (Montavon et al. 2018, "Methods for interpreting and understanding deep neural networks"):
+relevance is divided by its maximum absolute value, then red = positive, blue = negative, white = zero.
+Figures are built on the Agg canvas without pyplot, so nothing opens a window and nothing needs closing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image
+from torch import Tensor
+
+_STEPS_PER_BLOCK = 4  # a MAJ digit spans 4 time steps (28x7 columns each, or 8x2 for 8x8 digits)
+_BLOCK_LINE = np.array([40, 40, 40], dtype=np.uint8)
+_STEP_LINE = np.array([165, 165, 165], dtype=np.uint8)
+_MASK_ON = np.array([30, 150, 60], dtype=np.uint8)
+_MASK_OFF = np.array([200, 200, 200], dtype=np.uint8)
+_WHITE = np.array([255, 255, 255], dtype=np.uint8)
+
+
+def _to_numpy(array: Tensor | np.ndarray | Sequence[float], what: str) -> np.ndarray:
+    """Return a finite float64 numpy copy of a tensor (any device) or array."""
+    if isinstance(array, Tensor):
+        out = array.detach().to("cpu", torch.float64).numpy()
+    else:
+        out = np.asarray(array, dtype=np.float64)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"relprop.viz: {what} of shape {tuple(out.shape)} contains NaN or inf; "
+                         "check the explanation method (e.g. raise epsilon) before plotting it")
+    return out
+
+
+def _as_map(relevance: Tensor | np.ndarray, what: str = "relevance") -> np.ndarray:
+    values = _to_numpy(relevance, what)
+    if values.ndim != 2:
+        raise ValueError(f"relprop.viz: expected a 2-D {what} map (H, W), got shape {tuple(values.shape)}; "
+                         "select one sample and channel first, e.g. relevance[0, 0] or relevance[0].sum(0)")
+    return values
+
+
+def _normalise(values: np.ndarray) -> np.ndarray:
+    """Divide by max |values|; an all-zero map stays zero (no division by zero)."""
+    scale = np.abs(values).max(initial=0.0)
+    return values / scale if scale > 0 else np.zeros_like(values)
+
+
+def _bwr(normalised: np.ndarray) -> np.ndarray:
+    """Exact blue-white-red map on [-1, 1]: -1 -> blue, 0 -> pure white, 1 -> red."""
+    fade = np.rint(255.0 * (1.0 - np.abs(normalised))).astype(np.uint8)  # (H, W)
+    rgb = np.full((*normalised.shape, 3), 255, dtype=np.uint8)  # (H, W, 3)
+    positive = normalised > 0
+    rgb[..., 1] = fade
+    rgb[..., 2] = np.where(positive, fade, 255)
+    rgb[..., 0] = np.where(positive, 255, fade)
+    return rgb
+
+
+def heatmap(relevance: Tensor | np.ndarray, *, cmap: str = "bwr") -> np.ndarray:
+    """Map a 2-D relevance map to an RGB uint8 image of shape (H, W, 3).
+
+    The map is divided by max |R|. The default ``"bwr"`` is an exact symmetric map (zero is pure white,
+    unlike matplotlib's 256-entry table); any other matplotlib colormap name is sampled at (R + 1) / 2.
+
+    Example
+    -------
+    >>> heatmap(np.array([[2.0, -1.0, 0.0]])).tolist()
+    [[[255, 0, 0], [128, 128, 255], [255, 255, 255]]]
+    """
+    normalised = _normalise(_as_map(relevance))
+    if cmap == "bwr":
+        return _bwr(normalised)
+    try:
+        colormap = colormaps[cmap]
+    except KeyError as err:
+        raise ValueError(f"relprop.viz.heatmap: unknown colour map {cmap!r}; use 'bwr' (the default) or a "
+                         "matplotlib colormap name such as 'seismic' or 'coolwarm'") from err
+    rgba = colormap((normalised + 1.0) / 2.0)  # (H, W, 4) floats in [0, 1]
+    return np.rint(rgba[..., :3] * 255.0).astype(np.uint8)
+
+
+def _gray_unit(image: Tensor | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Bring a grayscale image in [-1, 1], [0, 1] or uint8 to [0, 1]."""
+    is_uint8 = (image.dtype == torch.uint8) if isinstance(image, Tensor) else np.asarray(image).dtype == np.uint8
+    gray = _as_map(image, "image")
+    if gray.shape != shape:
+        raise ValueError(f"relprop.viz: image shape {gray.shape} does not match relevance shape {shape}")
+    if is_uint8:
+        return gray / 255.0
+    if gray.min() < -1.0 or gray.max() > 1.0:
+        raise ValueError(f"relprop.viz: grayscale image values span [{gray.min():.3g}, {gray.max():.3g}]; "
+                         "expected [-1, 1], [0, 1] or uint8")
+    return (gray + 1.0) / 2.0 if gray.min() < 0 else gray
+
+
+def overlay(relevance: Tensor | np.ndarray, image: Tensor | np.ndarray, *, alpha: float = 0.6) -> np.ndarray:
+    """Blend the relevance heatmap over a grayscale image: ``alpha * heatmap + (1 - alpha) * image``.
+
+    The image may be in [-1, 1] (read as such when it has a negative value, as the MAJ data does),
+    in [0, 1], or uint8. Returns RGB uint8 of shape (H, W, 3).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"relprop.viz.overlay: alpha must lie in [0, 1], got {alpha}")
+    colours = heatmap(relevance).astype(np.float64)
+    gray = _gray_unit(image, colours.shape[:2])[..., None] * 255.0  # (H, W, 1)
+    return np.rint(alpha * colours + (1.0 - alpha) * gray).astype(np.uint8)
+
+
+def maj_heatmap(
+    relevance: Tensor | np.ndarray,
+    *,
+    blocks: int = 3,
+    mask: Tensor | np.ndarray | Sequence[float] | None = None,
+    image: Tensor | np.ndarray | None = None,
+    scale: int = 4,
+) -> np.ndarray:
+    """Draw the heatmap of a MAJ sequence image (e.g. 28x84 or 8x24) with its blocks and time steps marked.
+
+    The map (overlaid on ``image`` when given) is upscaled ``scale`` times by pixel repetition. Dark lines
+    mark the block boundaries and light lines the time-step boundaries (4 steps per block); they cover the
+    first pixel column of each block/step, so they are drawn only when ``scale >= 2``. With ``mask`` (one
+    value per block), a band two source rows tall is added on top: a green bar over each block whose mask
+    is 1, grey otherwise. Returns RGB uint8 of shape (H * scale, W * scale, 3), or ((H + 2) * scale,
+    W * scale, 3) with a mask.
+    """
+    values = _as_map(relevance)
+    height, width = values.shape
+    if scale < 1 or int(scale) != scale:
+        raise ValueError(f"relprop.viz.maj_heatmap: scale must be a positive integer, got {scale}")
+    if blocks < 1 or width % (blocks * _STEPS_PER_BLOCK) != 0:
+        raise ValueError(f"relprop.viz.maj_heatmap: width {width} of relevance shape {values.shape} is not "
+                         f"divisible into {blocks} blocks of {_STEPS_PER_BLOCK} time steps; pass the full "
+                         "sequence image (e.g. 28x84) and the right blocks=")
+    rgb = heatmap(values) if image is None else overlay(values, image)
+    rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)  # (H * scale, W * scale, 3)
+    step_px = width // (blocks * _STEPS_PER_BLOCK) * scale
+    block_px = step_px * _STEPS_PER_BLOCK
+    if scale >= 2:
+        for x in range(step_px, width * scale, step_px):
+            rgb[:, x] = _BLOCK_LINE if x % block_px == 0 else _STEP_LINE
+    if mask is None:
+        return rgb
+    flags = _to_numpy(mask, "mask").ravel()
+    if flags.shape != (blocks,):
+        raise ValueError(f"relprop.viz.maj_heatmap: mask needs one value per block ({blocks}), "
+                         f"got shape {flags.shape}")
+    band = np.empty((2 * scale, width * scale, 3), dtype=np.uint8)  # (2 * scale, W * scale, 3)
+    band[:] = _WHITE
+    gap = max(1, scale // 2)
+    bar_rows = slice(0, 2 * scale - gap)
+    for k, flag in enumerate(flags):
+        left, right = k * block_px + gap, (k + 1) * block_px - gap
+        band[bar_rows, left:right] = _MASK_ON if flag > 0.5 else _MASK_OFF
+    return np.concatenate([band, rgb], axis=0)
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
+    """Write through ``write(file)`` into a temp file next to ``path``, then rename it into place."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def save_png(picture: np.ndarray | Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
+    """Write an image array or a matplotlib Figure to a PNG file atomically; returns the path.
+
+    Arrays are uint8 (H, W), (H, W, 3) or (H, W, 4), or floats in [0, 1] (scaled to uint8).
+    ``dpi`` applies to figures only. Missing parent folders are created.
+    """
+    if isinstance(picture, Figure):
+        if not isinstance(picture.canvas, FigureCanvasAgg):
+            FigureCanvasAgg(picture)
+        return _atomic_write(path, lambda handle: picture.savefig(handle, format="png", dpi=dpi))
+    array = np.asarray(picture)
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ValueError(f"relprop.viz.save_png: expected (H, W), (H, W, 3) or (H, W, 4), got {array.shape} "
+                         f"for {os.fspath(path)!r}")
+    if array.dtype != np.uint8:
+        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0.0 or array.max() > 1.0:
+            raise ValueError(f"relprop.viz.save_png: {array.dtype} array for {os.fspath(path)!r} must be uint8 "
+                             "or floats in [0, 1]; convert relevance with heatmap() first")
+        array = np.rint(array * 255.0).astype(np.uint8)
+    img = Image.fromarray(np.ascontiguousarray(array))
+    return _atomic_write(path, lambda handle: img.save(handle, format="PNG"))
+
+
+def grid(
+    images: Mapping[tuple[str, str], np.ndarray],
+    *,
+    rows: list[str],
+    cols: list[str],
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """Lay out images in a labelled grid, e.g. explanation method (rows) x architecture (cols).
+
+    ``images[(row, col)]`` is an RGB(A) uint8 picture (2-D arrays are read as relevance and coloured with
+    :func:`heatmap`); missing cells stay blank. Saves a PNG when ``path`` is given. Returns the Figure
+    (Agg canvas, not registered with pyplot).
+    """
+    unknown = sorted({key for key in images if key[0] not in rows or key[1] not in cols})
+    if unknown:
+        raise ValueError(f"relprop.viz.grid: keys {unknown} name a row or column missing from "
+                         f"rows={rows} / cols={cols}")
+    pictures = {key: heatmap(img) if np.ndim(img) == 2 else np.asarray(img) for key, img in images.items()}
+    aspect = max((p.shape[1] / p.shape[0] for p in pictures.values()), default=1.0)
+    cell = 1.6  # inches of height per cell
+    fig = Figure(figsize=(cell * aspect * len(cols) + 1.0, cell * len(rows) + 0.6), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(rows), len(cols), squeeze=False)
+    for i, row in enumerate(rows):
+        for j, col in enumerate(cols):
+            ax = axes[i][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if (row, col) in pictures:
+                ax.imshow(pictures[(row, col)], interpolation="nearest")
+            if i == 0:
+                ax.set_title(col, fontsize=10)
+            if j == 0:
+                ax.set_ylabel(row, fontsize=10)
+    if path is not None:
+        save_png(fig, path)
+    return fig

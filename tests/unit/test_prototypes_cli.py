@@ -1,0 +1,56 @@
+"""Tests for ``relprop prototypes``: class prototypes of a trained MAJ model, simple AM and AM + expert."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from relprop.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("prototypes") / "run"
+    assert main(["--quiet", "train", "--arch", "rlstm_sd", "--dataset", "digits-maj", "--epochs", "1",
+                 "--limit", "100", "--out", str(run)]) == 0
+    return run
+
+
+def test_prototypes_expert_raises_data_likelihood(tiny_run: Path) -> None:
+    classes = [0, 3, 7]
+    assert main(["--quiet", "prototypes", str(tiny_run), "--classes", "0,3,7", "--expert", "--steps", "40",
+                 "--fit-limit", "300"]) == 0
+    out = tiny_run / "prototypes"
+    for name in ("am", "am_expert"):
+        with Image.open(out / f"prototypes_{name}.png") as image:
+            assert image.format == "PNG" and image.width > image.height > 0
+    scores = json.loads((out / "prototypes.json").read_text())
+    tensors = load_file(str(out / "prototypes.safetensors"))
+    assert tuple(tensors["am"].shape) == (len(classes), 12, 16)  # digits-maj: 12 steps of 8x2 pixels
+    assert float(tensors["am"].abs().max()) <= 1.0  # the box constraint of the pixel range
+    assert [r["class"] for r in scores["am"]] == classes
+    for simple, expert in zip(scores["am"], scores["am_expert"]):
+        assert simple["log_p_class"] <= 0.0 and expert["log_p_class"] <= 0.0
+        assert expert["log_p_x"] >= simple["log_p_x"], (simple, expert)
+    # simple AM maximises log p(c|x) alone: its prototypes are classified as their class
+    assert [r["predicted"] for r in scores["am"]] == classes
+
+
+def test_prototypes_without_expert_and_norm_constraint(tiny_run: Path, tmp_path: Path) -> None:
+    assert main(["--quiet", "prototypes", str(tiny_run), "--classes", "1", "--steps", "10", "--norm", "3",
+                 "--fit-limit", "200", "--out", str(tmp_path / "p")]) == 0
+    scores = json.loads((tmp_path / "p" / "prototypes.json").read_text())
+    assert "am_expert" not in scores and scores["constraint"]["norm"] == 3.0
+    x = load_file(str(tmp_path / "p" / "prototypes.safetensors"))["am"]
+    assert float(x.reshape(1, -1).norm()) <= 3.0 + 1e-4
+    assert not (tmp_path / "p" / "prototypes_am_expert.png").exists()
+
+
+def test_prototypes_bad_arguments(tiny_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["prototypes", str(tiny_run), "--classes", "0,12"])
+    assert main(["prototypes", str(tmp_path / "missing")]) == 2

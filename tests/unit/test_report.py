@@ -1,0 +1,138 @@
+"""Tests for relprop.viz.report and ``relprop report``: self-contained HTML of a tiny run and a tiny grid."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from relprop.cli import main
+from relprop.experiments.reproduce import THESIS
+from relprop.viz.report import write_report
+
+_TINY = ["--quiet"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("report") / "run"
+    assert main([*_TINY, "train", "--arch", "rlstm_sd", "--dataset", "digits-maj", "--epochs", "1", "--limit", "100",
+                 "--out", str(run)]) == 0
+    assert main([*_TINY, "evaluate", str(run), "--limit", "30", "--flip-limit", "20"]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    grid = tmp_path_factory.mktemp("report") / "grid"
+    assert main([*_TINY, "reproduce", "--quick", "--datasets", "digits-maj", "--archs", "rlstm_sd,deep",
+                 "--epochs", "1", "--limit", "100", "--test-limit", "30", "--out", str(grid)]) == 0
+    return grid
+
+
+def _assert_self_contained(page: str) -> list[Image.Image]:
+    """No network or file reference anywhere; every image is an embedded, decodable PNG. Returns the images."""
+    assert page.startswith("<!DOCTYPE html>")
+    for forbidden in ("http://", "https://", 'src="/', "<script", "url(", "@import"):
+        assert forbidden not in page, forbidden
+    for href in re.findall(r'href="([^"]*)"', page):
+        assert href.startswith(("data:", "#")), href
+    sources = re.findall(r'<img\b[^>]*\bsrc="([^"]*)"', page)
+    assert len(sources) == page.count("<img")
+    images = []
+    for source in sources:
+        assert source.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(source.split(",", 1)[1], validate=True)))
+        assert image.format == "PNG" and image.width > 0 and image.height > 0
+        images.append(image)
+    return images
+
+
+def test_run_report_has_tables_and_images(tiny_run: Path) -> None:
+    assert main([*_TINY, "report", str(tiny_run)]) == 0
+    page = (tiny_run / "report.html").read_text(encoding="utf-8")
+    images = _assert_self_contained(page)
+    evaluation = json.loads((tiny_run / "evaluation.json").read_text())
+    methods = list(evaluation["methods"])
+    # accuracy curve + one stored heatmap figure per method + the pixel-flipping figure
+    assert len(images) == 1 + len(methods) + 1
+    assert page.count("<table") == 3  # configuration, training history, evaluation
+    for text in ("Configuration", "Training", "Evaluation", "Heatmaps", "Pixel flipping", "validation accuracy",
+                 "conservation error", "random order", f"{evaluation['accuracy']:.4f}"):
+        assert text in page, text
+    for method in methods:
+        cosine = evaluation["methods"][method]["cosine"]["mean"]
+        assert f"<td>{method}</td><td>{cosine:.3f} &plusmn;" in page
+
+
+def test_run_report_escapes_text(tiny_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["arch"] = "<script>alert(1)</script>"
+    (copy / "config.json").write_text(json.dumps(config))
+    page = write_report(copy, tmp_path / "out" / "page.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_report_of_a_run_not_yet_evaluated_recomputes_heatmaps(tiny_run: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    copy.mkdir()
+    for name in ("config.json", "history.json", "best.safetensors"):
+        shutil.copy(tiny_run / name, copy / name)
+    page = write_report(copy).read_text(encoding="utf-8")
+    images = _assert_self_contained(page)
+    assert "Not evaluated yet" in page and "recomputed from the best checkpoint" in page
+    assert len(images) == 2  # accuracy curve, heatmap grid (input + 4 methods)
+    assert page.count("<table") == 2
+
+
+def test_grid_report_has_tables_gallery_and_curves(tiny_grid: Path) -> None:
+    out = tiny_grid / "site" / "grid.html"
+    assert main([*_TINY, "report", str(tiny_grid), "--out", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    images = _assert_self_contained(page)
+    methods = ["sa", "gb", "dtd", "lrp_a1.5b0.5"]
+    assert len(images) == 1 + 1 + len(methods)  # cosine bars, gallery, one flipping figure per method
+    assert page.count("<table") == 4  # cells, accuracy, cosine, AOPC
+    for text in ("2 of 2 cells evaluated", "heatmap gallery digits-maj", "sa (thesis)", "lrp_a1.5b0.5 (ours)",
+                 "Pixel flipping", "random order"):
+        assert text in page, text
+    gallery = max(images, key=lambda image: image.width * image.height)
+    assert len(gallery.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 20  # digits and heatmaps, not blank
+
+
+def test_grid_report_partial_grid_and_thesis_numbers(tiny_grid: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "grid"
+    shutil.copytree(tiny_grid, copy)
+    (copy / "digits-maj" / "deep" / "seed0" / "evaluation.json").unlink()  # a cell still training
+    # present the R-LSTM-SD cell as an MNIST-MAJ result so that thesis numbers exist for it
+    moved = copy / "mnist-maj" / "rlstm_sd" / "seed0"
+    moved.parent.mkdir(parents=True)
+    shutil.move(copy / "digits-maj" / "rlstm_sd" / "seed0", moved)
+    evaluation = json.loads((moved / "evaluation.json").read_text())
+    evaluation["dataset"] = "mnist-maj"
+    (moved / "evaluation.json").write_text(json.dumps(evaluation))
+    page = write_report(copy).read_text(encoding="utf-8")
+    _assert_self_contained(page)
+    assert "1 of 2 cells evaluated" in page
+    thesis = THESIS[("rlstm_sd", "mnist-maj")]
+    ours = round(evaluation["methods"]["sa"]["cosine"]["mean"], 3)
+    assert f"<td>{ours:.3f}</td><td>{thesis['sa']:.3f}</td>" in page
+
+
+def test_bad_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("not a run")
+    with pytest.raises(ValueError, match="neither a run directory"):
+        write_report(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        write_report(tmp_path / "missing")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "neither a run directory" in capsys.readouterr().err
+    assert not (tmp_path / "report.html").exists()

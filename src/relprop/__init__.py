@@ -8,7 +8,15 @@ torch.Size([2, 4])
 
 from __future__ import annotations
 
-from . import canonizers, composites, layers, methods, models, presets_recurrent, rules
+from . import (
+    canonizers,
+    composites,
+    layers,
+    methods,
+    models,
+    presets_recurrent,  # noqa: F401  (registers lstm_epsilon, thesis_dtd, thesis_lrp)
+    rules,
+)
 from .api import METHODS, Explanation, explain, method
 from .core import ExplanationError
 

@@ -70,11 +70,14 @@ class _EmbeddingInput(nn.Module):
         super().__init__()
         object.__setattr__(self, "_model", model)  # not a child: rules attach to the model under its own names
         object.__setattr__(self, "_embedding", embedding)
+        self._model: nn.Module
+        self._embedding: nn.Embedding
         self.ids = ids
         self.train(False)
 
     def relprop_root(self) -> nn.Module:
-        return self._model  # type: ignore[no-any-return]
+        model: nn.Module = self._model
+        return model
 
     def forward(self, z: Tensor) -> Tensor:
         ids = self.ids.repeat(z.shape[0] // self.ids.shape[0], *(1,) * (self.ids.dim() - 1))  # step-major tiling

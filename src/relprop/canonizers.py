@@ -8,7 +8,7 @@ on exit, also after an exception.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ class MergeBatchNorm:
         return restore
 
 
-def _merge(linear: nn.Module, norm: nn.Module) -> Callable[[], None]:
+def _merge(linear: Any, norm: Any) -> Callable[[], None]:  # a Linear/Conv and a BatchNorm
     if norm.training or norm.running_mean is None or norm.running_var is None:
         raise ExplanationError(
             f"cannot merge {norm}: it must be in eval mode with running statistics (call model.eval())"

@@ -10,7 +10,7 @@ import fnmatch
 import inspect
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -23,7 +23,7 @@ from .rules.mixed import Mixed, mixed_split
 
 __all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES"]
 
-Selector = Union[type, tuple[type, ...], str]
+Selector = type | tuple[type, ...] | str
 
 CONV_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES: tuple[type, ...] = (nn.Linear, *CONV_TYPES)
@@ -82,7 +82,8 @@ class _MergedOnly:
         self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         if not getattr(module, "_relprop_merged", False):
-            raise ExplanationError(f"BatchNorm {module} was not merged; {_ADVICE[(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)]}")
+            advice = _ADVICE[(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)]
+            raise ExplanationError(f"BatchNorm {module} was not merged; {advice}")
         return (relevance_out,)
 
 
@@ -94,7 +95,8 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
 
 def _root(model: nn.Module) -> nn.Module:
     """The module whose sub-modules get rules (wrappers such as relprop's embedding input point to the model)."""
-    return model.relprop_root() if hasattr(model, "relprop_root") else model  # type: ignore[no-any-return]
+    root: nn.Module = getattr(model, "relprop_root")() if hasattr(model, "relprop_root") else model  # noqa: B009
+    return root
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,13 @@ class RuleMap:
         assignments: list[tuple[str, nn.Module, Rule]] = []
         uncovered: list[tuple[str, nn.Module, str]] = []
         first_done = self.first is None
+        module: nn.Module
         for name, module in model.named_modules():
             rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
-            if rule is None and not first_done and isinstance(module, self.first_types):
+            if rule is None and self.first is not None and not first_done and isinstance(module, self.first_types):
                 rule, first_done = self.first, True
                 if mixed_split(module) is not None:  # pixels and recurrent state in one layer
-                    rule = self._mixed(name, module, rule, entries)
+                    rule = self._mixed(name, module, self.first, entries)
             if rule is None:
                 rule = next((r for s, r in entries if not isinstance(s, str) and _matches(s, name, module)), None)
             if rule is not None:
@@ -202,12 +205,15 @@ def get_preset(name: str, **options: Any) -> RuleMap:
     return PRESETS[name](**options)
 
 
-def _require_bounds(name: str, low: float | Tensor | None, high: float | Tensor | None) -> None:
+def _require_bounds(
+    name: str, low: float | Tensor | None, high: float | Tensor | None
+) -> tuple[float | Tensor, float | Tensor]:
     if low is None or high is None:
         raise ExplanationError(
             f"preset '{name}' uses the zB rule on the first layer and needs the input range: pass low= and high= "
             "(e.g. low=-1.0, high=1.0 for pixels scaled to [-1, 1])"
         )
+    return low, high
 
 
 @preset("epsilon")
@@ -234,9 +240,9 @@ for _alpha, _beta in [(1, 0), (2, 1), (1.5, 0.5), (1.2, 0.2), (3, 2)]:
 @preset("dtd")
 def _dtd(low: float | Tensor | None = None, high: float | Tensor | None = None, stabilizer: float = 1e-6) -> RuleMap:
     """Deep Taylor decomposition: z+ in hidden layers, zB on the first layer (Montavon et al. 2017)."""
-    _require_bounds("dtd", low, high)
+    low, high = _require_bounds("dtd", low, high)
     return RuleMap([(LINEAR_TYPES, rules.ZPlus(stabilizer))], first=rules.ZBox(stabilizer, low=low, high=high),
-                   stabilizer=stabilizer)  # type: ignore[arg-type]
+                   stabilizer=stabilizer)
 
 
 @preset("epsilon_plus_flat")
@@ -254,9 +260,9 @@ def _epsilon_gamma_box(
     gamma: float = 0.25, stabilizer: float = 1e-6,
 ) -> RuleMap:
     """zennit's EpsilonGammaBox: gamma on convolutions, epsilon on dense layers, zB on the first convolution."""
-    _require_bounds("epsilon_gamma_box", low, high)
+    low, high = _require_bounds("epsilon_gamma_box", low, high)
     return RuleMap(
         [(CONV_TYPES, rules.Gamma(stabilizer, gamma=gamma)), (nn.Linear, rules.Epsilon(epsilon=epsilon))],
-        first=rules.ZBox(stabilizer, low=low, high=high), first_types=CONV_TYPES,  # type: ignore[arg-type]
+        first=rules.ZBox(stabilizer, low=low, high=high), first_types=CONV_TYPES,
         stabilizer=stabilizer,
     )

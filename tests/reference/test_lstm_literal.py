@@ -9,7 +9,6 @@ from lstm_literal import lstm_lrp_by_gradient, lstm_lrp_numpy
 from torch import nn
 
 import relprop
-import relprop  # noqa: F401  (registers the recurrent presets)
 
 STEPS, FEATURES, HIDDEN, CLASSES = 12, 5, 4, 3
 

@@ -12,7 +12,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import relprop
-import relprop  # noqa: F401  (registers the recurrent presets)
 from relprop import models, rules
 from relprop.canonizers_recurrent import ExplicitRecurrent, explicit_twin
 from relprop.composites import LINEAR_TYPES, RuleMap, get_preset

@@ -113,7 +113,7 @@ def test_maj_heatmap_shapes(shape: tuple[int, int]) -> None:
 def test_maj_heatmap_lines_and_mask_bar() -> None:
     scale = 4
     out = maj_heatmap(np.zeros((28, 84)), mask=np.array([1.0, 0.0, 1.0]), scale=scale)
-    body = out[2 * scale:]
+    body = out[2 * scale :]
     step_px, block_px = 7 * scale, 28 * scale
     assert np.all(body[:, block_px] == body[0, block_px]) and body[0, block_px].max() < 100  # dark block line
     assert 100 < body[0, step_px].min() < 255  # lighter step line
@@ -143,13 +143,17 @@ def test_save_png_roundtrip(tmp_path) -> None:
     with Image.open(path) as img:
         assert np.array_equal(np.asarray(img.convert("RGB")), rgb)
     assert [p.name for p in path.parent.iterdir()] == ["maj.png"]  # no temp file left behind
+    assert path.stat().st_mode & 0o777 == 0o644  # not the private mode of the temp file
     with pytest.raises(ValueError, match="heatmap"):
         save_png(np.full((3, 3), 2.0), tmp_path / "bad.png")
 
 
 def test_grid_writes_png(tmp_path) -> None:
-    images = {(method, arch): heatmap(np.random.default_rng(1).normal(size=(8, 24)))
-              for method in ("SA", "GB") for arch in ("deep", "rlstm")}
+    images = {
+        (method, arch): heatmap(np.random.default_rng(1).normal(size=(8, 24)))
+        for method in ("SA", "GB")
+        for arch in ("deep", "rlstm")
+    }
     del images[("GB", "deep")]  # a missing cell stays blank
     fig = grid(images, rows=["SA", "GB"], cols=["deep", "rlstm"], path=tmp_path / "grid.png")
     assert isinstance(fig, Figure) and len(fig.axes) == 4
@@ -167,8 +171,7 @@ def test_plots_write_png(tmp_path) -> None:
     assert len(fig.axes[0].collections) == 1  # one shaded band, for the 2-D curve only
     scores = {"deep": {"SA": rng.random(30), "GB": rng.random(30)}, "rlstm": {"SA": torch.rand(30)}}
     cosine_bars(scores, path=tmp_path / "bars.png")
-    prototype_grid(rng.normal(size=(10, 28, 28)), labels=[str(c) for c in range(10)],
-                   path=tmp_path / "protos.png")
+    prototype_grid(rng.normal(size=(10, 28, 28)), labels=[str(c) for c in range(10)], path=tmp_path / "protos.png")
     for name in ("aopc.png", "bars.png", "protos.png"):
         width, height = _png_size(tmp_path / name)
         assert width > 100 and height > 100
@@ -197,8 +200,9 @@ def test_word_colors_signs_and_normalisation() -> None:
 
 
 def test_html_sentence_escapes_and_colours() -> None:
-    fragment = html_sentence(["<script>alert(1)</script>", "good", "bad"], [0.0, 1.0, -0.5],
-                             predicted="pos", true="neg", title="a & b")
+    fragment = html_sentence(
+        ["<script>alert(1)</script>", "good", "bad"], [0.0, 1.0, -0.5], predicted="pos", true="neg", title="a & b"
+    )
     assert "<script>" not in fragment and "&lt;script&gt;" in fragment
     assert "a &amp; b" in fragment and "pos" in fragment and "neg" in fragment
     colours = re.findall(r"background-color:(#[0-9a-f]{6})", fragment)
@@ -213,7 +217,7 @@ def test_html_page_is_self_contained() -> None:
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     assert "<title>SST &lt;epochs&gt;</title>" in page and "&lt;b&gt;h&lt;/b&gt;" in page
     assert "<script" not in page and "http" not in page.replace("https://no-color.org", "")
-    assert 'background-color:#ff0000' in page
+    assert "background-color:#ff0000" in page
 
 
 def test_terminal_sentence_ansi_and_no_color(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,14 +93,18 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     samples: dict[str, Tensor] = {}
     heatmaps: dict[str, Tensor] = {}
     for name in tqdm(config.methods, desc="methods", disable=not progress, leave=False):
-        cosine, region, conservation, relevances = [], [], [], []
-        for xb, yb, mb in zip(x.split(config.batch_size), y.split(config.batch_size), mask.split(config.batch_size)):
+        cosine: list[Tensor] = []
+        region: list[Tensor] = []
+        conservation: list[Tensor] = []
+        relevances: list[Tensor] = []
+        size = config.batch_size
+        for xb, yb, mb in zip(torch.split(x, size), torch.split(y, size), torch.split(mask, size)):
             relevance, score = explain_maj(model, xb.to(device), yb.to(device), name)
             relevance = relevance.cpu()
             cosine.append(metrics.block_cosine(relevance, mb))
             region.append(metrics.relevance_in_region(relevance, mb))
             conservation.append(metrics.conservation_error(relevance, score.cpu(), absolute=True))
-            if sum(len(r) for r in relevances) < config.flip_limit:
+            if sum(r.shape[0] for r in relevances) < config.flip_limit:
                 relevances.append(relevance)
         flip_relevance = torch.cat(relevances)[: config.flip_limit]
         n_flip = len(flip_relevance)

@@ -71,7 +71,7 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> f
     device = next(model.parameters()).device
     correct = 0
     with torch.no_grad():
-        for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
+        for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size)):
             correct += int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
     model.train(was_training)
     return correct / max(len(y), 1)
@@ -82,7 +82,8 @@ def run_finished(run_dir: str | Path) -> bool:
     path = Path(run_dir)
     if not (path / "config.json").exists() or not (path / "history.json").exists():
         return False
-    return len(read_json(path / "history.json")) >= read_json(path / "config.json")["epochs"]
+    epochs: int = read_json(path / "config.json")["epochs"]
+    return len(read_json(path / "history.json")) >= epochs
 
 
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
@@ -130,14 +131,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
         model.train()
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         total_loss, correct = 0.0, 0
-        batches = tqdm(order.split(config.batch_size), desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
+        batches = tqdm(torch.split(order, config.batch_size), desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
                        disable=not progress, leave=False)
         for index in batches:
             xb, yb = x[index].to(device), y[index].to(device)
             logits = model(xb)
             loss = models.maj_loss(logits, yb)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
             total_loss += loss.detach().item() * len(index)
             correct += int((logits.argmax(1) == yb).sum())

@@ -61,7 +61,7 @@ def integrated_gradients(
     batch = x.shape[0]
     chunk = flat.shape[0] if batch_size is None else max(batch_size // batch, 1) * batch  # whole steps
     grads = torch.cat([
-        gradient_of_target(model, part, target) for part in flat.split(chunk)
+        gradient_of_target(model, part, target) for part in torch.split(flat, chunk)
     ]).reshape(path.shape)
     return (x - baseline) * (weights.reshape(shape) * grads).sum(0)
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -88,12 +90,12 @@ class WinnerTakeAll:
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)
 
 
-def _window_sum(module: nn.Module):  # type: ignore[no-untyped-def]
+def _window_sum(module: Any) -> Callable[[Tensor], Tensor]:
     """The average pooling over the same windows as a max-pooling module (the factor 1/k cancels)."""
     if isinstance(module, (nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)):
-        pool = F.adaptive_avg_pool1d if isinstance(module, nn.AdaptiveMaxPool1d) else F.adaptive_avg_pool2d
-        return lambda x: pool(x, module.output_size)
+        adaptive: Any = F.adaptive_avg_pool1d if isinstance(module, nn.AdaptiveMaxPool1d) else F.adaptive_avg_pool2d
+        return lambda x: adaptive(x, module.output_size)
     if module.dilation not in (1, (1,), (1, 1), (1, 1, 1)):
         raise ExplanationError(f"proportional max pooling does not support dilation {module.dilation}")
-    pool = {nn.MaxPool1d: F.avg_pool1d, nn.MaxPool2d: F.avg_pool2d, nn.MaxPool3d: F.avg_pool3d}[type(module)]
+    pool: Any = {nn.MaxPool1d: F.avg_pool1d, nn.MaxPool2d: F.avg_pool2d, nn.MaxPool3d: F.avg_pool3d}[type(module)]
     return lambda x: pool(x, module.kernel_size, module.stride, module.padding, module.ceil_mode, True)

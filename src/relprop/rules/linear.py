@@ -15,24 +15,28 @@ modifier also applies to the bias, which then takes part in the denominator (as 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import grad as nn_grad
 
 from ..core import ExplanationError, stabilize
 
 __all__ = ["ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "affine_map"]
 
 
+_CONV_INPUT_GRADIENTS = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input, 3: nn_grad.conv3d_input}
+
+
 class _Affine:
     """A linear map ``x -> x W^T + b`` of one module, with its transpose (the vector-Jacobian product)."""
 
     def __init__(self, module: nn.Module) -> None:
-        self.module = module
+        self.module: Any = module  # Linear, ConvNd or a module with relprop_affine(): attributes read dynamically
         if hasattr(module, "relprop_affine"):
-            weight, bias = module.relprop_affine()
+            weight, bias = getattr(module, "relprop_affine")()  # noqa: B009  (typed access for mypy)
             self.kind = "linear"
         elif isinstance(module, nn.Linear):
             weight, bias, self.kind = module.weight, module.bias, "linear"
@@ -50,16 +54,17 @@ class _Affine:
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.kind == "linear":
             return F.linear(x, weight, bias)
-        return self.module._conv_forward(x, weight, bias)  # type: ignore[operator]  # handles padding modes
+        result: Tensor = self.module._conv_forward(x, weight, bias)  # handles padding modes
+        return result
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         if self.kind == "linear":
             return s @ weight
         conv = self.module
         if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-            grad_input = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input,
-                          3: torch.nn.grad.conv3d_input}[weight.dim() - 2]
-            return grad_input(x.shape, weight, s, conv.stride, conv.padding, conv.dilation, conv.groups)
+            grad_input: Any = _CONV_INPUT_GRADIENTS[weight.dim() - 2]
+            result: Tensor = grad_input(x.shape, weight, s, conv.stride, conv.padding, conv.dilation, conv.groups)
+            return result
         x = x.detach().requires_grad_()
         (grad,) = torch.autograd.grad(self.forward(x, weight, None), x, s)
         return grad
@@ -288,13 +293,14 @@ def _stacked_transpose(affine: _Affine, s: Tensor, first: Tensor, second: Tensor
     """``(first^T s, second^T s)``, in one call where the weights can be stacked on the input dimension."""
     module = affine.module
     if affine.kind == "linear":
-        return (s @ torch.cat([first, second], 1)).chunk(2, dim=-1)  # type: ignore[return-value]
+        first_t, second_t = (s @ torch.cat([first, second], 1)).chunk(2, dim=-1)
+        return first_t, second_t
     if module.padding_mode == "zeros" and not isinstance(module.padding, str) and module.groups == 1:
-        grad_input = {1: torch.nn.grad.conv1d_input, 2: torch.nn.grad.conv2d_input,
-                      3: torch.nn.grad.conv3d_input}[first.dim() - 2]
+        grad_input: Any = _CONV_INPUT_GRADIENTS[first.dim() - 2]
         shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])  # both weights' inputs side by side on the channels
         both = grad_input(shape, torch.cat([first, second], 1), s, module.stride, module.padding, module.dilation, 1)
-        return both.chunk(2, dim=1)  # type: ignore[return-value]
+        first_t, second_t = both.chunk(2, dim=1)
+        return first_t, second_t
     return affine.transpose(s, first, x), affine.transpose(s, second, x)
 
 

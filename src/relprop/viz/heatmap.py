@@ -36,16 +36,20 @@ def _to_numpy(array: Tensor | np.ndarray | Sequence[float], what: str) -> np.nda
     else:
         out = np.asarray(array, dtype=np.float64)
     if not np.all(np.isfinite(out)):
-        raise ValueError(f"relprop.viz: {what} of shape {tuple(out.shape)} contains NaN or inf; "
-                         "check the explanation method (e.g. raise epsilon) before plotting it")
+        raise ValueError(
+            f"relprop.viz: {what} of shape {tuple(out.shape)} contains NaN or inf; "
+            "check the explanation method (e.g. raise epsilon) before plotting it"
+        )
     return out
 
 
 def _as_map(relevance: Tensor | np.ndarray, what: str = "relevance") -> np.ndarray:
     values = _to_numpy(relevance, what)
     if values.ndim != 2:
-        raise ValueError(f"relprop.viz: expected a 2-D {what} map (H, W), got shape {tuple(values.shape)}; "
-                         "select one sample and channel first, e.g. relevance[0, 0] or relevance[0].sum(0)")
+        raise ValueError(
+            f"relprop.viz: expected a 2-D {what} map (H, W), got shape {tuple(values.shape)}; "
+            "select one sample and channel first, e.g. relevance[0, 0] or relevance[0].sum(0)"
+        )
     return values
 
 
@@ -83,8 +87,10 @@ def heatmap(relevance: Tensor | np.ndarray, *, cmap: str = "bwr") -> np.ndarray:
     try:
         colormap = colormaps[cmap]
     except KeyError as err:
-        raise ValueError(f"relprop.viz.heatmap: unknown colour map {cmap!r}; use 'bwr' (the default) or a "
-                         "matplotlib colormap name such as 'seismic' or 'coolwarm'") from err
+        raise ValueError(
+            f"relprop.viz.heatmap: unknown colour map {cmap!r}; use 'bwr' (the default) or a "
+            "matplotlib colormap name such as 'seismic' or 'coolwarm'"
+        ) from err
     rgba = colormap((normalised + 1.0) / 2.0)  # (H, W, 4) floats in [0, 1]
     return np.rint(rgba[..., :3] * 255.0).astype(np.uint8)
 
@@ -98,8 +104,10 @@ def _gray_unit(image: Tensor | np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     if is_uint8:
         return gray / 255.0
     if gray.min() < -1.0 or gray.max() > 1.0:
-        raise ValueError(f"relprop.viz: grayscale image values span [{gray.min():.3g}, {gray.max():.3g}]; "
-                         "expected [-1, 1], [0, 1] or uint8")
+        raise ValueError(
+            f"relprop.viz: grayscale image values span [{gray.min():.3g}, {gray.max():.3g}]; "
+            "expected [-1, 1], [0, 1] or uint8"
+        )
     return (gray + 1.0) / 2.0 if gray.min() < 0 else gray
 
 
@@ -138,9 +146,11 @@ def maj_heatmap(
     if scale < 1 or int(scale) != scale:
         raise ValueError(f"relprop.viz.maj_heatmap: scale must be a positive integer, got {scale}")
     if blocks < 1 or width % (blocks * _STEPS_PER_BLOCK) != 0:
-        raise ValueError(f"relprop.viz.maj_heatmap: width {width} of relevance shape {values.shape} is not "
-                         f"divisible into {blocks} blocks of {_STEPS_PER_BLOCK} time steps; pass the full "
-                         "sequence image (e.g. 28x84) and the right blocks=")
+        raise ValueError(
+            f"relprop.viz.maj_heatmap: width {width} of relevance shape {values.shape} is not "
+            f"divisible into {blocks} blocks of {_STEPS_PER_BLOCK} time steps; pass the full "
+            "sequence image (e.g. 28x84) and the right blocks="
+        )
     rgb = heatmap(values) if image is None else overlay(values, image)
     rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)  # (H * scale, W * scale, 3)
     step_px = width // (blocks * _STEPS_PER_BLOCK) * scale
@@ -152,8 +162,7 @@ def maj_heatmap(
         return rgb
     flags = _to_numpy(mask, "mask").ravel()
     if flags.shape != (blocks,):
-        raise ValueError(f"relprop.viz.maj_heatmap: mask needs one value per block ({blocks}), "
-                         f"got shape {flags.shape}")
+        raise ValueError(f"relprop.viz.maj_heatmap: mask needs one value per block ({blocks}), got shape {flags.shape}")
     band = np.empty((2 * scale, width * scale, 3), dtype=np.uint8)  # (2 * scale, W * scale, 3)
     band[:] = _WHITE
     gap = max(1, scale // 2)
@@ -172,6 +181,8 @@ def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Non
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
+        # mkstemp makes the file private (0600); keep an existing file's mode, else use the usual 0644
+        os.chmod(temp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
         os.replace(temp, target)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
@@ -191,12 +202,15 @@ def save_png(picture: np.ndarray | Figure, path: str | os.PathLike[str], *, dpi:
         return _atomic_write(path, lambda handle: picture.savefig(handle, format="png", dpi=dpi))
     array = np.asarray(picture)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError(f"relprop.viz.save_png: expected (H, W), (H, W, 3) or (H, W, 4), got {array.shape} "
-                         f"for {os.fspath(path)!r}")
+        raise ValueError(
+            f"relprop.viz.save_png: expected (H, W), (H, W, 3) or (H, W, 4), got {array.shape} for {os.fspath(path)!r}"
+        )
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating) or array.min() < 0.0 or array.max() > 1.0:
-            raise ValueError(f"relprop.viz.save_png: {array.dtype} array for {os.fspath(path)!r} must be uint8 "
-                             "or floats in [0, 1]; convert relevance with heatmap() first")
+            raise ValueError(
+                f"relprop.viz.save_png: {array.dtype} array for {os.fspath(path)!r} must be uint8 "
+                "or floats in [0, 1]; convert relevance with heatmap() first"
+            )
         array = np.rint(array * 255.0).astype(np.uint8)
     img = Image.fromarray(np.ascontiguousarray(array))
     return _atomic_write(path, lambda handle: img.save(handle, format="PNG"))
@@ -217,8 +231,9 @@ def grid(
     """
     unknown = sorted({key for key in images if key[0] not in rows or key[1] not in cols})
     if unknown:
-        raise ValueError(f"relprop.viz.grid: keys {unknown} name a row or column missing from "
-                         f"rows={rows} / cols={cols}")
+        raise ValueError(
+            f"relprop.viz.grid: keys {unknown} name a row or column missing from rows={rows} / cols={cols}"
+        )
     pictures = {key: heatmap(img) if np.ndim(img) == 2 else np.asarray(img) for key, img in images.items()}
     aspect = max((p.shape[1] / p.shape[0] for p in pictures.values()), default=1.0)
     cell = 1.6  # inches of height per cell

@@ -69,8 +69,9 @@ def aopc_curves(
     for name, curve in curves.items():
         values = _to_numpy(curve, f"curve {name!r}")
         if values.ndim not in (1, 2):
-            raise ValueError(f"relprop.viz.aopc_curves: curve {name!r} must have shape (steps,) or "
-                             f"(n, steps), got {values.shape}")
+            raise ValueError(
+                f"relprop.viz.aopc_curves: curve {name!r} must have shape (steps,) or (n, steps), got {values.shape}"
+            )
         mean, half = _mean_ci(values.reshape(-1, values.shape[-1]))  # (n, steps)
         steps = np.arange(mean.shape[0])
         (line,) = ax.plot(steps, mean, label=name)
@@ -105,8 +106,10 @@ def cosine_bars(
     lowest = 0.0
     for k, method in enumerate(methods):
         present = [i for i, arch in enumerate(architectures) if method in scores[arch]]
-        stats = [_mean_ci(_to_numpy(scores[architectures[i]][method], f"scores[{architectures[i]!r}]"
-                                    f"[{method!r}]").ravel()) for i in present]
+        stats = [
+            _mean_ci(_to_numpy(scores[architectures[i]][method], f"scores[{architectures[i]!r}][{method!r}]").ravel())
+            for i in present
+        ]
         means = np.array([float(mean) for mean, _ in stats])
         halves = np.array([float(half) for _, half in stats])
         offsets = positions[present] - 0.4 + width * (k + 0.5)
@@ -119,7 +122,7 @@ def cosine_bars(
     ax.set_ylabel("mean cosine similarity (95% CI)")
     ax.set_title(title)
     if methods:
-        ax.legend(fontsize=8, ncols=min(len(methods), 4), loc="lower center")
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method")
     return _finish(fig, path)
 
 
@@ -135,8 +138,10 @@ def prototype_grid(
     """
     stack = _to_numpy(images, "prototype images")
     if stack.ndim != 3 or stack.shape[0] != len(labels):
-        raise ValueError(f"relprop.viz.prototype_grid: expected images of shape (classes, H, W) with one "
-                         f"label per class, got shape {stack.shape} and {len(labels)} labels")
+        raise ValueError(
+            f"relprop.viz.prototype_grid: expected images of shape (classes, H, W) with one "
+            f"label per class, got shape {stack.shape} and {len(labels)} labels"
+        )
     n_cols = min(5, stack.shape[0])
     n_rows = math.ceil(stack.shape[0] / n_cols)
     aspect = stack.shape[2] / stack.shape[1]

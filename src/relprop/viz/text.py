@@ -29,17 +29,21 @@ background:linear-gradient(to right,#0000ff,#ffffff,#ff0000)}
 def _relevance_rgb(tokens: Sequence[str], relevance: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
     rgb = _colours(relevance)
     if len(tokens) != rgb.shape[0]:
-        raise ValueError(f"relprop.viz.text: {len(tokens)} tokens but {rgb.shape[0]} relevance values; "
-                         "sum relevance over the embedding dimension to get one value per token")
+        raise ValueError(
+            f"relprop.viz.text: {len(tokens)} tokens but {rgb.shape[0]} relevance values; "
+            "sum relevance over the embedding dimension to get one value per token"
+        )
     return rgb
 
 
 def _colours(relevance: Sequence[float] | np.ndarray | Tensor) -> np.ndarray:
     values = relevance if isinstance(relevance, Tensor) else np.asarray(relevance, dtype=np.float64)
     if values.ndim != 1:
-        raise ValueError(f"relprop.viz.text: expected one relevance value per token (1-D), got shape "
-                         f"{tuple(values.shape)}")
-    return heatmap(values.reshape(1, -1))[0]  # (tokens, 3)
+        raise ValueError(
+            f"relprop.viz.text: expected one relevance value per token (1-D), got shape {tuple(values.shape)}"
+        )
+    rgb: np.ndarray = heatmap(values.reshape(1, -1))[0]  # (1, tokens, 3) -> (tokens, 3)
+    return rgb
 
 
 def _values(relevance: Sequence[float] | np.ndarray | Tensor) -> list[float]:
@@ -83,8 +87,10 @@ def html_sentence(
     for token, colour, value in zip(tokens, rgb, _values(relevance)):
         hex_colour = "#{:02x}{:02x}{:02x}".format(*(int(c) for c in colour))
         text_colour = "#fff" if _is_dark(colour) else "#000"
-        spans.append(f'<span style="background-color:{hex_colour};color:{text_colour};{_TOKEN_STYLE}" '
-                     f'title="{value:+.4g}">{html.escape(token)}</span>')
+        spans.append(
+            f'<span style="background-color:{hex_colour};color:{text_colour};{_TOKEN_STYLE}" '
+            f'title="{value:+.4g}">{html.escape(token)}</span>'
+        )
     parts = ['<div class="relprop-sentence" style="margin:.6rem 0">']
     if title is not None:
         parts.append(f'<div style="font-weight:600;margin-bottom:.2rem">{html.escape(title)}</div>')
@@ -107,14 +113,19 @@ def html_page(sections: Sequence[tuple[str, str]], *, title: str) -> str:
     ``sections`` are (heading, HTML fragment) pairs, e.g. fragments from :func:`html_sentence`; headings
     are escaped, fragments are inserted as given.
     """
-    body = [f"<h1>{html.escape(title)}</h1>",
-            '<div class="relprop-legend"><span>negative</span><span class="bar"></span>'
-            "<span>positive relevance (normalised per sentence)</span></div>"]
+    body = [
+        f"<h1>{html.escape(title)}</h1>",
+        '<div class="relprop-legend"><span>negative</span><span class="bar"></span>'
+        "<span>positive relevance (normalised per sentence)</span></div>",
+    ]
     for heading, fragment in sections:
         body.append(f"<section>\n<h2>{html.escape(heading)}</h2>\n{fragment}\n</section>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_PAGE_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_PAGE_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
 
 
 def _printable(token: str) -> str:

@@ -35,6 +35,11 @@ class Rule(Protocol):
     ) -> tuple[Tensor | None, ...]: ...
 
 
+# A rule may also define ``route(module, inputs, output) -> int | None``: when it returns an index, all relevance
+# of the output goes unchanged to that input (and none to the others). The attachment then expresses this in the
+# forward pass as ``output.detach() + (x - x.detach())``: the same value, an identity backward, no Python in it.
+
+
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
     """Shift ``z`` away from zero by ``epsilon`` in the direction of its sign (zero counts as positive).
 
@@ -93,16 +98,24 @@ class _Attachment:
 
     def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         original_args = self.stack.pop()
-        if self.guard is not None:
-            self.guard.depth -= 1
-        if not _needs_relevance(original_args):
-            return None
-        if not isinstance(output, Tensor):
-            raise ExplanationError(
-                f"module '{self.name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
-                f"{type(self.rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
-            )
-        return _Relay.apply(self.rule, module, output.detach(), *original_args)
+        try:
+            if not _needs_relevance(original_args):
+                return None
+            if not isinstance(output, Tensor):
+                raise ExplanationError(
+                    f"module '{self.name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
+                    f"{type(self.rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
+                )
+            route = getattr(self.rule, "route", None)
+            if route is not None:  # relevance passes one input unchanged: autograd's identity carries it
+                index = route(module, original_args, output)
+                if index is not None:
+                    source = original_args[index]
+                    return output.detach() + (source - source.detach())  # exact value, identity backward
+            return _Relay.apply(self.rule, module, output.detach(), *original_args)
+        finally:
+            if self.guard is not None:
+                self.guard.depth -= 1
 
 
 class _Tripwire:

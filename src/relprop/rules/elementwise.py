@@ -34,6 +34,10 @@ class Pass:
             )
         return (relevance_out,) + (None,) * (len(inputs) - 1)
 
+    def route(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int | None:
+        """All relevance goes to the first input when the shapes match (else relevance() raises)."""
+        return 0 if inputs[0].shape == output.shape and inputs[0].dtype == output.dtype else None
+
 
 @dataclass(frozen=True)
 class SignalTakeAll:
@@ -49,6 +53,12 @@ class SignalTakeAll:
             raise ExplanationError(f"SignalTakeAll needs module(gate, signal), got {len(inputs)} inputs")
         return (None, relevance_out.expand_as(inputs[1]) if relevance_out.shape != inputs[1].shape
                 else relevance_out)
+
+    def route(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int | None:
+        """All relevance goes to the signal (input 1) when it has the output's shape."""
+        if len(inputs) == 2 and inputs[1].shape == output.shape and inputs[1].dtype == output.dtype:
+            return 1
+        return None
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,9 @@ class _Relay(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
+_ROUTE_LIMIT = 1 << 16  # elements
+
+
 def _needs_relevance(args: tuple[Any, ...]) -> bool:
     return any(isinstance(a, Tensor) and a.requires_grad for a in args)
 
@@ -107,7 +110,9 @@ class _Attachment:
                     f"{type(self.rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
                 )
             route = getattr(self.rule, "route", None)
-            if route is not None:  # relevance passes one input unchanged: autograd's identity carries it
+            if route is not None and output.numel() <= _ROUTE_LIMIT:
+                # relevance passes one input unchanged: autograd's identity carries it (two cheap element-wise
+                # operations instead of a Python backward; for large tensors the relay is the cheaper of the two)
                 index = route(module, original_args, output)
                 if index is not None:
                     source = original_args[index]

@@ -204,10 +204,10 @@ class ZPlus(ZRule):
         (x,) = inputs
         if _has_negative(x):
             return super().relevance(module, inputs, output, relevance_out)
-        affine = _Affine(module)  # x >= 0: one term, z = x w+ + b+
+        affine = _Affine(module)  # x >= 0: one term, z = x w+ + b+ >= 0, so stabilize(z) = z + eps
         w_pos = _positive(affine.weight)
         z = affine.forward(x, w_pos, _positive(affine.bias) if affine.bias is not None and self.bias else None)
-        return (affine.transpose(relevance_out / self.stabilize(z), w_pos, x).mul_(x),)
+        return (affine.transpose(relevance_out / z.add_(self.stabilizer), w_pos, x).mul_(x),)
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,9 @@
-"""Train and reload the SST text CNN (the sentiment experiment of the specification).
+"""Train and reload the SST text models (the sentiment experiment of the specification).
 
-A :class:`~relprop.models.text_cnn.TextCNN` on frozen GloVe 6B 50d vectors, trained with Adam (lr 1e-3,
-batch 256) for a fixed number of epochs; the final-epoch model is kept and the best-dev epoch is recorded. A
-run directory holds ``model.safetensors`` (the weights) and ``run.json`` (configs, vocabulary, per-epoch
-accuracies); no pickle.
+A :class:`~relprop.models.text_cnn.TextCNN` or a :class:`~relprop.models.bilstm.BiLSTM` on frozen GloVe 6B 50d
+vectors, trained with Adam (lr 1e-3, batch 256) for a fixed number of epochs; the final-epoch model is kept and
+the best-dev epoch is recorded. A run directory holds ``model.safetensors`` (the weights) and ``run.json``
+(configs, vocabulary, per-epoch accuracies); no pickle.
 """
 
 from __future__ import annotations
@@ -25,20 +25,27 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
+from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
 
-__all__ = ["TextTrainConfig", "TextEpoch", "TextRun", "train_text", "load_text_run", "evaluate_accuracy"]
+__all__ = [
+    "TEXT_MODELS", "TextTrainConfig", "TextEpoch", "TextRun", "train_text", "load_text_run", "evaluate_accuracy",
+]
 
 _FORMAT = "relprop.text_run"
 _VERSION = 1
 _WEIGHTS = "model.safetensors"
 _META = "run.json"
 
+TEXT_MODELS = ("cnn", "bilstm")
+
 
 @dataclass(frozen=True)
 class TextTrainConfig:
-    """Everything that determines a text CNN run.
+    """Everything that determines a text model run.
 
+    ``model`` is ``"cnn"`` (``filters`` and ``width`` apply) or ``"bilstm"`` (``hidden`` units per direction,
+    ``candidate_bias`` on the LSTM candidates).
     ``classes`` is 5 (fine-grained) or 2 (binary SST-2); ``phrases`` trains on all labelled sub-phrases of
     the training trees; ``train_limit`` keeps a seeded random subset of N training examples (quick tests);
     ``run_dir`` is where the run is saved (None: not saved). The vocabulary is the training words
@@ -52,6 +59,9 @@ class TextTrainConfig:
     lr: float = 1e-3
     seed: int = 0
     phrases: bool = False
+    model: str = "cnn"
+    hidden: int = 100
+    candidate_bias: bool = True
     filters: int = 100
     width: int = 2
     freeze_embeddings: bool = True
@@ -78,7 +88,7 @@ class TextEpoch:
 class TextRun:
     """A trained (final-epoch) model with vocabulary, config and history; ``path`` is the run directory."""
 
-    model: TextCNN
+    model: TextCNN | BiLSTM
     vocabulary: Vocabulary
     config: TextTrainConfig
     history: tuple[TextEpoch, ...]
@@ -101,7 +111,7 @@ class TextRun:
 
 @torch.no_grad()
 def evaluate_accuracy(
-    model: TextCNN, examples: Sequence[SSTExample], vocab: Vocabulary, *, batch_size: int = 1024
+    model: TextCNN | BiLSTM, examples: Sequence[SSTExample], vocab: Vocabulary, *, batch_size: int = 1024
 ) -> float:
     """Fraction of ``examples`` whose argmax logit equals the label (model put in eval mode)."""
     if not examples:
@@ -110,13 +120,13 @@ def evaluate_accuracy(
     device = next(model.parameters()).device
     correct = 0
     for start in range(0, len(examples), batch_size):
-        ids, labels = batch_encode(examples[start : start + batch_size], vocab, min_length=model.config.width)
+        ids, labels = batch_encode(examples[start : start + batch_size], vocab, min_length=_min_length(model))
         correct += int((model(ids.to(device)).argmax(dim=1).cpu() == labels).sum())
     return correct / len(examples)
 
 
 def train_text(config: TextTrainConfig) -> TextRun:
-    """Train a TextCNN on SST with Adam and cross-entropy; evaluate dev and test after every epoch.
+    """Train a TextCNN or BiLSTM on SST with Adam and cross-entropy; evaluate dev and test after every epoch.
 
     Example
     -------
@@ -125,6 +135,8 @@ def train_text(config: TextTrainConfig) -> TextRun:
     """
     if config.classes not in (5, 2):
         raise ValueError(f"TextTrainConfig.classes must be 5 or 2, got {config.classes}")
+    if config.model not in TEXT_MODELS:
+        raise ValueError(f"TextTrainConfig.model must be one of {TEXT_MODELS}, got {config.model!r}")
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {config.epochs} and {config.batch_size}")
     torch.manual_seed(config.seed)
@@ -139,29 +151,21 @@ def train_text(config: TextTrainConfig) -> TextRun:
     if config.glove_words:
         vocab = vocab.extended(_glove_words())
     glove = load_glove(vocab, seed=config.seed)
-    model_config = TextCNNConfig(
-        vocab_size=len(vocab),
-        embedding_dim=glove.vectors.shape[1],
-        filters=config.filters,
-        width=config.width,
-        classes=config.classes,
-        freeze_embeddings=config.freeze_embeddings,
-    )
-    model = TextCNN(model_config, embeddings=glove.vectors).to(config.device)
+    model = _build_model(config, len(vocab), glove.vectors).to(config.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
     loss_fn = nn.CrossEntropyLoss()
     generator = torch.Generator().manual_seed(config.seed)
 
     history: list[TextEpoch] = []
     batches = math.ceil(len(train) / config.batch_size)
-    bar = tqdm(total=config.epochs * batches, desc="text cnn", disable=not config.progress, leave=False)
+    bar = tqdm(total=config.epochs * batches, desc=f"text {config.model}", disable=not config.progress, leave=False)
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
         loss_sum, correct = 0.0, 0
         for start in range(0, len(train), config.batch_size):
             batch = [train[i] for i in order[start : start + config.batch_size]]
-            ids, labels = batch_encode(batch, vocab, min_length=config.width)
+            ids, labels = batch_encode(batch, vocab, min_length=_min_length(model))
             ids, labels = ids.to(config.device), labels.to(config.device)
             logits = model(ids)  # (batch, classes)
             loss = loss_fn(logits, labels)
@@ -204,12 +208,40 @@ def load_text_run(path: str | os.PathLike[str]) -> TextRun:
             f"expected {_FORMAT!r} version {_VERSION}"
         )
     config = _from_dict(TextTrainConfig, meta["train_config"])
-    model = TextCNN(_from_dict(TextCNNConfig, meta["model_config"]))
+    model: TextCNN | BiLSTM
+    if config.model == "bilstm":
+        model = BiLSTM(_from_dict(BiLSTMConfig, meta["model_config"]))
+    else:
+        model = TextCNN(_from_dict(TextCNNConfig, meta["model_config"]))
     model.load_state_dict(load_safetensors(weights_file.read_bytes()), strict=True)
     model.eval()
     history = tuple(_from_dict(TextEpoch, e) for e in meta["history"])
     vocab = Vocabulary.from_json(meta["vocabulary"])
     return TextRun(model, vocab, config, history, float(meta["glove_coverage"]), directory)
+
+
+def _build_model(config: TextTrainConfig, vocab_size: int, vectors: torch.Tensor) -> TextCNN | BiLSTM:
+    if config.model == "bilstm":
+        return BiLSTM(
+            BiLSTMConfig(vocab_size=vocab_size, embedding_dim=vectors.shape[1], hidden=config.hidden,
+                         classes=config.classes, candidate_bias=config.candidate_bias,
+                         freeze_embeddings=config.freeze_embeddings),
+            embeddings=vectors,
+        )
+    cnn_config = TextCNNConfig(
+        vocab_size=vocab_size,
+        embedding_dim=vectors.shape[1],
+        filters=config.filters,
+        width=config.width,
+        classes=config.classes,
+        freeze_embeddings=config.freeze_embeddings,
+    )
+    return TextCNN(cnn_config, embeddings=vectors)
+
+
+def _min_length(model: TextCNN | BiLSTM) -> int:
+    """Shortest padded batch the model accepts: the CNN's window width (the BiLSTM ignores padding)."""
+    return model.config.width if isinstance(model, TextCNN) else 1
 
 
 def _glove_words() -> list[str]:

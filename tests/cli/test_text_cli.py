@@ -1,0 +1,77 @@
+"""``relprop text train|explain|evaluate|report`` end to end on tiny models trained on the real SST files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from relprop.cli import main
+
+_DATA = os.environ.get("RELPROP_DATA")
+pytestmark = pytest.mark.skipif(
+    not _DATA or not (Path(_DATA) / "sst" / "trees").is_dir(), reason="set RELPROP_DATA to the data folder"
+)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("text")
+    out = {"cnn": root / "cnn", "bilstm": root / "bilstm"}
+    common = ["--classes", "2", "--epochs", "1", "--train-limit", "300", "--threads", "1"]
+    assert main(["--quiet", "text", "train", "--model", "cnn", "--filters", "8", *common,
+                 "--out", str(out["cnn"])]) == 0
+    assert main(["--quiet", "text", "train", "--model", "bilstm", "--hidden", "6", *common,
+                 "--out", str(out["bilstm"])]) == 0
+    return out
+
+
+def test_train_writes_runs(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    for model, path in runs.items():
+        meta = json.loads((path / "run.json").read_text())
+        assert meta["train_config"]["model"] == model and len(meta["history"]) == 1
+        assert 0.0 <= meta["history"][0]["test_accuracy"] <= 1.0
+        assert (path / "model.safetensors").stat().st_size > 0
+
+
+@pytest.mark.parametrize(("model", "method"), [("cnn", "ig"), ("bilstm", "lstm_epsilon")])
+def test_explain_prints_a_heatmap(
+    runs: dict[str, Path], model: str, method: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    code = main(["text", "explain", "A gorgeous, witty film.", "Dull.", "--run", str(runs[model]),
+                 "--method", method])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert printed.count("predicted: ") == 2 and "\x1b[48;2;" in printed and "gorgeous" in printed
+    assert printed.count("sum of relevance") == 2
+
+
+def test_explain_rejects_lstm_lrp_on_the_cnn(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["text", "explain", "fine", "--run", str(runs["cnn"]), "--method", "lstm_epsilon"]) == 2
+    assert "LSTM cells" in capsys.readouterr().err
+
+
+def test_evaluate_and_report(runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    methods = "ig,lrp_epsilon,gradient_x_input"
+    for path in runs.values():
+        assert main(["--quiet", "text", "evaluate", "--run", str(path), "--limit", "12", "--steps", "4",
+                     "--methods", methods]) == 0
+        rows = list(csv.DictReader((path / "evaluation.csv").open()))
+        assert [r["method"] for r in rows] == [*methods.split(","), "random"]
+        assert all(int(r["sentences"]) == 12 for r in rows)
+        evaluation = json.loads((path / "evaluation.json").read_text())
+        assert evaluation["limit"] == 12 and len(evaluation["word_deletion"][0]["drops"]) == 5
+    out = tmp_path / "report.html"
+    assert main(["--quiet", "text", "report", "--runs", f"{runs['cnn']},{runs['bilstm']}", "--out", str(out),
+                 "--count", "3", "--max-length", "12", "--methods", "ig,lstm_epsilon",
+                 "--sentence", "<i>not</i> bad"]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "<i>not" not in page and "&lt;" in page
+    assert page.count('class="relprop-sentence"') == 4 * (2 + 1)  # 4 sentences: ig on both, lstm on the BiLSTM
+    assert "Word deletion (AOPC)" in page and "&plusmn;" in page
+    assert "report with 4 sentences x 2 runs" in capsys.readouterr().out

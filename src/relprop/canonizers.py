@@ -7,6 +7,7 @@ on exit, also after an exception.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -61,20 +62,27 @@ class MergeBatchNorm:
         return found
 
     def apply(self, model: nn.Module) -> Callable[[], None]:
-        undo: list[Callable[[], None]] = []
-        try:
-            for linear, norm in self._find(model):
-                undo.append(_merge(linear, norm))
-        except BaseException:
-            for step in reversed(undo):
-                step()
-            raise
+        return apply_all([functools.partial(_merge, linear, norm) for linear, norm in self._find(model)])
 
-        def restore() -> None:
-            for step in reversed(undo):
-                step()
 
-        return restore
+def apply_all(rewrites: Sequence[Callable[[], Callable[[], None]]]) -> Callable[[], None]:
+    """Run rewrites that each return their undo; returns one undo for all (in reverse order).
+
+    If a rewrite fails, the ones already done are undone before the error propagates.
+    """
+    undo: list[Callable[[], None]] = []
+
+    def restore() -> None:
+        for step in reversed(undo):
+            step()
+
+    try:
+        for rewrite in rewrites:
+            undo.append(rewrite())
+    except BaseException:
+        restore()
+        raise
+    return restore
 
 
 def _merge(linear: Any, norm: Any) -> Callable[[], None]:  # a Linear/Conv and a BatchNorm

@@ -14,6 +14,7 @@ the stock parameters are never written (the twin holds copies).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .canonizers import apply_all
 from .core import ExplanationError
 from .models.cells import GRUCell, LSTMCell, RNNCell
 from .models.recurrent import Recurrent
@@ -158,17 +160,4 @@ class ExplicitRecurrent:
 
     def apply(self, model: nn.Module) -> Callable[[], None]:
         stock = [m for m in model.modules() if isinstance(m, _STOCK)]
-        undo: list[Callable[[], None]] = []
-        try:
-            for module in stock:
-                undo.append(_redirect(module))
-        except BaseException:
-            for step in reversed(undo):
-                step()
-            raise
-
-        def restore() -> None:
-            for step in reversed(undo):
-                step()
-
-        return restore
+        return apply_all([functools.partial(_redirect, module) for module in stock])

@@ -25,7 +25,8 @@ def _methods(text: str) -> tuple[str, ...]:
     return names
 
 
-def _print_table(rows: list[dict[str, object]]) -> None:
+def print_table(rows: list[dict[str, object]]) -> None:
+    """Print rows of equal keys as aligned columns (used by every command's summary)."""
     if not rows:
         return
     header = list(rows[0])
@@ -55,7 +56,7 @@ def _demo(args: argparse.Namespace) -> int:
     rows = [{"method": m, "cosine to ground truth": f"{s['cosine']['mean']:.3f} +- {s['cosine']['ci95']:.3f}",
              "relevance in region": f"{s['relevance_in_region']['mean']:.3f}", "AOPC": f"{s['aopc']['mean']:.3f}"}
             for m, s in results["methods"].items()]
-    _print_table(rows)
+    print_table(rows)
     print(f"\nheatmaps: {out / 'heatmaps'}  results: {out / 'evaluation.json'}  "
           f"({time.perf_counter() - started:.0f} s)")
     return 0
@@ -77,7 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     results = evaluate(args.run, EvalConfig(methods=args.methods, limit=args.limit, flip_limit=args.flip_limit),
                        progress=not args.quiet)
     print(f"accuracy {results['accuracy']:.4f}")
-    _print_table([{"method": m, "cosine": round(s["cosine"]["mean"], 3), "in region":
+    print_table([{"method": m, "cosine": round(s["cosine"]["mean"], 3), "in region":
                    round(s["relevance_in_region"]["mean"], 3), "conservation error":
                    f"{s['conservation_error']['mean']:.2e}", "AOPC": round(s["aopc"]["mean"], 3)}
                   for m, s in results["methods"].items()])
@@ -97,9 +98,9 @@ def _reproduce(args: argparse.Namespace) -> int:
                                  evaluation=evaluation)
     results = reproduce(config, args.out, progress=not args.quiet, collect_only=args.collect)
     print("\naccuracy")
-    _print_table(results["accuracy"])
+    print_table(results["accuracy"])
     print("\ncosine similarity to the ground truth (mean over test sequences)")
-    _print_table(results["cosine"])
+    print_table(results["cosine"])
     if results["missing"]:
         print(f"\nnot evaluated yet (left out): {', '.join(results['missing'])}")
     print(f"\ntables and figures in {args.out}")

@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .cli import print_table
+
 if TYPE_CHECKING:
     from .data.sst import SSTExample
 
@@ -21,14 +23,6 @@ _METHODS = "ig, lrp_epsilon, lrp_alpha2beta1, sensitivity, gradient_x_input, lst
 
 def _comma(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
-
-
-def _print_rows(rows: list[dict[str, object]]) -> None:
-    header = list(rows[0])
-    widths = [max(len(str(h)), *(len(str(r[h])) for r in rows)) for h in header]
-    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(str(row[h]).ljust(w) for h, w in zip(header, widths)))
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -52,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
         train_limit=args.train_limit, run_dir=str(out), progress=not args.quiet,
     )
     run = train_text(config)
-    _print_rows([{"epoch": e.epoch, "train loss": f"{e.train_loss:.4f}", "train acc": f"{e.train_accuracy:.4f}",
+    print_table([{"epoch": e.epoch, "train loss": f"{e.train_loss:.4f}", "train acc": f"{e.train_accuracy:.4f}",
                   "dev acc": f"{e.dev_accuracy:.4f}", "test acc": f"{e.test_accuracy:.4f}"} for e in run.history])
     print(f"test accuracy {run.test_accuracy:.4f} (best dev epoch {run.best_dev_epoch}); "
           f"GloVe coverage {run.glove_coverage:.3f}; run directory: {run.path}")
@@ -116,7 +110,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     meta = {"run": str(run.path), "split": args.split, "limit": args.limit, "steps": args.steps, "seed": args.seed,
             "test_accuracy": run.test_accuracy, "seconds": round(time.perf_counter() - started, 1)}
     json_path, csv_path = write_evaluation(results, args.out or args.run, meta=meta)
-    _print_rows([{"method": r.method, "AOPC": f"{r.aopc:.4f}", "+-": f"{r.aopc_sem:.4f}", "sentences": r.sentences,
+    print_table([{"method": r.method, "AOPC": f"{r.aopc:.4f}", "+-": f"{r.aopc_sem:.4f}", "sentences": r.sentences,
                   "mean |gap|": "-" if r.mean_abs_gap is None else f"{r.mean_abs_gap:.2e}"} for r in results])
     print(f"written: {json_path} {csv_path}")
     return 0

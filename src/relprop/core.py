@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ExplanationError", "Rule", "stabilize", "attach_rules", "FunctionalGuard"]
+__all__ = ["ExplanationError", "Rule", "stabilize", "attach_rules", "FunctionalGuard", "eval_mode"]
 
 
 class ExplanationError(ValueError):
@@ -38,6 +38,18 @@ class Rule(Protocol):
 # A rule may also define ``route(module, inputs, output) -> int | None``: when it returns an index, all relevance
 # of the output goes unchanged to that input (and none to the others). The attachment then expresses this in the
 # forward pass as ``output.detach() + (x - x.detach())``: the same value, an identity backward, no Python in it.
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Switch every sub-module to eval mode and restore each module's own flag afterwards, also after an error."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags:
+            module.training = flag
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:

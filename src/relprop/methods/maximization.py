@@ -8,15 +8,14 @@ which keeps the prototype close to the data instead of drifting to an adversaria
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from relprop.core import ExplanationError
+from relprop.core import ExplanationError, eval_mode
 
 __all__ = ["DensityModel", "GaussianMixturePrior", "GaussianPrior", "activation_maximization", "prototypes"]
 
@@ -131,18 +130,6 @@ class GaussianMixturePrior:
         return result.to(x.dtype) if x.is_floating_point() else result
 
 
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Switch every submodule to eval mode and restore each module's own flag afterwards."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
-
-
 def _into_ball(u: Tensor, norm: float | None) -> Tensor:
     """x = u scaled into the L2 ball of radius ``norm`` per sample (identity inside the ball)."""
     if norm is None:
@@ -211,7 +198,7 @@ def prototypes(
     u.requires_grad_(True)
     optimizer = torch.optim.Adam([u], lr=lr, maximize=True)
     rows = torch.arange(labels.numel(), device=device)
-    with _eval_mode(model), torch.enable_grad():
+    with eval_mode(model), torch.enable_grad():
         for _ in range(steps):
             x = _into_ball(u, norm)
             logits = model(x)

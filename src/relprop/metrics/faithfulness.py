@@ -7,8 +7,7 @@ output drop fast; the area over the perturbation curve (AOPC) summarises the dro
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -16,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from relprop.core import ExplanationError
+from relprop.core import ExplanationError, eval_mode
 
 __all__ = ["FlipCurve", "pixel_flipping", "word_deletion"]
 
@@ -38,18 +37,6 @@ class FlipCurve:
     scores: Tensor
     aopc: Tensor
     higher_is_better: ClassVar[bool] = True
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Switch every submodule to eval mode and restore each module's own flag afterwards."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def _groups(feature_groups: Tensor | None, feature_shape: torch.Size, device: torch.device) -> Tensor:
@@ -169,7 +156,7 @@ def pixel_flipping(
     removed_counts = torch.round(fractions * count).long().tolist()
 
     columns = []
-    with torch.no_grad(), _eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for removed in tqdm(removed_counts, disable=not progress, desc="pixel flipping", leave=False):
             column = []
             for start in range(0, n, batch_size):

@@ -12,7 +12,6 @@ import gzip
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
+from relprop.io import atomic_write
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
 
@@ -262,22 +262,9 @@ def _save(run: TextRun, directory: Path) -> TextRun:
         "best_dev_epoch": run.best_dev_epoch,
         "glove_coverage": run.glove_coverage,
     }
-    _atomic_write(directory / _WEIGHTS, save_safetensors(state))
-    _atomic_write(directory / _META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
+    atomic_write(directory / _WEIGHTS, save_safetensors(state))
+    atomic_write(directory / _META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
     return TextRun(run.model, run.vocabulary, run.config, run.history, run.glove_coverage, directory)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _from_dict(cls: Any, data: dict[str, Any]) -> Any:

@@ -8,10 +8,8 @@ Figures are built on the Agg canvas without pyplot, so nothing opens a window an
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import torch
@@ -20,6 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
+
+from relprop.io import atomic_write
 
 _STEPS_PER_BLOCK = 4  # a MAJ digit spans 4 time steps (28x7 columns each, or 8x2 for 8x8 digits)
 _BLOCK_LINE = np.array([40, 40, 40], dtype=np.uint8)
@@ -173,23 +173,6 @@ def maj_heatmap(
     return np.concatenate([band, rgb], axis=0)
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Write through ``write(file)`` into a temp file next to ``path``, then rename it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-        # mkstemp makes the file private (0600); keep an existing file's mode, else use the usual 0644
-        os.chmod(temp, target.stat().st_mode & 0o777 if target.exists() else 0o644)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return target
-
-
 def save_png(picture: np.ndarray | Figure, path: str | os.PathLike[str], *, dpi: int = 150) -> Path:
     """Write an image array or a matplotlib Figure to a PNG file atomically; returns the path.
 
@@ -199,7 +182,7 @@ def save_png(picture: np.ndarray | Figure, path: str | os.PathLike[str], *, dpi:
     if isinstance(picture, Figure):
         if not isinstance(picture.canvas, FigureCanvasAgg):
             FigureCanvasAgg(picture)
-        return _atomic_write(path, lambda handle: picture.savefig(handle, format="png", dpi=dpi))
+        return atomic_write(path, lambda handle: picture.savefig(handle, format="png", dpi=dpi))
     array = np.asarray(picture)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
         raise ValueError(
@@ -213,7 +196,7 @@ def save_png(picture: np.ndarray | Figure, path: str | os.PathLike[str], *, dpi:
             )
         array = np.rint(array * 255.0).astype(np.uint8)
     img = Image.fromarray(np.ascontiguousarray(array))
-    return _atomic_write(path, lambda handle: img.save(handle, format="PNG"))
+    return atomic_write(path, lambda handle: img.save(handle, format="PNG"))
 
 
 def grid(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .recurrent import Recurrent
+from .text_cnn import word_embedding
 
 __all__ = ["BiLSTMConfig", "BiLSTM"]
 
@@ -57,17 +58,10 @@ class BiLSTM(nn.Module):
     def __init__(self, config: BiLSTMConfig, *, embeddings: Tensor | None = None) -> None:
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=config.pad_id)
-        if embeddings is not None:
-            expected = (config.vocab_size, config.embedding_dim)
-            if tuple(embeddings.shape) != expected:
-                raise ValueError(
-                    f"BiLSTM embeddings have shape {tuple(embeddings.shape)}, expected {expected} "
-                    "(vocab_size, embedding_dim) from the config"
-                )
-            with torch.no_grad():
-                self.embedding.weight.copy_(embeddings)
-        self.embedding.weight.requires_grad_(not config.freeze_embeddings)
+        self.embedding = word_embedding(
+            config.vocab_size, config.embedding_dim, pad_id=config.pad_id, embeddings=embeddings,
+            freeze=config.freeze_embeddings, owner="BiLSTM",
+        )
         self.forward_lstm = Recurrent("lstm", config.embedding_dim, config.hidden, bias=config.bias,
                                       candidate_bias=config.candidate_bias)
         self.backward_lstm = Recurrent("lstm", config.embedding_dim, config.hidden, bias=config.bias,

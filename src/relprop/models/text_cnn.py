@@ -66,6 +66,23 @@ class TextCNNHead(nn.Module):
         return logits
 
 
+def word_embedding(
+    vocab_size: int, dim: int, *, pad_id: int, embeddings: torch.Tensor | None, freeze: bool, owner: str
+) -> nn.Embedding:
+    """An ``nn.Embedding`` initialised from ``embeddings`` (vocab_size, dim) when given, frozen on request."""
+    embedding = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+    if embeddings is not None:
+        if tuple(embeddings.shape) != (vocab_size, dim):
+            raise ValueError(
+                f"{owner} embeddings have shape {tuple(embeddings.shape)}, expected {(vocab_size, dim)} "
+                "(vocab_size, embedding_dim) from the config"
+            )
+        with torch.no_grad():
+            embedding.weight.copy_(embeddings)
+    embedding.weight.requires_grad_(not freeze)
+    return embedding
+
+
 class TextCNN(nn.Module):
     """Token ids (batch, time) -> logits (batch, classes); ``PAD`` (id 0) embeds to zeros.
 
@@ -79,17 +96,10 @@ class TextCNN(nn.Module):
     def __init__(self, config: TextCNNConfig, *, embeddings: torch.Tensor | None = None) -> None:
         super().__init__()
         self.config = config
-        self.embedding = nn.Embedding(config.vocab_size, config.embedding_dim, padding_idx=0)
-        if embeddings is not None:
-            expected = (config.vocab_size, config.embedding_dim)
-            if tuple(embeddings.shape) != expected:
-                raise ValueError(
-                    f"TextCNN embeddings have shape {tuple(embeddings.shape)}, expected {expected} "
-                    "(vocab_size, embedding_dim) from the config"
-                )
-            with torch.no_grad():
-                self.embedding.weight.copy_(embeddings)
-        self.embedding.weight.requires_grad_(not config.freeze_embeddings)
+        self.embedding = word_embedding(
+            config.vocab_size, config.embedding_dim, pad_id=0, embeddings=embeddings,
+            freeze=config.freeze_embeddings, owner="TextCNN",
+        )
         self.head = TextCNNHead(config)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

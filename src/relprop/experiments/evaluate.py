@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from .. import api, metrics
 from ..data import from_sequence, load_maj
 from ..io import atomic_write, write_json
-from .train import accuracy, load_run, maj_shape
+from .train import accuracy, best_epoch, load_run, maj_shape
 
 __all__ = ["MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj"]
 
@@ -88,7 +88,8 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     geometry = maj_shape(train_config.dataset, train_config.variant)
     results: dict[str, Any] = {
         "run": str(run_dir), "arch": train_config.arch, "dataset": train_config.dataset,
-        "variant": train_config.variant, "test_samples": len(y), "accuracy": accuracy(model, x, y), "methods": {},
+        "variant": train_config.variant, "checkpoint_epoch": best_epoch(run_dir), "test_samples": len(y),
+        "accuracy": accuracy(model, x, y), "methods": {},
     }
     samples: dict[str, Tensor] = {}
     heatmaps: dict[str, Tensor] = {}

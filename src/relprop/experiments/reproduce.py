@@ -1,8 +1,8 @@
 """The thesis grid: every architecture x dataset x seed, trained and evaluated, tabulated next to the thesis.
 
 Resumable: a finished cell is skipped, an interrupted one continues from its last checkpoint, an evaluated one
-is not evaluated again (unless its methods changed). Writes ``results.json``, ``accuracy.csv|md``,
-``cosine.csv|md`` and ``figures/`` into the grid directory.
+is not evaluated again unless its methods changed or it trained on to a new best checkpoint. Writes
+``results.json``, ``accuracy.csv|md``, ``cosine.csv|md`` and ``figures/`` into the grid directory.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write, read_json, write_json
 from .evaluate import EvalConfig, evaluate
-from .train import TrainConfig, train
+from .train import TrainConfig, best_epoch, train
 
 __all__ = ["GridConfig", "reproduce", "THESIS", "GRID_ARCHS", "tables"]
 
@@ -91,7 +91,8 @@ def reproduce(
             continue
         train(dataclasses.replace(config.train, arch=arch, dataset=dataset, seed=seed), run_dir, progress=progress)
         results = read_json(evaluation_file) if evaluation_file.exists() else None
-        if results is None or set(results["methods"]) != set(config.evaluation.methods):
+        if (results is None or results.get("checkpoint_epoch") != best_epoch(run_dir)  # trained on since
+                or set(results["methods"]) != set(config.evaluation.methods)):
             results = evaluate(run_dir, config.evaluation, progress=progress)
         collected.append({"seed": seed, "epochs": len(read_json(run_dir / "history.json")), **results})
     write_json(root / "results.json", {"config": _jsonable(config), "cells": collected, "missing": missing})

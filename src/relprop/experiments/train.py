@@ -86,6 +86,14 @@ def run_finished(run_dir: str | Path) -> bool:
     return len(read_json(path / "history.json")) >= epochs
 
 
+def best_epoch(run_dir: str | Path) -> int:
+    """The epoch (1-based) whose weights ``best.safetensors`` holds: the first with the highest validation accuracy."""
+    history: list[dict[str, Any]] = read_json(Path(run_dir) / "history.json")
+    if not history:
+        raise ValueError(f"{run_dir} has not finished an epoch yet")
+    return int(max(history, key=lambda record: (record["val_accuracy"], -record["epoch"]))["epoch"])
+
+
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     saved = read_json(run_dir / "config.json")
     mine = dataclasses.asdict(config)

@@ -36,7 +36,9 @@ __all__ = [
 
 
 def stabilized(d: Tensor, eps: float) -> Tensor:
-    """``d + eps`` where ``d >= 0`` and ``d - eps`` where ``d < 0``."""
+    """``d + eps`` where ``d >= 0``, ``d - eps`` where ``d < 0``; LRP-0 (``eps = 0``) divides by 1 where ``d = 0``."""
+    if eps == 0:
+        return torch.where(d == 0, torch.ones_like(d), d)
     return torch.where(d >= 0, d + eps, d - eps)
 
 

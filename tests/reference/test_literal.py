@@ -48,6 +48,9 @@ LAYERS: list[tuple[str, Callable[[bool], nn.Module], tuple[int, ...]]] = [
     ("conv2d-pad", lambda bias: nn.Conv2d(2, 3, 3, padding=1, bias=bias), (2, 6, 5)),
     ("conv2d-groups-same", lambda bias: nn.Conv2d(4, 4, (3, 2), groups=2, padding="same", bias=bias), (4, 5, 6)),
     ("conv2d-stride", lambda bias: nn.Conv2d(2, 3, 2, stride=(2, 1), bias=bias), (2, 6, 5)),
+    ("conv2d-dilation", lambda bias: nn.Conv2d(2, 3, (3, 2), padding=(2, 0), dilation=(2, 1), bias=bias), (2, 7, 5)),
+    ("conv1d-wide-pad", lambda bias: nn.Conv1d(2, 3, 3, padding=3, bias=bias), (2, 5)),
+    ("conv3d-pad", lambda bias: nn.Conv3d(2, 2, 2, padding=1, bias=bias), (2, 3, 2, 3)),
 ]
 
 

@@ -14,6 +14,7 @@ modifier also applies to the bias, which then takes part in the denominator (as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -28,6 +29,13 @@ __all__ = ["ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "W
 
 
 _CONV_INPUT_GRADIENTS = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input, 3: nn_grad.conv3d_input}
+
+
+def _conv_transpose(conv: Any, s: Tensor, weight: Tensor, input_shape: Sequence[int]) -> Tensor:
+    """``weight^T s`` for a zero-padded convolution with integer padding: the vector-Jacobian product."""
+    grad_input: Any = _CONV_INPUT_GRADIENTS[weight.dim() - 2]
+    result: Tensor = grad_input(input_shape, weight, s, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return result
 
 
 class _Affine:
@@ -62,9 +70,7 @@ class _Affine:
             return s @ weight
         conv = self.module
         if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-            grad_input: Any = _CONV_INPUT_GRADIENTS[weight.dim() - 2]
-            result: Tensor = grad_input(x.shape, weight, s, conv.stride, conv.padding, conv.dilation, conv.groups)
-            return result
+            return _conv_transpose(conv, s, weight, x.shape)
         x = x.detach().requires_grad_()
         (grad,) = torch.autograd.grad(self.forward(x, weight, None), x, s)
         return grad
@@ -90,6 +96,13 @@ class Group(NamedTuple):
     terms: list[Term]
     coefficient: float = 1.0
     mask: Tensor | None = None
+
+
+def _divide(relevance: Tensor, denominator: Tensor) -> Tensor:
+    """``relevance / denominator``, written into ``denominator`` (a temporary of the rule) outside autograd."""
+    if relevance.requires_grad or denominator.requires_grad or relevance.shape != denominator.shape:
+        return relevance / denominator
+    return torch.div(relevance, denominator, out=denominator)
 
 
 def _has_negative(x: Tensor) -> bool:
@@ -184,7 +197,9 @@ class Epsilon(ZRule):
             z = affine.forward(x, affine.weight, self._bias(affine.bias))
         else:
             z = output  # the module's own output is x W^T + b
-        return (affine.transpose(relevance_out / self.stabilize(z), affine.weight, x).mul_(x),)
+        s = self.stabilize(z)
+        s = relevance_out / s if s is z else _divide(relevance_out, s)  # never write into the module's output
+        return (affine.transpose(s, affine.weight, x).mul_(x),)
 
 
 @dataclass(frozen=True)
@@ -207,7 +222,8 @@ class ZPlus(ZRule):
         affine = _Affine(module)  # x >= 0: one term, z = x w+ + b+ >= 0, so stabilize(z) = z + eps
         w_pos = _positive(affine.weight)
         z = affine.forward(x, w_pos, _positive(affine.bias) if affine.bias is not None and self.bias else None)
-        return (affine.transpose(relevance_out / z.add_(self.stabilizer), w_pos, x).mul_(x),)
+        s = _divide(relevance_out, z.add_(self.stabilizer))
+        return (affine.transpose(s, w_pos, x).mul_(x),)
 
 
 @dataclass(frozen=True)
@@ -256,21 +272,24 @@ class Gamma(ZRule):
         affine = _Affine(module)
         if _has_negative(x) or (affine.bias is not None and not self.bias):
             return super().relevance(module, inputs, output, relevance_out)
-        # x >= 0 (e.g. after a ReLU): with q = x w+ + b+ and z = x w + b, the denominators are
-        # z_up = z + gamma q > 0 where z > 0 and z_down = (1 + gamma) z - gamma q < 0 where z < 0, so
-        # stabilize(z_up) = |z_up| + eps and stabilize(z_down) = -(|z_down| + eps). With a = R [z>0] / (|z_up| + eps)
-        # and n = R [z<0] / (|z_down| + eps): R_in = x (w^T (a - (1 + gamma) n) + w+^T (gamma (a + n))).
+        # x >= 0 (e.g. after a ReLU): with q = x w+ + b+ >= 0 and z = x w + b, the two denominators are
+        # z + gamma q > 0 where z > 0 and (1 + gamma) z - gamma q < 0 where z < 0. With m = |sign(z)| and
+        # c = sign(z) (1 + gamma / 2) - m gamma / 2 (1 where z > 0, -(1 + gamma) where z < 0, 0 where z = 0),
+        # both magnitudes are d = gamma q + c z, so with s = R / (d + eps):
+        #     R_in = x (w^T (c s) + w+^T (gamma m s)).
+        # Arithmetic kernels only, and four temporaries of the output's size (allocation dominates on CPU).
         gamma, eps = self.gamma, self.stabilizer
-        w_pos = _positive(affine.weight)
-        q = affine.forward(x, w_pos, None if affine.bias is None else _positive(affine.bias))
-        sign = output.sign()
-        up = sign.clamp(min=0)  # 1 where z > 0
-        down = up - sign  # 1 where z < 0
-        a = (relevance_out * up).div_(torch.add(output, q, alpha=gamma).abs_().add_(eps))
-        n = (relevance_out * down).div_(output.mul(1 + gamma).sub_(q, alpha=gamma).abs_().add_(eps))
-        u = torch.sub(a, n, alpha=1 + gamma)
-        v = a.add_(n).mul_(gamma)
-        return (affine.transpose(u, affine.weight, x).add_(affine.transpose(v, w_pos, x)).mul_(x),)
+        weight, bias = affine.weight, affine.bias
+        w_pos = _positive(weight)
+        q = affine.forward(x, w_pos, None if bias is None else _positive(bias))
+        c = output.sign()
+        m = c.abs()
+        c.mul_(1 + gamma / 2).add_(m, alpha=-gamma / 2)
+        s = torch.mul(output, c).add_(q, alpha=gamma).add_(eps)
+        del q
+        s = _divide(relevance_out, s)
+        return (affine.transpose(c.mul_(s), weight, x).add_(affine.transpose(m.mul_(s), w_pos.mul_(gamma), x))
+                .mul_(x),)
 
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         up = self._lift(weight, _positive(weight))
@@ -296,10 +315,8 @@ def _stacked_transpose(affine: _Affine, s: Tensor, first: Tensor, second: Tensor
         first_t, second_t = (s @ torch.cat([first, second], 1)).chunk(2, dim=-1)
         return first_t, second_t
     if module.padding_mode == "zeros" and not isinstance(module.padding, str) and module.groups == 1:
-        grad_input: Any = _CONV_INPUT_GRADIENTS[first.dim() - 2]
         shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])  # both weights' inputs side by side on the channels
-        both = grad_input(shape, torch.cat([first, second], 1), s, module.stride, module.padding, module.dilation, 1)
-        first_t, second_t = both.chunk(2, dim=1)
+        first_t, second_t = _conv_transpose(module, s, torch.cat([first, second], 1), shape).chunk(2, dim=1)
         return first_t, second_t
     return affine.transpose(s, first, x), affine.transpose(s, second, x)
 
@@ -332,9 +349,9 @@ class ZBox(ZRule):
         # R = x w^T s - l w+^T s - h w-^T s = (x - h) w^T s + (h - l) w+^T s
         weight, bias = affine.weight, affine.bias
         w_pos = _positive(weight)
-        z = (output - affine.forward(low, w_pos, None if bias is None else _positive(bias))
-             - affine.forward(high, weight - w_pos, None if bias is None else _negative(bias)))
-        s = relevance_out / self.stabilize(z)
+        bounds = (affine.forward(low, w_pos, None if bias is None else _positive(bias))
+                  + affine.forward(high, weight - w_pos, None if bias is None else _negative(bias)))  # (1, ...)
+        s = _divide(relevance_out, self.stabilize(output - bounds))
         t_w, t_pos = _stacked_transpose(affine, s, weight, w_pos, x)
         return (t_w.mul_(x - high).add_(t_pos.mul_(high - low)),)
 

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..io import atomic_write, read_json, write_json
 from .evaluate import EvalConfig, evaluate
-from .train import TrainConfig, best_epoch, train
+from .train import TrainConfig, best_epoch, lr_schedule, train
 
 __all__ = ["GridConfig", "reproduce", "THESIS", "GRID_ARCHS", "tables"]
 
@@ -86,15 +86,14 @@ def reproduce(
             if not evaluation_file.exists():
                 missing.append(f"{dataset}/{arch}/seed{seed}")
                 continue
-            collected.append({"seed": seed, "epochs": len(read_json(run_dir / "history.json")),
-                              **read_json(evaluation_file)})
+            collected.append({**_training(run_dir, seed), **read_json(evaluation_file)})
             continue
         train(dataclasses.replace(config.train, arch=arch, dataset=dataset, seed=seed), run_dir, progress=progress)
         results = read_json(evaluation_file) if evaluation_file.exists() else None
         if (results is None or results.get("checkpoint_epoch") != best_epoch(run_dir)  # trained on since
                 or set(results["methods"]) != set(config.evaluation.methods)):
             results = evaluate(run_dir, config.evaluation, progress=progress)
-        collected.append({"seed": seed, "epochs": len(read_json(run_dir / "history.json")), **results})
+        collected.append({**_training(run_dir, seed), **results})
     write_json(root / "results.json", {"config": _jsonable(config), "cells": collected, "missing": missing})
     accuracy_rows, cosine_rows = tables(collected, config.evaluation.methods)
     for name, rows in (("accuracy", accuracy_rows), ("cosine", cosine_rows)):
@@ -102,6 +101,12 @@ def reproduce(
         atomic_write(root / f"{name}.md", _to_markdown(rows).encode())
     _figures(root, collected, config)
     return {"cells": collected, "accuracy": accuracy_rows, "cosine": cosine_rows, "missing": missing}
+
+
+def _training(run_dir: Path, seed: int) -> dict[str, Any]:
+    """How a cell was trained: seed, epochs and learning-rate schedule."""
+    history = read_json(run_dir / "history.json")
+    return {"seed": seed, "epochs": len(history), "schedule": lr_schedule(history)}
 
 
 def _jsonable(config: GridConfig) -> dict[str, Any]:
@@ -123,6 +128,7 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
         accuracy = _mean([c["accuracy"] for c in group])
         accuracy_rows.append({
             "arch": arch, "dataset": dataset, "seeds": len(group), "epochs": group[0].get("epochs", ""),
+            "lr schedule": group[0].get("schedule", ""),
             "accuracy": round(accuracy, 4),
             "thesis": thesis.get("accuracy", ""),
             "difference": round(accuracy - thesis["accuracy"], 4) if "accuracy" in thesis else "",

@@ -3,12 +3,13 @@
 A run directory holds::
 
     config.json            the TrainConfig
-    history.json           one record per finished epoch (loss, accuracies, seconds)
+    history.json           one record per finished epoch (loss, accuracies, learning rate, seconds)
     best.safetensors       weights with the best validation accuracy so far
     last.safetensors       weights after the last finished epoch
     optimizer.pt           Adam state after the last finished epoch (loaded with weights_only=True)
 
-An interrupted run continues from its last finished epoch; a finished run is left as it is.
+An interrupted run continues from its last finished epoch; a finished run is left as it is. Asking a run for
+more epochs continues it, also at another learning rate (history.json records each epoch's rate).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from .. import models
 from ..data import load_maj
 from ..io import atomic_write, load_weights, read_json, save_weights, write_json
 
-__all__ = ["TrainConfig", "train", "load_run", "run_finished", "maj_shape"]
+__all__ = ["TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule"]
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,28 @@ def best_epoch(run_dir: str | Path) -> int:
     return int(max(history, key=lambda record: (record["val_accuracy"], -record["epoch"]))["epoch"])
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    saved = read_json(run_dir / "config.json")
+_RESUMABLE = ("epochs", "lr")  # a run may continue for more epochs, and at another learning rate
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
+    """The saved config of ``run_dir``; raises if it differs from ``config`` in more than epochs and lr."""
+    saved: dict[str, Any] = read_json(run_dir / "config.json")
     mine = dataclasses.asdict(config)
-    different = {k: (saved.get(k), v) for k, v in mine.items() if k != "epochs" and saved.get(k) != v}
+    different = {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
     if different:
         raise ValueError(f"{run_dir} holds a run with another configuration {different}; use another directory")
+    return saved
+
+
+def lr_schedule(history: list[dict[str, Any]]) -> str:
+    """The learning rates of a run's epochs, run-length encoded: ``"1e-03 x30, 2e-04 x10"``."""
+    runs: list[list[Any]] = []
+    for record in history:
+        if runs and runs[-1][0] == record.get("lr"):
+            runs[-1][1] += 1
+        else:
+            runs.append([record.get("lr"), 1])
+    return ", ".join(f"{'?' if lr is None else f'{lr:.0e}'} x{count}" for lr, count in runs)
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
@@ -112,9 +129,12 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
     if (run_dir / "config.json").exists():
-        _check_same_config(run_dir, config)
+        saved = _check_same_config(run_dir, config)
         if (run_dir / "history.json").exists():
             history = read_json(run_dir / "history.json")
+            if any("lr" not in record for record in history):  # older runs: every epoch at the config's lr
+                history = [{**record, "lr": record.get("lr", saved["lr"])} for record in history]
+                write_json(run_dir / "history.json", history)  # before config.json may change the lr
     write_json(run_dir / "config.json", dataclasses.asdict(config))
     if len(history) >= config.epochs:
         return run_dir
@@ -126,6 +146,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
     if history:
         load_weights(model, run_dir / "last.safetensors")
         optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", weights_only=True, map_location=device))
+        for group in optimizer.param_groups:  # the saved state holds the old learning rate
+            group["lr"] = config.lr
 
     train_split = load_maj(config.dataset, "train", variant=config.variant, seed=config.data_seed, limit=config.limit)
     val_split = load_maj(config.dataset, "val", variant=config.variant, seed=config.data_seed,
@@ -153,7 +175,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
         val_accuracy = accuracy(model, x_val, y_val)
         record = {
             "epoch": epoch + 1, "loss": total_loss / len(y), "train_accuracy": correct / len(y),
-            "val_accuracy": val_accuracy, "seconds": time.perf_counter() - started,
+            "val_accuracy": val_accuracy, "lr": config.lr, "seconds": time.perf_counter() - started,
         }
         if val_accuracy > best:
             best = val_accuracy

@@ -103,6 +103,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     print_table(results["cosine"])
     if results["missing"]:
         print(f"\nnot evaluated yet (left out): {', '.join(results['missing'])}")
+    if results["stale"]:
+        print(f"trained on since their evaluation (rows show the evaluated epochs): {', '.join(results['stale'])}")
     print(f"\ntables and figures in {args.out}")
     return 0
 

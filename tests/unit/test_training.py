@@ -63,6 +63,8 @@ def test_grid_re_evaluates_a_cell_that_trained_on(tmp_path: Path) -> None:
 
     stale = read_json(cell / "evaluation.json")
     write_json(cell / "evaluation.json", {**stale, "checkpoint_epoch": 0, "accuracy": -1.0})
+    collected = reproduce(config, tmp_path, progress=False, collect_only=True)
+    assert collected["stale"] == ["digits-maj/rlstm_sd/seed0"] and collected["cells"][0]["accuracy"] == -1.0
     results = reproduce(config, tmp_path, progress=False)  # nothing to train, but the evaluation is stale
     assert results["cells"][0]["accuracy"] == stale["accuracy"]
     assert read_json(cell / "evaluation.json")["checkpoint_epoch"] == 1

@@ -25,8 +25,8 @@ from tqdm.auto import tqdm
 
 from .. import api, metrics
 from ..data import from_sequence, load_maj
-from ..io import atomic_write, write_json
-from .train import accuracy, best_epoch, load_run, maj_shape
+from ..io import atomic_write, read_json, write_json
+from .train import accuracy, best_epoch, load_run, lr_schedule, maj_shape
 
 __all__ = ["MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj"]
 
@@ -81,6 +81,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     """Evaluate the best checkpoint of ``run_dir``; writes and returns the results."""
     run_dir = Path(run_dir)
     model, train_config = load_run(run_dir)
+    history = read_json(run_dir / "history.json")
     device = next(model.parameters()).device
     test = load_maj(train_config.dataset, "test", variant=train_config.variant, seed=train_config.data_seed,
                     limit=config.limit)
@@ -88,7 +89,8 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     geometry = maj_shape(train_config.dataset, train_config.variant)
     results: dict[str, Any] = {
         "run": str(run_dir), "arch": train_config.arch, "dataset": train_config.dataset,
-        "variant": train_config.variant, "checkpoint_epoch": best_epoch(run_dir), "test_samples": len(y),
+        "variant": train_config.variant, "epochs": len(history), "schedule": lr_schedule(history),
+        "checkpoint_epoch": best_epoch(run_dir), "test_samples": len(y),
         "accuracy": accuracy(model, x, y), "methods": {},
     }
     samples: dict[str, Tensor] = {}

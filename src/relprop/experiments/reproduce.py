@@ -73,12 +73,13 @@ def reproduce(
 ) -> dict[str, Any]:
     """Run (or resume) the grid into ``root`` and write the tables; returns the collected results.
 
-    With ``collect_only`` nothing is trained or evaluated: the tables cover the cells already evaluated, and
-    ``missing`` lists the others.
+    With ``collect_only`` nothing is trained or evaluated: the tables cover the cells already evaluated,
+    ``missing`` lists the others and ``stale`` the evaluated cells that have trained on since (their rows give the
+    epochs of the evaluated checkpoint).
     """
     root = Path(root)
     cells = [(d, a, s) for d in config.datasets for a in config.archs for s in config.seeds]
-    collected, missing = [], []
+    collected, missing, stale = [], [], []
     for dataset, arch, seed in tqdm(cells, desc="grid", disable=not progress):
         run_dir = _cell_dir(root, dataset, arch, seed)
         evaluation_file = run_dir / "evaluation.json"
@@ -86,21 +87,27 @@ def reproduce(
             if not evaluation_file.exists():
                 missing.append(f"{dataset}/{arch}/seed{seed}")
                 continue
-            collected.append({**_training(run_dir, seed), **read_json(evaluation_file)})
+            results = read_json(evaluation_file)
+            if results.get("checkpoint_epoch") == best_epoch(run_dir):
+                collected.append({**results, **_training(run_dir, seed)})
+            else:  # keep the epochs and schedule the evaluation recorded
+                stale.append(f"{dataset}/{arch}/seed{seed}")
+                collected.append({"seed": seed, **results})
             continue
         train(dataclasses.replace(config.train, arch=arch, dataset=dataset, seed=seed), run_dir, progress=progress)
         results = read_json(evaluation_file) if evaluation_file.exists() else None
         if (results is None or results.get("checkpoint_epoch") != best_epoch(run_dir)  # trained on since
                 or set(results["methods"]) != set(config.evaluation.methods)):
             results = evaluate(run_dir, config.evaluation, progress=progress)
-        collected.append({**_training(run_dir, seed), **results})
-    write_json(root / "results.json", {"config": _jsonable(config), "cells": collected, "missing": missing})
+        collected.append({**results, **_training(run_dir, seed)})
+    write_json(root / "results.json",
+               {"config": _jsonable(config), "cells": collected, "missing": missing, "stale": stale})
     accuracy_rows, cosine_rows = tables(collected, config.evaluation.methods)
     for name, rows in (("accuracy", accuracy_rows), ("cosine", cosine_rows)):
         atomic_write(root / f"{name}.csv", _to_csv(rows).encode())
         atomic_write(root / f"{name}.md", _to_markdown(rows).encode())
     _figures(root, collected, config)
-    return {"cells": collected, "accuracy": accuracy_rows, "cosine": cosine_rows, "missing": missing}
+    return {"cells": collected, "accuracy": accuracy_rows, "cosine": cosine_rows, "missing": missing, "stale": stale}
 
 
 def _training(run_dir: Path, seed: int) -> dict[str, Any]:

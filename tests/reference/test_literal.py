@@ -142,19 +142,22 @@ def _layer(layer_id: str, bias: bool) -> tuple[nn.Module, tuple[int, ...]]:
 RULE_IDS = [name for name, _ in _rules_for((5,))]
 
 
-@pytest.mark.parametrize("sign", ["signed", "nonneg"])
+@pytest.mark.parametrize("sign", ["signed", "nonneg", "nonneg-relu-relevance"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("layer_id", [layer[0] for layer in LAYERS])
 @pytest.mark.parametrize("rule_id", RULE_IDS)
 def test_rule_matches_twin(rule_id: str, layer_id: str, bias: bool, sign: str) -> None:
-    """Signed inputs, and non-negative ones (post-ReLU), where some rules take a faster path."""
+    """Signed inputs, and non-negative ones (post-ReLU), where some rules take a faster path; with relevance
+    only where the output is positive (what a ReLU above passes down), Gamma takes another one."""
     module, shape = _layer(layer_id, bias)
     rule = dict(_rules_for(shape))[rule_id]
     generator = torch.Generator().manual_seed(7)
     x = torch.randn(3, *shape, generator=generator, dtype=torch.float64)
-    x = x.abs() if sign == "nonneg" else x
+    x = x.abs() if sign.startswith("nonneg") else x
     output = module(x).detach()
     relevance_out = torch.randn(output.shape, generator=generator, dtype=torch.float64)
+    if sign == "nonneg-relu-relevance":
+        relevance_out = relevance_out * (output > 0)
     (got,) = rule.relevance(module, (x,), output, relevance_out)  # type: ignore[attr-defined]
     assert got.shape == x.shape
     assert max_relative_error(got, twin(rule, module, x, relevance_out)) <= TOLERANCE

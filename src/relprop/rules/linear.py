@@ -280,9 +280,17 @@ class Gamma(ZRule):
         # Arithmetic kernels only, and four temporaries of the output's size (allocation dominates on CPU).
         gamma, eps = self.gamma, self.stabilizer
         weight, bias = affine.weight, affine.bias
+        c = output.sign()
+        if not bool(c.sub(1).mul_(relevance_out).any()):
+            # No relevance where z <= 0, the usual case below a ReLU whose output feeds z-rules (they give a
+            # unit that outputs 0 no relevance): only the z > 0 group is active, with weights w + gamma w+.
+            # One forward and one transpose; |.| + eps keeps the unused denominators (z <= 0) away from zero.
+            w_up = self._lift(weight, _positive(weight))
+            z_up = affine.forward(x, w_up, None if bias is None else self._lift(bias, _positive(bias)))
+            s = _divide(relevance_out, z_up.abs_().add_(eps))
+            return (affine.transpose(s, w_up, x).mul_(x),)
         w_pos = _positive(weight)
         q = affine.forward(x, w_pos, None if bias is None else _positive(bias))
-        c = output.sign()
         m = c.abs()
         c.mul_(1 + gamma / 2).add_(m, alpha=-gamma / 2)
         s = torch.mul(output, c).add_(q, alpha=gamma).add_(eps)

@@ -90,7 +90,7 @@ def reproduce(
                 missing.append(f"{dataset}/{arch}/seed{seed}")
                 continue
             results = read_json(evaluation_file)
-            if results.get("checkpoint_epoch") == best_epoch(run_dir):
+            if _current(results, run_dir):
                 collected.append({**results, **_training(run_dir, seed)})
             else:  # keep the epochs and schedule the evaluation recorded
                 stale.append(f"{dataset}/{arch}/seed{seed}")
@@ -98,8 +98,8 @@ def reproduce(
             continue
         train(dataclasses.replace(config.train, arch=arch, dataset=dataset, seed=seed), run_dir, progress=progress)
         results = read_json(evaluation_file) if evaluation_file.exists() else None
-        if (results is None or results.get("checkpoint_epoch") != best_epoch(run_dir)  # trained on since
-                or set(results["methods"]) != set(config.evaluation.methods)):
+        methods_changed = results is not None and set(results["methods"]) != set(config.evaluation.methods)
+        if results is None or not _current(results, run_dir) or methods_changed:
             results = evaluate(run_dir, config.evaluation, progress=progress)
         collected.append({**results, **_training(run_dir, seed)})
     write_json(root / "results.json",
@@ -110,6 +110,11 @@ def reproduce(
         atomic_write(root / f"{name}.md", _to_markdown(rows).encode())
     _figures(root, collected, config)
     return {"cells": collected, "accuracy": accuracy_rows, "cosine": cosine_rows, "missing": missing, "stale": stale}
+
+
+def _current(results: dict[str, Any], run_dir: Path) -> bool:
+    """Whether an evaluation is of the checkpoint the run's best.safetensors holds now (not trained on since)."""
+    return bool(results.get("checkpoint_epoch") == best_epoch(run_dir))
 
 
 def _training(run_dir: Path, seed: int) -> dict[str, Any]:

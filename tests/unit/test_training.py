@@ -75,3 +75,4 @@ def test_grid_re_evaluates_a_cell_that_trained_on(tmp_path: Path) -> None:
     assert results["cells"][0]["schedule"] == "2e-03 x2"
     assert read_json(cell / "evaluation.json")["checkpoint_epoch"] == best_epoch(cell)
     assert results["accuracy"][0]["lr schedule"] == "2e-03 x2"
+    assert results["accuracy"][0]["batch"] == results["cells"][0]["batch_size"] == _TINY.batch_size

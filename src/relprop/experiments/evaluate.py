@@ -90,6 +90,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     results: dict[str, Any] = {
         "run": str(run_dir), "arch": train_config.arch, "dataset": train_config.dataset,
         "variant": train_config.variant, "epochs": len(history), "schedule": lr_schedule(history),
+        "batch_size": train_config.batch_size,
         "checkpoint_epoch": best_epoch(run_dir), "test_samples": len(y),
         "accuracy": accuracy(model, x, y), "methods": {},
     }

@@ -118,9 +118,10 @@ def _current(results: dict[str, Any], run_dir: Path) -> bool:
 
 
 def _training(run_dir: Path, seed: int) -> dict[str, Any]:
-    """How a cell was trained: seed, epochs and learning-rate schedule."""
+    """How a cell was trained: seed, epochs, learning-rate schedule and batch size."""
     history = read_json(run_dir / "history.json")
-    return {"seed": seed, "epochs": len(history), "schedule": lr_schedule(history)}
+    batch_size = read_json(run_dir / "config.json")["batch_size"]
+    return {"seed": seed, "epochs": len(history), "schedule": lr_schedule(history), "batch_size": batch_size}
 
 
 def _jsonable(config: GridConfig) -> dict[str, Any]:
@@ -142,7 +143,7 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
         accuracy = _mean([c["accuracy"] for c in group])
         accuracy_rows.append({
             "arch": arch, "dataset": dataset, "seeds": len(group), "epochs": group[0].get("epochs", ""),
-            "lr schedule": group[0].get("schedule", ""),
+            "lr schedule": group[0].get("schedule", ""), "batch": group[0].get("batch_size", ""),
             "accuracy": round(accuracy, 4),
             "thesis": thesis.get("accuracy", ""),
             "difference": round(accuracy - thesis["accuracy"], 4) if "accuracy" in thesis else "",

@@ -18,7 +18,7 @@ from . import (
     rules,
 )
 from .api import METHODS, Explanation, explain, method
-from .core import ExplanationError
+from .errors import ExplanationError
 
 __all__ = [
     "explain", "Explanation", "ExplanationError", "METHODS", "method",

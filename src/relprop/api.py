@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import methods
-from .core import ExplanationError
+from .errors import ExplanationError
 from .methods._common import as_target
 
 __all__ = ["explain", "Explanation", "METHODS", "method"]
@@ -129,6 +129,8 @@ def _check_input(x: Any) -> None:
 
 @contextmanager
 def _wrapped_errors(model: nn.Module, x: Tensor) -> Iterator[None]:
+    """Around the model's plain forward pass only: an error there comes from the input (shape, dtype, range), not
+    from relprop. Errors in the explained pass keep their type and traceback: they are relprop's to fix."""
     try:
         yield
     except ExplanationError:
@@ -137,6 +139,16 @@ def _wrapped_errors(model: nn.Module, x: Tensor) -> Iterator[None]:
         raise ExplanationError(
             f"{type(model).__name__} failed on input of shape {tuple(x.shape)} and dtype {x.dtype}: {error}"
         ) from error
+
+
+def _check_eval(model: nn.Module) -> None:
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        raise ExplanationError(
+            f"{type(model).__name__} has modules in training mode ({', '.join(training[:5])}"
+            f"{' ...' if len(training) > 5 else ''}): dropout and batch norm would change the explanation; call "
+            "model.eval() first"
+        )
 
 
 def explain(
@@ -163,11 +175,7 @@ def explain(
     if unknown and not takes_any:
         raise ExplanationError(f"method '{method}' got unknown options {unknown}; it accepts {accepted}")
     _check_input(x)
-    if model.training:
-        raise ExplanationError(
-            f"{type(model).__name__} is in training mode (dropout and batch norm would change the explanation); "
-            "call model.eval() first"
-        )
+    _check_eval(model)
     forward: nn.Module = model
     inputs = x
     if not x.is_floating_point():
@@ -175,11 +183,10 @@ def explain(
         with _wrapped_errors(model, x), torch.no_grad():
             inputs = embedding(x)
         forward = _EmbeddingInput(model, embedding, x)
-    with _wrapped_errors(model, x):
-        with torch.no_grad():
-            output = forward(inputs)
-        target = as_target(target, output)
-        relevance = function(forward, inputs, target, **options)
+    with _wrapped_errors(model, x), torch.no_grad():
+        output = forward(inputs)
+    target = as_target(target, output)
+    relevance = function(forward, inputs, target, **options)
     details: dict[str, Tensor] = {}
     score = output.gather(1, target.reshape(-1, 1)).squeeze(1)
     if method == "lrp":

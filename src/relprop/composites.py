@@ -1,4 +1,5 @@
-"""Which rule goes where: :class:`RuleMap` assigns rules by module name, first layer or type, plus named presets.
+"""Which rule goes where: :class:`RuleMap` assigns rules to modules (by name, first layer or type) and to functional
+operations (by :class:`~relprop.ops.Op`), plus named presets.
 
 What a rule does lives in :mod:`relprop.rules`; this module only decides where each rule applies.
 """
@@ -14,41 +15,39 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from . import rules
-from .canonizers import Canonizer, MergeBatchNorm
-from .canonizers_recurrent import ExplicitRecurrent
-from .core import ExplanationError, FunctionalGuard, Rule, attach_rules, lrp_check
+from . import ops, rules
+from .canonizers import Canonizer, ExplicitRecurrent
+from .core import FunctionalGuard, Rule, attach_rules
+from .errors import ExplanationError
 from .layers import GatedProduct, Sum
+from .ops import Op
 from .rules.mixed import Mixed, mixed_split
 
 __all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES"]
 
-Selector = type | tuple[type, ...] | str
+Selector = type | tuple[type, ...] | str | Op | tuple[Op, ...]
 
 CONV_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES: tuple[type, ...] = (nn.Linear, *CONV_TYPES)
 ACTIVATIONS: tuple[type, ...] = (
     nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.GELU, nn.SiLU, nn.Softplus, nn.ReLU6, nn.Hardtanh,
-    nn.PReLU, nn.SELU, nn.CELU,
+    nn.PReLU, nn.SELU, nn.CELU, nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Softsign, nn.RReLU, nn.Threshold,
+    nn.LogSigmoid,
 )
 AVG_POOLS: tuple[type, ...] = (
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
 )
-MAX_POOLS: tuple[type, ...] = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-)
-# Leaf modules whose backward is pure routing (or identity in eval mode): they need no rule. Max pooling routes
-# each window's relevance to its winner (winner-take-all), which is exactly its own backward pass.
-ROUTING_MODULES: tuple[type, ...] = (
-    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.Embedding, *MAX_POOLS,
+# Modules with parameters that need no rule of their own: the functional call inside them has an op rule
+# (batch norms merge into the layer that feeds them, or are the affine map they are in eval mode; layer, group and
+# RMS norms get DetachedNorm). Parameter-free modules without a rule are transparent anyway: their ops are checked.
+NORMS: tuple[type, ...] = (
+    nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
 
 _ADVICE = {
     (nn.LSTM, nn.GRU, nn.RNN): "apply relprop.canonizers.ExplicitRecurrent() (the presets do) or build the model "
     "from relprop.models cells",
-    (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d): "it must follow a Linear/Conv in an nn.Sequential to be "
-    "merged by MergeBatchNorm, or name the pair: MergeBatchNorm(pairs=[('conv', 'bn')])",
 }
 
 
@@ -65,32 +64,37 @@ def _advice(module: nn.Module) -> str:
 
 
 def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
+    """Rules every RuleMap has after its own entries: module types first, then functional ops."""
+    proportional = rules.Proportional(stabilizer)
     return [
         (ACTIVATIONS, rules.Pass()),
-        (Sum, rules.Proportional(stabilizer)),
+        (Sum, proportional),
         (GatedProduct, rules.SignalTakeAll()),
-        (AVG_POOLS, rules.Proportional(stabilizer)),
-        ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d), _MergedOnly()),
+        (AVG_POOLS, proportional),
+        ((ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE), proportional),
+        ((ops.MUL, ops.DIV), rules.SignalTakeAll()),
+        (ops.MAX, rules.WinnerTakeAll()),
+        ((ops.ACTIVATION, ops.DROPOUT), rules.Pass()),
+        (ops.ROUTE, rules.Route()),
+        (ops.BATCH_NORM, rules.Epsilon(epsilon=stabilizer)),
+        ((ops.LAYER_NORM, ops.GROUP_NORM, ops.RMS_NORM), rules.DetachedNorm(stabilizer)),
     ]
 
 
-@dataclass(frozen=True)
-class _MergedOnly:
-    """Pass for a BatchNorm that MergeBatchNorm turned into the identity; raises for one it did not merge."""
-
-    def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        if not getattr(module, "_relprop_merged", False):
-            advice = _ADVICE[(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)]
-            raise ExplanationError(f"BatchNorm {module} was not merged; {advice}")
-        return (relevance_out,)
+def _ops_of(selector: Selector) -> tuple[Op, ...]:
+    if isinstance(selector, Op):
+        return (selector,)
+    if isinstance(selector, tuple) and selector and all(isinstance(s, Op) for s in selector):
+        return selector  # type: ignore[return-value]
+    return ()
 
 
 def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     if isinstance(selector, str):
         return fnmatch.fnmatchcase(name, selector)
-    return isinstance(module, selector)
+    if _ops_of(selector):
+        return False
+    return isinstance(module, selector)  # type: ignore[arg-type]
 
 
 def _root(model: nn.Module) -> nn.Module:
@@ -101,15 +105,19 @@ def _root(model: nn.Module) -> nn.Module:
 
 @dataclass(frozen=True)
 class RuleMap:
-    """Assigns a rule to every leaf module: by name (glob patterns), then the first layer, then by type.
+    """Assigns a rule to every leaf module (by name, then the first layer, then by type) and to every functional op.
 
-    ``entries`` come first, then relprop's base map (activations pass, sums and average pools proportional,
-    gated products signal-take-all); max pools route relevance to each window's winner unless an entry gives
-    them a rule (e.g. ``(nn.MaxPool2d, rules.Proportional())``). ``first`` is the rule of the first module of a
+    ``entries`` come first, then relprop's base map: activations pass, sums, means and average pools are
+    proportional, gated products (and products with a constant) signal-take-all, max pools winner-take-all,
+    routing ops (view, cat, indexing ...) follow their own backward, batch norms merge into the layer that feeds them
+    (else epsilon on their affine map), layer/group/RMS norms get :class:`~relprop.rules.DetachedNorm`. A selector is
+    a glob over module names (``"features.*"``), a module type (or tuple), or an :class:`~relprop.ops.Op` (or
+    tuple): ``RuleMap([(ops.MUL, rules.Uniform())])``. Max-pool modules can be given a rule by type, e.g.
+    ``(nn.MaxPool2d, rules.Proportional())``. A name pattern that matches no module raises. ``first`` is the rule of the first module of a
     type in ``first_types`` in registration order (zennit's convention). If that layer mixes model input and
     recurrent state (it has a ``mixed_split``, e.g. the thesis's ``[x_t, r_{t-1}] W``), its input part gets
     ``first`` and its state part the layer's type rule, with one shared denominator (:class:`rules.mixed.Mixed`).
-    The default canonizers merge batch norms and run stock ``nn.LSTM``/``nn.GRU``/``nn.RNN`` as explicit cells.
+    The default canonizer runs stock ``nn.LSTM``/``nn.GRU``/``nn.RNN`` as explicit cells.
 
     >>> from torch import nn
     >>> rule_map = RuleMap([(nn.Linear, rules.Epsilon())], first=rules.Flat())
@@ -121,7 +129,7 @@ class RuleMap:
     entries: Sequence[tuple[Selector, Rule]] = ()
     first: Rule | None = None
     first_types: tuple[type, ...] = LINEAR_TYPES
-    canonizers: Sequence[Canonizer] = field(default_factory=lambda: (MergeBatchNorm(), ExplicitRecurrent()))
+    canonizers: Sequence[Canonizer] = field(default_factory=lambda: (ExplicitRecurrent(),))
     stabilizer: float = 1e-6
 
     def assign(
@@ -133,9 +141,12 @@ class RuleMap:
         assignments: list[tuple[str, nn.Module, Rule]] = []
         uncovered: list[tuple[str, nn.Module, str]] = []
         first_done = self.first is None
+        patterns = {s for s, _ in self.entries if isinstance(s, str)}
+        matched: set[str] = set()
         module: nn.Module
         for name, module in model.named_modules():
             rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
+            matched |= {s for s in patterns if _matches(s, name, module)}
             if rule is None and self.first is not None and not first_done and isinstance(module, self.first_types):
                 rule, first_done = self.first, True
                 if mixed_split(module) is not None:  # pixels and recurrent state in one layer
@@ -144,9 +155,14 @@ class RuleMap:
                 rule = next((r for s, r in entries if not isinstance(s, str) and _matches(s, name, module)), None)
             if rule is not None:
                 assignments.append((name, module, rule))
-            elif not list(module.children()) and not isinstance(module, ROUTING_MODULES):
-                if list(module.parameters(recurse=False)) or type(module).forward is not nn.Module.forward:
+            elif not list(module.children()) and list(module.parameters(recurse=False)):
+                if not isinstance(module, NORMS):  # a parameter-free module is transparent: its ops get op rules
                     uncovered.append((name, module, _advice(module)))
+        if patterns - matched:
+            raise ExplanationError(
+                f"RuleMap name patterns {sorted(patterns - matched)} match no module of {type(model).__name__}; "
+                f"its modules are named like {[n for n, _ in model.named_modules()][1:6]}"
+            )
         ruled = {id(m) for _, m, _ in assignments}
         # a ruled container owns its children: no tripwires below it
         owned = {id(c) for _, m, _ in assignments for c in m.modules() if c is not m}
@@ -175,10 +191,21 @@ class RuleMap:
             for canonizer in self.canonizers:
                 stack.callback(canonizer.apply(model))
             assignments, uncovered = self.assign(model)
-            guard = FunctionalGuard(lrp_check)
-            trusted = [m for m in model.modules() if isinstance(m, ROUTING_MODULES)]
-            stack.enter_context(attach_rules(model, assignments, uncovered, guard, trusted))
+            guard = FunctionalGuard(self.op_rules())
+            stack.enter_context(attach_rules(model, assignments, uncovered, guard))
             yield guard
+
+    def op_rules(self) -> dict[Op, Rule]:
+        """The rule of every op: from ``entries`` first, then from the base map.
+
+        >>> RuleMap([(ops.MUL, rules.Uniform())]).op_rules()[ops.MUL]
+        Uniform(stabilizer=1e-06)
+        """
+        table: dict[Op, Rule] = {}
+        for selector, rule in [*self.entries, *_base_entries(self.stabilizer)]:
+            for op in _ops_of(selector):
+                table.setdefault(op, rule)
+        return table
 
 
 PRESETS: dict[str, Callable[..., RuleMap]] = {}

@@ -1,43 +1,83 @@
-"""Core plumbing: the Rule protocol, the relay that carries relevance backward, and the attach context.
+"""Core plumbing: the Rule protocol, the relay that carries relevance backward, and the two kinds of rule site.
 
 The convention (as in zennit) is that **the backward pass carries relevance**: while rules are attached to a
-model, the gradient that arrives at the input *is* the relevance. A forward hook on every ruled module sends the
-module's output through :class:`_Relay`, whose backward calls ``rule.relevance``.
+model, the gradient that arrives at the input *is* the relevance. A rule sits at a *site*:
+
+- a module: a forward hook sends the module's output through :class:`_Relay`, whose backward calls
+  ``rule.relevance(module, inputs, output, relevance_out)``;
+- a functional operation (``x + y``, ``x.mean(1)``, ``F.relu(x)``): :class:`FunctionalGuard`, a
+  ``TorchFunctionMode``, sees every call on the relevance path outside ruled modules *before* it runs and gives it
+  its rule from the RuleMap through the same relay, with an :class:`~relprop.ops.OpCall` as the site. In-place ops
+  run out of place, so nothing ever modifies a relayed tensor. An op without a rule raises, naming the op and the
+  line of the model that called it.
+
+The *relevance path* is every tensor derived from the explained input: such tensors carry a tag, set on the input
+and on the result of every op or ruled module that takes a tagged tensor. Parameters and buffers are off the path,
+so ``x * self.scale`` is a product with a constant, not of two path tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, Union, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ExplanationError", "Rule", "stabilize", "attach_rules", "FunctionalGuard", "eval_mode"]
+from . import ops
+from .errors import ExplanationError
+from .ops import Op, OpCall
+
+__all__ = [
+    "ExplanationError", "Rule", "Site", "MergedBatchNorm", "stabilize", "attach_rules", "FunctionalGuard",
+    "eval_mode", "mark_path", "on_path",
+]
 
 
-class ExplanationError(ValueError):
-    """Raised when relprop cannot explain a model or input correctly (never silently wrong)."""
+@dataclass(frozen=True, eq=False)
+class MergedBatchNorm:
+    """A Linear/Conv layer and the eval-mode batch norm it feeds, explained as one affine map (a rule site).
+
+    The engine finds such pairs by data flow: a ``batch_norm`` call whose input is the output of a layer with a
+    z-rule. ``y = a (x W^T + b - mean) + beta`` with ``a = gamma / sqrt(var + eps)`` is the layer with ``W' = a W``
+    and ``b' = a (b - mean) + beta``; the layer's rule explains it. Nothing in the model is modified.
+    """
+
+    layer: nn.Module
+    norm: OpCall
+
+    def __repr__(self) -> str:
+        return f"{type(self.layer).__name__} merged with the batch norm at {self.norm.location}"
+
+
+Site = Union[nn.Module, OpCall, MergedBatchNorm]
 
 
 @runtime_checkable
 class Rule(Protocol):
-    """A relevance rule: maps the relevance of a module's output to relevance of its inputs.
+    """A relevance rule: maps the relevance of a site's output to relevance of its inputs.
 
-    ``inputs`` are the tensors the module was called with, ``output`` its (detached) output and
+    ``site`` is the module, or the :class:`~relprop.ops.OpCall` of a functional operation; ``inputs`` are the
+    tensors it was called with (for an op, the ones on the relevance path), ``output`` its (detached) output and
     ``relevance_out`` the relevance arriving at the output. Return one entry per input (None for none).
     """
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]: ...
 
 
-# A rule may also define ``route(module, inputs, output) -> int | None``: when it returns an index, all relevance
-# of the output goes unchanged to that input (and none to the others). The attachment then expresses this in the
-# forward pass as ``output.detach() + (x - x.detach())``: the same value, an identity backward, no Python in it.
+# Optional attributes of a rule, read by the engine:
+# - ``route(site, inputs, output) -> int | None``: when it returns an index, all relevance of the output goes
+#   unchanged to that input. The engine then writes ``output.detach() + (x - x.detach())``: the same value, an
+#   identity backward, no Python in it.
+# - ``gradient_is_relevance = True``: at an op site, the op's own backward carries the relevance (routing
+#   operations, max pooling), so the op runs as it is.
+# - ``merges_batch_norm = True``: a batch norm fed by a layer with this rule is explained with the layer
+#   (:class:`MergedBatchNorm`).
 
 
 @contextlib.contextmanager
@@ -61,12 +101,63 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return z.sign().add_(0.5).sign_().mul_(epsilon).add_(z)  # sign with 0 -> +1, arithmetic kernels only
 
 
+# ------------------------------------------------------------------------------------------------ the path tags
+_PATH = "_relprop_path"  # derived from the explained input
+_GATE = "_relprop_gate"  # output of a sigmoid-like gate
+_PRODUCER = "_relprop_producer"  # (rule, layer, layer input) of a Linear/Conv output, for batch-norm merging
+_STALE = "_relprop_stale"  # changed by an in-place op that relprop ran out of place: where that op ran
+
+
+def mark_path(value: Any) -> Any:
+    """Tag the floating-point tensors in ``value`` (a tensor, tuple or list) as on the relevance path."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex():
+            setattr(value, _PATH, True)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            mark_path(item)
+    return value
+
+
+def on_path(values: Iterable[Any]) -> bool:
+    """Whether any of ``values`` (tensors, or lists/tuples of them) is on the relevance path."""
+    for value in values:
+        if isinstance(value, Tensor):
+            if getattr(value, _PATH, False):
+                return True
+        elif isinstance(value, (tuple, list)) and on_path(value):
+            return True
+    return False
+
+
+def _stale(values: Iterable[Any]) -> str | None:
+    for value in values:
+        if isinstance(value, Tensor):
+            where = getattr(value, _STALE, None)
+            if where is not None:
+                return str(where)
+        elif isinstance(value, (tuple, list)):
+            where = _stale(value)
+            if where is not None:
+                return where
+    return None
+
+
+def _stale_error(user: str, where: str) -> ExplanationError:
+    return ExplanationError(
+        f"{user} uses a tensor that the in-place operation at {where} changed. relprop runs in-place operations on "
+        "the relevance path out of place, so the model must go on with their result: write `x = x.relu_()` or "
+        "`x = x + y` instead of a bare `x.relu_()` or `x.add_(y)`"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the relay
 class _Relay(torch.autograd.Function):
-    """Identity in the forward pass; in the backward pass, the module's rule turns relevance_out into relevance_in."""
+    """Identity in the forward pass; in the backward pass, the site's rule turns relevance_out into relevance_in."""
 
     @staticmethod
-    def forward(ctx: Any, rule: Rule, module: nn.Module, output: Tensor, *inputs: Any) -> Tensor:
-        ctx.rule, ctx.module = rule, module
+    def forward(ctx: Any, rule: Rule, site: Site, output: Tensor, *inputs: Any) -> Tensor:
+        ctx.rule, ctx.site = rule, site
         ctx.tensor_slots = [i for i, value in enumerate(inputs) if isinstance(value, Tensor)]
         ctx.n_inputs = len(inputs)
         ctx.save_for_backward(output, *(inputs[i] for i in ctx.tensor_slots))
@@ -77,11 +168,11 @@ class _Relay(torch.autograd.Function):
         output, *saved = ctx.saved_tensors
         tensors = [t.detach() for t in saved]  # rules must not build a graph back into the forward pass
         with torch.enable_grad():
-            relevance_in = ctx.rule.relevance(ctx.module, tuple(tensors), output, relevance_out)
+            relevance_in = ctx.rule.relevance(ctx.site, tuple(tensors), output, relevance_out)
         if len(relevance_in) != len(tensors):
             raise ExplanationError(
-                f"rule {type(ctx.rule).__name__} returned {len(relevance_in)} relevances for "
-                f"{type(ctx.module).__name__} with {len(tensors)} tensor inputs"
+                f"rule {type(ctx.rule).__name__} returned {len(relevance_in)} relevances for {_describe(ctx.site)} "
+                f"with {len(tensors)} tensor inputs"
             )
         grads: list[Tensor | None] = [None] * ctx.n_inputs
         for slot, value in zip(ctx.tensor_slots, relevance_in):
@@ -89,11 +180,29 @@ class _Relay(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
+def _describe(site: Site) -> str:
+    return repr(site) if not isinstance(site, nn.Module) else type(site).__name__
+
+
 _ROUTE_LIMIT = 1 << 16  # elements
 
 
-def _needs_relevance(args: tuple[Any, ...]) -> bool:
-    return any(isinstance(a, Tensor) and a.requires_grad for a in args)
+def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:
+    """``output`` (computed from ``inputs``) on the relevance path, with ``rule`` as its backward."""
+    route = getattr(rule, "route", None)
+    if route is not None and output.numel() <= _ROUTE_LIMIT:
+        # relevance passes one input unchanged: autograd's identity carries it (two cheap element-wise
+        # operations instead of a Python backward; for large tensors the relay is the cheaper of the two)
+        index = route(site, inputs, output)
+        if index is not None:
+            source = inputs[index]
+            return mark_path(output.detach() + (source - source.detach()))  # type: ignore[no-any-return]
+    return mark_path(_Relay.apply(rule, site, output.detach(), *inputs))  # type: ignore[no-any-return]
+
+
+# ------------------------------------------------------------------------------------------------ module sites
+_GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _Attachment:
@@ -102,47 +211,52 @@ class _Attachment:
     def __init__(self, name: str, module: nn.Module, rule: Rule, guard: FunctionalGuard | None) -> None:
         self.name, self.module, self.rule, self.guard = name, module, rule, guard
         self.stack: list[tuple[Any, ...]] = []
+        self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
+                       and not hasattr(module, "relprop_affine"))
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if self.guard is not None:
             self.guard.depth += 1
         self.stack.append(args)
-        if getattr(module, "inplace", False):  # the module would overwrite the tensors we keep for backward
-            return tuple(a.clone() if isinstance(a, Tensor) else a for a in args)
-        return None
+        if not on_path(args):
+            return None
+        where = _stale(args)
+        if where is not None:
+            raise _stale_error(f"module '{self.name}' ({type(module).__name__})", where)
+        # the module runs on detached inputs (its own graph is never used: the relay replaces it); a module that
+        # works in place gets copies, so the tensors kept for the backward pass stay intact
+        inplace = getattr(module, "inplace", False)
+        return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a for a in args)
 
     def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         original_args = self.stack.pop()
         try:
-            if not _needs_relevance(original_args):
+            if not on_path(original_args):
                 return None
             if not isinstance(output, Tensor):
                 raise ExplanationError(
                     f"module '{self.name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
                     f"{type(self.rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
                 )
-            route = getattr(self.rule, "route", None)
-            if route is not None and output.numel() <= _ROUTE_LIMIT:
-                # relevance passes one input unchanged: autograd's identity carries it (two cheap element-wise
-                # operations instead of a Python backward; for large tensors the relay is the cheaper of the two)
-                index = route(module, original_args, output)
-                if index is not None:
-                    source = original_args[index]
-                    return output.detach() + (source - source.detach())  # exact value, identity backward
-            return _Relay.apply(self.rule, module, output.detach(), *original_args)
+            result = relay(self.rule, module, output, original_args)
+            if isinstance(module, _GATE_MODULES):
+                setattr(result, _GATE, True)
+            if self.merges:
+                setattr(result, _PRODUCER, (self.rule, module, original_args[0]))
+            return result
         finally:
             if self.guard is not None:
                 self.guard.depth -= 1
 
 
 class _Tripwire:
-    """Forward pre-hook on a module that no rule covers: raises as soon as it runs in an explained forward."""
+    """Forward pre-hook on a module that no rule covers: raises as soon as it runs on the relevance path."""
 
     def __init__(self, name: str, module: nn.Module, advice: str) -> None:
         self.name, self.module, self.advice = name, module, advice
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if _needs_relevance(args) or any(p.requires_grad for p in module.parameters(recurse=False)):
+        if on_path(args):
             raise ExplanationError(
                 f"no rule covers module '{self.name}' ({type(module).__name__}); {self.advice}"
             )
@@ -154,19 +268,10 @@ def attach_rules(
     assignments: Sequence[tuple[str, nn.Module, Rule]],
     uncovered: Sequence[tuple[str, nn.Module, str]] = (),
     guard: FunctionalGuard | None = None,
-    trusted: Sequence[nn.Module] = (),
 ) -> Iterator[None]:
-    """Attach ``(name, module, rule)`` assignments and tripwires; remove every hook on exit, also on error.
-
-    ``trusted`` modules (routing layers such as Flatten or Embedding) need no rule; the guard lets their
-    internal operations pass.
-    """
+    """Attach ``(name, module, rule)`` assignments and tripwires; remove every hook on exit, also on error."""
     handles: list[torch.utils.hooks.RemovableHandle] = []
     try:
-        if guard is not None:
-            for module in trusted:
-                handles.append(module.register_forward_pre_hook(guard.enter))
-                handles.append(module.register_forward_hook(guard.leave))
         for name, module, rule in assignments:
             attachment = _Attachment(name, module, rule, guard)
             handles.append(module.register_forward_pre_hook(attachment.pre))
@@ -179,73 +284,133 @@ def attach_rules(
             handle.remove()
 
 
-# Functions whose backward only routes values (selects, copies, permutes, concatenates): relevance is conserved.
-_ROUTING = frozenset(
-    """view view_as reshape reshape_as flatten unflatten permute transpose t squeeze unsqueeze contiguous clone
-    expand expand_as repeat cat concat concatenate stack hstack vstack split split_with_sizes tensor_split chunk
-    unbind __getitem__ __setitem__ narrow select index_select gather flip roll movedim moveaxis swapaxes swapdims
-    to float double half bfloat16 type type_as cpu cuda detach requires_grad_ __get__ unfold""".split()
-)
-
-
+# ------------------------------------------------------------------------------------------------ op sites
 class FunctionalGuard(TorchFunctionMode):
-    """Flags functional operations on the relevance path that run outside any ruled module.
+    """Gives every functional operation on the relevance path outside ruled modules its rule, before it runs.
 
-    An LRP forward allows only routing operations (reshape, indexing, ``torch.cat`` ...) between ruled modules:
-    ``x + y``, ``torch.matmul`` or ``softmax`` outside a module would make the backward a plain gradient (or
-    double the relevance on a residual sum), so they raise with advice instead.
-    ``check`` decides per call; it returns an error message or None.
+    ``op_rules`` maps each :class:`~relprop.ops.Op` to its rule. With ``strict`` (LRP), an op without a rule
+    raises an ExplanationError naming it and the line that called it; otherwise (guided backprop) it runs as it is,
+    so its plain gradient flows. ``depth > 0`` inside ruled modules, whose own rule accounts for their operations.
     """
 
-    def __init__(self, check: Callable[[str, tuple[Any, ...], dict[str, Any]], str | None]) -> None:
+    def __init__(self, op_rules: Mapping[Op, Rule], strict: bool = True) -> None:
         super().__init__()
-        self.check = check
+        self.op_rules = op_rules
+        self.strict = strict
         self.depth = 0
-
-    def enter(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        self.depth += 1
-
-    def leave(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        self.depth -= 1
+        self._by_name = {name: op for op in op_rules for name in op.names}  # ops declared by the user first
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        result = func(*args, **kwargs)
-        # note: self.depth > 0 inside ruled or trusted modules, whose operations the rules account for
-        if self.depth == 0 and _on_path(result):
-            name = getattr(func, "__name__", repr(func))
-            message = self.check(name, args, kwargs)
-            if message is not None:
-                raise ExplanationError(message)
+        if self.depth or not (on_path(args) or (kwargs and on_path(kwargs.values()))):
+            return func(*args, **kwargs)
+        return self._dispatch(func, args, kwargs)
+
+    def _dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = ops.function_name(func)
+        where = _stale(args) or _stale(kwargs.values())
+        if where is not None:
+            raise _stale_error(f"'{name}' at {ops.caller_location()}", where)
+        op = self._by_name.get(name) or ops.lookup(name)
+        if op is ops.CONSTANT:
+            return func(*args, **kwargs)
+        if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":
+            raise ExplanationError(
+                f"'.data' of a tensor on the relevance path at {ops.caller_location()} cuts the relevance; use the "
+                "tensor itself (or .detach() where it is meant to be a constant)"
+            )
+        rule = None if op is None else self.op_rules.get(op)
+        if rule is None:
+            if not self.strict:
+                return mark_path(func(*args, **kwargs))
+            return self._refuse(func, name, op, args, kwargs)
+        if "out" in kwargs:
+            raise ExplanationError(f"'{name}' with out= at {ops.caller_location()}: write the result to a new tensor")
+        if getattr(rule, "gradient_is_relevance", False):
+            return self._run_as_is(func, name, args, kwargs)
+        twin = ops.out_of_place(func, args, kwargs)
+        call_func, call_args, call_kwargs = twin if twin is not None else (func, args, kwargs)
+        keys: tuple[int | str, ...] = (
+            *(i for i, a in enumerate(call_args) if isinstance(a, Tensor) and getattr(a, _PATH, False)),
+            *(k for k, a in call_kwargs.items() if isinstance(a, Tensor) and getattr(a, _PATH, False)),
+        )
+        if len(keys) == 0:
+            raise self._error(name, op, "its relevance-path tensors sit inside a list, where this op's rule cannot "
+                                        "see them")
+        call = OpCall(op, call_func, call_args, call_kwargs, keys, ops.caller_location())
+        call.gates = tuple(bool(getattr(t, _GATE, False)) for t in call.inputs())  # tags are gone by the backward
+        result = self._apply(rule, call)
+        if twin is not None and isinstance(args[0], Tensor):
+            setattr(args[0], _STALE, call.location)  # the model must use the result, not the old tensor
         return result
 
+    def _apply(self, rule: Rule, call: OpCall) -> Tensor:
+        inputs = call.inputs()
+        if call.op is ops.DROPOUT and call.argument("training"):
+            raise ExplanationError(
+                f"dropout in training mode at {call.location} would randomise the explanation: call model.eval() "
+                "or pass training=False"
+            )
+        with torch.no_grad():
+            value = call.forward(*(t.detach() for t in inputs))
+        if not isinstance(value, Tensor):
+            raise ExplanationError(f"{call!r} returns {type(value).__name__}; its rule needs a single tensor")
+        if call.op is ops.BATCH_NORM:
+            if call.argument("training"):
+                raise ExplanationError(
+                    f"the batch norm at {call.location} normalises with batch statistics (training mode, or no "
+                    "running statistics); call model.eval() on a model whose batch norms track running statistics"
+                )
+            producer = getattr(inputs[0], _PRODUCER, None)
+            if producer is not None:  # fed by a Linear/Conv with a z-rule: explain the pair as one affine map
+                layer_rule, layer, layer_input = producer
+                return relay(layer_rule, MergedBatchNorm(layer, call), value, (layer_input,))
+        result = relay(rule, call, value, inputs)
+        if call.name in ops.GATE_NAMES:
+            setattr(result, _GATE, True)
+        return result
 
-def _on_path(result: Any) -> bool:
-    if isinstance(result, Tensor):
-        return result.requires_grad
-    if isinstance(result, (tuple, list)):
-        return any(isinstance(r, Tensor) and r.requires_grad for r in result)
+    def _run_as_is(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            result = func(*args, **kwargs)
+        except RuntimeError as error:
+            if "inplace" not in str(error):
+                raise
+            raise ExplanationError(
+                f"in-place '{name}' at {ops.caller_location()} modifies the output of a ruled module or op, which "
+                "autograd cannot rewrite; write it out of place (e.g. torch.where or a new tensor)"
+            ) from error
+        if ops.is_inplace_name(name) and isinstance(args[0], Tensor):
+            mark_path(args[0])  # x[i] = y: x now holds path values
+        return mark_path(result)
+
+    def _refuse(self, func: Any, name: str, op: Op | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if op is None and not ops.is_inplace_name(name) and ops.out_of_place(func, args, kwargs) is None:
+            # an out-of-place op with an integer or boolean result (argmax, comparisons, size) leaves the path
+            result = func(*args, **kwargs)
+            if not _has_floating(result):
+                return result
+        if op is None:
+            raise self._error(name, op, "relprop has no rule for it")
+        raise self._error(name, op, f"the RuleMap gives {op!r} no rule")
+
+    def _error(self, name: str, op: Op | None, reason: str) -> ExplanationError:
+        if op is None:
+            fix = ("express it as an nn.Module with a rule, or declare it: my_op = relprop.ops.Op('my_op', "
+                   f"frozenset({{'{name}'}})) and pass RuleMap([(my_op, a_rule)])")
+        else:
+            fix = f"give it one: RuleMap([({op!r}, rules.Proportional())]) or another rule from relprop.rules"
+        return ExplanationError(
+            f"functional operation '{name}' at {ops.caller_location()} is on the relevance path and {reason}: its "
+            f"relevance would be a plain gradient; {fix}"
+        )
+
+
+def _has_floating(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.is_floating_point() or value.is_complex()
+    if isinstance(value, (tuple, list)):
+        return any(_has_floating(v) for v in value)
     return False
-
-
-def lrp_check(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    """Policy of :class:`FunctionalGuard` for LRP: only routing operations may run outside ruled modules."""
-    if name in _ROUTING:
-        return None
-    if name == "pad" and kwargs.get("mode", args[2] if len(args) > 2 else "constant") == "constant":
-        return None
-    if name == "dropout" and not kwargs.get("training", args[2] if len(args) > 2 else True):
-        return None
-    advice = {
-        "add": "use relprop.layers.Sum() as a module (relevance splits in proportion to the terms)",
-        "__add__": "use relprop.layers.Sum() as a module (relevance splits in proportion to the terms)",
-        "__iadd__": "use relprop.layers.Sum() as a module (relevance splits in proportion to the terms)",
-        "mul": "use relprop.layers.GatedProduct()(gate, signal) for gating (the signal takes all relevance)",
-        "__mul__": "use relprop.layers.GatedProduct()(gate, signal) for gating (the signal takes all relevance)",
-    }.get(name, "express it as an nn.Module and give that module a rule in the composite")
-    return (
-        f"functional operation '{name}' runs on the relevance path outside any module that has an LRP rule, "
-        f"so its relevance would be a plain gradient; {advice}"
-    )

@@ -1,7 +1,7 @@
 """LRP presets for recurrent models: ``lstm_epsilon`` (Arras et al. 2017) and the thesis's ``thesis_dtd`` and
 ``thesis_lrp`` (Chormai 2018), registered in :data:`relprop.composites.PRESETS` on import.
 
-Like every preset, these apply :class:`~relprop.canonizers_recurrent.ExplicitRecurrent`, so stock ``nn.LSTM``
+Like every preset, these apply :class:`~relprop.canonizers.ExplicitRecurrent`, so stock ``nn.LSTM``
 / ``nn.GRU`` / ``nn.RNN`` modules are explained through explicit cells. The base map of
 :class:`~relprop.composites.RuleMap` supplies the rest of the LSTM-LRP recipe: gated products signal-take-all,
 sums proportional, tanh/sigmoid/ReLU pass.

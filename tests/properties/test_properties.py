@@ -336,31 +336,48 @@ def test_no_side_effects_after_success_and_failure(method: str, case_id: str, op
     boom = _Boom()
     failing = _with_batchnorm(boom)
     before = _snapshot(failing)
-    with pytest.raises(ExplanationError, match="boom"):
+    with pytest.raises(RuntimeError, match="boom"):  # the model's own error, with its own type and traceback
         relprop.explain(failing, x, method=method, **options)
     assert boom.calls >= 2, "the failure must happen inside the method, after explain's own forward pass"
     _assert_untouched(failing, before)
 
 
-class _Uncovered(nn.Module):
-    """Linear + BatchNorm (merged while explaining), then LayerNorm (no rule) or a functional ``h + x``."""
+class _Scale(nn.Module):
+    """A module with a parameter and no rule: a tripwire."""
 
-    def __init__(self, use_layer_norm: bool) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.use_layer_norm = use_layer_norm
+        self.scale = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class _Uncovered(nn.Module):
+    """Linear + BatchNorm (merged while explaining), then something relprop refuses in the middle of the forward."""
+
+    def __init__(self, refused: str) -> None:
+        super().__init__()
+        self.refused = refused
         self.block = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
-        self.layer_norm, self.out = nn.LayerNorm(4), nn.Linear(4, 2)
+        self.scale, self.out = _Scale(), nn.Linear(4, 2)
         self.block[1].running_mean.fill_(0.5), self.block[1].running_var.fill_(2.0)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.block(x)
-        return self.out(self.layer_norm(h) if self.use_layer_norm else h + x)
+        if self.refused == "module":
+            h = self.scale(h)
+        elif self.refused == "softmax":
+            h = torch.softmax(h, dim=1)
+        else:
+            h = h * x  # a product of two path tensors, neither a sigmoid gate
+        return self.out(h)
 
 
-@pytest.mark.parametrize("use_layer_norm", [True, False], ids=["layernorm", "functional-add"])
-def test_no_side_effects_after_rule_errors(use_layer_norm: bool) -> None:
-    """Errors raised by relprop itself in the middle of the LRP forward pass (tripwire, functional guard)."""
-    model = _Uncovered(use_layer_norm).double().eval()
+@pytest.mark.parametrize("refused", ["module", "softmax", "ungated-product"])
+def test_no_side_effects_after_rule_errors(refused: str) -> None:
+    """Errors raised by relprop itself in the middle of the LRP forward pass (tripwire, op without rule)."""
+    model = _Uncovered(refused).double().eval()
     before = _snapshot(model)
     with pytest.raises(ExplanationError):
         relprop.explain(model, torch.randn(2, 4, dtype=torch.float64), method="lrp")

@@ -300,12 +300,13 @@ class _Residual(nn.Module):
 
 
 @pytest.mark.parametrize("kind", ["projection", "identity"])
-def test_functional_residual_breaks_captum_and_relprop_refuses(kind: str) -> None:
+def test_functional_residual_breaks_captum_and_relprop_conserves(kind: str) -> None:
     """Captum's LRP back-propagates through the functional ``+`` as a plain gradient, so the relevance R_y of the
     sum goes in full down both paths. With a projection shortcut the input relevance then sums to exactly
     2 f(x) (bias-free, eps -> 0). With an identity shortcut the copy on the identity path is further multiplied
     by the activation ``a`` at Captum's input hook of ``lin2``: the sum is ``f(x) + sum_j a_j R_y,j``, with
-    ``R_y = y * W3[target]``. relprop raises instead; with the sum written as a ``Sum`` module it conserves."""
+    ``R_y = y * W3[target]``. relprop gives the functional ``+`` its proportional rule: it conserves, and equals
+    the model with the sum written as a ``Sum`` module to the last digit."""
     model = _seeded(_Residual(kind), seed=9)
     x = _input("mlp", seed=10)
     logits = model(x)
@@ -320,11 +321,12 @@ def test_functional_residual_breaks_captum_and_relprop_refuses(kind: str) -> Non
     assert torch.allclose(captum_total, expected, rtol=1e-6, atol=0), (captum_total / score)
     assert not torch.allclose(captum_total, score, rtol=0.05, atol=0)
 
-    with pytest.raises(ExplanationError, match="Sum"):
-        relprop.explain(model, x, target, method="lrp", preset="epsilon", epsilon=1e-12)
+    functional = relprop.explain(model, x, target, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    assert torch.allclose(functional.relevance.sum(1), score, rtol=1e-8, atol=0)
 
     fixed = _Residual(kind, add=Sum())
     fixed.load_state_dict(model.state_dict())
     fixed = fixed.double().eval()
     explanation = relprop.explain(fixed, x, target, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
     assert torch.allclose(explanation.relevance.sum(1), score, rtol=1e-8, atol=0)
+    assert torch.equal(functional.relevance, explanation.relevance)

@@ -112,18 +112,29 @@ def test_wrong_input_shape_names_the_shape(mlp, method: str) -> None:
 # ---------------------------------------------------------------- models LRP cannot explain as they are
 
 
-class _WithLayerNorm(nn.Module):
+class _Bilinear(nn.Module):
+    """A module with its own parameter and a forward no rule knows (x^T A x per output)."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.lin, self.norm, self.out = nn.Linear(6, 5), nn.LayerNorm(5), nn.Linear(5, 3)
+        self.form = nn.Parameter(torch.randn(3, 6, 6))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.norm(self.lin(x)))
+        return torch.einsum("bi,kij,bj->bk", x, self.form, x)
+
+
+class _WithBilinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.form = nn.Linear(6, 6), _Bilinear()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.form(self.lin(x))
 
 
 def test_uncovered_module_names_module_and_fix(x) -> None:
-    model = _WithLayerNorm().double().eval()
-    with pytest.raises(ExplanationError, match="'norm' \\(LayerNorm\\).*RuleMap"):
+    model = _WithBilinear().double().eval()
+    with pytest.raises(ExplanationError, match="'form' \\(_Bilinear\\).*RuleMap"):
         relprop.explain(model, x, method="lrp")
     assert relprop.explain(model, x, method="gradient").relevance.shape == x.shape  # gradients need no rule
 
@@ -141,12 +152,7 @@ class _Residual(nn.Module):
         return self.out(x + branch if self.add is None else self.add(x, branch))
 
 
-def test_functional_residual_raises_with_sum_advice(x) -> None:
-    with pytest.raises(ExplanationError, match="'add'.*relprop.layers.Sum"):
-        relprop.explain(_Residual().double().eval(), x, method="lrp")
-
-
-def test_residual_with_sum_module_works_and_conserves(x) -> None:
+def test_functional_residual_equals_sum_module_and_conserves(x) -> None:
     functional = _Residual().double().eval()
     model = _Residual(Sum()).double().eval()
     model.load_state_dict(functional.state_dict())
@@ -154,6 +160,8 @@ def test_residual_with_sum_module_works_and_conserves(x) -> None:
     assert torch.equal(explanation.output, functional(x).detach())
     assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=0)
     assert bool((explanation.details["conservation_gap"].abs() < 1e-9).all())
+    plain = relprop.explain(functional, x, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    assert torch.equal(plain.relevance, explanation.relevance)
 
 
 class _LSTMClassifier(nn.Module):

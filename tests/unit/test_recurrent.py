@@ -13,7 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import relprop
 from relprop import models, rules
-from relprop.canonizers_recurrent import ExplicitRecurrent, explicit_twin
+from relprop.canonizers import ExplicitRecurrent, explicit_twin
 from relprop.composites import LINEAR_TYPES, RuleMap, get_preset
 from relprop.core import ExplanationError
 from relprop.data import to_sequence

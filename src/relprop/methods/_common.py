@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..core import ExplanationError
+from ..errors import ExplanationError
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..core import ExplanationError
+from ..errors import ExplanationError
 from ._common import gradient_of_target
 
 __all__ = ["gradient", "sensitivity", "gradient_x_input", "integrated_gradients", "smoothgrad", "ig_alphas"]

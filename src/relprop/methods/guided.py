@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..core import FunctionalGuard, attach_rules
+from .. import ops
+from ..core import FunctionalGuard, Rule, Site, attach_rules, mark_path
+from ..ops import OpCall
+from ..rules.elementwise import vjp
 from ._common import one_hot_start
 
 __all__ = ["guided_backprop", "deconvnet"]
 
-_RELU_FUNCTIONS = frozenset({"relu", "relu_", "threshold", "threshold_", "hardtanh", "relu6", "clamp", "clamp_min"})
+_RELU_NAMES = frozenset({"relu", "relu_"})
 
 
 @dataclass(frozen=True)
@@ -21,8 +23,10 @@ class _GuidedReLU:
     """Backward through ReLU passes only positive gradient where the forward input was positive."""
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
+        if isinstance(site, OpCall) and site.name not in _RELU_NAMES:
+            return vjp(site, inputs, relevance_out)  # other activations keep their gradient
         return (relevance_out.clamp(min=0) * (inputs[0] > 0).to(relevance_out),)
 
 
@@ -31,24 +35,18 @@ class _DeconvReLU:
     """Backward through ReLU is a ReLU of the gradient, ignoring the forward activation (Zeiler & Fergus 2014)."""
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
+        if isinstance(site, OpCall) and site.name not in _RELU_NAMES:
+            return vjp(site, inputs, relevance_out)
         return (relevance_out.clamp(min=0),)
 
 
-def _relu_check(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-    if name in _RELU_FUNCTIONS:
-        return (
-            f"functional '{name}' runs outside an nn.ReLU module, so guided backprop/deconvnet cannot modify its "
-            "backward pass; use nn.ReLU modules"
-        )
-    return None
-
-
-def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: Any) -> Tensor:
+def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: Rule) -> Tensor:
+    """The gradient with ``rule`` at every ReLU, module (``nn.ReLU``) or functional (``F.relu``, ``x.relu_()``)."""
     relus = [(name, m, rule) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    guard = FunctionalGuard(_relu_check)
-    x = x.detach().requires_grad_()
+    guard = FunctionalGuard({ops.ACTIVATION: rule}, strict=False)  # every other op keeps its own gradient
+    x = mark_path(x.detach().requires_grad_())
     with attach_rules(model, relus, guard=guard), torch.enable_grad():
         with guard:
             output = model(x)

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from ..composites import RuleMap, get_preset
+from ..core import mark_path, on_path
+from ..errors import ExplanationError
 from ._common import one_hot_start
 
 __all__ = ["lrp"]
@@ -23,10 +25,14 @@ def lrp(
     ``low=-1.0, high=1.0``). Bach et al. 2015; Montavon et al. 2019.
     """
     rule_map = rule_map if rule_map is not None else get_preset(preset, **preset_options)
-    x = x.detach().requires_grad_()
+    x = mark_path(x.detach().requires_grad_())
     with rule_map.attached(model) as guard, torch.enable_grad():
         with guard:
             output = model(x)
+        if not isinstance(output, Tensor) or not on_path((output,)):
+            raise ExplanationError(
+                f"{type(model).__name__} returned {type(output).__name__} that does not depend on the explained input"
+            )
         start = one_hot_start(output, target, output.detach().gather(1, target.reshape(-1, 1)))
         (relevance,) = torch.autograd.grad(output, x, start)
     return relevance

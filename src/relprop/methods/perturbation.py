@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..core import ExplanationError
+from ..errors import ExplanationError
 
 __all__ = ["occlusion"]
 

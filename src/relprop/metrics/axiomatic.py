@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from relprop.core import ExplanationError
+from relprop.errors import ExplanationError
 
 __all__ = ["conservation_error"]
 

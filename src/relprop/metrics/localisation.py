@@ -20,7 +20,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
-from relprop.core import ExplanationError
+from relprop.errors import ExplanationError
 
 __all__ = ["BlockCosine", "RelevanceInRegion", "block_cosine", "block_relevance", "relevance_in_region"]
 

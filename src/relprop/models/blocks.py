@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..core import ExplanationError
+from ..errors import ExplanationError
 
 __all__ = [
     "SequenceConfig",

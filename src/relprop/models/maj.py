@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import ExplanationError
+from ..errors import ExplanationError
 from ..data.maj import from_sequence
 
 __all__ = ["maj_loss", "maj_heatmap_layout"]

@@ -7,7 +7,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from ..core import ExplanationError
+from ..errors import ExplanationError
 from .cells import CELLS, new_sequence
 
 __all__ = ["Recurrent"]

@@ -1,13 +1,15 @@
-"""LRP rules: the z-rule family for linear maps and the rules for element-wise modules, sums and pooling."""
+"""LRP rules: the z-rule family for linear maps, and the rules for activations, products, sums, pooling, routing
+and normalisation, at modules and at functional operations alike."""
 
 from __future__ import annotations
 
 from ..core import Rule
-from .elementwise import Pass, Proportional, SignalTakeAll, WinnerTakeAll
+from .elementwise import Pass, Proportional, Route, SignalTakeAll, Uniform, WinnerTakeAll
 from .linear import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, ZRule
 from .mixed import Mixed
+from .norm import DetachedNorm
 
 __all__ = [
     "Rule", "ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare",
-    "Pass", "SignalTakeAll", "Proportional", "WinnerTakeAll", "Mixed",
+    "Pass", "SignalTakeAll", "Uniform", "Proportional", "WinnerTakeAll", "Route", "DetachedNorm", "Mixed",
 ]

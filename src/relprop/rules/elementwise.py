@@ -1,41 +1,81 @@
-"""Rules for parameter-free modules: element-wise activations, gated products, sums and pooling."""
+"""Rules for parameter-free sites: activations, products, sums, pooling and routing, as modules or functional ops.
+
+Each rule works at a module (``nn.ReLU``, :class:`relprop.layers.Sum`, ``nn.AvgPool2d`` ...) and at the
+:class:`~relprop.ops.OpCall` of a functional operation (``F.relu(x)``, ``x + y``, ``x.mean(1)``, ``x * gate``).
+At an op site, ``inputs`` are the operands on the relevance path; the others (parameters, constants) are part of
+the site.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import ExplanationError, stabilize
+from .. import ops
+from ..core import Site, stabilize
+from ..errors import ExplanationError
 from ..layers import Sum
+from ..ops import OpCall
 
-__all__ = ["Pass", "SignalTakeAll", "Proportional", "WinnerTakeAll"]
+__all__ = ["Pass", "SignalTakeAll", "Uniform", "Proportional", "WinnerTakeAll", "Route"]
+
+
+def reduce_to(relevance: Tensor, shape: Sequence[int]) -> Tensor:
+    """Sum ``relevance`` over the dimensions along which an input of ``shape`` was broadcast.
+
+    >>> reduce_to(torch.ones(2, 3, 4), (3, 1)).shape
+    torch.Size([3, 1])
+    """
+    if tuple(relevance.shape) == tuple(shape):
+        return relevance
+    lead = relevance.dim() - len(shape)
+    dims = [*range(lead), *(lead + i for i, n in enumerate(shape) if n == 1 and relevance.shape[lead + i] != 1)]
+    return relevance.sum(dims, keepdim=True).reshape(shape) if dims else relevance.reshape(shape)
+
+
+def vjp(site: Site, inputs: tuple[Tensor, ...], grad_output: Tensor) -> tuple[Tensor, ...]:
+    """The vector-Jacobian products of the site's forward function with each input (zeros where unused)."""
+    leaves = tuple(x.detach().requires_grad_() for x in inputs)
+    forward: Callable[..., Any] = site.forward  # type: ignore[union-attr]  (modules and op calls)
+    output = forward(*leaves)
+    grads = torch.autograd.grad(output, leaves, grad_output, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
 
 
 @dataclass(frozen=True)
 class Pass:
-    """Relevance passes unchanged through an element-wise layer (ReLU, tanh, sigmoid, ...).
+    """Relevance passes unchanged through an element-wise layer (ReLU, tanh, sigmoid, ...): ``R_x = R_y``.
+
+    The identity rule (Montavon et al. 2019; Achtibat et al. 2024 use it for GELU and SiLU). At an op site whose
+    operand was broadcast, relevance is summed over the broadcast dimensions.
 
     >>> Pass().relevance(torch.nn.ReLU(), (torch.tensor([-1.0, 2.0]),), torch.tensor([0.0, 2.0]), torch.ones(2))
     (tensor([1., 1.]),)
     """
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
+        if isinstance(site, OpCall):
+            if len(inputs) != 1:
+                raise ExplanationError(f"Pass needs one operand on the relevance path, {site!r} has {len(inputs)}")
+            return (reduce_to(relevance_out, inputs[0].shape),)
         if inputs[0].shape != relevance_out.shape:
             raise ExplanationError(
-                f"Pass needs an element-wise module, but {type(module).__name__} maps "
+                f"Pass needs an element-wise module, but {type(site).__name__} maps "
                 f"{tuple(inputs[0].shape)} to {tuple(relevance_out.shape)}"
             )
         return (relevance_out,) + (None,) * (len(inputs) - 1)
 
-    def route(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int | None:
-        """All relevance goes to the first input when the shapes match (else relevance() raises)."""
+    def route(self, site: Site, inputs: tuple[Any, ...], output: Tensor) -> int | None:
+        """All relevance goes to the first input when the shapes match (else relevance() decides)."""
+        if isinstance(site, OpCall) and len(inputs) != 1:
+            return None
         return 0 if inputs[0].shape == output.shape and inputs[0].dtype == output.dtype else None
 
 
@@ -43,58 +83,127 @@ class Pass:
 class SignalTakeAll:
     """In ``gate * signal`` the gate gets no relevance and the signal takes all of it (Arras et al. 2017).
 
-    Expects the module to be called as ``module(gate, signal)``, as :class:`relprop.layers.GatedProduct` is.
+    At a module, the call is ``module(gate, signal)``, as :class:`relprop.layers.GatedProduct` has it. At a
+    product op (``x * y``), the gate is the operand that a sigmoid or hard sigmoid produced (squeeze-excitation,
+    gating); a product with one operand on the relevance path (a constant scale, layer scale, ``x / 2``) passes all
+    relevance to it, which is the same rule with a constant gate.
     """
 
-    def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        if len(inputs) != 2:
-            raise ExplanationError(f"SignalTakeAll needs module(gate, signal), got {len(inputs)} inputs")
-        return (None, relevance_out.expand_as(inputs[1]) if relevance_out.shape != inputs[1].shape
-                else relevance_out)
-
-    def route(self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> int | None:
-        """All relevance goes to the signal (input 1) when it has the output's shape."""
-        if len(inputs) == 2 and inputs[1].shape == output.shape and inputs[1].dtype == output.dtype:
+    def _signal(self, site: Site, count: int) -> int:
+        if not isinstance(site, OpCall):
+            if count != 2:
+                raise ExplanationError(f"SignalTakeAll needs module(gate, signal), got {count} inputs")
             return 1
+        if site.op is ops.DIV and any(key not in (0, "input") for key in site.keys):
+            raise ExplanationError(
+                f"{site!r} divides by a tensor on the relevance path, which no product rule explains; express it as "
+                "a module with a rule of its own, or detach the divisor if it is meant as a constant"
+            )
+        if count == 1:
+            return 0
+        signals = [i for i, gate in enumerate(site.gates) if not gate]
+        if count == 2 and len(signals) == 1:
+            return signals[0]
+        raise ExplanationError(
+            f"{site!r} multiplies {count} tensors on the relevance path and {len(site.gates) - len(signals)} of them "
+            "come from a sigmoid gate, so SignalTakeAll cannot tell the signal; give the product another rule, e.g. "
+            "RuleMap([(ops.MUL, rules.Uniform())]) for an equal split"
+        )
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        signal = self._signal(site, len(inputs))
+        relevance: list[Tensor | None] = [None] * len(inputs)
+        relevance[signal] = reduce_to(relevance_out, inputs[signal].shape)
+        return tuple(relevance)
+
+    def route(self, site: Site, inputs: tuple[Any, ...], output: Tensor) -> int | None:
+        """All relevance goes to the signal when it has the output's shape."""
+        signal = self._signal(site, len(inputs))
+        if inputs[signal].shape == output.shape and inputs[signal].dtype == output.dtype:
+            return signal
         return None
 
 
 @dataclass(frozen=True)
-class Proportional:
-    """Relevance splits in proportion to each input's contribution: ``R_i = x_i / stabilize(z) R`` per window.
+class Uniform:
+    """A product of ``n`` factors on the relevance path: each gets an equal share, ``R_i = x_i J_i^T (R / z) / n``.
 
-    For :class:`relprop.layers.Sum` the terms are the inputs; for average and sum pooling the window members;
-    for max pooling (as an option) the members of each max window.
+    For ``z = a * b`` that is ``R_a = R_b = R / 2`` per element; for a matrix product the shares follow each
+    factor's contributions. The uniform rule of AttnLRP (Achtibat et al. 2024, "AttnLRP: attention-aware
+    layer-wise relevance propagation for transformers"). A product with one factor on the path passes all to it.
     """
 
     stabilizer: float = 1e-6
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        if isinstance(module, Sum):
-            s = relevance_out / stabilize(output, self.stabilizer)
+        if len(inputs) == 1:
+            return (reduce_to(relevance_out, inputs[0].shape),)
+        s = relevance_out / stabilize(output, self.stabilizer) / len(inputs)
+        return tuple(x * g for x, g in zip(inputs, vjp(site, inputs, s)))
+
+
+@dataclass(frozen=True)
+class Proportional:
+    """Relevance splits in proportion to each input's contribution: ``R_i = x_i J_i^T (R / stabilize(z))``.
+
+    For a sum (:class:`relprop.layers.Sum`, ``x + y``, a residual connection) the terms are the operands; for
+    average or sum pooling, ``mean`` and ``sum`` over dimensions the window members; for max pooling (as an option)
+    the members of each max window. A constant term (``x + 1``, a position embedding) absorbs its share, as a bias
+    does in LRP-epsilon. (Bach et al. 2015; zennit's ``Norm``.)
+    """
+
+    stabilizer: float = 1e-6
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if isinstance(site, Sum) or (isinstance(site, OpCall) and _plain_add(site, inputs, output)):
+            s = relevance_out / stabilize(output, self.stabilizer)  # every term enters with weight 1
             return tuple(x * s for x in inputs)
+        if isinstance(site, OpCall):
+            s = relevance_out / stabilize(output, self.stabilizer)
+            return tuple(x * g for x, g in zip(inputs, vjp(site, inputs, s)))
         (x,) = inputs
-        forward = _window_sum(module) if isinstance(module, _MAX_POOLS) else module.forward
+        forward = _window_sum(site) if isinstance(site, _MAX_POOLS) else site.forward
         x_ = x.detach().requires_grad_()
         z = forward(x_)
         (grad,) = torch.autograd.grad(z, x_, relevance_out / stabilize(z.detach(), self.stabilizer))
         return (x * grad,)
 
 
+def _plain_add(call: OpCall, inputs: tuple[Tensor, ...], output: Tensor) -> bool:
+    """``a + b`` of same-shaped operands with weight 1 each (no ``alpha``): its Jacobian is the identity."""
+    return (call.op is ops.ADD and "alpha" not in call.kwargs and len(call.args) <= 2
+            and all(x.shape == output.shape for x in inputs))
+
+
 @dataclass(frozen=True)
 class WinnerTakeAll:
-    """Max pooling: each window's relevance goes to the input that won the max."""
+    """Max pooling: each window's relevance goes to the input that won the max (the pooling's own backward)."""
+
+    gradient_is_relevance: ClassVar[bool] = True
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        x = inputs[0].detach().requires_grad_()
-        (grad,) = torch.autograd.grad(module.forward(x), x, relevance_out)
-        return (grad,)
+        return vjp(site, inputs, relevance_out)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Relevance follows the operation's own backward: for operations that only select, copy, move or reshape values
+    (``view``, ``permute``, ``cat``, indexing, ``torchvision.ops.Permute``), which conserves it exactly."""
+
+    gradient_is_relevance: ClassVar[bool] = True
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        return vjp(site, inputs, relevance_out)
 
 
 _MAX_POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d)

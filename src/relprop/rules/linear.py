@@ -23,7 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import grad as nn_grad
 
-from ..core import ExplanationError, stabilize
+from .. import ops
+from ..core import MergedBatchNorm, Site, stabilize
+from ..errors import ExplanationError
+from ..ops import OpCall
 
 __all__ = ["ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "affine_map"]
 
@@ -39,21 +42,35 @@ def _conv_transpose(conv: Any, s: Tensor, weight: Tensor, input_shape: Sequence[
 
 
 class _Affine:
-    """A linear map ``x -> x W^T + b`` of one module, with its transpose (the vector-Jacobian product)."""
+    """A linear map ``x -> x W^T + b`` of one site, with its transpose (the vector-Jacobian product).
 
-    def __init__(self, module: nn.Module) -> None:
-        self.module: Any = module  # Linear, ConvNd or a module with relprop_affine(): attributes read dynamically
-        if hasattr(module, "relprop_affine"):
-            weight, bias = getattr(module, "relprop_affine")()  # noqa: B009  (typed access for mypy)
+    Sites: ``nn.Linear``, ``nn.ConvNd``, a module with ``relprop_affine()``, a layer merged with the batch norm it
+    feeds (:class:`~relprop.core.MergedBatchNorm`), or an eval-mode ``batch_norm`` call, a diagonal map
+    ``x -> a x + c`` per channel (dimension 1).
+    """
+
+    def __init__(self, site: Site) -> None:
+        self.module: Any = site  # Linear, ConvNd or a module with relprop_affine(): attributes read dynamically
+        if isinstance(site, MergedBatchNorm):
+            layer = _Affine(site.layer)
+            scale, shift = _batch_norm_affine(site.norm)
+            weight = layer.weight * scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1))
+            bias = shift if layer.bias is None else layer.bias * scale + shift
+            self.module, self.kind = layer.module, layer.kind
+        elif isinstance(site, OpCall) and site.op is ops.BATCH_NORM:
+            weight, bias = _batch_norm_affine(site)
+            self.kind = "diagonal"
+        elif hasattr(site, "relprop_affine"):
+            weight, bias = getattr(site, "relprop_affine")()  # noqa: B009  (typed access for mypy)
             self.kind = "linear"
-        elif isinstance(module, nn.Linear):
-            weight, bias, self.kind = module.weight, module.bias, "linear"
-        elif isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            weight, bias, self.kind = module.weight, module.bias, "conv"
+        elif isinstance(site, nn.Linear):
+            weight, bias, self.kind = site.weight, site.bias, "linear"
+        elif isinstance(site, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            weight, bias, self.kind = site.weight, site.bias, "conv"
         else:
             raise ExplanationError(
-                f"z-rules need a linear map, but got {type(module).__name__}; give it a rule from "
-                "relprop.rules.elementwise, or add a relprop_affine() method returning (weight, bias)"
+                f"z-rules need a linear map, but got {site!r}; give it a rule from relprop.rules.elementwise, or "
+                "add a relprop_affine() method returning (weight, bias)"
             )
         # rules never differentiate into the parameters: no graph is built through them
         self.weight = weight.detach()
@@ -62,12 +79,18 @@ class _Affine:
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         if self.kind == "linear":
             return F.linear(x, weight, bias)
+        if self.kind == "diagonal":
+            shape = (1, -1) + (1,) * (x.dim() - 2)  # per channel, dimension 1
+            z = x * weight.reshape(shape)
+            return z if bias is None else z + bias.reshape(shape)
         result: Tensor = self.module._conv_forward(x, weight, bias)  # handles padding modes
         return result
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
         if self.kind == "linear":
             return s @ weight
+        if self.kind == "diagonal":
+            return s * weight.reshape((1, -1) + (1,) * (s.dim() - 2))
         conv = self.module
         if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
             return _conv_transpose(conv, s, weight, x.shape)
@@ -76,9 +99,22 @@ class _Affine:
         return grad
 
 
-def affine_map(module: nn.Module) -> _Affine:
-    """The linear map of ``module`` as used by the z-rules (raises for modules that are not linear maps)."""
-    return _Affine(module)
+def _batch_norm_affine(call: OpCall) -> tuple[Tensor, Tensor]:
+    """``(a, c)`` of an eval-mode batch norm ``y = a x + c``: ``a = gamma / sqrt(var + eps)``, ``c = beta - a mean``."""
+    mean, var = call.argument("running_mean"), call.argument("running_var")
+    gamma, beta = call.argument("weight"), call.argument("bias")
+    scale = (var + call.argument("eps")).rsqrt()
+    if gamma is not None:
+        scale = scale * gamma
+    shift = -mean * scale
+    if beta is not None:
+        shift = shift + beta
+    return scale.detach(), shift.detach()
+
+
+def affine_map(site: Site) -> _Affine:
+    """The linear map of ``site`` as used by the z-rules (raises for sites that are not linear maps)."""
+    return _Affine(site)
 
 
 class Term(NamedTuple):
@@ -125,6 +161,8 @@ class ZRule:
     bias: bool = True
     # True when inputs() ignores the values of x (flat, w^2): the denominator is then computed for one sample
     uniform_inputs: ClassVar[bool] = False
+    # a batch norm that a layer with this rule feeds is explained with the layer, as one affine map
+    merges_batch_norm: ClassVar[bool] = True
 
     def inputs(self, x: Tensor) -> Tensor:
         return x
@@ -144,10 +182,10 @@ class ZRule:
         return [Group([Term(self.inputs(x), self.weights("weight", weight), self._bias(bias))])]
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        affine = _Affine(module)
+        affine = _Affine(site)
         relevance_in: Tensor | None = None
         for group in self.groups(x, affine.weight, affine.bias, output):
             z = sum(term.sign * affine.forward(term.x[:1] if self.uniform_inputs else term.x, term.weight, term.bias)
@@ -189,11 +227,11 @@ class Epsilon(ZRule):
         return stabilize(z, self.epsilon)
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        affine = _Affine(module)
-        if not self.bias and affine.bias is not None or hasattr(module, "relprop_affine"):
+        affine = _Affine(site)
+        if not self.bias and affine.bias is not None or hasattr(site, "relprop_affine"):
             z = affine.forward(x, affine.weight, self._bias(affine.bias))
         else:
             z = output  # the module's own output is x W^T + b
@@ -214,12 +252,12 @@ class ZPlus(ZRule):
         return [Group(_signed_terms(x, _positive(weight), _negative(weight), b_pos))]
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
         if _has_negative(x):
-            return super().relevance(module, inputs, output, relevance_out)
-        affine = _Affine(module)  # x >= 0: one term, z = x w+ + b+ >= 0, so stabilize(z) = z + eps
+            return super().relevance(site, inputs, output, relevance_out)
+        affine = _Affine(site)  # x >= 0: one term, z = x w+ + b+ >= 0, so stabilize(z) = z + eps
         w_pos = _positive(affine.weight)
         z = affine.forward(x, w_pos, _positive(affine.bias) if affine.bias is not None and self.bias else None)
         s = _divide(relevance_out, z.add_(self.stabilizer))
@@ -266,12 +304,12 @@ class Gamma(ZRule):
         return param + self.gamma * part
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        affine = _Affine(module)
+        affine = _Affine(site)
         if _has_negative(x) or (affine.bias is not None and not self.bias):
-            return super().relevance(module, inputs, output, relevance_out)
+            return super().relevance(site, inputs, output, relevance_out)
         # x >= 0 (e.g. after a ReLU): with q = x w+ + b+ >= 0 and z = x w + b, the two denominators are
         # z + gamma q > 0 where z > 0 and (1 + gamma) z - gamma q < 0 where z < 0. With m = |sign(z)| and
         # c = sign(z) (1 + gamma / 2) - m gamma / 2 (1 where z > 0, -(1 + gamma) where z < 0, 0 where z = 0),
@@ -322,7 +360,8 @@ def _stacked_transpose(affine: _Affine, s: Tensor, first: Tensor, second: Tensor
     if affine.kind == "linear":
         first_t, second_t = (s @ torch.cat([first, second], 1)).chunk(2, dim=-1)
         return first_t, second_t
-    if module.padding_mode == "zeros" and not isinstance(module.padding, str) and module.groups == 1:
+    if (affine.kind == "conv" and module.padding_mode == "zeros" and not isinstance(module.padding, str)
+            and module.groups == 1):
         shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])  # both weights' inputs side by side on the channels
         first_t, second_t = _conv_transpose(module, s, torch.cat([first, second], 1), shape).chunk(2, dim=1)
         return first_t, second_t
@@ -346,13 +385,13 @@ class ZBox(ZRule):
         return bound.expand_as(x)
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        affine = _Affine(module)
+        affine = _Affine(site)
         low, high = self._bound(self.low, x[:1]), self._bound(self.high, x[:1])  # (1, ...) shared by the batch
         if (affine.bias is not None and not self.bias) or not (_uniform(self.low, x) and _uniform(self.high, x)):
-            return super().relevance(module, inputs, output, relevance_out)
+            return super().relevance(site, inputs, output, relevance_out)
         # z = x w + b - (l w+ + b+) - (h w- + b-); the bound terms are the same for every sample.
         # R = x w^T s - l w+^T s - h w-^T s = (x - h) w^T s + (h - l) w+^T s
         weight, bias = affine.weight, affine.bias
@@ -400,12 +439,12 @@ class Flat(ZRule):
         return torch.ones_like(param)
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        affine = _Affine(module)
-        if self.bias and affine.bias is not None or getattr(module, "groups", 1) != 1:
-            return super().relevance(module, inputs, output, relevance_out)
+        affine = _Affine(site)
+        if self.bias and affine.bias is not None or affine.kind == "diagonal" or getattr(affine.module, "groups", 1) > 1:
+            return super().relevance(site, inputs, output, relevance_out)
         # every output of the layer has the same all-ones weights: one output channel stands for all of them
         ones = affine.weight.new_ones((1, *affine.weight.shape[1:]))
         z = affine.forward(x.new_ones((1, *x.shape[1:])), ones, None)  # receptive-field sizes, (1, 1, ...)

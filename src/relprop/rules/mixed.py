@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..core import ExplanationError, stabilize
+from ..core import Site, stabilize
+from ..errors import ExplanationError
 from .linear import Term, ZRule, affine_map
 
 __all__ = ["Mixed", "mixed_split"]
@@ -68,16 +69,16 @@ class Mixed:
     stabilizer: float = 1e-6
 
     def relevance(
-        self, module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        affine = affine_map(module)
-        split = self.split if self.split is not None else mixed_split(module)
+        affine = affine_map(site)
+        split = self.split if self.split is not None else mixed_split(affine.module)
         dim = 1 if affine.kind == "conv" else x.dim() - 1
         if split is None or not 0 < split < x.shape[dim]:
             kind = "channels" if affine.kind == "conv" else "features"
             raise ExplanationError(
-                f"Mixed needs 0 < split < {x.shape[dim]} input {kind} for {type(module).__name__} (input "
+                f"Mixed needs 0 < split < {x.shape[dim]} input {kind} for {site!r} (input "
                 f"{tuple(x.shape)}), got {split}; pass split= or give the module a mixed_split attribute "
                 "(relprop.models.blocks.MixedLinear / MixedConv2d)"
             )

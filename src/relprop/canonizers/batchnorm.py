@@ -1,31 +1,25 @@
-"""Reversible rewrites of a model into an equivalent form that LRP rules can explain.
+"""Merging eval-mode batch norms into the linear layer before them, as a reversible canonizer.
 
-A canonizer's ``apply(model)`` changes the model and returns a function that restores it exactly (the original
-parameter tensors are put back, bit for bit). :meth:`relprop.composites.RuleMap.attached` undoes every canonizer
-on exit, also after an exception.
+The engine merges batch norms by data flow on its own while explaining; this canonizer writes the merged weights
+into the model (and puts the original parameter tensors back, bit for bit, on undo).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-from .core import ExplanationError
+from ..errors import ExplanationError
+from .base import apply_all
 
-__all__ = ["Canonizer", "MergeBatchNorm"]
+__all__ = ["MergeBatchNorm"]
 
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _MERGEABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-class Canonizer(Protocol):
-    """Rewrites a model in place and returns the function that undoes the rewrite."""
-
-    def apply(self, model: nn.Module) -> Callable[[], None]: ...
 
 
 class MergeBatchNorm:
@@ -63,26 +57,6 @@ class MergeBatchNorm:
 
     def apply(self, model: nn.Module) -> Callable[[], None]:
         return apply_all([functools.partial(_merge, linear, norm) for linear, norm in self._find(model)])
-
-
-def apply_all(rewrites: Sequence[Callable[[], Callable[[], None]]]) -> Callable[[], None]:
-    """Run rewrites that each return their undo; returns one undo for all (in reverse order).
-
-    If a rewrite fails, the ones already done are undone before the error propagates.
-    """
-    undo: list[Callable[[], None]] = []
-
-    def restore() -> None:
-        for step in reversed(undo):
-            step()
-
-    try:
-        for rewrite in rewrites:
-            undo.append(rewrite())
-    except BaseException:
-        restore()
-        raise
-    return restore
 
 
 def _merge(linear: Any, norm: Any) -> Callable[[], None]:  # a Linear/Conv and a BatchNorm
@@ -133,8 +107,3 @@ def _merge(linear: Any, norm: Any) -> Callable[[], None]:  # a Linear/Conv and a
         del norm._relprop_merged
 
     return restore
-
-
-from .canonizers_recurrent import ExplicitRecurrent  # noqa: E402  (re-exported; it imports relprop.models)
-
-__all__ += ["ExplicitRecurrent"]

@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .canonizers import apply_all
-from .core import ExplanationError
-from .models.cells import GRUCell, LSTMCell, RNNCell
-from .models.recurrent import Recurrent
+from ..errors import ExplanationError
+from ..models.cells import GRUCell, LSTMCell, RNNCell
+from ..models.recurrent import Recurrent
+from .base import apply_all
 
 __all__ = ["ExplicitRecurrent", "explicit_twin"]
 
@@ -148,7 +148,7 @@ class ExplicitRecurrent:
     """While applied, every stock ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` runs through an explicit twin.
 
     Outputs stay equal (up to float rounding); ``apply`` returns the function that restores the stock modules
-    exactly. Packed sequences and ``nn.LSTM(proj_size > 0)`` raise :class:`~relprop.core.ExplanationError`.
+    exactly. Packed sequences and ``nn.LSTM(proj_size > 0)`` raise :class:`~relprop.errors.ExplanationError`.
 
     >>> model = nn.Sequential(nn.LSTM(3, 4, batch_first=True))
     >>> undo = ExplicitRecurrent().apply(model)

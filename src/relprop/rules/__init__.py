@@ -4,6 +4,7 @@ and normalisation, at modules and at functional operations alike."""
 from __future__ import annotations
 
 from ..core import Rule
+from . import kernels  # noqa: F401  (registers the z-rules' fast kernels)
 from .elementwise import Pass, Proportional, Route, SignalTakeAll, Uniform, WinnerTakeAll
 from .linear import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, ZRule
 from .mixed import Mixed

@@ -41,8 +41,7 @@ def reduce_to(relevance: Tensor, shape: Sequence[int]) -> Tensor:
 def vjp(site: Site, inputs: tuple[Tensor, ...], grad_output: Tensor) -> tuple[Tensor, ...]:
     """The vector-Jacobian products of the site's forward function with each input (zeros where unused)."""
     leaves = tuple(x.detach().requires_grad_() for x in inputs)
-    forward: Callable[..., Any] = site.forward  # type: ignore[union-attr]  (modules and op calls)
-    output = forward(*leaves)
+    output = site.forward(*leaves)
     grads = torch.autograd.grad(output, leaves, grad_output, allow_unused=True)
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
 

@@ -10,147 +10,23 @@ where each *term* ``t`` modifies the inputs, weights and bias, each *group* ``g`
 and ``m^g`` optionally masks outputs (Gamma uses the sign of z). Simple rules override :meth:`ZRule.inputs` and
 :meth:`ZRule.weights`; rules with several terms override :meth:`ZRule.groups`. By default a rule's weight
 modifier also applies to the bias, which then takes part in the denominator (as in zennit); ``bias=False`` drops it.
+
+This module holds each rule's readable definition; faster kernels for the common cases (inputs >= 0 below a ReLU,
+bounds shared by the batch) are registered separately in :mod:`relprop.rules.kernels` and checked against it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NamedTuple
+from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
-from torch.nn import grad as nn_grad
+from torch import Tensor
 
-from .. import ops
-from ..core import MergedBatchNorm, Site, stabilize
-from ..errors import ExplanationError
-from ..ops import OpCall
+from ..core import Site, stabilize
+from .affine import FAST_KERNELS, Group, Term, _Affine, _has_negative, _negative, _positive, affine_map
 
 __all__ = ["ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "affine_map"]
-
-
-_CONV_INPUT_GRADIENTS = {1: nn_grad.conv1d_input, 2: nn_grad.conv2d_input, 3: nn_grad.conv3d_input}
-
-
-def _conv_transpose(conv: Any, s: Tensor, weight: Tensor, input_shape: Sequence[int]) -> Tensor:
-    """``weight^T s`` for a zero-padded convolution with integer padding: the vector-Jacobian product."""
-    grad_input: Any = _CONV_INPUT_GRADIENTS[weight.dim() - 2]
-    result: Tensor = grad_input(input_shape, weight, s, conv.stride, conv.padding, conv.dilation, conv.groups)
-    return result
-
-
-class _Affine:
-    """A linear map ``x -> x W^T + b`` of one site, with its transpose (the vector-Jacobian product).
-
-    Sites: ``nn.Linear``, ``nn.ConvNd``, a module with ``relprop_affine()``, a layer merged with the batch norm it
-    feeds (:class:`~relprop.core.MergedBatchNorm`), or an eval-mode ``batch_norm`` call, a diagonal map
-    ``x -> a x + c`` per channel (dimension 1).
-    """
-
-    def __init__(self, site: Site) -> None:
-        self.module: Any = site  # Linear, ConvNd or a module with relprop_affine(): attributes read dynamically
-        if isinstance(site, MergedBatchNorm):
-            layer = _Affine(site.layer)
-            scale, shift = _batch_norm_affine(site.norm)
-            weight = layer.weight * scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1))
-            bias = shift if layer.bias is None else layer.bias * scale + shift
-            self.module, self.kind = layer.module, layer.kind
-        elif isinstance(site, OpCall) and site.op is ops.BATCH_NORM:
-            weight, bias = _batch_norm_affine(site)
-            self.kind = "diagonal"
-        elif hasattr(site, "relprop_affine"):
-            weight, bias = getattr(site, "relprop_affine")()  # noqa: B009  (typed access for mypy)
-            self.kind = "linear"
-        elif isinstance(site, nn.Linear):
-            weight, bias, self.kind = site.weight, site.bias, "linear"
-        elif isinstance(site, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            weight, bias, self.kind = site.weight, site.bias, "conv"
-        else:
-            raise ExplanationError(
-                f"z-rules need a linear map, but got {site!r}; give it a rule from relprop.rules.elementwise, or "
-                "add a relprop_affine() method returning (weight, bias)"
-            )
-        # rules never differentiate into the parameters: no graph is built through them
-        self.weight = weight.detach()
-        self.bias = None if bias is None else bias.detach()
-
-    def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        if self.kind == "linear":
-            return F.linear(x, weight, bias)
-        if self.kind == "diagonal":
-            shape = (1, -1) + (1,) * (x.dim() - 2)  # per channel, dimension 1
-            z = x * weight.reshape(shape)
-            return z if bias is None else z + bias.reshape(shape)
-        result: Tensor = self.module._conv_forward(x, weight, bias)  # handles padding modes
-        return result
-
-    def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
-        if self.kind == "linear":
-            return s @ weight
-        if self.kind == "diagonal":
-            return s * weight.reshape((1, -1) + (1,) * (s.dim() - 2))
-        conv = self.module
-        if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-            return _conv_transpose(conv, s, weight, x.shape)
-        x = x.detach().requires_grad_()
-        (grad,) = torch.autograd.grad(self.forward(x, weight, None), x, s)
-        return grad
-
-
-def _batch_norm_affine(call: OpCall) -> tuple[Tensor, Tensor]:
-    """``(a, c)`` of an eval-mode batch norm ``y = a x + c``: ``a = gamma / sqrt(var + eps)``, ``c = beta - a mean``."""
-    mean, var = call.argument("running_mean"), call.argument("running_var")
-    gamma, beta = call.argument("weight"), call.argument("bias")
-    scale = (var + call.argument("eps")).rsqrt()
-    if gamma is not None:
-        scale = scale * gamma
-    shift = -mean * scale
-    if beta is not None:
-        shift = shift + beta
-    return scale.detach(), shift.detach()
-
-
-def affine_map(site: Site) -> _Affine:
-    """The linear map of ``site`` as used by the z-rules (raises for sites that are not linear maps)."""
-    return _Affine(site)
-
-
-class Term(NamedTuple):
-    """One contribution ``sign * (x W^T + b)`` to a denominator."""
-
-    x: Tensor
-    weight: Tensor
-    bias: Tensor | None
-    sign: float = 1.0
-
-
-class Group(NamedTuple):
-    """Terms sharing one denominator; its relevance is scaled by ``coefficient`` and masked by ``mask``."""
-
-    terms: list[Term]
-    coefficient: float = 1.0
-    mask: Tensor | None = None
-
-
-def _divide(relevance: Tensor, denominator: Tensor) -> Tensor:
-    """``relevance / denominator``, written into ``denominator`` (a temporary of the rule) outside autograd."""
-    if relevance.requires_grad or denominator.requires_grad or relevance.shape != denominator.shape:
-        return relevance / denominator
-    return torch.div(relevance, denominator, out=denominator)
-
-
-def _has_negative(x: Tensor) -> bool:
-    return bool(x.min() < 0)
-
-
-def _positive(t: Tensor) -> Tensor:
-    return t.clamp(min=0)
-
-
-def _negative(t: Tensor) -> Tensor:
-    return t.clamp(max=0)
 
 
 @dataclass(frozen=True)
@@ -185,7 +61,13 @@ class ZRule:
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         (x,) = inputs
-        affine = _Affine(site)
+        affine = affine_map(site)
+        kernel = FAST_KERNELS.get(type(self))
+        relevance_in = None if kernel is None else kernel(self, affine, x, output, relevance_out)
+        return (self.reference(affine, x, output, relevance_out) if relevance_in is None else relevance_in,)
+
+    def reference(self, affine: _Affine, x: Tensor, output: Tensor, relevance_out: Tensor) -> Tensor:
+        """The rule as defined: every group's terms over one stabilised denominator."""
         relevance_in: Tensor | None = None
         for group in self.groups(x, affine.weight, affine.bias, output):
             z = sum(term.sign * affine.forward(term.x[:1] if self.uniform_inputs else term.x, term.weight, term.bias)
@@ -200,7 +82,8 @@ class ZRule:
                     relevance_in = part if scale == 1 else part.mul_(scale)
                 else:
                     relevance_in.add_(part, alpha=scale)
-        return (relevance_in,)
+        assert relevance_in is not None  # every rule has at least one term
+        return relevance_in
 
 
 def _signed_terms(x: Tensor, w_pos: Tensor, w_neg: Tensor, bias: Tensor | None) -> list[Term]:
@@ -226,20 +109,6 @@ class Epsilon(ZRule):
             return torch.where(z == 0, torch.ones_like(z), z)
         return stabilize(z, self.epsilon)
 
-    def relevance(
-        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        (x,) = inputs
-        affine = _Affine(site)
-        if not self.bias and affine.bias is not None or hasattr(site, "relprop_affine"):
-            z = affine.forward(x, affine.weight, self._bias(affine.bias))
-        else:
-            z = output  # the module's own output is x W^T + b
-        s = self.stabilize(z)
-        s = relevance_out / s if s is z else _divide(relevance_out, s)  # never write into the module's output
-        return (affine.transpose(s, affine.weight, x).mul_(x),)
-
-
 @dataclass(frozen=True)
 class ZPlus(ZRule):
     """z+: ``R_j = sum_k a_j w+_jk / sum_j a_j w+_jk R_k`` (Montavon et al. 2017); equals AlphaBeta(1, 0).
@@ -250,19 +119,6 @@ class ZPlus(ZRule):
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         b_pos = _positive(bias) if bias is not None and self.bias else None
         return [Group(_signed_terms(x, _positive(weight), _negative(weight), b_pos))]
-
-    def relevance(
-        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        (x,) = inputs
-        if _has_negative(x):
-            return super().relevance(site, inputs, output, relevance_out)
-        affine = _Affine(site)  # x >= 0: one term, z = x w+ + b+ >= 0, so stabilize(z) = z + eps
-        w_pos = _positive(affine.weight)
-        z = affine.forward(x, w_pos, _positive(affine.bias) if affine.bias is not None and self.bias else None)
-        s = _divide(relevance_out, z.add_(self.stabilizer))
-        return (affine.transpose(s, w_pos, x).mul_(x),)
-
 
 @dataclass(frozen=True)
 class AlphaBeta(ZRule):
@@ -303,40 +159,6 @@ class Gamma(ZRule):
     def _lift(self, param: Tensor, part: Tensor) -> Tensor:
         return param + self.gamma * part
 
-    def relevance(
-        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        (x,) = inputs
-        affine = _Affine(site)
-        if _has_negative(x) or (affine.bias is not None and not self.bias):
-            return super().relevance(site, inputs, output, relevance_out)
-        # x >= 0 (e.g. after a ReLU): with q = x w+ + b+ >= 0 and z = x w + b, the two denominators are
-        # z + gamma q > 0 where z > 0 and (1 + gamma) z - gamma q < 0 where z < 0. With m = |sign(z)| and
-        # c = sign(z) (1 + gamma / 2) - m gamma / 2 (1 where z > 0, -(1 + gamma) where z < 0, 0 where z = 0),
-        # both magnitudes are d = gamma q + c z, so with s = R / (d + eps):
-        #     R_in = x (w^T (c s) + w+^T (gamma m s)).
-        # Arithmetic kernels only, and four temporaries of the output's size (allocation dominates on CPU).
-        gamma, eps = self.gamma, self.stabilizer
-        weight, bias = affine.weight, affine.bias
-        c = output.sign()
-        if not bool(c.sub(1).mul_(relevance_out).any()):
-            # No relevance where z <= 0, the usual case below a ReLU whose output feeds z-rules (they give a
-            # unit that outputs 0 no relevance): only the z > 0 group is active, with weights w + gamma w+.
-            # One forward and one transpose; |.| + eps keeps the unused denominators (z <= 0) away from zero.
-            w_up = self._lift(weight, _positive(weight))
-            z_up = affine.forward(x, w_up, None if bias is None else self._lift(bias, _positive(bias)))
-            s = _divide(relevance_out, z_up.abs_().add_(eps))
-            return (affine.transpose(s, w_up, x).mul_(x),)
-        w_pos = _positive(weight)
-        q = affine.forward(x, w_pos, None if bias is None else _positive(bias))
-        m = c.abs()
-        c.mul_(1 + gamma / 2).add_(m, alpha=-gamma / 2)
-        s = torch.mul(output, c).add_(q, alpha=gamma).add_(eps)
-        del q
-        s = _divide(relevance_out, s)
-        return (affine.transpose(c.mul_(s), weight, x).add_(affine.transpose(m.mul_(s), w_pos.mul_(gamma), x))
-                .mul_(x),)
-
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         up = self._lift(weight, _positive(weight))
         down = self._lift(weight, _negative(weight))
@@ -347,25 +169,6 @@ class Gamma(ZRule):
             Group(_signed_terms(x, up, down, b_up), mask=(output > 0).to(output)),
             Group(_signed_terms(x, down, up, b_down), mask=(output < 0).to(output)),
         ]
-
-
-def _uniform(bound: float | Tensor, x: Tensor) -> bool:
-    """Whether a bound is the same for every sample (a scalar or a per-feature tensor without batch dimension)."""
-    return not isinstance(bound, Tensor) or bound.dim() < x.dim() or bound.shape[0] == 1
-
-
-def _stacked_transpose(affine: _Affine, s: Tensor, first: Tensor, second: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``(first^T s, second^T s)``, in one call where the weights can be stacked on the input dimension."""
-    module = affine.module
-    if affine.kind == "linear":
-        first_t, second_t = (s @ torch.cat([first, second], 1)).chunk(2, dim=-1)
-        return first_t, second_t
-    if (affine.kind == "conv" and module.padding_mode == "zeros" and not isinstance(module.padding, str)
-            and module.groups == 1):
-        shape = (x.shape[0], 2 * x.shape[1], *x.shape[2:])  # both weights' inputs side by side on the channels
-        first_t, second_t = _conv_transpose(module, s, torch.cat([first, second], 1), shape).chunk(2, dim=1)
-        return first_t, second_t
-    return affine.transpose(s, first, x), affine.transpose(s, second, x)
 
 
 @dataclass(frozen=True)
@@ -383,24 +186,6 @@ class ZBox(ZRule):
         if bound.dim() == x.dim() - 1:
             bound = bound.unsqueeze(0)
         return bound.expand_as(x)
-
-    def relevance(
-        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        (x,) = inputs
-        affine = _Affine(site)
-        low, high = self._bound(self.low, x[:1]), self._bound(self.high, x[:1])  # (1, ...) shared by the batch
-        if (affine.bias is not None and not self.bias) or not (_uniform(self.low, x) and _uniform(self.high, x)):
-            return super().relevance(site, inputs, output, relevance_out)
-        # z = x w + b - (l w+ + b+) - (h w- + b-); the bound terms are the same for every sample.
-        # R = x w^T s - l w+^T s - h w-^T s = (x - h) w^T s + (h - l) w+^T s
-        weight, bias = affine.weight, affine.bias
-        w_pos = _positive(weight)
-        bounds = (affine.forward(low, w_pos, None if bias is None else _positive(bias))
-                  + affine.forward(high, weight - w_pos, None if bias is None else _negative(bias)))  # (1, ...)
-        s = _divide(relevance_out, self.stabilize(output - bounds))
-        t_w, t_pos = _stacked_transpose(affine, s, weight, w_pos, x)
-        return (t_w.mul_(x - high).add_(t_pos.mul_(high - low)),)
 
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         use_bias = bias is not None and self.bias
@@ -437,17 +222,3 @@ class Flat(ZRule):
 
     def weights(self, name: str, param: Tensor) -> Tensor:
         return torch.ones_like(param)
-
-    def relevance(
-        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        (x,) = inputs
-        affine = _Affine(site)
-        if self.bias and affine.bias is not None or affine.kind == "diagonal" or getattr(affine.module, "groups", 1) > 1:
-            return super().relevance(site, inputs, output, relevance_out)
-        # every output of the layer has the same all-ones weights: one output channel stands for all of them
-        ones = affine.weight.new_ones((1, *affine.weight.shape[1:]))
-        z = affine.forward(x.new_ones((1, *x.shape[1:])), ones, None)  # receptive-field sizes, (1, 1, ...)
-        channel = -1 if affine.kind == "linear" else 1  # where the layer's outputs are
-        s = (relevance_out / self.stabilize(z)).sum(channel, keepdim=True)  # one output of all-ones weights
-        return (affine.transpose(s, ones, x),)

@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from ..core import Site, stabilize
 from ..errors import ExplanationError
-from .linear import Term, ZRule, affine_map
+from .affine import Term, affine_map
+from .linear import ZRule
 
 __all__ = ["Mixed", "mixed_split"]
 

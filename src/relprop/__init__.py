@@ -14,6 +14,7 @@ from . import (
     layers,
     methods,
     models,
+    ops,
     presets_recurrent,  # noqa: F401  (registers lstm_epsilon, thesis_dtd, thesis_lrp)
     rules,
 )
@@ -22,6 +23,6 @@ from .errors import ExplanationError
 
 __all__ = [
     "explain", "Explanation", "ExplanationError", "METHODS", "method",
-    "rules", "composites", "canonizers", "layers", "methods", "models",
+    "rules", "ops", "composites", "canonizers", "layers", "methods", "models",
 ]
 __version__ = "0.1.0"

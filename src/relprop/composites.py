@@ -56,6 +56,9 @@ def _advice(module: nn.Module) -> str:
         if isinstance(module, types):
             return text
     kind = type(module).__name__
+    if isinstance(module, LINEAR_TYPES):
+        return (f"give it a z-rule, e.g. RuleMap([(nn.{kind}, rules.Epsilon())]), or use a preset "
+                "(preset='epsilon_plus_flat')")
     return (
         f"give it a rule in the RuleMap: RuleMap([({kind}, rules.Pass())]) if it is element-wise, a z-rule such "
         f"as rules.Epsilon() if it is a linear map (it then needs a relprop_affine() method returning "
@@ -113,7 +116,8 @@ class RuleMap:
     (else epsilon on their affine map), layer/group/RMS norms get :class:`~relprop.rules.DetachedNorm`. A selector is
     a glob over module names (``"features.*"``), a module type (or tuple), or an :class:`~relprop.ops.Op` (or
     tuple): ``RuleMap([(ops.MUL, rules.Uniform())])``. Max-pool modules can be given a rule by type, e.g.
-    ``(nn.MaxPool2d, rules.Proportional())``. A name pattern that matches no module raises. ``first`` is the rule of the first module of a
+    ``(nn.MaxPool2d, rules.Proportional())``. A name pattern that matches no module raises.
+    ``first`` is the rule of the first module of a
     type in ``first_types`` in registration order (zennit's convention). If that layer mixes model input and
     recurrent state (it has a ``mixed_split``, e.g. the thesis's ``[x_t, r_{t-1}] W``), its input part gets
     ``first`` and its state part the layer's type rule, with one shared denominator (:class:`rules.mixed.Mixed`).

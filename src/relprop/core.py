@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Union, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +52,13 @@ class MergedBatchNorm:
     def __repr__(self) -> str:
         return f"{type(self.layer).__name__} merged with the batch norm at {self.norm.location}"
 
+    def forward(self, x: Tensor) -> Tensor:
+        """The pair's function (the layer without its hooks, then the batch norm)."""
+        result: Tensor = self.norm.forward(self.layer.forward(x))
+        return result
 
-Site = Union[nn.Module, OpCall, MergedBatchNorm]
+
+Site = nn.Module | OpCall | MergedBatchNorm
 
 
 @runtime_checkable
@@ -299,6 +304,15 @@ class FunctionalGuard(TorchFunctionMode):
         self.strict = strict
         self.depth = 0
         self._by_name = {name: op for op in op_rules for name in op.names}  # ops declared by the user first
+        self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
+
+    def __exit__(self, *exc_info: Any) -> None:
+        super().__exit__(*exc_info)  # type: ignore[no-untyped-call]
+        for tensor in self._touched:  # e.g. a buffer that an in-place op wrote path values into
+            for tag in (_PATH, _STALE):
+                if hasattr(tensor, tag):
+                    delattr(tensor, tag)
+        self._touched.clear()
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
@@ -322,7 +336,7 @@ class FunctionalGuard(TorchFunctionMode):
                 "tensor itself (or .detach() where it is meant to be a constant)"
             )
         rule = None if op is None else self.op_rules.get(op)
-        if rule is None:
+        if rule is None or op is None:
             if not self.strict:
                 return mark_path(func(*args, **kwargs))
             return self._refuse(func, name, op, args, kwargs)
@@ -344,6 +358,7 @@ class FunctionalGuard(TorchFunctionMode):
         result = self._apply(rule, call)
         if twin is not None and isinstance(args[0], Tensor):
             setattr(args[0], _STALE, call.location)  # the model must use the result, not the old tensor
+            self._touched.append(args[0])
         return result
 
     def _apply(self, rule: Rule, call: OpCall) -> Tensor:
@@ -382,8 +397,9 @@ class FunctionalGuard(TorchFunctionMode):
                 f"in-place '{name}' at {ops.caller_location()} modifies the output of a ruled module or op, which "
                 "autograd cannot rewrite; write it out of place (e.g. torch.where or a new tensor)"
             ) from error
-        if ops.is_inplace_name(name) and isinstance(args[0], Tensor):
+        if ops.is_inplace_name(name) and isinstance(args[0], Tensor) and not getattr(args[0], _PATH, False):
             mark_path(args[0])  # x[i] = y: x now holds path values
+            self._touched.append(args[0])
         return mark_path(result)
 
     def _refuse(self, func: Any, name: str, op: Op | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -99,11 +99,12 @@ def function_name(func: Any) -> str:
 
 
 def is_inplace_name(name: str) -> bool:
-    """Tensor methods ``add_`` and operators ``__iadd__`` modify their first argument."""
-    return (name.endswith("_") and not name.startswith("_")) or (name.startswith("__i") and name.endswith("__"))
+    """Tensor methods ``add_``, operators ``__iadd__`` and ``x[i] = y`` modify their first argument."""
+    return ((name.endswith("_") and not name.startswith("_")) or (name.startswith("__i") and name.endswith("__"))
+            or name == "__setitem__")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _signature(func: Any) -> inspect.Signature | None:
     try:
         return inspect.signature(func)

@@ -37,7 +37,6 @@ from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRu
 import relprop  # noqa: E402
 from relprop import rules  # noqa: E402
 from relprop.composites import LINEAR_TYPES, RuleMap  # noqa: E402
-from relprop.core import ExplanationError  # noqa: E402
 from relprop.layers import Sum  # noqa: E402
 from relprop.methods import lrp  # noqa: E402
 

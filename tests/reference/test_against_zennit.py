@@ -138,3 +138,51 @@ def test_preset_through_explain_matches_zennit(make_cnn) -> None:
     composite = zcomposites.EpsilonGammaBox(low=-1.0, high=1.0)
     want = zennit_relevance(model, composite, x, explanation.target)
     assert max_relative_error(explanation.relevance, want) <= TOLERANCE
+
+
+# ---------------------------------------------------------------- torchvision ResNets
+
+
+def _resnet(name: str) -> nn.Module:
+    """A torchvision ResNet in float64 with seeded He weights, signed biases and batch norms with running statistics.
+
+    Every batch norm's ``eps`` is 0: zennit 0.5.1's MergeBatchNorm leaves ``eps`` in the batch norm it reduces to the
+    identity, so its merged model computes ``y / sqrt(1 + eps)`` instead of ``y`` (a relative change of about
+    ``eps / 2`` = 5e-6 at the default 1e-5). With ``eps = 0`` both libraries explain the same function.
+    """
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None, num_classes=10).double().eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param_name, param in model.named_parameters():
+            if param.dim() > 1:
+                he = (2 / param[0].numel()) ** 0.5
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * he)
+            elif param_name.endswith("weight"):
+                param.copy_(torch.rand(param.shape, generator=generator, dtype=param.dtype) * 0.5 + 0.5)
+            else:
+                param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * 0.1)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.eps = 0.0
+                module.running_mean.copy_(torch.randn(module.running_mean.shape, generator=generator) * 0.1)
+                module.running_var.copy_(torch.rand(module.running_var.shape, generator=generator) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+@pytest.mark.parametrize("preset", ["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_torchvision_resnet_matches_zennit(name: str, preset: str) -> None:
+    """relprop explains the stock torchvision ResNet as it is (functional ``out += identity``, batch norms merged by
+    data flow); zennit needs its ResNetCanonizer, which rewrites the blocks and merges the batch norms."""
+    from zennit.torchvision import ResNetCanonizer
+
+    model = _resnet(name)
+    x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
+    target = model(x).argmax(1)
+    options = {"low": -1.0, "high": 1.0} if preset == "epsilon_gamma_box" else {}
+    ours = lrp(model, x, target, preset=preset, **options)
+    composite = (zcomposites.EpsilonPlusFlat(canonizers=[ResNetCanonizer()]) if preset == "epsilon_plus_flat"
+                 else zcomposites.EpsilonGammaBox(low=-1.0, high=1.0, canonizers=[ResNetCanonizer()]))
+    assert max_relative_error(ours, zennit_relevance(model, composite, x, target)) <= TOLERANCE

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ExplanationError
 from ..data.maj import from_sequence
+from ..errors import ExplanationError
 
 __all__ = ["maj_loss", "maj_heatmap_layout"]
 

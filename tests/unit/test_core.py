@@ -1,0 +1,179 @@
+"""The engine: op sites and their errors, in-place operations, tags, and what an explained forward refuses."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import relprop
+from relprop import ops, rules
+from relprop.composites import RuleMap
+from relprop.errors import ExplanationError
+
+HERE = re.escape(__file__)
+
+
+class _Functional(nn.Module):
+    """Linear -> a functional tail chosen by ``tail`` -> Linear; no biases."""
+
+    def __init__(self, tail: str) -> None:
+        super().__init__()
+        self.tail = tail
+        self.lin, self.out = nn.Linear(6, 6, bias=False), nn.Linear(6, 3, bias=False)
+        self.register_buffer("memory", torch.zeros(6))
+        self.scale = nn.Parameter(torch.rand(6) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.lin(x)
+        if self.tail == "softmax":
+            h = torch.softmax(h, dim=1)
+        elif self.tail == "data":
+            h = h.data * 2
+        elif self.tail == "dropout":
+            h = F.dropout(h, 0.5)  # training=True by default: random
+        elif self.tail == "bare-inplace":
+            h.relu_()  # the result is not used: h is stale
+            h = h * 2
+        elif self.tail == "ungated":
+            h = h * self.lin(x)
+        elif self.tail == "layer-scale":
+            h = F.relu(h, inplace=True) * self.scale
+        elif self.tail == "buffer":
+            self.memory[:] = 0.0  # an in-place write off the relevance path
+            h = h + self.memory
+        return self.out(h)
+
+
+def _model(tail: str) -> _Functional:
+    torch.manual_seed(0)
+    return _Functional(tail).double().eval()
+
+
+def _x() -> Tensor:
+    return torch.randn(4, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+
+def test_unknown_op_names_the_op_the_line_and_the_fix() -> None:
+    with pytest.raises(ExplanationError, match=rf"'softmax' at {HERE}:\d+ .*relprop.ops.Op"):
+        relprop.explain(_model("softmax"), _x(), method="lrp")
+
+
+def test_user_declared_op_gets_its_rule() -> None:
+    softmax = ops.Op("softmax", frozenset({"softmax"}))
+    rule_map = RuleMap([(softmax, rules.Pass()), (nn.Linear, rules.Epsilon())])  # any rule of the user's
+    explanation = relprop.explain(_model("softmax"), _x(), method="lrp", rule_map=rule_map)
+    assert explanation.relevance.shape == (4, 6)
+
+
+def test_dot_data_on_the_path_is_refused() -> None:
+    with pytest.raises(ExplanationError, match=rf"'.data'.*{HERE}"):
+        relprop.explain(_model("data"), _x(), method="lrp")
+
+
+def test_functional_dropout_in_training_mode_is_refused() -> None:
+    with pytest.raises(ExplanationError, match="dropout in training mode"):
+        relprop.explain(_model("dropout"), _x(), method="lrp")
+
+
+def test_bare_inplace_statement_whose_result_is_dropped_is_refused() -> None:
+    with pytest.raises(ExplanationError, match=rf"in-place operation at {HERE}:\d+"):
+        relprop.explain(_model("bare-inplace"), _x(), method="lrp")
+
+
+def test_product_of_two_path_tensors_needs_a_gate_or_a_rule() -> None:
+    with pytest.raises(ExplanationError, match=r"sigmoid gate.*ops\.MUL, rules\.Uniform"):
+        relprop.explain(_model("ungated"), _x(), method="lrp")
+    uniform = RuleMap([(ops.MUL, rules.Uniform(1e-12)), (nn.Linear, rules.Epsilon(epsilon=1e-12))], stabilizer=1e-12)
+    explanation = relprop.explain(_model("ungated"), _x(), method="lrp", rule_map=uniform)
+    assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-8, atol=0)
+
+
+def test_layer_scale_and_inplace_relu_conserve() -> None:
+    explanation = relprop.explain(_model("layer-scale"), _x(), method="lrp", preset="epsilon", epsilon=1e-12,
+                                  stabilizer=1e-12)
+    assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-8, atol=0)
+
+
+def test_off_path_inplace_write_leaves_no_tag_on_the_buffer() -> None:
+    model = _model("buffer")
+    relprop.explain(model, _x(), method="lrp")
+    for param in [*model.parameters(), *model.buffers()]:
+        assert not [name for name in getattr(param, "__dict__", {}) if name.startswith("_relprop")]
+
+
+def test_submodule_left_in_training_mode_is_named() -> None:
+    model = nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.5), nn.Linear(4, 2)).double().eval()
+    model[1].train()
+    with pytest.raises(ExplanationError, match=r"training mode \(1\)"):
+        relprop.explain(model, _x(), method="lrp")
+
+
+def test_batch_norm_without_running_statistics_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, track_running_stats=False), nn.Linear(4, 2))
+    with pytest.raises(ExplanationError, match="batch statistics"):
+        relprop.explain(model.double().eval(), _x(), method="lrp")
+
+
+def test_batch_norm_not_fed_by_a_layer_is_its_affine_map() -> None:
+    """A batch norm first in the model (as in DenseNet's pre-activation blocks): epsilon on ``a x + c``."""
+    torch.manual_seed(0)
+    norm = nn.BatchNorm1d(6)
+    norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+    model = nn.Sequential(norm, nn.ReLU(), nn.Linear(6, 2)).double().eval()
+    x = _x()
+    options = {"preset": "epsilon", "epsilon": 1e-9, "stabilizer": 1e-9}  # the batch norm's epsilon: the stabilizer
+    relevance = relprop.explain(model, x, 0, method="lrp", **options).relevance
+    a = (norm.weight / (norm.running_var + norm.eps).sqrt()).detach()
+    z = x * a + (norm.bias - norm.running_mean * a).detach()
+    relevance_z = relprop.explain(nn.Sequential(nn.ReLU(), model[2]).eval(), z, 0, method="lrp", **options).relevance
+    assert torch.allclose(relevance, x * a * relevance_z / rules.elementwise.stabilize(z, 1e-9), rtol=1e-10)
+
+
+def test_unmatched_name_pattern_is_refused() -> None:
+    with pytest.raises(ExplanationError, match=r"\['features\.0'\] match no module"):
+        relprop.explain(_model("layer-scale"), _x(), method="lrp", rule_map=RuleMap([("features.0", rules.Flat())]))
+
+
+def test_guided_backprop_sees_functional_relus() -> None:
+    """F.relu in a forward gets the guided rule as an nn.ReLU module does."""
+
+    class Functional(nn.Module):
+        def __init__(self, relu: nn.Module | None) -> None:
+            super().__init__()
+            self.lin, self.out, self.relu = nn.Linear(6, 8), nn.Linear(8, 3), relu
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.lin(x)
+            return self.out(F.relu(h) if self.relu is None else self.relu(h))
+
+    torch.manual_seed(0)
+    functional = Functional(None).double().eval()
+    modular = Functional(nn.ReLU()).double().eval()
+    modular.load_state_dict(functional.state_dict())
+    x = _x()
+    got = relprop.explain(functional, x, 1, method="guided_backprop").relevance
+    want = relprop.explain(modular, x, 1, method="guided_backprop").relevance
+    assert torch.equal(got, want)
+    assert not torch.equal(got, relprop.explain(functional, x, 1, method="gradient").relevance)
+
+
+def test_model_errors_in_the_explained_pass_keep_their_type() -> None:
+    """A genuine error is not relabelled as a user error: its type and traceback reach the caller."""
+
+    class Fails(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.calls = nn.Linear(6, 2), 0
+
+        def forward(self, x: Tensor) -> Tensor:
+            self.calls += 1
+            if self.calls > 1:
+                raise TypeError("a bug in the model")
+            return self.lin(x)
+
+    with pytest.raises(TypeError, match="a bug in the model"):
+        relprop.explain(Fails().double().eval(), _x(), method="lrp")

@@ -7,6 +7,7 @@ What a rule does lives in :mod:`relprop.rules`; this module only decides where e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fnmatch
 import inspect
 from collections.abc import Callable, Iterator, Sequence
@@ -198,6 +199,15 @@ class RuleMap:
             guard = FunctionalGuard(self.op_rules())
             stack.enter_context(attach_rules(model, assignments, uncovered, guard))
             yield guard
+
+    def with_rules(self, *entries: tuple[Selector, Rule]) -> RuleMap:
+        """This map with ``entries`` in front of its own (they win), e.g. a preset plus a rule for one op.
+
+        >>> rule_map = get_preset("epsilon_plus_flat").with_rules((ops.MUL, rules.Uniform()))
+        >>> rule_map.op_rules()[ops.MUL], type(rule_map.first).__name__
+        (Uniform(stabilizer=1e-06), 'Flat')
+        """
+        return dataclasses.replace(self, entries=(*entries, *self.entries))
 
     def op_rules(self) -> dict[Op, Rule]:
         """The rule of every op: from ``entries`` first, then from the base map.

@@ -189,19 +189,33 @@ def _describe(site: Site) -> str:
     return repr(site) if not isinstance(site, nn.Module) else type(site).__name__
 
 
-_ROUTE_LIMIT = 1 << 16  # elements
+class _Route(torch.autograd.Function):
+    """``output`` in the forward pass; in the backward pass all relevance goes unchanged to ``source``.
+
+    Saves no tensor: an element-wise layer under a pass-through rule keeps nothing alive for the backward pass.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, output: Tensor, source: Tensor) -> Tensor:
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx: Any, relevance_out: Tensor) -> tuple[None, Tensor]:
+        return None, relevance_out
+
+
+_ARITHMETIC_ROUTE_LIMIT = 1 << 16  # elements
 
 
 def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:
     """``output`` (computed from ``inputs``) on the relevance path, with ``rule`` as its backward."""
     route = getattr(rule, "route", None)
-    if route is not None and output.numel() <= _ROUTE_LIMIT:
-        # relevance passes one input unchanged: autograd's identity carries it (two cheap element-wise
-        # operations instead of a Python backward; for large tensors the relay is the cheaper of the two)
-        index = route(site, inputs, output)
-        if index is not None:
-            source = inputs[index]
+    index = None if route is None else route(site, inputs, output)
+    if index is not None:  # relevance passes one input unchanged
+        source = inputs[index]
+        if output.numel() <= _ARITHMETIC_ROUTE_LIMIT:  # autograd's identity: two cheap ops, no Python backward
             return mark_path(output.detach() + (source - source.detach()))  # type: ignore[no-any-return]
+        return mark_path(_Route.apply(output.detach(), source))  # type: ignore[no-any-return]
     return mark_path(_Relay.apply(rule, site, output.detach(), *inputs))  # type: ignore[no-any-return]
 
 

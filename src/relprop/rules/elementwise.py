@@ -131,7 +131,8 @@ class Uniform:
 
     For ``z = a * b`` that is ``R_a = R_b = R / 2`` per element; for a matrix product the shares follow each
     factor's contributions. The uniform rule of AttnLRP (Achtibat et al. 2024, "AttnLRP: attention-aware
-    layer-wise relevance propagation for transformers"). A product with one factor on the path passes all to it.
+    layer-wise relevance propagation for transformers"). With one factor on the path (``x * c``, ``x @ W``) it is
+    LRP-epsilon through the op, with ``epsilon`` = ``stabilizer``.
     """
 
     stabilizer: float = 1e-6
@@ -139,8 +140,6 @@ class Uniform:
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        if len(inputs) == 1:
-            return (reduce_to(relevance_out, inputs[0].shape),)
         s = relevance_out / stabilize(output, self.stabilizer) / len(inputs)
         return tuple(x * g for x, g in zip(inputs, vjp(site, inputs, s)))
 

@@ -139,6 +139,8 @@ def _stale(values: Iterable[Any]) -> str | None:
     for value in values:
         if isinstance(value, Tensor):
             where = getattr(value, _STALE, None)
+            if where is None and value._base is not None:  # a view of a changed tensor, or of its base
+                where = getattr(value._base, _STALE, None)
             if where is not None:
                 return str(where)
         elif isinstance(value, (tuple, list)):
@@ -338,7 +340,7 @@ class FunctionalGuard(TorchFunctionMode):
 
     def _dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         name = ops.function_name(func)
-        where = _stale(args) or _stale(kwargs.values())
+        where = (_stale(args) or _stale(kwargs.values())) if self._touched else None
         if where is not None:
             raise _stale_error(f"'{name}' at {ops.caller_location()}", where)
         op = self._by_name.get(name) or ops.lookup(name)
@@ -371,8 +373,11 @@ class FunctionalGuard(TorchFunctionMode):
         call.gates = tuple(bool(getattr(t, _GATE, False)) for t in call.inputs())  # tags are gone by the backward
         result = self._apply(rule, call)
         if twin is not None and isinstance(args[0], Tensor):
-            setattr(args[0], _STALE, call.location)  # the model must use the result, not the old tensor
-            self._touched.append(args[0])
+            # the model must go on with the result, not with the old tensor, nor the tensor it is a view of
+            for stale in (args[0], args[0]._base):
+                if stale is not None:
+                    setattr(stale, _STALE, call.location)
+                    self._touched.append(stale)
         return result
 
     def _apply(self, rule: Rule, call: OpCall) -> Tensor:
@@ -393,7 +398,9 @@ class FunctionalGuard(TorchFunctionMode):
                     "running statistics); call model.eval() on a model whose batch norms track running statistics"
                 )
             producer = getattr(inputs[0], _PRODUCER, None)
-            if producer is not None:  # fed by a Linear/Conv with a z-rule: explain the pair as one affine map
+            # fed by a Linear/Conv with a z-rule whose outputs are the norm's channels (dimension 1; a Linear's
+            # are its last dimension, so only on 2-D input): explain the pair as one affine map
+            if producer is not None and (not isinstance(producer[1], nn.Linear) or value.dim() == 2):
                 layer_rule, layer, layer_input = producer
                 return relay(layer_rule, MergedBatchNorm(layer, call), value, (layer_input,))
         result = relay(rule, call, value, inputs)
@@ -414,6 +421,8 @@ class FunctionalGuard(TorchFunctionMode):
         if ops.is_inplace_name(name) and isinstance(args[0], Tensor) and not getattr(args[0], _PATH, False):
             mark_path(args[0])  # x[i] = y: x now holds path values
             self._touched.append(args[0])
+        if isinstance(result, Tensor) and isinstance(args[0], Tensor) and getattr(args[0], _GATE, False):
+            setattr(result, _GATE, True)  # a gate reshaped or expanded (gate.view(-1, c, 1, 1)) is still a gate
         return mark_path(result)
 
     def _refuse(self, func: Any, name: str, op: Op | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

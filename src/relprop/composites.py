@@ -77,6 +77,7 @@ def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
         (AVG_POOLS, proportional),
         ((ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE), proportional),
         ((ops.MUL, ops.DIV), rules.SignalTakeAll()),
+        (ops.MATMUL, rules.Uniform(stabilizer)),
         (ops.MAX, rules.WinnerTakeAll()),
         ((ops.ACTIVATION, ops.DROPOUT), rules.Pass()),
         (ops.ROUTE, rules.Route()),
@@ -307,3 +308,27 @@ def _epsilon_gamma_box(
         first=rules.ZBox(stabilizer, low=low, high=high), first_types=CONV_TYPES,
         stabilizer=stabilizer,
     )
+
+
+def _transformer(softmax: Rule, epsilon: float, stabilizer: float) -> RuleMap:
+    uniform = rules.Uniform(stabilizer)
+    return RuleMap(
+        [(LINEAR_TYPES, rules.Epsilon(epsilon=epsilon)), (ops.MATMUL, uniform),
+         (ops.MUL, rules.SignalTakeAll(otherwise=uniform)), (ops.SOFTMAX, softmax), (ops.ATTENTION, rules.Decompose()),
+         (ops.NORM_STATISTIC, rules.Detach())],
+        stabilizer=stabilizer,
+    )
+
+
+@preset("attnlrp")
+def _attnlrp(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
+    """AttnLRP (Achtibat et al. 2024): epsilon on linear maps, the uniform rule on products of path tensors (q k^T,
+    attention @ v, gated MLPs), AttnLRP's softmax rule, the identity on activations and normalisations."""
+    return _transformer(rules.Softmax(), epsilon, stabilizer)
+
+
+@preset("cp_lrp")
+def _cp_lrp(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
+    """CP-LRP (Ali et al. 2022): as attnlrp, but the attention weights are constants (no relevance through the
+    softmax), so all relevance of ``attention @ v`` goes to v."""
+    return _transformer(rules.Detach(), epsilon, stabilizer)

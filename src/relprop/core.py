@@ -83,6 +83,8 @@ class Rule(Protocol):
 #   operations, max pooling), so the op runs as it is.
 # - ``merges_batch_norm = True``: a batch norm fed by a layer with this rule is explained with the layer
 #   (:class:`MergedBatchNorm`).
+# - ``constant_output = True``: at an op site, the result is a constant, off the relevance path.
+# - ``decompose(func, args, kwargs)``: at an op site, computes the op from other ops, which then get their rules.
 
 
 @contextlib.contextmanager
@@ -360,6 +362,13 @@ class FunctionalGuard(TorchFunctionMode):
             raise ExplanationError(f"'{name}' with out= at {ops.caller_location()}: write the result to a new tensor")
         if getattr(rule, "gradient_is_relevance", False):
             return self._run_as_is(func, name, args, kwargs)
+        if getattr(rule, "constant_output", False):  # e.g. CP-LRP's softmax: the result leaves the path
+            with torch.no_grad():
+                return func(*args, **kwargs)
+        decompose = getattr(rule, "decompose", None)
+        if decompose is not None:  # a composite function: its inner ops come through this guard again
+            with self:
+                return decompose(func, args, kwargs)
         twin = ops.out_of_place(func, args, kwargs)
         call_func, call_args, call_kwargs = twin if twin is not None else (func, args, kwargs)
         keys: tuple[int | str, ...] = (
@@ -439,6 +448,9 @@ class FunctionalGuard(TorchFunctionMode):
         if op is None:
             fix = ("express it as an nn.Module with a rule, or declare it: my_op = relprop.ops.Op('my_op', "
                    f"frozenset({{'{name}'}})) and pass RuleMap([(my_op, a_rule)])")
+        elif op in (ops.SOFTMAX, ops.ATTENTION, ops.NORM_STATISTIC):
+            fix = (f"for attention use preset='attnlrp' (AttnLRP) or preset='cp_lrp' (CP-LRP), or give {op!r} a rule "
+                   "with rule_map.with_rules(...)")
         else:
             fix = f"give it one: RuleMap([({op!r}, rules.Proportional())]) or another rule from relprop.rules"
         return ExplanationError(

@@ -8,7 +8,7 @@ the line of the model that called it.
 
 >>> ADD
 ops.ADD
->>> lookup("__iadd__") is ADD, lookup("permute") is ROUTE, lookup("matmul") is None
+>>> lookup("__iadd__") is ADD, lookup("permute") is ROUTE, lookup("cumsum") is None
 (True, True, True)
 """
 
@@ -29,7 +29,8 @@ from .errors import ExplanationError
 
 __all__ = [
     "Op", "OpCall", "lookup", "ALL", "ADD", "SUB", "MUL", "DIV", "SUM", "MEAN", "AVG_POOL", "MAX", "INTERPOLATE",
-    "ACTIVATION", "BATCH_NORM", "LAYER_NORM", "GROUP_NORM", "RMS_NORM", "DROPOUT", "ROUTE", "CONSTANT",
+    "ACTIVATION", "BATCH_NORM", "LAYER_NORM", "GROUP_NORM", "RMS_NORM", "DROPOUT", "ROUTE", "CONSTANT", "MATMUL",
+    "SOFTMAX", "ATTENTION", "NORM_STATISTIC",
 ]
 
 
@@ -71,6 +72,14 @@ GROUP_NORM = _op("group_norm", "group_norm")
 RMS_NORM = _op("rms_norm", "rms_norm")
 DROPOUT = _op("dropout", "dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout alpha_dropout_ "
                          "feature_alpha_dropout feature_alpha_dropout_")
+# Products of matrices (q k^T, attention @ v) and linear maps written as functions (F.linear(x, w), x @ w)
+MATMUL = _op("matmul", "matmul __matmul__ __rmatmul__ mm bmm einsum linear addmm baddbmm addbmm mv dot inner "
+                       "tensordot")
+SOFTMAX = _op("softmax", "softmax")
+# Attention written as one function: decomposed into its matmuls and softmax, which get their own rules
+ATTENTION = _op("attention", "scaled_dot_product_attention multi_head_attention_forward")
+# The statistics a hand-written normalisation divides by (RMSNorm: x * rsqrt(mean(x^2) + eps))
+NORM_STATISTIC = _op("norm_statistic", "rsqrt rsqrt_ sqrt sqrt_ pow pow_ __pow__ square var std var_mean std_mean")
 # Operations whose backward only selects, copies, moves or reshapes values: their own gradient routes relevance.
 ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permute transpose t squeeze unsqueeze
     contiguous clone expand expand_as repeat repeat_interleave tile cat concat concatenate stack hstack vstack dstack
@@ -83,7 +92,7 @@ CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_ten
                            "full_like rand_like randn_like randint_like")
 
 ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE, ACTIVATION, BATCH_NORM, LAYER_NORM,
-                       GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT)
+                       GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC)
 _BY_NAME = {name: op for op in ALL for name in op.names}
 GATE_NAMES = frozenset({"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_"})
 

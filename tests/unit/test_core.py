@@ -31,6 +31,8 @@ class _Functional(nn.Module):
         h = self.lin(x)
         if self.tail == "softmax":
             h = torch.softmax(h, dim=1)
+        elif self.tail == "cumsum":
+            h = torch.cumsum(h, dim=1)
         elif self.tail == "data":
             h = h.data * 2
         elif self.tail == "dropout":
@@ -58,14 +60,19 @@ def _x() -> Tensor:
 
 
 def test_unknown_op_names_the_op_the_line_and_the_fix() -> None:
-    with pytest.raises(ExplanationError, match=rf"'softmax' at {HERE}:\d+ .*relprop.ops.Op"):
-        relprop.explain(_model("softmax"), _x(), method="lrp")
+    with pytest.raises(ExplanationError, match=rf"'cumsum' at {HERE}:\d+ .*relprop.ops.Op"):
+        relprop.explain(_model("cumsum"), _x(), method="lrp")
+
+
+def test_attention_op_without_rule_points_to_the_transformer_presets() -> None:
+    with pytest.raises(ExplanationError, match=rf"'softmax' at {HERE}:\d+ .*preset='attnlrp'"):
+        relprop.explain(_model("softmax"), _x(), method="lrp", preset="epsilon_plus_flat")
 
 
 def test_user_declared_op_gets_its_rule() -> None:
-    softmax = ops.Op("softmax", frozenset({"softmax"}))
-    rule_map = RuleMap([(softmax, rules.Pass()), (nn.Linear, rules.Epsilon())])  # any rule of the user's
-    explanation = relprop.explain(_model("softmax"), _x(), method="lrp", rule_map=rule_map)
+    cumsum = ops.Op("cumsum", frozenset({"cumsum"}))
+    rule_map = RuleMap([(cumsum, rules.Proportional()), (nn.Linear, rules.Epsilon())])  # cumsum is linear
+    explanation = relprop.explain(_model("cumsum"), _x(), method="lrp", rule_map=rule_map)
     assert explanation.relevance.shape == (4, 6)
 
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..core import Site, stabilize
+from ..core import Rule, Site, stabilize
 from ..errors import ExplanationError
 from ..layers import Sum
 from ..ops import OpCall
@@ -85,10 +85,13 @@ class SignalTakeAll:
     At a module, the call is ``module(gate, signal)``, as :class:`relprop.layers.GatedProduct` has it. At a
     product op (``x * y``), the gate is the operand that a sigmoid or hard sigmoid produced (squeeze-excitation,
     gating); a product with one operand on the relevance path (a constant scale, layer scale, ``x / 2``) passes all
-    relevance to it, which is the same rule with a constant gate.
+    relevance to it, which is the same rule with a constant gate. A product of path tensors none of which is a gate
+    goes to ``otherwise`` (e.g. :class:`Uniform`), or raises when there is none.
     """
 
-    def _signal(self, site: Site, count: int) -> int:
+    otherwise: Rule | None = None
+
+    def _signal(self, site: Site, count: int) -> int | None:
         if not isinstance(site, OpCall):
             if count != 2:
                 raise ExplanationError(f"SignalTakeAll needs module(gate, signal), got {count} inputs")
@@ -103,6 +106,8 @@ class SignalTakeAll:
         signals = [i for i, gate in enumerate(site.gates) if not gate]
         if count == 2 and len(signals) == 1:
             return signals[0]
+        if self.otherwise is not None:
+            return None
         raise ExplanationError(
             f"{site!r} multiplies {count} tensors on the relevance path and {len(site.gates) - len(signals)} of them "
             "come from a sigmoid gate, so SignalTakeAll cannot tell the signal; give the product another rule, e.g. "
@@ -113,6 +118,9 @@ class SignalTakeAll:
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         signal = self._signal(site, len(inputs))
+        if signal is None:
+            assert self.otherwise is not None
+            return self.otherwise.relevance(site, inputs, output, relevance_out)
         relevance: list[Tensor | None] = [None] * len(inputs)
         relevance[signal] = reduce_to(relevance_out, inputs[signal].shape)
         return tuple(relevance)
@@ -120,7 +128,7 @@ class SignalTakeAll:
     def route(self, site: Site, inputs: tuple[Any, ...], output: Tensor) -> int | None:
         """All relevance goes to the signal when it has the output's shape."""
         signal = self._signal(site, len(inputs))
-        if inputs[signal].shape == output.shape and inputs[signal].dtype == output.dtype:
+        if signal is not None and inputs[signal].shape == output.shape and inputs[signal].dtype == output.dtype:
             return signal
         return None
 

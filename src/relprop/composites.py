@@ -26,7 +26,7 @@ from .rules.mixed import Mixed, mixed_split
 
 __all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES"]
 
-Selector = type | tuple[type, ...] | str | Op | tuple[Op, ...]
+Selector = type | tuple[type, ...] | str | Op | tuple[Op, ...] | Callable[[str, nn.Module], bool]
 
 CONV_TYPES: tuple[type, ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES: tuple[type, ...] = (nn.Linear, *CONV_TYPES)
@@ -38,13 +38,17 @@ ACTIVATIONS: tuple[type, ...] = (
 AVG_POOLS: tuple[type, ...] = (
     nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
 )
-# Modules with parameters that need no rule of their own: the functional call inside them has an op rule
-# (batch norms merge into the layer that feeds them, or are the affine map they are in eval mode; layer, group and
-# RMS norms get DetachedNorm). Parameter-free modules without a rule are transparent anyway: their ops are checked.
-NORMS: tuple[type, ...] = (
-    nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
-    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
-)
+# Leaf modules that must get a rule of their own (a z-rule decides how a linear map splits relevance; stock recurrent
+# modules run fused kernels). Every other module without a rule is transparent: the ops inside its forward get op
+# rules (a norm's batch_norm or layer_norm call, HF's Conv1D addmm, torchvision's Permute), or raise.
+MUST_HAVE_RULE: tuple[type, ...] = (*LINEAR_TYPES, nn.LSTM, nn.GRU, nn.RNN)
+# Libraries whose activation modules are element-wise (some written as formulas, e.g. GPT-2's tanh-GELU): Pass
+_ACTIVATION_LIBRARIES = ("transformers.activations", "timm.layers.activations")
+
+
+def _library_activation(name: str, module: nn.Module) -> bool:
+    return type(module).__module__.startswith(_ACTIVATION_LIBRARIES) and not list(module.parameters())
+
 
 _ADVICE = {
     (nn.LSTM, nn.GRU, nn.RNN): "apply relprop.canonizers.ExplicitRecurrent() (the presets do) or build the model "
@@ -72,6 +76,7 @@ def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
     proportional = rules.Proportional(stabilizer)
     return [
         (ACTIVATIONS, rules.Pass()),
+        (_library_activation, rules.Pass()),
         (Sum, proportional),
         (GatedProduct, rules.SignalTakeAll()),
         (AVG_POOLS, proportional),
@@ -99,6 +104,8 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
         return fnmatch.fnmatchcase(name, selector)
     if _ops_of(selector):
         return False
+    if callable(selector) and not isinstance(selector, type):  # a predicate of (name, module)
+        return bool(selector(name, module))
     return isinstance(module, selector)  # type: ignore[arg-type]
 
 
@@ -113,13 +120,16 @@ class RuleMap:
     """Assigns a rule to every leaf module (by name, then the first layer, then by type) and to every functional op.
 
     ``entries`` come first, then relprop's base map: activations pass, sums, means and average pools are
-    proportional, gated products (and products with a constant) signal-take-all, max pools winner-take-all,
-    routing ops (view, cat, indexing ...) follow their own backward, batch norms merge into the layer that feeds them
-    (else epsilon on their affine map), layer/group/RMS norms get :class:`~relprop.rules.DetachedNorm`. A selector is
-    a glob over module names (``"features.*"``), a module type (or tuple), or an :class:`~relprop.ops.Op` (or
-    tuple): ``RuleMap([(ops.MUL, rules.Uniform())])``. Max-pool modules can be given a rule by type, e.g.
-    ``(nn.MaxPool2d, rules.Proportional())``. A name pattern that matches no module raises.
-    ``first`` is the rule of the first module of a
+    proportional, gated products (and products with a constant) signal-take-all, functional linear maps and matrix
+    products (``F.linear``, ``x @ w``, ``q @ k.T``) uniform (epsilon with one factor on the path), max pools
+    winner-take-all, routing ops (view, cat, indexing ...) follow their own backward, batch norms merge into the
+    layer that feeds them (else epsilon on their affine map), layer/group/RMS norms get
+    :class:`~relprop.rules.DetachedNorm`. Softmax and attention have rules in the ``attnlrp`` and ``cp_lrp``
+    presets only. A selector is a glob over module names (``"features.*"``), a module type (or tuple), a predicate
+    ``f(name, module) -> bool``, or an :class:`~relprop.ops.Op` (or tuple): ``RuleMap([(ops.MUL, rules.Uniform())])``.
+    Max-pool modules can be given a rule by type, e.g. ``(nn.MaxPool2d, rules.Proportional())``. A name pattern that
+    matches no module raises. Linear, convolutional and stock recurrent modules need a rule; any other module without
+    one is transparent (the ops in its forward get op rules). ``first`` is the rule of the first module of a
     type in ``first_types`` in registration order (zennit's convention). If that layer mixes model input and
     recurrent state (it has a ``mixed_split``, e.g. the thesis's ``[x_t, r_{t-1}] W``), its input part gets
     ``first`` and its state part the layer's type rule, with one shared denominator (:class:`rules.mixed.Mixed`).
@@ -161,9 +171,8 @@ class RuleMap:
                 rule = next((r for s, r in entries if not isinstance(s, str) and _matches(s, name, module)), None)
             if rule is not None:
                 assignments.append((name, module, rule))
-            elif not list(module.children()) and list(module.parameters(recurse=False)):
-                if not isinstance(module, NORMS):  # a parameter-free module is transparent: its ops get op rules
-                    uncovered.append((name, module, _advice(module)))
+            elif isinstance(module, MUST_HAVE_RULE) and not list(module.children()):
+                uncovered.append((name, module, _advice(module)))
         if patterns - matched:
             raise ExplanationError(
                 f"RuleMap name patterns {sorted(patterns - matched)} match no module of {type(model).__name__}; "

@@ -112,8 +112,25 @@ def test_wrong_input_shape_names_the_shape(mlp, method: str) -> None:
 # ---------------------------------------------------------------- models LRP cannot explain as they are
 
 
+class _WithLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin, self.relu = nn.Linear(6, 3), nn.ReLU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.relu(self.lin(x))
+
+
+def test_uncovered_module_names_module_and_fix(x) -> None:
+    """A linear layer needs a z-rule of the user's choosing: a RuleMap without one names the layer and the fix."""
+    model = _WithLinear().double().eval()
+    with pytest.raises(ExplanationError, match="'lin' \\(Linear\\).*rules.Epsilon"):
+        relprop.explain(model, x, method="lrp", rule_map=RuleMap([(nn.ReLU, rules.Pass())]))
+    assert relprop.explain(model, x, method="gradient").relevance.shape == x.shape  # gradients need no rule
+
+
 class _Bilinear(nn.Module):
-    """A module with its own parameter and a forward no rule knows (x^T A x per output)."""
+    """A module with its own parameter and no rule: transparent, its einsum gets the product rule."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,20 +140,11 @@ class _Bilinear(nn.Module):
         return torch.einsum("bi,kij,bj->bk", x, self.form, x)
 
 
-class _WithBilinear(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin, self.form = nn.Linear(6, 6), _Bilinear()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.form(self.lin(x))
-
-
-def test_uncovered_module_names_module_and_fix(x) -> None:
-    model = _WithBilinear().double().eval()
-    with pytest.raises(ExplanationError, match="'form' \\(_Bilinear\\).*RuleMap"):
-        relprop.explain(model, x, method="lrp")
-    assert relprop.explain(model, x, method="gradient").relevance.shape == x.shape  # gradients need no rule
+def test_module_without_rule_is_transparent(x) -> None:
+    """x^T A x: the two factors on the relevance path share each output's relevance equally (uniform rule)."""
+    model = _Bilinear().double().eval()
+    explanation = relprop.explain(model, x, method="lrp", preset="epsilon", stabilizer=1e-12)
+    assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-8, atol=0)
 
 
 class _Residual(nn.Module):

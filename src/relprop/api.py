@@ -63,51 +63,94 @@ class Explanation:
         return self.relevance.reshape(*self.relevance.shape[:2], -1).sum(-1)
 
 
-class _EmbeddingInput(nn.Module):
-    """Runs ``model(ids)`` with the output of its embedding replaced by a float tensor, the explained input."""
+class _Call(nn.Module):
+    """Runs the user's model on the explained input and returns its scores as a (batch, classes) tensor.
 
-    def __init__(self, model: nn.Module, embedding: nn.Embedding, ids: Tensor) -> None:
+    Integer ``ids`` run through the model with the output of its token embedding replaced by the explained float
+    tensor ``z`` (so relevance lands on the word embedding; position or token-type embeddings added inside the model
+    are constants). ``model_kwargs`` (e.g. ``attention_mask``) go with every call, tiled like the input when a
+    method runs a batch several times over; ``input_name`` passes the input by keyword (``inputs_embeds``);
+    ``output`` selects the scores from what the model returns (default: a tensor as it is, else its ``logits``).
+    """
+
+    def __init__(
+        self, model: nn.Module, *, embedding: nn.Module | None = None, ids: Tensor | None = None,
+        model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
+        output: Callable[[Any], Tensor] | None = None,
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "_model", model)  # not a child: rules attach to the model under its own names
         object.__setattr__(self, "_embedding", embedding)
         self._model: nn.Module
-        self._embedding: nn.Embedding
-        self.ids = ids
+        self._embedding: nn.Module | None
+        self.ids, self.model_kwargs, self.input_name, self.output = ids, dict(model_kwargs or {}), input_name, output
         self.train(False)
 
     def relprop_root(self) -> nn.Module:
         model: nn.Module = self._model
         return model
 
+    def _tiled(self, value: Any, batch: int, repeats: int) -> Any:
+        if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == batch and repeats > 1:
+            return value.repeat(repeats, *(1,) * (value.dim() - 1))  # step-major tiling, as the methods batch
+        return value
+
     def forward(self, z: Tensor) -> Tensor:
-        ids = self.ids.repeat(z.shape[0] // self.ids.shape[0], *(1,) * (self.ids.dim() - 1))  # step-major tiling
+        batch = z.shape[0] if self.ids is None else self.ids.shape[0]
+        repeats = z.shape[0] // batch
+        kwargs = {name: self._tiled(value, batch, repeats) for name, value in self.model_kwargs.items()}
+        if self.ids is None or self._embedding is None:
+            return self._select(self._model(**{self.input_name: z}, **kwargs) if self.input_name
+                                else self._model(z, **kwargs))
+        ids = self._tiled(self.ids, batch, repeats)
         seen = []
 
         def replace(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
-            if args[0] is not ids or output.shape != z.shape:
+            embedded = args[0] if args and isinstance(args[0], Tensor) else None
+            if embedded is None or embedded.shape != ids.shape or not torch.equal(embedded, ids):
                 raise ExplanationError(
                     f"the embedding {module} does not embed the model's input ids directly; relprop explains integer "
-                    "inputs through the one nn.Embedding applied to them"
+                    "inputs through the token embedding applied to them"
                 )
             seen.append(True)
-            return z
+            return z.reshape(output.shape)
 
         handle = self._embedding.register_forward_hook(replace)
         try:
-            output = self._model(ids)
+            result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name else self._model(ids, **kwargs)
         finally:
             handle.remove()
         if not seen:
-            raise ExplanationError("the model's nn.Embedding was not called on the input ids")
-        return output  # type: ignore[no-any-return]
+            raise ExplanationError("the model's token embedding was not called on the input ids")
+        return self._select(result)
+
+    def _select(self, result: Any) -> Tensor:
+        if self.output is not None:
+            result = self.output(result)
+        elif not isinstance(result, Tensor):
+            logits = result.get("logits") if isinstance(result, Mapping) else getattr(result, "logits", None)
+            if not isinstance(logits, Tensor):
+                raise ExplanationError(
+                    f"{type(self._model).__name__} returns {type(result).__name__}, not a tensor of scores; pass "
+                    "output= to select them, e.g. output=lambda result: result[0]"
+                )
+            result = logits
+        if not isinstance(result, Tensor):
+            raise ExplanationError(f"output= returned {type(result).__name__}, not a tensor of scores")
+        return result
 
 
-def _find_embedding(model: nn.Module) -> nn.Embedding:
+def _find_embedding(model: nn.Module) -> nn.Module:
+    """The token embedding: ``model.get_input_embeddings()`` (Hugging Face), else the model's one nn.Embedding."""
+    getter = getattr(model, "get_input_embeddings", None)
+    if callable(getter) and isinstance(getter(), nn.Module):
+        embedding: nn.Module = getter()
+        return embedding
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     if len(embeddings) != 1:
         raise ExplanationError(
-            f"integer inputs are explained through the model's nn.Embedding, but the model has {len(embeddings)}; "
-            "pass float inputs (e.g. the embedded sequence) instead"
+            f"integer inputs are explained through the model's token embedding, but the model has {len(embeddings)} "
+            "nn.Embedding modules and no get_input_embeddings(); pass float inputs (the embedded sequence) instead"
         )
     return embeddings[0]
 
@@ -152,13 +195,19 @@ def _check_eval(model: nn.Module) -> None:
 
 
 def explain(
-    model: nn.Module, x: Tensor, target: int | Tensor | None = None, method: str = "lrp", **options: Any
+    model: nn.Module, x: Tensor, target: int | Tensor | None = None, method: str = "lrp", *,
+    model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
+    output: Callable[[Any], Tensor] | None = None, **options: Any,
 ) -> Explanation:
     """Explain ``model``'s prediction for the batch ``x`` with a registered method.
 
     ``target`` is an int, a LongTensor of shape (batch,) or None (the argmax). ``options`` go to the method, e.g.
     ``preset="epsilon_plus_flat"`` for ``method="lrp"``, ``steps=64`` for integrated gradients. Integer ``x``
-    (token ids) is explained through the model's ``nn.Embedding``.
+    (token ids) is explained through the model's token embedding (``get_input_embeddings()`` of a Hugging Face
+    model, else its one ``nn.Embedding``): relevance per token, and per embedding dimension in
+    ``details["embedding_relevance"]``. ``model_kwargs`` go with every call of the model (``attention_mask``);
+    ``input_name`` passes ``x`` by keyword (``input_name="inputs_embeds"``); ``output`` selects the scores from
+    what the model returns (default: the tensor itself, else its ``logits``).
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
     >>> explanation = explain(model, torch.randn(5, 4), target=1, method="gradient_x_input")
@@ -176,19 +225,25 @@ def explain(
         raise ExplanationError(f"method '{method}' got unknown options {unknown}; it accepts {accepted}")
     _check_input(x)
     _check_eval(model)
-    forward: nn.Module = model
     inputs = x
+    call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     if not x.is_floating_point():
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():
             inputs = embedding(x)
-        forward = _EmbeddingInput(model, embedding, x)
+        forward: nn.Module = _Call(model, embedding=embedding, ids=x, **call)  # type: ignore[arg-type]
+    else:
+        forward = _Call(model, **call) if any(v is not None for v in call.values()) else model  # type: ignore[arg-type]
     with _wrapped_errors(model, x), torch.no_grad():
-        output = forward(inputs)
-    target = as_target(target, output)
+        scores = forward(inputs)
+        if not isinstance(scores, Tensor):
+            forward = _Call(model)  # a model output such as a Hugging Face ModelOutput: select its logits
+            scores = forward(inputs)
+    output_scores: Tensor = scores
+    target = as_target(target, output_scores)
     relevance = function(forward, inputs, target, **options)
     details: dict[str, Tensor] = {}
-    score = output.gather(1, target.reshape(-1, 1)).squeeze(1)
+    score = output_scores.gather(1, target.reshape(-1, 1)).squeeze(1)
     if method == "lrp":
         details["conservation_gap"] = relevance.reshape(len(x), -1).sum(1) - score
     if method == "integrated_gradients":
@@ -199,4 +254,4 @@ def explain(
     if not x.is_floating_point():
         details["embedding_relevance"] = relevance
         relevance = relevance.sum(-1)
-    return Explanation(relevance.detach(), output.detach(), target, method, details)
+    return Explanation(relevance.detach(), output_scores.detach(), target, method, details)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import ops, rules
 from .canonizers import Canonizer, ExplicitRecurrent
-from .core import FunctionalGuard, Rule, attach_rules
+from .core import FunctionalGuard, Rule, attach_rules, root_module
 from .errors import ExplanationError
 from .layers import GatedProduct, Sum
 from .ops import Op
@@ -109,12 +109,6 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     return isinstance(module, selector)  # type: ignore[arg-type]
 
 
-def _root(model: nn.Module) -> nn.Module:
-    """The module whose sub-modules get rules (wrappers such as relprop's embedding input point to the model)."""
-    root: nn.Module = getattr(model, "relprop_root")() if hasattr(model, "relprop_root") else model  # noqa: B009
-    return root
-
-
 @dataclass(frozen=True)
 class RuleMap:
     """Assigns a rule to every leaf module (by name, then the first layer, then by type) and to every functional op.
@@ -152,7 +146,7 @@ class RuleMap:
         self, model: nn.Module
     ) -> tuple[list[tuple[str, nn.Module, Rule]], list[tuple[str, nn.Module, str]]]:
         """Return ``(assignments, uncovered)`` for the leaf modules (and ruled containers) of ``model``."""
-        model = _root(model)
+        model = root_module(model)
         entries = list(self.entries) + _base_entries(self.stabilizer)
         assignments: list[tuple[str, nn.Module, Rule]] = []
         uncovered: list[tuple[str, nn.Module, str]] = []
@@ -201,7 +195,7 @@ class RuleMap:
 
         Everything is undone on exit, also when an exception is raised.
         """
-        model = _root(model)
+        model = root_module(model)
         with contextlib.ExitStack() as stack:
             for canonizer in self.canonizers:
                 stack.callback(canonizer.apply(model))

@@ -108,6 +108,13 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return z.sign().add_(0.5).sign_().mul_(epsilon).add_(z)  # sign with 0 -> +1, arithmetic kernels only
 
 
+def root_module(model: nn.Module) -> nn.Module:
+    """The module whose sub-modules get rules: the model itself, or the model a wrapper of relprop's runs (the
+    explained input through a token embedding, the logits of a Hugging Face output)."""
+    root = getattr(model, "relprop_root", None)
+    return model if root is None else root()
+
+
 # ------------------------------------------------------------------------------------------------ the path tags
 _PATH = "_relprop_path"  # derived from the explained input
 _GATE = "_relprop_gate"  # output of a sigmoid-like gate

@@ -87,7 +87,7 @@ def test_good_targets(mlp, x) -> None:
     (torch.zeros(0, 6, dtype=torch.float64), "empty batch"),
     (torch.tensor([[float("nan")] * 6], dtype=torch.float64), "NaN or infinite"),
     (torch.tensor([[0.0, float("inf")] * 3], dtype=torch.float64), "NaN or infinite"),
-    (torch.zeros(2, 6, dtype=torch.long), "nn.Embedding.*has 0"),
+    (torch.zeros(2, 6, dtype=torch.long), "token embedding.*has 0 nn.Embedding"),
     (torch.zeros(2, 6, dtype=torch.bool), "dtype torch.bool"),
     (torch.zeros(2, 6, dtype=torch.complex128), "dtype torch.complex128"),
     ([[0.0] * 6], "torch.Tensor"),

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..core import FunctionalGuard, Rule, Site, attach_rules, mark_path
+from ..core import FunctionalGuard, Rule, Site, attach_rules, mark_path, root_module
 from ..ops import OpCall
 from ..rules.elementwise import vjp
 from ._common import one_hot_start
@@ -44,7 +44,7 @@ class _DeconvReLU:
 
 def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: Rule) -> Tensor:
     """The gradient with ``rule`` at every ReLU, module (``nn.ReLU``) or functional (``F.relu``, ``x.relu_()``)."""
-    relus = [(name, m, rule) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
+    relus = [(name, m, rule) for name, m in root_module(model).named_modules() if isinstance(m, nn.ReLU)]
     guard = FunctionalGuard({ops.ACTIVATION: rule}, strict=False)  # every other op keeps its own gradient
     x = mark_path(x.detach().requires_grad_())
     with attach_rules(model, relus, guard=guard), torch.enable_grad():

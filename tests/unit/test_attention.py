@@ -1,0 +1,163 @@
+"""Attention rules against literal twins written from their formulas, and the decompositions against torch.
+
+Softmax (AttnLRP, Achtibat et al. 2024, eq. 12): ``R_x = x (R_s - s sum R_s)``; the uniform rule on a matrix product
+``z = a b``: ``R_a = a * ((R / z) b^T) / 2``, ``R_b = b * (a^T (R / z)) / 2``; CP-LRP: the softmax is a constant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import relprop
+from relprop import ops, rules
+from relprop.core import stabilize
+from relprop.ops import OpCall
+from relprop.rules.attention import multi_head_attention_forward, scaled_dot_product_attention
+
+EPS = 1e-12
+
+
+def _randn(*shape: int, seed: int) -> Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_softmax_rule_is_the_formula_element_by_element() -> None:
+    x, relevance = _randn(3, 5, seed=0), _randn(3, 5, seed=1)
+    s = torch.softmax(x, dim=1)
+    call = OpCall(ops.SOFTMAX, torch.softmax, (x, 1), {}, (0,), "<test>")
+    (got,) = rules.Softmax().relevance(call, (x,), s, relevance)
+    want = torch.empty_like(x)
+    for b in range(3):
+        total = sum(float(relevance[b, j]) for j in range(5))
+        for i in range(5):
+            want[b, i] = x[b, i] * (relevance[b, i] - s[b, i] * total)
+    assert torch.allclose(got, want, rtol=1e-14, atol=1e-15)
+
+
+def test_softmax_rule_gives_masked_scores_nothing() -> None:
+    x = torch.tensor([[0.5, float("-inf"), 1.0]], dtype=torch.float64)
+    call = OpCall(ops.SOFTMAX, F.softmax, (x,), {"dim": -1}, (0,), "<test>")
+    (got,) = rules.Softmax().relevance(call, (x,), torch.softmax(x, -1), torch.ones(1, 3, dtype=torch.float64))
+    assert torch.isfinite(got).all() and got[0, 1] == 0
+
+
+def test_uniform_rule_on_a_matrix_product_is_the_formula() -> None:
+    a, b, relevance = _randn(2, 3, 4, seed=2), _randn(2, 4, 5, seed=3), _randn(2, 3, 5, seed=4)
+    z = a @ b
+    call = OpCall(ops.MATMUL, torch.matmul, (a, b), {}, (0, 1), "<test>")
+    got_a, got_b = rules.Uniform(EPS).relevance(call, (a, b), z, relevance)
+    s = relevance / stabilize(z, EPS)
+    want_a, want_b = torch.zeros_like(a), torch.zeros_like(b)
+    for n in range(2):
+        for i in range(3):
+            for j in range(4):
+                for k in range(5):  # contribution a_ij b_jk of z_ik, half to each factor
+                    share = a[n, i, j] * b[n, j, k] * s[n, i, k] / 2
+                    want_a[n, i, j] += share
+                    want_b[n, j, k] += share
+    assert torch.allclose(got_a, want_a, rtol=1e-12, atol=1e-14)
+    assert torch.allclose(got_b, want_b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("mask", [None, "bool", "float"])
+def test_scaled_dot_product_attention_decomposition_equals_torch(causal: bool, mask: str | None) -> None:
+    q, k, v = _randn(2, 3, 4, 8, seed=5), _randn(2, 3, 6, 8, seed=6), _randn(2, 3, 6, 8, seed=7)
+    attn_mask: Tensor | None = None
+    if mask == "bool":
+        attn_mask = torch.ones(4, 6, dtype=torch.bool).tril(diagonal=2)
+    elif mask == "float":
+        attn_mask = _randn(4, 6, seed=8)
+    if causal and attn_mask is not None:
+        pytest.skip("torch refuses a mask together with is_causal")
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+    assert torch.allclose(scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal), want,
+                          atol=1e-12)
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_multi_head_attention_decomposition_equals_the_module(batch_first: bool) -> None:
+    torch.manual_seed(0)
+    attention = nn.MultiheadAttention(8, 2, batch_first=batch_first).double().eval()
+    x = _randn(3, 5, 8, seed=9)
+    padding = torch.zeros(3 if batch_first else 5, 5 if batch_first else 3, dtype=torch.bool)  # (batch, keys)
+    padding[0, -1] = True
+    want = attention(x, x, x, key_padding_mask=padding, need_weights=False)[0]
+    sequence = x.transpose(0, 1) if batch_first else x  # the module hands (length, batch, embedding) on
+    got = multi_head_attention_forward(
+        sequence, sequence, sequence, 8, 2, attention.in_proj_weight, attention.in_proj_bias, None, None, False, 0.0,
+        attention.out_proj.weight, attention.out_proj.bias, training=False, key_padding_mask=padding,
+        need_weights=False,
+    )[0]
+    assert torch.allclose(got.transpose(0, 1) if batch_first else got, want, atol=1e-12)
+
+
+class _Attention(nn.Module):
+    """One head of self-attention written with functional ops, and its literal AttnLRP / CP-LRP relevance."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        self.functional = functional
+        self.q, self.k, self.v = (nn.Linear(4, 4, bias=False) for _ in range(3))
+        self.out = nn.Linear(4 * 3, 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (batch, tokens, 4)
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if self.functional:
+            h = F.scaled_dot_product_attention(q, k, v)
+        else:
+            h = torch.softmax(q @ k.transpose(1, 2) / 2.0, dim=-1) @ v
+        return self.out(h.flatten(1))
+
+    def literal(self, x: Tensor, target: int, softmax: str) -> Tensor:
+        """AttnLRP (softmax rule) or CP-LRP (constant attention), every rule written out, epsilon EPS."""
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        scores = q @ k.transpose(1, 2) / math.sqrt(4)
+        attention = torch.softmax(scores, -1)
+        h = attention @ v
+        y = self.out(h.flatten(1))
+        relevance_y = torch.zeros_like(y)
+        relevance_y[:, target] = y[:, target]
+        w = self.out.weight
+        relevance_h = (h.flatten(1) * ((relevance_y / stabilize(y, EPS)) @ w)).view_as(h)  # epsilon on the head
+        s = relevance_h / stabilize(h, EPS)
+        share = 0.5 if softmax == "attnlrp" else 1.0
+        relevance_attention = attention * (s @ v.transpose(1, 2)) * 0.5  # uniform: half to the attention
+        relevance_v = v * (attention.transpose(1, 2) @ s) * share
+        relevance_q = torch.zeros_like(q)
+        relevance_k = torch.zeros_like(k)
+        if softmax == "attnlrp":
+            relevance_scores = scores * (relevance_attention - attention * relevance_attention.sum(-1, keepdim=True))
+            t = relevance_scores / stabilize(q @ k.transpose(1, 2), EPS)  # the scale passes; uniform on q k^T
+            relevance_q = q * (t @ k) * 0.5
+            relevance_k = k * (t.transpose(1, 2) @ q) * 0.5
+        relevance_x = torch.zeros_like(x)
+        for layer, relevance in ((self.q, relevance_q), (self.k, relevance_k), (self.v, relevance_v)):
+            z = layer(x)
+            relevance_x = relevance_x + x * ((relevance / stabilize(z, EPS)) @ layer.weight)
+        return relevance_x
+
+
+@pytest.mark.parametrize("functional", [False, True], ids=["explicit", "sdpa"])
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_self_attention_against_its_literal_twin(functional: bool, preset: str) -> None:
+    torch.manual_seed(1)
+    model = _Attention(functional).double().eval()
+    x = _randn(2, 3, 4, seed=10)
+    got = relprop.explain(model, x, 1, method="lrp", preset=preset, epsilon=EPS, stabilizer=EPS).relevance
+    with torch.no_grad():
+        want = model.literal(x, 1, preset)
+    assert torch.allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+def test_cp_lrp_conserves_through_attention() -> None:
+    torch.manual_seed(2)
+    model = _Attention(functional=True).double().eval()
+    explanation = relprop.explain(model, _randn(2, 3, 4, seed=11), 0, method="lrp", preset="cp_lrp", epsilon=EPS,
+                                  stabilizer=EPS)
+    assert torch.allclose(explanation.relevance.flatten(1).sum(1), explanation.score, rtol=1e-8, atol=0)

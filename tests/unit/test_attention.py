@@ -161,3 +161,27 @@ def test_cp_lrp_conserves_through_attention() -> None:
     explanation = relprop.explain(model, _randn(2, 3, 4, seed=11), 0, method="lrp", preset="cp_lrp", epsilon=EPS,
                                   stabilizer=EPS)
     assert torch.allclose(explanation.relevance.flatten(1).sum(1), explanation.score, rtol=1e-8, atol=0)
+
+
+def test_a_query_that_may_attend_to_no_key_gets_zero_and_no_nan() -> None:
+    """Left padding under a causal mask: torch's kernel gives such a query row zeros, and so does relprop, with finite
+    relevance for the whole batch (a NaN there once spread through the values to every token)."""
+    q, k, v = _randn(1, 1, 3, 4, seed=12), _randn(1, 1, 3, 4, seed=13), _randn(1, 1, 3, 4, seed=14)
+    allowed = torch.ones(3, 3, dtype=torch.bool).tril()
+    allowed[:, 0] = False  # key 0 is padding: query 0 may attend to nothing
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    got = scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    assert torch.equal(got[..., 0, :], torch.zeros(1, 1, 4, dtype=torch.float64))
+    assert torch.allclose(got, want.nan_to_num(), atol=1e-12)
+
+    class Padded(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.out = nn.Linear(4, 4), nn.Linear(12, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.lin(x).unsqueeze(1)  # (batch, heads, tokens, features)
+            return self.out(F.scaled_dot_product_attention(h, h, h, attn_mask=allowed).flatten(1))
+
+    explanation = relprop.explain(Padded().double().eval(), _randn(2, 3, 4, seed=15), method="lrp", preset="attnlrp")
+    assert torch.isfinite(explanation.relevance).all()

@@ -86,7 +86,13 @@ def scaled_dot_product_attention(
         scores = scores.masked_fill(~allowed, float("-inf"))
     if attn_mask is not None:
         scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
-    return torch.matmul(torch.softmax(scores, dim=-1), value)
+    # a query that may attend to no key (left padding in a causal model) attends to nothing, as in torch's kernel
+    empty = torch.isneginf(scores).all(-1, keepdim=True)
+    if bool(empty.any()):
+        attention = torch.softmax(scores.masked_fill(empty, 0.0), dim=-1).masked_fill(empty, 0.0)
+    else:
+        attention = torch.softmax(scores, dim=-1)
+    return torch.matmul(attention, value)
 
 
 def multi_head_attention_forward(

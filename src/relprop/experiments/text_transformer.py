@@ -48,7 +48,7 @@ from relprop.api import explain
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
 from relprop.io import atomic_write, read_json, write_json
 from relprop.metrics.faithfulness import word_deletion
-from relprop.models.transformer import TransformerClassifier, TransformerClassifierConfig, padding_mask
+from relprop.models.transformer import EncoderLayer, TransformerClassifier, TransformerClassifierConfig, padding_mask
 from relprop.viz.text import html_page, html_sentence
 
 __all__ = [
@@ -161,7 +161,7 @@ def train_transformer(
 
     history: list[dict[str, float]] = []
     best: tuple[float, dict[str, Tensor]] | None = None
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
@@ -178,7 +178,8 @@ def train_transformer(
             correct += int((logits.argmax(1) == labels).sum())
         dev_accuracy = accuracy(model, dev, vocab)
         history.append({"epoch": epoch, "train_loss": loss_sum / len(train), "train_accuracy": correct / len(train),
-                        "dev_accuracy": dev_accuracy, "seconds": round(time.perf_counter() - started, 1)})
+                        "dev_accuracy": dev_accuracy, "seconds": round(time.perf_counter() - started, 1),
+                        "cpu_seconds": round(time.process_time() - cpu_started, 1)})
         if best is None or dev_accuracy > best[0]:
             best = (dev_accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()})
         log(f"epoch {epoch}: train loss {loss_sum / len(train):.4f}, train acc {correct / len(train):.4f}, "
@@ -252,6 +253,7 @@ def attention_rollout(model: TransformerClassifier, ids: Tensor) -> tuple[Tensor
     eye = torch.eye(time_steps, dtype=x.dtype)
     rollout = eye.expand(ids.shape[0], time_steps, time_steps)  # (batch, time, time)
     for layer in model.layers:
+        assert isinstance(layer, EncoderLayer)
         attention = layer.attention
         normed = layer.norm1(x)
         q = attention.split_heads(attention.query(normed))  # (batch, heads, time, dh)
@@ -374,6 +376,9 @@ def evaluate_deletion(
 ) -> list[MethodResult]:
     """Word-deletion AOPC of each method and of a seeded random order (the last entry, ``"random"``)."""
     names = list(TRANSFORMER_METHODS if methods is None else methods)
+    unknown = [name for name in names if name not in TRANSFORMER_METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; valid: {', '.join(TRANSFORMER_METHODS)}")
     examples = [e for e in examples if e.tokens]
     if not examples:
         raise ValueError("evaluate_deletion needs at least one non-empty example")
@@ -562,7 +567,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--dropout", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=10, help="word-deletion steps (points: steps + 1)")
-    parser.add_argument("--skip-train", action="store_true", help="evaluate the run already saved in --out")
+    parser.add_argument("--methods", type=lambda t: [m.strip() for m in t.split(",") if m.strip()], default=None,
+                        help=f"comma-separated from {', '.join(TRANSFORMER_METHODS)} (default: all)")
+    parser.add_argument("--skip-train", action="store_true", help="use the run already saved in --out")
+    parser.add_argument("--no-evaluate", action="store_true", help="no word deletion (e.g. heatmaps only)")
     parser.add_argument("--heatmaps", type=int, default=5, help="test sentences in heatmaps.html (0: none)")
     parser.add_argument("--heatmap-max-length", type=int, default=20, help="longest sentence drawn for heatmaps")
     parser.add_argument("--bilstm-run", type=Path, default=None,
@@ -570,6 +578,40 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--docs", type=Path, default=None,
                         help="also copy evaluation.json, evaluation.csv and heatmaps.html into this directory")
     return parser
+
+
+def _evaluate(
+    args: argparse.Namespace, run: TransformerRun, test: list[SSTExample], command: str, accuracies: dict[str, Any]
+) -> list[Path]:
+    """Word deletion on the test sentences: writes and prints the AOPC table; returns the summary files."""
+    limit = args.eval_limit if args.eval_limit is not None else args.limit
+    examples = _subset(test, limit, args.seed)
+    started = time.perf_counter()
+    cpu_started = time.process_time()
+    results = evaluate_deletion(run, examples, args.methods, steps=args.steps, seed=args.seed)
+    meta = {
+        "command": command, "run": str(args.out), "split": "test", "sentences": len(examples),
+        "subset": ("all SST-2 test sentences" if limit is None
+                   else f"seeded random subset of {limit} (seed {args.seed})"),
+        "accuracy_on": "all dev and test sentences" if args.limit is None else f"--limit {args.limit} subsets",
+        "steps": args.steps, "seed": args.seed, "threads": torch.get_num_threads(), "best_dev_epoch": run.best_epoch,
+        **accuracies,
+        "evaluation_seconds": round(time.perf_counter() - started, 1),
+        "evaluation_cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "deletion": "words replaced by PAD (masked: removed) most relevant first; logit of the predicted class",
+        "intervals": "95 %: t over sentences, and percentile bootstrap (10,000 resamples of the sentences, seeded)",
+    }
+    json_path, csv_path, summary = write_results(results, examples, Path(args.out), meta, seed=args.seed)
+    print(f"{'method':<18}{'AOPC':>8}  {'95% CI (t)':<18}{'/ random':>9}  {'mean |gap|':>10}")
+    for m in summary["word_deletion"]:
+        low, high = m["ci95_t"]
+        gap = f"{m['mean_abs_gap']:.3g}" if "mean_abs_gap" in m else "-"
+        print(f"{m['method']:<18}{m['mean']:>8.4f}  [{low:.4f}, {high:.4f}]  {m['ratio_to_random']:>8.2f}  {gap:>10}")
+    for c in summary["paired_comparisons"]:
+        low, high = c["difference_ci95_t"]
+        print(f"{c['a']} - {c['b']}: {c['difference_mean']:+.4f} [{low:+.4f}, {high:+.4f}], "
+              f"{c['a']} higher on {c['share_a_higher']:.1%} of sentences, Wilcoxon p = {c['wilcoxon_p']:.2g}")
+    return [json_path, csv_path]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -590,35 +632,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = train_transformer(config, args.out)
     train_seconds = time.perf_counter() - started
     test = load_sst("test", classes=2)
-    test_accuracy = accuracy(run.model, test, run.vocabulary)
-    dev_accuracy = accuracy(run.model, load_sst("dev", classes=2), run.vocabulary)
+    dev = _subset(load_sst("dev", classes=2), args.limit, args.seed)  # quick runs: the subsets trained against
+    test_accuracy = accuracy(run.model, _subset(test, args.limit, args.seed), run.vocabulary)
+    dev_accuracy = accuracy(run.model, dev, run.vocabulary)
     print(f"best dev epoch {run.best_epoch}: dev accuracy {dev_accuracy:.4f}, test accuracy {test_accuracy:.4f} "
           f"({train_seconds:.0f} s)")
 
-    limit = args.eval_limit if args.eval_limit is not None else args.limit
-    examples = _subset(test, limit, args.seed)
-    started = time.perf_counter()
-    results = evaluate_deletion(run, examples, steps=args.steps, seed=args.seed)
-    meta = {
-        "command": command, "run": str(args.out), "split": "test", "sentences": len(examples),
-        "subset": "all SST-2 test sentences" if limit is None else f"seeded random subset of {limit} (seed {args.seed})",
-        "steps": args.steps, "seed": args.seed, "threads": torch.get_num_threads(), "best_dev_epoch": run.best_epoch,
-        "dev_accuracy": dev_accuracy, "test_accuracy": test_accuracy, "train_seconds": round(train_seconds, 1),
-        "evaluation_seconds": round(time.perf_counter() - started, 1),
-        "deletion": "words replaced by PAD (masked: removed) most relevant first; logit of the predicted class",
-        "intervals": "95 %: t over sentences, and percentile bootstrap (10,000 resamples of the sentences, seeded)",
-    }
-    json_path, csv_path, summary = write_results(results, examples, Path(args.out), meta, seed=args.seed)
-    print(f"{'method':<18}{'AOPC':>8}  {'95% CI (t)':<18}{'/ random':>9}  {'mean |gap|':>10}")
-    for m in summary["word_deletion"]:
-        low, high = m["ci95_t"]
-        gap = f"{m['mean_abs_gap']:.3g}" if "mean_abs_gap" in m else "-"
-        print(f"{m['method']:<18}{m['mean']:>8.4f}  [{low:.4f}, {high:.4f}]  {m['ratio_to_random']:>8.2f}  {gap:>10}")
-    for c in summary["paired_comparisons"]:
-        low, high = c["difference_ci95_t"]
-        print(f"{c['a']} - {c['b']}: {c['difference_mean']:+.4f} [{low:+.4f}, {high:+.4f}], "
-              f"{c['a']} higher on {c['share_a_higher']:.1%} of sentences, Wilcoxon p = {c['wilcoxon_p']:.2g}")
-    written = [json_path, csv_path]
+    written: list[Path] = []
+    if not args.no_evaluate:
+        written += _evaluate(args, run, test, command, {
+            "dev_accuracy": dev_accuracy, "test_accuracy": test_accuracy,
+            "train_seconds": None if args.skip_train else round(train_seconds, 1)})
     if args.heatmaps > 0:
         pool = [e for e in test if len(e.tokens) <= args.heatmap_max_length]
         chosen = _subset(pool, args.heatmaps, args.seed)

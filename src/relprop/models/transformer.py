@@ -150,7 +150,7 @@ class TransformerClassifier(nn.Module):
 
     def embed(self, ids: Tensor) -> Tensor:
         """Word vectors, projected, plus positions: (batch, time) -> (batch, time, d_model), before dropout."""
-        x = self.embedding(ids)  # (batch, time, embedding_dim)
+        x: Tensor = self.embedding(ids)  # (batch, time, embedding_dim)
         if self.projection is not None:
             x = self.projection(x)  # (batch, time, d_model)
         if self.position is not None:
@@ -161,7 +161,8 @@ class TransformerClassifier(nn.Module):
         """Mean of ``hidden`` (batch, time, d_model) over the real tokens -> (batch, d_model); zeros if none."""
         keep = (ids != self.config.pad_id).to(hidden.dtype).unsqueeze(-1)  # (batch, time, 1)
         count = keep.sum(1).clamp(min=1.0)  # (batch, 1)
-        return (hidden * keep).sum(1) / count
+        pooled: Tensor = (hidden * keep).sum(1) / count
+        return pooled
 
     def forward(self, ids: Tensor) -> Tensor:
         if ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32):

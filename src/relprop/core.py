@@ -365,7 +365,7 @@ class FunctionalGuard(TorchFunctionMode):
             if not self.strict:
                 return mark_path(func(*args, **kwargs))
             return self._refuse(func, name, op, args, kwargs)
-        if "out" in kwargs:
+        if kwargs.get("out") is not None:
             raise ExplanationError(f"'{name}' with out= at {ops.caller_location()}: write the result to a new tensor")
         if getattr(rule, "gradient_is_relevance", False):
             return self._run_as_is(func, name, args, kwargs)

@@ -30,7 +30,7 @@ from .errors import ExplanationError
 __all__ = [
     "Op", "OpCall", "lookup", "ALL", "ADD", "SUB", "MUL", "DIV", "SUM", "MEAN", "AVG_POOL", "MAX", "INTERPOLATE",
     "ACTIVATION", "BATCH_NORM", "LAYER_NORM", "GROUP_NORM", "RMS_NORM", "DROPOUT", "ROUTE", "CONSTANT", "MATMUL",
-    "SOFTMAX", "ATTENTION", "NORM_STATISTIC",
+    "SOFTMAX", "ATTENTION", "NORM_STATISTIC", "NORMALIZE",
 ]
 
 
@@ -70,6 +70,7 @@ BATCH_NORM = _op("batch_norm", "batch_norm")
 LAYER_NORM = _op("layer_norm", "layer_norm")
 GROUP_NORM = _op("group_norm", "group_norm")
 RMS_NORM = _op("rms_norm", "rms_norm")
+NORMALIZE = _op("normalize", "normalize")  # x / max(||x||, eps): Swin V2's cosine attention
 DROPOUT = _op("dropout", "dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout alpha_dropout_ "
                          "feature_alpha_dropout feature_alpha_dropout_")
 # Products of matrices (q k^T, attention @ v) and linear maps written as functions (F.linear(x, w), x @ w)
@@ -92,7 +93,8 @@ CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_ten
                            "full_like rand_like randn_like randint_like")
 
 ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE, ACTIVATION, BATCH_NORM, LAYER_NORM,
-                       GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC)
+                       GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC,
+                       NORMALIZE)
 _BY_NAME = {name: op for op in ALL for name in op.names}
 GATE_NAMES = frozenset({"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_"})
 

@@ -79,6 +79,10 @@ def _vision() -> dict[str, Callable[[], nn.Module]]:
                                             mlp_dim=32, num_classes=3),
         "swin": lambda: tv.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
                                            window_size=[2, 2], num_classes=3),
+        "swin_v2": lambda: tv.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                              window_size=[2, 2], num_classes=3,
+                                              block=tv.swin_transformer.SwinTransformerBlockV2,
+                                              downsample_layer=tv.swin_transformer.PatchMergingV2),
         "maxvit": lambda: tv.MaxVit(input_size=(32, 32), stem_channels=8, partition_size=2, block_channels=[16],
                                     block_layers=[1], head_dim=8, stochastic_depth_prob=0.0, num_classes=3),
         "hf-vit": lambda: transformers.ViTForImageClassification(transformers.ViTConfig(
@@ -88,7 +92,7 @@ def _vision() -> dict[str, Callable[[], nn.Module]]:
 
 
 @pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("family", ["vit", "swin", "maxvit", "hf-vit"])
+@pytest.mark.parametrize("family", ["vit", "swin", "swin_v2", "maxvit", "hf-vit"])
 def test_vision_transformer_explains(family: str, preset: str) -> None:
     torch.manual_seed(0)
     model = _vision()[family]().double().eval()

@@ -250,7 +250,7 @@ class _Attachment:
         self.stack.append(args)
         if not on_path(args):
             return None
-        where = _stale(args)
+        where = _stale(args) if self.guard is not None and self.guard._touched else None  # marks exist only then
         if where is not None:
             raise _stale_error(f"module '{self.name}' ({type(module).__name__})", where)
         # the module runs on detached inputs (its own graph is never used: the relay replaces it); a module that

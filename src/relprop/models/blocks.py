@@ -231,7 +231,7 @@ class ConvFrontEnd(nn.Module):
             x.new_zeros(batch, c2, _pooled(self.height, 1), _pooled(self.width, 1)),
         )
         outputs = []
-        for t in range(steps):
-            features, state = self._step(strips[:, t], state)
+        for strip in strips.unbind(1):  # (batch, 1, height, width) per step
+            features, state = self._step(strip, state)
             outputs.append(features)
         return torch.stack(outputs, dim=1)  # (batch, steps, features)

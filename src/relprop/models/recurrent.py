@@ -114,9 +114,10 @@ class Recurrent(nn.Module):
 def _run(cell: nn.Module, x: Tensor, state: State, reverse: bool) -> tuple[Tensor, State]:
     """Run ``cell`` over x (batch, time, features) forward or backward in time; outputs stay in time order."""
     steps = range(x.shape[1] - 1, -1, -1) if reverse else range(x.shape[1])
-    outputs: list[Tensor] = [x] * x.shape[1]
+    inputs = x.unbind(1)  # one backward node for all steps (indexing would zero-fill a full gradient per step)
+    outputs: list[Tensor] = list(inputs)
     for t in steps:
-        outputs[t], state = cell(x[:, t], state)
+        outputs[t], state = cell(inputs[t], state)
     return torch.stack(outputs, dim=1), state  # (batch, time, hidden)
 
 

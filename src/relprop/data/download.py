@@ -26,16 +26,14 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DataError
+
 __all__ = ["DataError", "FileSpec", "KNOWN_FILES", "resolve_file", "dataset_file", "cache_dir"]
 
 _DEBIAN_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 _FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 _CHUNK = 1 << 20
-
-
-class DataError(RuntimeError):
-    """A dataset file is missing, corrupt or malformed; the message names the file and how to get it."""
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,17 @@ error and a pixel-flipping curve with its AOPC.
 
 Protocol (Chormai 2018): relevance starts at the true-class logit clipped at 0 (relevance is linear in its
 start, so samples whose logit is not positive get zero relevance); SA and GB are squared gradients.
-Results go to ``evaluation.json`` and ``evaluation.csv`` in the run directory, per-sample scores to
-``evaluation_samples.safetensors``, sample heatmaps to ``heatmaps/``.
+Results go to the run directory, committed atomically: per-sample scores to
+``evaluation_samples-<digest>.safetensors``, then ``evaluation.json`` naming that file (the commit; a run killed
+in between keeps its previous evaluation, or none), then ``evaluation.csv`` and sample heatmaps in
+``heatmaps/``. A model with NaN or inf weights, or an evaluation that produced NaN, is refused: the cell does
+not count as evaluated.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io as _stringio
 import math
 from collections.abc import Sequence
@@ -25,15 +29,22 @@ from tqdm.auto import tqdm
 
 from .. import api, metrics
 from ..data import from_sequence, load_maj
+from ..data.maj import maj_shape
+from ..errors import DataError
 from ..io import atomic_write, read_json, write_json
-from .train import accuracy, best_epoch, load_run, lr_schedule, maj_shape
+from .train import accuracy, best_epoch, load_run, lr_schedule, read_history
 
-__all__ = ["MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj"]
+__all__ = ["MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj", "read_evaluation", "read_samples", "REGION_CAP"]
+
+REGION_CAP = 0.8  # the thesis's tau: each correct block's share of the relevance counts up to 0.8
+# methods whose relevance should sum to the explained score (the conservation error means something)
+_CONSERVATIVE = ("dtd", "lrp")
 
 # name -> (relprop method, options)
 MAJ_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "sa": ("sensitivity", {}),
-    "gb": ("guided_backprop", {"squared": True}),
+    "gb": ("guided_backprop", {"squared": True, "gates": "frozen"}),  # the thesis's final GB: gates frozen
+    "gb_std": ("guided_backprop", {"squared": True}),  # standard GB: only the ReLUs guided
     "dtd": ("lrp", {"preset": "dtd", "low": -1.0, "high": 1.0}),
     # the thesis's alpha-beta LRP: alpha-beta in hidden layers, zB on pixels
     "lrp_a1.5b0.5": ("lrp", {"preset": "thesis_lrp", "alpha": 1.5, "beta": 0.5}),
@@ -52,7 +63,7 @@ MAJ_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 class EvalConfig:
     """What to evaluate: methods (keys of MAJ_METHODS), how many test samples, and the flipping subset."""
 
-    methods: Sequence[str] = ("sa", "gb", "dtd", "lrp_a1.5b0.5")
+    methods: Sequence[str] = ("sa", "gb", "gb_std", "dtd", "lrp_a1.5b0.5")
     limit: int | None = None
     flip_limit: int = 500
     flip_steps: int = 20
@@ -81,10 +92,13 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     """Evaluate the best checkpoint of ``run_dir``; writes and returns the results."""
     run_dir = Path(run_dir)
     model, train_config = load_run(run_dir)
-    history = read_json(run_dir / "history.json")
+    history = read_history(run_dir)
+    bad = [name for name, p in model.state_dict().items() if not bool(p.isfinite().all())]
+    if bad:
+        raise DataError(f"{run_dir}: the best checkpoint holds NaN or inf in {', '.join(bad[:3])}; retrain the run")
     device = next(model.parameters()).device
     test = load_maj(train_config.dataset, "test", variant=train_config.variant, seed=train_config.data_seed,
-                    limit=config.limit)
+                    limit=config.limit, fold=train_config.fold, folds=train_config.folds)
     x, y, mask = test.sequences(), test.y, test.mask  # (N, steps, F), (N,), (N, blocks)
     geometry = maj_shape(train_config.dataset, train_config.variant)
     results: dict[str, Any] = {
@@ -99,6 +113,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     for name in tqdm(config.methods, desc="methods", disable=not progress, leave=False):
         cosine: list[Tensor] = []
         region: list[Tensor] = []
+        capped: list[Tensor] = []
         conservation: list[Tensor] = []
         relevances: list[Tensor] = []
         size = config.batch_size
@@ -107,6 +122,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
             relevance = relevance.cpu()
             cosine.append(metrics.block_cosine(relevance, mb))
             region.append(metrics.relevance_in_region(relevance, mb))
+            capped.append(metrics.relevance_in_region(relevance, mb, cap=REGION_CAP))
             conservation.append(metrics.conservation_error(relevance, score.cpu(), absolute=True))
             if sum(r.shape[0] for r in relevances) < config.flip_limit:
                 relevances.append(relevance)
@@ -114,24 +130,64 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
         n_flip = len(flip_relevance)
         curve = metrics.pixel_flipping(model, x[:n_flip].to(device), flip_relevance.to(device), y[:n_flip].to(device),
                                        steps=config.flip_steps, fill=-1.0)
-        samples[f"{name}/cosine"] = torch.cat(cosine)
+        per_sample = {"cosine": torch.cat(cosine), "relevance_in_region": torch.cat(region),
+                      "relevance_in_region_capped": torch.cat(capped)}
+        samples.update({f"{name}/{key}": values for key, values in per_sample.items()})
         results["methods"][name] = {
-            "cosine": _summary(torch.cat(cosine)),
-            "relevance_in_region": _summary(torch.cat(region)),
-            "conservation_error": _summary(torch.cat(conservation)),
+            **{key: _summary(values) for key, values in per_sample.items()},
             "aopc": _summary(curve.aopc.cpu()),
             "flip_curve": curve.scores.mean(0).tolist(),
         }
+        if name.startswith(_CONSERVATIVE):
+            results["methods"][name]["conservation_error"] = _summary(torch.cat(conservation))
         heatmaps[name] = from_sequence(flip_relevance[: config.heatmap_samples], geometry["height"])
     random_curve = metrics.pixel_flipping(model, x[:n_flip].to(device), flip_relevance.to(device),
                                           y[:n_flip].to(device), steps=config.flip_steps, fill=-1.0, order="random")
     results["random_flip"] = {"aopc": _summary(random_curve.aopc.cpu()),
                               "flip_curve": random_curve.scores.mean(0).tolist()}
-    write_json(run_dir / "evaluation.json", results)
+    not_finite = [f"{m}/{k}" for m, scores in results["methods"].items() for k, v in scores.items()
+                  if isinstance(v, dict) and not math.isfinite(v["mean"])]
+    if not_finite or not math.isfinite(results["accuracy"]):
+        raise DataError(f"{run_dir}: the evaluation produced NaN in {', '.join(not_finite) or 'accuracy'}; "
+                        "the cell is not counted as evaluated")
+    payload = save({k: v.contiguous() for k, v in samples.items()})
+    samples_file = f"evaluation_samples-{hashlib.sha256(payload).hexdigest()[:12]}.safetensors"
+    atomic_write(run_dir / samples_file, payload)
+    results["samples_file"] = samples_file
+    write_json(run_dir / "evaluation.json", results)  # the commit: names the samples written before it
+    for old in run_dir.glob("evaluation_samples*.safetensors"):
+        if old.name != samples_file:
+            old.unlink(missing_ok=True)
     atomic_write(run_dir / "evaluation.csv", _csv(results).encode())
-    atomic_write(run_dir / "evaluation_samples.safetensors", save({k: v.contiguous() for k, v in samples.items()}))
     _save_heatmaps(run_dir / "heatmaps", heatmaps, test, config.heatmap_samples)
     return results
+
+
+def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+    """The committed evaluation of a run (None when there is none, or its samples file is missing)."""
+    path = Path(run_dir) / "evaluation.json"
+    if not path.exists():
+        return None
+    results = read_json(path)
+    if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
+        raise DataError(f"{path} is not a relprop evaluation (no 'methods'); delete it to evaluate again")
+    samples = results.get("samples_file")
+    if not isinstance(samples, str) or not (Path(run_dir) / samples).exists():
+        return None  # written by relprop 0.1, or its samples are gone: evaluate again
+    return results
+
+
+def read_samples(run_dir: str | Path) -> dict[str, Tensor]:
+    """The per-sample scores of a run's committed evaluation (``"<method>/<metric>" -> (N,)``)."""
+    from safetensors.torch import load_file
+
+    results = read_evaluation(run_dir)
+    if results is None:
+        raise DataError(f"{run_dir} has no committed evaluation; run relprop evaluate on it")
+    try:
+        return load_file(str(Path(run_dir) / results["samples_file"]))
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise DataError(f"{Path(run_dir) / results['samples_file']} is corrupt: {error}") from None
 
 
 def _csv(results: dict[str, Any]) -> str:

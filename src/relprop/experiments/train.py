@@ -74,10 +74,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in models.ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.arch!r}; valid: {', '.join(sorted(models.ARCHITECTURES))}")
-        maj_shape(self.dataset, self.variant)  # validates dataset and variant
+        try:
+            maj_shape(self.dataset, self.variant)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "folds": self.folds}
         for name, value in {**positive, "patience": self.patience, "recurrent": self.recurrent}.items():
-            if value is not None and (not isinstance(value, int) or value < (0 if name == "epochs" else 1)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if not (self.lr > 0 and 0 < self.keep_prob <= 1):
             raise ConfigError(f"TrainConfig needs lr > 0 and 0 < keep_prob <= 1, got {self.lr}, {self.keep_prob}")

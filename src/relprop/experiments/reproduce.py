@@ -88,6 +88,8 @@ class GridConfig:
     evaluation: EvalConfig = EvalConfig()
 
     def __post_init__(self) -> None:
+        for name in ("archs", "datasets", "runs"):  # tuples: hashable, comparable and JSON-ready
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         if not self.runs or not self.archs or not self.datasets:
             raise ConfigError("a grid needs at least one architecture, dataset and run")
         if self.folds is not None and not all(0 <= r < self.folds for r in self.runs):

@@ -107,6 +107,8 @@ def test_old_and_corrupt_run_directories_are_refused(tmp_path: Path) -> None:
     write_json(old / "history.json", [{"epoch": 1, "val_accuracy": 0.5}])
     with pytest.raises(DataError, match="layout of relprop 0.1"):
         train(_TINY, old, progress=False)
+    assert read_history(old) == [{"epoch": 1, "val_accuracy": 0.5}] and best_epoch(old) == 1  # still readable
+    assert weights_file(old).name == "best.safetensors"
     run = train(_TINY, tmp_path / "run", progress=False)
     write_json(run / MANIFEST, {"epoch": 1, "files": {"last": "../../etc/passwd"}, "history": []})
     with pytest.raises(DataError, match="not a relprop checkpoint manifest"):

@@ -121,13 +121,23 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
     return correct / max(len(y), 1)
 
 
-def _manifest(run_dir: Path) -> dict[str, Any] | None:
-    """The committed checkpoint of ``run_dir`` (None before the first epoch), checked for its fields."""
+def _manifest(run_dir: Path, *, legacy: bool = True) -> dict[str, Any] | None:
+    """The committed checkpoint of ``run_dir`` (None before the first epoch), checked for its fields.
+
+    A run of relprop 0.1 (``history.json``, ``best.safetensors``, ``last.safetensors``, no manifest) reads as
+    a manifest when ``legacy`` is true (to evaluate it); it cannot be trained on.
+    """
     path = run_dir / MANIFEST
     if not path.exists():
         if (run_dir / "history.json").exists():
-            raise DataError(f"{run_dir} holds a run in the layout of relprop 0.1 (history.json, no {MANIFEST}); "
-                            "train into a new directory")
+            if not legacy:
+                raise DataError(f"{run_dir} holds a run in the layout of relprop 0.1 (history.json, no {MANIFEST}); "
+                                "it can be evaluated but not trained on: train into a new directory")
+            history = read_json(run_dir / "history.json")
+            if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+                raise DataError(f"{run_dir / 'history.json'} is not a list of epoch records")
+            return {"epoch": len(history), "history": history,
+                    "files": {"best": "best.safetensors", "last": "last.safetensors"}}
         return None
     manifest = read_json(path)
     files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -296,7 +306,7 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
     manifest = None
     if (run_dir / "config.json").exists():
         _check_same_config(run_dir, config)
-        manifest = _manifest(run_dir)
+        manifest = _manifest(run_dir, legacy=False)
     history: list[dict[str, Any]] = [] if manifest is None else list(manifest["history"])
     if len(history) >= config.epochs or _stopped(history, config.patience):
         write_json(run_dir / "config.json", dataclasses.asdict(config))  # a finished run may change epochs/lr

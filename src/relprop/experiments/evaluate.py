@@ -173,7 +173,7 @@ def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
         raise DataError(f"{path} is not a relprop evaluation (no 'methods'); delete it to evaluate again")
     samples = results.get("samples_file")
     if not isinstance(samples, str) or not (Path(run_dir) / samples).exists():
-        return None  # written by relprop 0.1, or its samples are gone: evaluate again
+        return None  # the older layout, or its samples are gone: evaluate again
     return results
 
 

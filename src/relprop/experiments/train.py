@@ -124,14 +124,14 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> 
 def _manifest(run_dir: Path, *, legacy: bool = True) -> dict[str, Any] | None:
     """The committed checkpoint of ``run_dir`` (None before the first epoch), checked for its fields.
 
-    A run of relprop 0.1 (``history.json``, ``best.safetensors``, ``last.safetensors``, no manifest) reads as
+    A run in the older layout (``history.json``, ``best.safetensors``, ``last.safetensors``, no manifest) reads as
     a manifest when ``legacy`` is true (to evaluate it); it cannot be trained on.
     """
     path = run_dir / MANIFEST
     if not path.exists():
         if (run_dir / "history.json").exists():
             if not legacy:
-                raise DataError(f"{run_dir} holds a run in the layout of relprop 0.1 (history.json, no {MANIFEST}); "
+                raise DataError(f"{run_dir} holds a run in the older layout (history.json, no {MANIFEST}); "
                                 "it can be evaluated but not trained on: train into a new directory")
             history = read_json(run_dir / "history.json")
             if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):

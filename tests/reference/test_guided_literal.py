@@ -108,3 +108,30 @@ def test_frozen_gates_refuse_a_fused_lstm() -> None:
         relprop.explain(Fused().eval(), torch.randn(2, 5, 4), target=0, method="guided_backprop", gates="frozen")
     with pytest.raises(ExplanationError, match="gates must be one of"):
         relprop.explain(Fused().eval(), torch.randn(2, 5, 4), target=0, method="guided_backprop", gates="off")
+
+
+def test_frozen_gates_also_freeze_functional_sigmoids() -> None:
+    class Gated(nn.Module):
+        """A gate written with torch.sigmoid inside forward (no nn.Sigmoid module)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.signal, self.gate, self.head = nn.Linear(6, 5), nn.Linear(6, 5), nn.Linear(5, 3)
+
+        def forward(self, x: Tensor, frozen: bool = False) -> Tensor:
+            gate = torch.sigmoid(self.gate(x))
+            return self.head(torch.relu(self.signal(x)) * (gate.detach() if frozen else gate))  # type: ignore[no-any-return]
+
+    torch.manual_seed(2)
+    model = Gated().double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 0])
+    ours = relprop.explain(model, x, target=target, method="guided_backprop", gates="frozen").relevance
+
+    literal_model = _twin(model, frozen=False)  # guided ReLU modules only; the functional relu below stays plain
+    x_leaf = x.clone().requires_grad_()
+    pre = literal_model.signal(x_leaf)
+    guided = _GuidedReLUFunction.apply(pre)
+    out = literal_model.head(guided * torch.sigmoid(literal_model.gate(x_leaf)).detach())
+    (literal,) = torch.autograd.grad(out.gather(1, target[:, None]).sum(), x_leaf)
+    torch.testing.assert_close(ours, literal, rtol=1e-12, atol=1e-14)

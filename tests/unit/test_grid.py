@@ -56,6 +56,7 @@ def _outcome(root: Path, results: dict[str, Any]) -> dict[str, Any]:
     return {"cells": cells, "accuracy": results["accuracy"], "explanations": results["explanations"]}
 
 
+@pytest.mark.slow
 def test_a_local_pool_gives_the_serial_results(tmp_path: Path) -> None:
     serial = reproduce(_TINY_GRID, tmp_path / "serial", progress=False)
     pooled = reproduce(_TINY_GRID, tmp_path / "pool", progress=False, workers=2)
@@ -66,6 +67,7 @@ def test_a_local_pool_gives_the_serial_results(tmp_path: Path) -> None:
     assert (tmp_path / "serial" / "figures" / "cosine_digits-maj.png").exists()
 
 
+@pytest.mark.slow
 def test_ray_gives_the_serial_results(tmp_path: Path) -> None:
     pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'relprop[ray]'")
     serial = reproduce(_TINY_GRID, tmp_path / "serial", progress=False)

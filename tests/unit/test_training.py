@@ -145,6 +145,7 @@ def _kill_at(n: int, monkeypatch: pytest.MonkeyPatch, run: Path) -> dict[str, in
     return calls
 
 
+@pytest.mark.slow
 def test_a_kill_at_every_write_resumes_to_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reference = tmp_path / "reference"
     with monkeypatch.context() as patch:
@@ -173,6 +174,7 @@ train(TrainConfig(arch="rlstm", dataset="digits-maj", epochs=3, batch_size=25, l
 """
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_times_then_resume(tmp_path: Path) -> None:
     reference = train(_KILLABLE, tmp_path / "reference", progress=False)
     started = time.perf_counter()

@@ -111,10 +111,11 @@ def test_anova_and_tukey_agree_with_statsmodels() -> None:
               "rlstm": rng.normal(0.90, 0.02, 7)}
     values = np.concatenate(list(groups.values()))
     labels = np.repeat(list(groups), 7)
+    import pandas as pd
     import statsmodels.api as sm
     from statsmodels.formula.api import ols
 
-    table = sm.stats.anova_lm(ols("y ~ arch", data={"y": values, "arch": labels}).fit(), typ=2)
+    table = sm.stats.anova_lm(ols("y ~ arch", data=pd.DataFrame({"y": values, "arch": labels})).fit(), typ=2)
     eta = table["sum_sq"].iloc[0] / (table["sum_sq"].iloc[0] + table["sum_sq"].iloc[1])
     ours = statistics.anova(groups)
     assert ours["F"] == pytest.approx(table["F"].iloc[0])

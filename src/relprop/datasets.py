@@ -137,22 +137,34 @@ def _as_dict(name: str, scores: Scores, samples: int) -> dict[str, Tensor]:
     return {key: value.detach().cpu() for key, value in values.items()}
 
 
-def _progress(total: int | None, enabled: bool) -> Callable[[int], None]:
-    """A tqdm bar on a terminal, plain lines to stderr otherwise (private: relprop.progress may replace it)."""
-    if not enabled:
-        return lambda done: None
-    if sys.stderr.isatty():
-        bar = tqdm(total=total, desc="explain_dataset", leave=False)
-        return lambda done: bar.update(done - bar.n) if done != bar.n else None
-    started = time.perf_counter()
-    every = max(1, (total or 10) // 10)
+class _Progress:
+    """A tqdm bar on a terminal; plain lines on stderr otherwise: about every tenth of the batches (at 1, 2, 4, 8 ...
+    when the loader has no length) and a last one (private: relprop.progress may replace it)."""
 
-    def line(done: int) -> None:
-        if done % every == 0 or done == total:
-            of = f"/{total}" if total else ""
-            print(f"explain_dataset: {done}{of} batches, {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=total, desc="explain_dataset", leave=False) if enabled and sys.stderr.isatty() else None
 
-    return line
+    def step(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+        elif self.enabled:
+            due = self.done % max(1, self.total // 10) == 0 if self.total else self.done & (self.done - 1) == 0
+            if due and self.done != self.total:
+                self._line()
+
+    def close(self, samples: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            self._line(f", {samples} samples: done")
+
+    def _line(self, end: str = "") -> None:
+        of = f"/{self.total}" if self.total else ""
+        seconds = time.perf_counter() - self.started
+        print(f"explain_dataset: {self.done}{of} batches, {seconds:.0f} s{end}", file=sys.stderr)
 
 
 def explain_dataset(
@@ -172,7 +184,7 @@ def explain_dataset(
     shards = None if store is None else ResultStore(store, fingerprint=_fingerprint(method, options, named))
     finished = 0 if shards is None else len(shards.shards)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    step = _progress(total, progress)
+    progress_ = _Progress(total, progress)
     collected: dict[str, list[Tensor]] = {}
     samples = 0
     for index, raw in enumerate(loader):
@@ -185,11 +197,12 @@ def explain_dataset(
         for key, value in scores.items():
             collected.setdefault(key, []).append(value)
         samples += len(item.x)
-        step(index + 1)
+        progress_.step()
     if shards is not None:
         if len(shards.shards) < finished:
             raise DataError(f"the loader yielded fewer batches than the store {shards.path} already holds")
         shards.finish()
+    progress_.close(samples)
     return DatasetResult({k: torch.cat(v) for k, v in collected.items()}, samples, shards)
 
 

@@ -137,4 +137,5 @@ def test_progress_prints_plain_lines_off_a_terminal(capsys: pytest.CaptureFixtur
     relprop.explain_dataset(build_mlp(), [b[0] for b in _batches(count=3)], method="gradient")
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines and all(line.startswith("explain_dataset: ") for line in lines)
-    assert "\r" not in "".join(lines) and "3/3 batches" in lines[-1]
+    assert "\r" not in "".join(lines) and "3/3 batches" in lines[-1] and "12 samples: done" in lines[-1]
+    assert len(lines) == 3  # batches 1 and 2 (every tenth of 3 is every one), then the last line

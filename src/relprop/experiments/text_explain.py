@@ -29,26 +29,23 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from relprop import presets_recurrent as _presets_recurrent  # noqa: F401  (registers the preset "lstm_epsilon")
 from relprop.api import explain
-from relprop.composites import PRESETS
 from relprop.data.sst import SSTExample, Vocabulary
+from relprop.datasets import explain_dataset
 from relprop.experiments.text import TextRun, load_text_run
 from relprop.io import atomic_write, write_json
-from relprop.metrics.faithfulness import word_deletion
+from relprop.metrics.batch import Batch
+from relprop.metrics.faithfulness import Order, word_deletion
 from relprop.models.cells import LSTMCell
 from relprop.models.text_cnn import TextCNN
 from relprop.viz.text import html_page, html_sentence
-
-try:  # registers the preset "lstm_epsilon"
-    from relprop import presets_recurrent as _presets_recurrent  # noqa: F401
-except ImportError:  # pragma: no cover - the recurrent presets are optional here
-    pass
 
 __all__ = [
     "TextMethod", "TEXT_METHODS", "WordRelevance", "DeletionResult", "label_names", "methods_for", "tokenize",
@@ -69,7 +66,6 @@ class TextMethod:
     recurrent_only: bool = False
 
 
-_LSTM_PRESET = "lstm_epsilon" if "lstm_epsilon" in PRESETS else "epsilon"  # same rules on relprop's cells
 
 TEXT_METHODS: dict[str, TextMethod] = {
     "ig": TextMethod("integrated_gradients", {"steps": 64, "quadrature": "midpoint"},
@@ -78,7 +74,7 @@ TEXT_METHODS: dict[str, TextMethod] = {
     "lrp_alpha2beta1": TextMethod("lrp", {"preset": "alpha2beta1"}, "LRP alpha2-beta1"),
     "sensitivity": TextMethod("sensitivity", {}, "Sensitivity (gradient squared)"),
     "gradient_x_input": TextMethod("gradient_x_input", {}, "Gradient x Input"),
-    "lstm_epsilon": TextMethod("lrp", {"preset": _LSTM_PRESET, "epsilon": 1e-3},
+    "lstm_epsilon": TextMethod("lrp", {"preset": "lstm_epsilon", "epsilon": 1e-3},
                                "LSTM-LRP (signal-take-all, epsilon=0.001)", recurrent_only=True),
 }
 """Named text explanation methods. IG's baseline (the padding embedding) is added per model."""
@@ -235,14 +231,69 @@ class _Padded(nn.Module):
         return self.model(torch.cat([ids, pads], dim=1))  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class _Deletion:
+    """Word deletion of one explained batch (ids with ``margin`` trailing pads): the drop curves, most relevant
+    first and, with ``random``, in seeded random order; ``gap`` the conservation or completeness gap (N,)."""
+
+    padded: _Padded
+    steps: int
+    seed: int
+    random: bool
+    higher_is_better: ClassVar[bool] = True
+
+    def score(self, batch: Batch) -> dict[str, Tensor]:
+        length = batch.x.shape[1] - self.padded.margin
+        ids, relevance = batch.x[:, :length], batch.relevance[:, :length].double()  # (batch, words): no padding
+        orders: tuple[Order, ...] = ("morf", "random") if self.random else ("morf",)
+        curves = {order: word_deletion(self.padded, ids, relevance, batch.target, pad_id=self.padded.pad_id,
+                                       steps=self.steps, order=order, seed=self.seed) for order in orders}
+        scores: dict[str, Tensor] = {order: (c.scores[:, :1] - c.scores).double() for order, c in curves.items()}
+        details = batch.explanation.details
+        gap = details.get("conservation_gap", details.get("completeness_gap"))
+        if gap is None and batch.explanation.method == "gradient_x_input":
+            gap = batch.relevance.sum(1) - batch.explanation.score
+        if gap is not None:
+            scores["gap"] = gap.detach().double()
+        return scores
+
+
+def _length_groups(
+    examples: Sequence[SSTExample], vocab: Vocabulary, margin: int, batch_size: int
+) -> list[dict[str, Tensor]]:
+    """Batches of equal-length sentences (``margin`` pads appended), at most ``batch_size`` each."""
+    lengths = sorted({len(e.tokens) for e in examples})
+    batches = []
+    for n in lengths:
+        group = [e.tokens for e in examples if len(e.tokens) == n]
+        for start in range(0, len(group), batch_size):
+            batches.append({"x": _encode(group[start : start + batch_size], vocab, margin)})  # (batch, n + margin)
+    return batches
+
+
+def _deletion_result(name: str, drop: Tensor, gaps: Tensor | None, steps: int) -> DeletionResult:
+    aopc = drop.mean(1)  # (sentences,)
+    return DeletionResult(
+        method=name,
+        fractions=tuple(float(f) for f in torch.linspace(0, 1, steps + 1, dtype=torch.float64)),
+        drops=tuple(float(d) for d in drop.mean(0)),
+        aopc=float(aopc.mean()),
+        aopc_sem=float(aopc.std() / len(aopc) ** 0.5) if len(aopc) > 1 else 0.0,
+        sentences=len(aopc),
+        mean_abs_gap=None if gaps is None else float(gaps.abs().mean()),
+    )
+
+
 def evaluate_word_deletion(
     run: RunLike, examples: Sequence[SSTExample], methods: Sequence[str] | None = None, *, steps: int = 10,
-    seed: int = 0,
+    seed: int = 0, batch_size: int = 256,
 ) -> list[DeletionResult]:
     """Word-deletion AOPC of each method and of a random order (the last entry, ``"random"``) on ``examples``.
 
     Each sentence's predicted class is explained, then its words are deleted most relevant first; the random
-    order is seeded. ``steps + 1`` points from 0 to all words deleted.
+    order is seeded. ``steps + 1`` points from 0 to all words deleted. Sentences go through
+    :func:`relprop.explain_dataset` in batches of equal length (at most ``batch_size``), so no padding enters the
+    curves; the random curves are taken in the first method's pass.
     """
     run = _as_run(run)
     model, vocab = run.model, run.vocabulary
@@ -251,40 +302,24 @@ def evaluate_word_deletion(
     if not examples:
         raise ValueError("evaluate_word_deletion needs at least one non-empty example")
     padded = _Padded(model, _margin(model), vocab.pad_id)
+    batches = _length_groups(examples, vocab, _margin(model), batch_size)
     device = next(model.parameters()).device
-    lengths = sorted({len(e.tokens) for e in examples})
-    groups = {n: [i for i, e in enumerate(examples) if len(e.tokens) == n] for n in lengths}
-    results = []
-    for name in tqdm([*names, "random"], desc="word deletion", leave=False, disable=None):
-        explained = None if name == "random" else explain_sentences(run, examples, name)
-        drops = []
-        for n in lengths:
-            index = groups[n]
-            ids = _encode([examples[i].tokens for i in index], vocab, 0).to(device)  # (group, n): no padding
-            if explained is None:
-                relevance = torch.zeros(ids.shape, dtype=torch.float64)
-                with torch.no_grad():
-                    target = padded(ids).argmax(1).cpu()
-            else:
-                relevance = torch.tensor([explained[i].relevance for i in index], dtype=torch.float64)
-                target = torch.tensor([explained[i].predicted for i in index])
-            curve = word_deletion(padded, ids, relevance, target,
-                                  pad_id=vocab.pad_id, steps=steps, order="random" if explained is None else "morf",
-                                  seed=seed)
-            drops.append((curve.scores[:, :1] - curve.scores).double().cpu())  # (group, steps + 1)
-        drop = torch.cat(drops)  # (sentences, steps + 1)
-        aopc = drop.mean(1)
-        gaps = [] if explained is None else [abs(w.conservation_gap) for w in explained
-                                             if w.conservation_gap is not None]
-        results.append(DeletionResult(
-            method=name,
-            fractions=tuple(float(f) for f in torch.linspace(0, 1, steps + 1, dtype=torch.float64)),
-            drops=tuple(float(d) for d in drop.mean(0)),
-            aopc=float(aopc.mean()),
-            aopc_sem=float(aopc.std() / len(aopc) ** 0.5) if len(aopc) > 1 else 0.0,
-            sentences=len(examples),
-            mean_abs_gap=sum(gaps) / len(gaps) if gaps else None,
-        ))
+    results, random = [], None
+    for index, name in enumerate(names):
+        _, spec = _method(name, model)
+        options = dict(spec.options)
+        if spec.method == "integrated_gradients":
+            options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
+        metric = _Deletion(padded, steps, seed, random=index == 0)
+        scores = explain_dataset(model, [{"x": b["x"].to(device)} for b in batches], method=spec.method,
+                                 metrics={"deletion": metric}, **options).scores
+        results.append(_deletion_result(name, scores["deletion/morf"], scores.get("deletion/gap"), steps))
+        random = scores.get("deletion/random", random)
+    if random is None:  # no method: the random order alone
+        random = explain_dataset(model, [{"x": b["x"].to(device)} for b in batches], method="gradient",
+                                 metrics={"deletion": _Deletion(padded, steps, seed, random=True)}).scores[
+                                     "deletion/random"]
+    results.append(_deletion_result("random", random, None, steps))
     return results
 
 

@@ -119,3 +119,23 @@ def test_quick_run_of_main(tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "evaluation.csv").read_text() == (out / "evaluation.csv").read_text()
     run = text_transformer.load_transformer_run(out)
     assert len(run.history) == 1 and run.best_epoch == 1
+
+
+def test_evaluate_deletion_equals_word_deletion_sentence_by_sentence() -> None:
+    from relprop.data.sst import SSTExample, Vocabulary
+    from relprop.metrics import word_deletion
+
+    model = _model()
+    vocab = Vocabulary(("<pad>", "<unk>", *(f"w{i}" for i in range(2, 20))))
+    run = TransformerRun(model, vocab, TransformerTrainConfig(), ())
+    examples = [SSTExample(tokens, 0) for tokens in [("w2", "w3", "w4"), ("w5",), ("w6", "w7"), ("w8", "w9", "w4")]]
+    results = text_transformer.evaluate_deletion(run, examples, ["gradient_x_input"], steps=3, log=lambda _: None,
+                                                 batch_size=2)
+    assert [r.method for r in results] == ["gradient_x_input", "random"]
+    for i, example in enumerate(examples):  # per-sentence AOPC comes back in the order of the examples
+        ids = text_transformer._encode([example.tokens], vocab)
+        explanation = relprop.explain(model, ids, method="gradient_x_input")
+        curve = word_deletion(model, ids, explanation.relevance, explanation.target, pad_id=PAD, steps=3)
+        assert results[0].aopc[i] == pytest.approx(float(curve.aopc), rel=1e-9)
+        assert results[0].gaps is not None
+        assert results[0].gaps[i] == pytest.approx(float(explanation.relevance.sum() - explanation.score), abs=1e-9)

@@ -49,7 +49,8 @@ from relprop.viz.text import html_page, html_sentence
 
 __all__ = [
     "TextMethod", "TEXT_METHODS", "WordRelevance", "DeletionResult", "label_names", "methods_for", "tokenize",
-    "explain_sentences", "evaluate_word_deletion", "write_evaluation", "text_report",
+    "explain_sentences", "PaddedModel", "DeletionMetric", "length_batches", "evaluate_word_deletion",
+    "write_evaluation", "text_report",
 ]
 
 Sentence = str | Sequence[str] | SSTExample
@@ -219,7 +220,7 @@ def explain_sentences(
     return [results[i] for i in range(len(pairs))]
 
 
-class _Padded(nn.Module):
+class PaddedModel(nn.Module):
     """``model`` on ids with ``margin`` pads appended: word deletion sees only the real words."""
 
     def __init__(self, model: nn.Module, margin: int, pad_id: int) -> None:
@@ -232,11 +233,15 @@ class _Padded(nn.Module):
 
 
 @dataclass(frozen=True)
-class _Deletion:
-    """Word deletion of one explained batch (ids with ``margin`` trailing pads): the drop curves, most relevant
-    first and, with ``random``, in seeded random order; ``gap`` the conservation or completeness gap (N,)."""
+class DeletionMetric:
+    """Word deletion of one explained batch as a metric of :func:`relprop.explain_dataset`.
 
-    padded: _Padded
+    The batch holds ids with ``padded.margin`` trailing pads; the words are deleted on ``padded`` (the model with
+    those pads appended). Scores: ``morf`` (and, with ``random``, ``random``) the drop curves ``f(x) - f(x_k)``
+    (N, steps + 1); ``gap`` the conservation or completeness gap (N,) where the explanation has one.
+    """
+
+    padded: PaddedModel
     steps: int
     seed: int
     random: bool
@@ -258,17 +263,21 @@ class _Deletion:
         return scores
 
 
-def _length_groups(
-    examples: Sequence[SSTExample], vocab: Vocabulary, margin: int, batch_size: int
-) -> list[dict[str, Tensor]]:
-    """Batches of equal-length sentences (``margin`` pads appended), at most ``batch_size`` each."""
-    lengths = sorted({len(e.tokens) for e in examples})
-    batches = []
-    for n in lengths:
-        group = [e.tokens for e in examples if len(e.tokens) == n]
-        for start in range(0, len(group), batch_size):
-            batches.append({"x": _encode(group[start : start + batch_size], vocab, margin)})  # (batch, n + margin)
-    return batches
+def length_batches(
+    token_lists: Sequence[Sequence[str]], vocab: Vocabulary, *, margin: int = 0, batch_size: int = 256
+) -> tuple[list[dict[str, Tensor]], list[int]]:
+    """Batches ``{"x": ids}`` of equal-length sentences (``margin`` pads appended), at most ``batch_size`` each,
+    shortest first, and the sentence index of each row of the concatenated batches."""
+    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))  # stable: file order per length
+    batches, rows = [], []
+    start = 0
+    while start < len(order):
+        length = len(token_lists[order[start]])
+        chunk = [i for i in order[start : start + batch_size] if len(token_lists[i]) == length]
+        batches.append({"x": _encode([token_lists[i] for i in chunk], vocab, margin)})  # (batch, length + margin)
+        rows += chunk
+        start += len(chunk)
+    return batches, rows
 
 
 def _deletion_result(name: str, drop: Tensor, gaps: Tensor | None, steps: int) -> DeletionResult:
@@ -301,8 +310,8 @@ def evaluate_word_deletion(
     examples = [e for e in examples if e.tokens]
     if not examples:
         raise ValueError("evaluate_word_deletion needs at least one non-empty example")
-    padded = _Padded(model, _margin(model), vocab.pad_id)
-    batches = _length_groups(examples, vocab, _margin(model), batch_size)
+    padded = PaddedModel(model, _margin(model), vocab.pad_id)
+    batches, _ = length_batches([e.tokens for e in examples], vocab, margin=_margin(model), batch_size=batch_size)
     device = next(model.parameters()).device
     results, random = [], None
     for index, name in enumerate(names):
@@ -310,14 +319,14 @@ def evaluate_word_deletion(
         options = dict(spec.options)
         if spec.method == "integrated_gradients":
             options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
-        metric = _Deletion(padded, steps, seed, random=index == 0)
+        metric = DeletionMetric(padded, steps, seed, random=index == 0)
         scores = explain_dataset(model, [{"x": b["x"].to(device)} for b in batches], method=spec.method,
                                  metrics={"deletion": metric}, **options).scores
         results.append(_deletion_result(name, scores["deletion/morf"], scores.get("deletion/gap"), steps))
         random = scores.get("deletion/random", random)
     if random is None:  # no method: the random order alone
         random = explain_dataset(model, [{"x": b["x"].to(device)} for b in batches], method="gradient",
-                                 metrics={"deletion": _Deletion(padded, steps, seed, random=True)}).scores[
+                                 metrics={"deletion": DeletionMetric(padded, steps, seed, random=True)}).scores[
                                      "deletion/random"]
     results.append(_deletion_result("random", random, None, steps))
     return results

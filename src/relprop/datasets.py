@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sys
@@ -117,9 +118,18 @@ def _explainers(method: Method, options: Mapping[str, Any]) -> tuple[Callable[..
     return run, lambda model, x, target: explain(model, x, target, method=method, **options).relevance
 
 
+def _describe(value: Any) -> str:
+    """An option as text for the fingerprint; tensors by shape, dtype and a hash of their values."""
+    if isinstance(value, Tensor):
+        digest = hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return f"tensor{tuple(value.shape)} {value.dtype} sha256:{digest}"
+    return repr(value)
+
+
 def _fingerprint(method: Method, options: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
     label = method if isinstance(method, str) else getattr(method, "__qualname__", type(method).__name__)
-    return {"method": label, "options": {k: repr(v) for k, v in sorted(options.items())}, "metrics": sorted(names)}
+    return {"method": label, "options": {k: _describe(v) for k, v in sorted(options.items())},
+            "metrics": sorted(names)}
 
 
 def _checksum(x: Tensor) -> list[float]:
@@ -186,7 +196,7 @@ def explain_dataset(
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     progress_ = _Progress(total, progress)
     collected: dict[str, list[Tensor]] = {}
-    samples = 0
+    samples = seen = 0
     for index, raw in enumerate(loader):
         item = _unpack(raw, index)
         if shards is not None and index < finished:
@@ -197,9 +207,10 @@ def explain_dataset(
         for key, value in scores.items():
             collected.setdefault(key, []).append(value)
         samples += len(item.x)
+        seen += 1
         progress_.step()
     if shards is not None:
-        if len(shards.shards) < finished:
+        if seen < finished:
             raise DataError(f"the loader yielded fewer batches than the store {shards.path} already holds")
         shards.finish()
     progress_.close(samples)

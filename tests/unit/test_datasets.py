@@ -111,6 +111,14 @@ def test_resuming_with_reordered_batches_or_other_options_fails(tmp_path: Path) 
         relprop.explain_dataset(model, batches[::-1], method="gradient", store=tmp_path / "s", progress=False)
     with pytest.raises(ConfigError, match="another run"):
         relprop.explain_dataset(model, batches, method="lrp", store=tmp_path / "s", progress=False)
+    with pytest.raises(DataError, match="fewer batches"):
+        relprop.explain_dataset(model, batches[:1], method="gradient", store=tmp_path / "s", progress=False)
+    baseline = {"baseline": torch.zeros(6, dtype=torch.float64), "steps": 4}
+    relprop.explain_dataset(model, batches, method="integrated_gradients", store=tmp_path / "ig", progress=False,
+                            **baseline)
+    with pytest.raises(ConfigError, match="another run"):  # a tensor option with other values is another run
+        relprop.explain_dataset(model, batches, method="integrated_gradients", store=tmp_path / "ig",
+                                progress=False, baseline=torch.ones(6, dtype=torch.float64), steps=4)
 
 
 def test_batch_forms_and_errors() -> None:
@@ -139,3 +147,25 @@ def test_progress_prints_plain_lines_off_a_terminal(capsys: pytest.CaptureFixtur
     assert lines and all(line.startswith("explain_dataset: ") for line in lines)
     assert "\r" not in "".join(lines) and "3/3 batches" in lines[-1] and "12 samples: done" in lines[-1]
     assert len(lines) == 3  # batches 1 and 2 (every tenth of 3 is every one), then the last line
+
+
+def test_maj_style_run_with_masks_and_a_clipping_method() -> None:
+    # the MAJ protocol: true-class targets, relevance zeroed where the logit is negative, block metrics on the masks
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12 * 4, 10), nn.ReLU(), nn.Linear(10, 3)).double().eval()
+    generator = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(5, 12, 4, generator=generator, dtype=torch.float64), torch.randint(0, 3, (5,)),
+                torch.randint(0, 2, (5, 3))) for _ in range(3)]
+
+    def clipped(m: nn.Module, x: Tensor, target: Tensor | None) -> Explanation:
+        explanation = relprop.explain(m, x, target, method="lrp", preset="epsilon")
+        keep = (explanation.score > 0).to(x)[:, None, None]
+        return Explanation(explanation.relevance * keep, explanation.output, explanation.target, "lrp")
+
+    metrics = {"cosine": BlockCosine(), "region": relprop.metrics.RelevanceInRegion()}
+    result = relprop.explain_dataset(model, batches, method=clipped, metrics=metrics, progress=False)
+    for index, (x, target, mask) in enumerate(batches):
+        relevance = clipped(model, x, target).relevance
+        rows = slice(5 * index, 5 * index + 5)
+        assert torch.equal(result.scores["cosine"][rows], block_cosine(relevance, mask))
+        assert torch.equal(result.scores["region"][rows], relprop.metrics.relevance_in_region(relevance, mask))

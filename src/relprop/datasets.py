@@ -194,7 +194,7 @@ def explain_dataset(
     shards = None if store is None else ResultStore(store, fingerprint=_fingerprint(method, options, named))
     finished = 0 if shards is None else len(shards.shards)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
-    progress_ = _Progress(total, progress)
+    reporter = _Progress(total, progress)
     collected: dict[str, list[Tensor]] = {}
     samples = seen = 0
     for index, raw in enumerate(loader):
@@ -208,12 +208,12 @@ def explain_dataset(
             collected.setdefault(key, []).append(value)
         samples += len(item.x)
         seen += 1
-        progress_.step()
+        reporter.step()
     if shards is not None:
         if seen < finished:
             raise DataError(f"the loader yielded fewer batches than the store {shards.path} already holds")
         shards.finish()
-    progress_.close(samples)
+    reporter.close(samples)
     return DatasetResult({k: torch.cat(v) for k, v in collected.items()}, samples, shards)
 
 

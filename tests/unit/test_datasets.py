@@ -169,3 +169,16 @@ def test_maj_style_run_with_masks_and_a_clipping_method() -> None:
         rows = slice(5 * index, 5 * index + 5)
         assert torch.equal(result.scores["cosine"][rows], block_cosine(relevance, mask))
         assert torch.equal(result.scores["region"][rows], relprop.metrics.relevance_in_region(relevance, mask))
+
+
+def test_a_torch_dataloader_streams_with_its_length(capsys: pytest.CaptureFixture[str]) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = build_mlp()
+    x, target, _ = zip(*_batches(count=3))
+    loader = DataLoader(TensorDataset(torch.cat(x), torch.cat(target)), batch_size=5)  # yields [x, target] lists
+    result = relprop.explain_dataset(model, loader, method="gradient", metrics=[Sparseness()])
+    expected = torch.cat([relprop.metrics.sparseness(relprop.explain(model, xb, yb, method="gradient").relevance)
+                          for xb, yb in loader])
+    assert result.samples == 12 and torch.equal(result.scores["sparseness"], expected)
+    assert "3/3 batches" in capsys.readouterr().err

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from relprop import presets_recurrent as _presets_recurrent  # noqa: F401  (registers the preset "lstm_epsilon")
-from relprop.api import explain
+from relprop.api import Explanation
 from relprop.data.sst import SSTExample, Vocabulary
 from relprop.datasets import explain_dataset
 from relprop.experiments.text import TextRun, load_text_run
@@ -49,7 +49,7 @@ from relprop.viz.text import html_page, html_sentence
 
 __all__ = [
     "TextMethod", "TEXT_METHODS", "WordRelevance", "DeletionResult", "label_names", "methods_for", "tokenize",
-    "explain_sentences", "PaddedModel", "DeletionMetric", "length_batches", "evaluate_word_deletion",
+    "explain_sentences", "word_scores", "PaddedModel", "DeletionMetric", "length_batches", "evaluate_word_deletion",
     "write_evaluation", "text_report",
 ]
 
@@ -197,27 +197,40 @@ def explain_sentences(
     if spec.method == "integrated_gradients":
         options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
     device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+    batches, rows = length_batches([tokens for tokens, _ in pairs], vocab, margin=_margin(model),
+                                   batch_size=batch_size, same_width=True)  # more pads change nothing (see above)
+    batches = [{"x": b["x"].to(device)} for b in batches]
+    scores = explain_dataset(model, batches, method=spec.method, metrics={"words": word_scores}, progress=False,
+                             **options).scores
     results: dict[int, WordRelevance] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids = _encode([pairs[i][0] for i in chunk], vocab, _margin(model)).to(device)  # (batch, time)
-        explanation = explain(model, ids, None, method=spec.method, **options)
-        gaps = explanation.details.get("conservation_gap", explanation.details.get("completeness_gap"))
-        if gaps is None and spec.method == "gradient_x_input":
-            gaps = explanation.relevance.sum(1) - explanation.score
-        for row, i in enumerate(chunk):
-            tokens, true = pairs[i]
-            results[i] = WordRelevance(
-                tokens=tokens,
-                relevance=tuple(float(v) for v in explanation.relevance[row, : len(tokens)]),
-                predicted=int(explanation.target[row]),
-                true=true,
-                conservation_gap=None if gaps is None else float(gaps[row].detach()),
-                score=float(explanation.score[row]),
-                method=name,
-            )
+    for row, i in enumerate(rows):
+        tokens, true = pairs[i]
+        gap = scores.get("words/gap")
+        results[i] = WordRelevance(
+            tokens=tokens,
+            relevance=tuple(float(v) for v in scores["words/relevance"][row, : len(tokens)]),
+            predicted=int(scores["words/target"][row]),
+            true=true,
+            conservation_gap=None if gap is None else float(gap[row]),
+            score=float(scores["words/score"][row]),
+            method=name,
+        )
     return [results[i] for i in range(len(pairs))]
+
+
+def _gap(explanation: Explanation) -> Tensor | None:
+    """``sum R - f(x)`` (LRP, gradient x input) or the IG completeness gap, per sentence; None for sensitivity."""
+    gap = explanation.details.get("conservation_gap", explanation.details.get("completeness_gap"))
+    if gap is None and explanation.method == "gradient_x_input":
+        gap = explanation.relevance.sum(1) - explanation.score
+    return None if gap is None else gap.detach().double()
+
+
+def word_scores(batch: Batch) -> dict[str, Tensor]:
+    """What :func:`explain_sentences` keeps of a batch: relevance per position, class, score and gap."""
+    scores = {"relevance": batch.relevance, "target": batch.target, "score": batch.explanation.score.detach()}
+    gap = _gap(batch.explanation)
+    return scores if gap is None else {**scores, "gap": gap}
 
 
 class PaddedModel(nn.Module):
@@ -254,20 +267,17 @@ class DeletionMetric:
         curves = {order: word_deletion(self.padded, ids, relevance, batch.target, pad_id=self.padded.pad_id,
                                        steps=self.steps, order=order, seed=self.seed) for order in orders}
         scores: dict[str, Tensor] = {order: (c.scores[:, :1] - c.scores).double() for order, c in curves.items()}
-        details = batch.explanation.details
-        gap = details.get("conservation_gap", details.get("completeness_gap"))
-        if gap is None and batch.explanation.method == "gradient_x_input":
-            gap = batch.relevance.sum(1) - batch.explanation.score
-        if gap is not None:
-            scores["gap"] = gap.detach().double()
-        return scores
+        gap = _gap(batch.explanation)
+        return scores if gap is None else {**scores, "gap": gap}
 
 
 def length_batches(
-    token_lists: Sequence[Sequence[str]], vocab: Vocabulary, *, margin: int = 0, batch_size: int = 256
+    token_lists: Sequence[Sequence[str]], vocab: Vocabulary, *, margin: int = 0, batch_size: int = 256,
+    same_width: bool = False,
 ) -> tuple[list[dict[str, Tensor]], list[int]]:
     """Batches ``{"x": ids}`` of equal-length sentences (``margin`` pads appended), at most ``batch_size`` each,
-    shortest first, and the sentence index of each row of the concatenated batches."""
+    shortest first, and the sentence index of each row of the concatenated batches. With ``same_width`` every
+    batch is padded to the longest sentence plus ``margin`` (so that per-position scores concatenate)."""
     order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))  # stable: file order per length
     batches, rows = [], []
     start = 0
@@ -277,6 +287,10 @@ def length_batches(
         batches.append({"x": _encode([token_lists[i] for i in chunk], vocab, margin)})  # (batch, length + margin)
         rows += chunk
         start += len(chunk)
+    if same_width:
+        width = max(len(tokens) for tokens in token_lists) + margin
+        batches = [{"x": nn.functional.pad(b["x"], (0, width - b["x"].shape[1]), value=vocab.pad_id)}
+                   for b in batches]
     return batches, rows
 
 

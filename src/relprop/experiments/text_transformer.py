@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from relprop.api import Explanation, explain
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
 from relprop.datasets import explain_dataset
-from relprop.experiments.text_explain import DeletionMetric, PaddedModel, length_batches
+from relprop.experiments.text_explain import DeletionMetric, PaddedModel, length_batches, word_scores
 from relprop.io import atomic_write, read_json, write_json
 from relprop.models.transformer import EncoderLayer, TransformerClassifier, TransformerClassifierConfig, padding_mask
 from relprop.viz.text import html_page, html_sentence
@@ -306,14 +306,6 @@ TRANSFORMER_METHODS: dict[str, tuple[str, Explainer]] = {
 """The word orders compared by :func:`evaluate_deletion` besides ``random``: name -> (label, explainer)."""
 
 
-def _encode(token_lists: Sequence[Sequence[str]], vocab: Vocabulary) -> Tensor:
-    """Ids right-padded with ``PAD`` to the longest sentence: (N, T)."""
-    ids = torch.full((len(token_lists), max(len(t) for t in token_lists)), vocab.pad_id, dtype=torch.long)
-    for row, tokens in enumerate(token_lists):
-        ids[row, : len(tokens)] = torch.tensor(vocab.encode(tokens), dtype=torch.long)
-    return ids
-
-
 def explain_words(
     run: TransformerRun, token_lists: Sequence[Sequence[str]], method: str, *, batch_size: int = 64
 ) -> tuple[list[list[float]], list[int], list[float | None], list[float]]:
@@ -321,33 +313,23 @@ def explain_words(
 
     Returns per sentence (input order): relevance per token, the explained class, the conservation gap
     (LRP, gradient x input: ``sum R - f(x)``; IG: ``sum R - (f(x) - f(baseline))``; rollout: None) and ``f(x)``.
-    Sentences are batched by length (no padding).
+    Sentences go through :func:`relprop.explain_dataset` batched by length; the batches are padded to one width
+    (the model masks ``PAD``: trailing pads change neither the logits nor the relevance of the words).
     """
     if method not in TRANSFORMER_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(TRANSFORMER_METHODS)}")
-    explainer = TRANSFORMER_METHODS[method][1]
-    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
-    relevance: dict[int, list[float]] = {}
-    target: dict[int, int] = {}
-    gaps: dict[int, float | None] = {}
-    scores: dict[int, float] = {}
-    position = 0
-    while position < len(order):
-        length = len(token_lists[order[position]])
-        chunk = [i for i in order[position : position + batch_size] if len(token_lists[i]) == length]
-        position += len(chunk)
-        ids = _encode([token_lists[i] for i in chunk], run.vocabulary)  # (chunk, length)
-        words, classes, gap = explainer(run.model, ids)
-        with torch.no_grad():
-            logits = run.model(ids)
-        for row, i in enumerate(chunk):
-            relevance[i] = [float(v) for v in words[row]]
-            target[i] = int(classes[row])
-            gaps[i] = None if gap is None else float(gap[row])
-            scores[i] = float(logits[row, target[i]])
-    every = range(len(token_lists))
-    return [relevance[i] for i in every], [target[i] for i in every], [gaps[i] for i in every], [scores[i] for i in
-                                                                                                 every]
+    if not token_lists:
+        return [], [], [], []
+    batches, rows = length_batches(token_lists, run.vocabulary, batch_size=batch_size, same_width=True)
+    scores = explain_dataset(run.model, batches, method=_as_method(TRANSFORMER_METHODS[method][1], [0.0]),
+                             metrics={"words": word_scores}, progress=False).scores
+    position = {sentence: row for row, sentence in enumerate(rows)}
+    every = [position[i] for i in range(len(token_lists))]
+    gaps = scores.get("words/gap")
+    return ([[float(v) for v in scores["words/relevance"][row, : len(token_lists[i])]] for i, row in enumerate(every)],
+            [int(scores["words/target"][row]) for row in every],
+            [None if gaps is None else float(gaps[row]) for row in every],
+            [float(scores["words/score"][row]) for row in every])
 
 
 # --- word deletion and statistics -----------------------------------------------------------------------------------

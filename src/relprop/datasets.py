@@ -187,7 +187,8 @@ def explain_dataset(
     (``Sparseness()`` -> ``"sparseness"``), or a mapping name -> metric or ``f(batch)``. A metric returning a
     mapping ``{"aopc": ..., "curve": ...}`` gives ``"name/aopc"`` and ``"name/curve"``. ``store``: a directory;
     it receives per batch the relevance, target, output, the per-sample details of the explanation and the scores
-    (``"score/<name>"``), and a re-run with the same method, options and metrics resumes it.
+    (``"score/<name>"``), and a re-run with the same method, options and metrics resumes it. A callable method is
+    identified by its qualified name only: give each configuration of a callable its own store.
     """
     named = _named(metrics)
     run, again = _explainers(method, options)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from relprop.errors import ExplanationError
+from relprop.metrics.batch import Batch
 
 __all__ = ["BlockCosine", "RelevanceInRegion", "block_cosine", "block_relevance", "relevance_in_region"]
 
@@ -145,6 +146,10 @@ class BlockCosine:
     def __call__(self, relevance: Tensor, mask: Tensor) -> Tensor:
         return block_cosine(relevance, mask, blocks=self.blocks, layout=self.layout)
 
+    def score(self, batch: Batch) -> Tensor:
+        """As a dataset metric: the batch's relevance against its ground-truth ``mask``."""
+        return self(batch.relevance, batch.require_mask("BlockCosine"))
+
 
 @dataclass(frozen=True)
 class RelevanceInRegion:
@@ -160,6 +165,10 @@ class RelevanceInRegion:
         return relevance_in_region(
             relevance, mask, blocks=self.blocks, layout=self.layout, positive=self.positive, cap=self.cap
         )
+
+    def score(self, batch: Batch) -> Tensor:
+        """As a dataset metric: the batch's relevance against its ground-truth ``mask``."""
+        return self(batch.relevance, batch.require_mask("RelevanceInRegion"))
 
 
 block_cosine.higher_is_better = True  # type: ignore[attr-defined]

@@ -14,10 +14,12 @@ not count as evaluated.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import hashlib
 import io as _stringio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,16 @@ from tqdm.auto import tqdm
 from .. import api, metrics
 from ..data import from_sequence, load_maj
 from ..data.maj import maj_shape
+from ..datasets import explain_dataset
 from ..errors import DataError
 from ..io import atomic_write, read_json, write_json
+from ..metrics.batch import Batch
 from .train import accuracy, best_epoch, load_run, lr_schedule, read_history
 
-__all__ = ["MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj", "read_evaluation", "read_samples", "REGION_CAP"]
+__all__ = [
+    "MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj", "maj_explanation", "read_evaluation", "read_samples",
+    "REGION_CAP",
+]
 
 REGION_CAP = 0.8  # the thesis's tau: each correct block's share of the relevance counts up to 0.8
 # methods whose relevance should sum to the explained score (the conservation error means something)
@@ -71,14 +78,40 @@ class EvalConfig:
     heatmap_samples: int = 6
 
 
-def explain_maj(model: torch.nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[Tensor, Tensor]:
-    """Relevance of the thesis protocol for method ``name`` on sequences x (N, steps, F); returns (relevance, score)."""
+def maj_explanation(model: torch.nn.Module, x: Tensor, y: Tensor, name: str) -> api.Explanation:
+    """The explanation of the thesis protocol for method ``name`` on sequences x (N, steps, F): relevance that
+    starts at the true-class logit clipped at 0 (samples whose logit is not positive get zero relevance)."""
     if name not in MAJ_METHODS:
         raise ValueError(f"unknown MAJ method '{name}'; valid: {', '.join(MAJ_METHODS)}")
     method, options = MAJ_METHODS[name]
     explanation = api.explain(model, x, target=y, method=method, **options)
     clip = (explanation.score > 0).to(explanation.relevance)  # start at max(logit, 0)
-    return explanation.relevance * clip.reshape(-1, *(1,) * (x.dim() - 1)), explanation.score.clamp(min=0)
+    return dataclasses.replace(explanation, relevance=explanation.relevance * clip.reshape(-1, *(1,) * (x.dim() - 1)))
+
+
+def explain_maj(model: torch.nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """Relevance of the thesis protocol for method ``name`` on sequences x (N, steps, F); returns (relevance, score)."""
+    explanation = maj_explanation(model, x, y, name)
+    return explanation.relevance, explanation.score.clamp(min=0)
+
+
+def _maj_scores(name: str) -> dict[str, Callable[[Batch], Tensor]]:
+    """The per-sample scores of the thesis, as dataset metrics (conservation only where it means something)."""
+    scores: dict[str, Callable[[Batch], Tensor]] = {
+        "cosine": lambda b: metrics.block_cosine(b.relevance, b.require_mask("cosine")),
+        "relevance_in_region": lambda b: metrics.relevance_in_region(b.relevance, b.require_mask("region")),
+        "relevance_in_region_capped": lambda b: metrics.relevance_in_region(
+            b.relevance, b.require_mask("region"), cap=REGION_CAP),
+    }
+    if name.startswith(_CONSERVATIVE):
+        scores["conservation_error"] = lambda b: metrics.conservation_error(
+            b.relevance, b.explanation.score.clamp(min=0), absolute=True)
+    return scores
+
+
+def _explain_method(model: torch.nn.Module, x: Tensor, target: Tensor | None, *, name: str) -> api.Explanation:
+    assert target is not None  # the MAJ batches always carry their labels
+    return maj_explanation(model, x, target, name)
 
 
 def _summary(values: Tensor) -> dict[str, float]:
@@ -111,35 +144,23 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     samples: dict[str, Tensor] = {}
     heatmaps: dict[str, Tensor] = {}
     for name in tqdm(config.methods, desc="methods", disable=not progress, leave=False):
-        cosine: list[Tensor] = []
-        region: list[Tensor] = []
-        capped: list[Tensor] = []
-        conservation: list[Tensor] = []
-        relevances: list[Tensor] = []
         size = config.batch_size
-        for xb, yb, mb in zip(torch.split(x, size), torch.split(y, size), torch.split(mask, size)):
-            relevance, score = explain_maj(model, xb.to(device), yb.to(device), name)
-            relevance = relevance.cpu()
-            cosine.append(metrics.block_cosine(relevance, mb))
-            region.append(metrics.relevance_in_region(relevance, mb))
-            capped.append(metrics.relevance_in_region(relevance, mb, cap=REGION_CAP))
-            conservation.append(metrics.conservation_error(relevance, score.cpu(), absolute=True))
-            if sum(r.shape[0] for r in relevances) < config.flip_limit:
-                relevances.append(relevance)
-        flip_relevance = torch.cat(relevances)[: config.flip_limit]
-        n_flip = len(flip_relevance)
+        batches = [(xb.to(device), yb.to(device), mb.to(device))
+                   for xb, yb, mb in zip(torch.split(x, size), torch.split(y, size), torch.split(mask, size))]
+        scored = explain_dataset(model, batches, method=functools.partial(_explain_method, name=name),
+                                 metrics=_maj_scores(name), progress=False)
+        n_flip = min(config.flip_limit, len(y))
+        flip_relevance = torch.cat([maj_explanation(model, xb.to(device), yb.to(device), name).relevance.cpu()
+                                    for xb, yb in zip(torch.split(x[:n_flip], size), torch.split(y[:n_flip], size))])
         curve = metrics.pixel_flipping(model, x[:n_flip].to(device), flip_relevance.to(device), y[:n_flip].to(device),
                                        steps=config.flip_steps, fill=-1.0)
-        per_sample = {"cosine": torch.cat(cosine), "relevance_in_region": torch.cat(region),
-                      "relevance_in_region_capped": torch.cat(capped)}
-        samples.update({f"{name}/{key}": values for key, values in per_sample.items()})
+        per_sample = {key: values.cpu() for key, values in scored.scores.items()}
+        samples.update({f"{name}/{key}": values for key, values in per_sample.items() if key != "conservation_error"})
         results["methods"][name] = {
             **{key: _summary(values) for key, values in per_sample.items()},
             "aopc": _summary(curve.aopc.cpu()),
             "flip_curve": curve.scores.mean(0).tolist(),
         }
-        if name.startswith(_CONSERVATIVE):
-            results["methods"][name]["conservation_error"] = _summary(torch.cat(conservation))
         heatmaps[name] = from_sequence(flip_relevance[: config.heatmap_samples], geometry["height"])
     random_curve = metrics.pixel_flipping(model, x[:n_flip].to(device), flip_relevance.to(device),
                                           y[:n_flip].to(device), steps=config.flip_steps, fill=-1.0, order="random")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 from collections.abc import Callable
@@ -24,8 +26,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("text")
     out = {"cnn": root / "cnn", "bilstm": root / "bilstm"}
     common = ["--classes", "2", "--epochs", "1", "--train-limit", "300", "--threads", "1"]
-    assert main(["--quiet", "text", "train", "--model", "cnn", "--filters", "8", *common,
-                 "--out", str(out["cnn"])]) == 0
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        assert main(["--quiet", "text", "train", "--model", "cnn", "--filters", "8", *common,
+                     "--out", str(out["cnn"])]) == 0
+    assert "text cnn epoch 1/1: loss " in err.getvalue()  # --quiet keeps the per-epoch lines
     assert main(["--quiet", "text", "train", "--model", "bilstm", "--hidden", "6", *common,
                  "--out", str(out["bilstm"])]) == 0
     return out

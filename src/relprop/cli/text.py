@@ -57,7 +57,7 @@ def _train(args: argparse.Namespace) -> int:
     config = TextTrainConfig(
         classes=args.classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         phrases=args.phrases, model=args.model, hidden=args.hidden, candidate_bias=args.candidate_bias,
-        filters=args.filters, train_limit=args.train_limit, run_dir=str(out), progress=not args.quiet,
+        filters=args.filters, train_limit=args.train_limit, run_dir=str(out), progress=True,  # --quiet: bars only
     )
     run = train_text(config)
     print_table([{"epoch": e.epoch, "train loss": f"{e.train_loss:.4f}", "train acc": f"{e.train_accuracy:.4f}",

@@ -58,6 +58,10 @@ def test_read_only_out(tmp_path: Path, user_error: UserError) -> None:
 def test_read_only_out_as_any_user(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: UserError) -> None:
     monkeypatch.setattr("relprop.cli.common.os.access", lambda path, mode: False)
     assert "read-only" in user_error(["reproduce", "--out", str(tmp_path / "grid")])
+    monkeypatch.chdir(tmp_path)
+    line = user_error(["train", "--dataset", "digits-maj"])  # the default run directory is checked too
+    assert "--out" in line and "read-only" in line
+    assert not (tmp_path / "runs").exists()
 
 
 def test_failed_train_writes_nothing(tmp_path: Path, user_error: UserError) -> None:

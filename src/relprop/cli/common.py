@@ -18,30 +18,31 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
+from ..errors import ConfigError
+
 __all__ = ["positive_int", "nonnegative_int", "positive_float", "comma", "choices_list", "existing_dir", "run_dir",
-           "output_dir", "output_file", "shared_options", "Parser", "Formatter", "print_table", "set_threads"]
+           "output_dir", "output_file", "checked", "shared_options", "Parser", "Formatter", "print_table",
+           "set_threads"]
+
+
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:
     """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+    return _integer(text, 1, "a positive integer")
 
 
 def nonnegative_int(text: str) -> int:
     """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
-    return value
+    return _integer(text, 0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:
@@ -122,6 +123,15 @@ def output_file(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
     output_dir(str(path.parent))
     return path
+
+
+def checked(parse: Callable[[str], Path], text: str, name: str) -> Path:
+    """``parse(text)`` for a value that did not come through argparse (a computed default, a deprecated
+    option): its rejection becomes a :class:`~relprop.errors.ConfigError` naming ``name``."""
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"{name}: {error}") from None
 
 
 class Parser(argparse.ArgumentParser):

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data.maj import DATASETS, VARIANTS
-from ..errors import ConfigError
 from ..models import ARCHITECTURES
 from .common import (
     Formatter,
     Parser,
+    checked,
     choices_list,
     comma,
     nonnegative_int,
@@ -70,17 +70,10 @@ def _train(args: argparse.Namespace) -> int:
     set_threads(args.threads)
     config = TrainConfig(arch=args.arch, dataset=args.dataset, variant=args.variant, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit)
-    out = args.out or _checked(Path("runs") / f"{args.dataset}-{args.arch.replace('+', 'plus')}-seed{args.seed}")
+    out = args.out or checked(output_dir, f"runs/{args.dataset}-{args.arch.replace('+', 'plus')}-seed{args.seed}",
+                              "--out")
     print(f"run directory: {train(config, out, progress=not args.quiet)}")
     return 0
-
-
-def _checked(out: Path) -> Path:
-    """A default output directory, checked as ``--out`` would be."""
-    try:
-        return output_dir(str(out))
-    except argparse.ArgumentTypeError as error:
-        raise ConfigError(f"--out: {error}") from None
 
 
 def _evaluate(args: argparse.Namespace) -> int:

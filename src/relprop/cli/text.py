@@ -16,6 +16,7 @@ from ..experiments.text_explain import TEXT_METHODS
 from .common import (
     Formatter,
     Parser,
+    checked,
     choices_list,
     comma,
     nonnegative_int,
@@ -40,20 +41,13 @@ def _deprecated(option: str) -> None:
           "argument", file=sys.stderr)
 
 
-def _checked_run(text: str) -> Path:
-    try:
-        return _text_run(text)
-    except argparse.ArgumentTypeError as error:
-        raise ConfigError(f"RUN: {error}") from None
-
-
 def _train(args: argparse.Namespace) -> int:
     from ..experiments.text import TextTrainConfig, train_text
 
     set_threads(args.threads)
     variant = ("-phrases" if args.phrases else "") + ("-nocandbias" if not args.candidate_bias else "")
     name = f"{args.model}-{args.classes}class-{args.epochs}ep{variant}-seed{args.seed}"
-    out = args.out or Path("runs") / "text" / name
+    out = args.out or checked(output_dir, f"runs/text/{name}", "--out")
     config = TextTrainConfig(
         classes=args.classes, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         phrases=args.phrases, model=args.model, hidden=args.hidden, candidate_bias=args.candidate_bias,
@@ -82,7 +76,7 @@ def _explain(args: argparse.Namespace) -> int:
         _deprecated("--run")
         run, sentences = args.run_option, args.items
     else:
-        run, sentences = _checked_run(args.items[0]), args.items[1:]
+        run, sentences = checked(_text_run, args.items[0], "RUN"), args.items[1:]
     names, words = explain_text(run, sentences, args.method)
     color = _use_color(args.color)
     for word in words:
@@ -100,7 +94,7 @@ def _report(args: argparse.Namespace) -> int:
     runs = list(args.runs)
     if args.runs_option is not None:
         _deprecated("--runs")
-        runs += [_checked_run(p) for p in args.runs_option]
+        runs += [checked(_text_run, p, "--runs") for p in args.runs_option]
     if not runs:
         raise ConfigError("text report needs at least one RUN directory")
     path, count = report_text_runs(runs, args.out, extra=args.sentence or (), count=args.count,

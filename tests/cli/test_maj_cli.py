@@ -122,12 +122,17 @@ def _options(p: object) -> list[tuple[str, object]]:
     return found
 
 
-def test_every_option_has_a_description() -> None:
+def test_every_option_has_a_description_and_its_default() -> None:
     import argparse
 
+    from relprop.cli.common import Formatter
+
+    formatter = Formatter("relprop")
     for where, action in _options(parser()):
         assert isinstance(action, argparse.Action)
         assert action.help, where
+        if action.help != argparse.SUPPRESS and action.default not in (None, False, argparse.SUPPRESS):
+            assert "(default" in (formatter._get_help_string(action) or ""), where
 
 
 def test_demo_policy() -> None:

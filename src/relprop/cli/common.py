@@ -142,10 +142,11 @@ class Parser(argparse.ArgumentParser):
 
 
 class Formatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Help that shows every option's default (unless its help already says what the default means)."""
+    """Help that shows every option's default, unless its help already says what the default means or the
+    default is None or False (a flag that is off, an optional list that is empty)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.help and "(default" in action.help:
+        if (action.help and "(default" in action.help) or action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.maj import DATASETS, VARIANTS
+from ..experiments.demo import DEMO_DATASETS
 from ..models import ARCHITECTURES
 from .common import (
     Formatter,
@@ -126,7 +127,7 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
                                help="train an R-LSTM-SD briefly on MAJ sequences, explain it and score the heatmaps",
                                description="Train an explainable recurrent net briefly on MAJ sequences, explain "
                                "its test predictions with SA, GB, DTD and LRP, score them against the ground truth.")
-    demo.add_argument("--dataset", default="digits-maj", choices=["digits-maj", "mnist-maj", "fashion-maj"],
+    demo.add_argument("--dataset", default="digits-maj", choices=DEMO_DATASETS,
                       help="digits-maj is bundled with scikit-learn; the others need RELPROP_DATA or a download")
     demo.add_argument("--arch", default="rlstm_sd", choices=archs, metavar="ARCH",
                       help="architecture, one of " + ", ".join(archs))

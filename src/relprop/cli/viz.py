@@ -80,8 +80,9 @@ def add_viz_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     proto.add_argument("--lr", type=positive_float, default=0.05, help="Adam learning rate of the ascent")
     proto.add_argument("--norm", type=positive_float, default=None,
                        help="L2-ball radius (default: the box [-1, 1] only)")
-    proto.add_argument("--prior-weight", type=positive_float, default=1.0, metavar="WEIGHT",
-                       help="weight of log p(x) in the expert objective (the docs' figure used 0.01)")
+    proto.add_argument("--prior-weight", type=positive_float, default=0.01, metavar="WEIGHT",
+                       help="weight of log p(x) in the expert objective (at 1 the prior dominates: every class "
+                       "becomes the mean digit)")
     proto.add_argument("--prior", choices=PRIORS, default="gaussian", help="density of the data")
     proto.add_argument("--components", type=positive_int, default=5, help="mixture components")
     proto.add_argument("--fit-limit", type=positive_int, default=2000, help="training sequences used to fit the prior")

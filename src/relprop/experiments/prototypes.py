@@ -35,7 +35,7 @@ class PrototypeConfig:
     lr: float = 0.05
     norm: float | None = None
     prior: str = "gaussian"
-    prior_weight: float = 1.0
+    prior_weight: float = 0.01  # at 1 the prior dominates and every class becomes the mean digit
     components: int = 5
     fit_limit: int = 2000
     seed: int = 0

@@ -78,6 +78,16 @@ def test_errors_from_the_library_are_one_line(tmp_path: Path, user_error: UserEr
     assert line.startswith("relprop evaluate: error:") and "broken" in line
 
 
+def test_corrupt_or_other_runs_are_one_line(tmp_path: Path, tiny_run: Path, user_error: UserError) -> None:
+    config = (tiny_run / "config.json").read_text()
+    line = user_error(["train", "--dataset", "digits-maj", "--epochs", "1", "--limit", "60", "--out", str(tiny_run)])
+    assert "another configuration" in line and (tiny_run / "config.json").read_text() == config
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text("{")
+    assert "not valid JSON" in user_error(["evaluate", str(corrupt)])
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(args: object) -> int:
         raise ZeroDivisionError("a bug")

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..data import load_maj
+from ..errors import ConfigError
 from ..io import atomic_write, load_weights, read_json, save_weights, write_json
 
 __all__ = ["TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule"]
@@ -104,7 +105,7 @@ def _check_same_config(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
     mine = dataclasses.asdict(config)
     different = {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
     if different:
-        raise ValueError(f"{run_dir} holds a run with another configuration {different}; use another directory")
+        raise ConfigError(f"{run_dir} holds a run with another configuration {different}; use another directory")
     return saved
 
 

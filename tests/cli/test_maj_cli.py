@@ -174,3 +174,17 @@ def test_quiet_lasts_one_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(relprop.cli.maj, "_train", lambda args: seen.append(progress.is_quiet()) or 0)
     assert main(["train", "--quiet", "--dataset", "digits-maj"]) == 0
     assert seen == [True] and not progress.is_quiet()
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    threads = torch.get_num_threads()
+    try:
+        assert main(["demo", "--epochs", "1", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    printed = capsys.readouterr().out
+    assert "for 1 epoch ->" in printed and "(1 thread)" in printed and "test accuracy" in printed
+    assert printed.count("+-") == 4  # one row per method
+    history = json.loads((tmp_path / "demo" / "history.json").read_text())
+    assert len(history) == 1 and (tmp_path / "demo" / "evaluation.json").is_file()

@@ -54,8 +54,9 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     config = DemoConfig(dataset=args.dataset, arch=args.arch, epochs=args.epochs, seed=args.seed)
     train_config, evaluation = demo_configs(config)
-    print(f"training {train_config.arch} on {train_config.dataset} for {train_config.epochs} epochs -> {args.out} "
-          f"({args.threads} thread{'s' if args.threads > 1 else ''})")
+    epochs, threads = train_config.epochs, args.threads
+    print(f"training {train_config.arch} on {train_config.dataset} for {epochs} epoch{'s' * (epochs > 1)} -> "
+          f"{args.out} ({threads} thread{'s' * (threads > 1)})")
     print("then explaining test sequences with " + ", ".join(evaluation.methods))
     results = run_demo(config, args.out, progress=not args.quiet)
     print(f"\ntest accuracy {results['accuracy']:.3f} on {results['test_samples']} sequences")

@@ -16,6 +16,8 @@ import torch
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from .errors import DataError
+
 __all__ = ["atomic_write", "write_json", "read_json", "save_weights", "load_weights"]
 
 
@@ -60,7 +62,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     except FileNotFoundError:
         raise FileNotFoundError(f"missing file {path}") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from None
+        raise DataError(f"{path} is not valid JSON: {error}") from None
 
 
 def save_weights(module: nn.Module, path: str | os.PathLike[str]) -> Path:

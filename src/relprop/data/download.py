@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError
+from ..progress import progress
 
 __all__ = ["DataError", "FileSpec", "KNOWN_FILES", "resolve_file", "dataset_file", "cache_dir"]
 
@@ -194,7 +195,10 @@ def _download(url: str, target: Path, dataset: str, sha256: str | None, md5: str
     tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            while block := response.read(_CHUNK):
+            headers = getattr(response, "headers", None) or {}  # any file-like response works
+            size = int(headers.get("Content-Length") or 0)  # bytes; 0 when the server does not say
+            blocks = iter(lambda: response.read(_CHUNK), b"")
+            for block in progress(blocks, desc=f"downloading {url} (MiB)", total=-(-size // _CHUNK) or None):
                 out.write(block)
         got = _mismatch(tmp, sha256, md5) if (sha256 or md5) else None
         if got is not None:

@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from safetensors.torch import save
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .. import api, metrics
 from ..data import from_sequence, load_maj
@@ -36,6 +35,7 @@ from ..datasets import explain_dataset
 from ..errors import DataError
 from ..io import atomic_write, read_json, write_json
 from ..metrics.batch import Batch
+from ..progress import progress as progress_of
 from .train import accuracy, best_epoch, load_run, lr_schedule, read_history
 
 __all__ = [
@@ -143,7 +143,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     }
     samples: dict[str, Tensor] = {}
     heatmaps: dict[str, Tensor] = {}
-    for name in tqdm(config.methods, desc="methods", disable=not progress, leave=False):
+    for name in progress_of(config.methods, desc=f"evaluating {train_config.arch}", enabled=progress):
         size = config.batch_size
         batches = [(xb.to(device), yb.to(device), mb.to(device))
                    for xb, yb, mb in zip(torch.split(x, size), torch.split(y, size), torch.split(mask, size))]

@@ -14,15 +14,13 @@ asks for 1 CPU, and for 1 GPU when the driver sees CUDA.
 from __future__ import annotations
 
 import multiprocessing
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from ..errors import ConfigError
+from ..progress import log
 
 __all__ = ["EXECUTORS", "run_tasks"]
 
@@ -37,23 +35,20 @@ def _with_threads(threads: int, function: Callable[..., Any], *task: Any) -> Any
 
 
 class _Progress:
-    """One bar for the grid on a terminal; otherwise one plain line per finished task."""
+    """One bar for the grid on a terminal (a few plain lines otherwise), and one line per finished task."""
 
     def __init__(self, total: int, enabled: bool, label: Callable[[Any], str]) -> None:
         self.total, self.done, self.label, self.enabled = total, 0, label, enabled
         self.started = time.perf_counter()
-        self.bar = tqdm(total=total, desc="grid", disable=not (enabled and sys.stderr.isatty()))
 
     def finished(self, task: Any) -> None:
         self.done += 1
-        self.bar.update(1)
-        if self.enabled and self.bar.disable:
+        if self.enabled:
             minutes = (time.perf_counter() - self.started) / 60
-            print(f"grid: {self.done}/{self.total} done ({self.label(task)}, {minutes:.1f} min)", file=sys.stderr,
-                  flush=True)
+            log(f"grid: {self.done}/{self.total} done ({self.label(task)}, {minutes:.1f} min)")
 
     def close(self) -> None:
-        self.bar.close()
+        pass
 
 
 def run_tasks(

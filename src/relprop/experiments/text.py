@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -21,12 +20,12 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
-from tqdm.auto import tqdm
 
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
 from relprop.io import atomic_write
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
+from relprop.progress import log, progress
 
 __all__ = [
     "TEXT_MODELS", "TextTrainConfig", "TextEpoch", "TextRun", "train_text", "load_text_run", "evaluate_accuracy",
@@ -157,13 +156,13 @@ def train_text(config: TextTrainConfig) -> TextRun:
     generator = torch.Generator().manual_seed(config.seed)
 
     history: list[TextEpoch] = []
-    batches = math.ceil(len(train) / config.batch_size)
-    bar = tqdm(total=config.epochs * batches, desc=f"text {config.model}", disable=not config.progress, leave=False)
     for epoch in range(1, config.epochs + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
         loss_sum, correct = 0.0, 0
-        for start in range(0, len(train), config.batch_size):
+        starts = range(0, len(train), config.batch_size)
+        for start in progress(starts, desc=f"text {config.model} epoch {epoch}/{config.epochs}",
+                              enabled=config.progress):
             batch = [train[i] for i in order[start : start + config.batch_size]]
             ids, labels = batch_encode(batch, vocab, min_length=_min_length(model))
             ids, labels = ids.to(config.device), labels.to(config.device)
@@ -174,8 +173,6 @@ def train_text(config: TextTrainConfig) -> TextRun:
             optimizer.step()
             loss_sum += float(loss.detach()) * len(batch)
             correct += int((logits.argmax(dim=1) == labels).sum())
-            bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{float(loss.detach()):.3f}")
         history.append(
             TextEpoch(
                 epoch=epoch,
@@ -185,7 +182,10 @@ def train_text(config: TextTrainConfig) -> TextRun:
                 test_accuracy=evaluate_accuracy(model, test, vocab),
             )
         )
-    bar.close()
+        if config.progress:
+            last = history[-1]
+            log(f"text {config.model} epoch {epoch}/{config.epochs}: loss {last.train_loss:.4f} "
+                f"train {last.train_accuracy:.4f} dev {last.dev_accuracy:.4f}")
     model.eval()
     run = TextRun(model, vocab, config, tuple(history), glove.coverage)
     if config.run_dir is not None:

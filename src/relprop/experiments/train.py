@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .. import models
 from ..data import load_maj
 from ..data.maj import maj_shape
 from ..errors import ConfigError, DataError
 from ..io import atomic_write, load_weights, read_json, save_weights, write_json
+from ..progress import log
+from ..progress import progress as progress_of
 
 __all__ = [
     "TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule", "read_history",
@@ -289,16 +289,12 @@ def _load_checkpoint(run_dir: Path, manifest: dict[str, Any], model: nn.Module,
         raise DataError(f"checkpoint of {run_dir} is corrupt ({files['optimizer']}, {files['rng']}): {error}") from None
 
 
-def _show_bars(progress: bool) -> bool:
-    return progress and sys.stderr.isatty()
-
-
 def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Train (or resume) ``config`` into ``run_dir``; returns the run directory.
 
     Adam, softmax cross-entropy over the 10 logits plus a constant-zero logit (the thesis loss), validation
-    accuracy after every epoch, the best checkpoint kept. With ``progress`` a bar per epoch (on a terminal) and
-    one line per epoch.
+    accuracy after every epoch, the best checkpoint kept. With ``progress`` a bar per epoch (a few plain lines off
+    a terminal, none under ``--quiet``) and one line per finished epoch (always).
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
@@ -343,9 +339,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
         model.train()
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
         total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-        batches = tqdm(torch.split(order.to(device), config.batch_size), leave=False,
-                       desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}", disable=not _show_bars(progress))
-        for index in batches:
+        batches = torch.split(order.to(device), config.batch_size)
+        for index in progress_of(batches, desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
+                                 enabled=progress):
             xb, yb = x[index], y[index]
             logits = model(xb)
             loss = models.maj_loss(logits, yb)
@@ -366,9 +362,8 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
         best_file = _commit(run_dir, model, optimizer, history, best_file, improved=val_accuracy > best)
         best = max(best, val_accuracy)
         if progress:
-            tqdm.write(f"{config.arch} {config.dataset} epoch {epoch + 1}: loss {record['loss']:.4f} "
-                       f"train {record['train_accuracy']:.4f} val {val_accuracy:.4f} ({record['seconds']:.0f}s)",
-                       file=sys.stderr)
+            log(f"{config.arch} {config.dataset} epoch {epoch + 1}: loss {record['loss']:.4f} "
+                f"train {record['train_accuracy']:.4f} val {val_accuracy:.4f} ({record['seconds']:.0f}s)")
     return run_dir
 
 

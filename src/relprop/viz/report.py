@@ -26,6 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from relprop.errors import ConfigError
 from relprop.io import atomic_write, read_json
 from relprop.viz.heatmap import grid, maj_heatmap
 from relprop.viz.plots import aopc_curves, cosine_bars
@@ -338,7 +339,7 @@ def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str] | Non
         title, sections = _grid_sections(root)
     else:
         hint = "; it looks like a sentiment run: use `relprop text report`" if (root / "run.json").exists() else ""
-        raise ValueError(f"relprop.viz.report: {root} is neither a run directory (config.json and history.json, "
+        raise ConfigError(f"relprop.viz.report: {root} is neither a run directory (config.json and history.json, "
                          "written by `relprop train`) nor a reproduce grid (<dataset>/<arch>/seed<k>/ run "
                          f"directories, written by `relprop reproduce`){hint}")
     target = Path(out) if out is not None else root / "report.html"

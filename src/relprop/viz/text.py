@@ -133,15 +133,18 @@ def _printable(token: str) -> str:
     return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in token)
 
 
-def terminal_sentence(tokens: Sequence[str], relevance: Sequence[float] | np.ndarray | Tensor) -> str:
+def terminal_sentence(
+    tokens: Sequence[str], relevance: Sequence[float] | np.ndarray | Tensor, *, color: bool | None = None
+) -> str:
     """Tokens on 24-bit ANSI background colours, separated by spaces.
 
-    When the ``NO_COLOR`` environment variable is set and non-empty (https://no-color.org), the result
-    is plain text instead, each token followed by its normalised relevance, e.g. ``good[+1.00]``.
+    With ``color=False``, or by default (``None``) when the ``NO_COLOR`` environment variable is set and
+    non-empty (https://no-color.org), the result is plain text instead, each token followed by its
+    normalised relevance, e.g. ``good[+1.00]``.
     """
     rgb = _relevance_rgb(tokens, relevance)
     values = np.asarray(_values(relevance))
-    if os.environ.get("NO_COLOR"):
+    if not (color if color is not None else not os.environ.get("NO_COLOR")):
         scale = np.abs(values).max(initial=0.0)
         normalised = values / scale if scale > 0 else np.zeros_like(values)
         return " ".join(f"{_printable(t)}[{v:+.2f}]" for t, v in zip(tokens, normalised))

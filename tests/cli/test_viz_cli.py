@@ -1,23 +1,17 @@
-"""Tests for ``relprop prototypes``: class prototypes of a trained MAJ model, simple AM and AM + expert."""
+"""``relprop prototypes`` (class prototypes of a trained MAJ run: simple AM, AM + expert) and ``relprop report``."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from PIL import Image
 from safetensors.torch import load_file
 
 from relprop.cli import main
 
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("prototypes") / "run"
-    assert main(["--quiet", "train", "--arch", "rlstm_sd", "--dataset", "digits-maj", "--epochs", "1",
-                 "--limit", "100", "--out", str(run)]) == 0
-    return run
+UserError = Callable[[list[str]], str]
 
 
 def test_prototypes_expert_raises_data_likelihood(tiny_run: Path) -> None:
@@ -50,7 +44,20 @@ def test_prototypes_without_expert_and_norm_constraint(tiny_run: Path, tmp_path:
     assert not (tmp_path / "p" / "prototypes_am_expert.png").exists()
 
 
-def test_prototypes_bad_arguments(tiny_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(SystemExit):
-        main(["prototypes", str(tiny_run), "--classes", "0,12"])
-    assert main(["prototypes", str(tmp_path / "missing")]) == 2
+def test_prototypes_bad_arguments(tiny_run: Path, tmp_path: Path, user_error: UserError) -> None:
+    assert "0..9" in user_error(["prototypes", str(tiny_run), "--classes", "0,12"])
+    assert "does not exist" in user_error(["prototypes", str(tmp_path / "missing")])
+    assert "is not a run directory" in user_error(["prototypes", str(tmp_path)])
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in user_error(["prototypes", str(tmp_path / "file")])
+    for option, value in [("--steps", "0"), ("--fit-limit", "0"), ("--components", "-1"), ("--lr", "nan"),
+                          ("--norm", "0"), ("--prior", "laplace"), ("--out", str(tmp_path / "file"))]:
+        assert option in user_error(["prototypes", str(tiny_run), option, value])
+
+
+def test_report_bad_arguments(tiny_run: Path, tmp_path: Path, user_error: UserError) -> None:
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in user_error(["report", str(tmp_path / "file")])
+    assert "does not exist" in user_error(["report", str(tmp_path / "missing")])
+    assert "is a directory" in user_error(["report", str(tiny_run), "--out", str(tmp_path)])
+    assert "is a file" in user_error(["report", str(tiny_run), "--out", str(tmp_path / "file" / "r.html")])

@@ -1,0 +1,182 @@
+"""What every command module shares: argument types that validate, the shared options, the table printer.
+
+A type raises :class:`argparse.ArgumentTypeError`, so a bad value ends as argparse's one line and exit code 2
+before anything runs or is written.
+
+>>> positive_int("3"), positive_float("0.5"), comma("a, b,")
+(3, 0.5, ('a', 'b'))
+>>> positive_int("0")
+Traceback (most recent call last):
+argparse.ArgumentTypeError: must be a positive integer, got '0'
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from ..errors import ConfigError
+
+__all__ = ["positive_int", "nonnegative_int", "positive_float", "comma", "choices_list", "existing_dir", "run_dir",
+           "output_dir", "output_file", "checked", "shared_options", "Parser", "Formatter", "print_table",
+           "set_threads"]
+
+
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1."""
+    return _integer(text, 1, "a positive integer")
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0."""
+    return _integer(text, 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """A finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def comma(text: str) -> tuple[str, ...]:
+    """Comma-separated names, blanks dropped (an empty list is refused)."""
+    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"needs at least one comma-separated name, got {text!r}")
+    return names
+
+
+def choices_list(valid: Sequence[str], what: str) -> Callable[[str], tuple[str, ...]]:
+    """A type for comma-separated names, each one of ``valid`` (``what`` names them in errors, e.g. "method")."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = comma(text)
+        unknown = [n for n in names if n not in valid]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {what} {', '.join(unknown)}; valid: {', '.join(valid)}")
+        return names
+
+    parse.__name__ = "names"  # argparse's message says "invalid names value"
+    return parse
+
+
+def existing_dir(text: str) -> Path:
+    """A directory that exists."""
+    path = Path(text)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    return path
+
+
+def run_dir(marker: str) -> Callable[[str], Path]:
+    """A type for an existing run directory that holds ``marker`` (e.g. config.json of a MAJ run)."""
+
+    def parse(text: str) -> Path:
+        path = existing_dir(text)
+        if not (path / marker).is_file():
+            raise argparse.ArgumentTypeError(f"{text} is not a run directory (it has no {marker})")
+        return path
+
+    parse.__name__ = "run directory"
+    return parse
+
+
+def output_dir(text: str) -> Path:
+    """A directory to write into: existing and writable, or creatable under a writable existing parent."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot create {text}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write to {text}: {existing} is read-only")
+    return path
+
+
+def output_file(text: str) -> Path:
+    """A file to write: not a directory, in a directory that is (or can be created) writable."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    output_dir(str(path.parent))
+    return path
+
+
+def checked(parse: Callable[[str], Path], text: str, name: str) -> Path:
+    """``parse(text)`` for a value that did not come through argparse (a computed default, a deprecated
+    option): its rejection becomes a :class:`~relprop.errors.ConfigError` naming ``name``."""
+    try:
+        return parse(text)
+    except argparse.ArgumentTypeError as error:
+        raise ConfigError(f"{name}: {error}") from None
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the command, the error, where to find help) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows every option's default, unless its help already says what the default means or the
+    default is None or False (a flag that is off, an optional list that is empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if (action.help and "(default" in action.help) or action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def shared_options(*, threads: bool) -> Parser:
+    """A parent parser with ``--quiet`` (and ``--threads``) for a subcommand, so they go after it too."""
+    parent = Parser(add_help=False)
+    parent.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress bars or periodic progress lines (per-epoch lines and results stay)")
+    if threads:
+        parent.add_argument("--threads", type=positive_int, default=1,
+                            help="torch CPU threads; results are deterministic for a fixed thread count, and "
+                                 "the documented numbers were made with 1")
+    return parent
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` (imports torch only when asked)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def print_table(rows: Sequence[dict[str, object]]) -> None:
+    """Print rows of equal keys as aligned columns (every command's summary)."""
+    if not rows:
+        return
+    header = list(rows[0])
+    widths = [max(len(str(h)), *(len(str(r[h])) for r in rows)) for h in header]
+    print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)).rstrip())
+    for row in rows:
+        print("  ".join(str(row[h]).ljust(w) for h, w in zip(header, widths)).rstrip())

@@ -1,0 +1,48 @@
+"""The real processes: ``python -m relprop``, a user error (one line, exit 2) and a bug (traceback) on stderr."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import relprop
+
+_SRC = str(Path(relprop.__file__).parents[1])
+
+
+def _relprop(*code: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": _SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, *code], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_python_m_relprop_and_its_errors(tmp_path: Path) -> None:
+    done = _relprop("-m", "relprop", "--version")
+    assert done.returncode == 0 and done.stdout.startswith("relprop ")
+    (tmp_path / "file").write_text("x")
+    done = _relprop("-m", "relprop", "evaluate", str(tmp_path / "file"))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "is a file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_bug_shows_a_traceback() -> None:
+    done = _relprop("-c", "import sys, relprop.cli.maj as m\n"
+                    "def bug(args): return 1 / 0\n"
+                    "m._demo = bug\n"
+                    "from relprop.cli import run\n"
+                    "sys.argv = ['relprop', 'demo']\n"
+                    "run()")
+    assert done.returncode == 1
+    assert "Traceback" in done.stderr and "ZeroDivisionError" in done.stderr
+
+
+def test_command_modules_import_only_the_shared_module() -> None:
+    """maj, text and viz are siblings: none imports another (the old cli.py and cli_text.py imported each other)."""
+    import ast
+
+    package = Path(relprop.__file__).parent / "cli"
+    for name in ("maj", "text", "viz", "common"):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        siblings = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
+        assert siblings <= ({"common"} if name != "common" else set()), (name, siblings)

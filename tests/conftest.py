@@ -4,12 +4,18 @@ The global default dtype is left alone: models are built with ``.double()`` and 
 Builders are exposed as session-scoped fixtures (``make_mlp``, ``make_cnn``, ``randn``) so hypothesis tests can
 use them too; ``mlp``/``mlp_nobias``/``cnn``/``cnn_nobias`` are ready-made instances. Torch runs on one thread:
 the tensors are tiny, and intra-op threads only contend on a shared two-core machine.
+
+Real data: a test marked ``@pytest.mark.data("mnist", "sst/trees", ...)`` needs those folders under
+``$RELPROP_DATA`` (for MNIST and Fashion-MNIST: every IDX file of the dataset). When the variable is unset or a
+folder or file is missing the test is skipped, and the reason says what is missing and how to supply it; the
+``data_dir`` fixture gives the folder. Every other test runs anywhere, with no data and no network.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +27,46 @@ torch.set_num_threads(1)  # tiny float64 tensors: threads only add contention on
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=25)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def missing_data(*names: str) -> str | None:
+    """Why the data folders ``names`` (relative to $RELPROP_DATA) are not usable, or None when they are."""
+    root = os.environ.get("RELPROP_DATA")
+    wanted = ", ".join(f"{name}/" for name in names)
+    if not root:
+        return f"needs real data: RELPROP_DATA is unset; set it to the folder holding {wanted}"
+    from relprop.data.download import KNOWN_FILES
+
+    for name in names:
+        files = [Path(root) / name / f for f in KNOWN_FILES.get(name, {})] or [Path(root) / name]
+        absent = [str(path) for path in files if not path.exists()]
+        if absent:
+            return (f"needs real data: {absent[0]} does not exist (RELPROP_DATA={root}); set RELPROP_DATA to "
+                    f"the folder holding {wanted}")
+    return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "data(*folders): needs these folders under $RELPROP_DATA; skipped, saying why, when absent"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("data"):
+        reason = missing_data(*marker.args)
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.fixture
+def data_dir(request: pytest.FixtureRequest) -> Path:
+    """$RELPROP_DATA of a test marked ``data(...)`` (the marker has already skipped when it is unusable)."""
+    marker = request.node.get_closest_marker("data")
+    reason = missing_data(*(marker.args if marker else ()))
+    if reason:
+        pytest.skip(reason)
+    return Path(os.environ["RELPROP_DATA"])
 
 
 def seeded(seed: int) -> torch.Generator:

@@ -49,16 +49,6 @@ def _fit_prior(args: argparse.Namespace, config: Any) -> DensityModel:
     return GaussianPrior.fit(data)
 
 
-class _Weighted:
-    """``weight * log p(x)``: the prior term of the objective with a tunable strength."""
-
-    def __init__(self, prior: DensityModel, weight: float) -> None:
-        self.prior, self.weight = prior, weight
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.weight * self.prior.log_prob(x)
-
-
 def _scores(model: nn.Module, x: Tensor, classes: tuple[int, ...], prior: DensityModel) -> list[dict[str, Any]]:
     import torch
 
@@ -77,7 +67,7 @@ def _prototypes(args: argparse.Namespace) -> int:
     from .data import from_sequence
     from .experiments.train import load_run, maj_shape
     from .io import atomic_write, write_json
-    from .methods.maximization import prototypes
+    from .methods.maximization import Maximization, prototypes
     from .viz import prototype_grid
 
     model, config = load_run(args.run)
@@ -89,18 +79,20 @@ def _prototypes(args: argparse.Namespace) -> int:
     prior = _fit_prior(args, config)
     variants: dict[str, DensityModel | None] = {"am": None}
     if args.expert:
-        variants["am_expert"] = prior if args.prior_weight == 1.0 else _Weighted(prior, args.prior_weight)
+        variants["am_expert"] = prior
+    weight = Maximization.prior_weight if args.prior_weight is None else args.prior_weight
     results: dict[str, Any] = {
         "run": str(args.run), "arch": config.arch, "dataset": config.dataset, "steps": args.steps, "lr": args.lr,
         "constraint": {"box": [-1.0, 1.0], "norm": args.norm},
-        "prior": {"kind": args.prior, "fit_samples": args.fit_limit, "weight": args.prior_weight,
+        "prior": {"kind": args.prior, "fit_samples": args.fit_limit, "weight": weight,
                   **({"components": args.components} if args.prior == "mixture" else {})},
         "log_p_x_note": f"log p(x) under the fitted {args.prior} prior for every variant",
     }
     tensors: dict[str, torch.Tensor] = {}
     for name in tqdm(variants, desc="prototypes", disable=args.quiet, leave=False):
-        x = prototypes(model, args.classes, shape=shape, steps=args.steps, lr=args.lr, prior=variants[name],
-                       norm=args.norm, box=(-1.0, 1.0), seed=args.seed)  # (classes, steps, features)
+        options = Maximization(steps=args.steps, lr=args.lr, prior=variants[name], prior_weight=weight,
+                               norm=args.norm, box=(-1.0, 1.0), seed=args.seed)
+        x = prototypes(model, args.classes, shape=shape, config=options)  # (classes, steps, features)
         results[name] = _scores(model, x, args.classes, prior)
         tensors[name] = x.detach().cpu().float().contiguous()
         images = from_sequence(tensors[name], geometry["height"])  # (classes, H, W)
@@ -133,8 +125,9 @@ def add_viz_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     proto.add_argument("--steps", type=int, default=200, help="gradient-ascent steps")
     proto.add_argument("--lr", type=float, default=0.05)
     proto.add_argument("--norm", type=float, default=None, help="L2-ball radius (default: box [-1, 1] only)")
-    proto.add_argument("--prior-weight", type=float, default=1.0,
-                       help="expert objective log p(c|x) + WEIGHT * log p(x) (default 1)")
+    proto.add_argument("--prior-weight", type=float, default=None,
+                       help="expert objective log p(c|x) + WEIGHT * log p(x) (default 0.01, as "
+                       "relprop.methods.maximization.Maximization; 1 turns every class into the mean input)")
     proto.add_argument("--prior", choices=["gaussian", "mixture"], default="gaussian")
     proto.add_argument("--components", type=int, default=5, help="mixture components")
     proto.add_argument("--fit-limit", type=int, default=2000, help="training sequences used to fit the prior")

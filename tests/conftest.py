@@ -58,6 +58,7 @@ _SLOW = (  # node-id prefixes of tests that take seconds each (pytest --duration
     "tests/unit/test_report.py", "tests/unit/test_report_browser.py",  # train runs and grids, headless Chromium
     "tests/unit/test_prototypes_cli.py", "tests/unit/test_training.py", "tests/unit/test_sst.py",
     "tests/unit/test_docs.py::test_code_blocks_run",  # each page in a fresh interpreter
+    "tests/unit/test_packaging.py::test_metrics_and_viz_after_import_relprop",  # a fresh interpreter
     "tests/unit/test_text_transformer.py::test_quick_run_of_main",
     "tests/reference/test_against_zennit.py::test_torchvision_resnet_matches_zennit",
     "tests/reference/test_against_lxt.py",  # tiny LLaMA, BERT and GPT-2 in float64

@@ -4,12 +4,23 @@ The global default dtype is left alone: models are built with ``.double()`` and 
 Builders are exposed as session-scoped fixtures (``make_mlp``, ``make_cnn``, ``randn``) so hypothesis tests can
 use them too; ``mlp``/``mlp_nobias``/``cnn``/``cnn_nobias`` are ready-made instances. Torch runs on one thread:
 the tensors are tiny, and intra-op threads only contend on a shared two-core machine.
+
+Real data: a test marked ``@pytest.mark.data("mnist", "sst/trees", ...)`` needs those folders under
+``$RELPROP_DATA`` (for MNIST and Fashion-MNIST: every IDX file of the dataset). When the variable is unset or a
+folder or file is missing the test is skipped, and the reason says what is missing and how to supply it; the
+``data_dir`` fixture gives the folder. Every other test runs anywhere, with no data and no network.
+
+Fast loop: ``pytest -m "not slow"`` leaves out the tests that train models, drive a browser, run benchmark
+scripts or explain full-size torchvision models (a test can say ``@pytest.mark.slow`` itself; the long ones that
+existed before the marker are listed in ``_SLOW`` below, by file or test, as measured with ``--durations``).
+CI runs everything.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +32,71 @@ torch.set_num_threads(1)  # tiny float64 tensors: threads only add contention on
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=25)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def missing_data(*names: str) -> str | None:
+    """Why the data folders ``names`` (relative to $RELPROP_DATA) are not usable, or None when they are."""
+    root = os.environ.get("RELPROP_DATA")
+    wanted = ", ".join(f"{name}/" for name in names)
+    if not root:
+        return f"needs real data: RELPROP_DATA is unset; set it to the folder holding {wanted}"
+    from relprop.data.download import KNOWN_FILES
+
+    for name in names:
+        files = [Path(root) / name / f for f in KNOWN_FILES.get(name, {})] or [Path(root) / name]
+        absent = [str(path) for path in files if not path.exists()]
+        if absent:
+            return (f"needs real data: {absent[0]} does not exist (RELPROP_DATA={root}); set RELPROP_DATA to "
+                    f"the folder holding {wanted}")
+    return None
+
+
+_SLOW = (  # node-id prefixes of tests that take seconds each (pytest --durations=50 on 2 shared CPU cores)
+    "tests/coverage/",  # every torchvision model family, full size
+    "tests/cli/",  # trains sentiment models
+    "tests/unit/test_zoo_speed_smoke.py", "tests/unit/test_benchmark_smoke.py",  # run the benchmark scripts
+    "tests/unit/test_report.py", "tests/unit/test_report_browser.py",  # train runs and grids, headless Chromium
+    "tests/unit/test_prototypes_cli.py", "tests/unit/test_training.py", "tests/unit/test_sst.py",
+    "tests/unit/test_docs.py::test_code_blocks_run",  # each page in a fresh interpreter
+    "tests/unit/test_packaging.py::test_metrics_and_viz_after_import_relprop",  # a fresh interpreter
+    "tests/unit/test_text_transformer.py::test_quick_run_of_main",
+    "tests/reference/test_against_zennit.py::test_torchvision_resnet_matches_zennit",
+    "tests/reference/test_against_lxt.py",  # tiny LLaMA, BERT and GPT-2 in float64
+    "tests/unit/test_transformer_models.py::test_timm_vision_transformer_explains",
+    "tests/unit/test_recurrent.py::test_every_method_on_every_thesis_architecture_leaves_no_hook",
+    "tests/unit/test_data.py::test_full_mnist_maj_train", "tests/unit/test_data.py::test_split_indices_match",
+    "tests/unit/test_data.py::test_image_splits", "tests/unit/test_data.py::test_shared_files_match_known",
+    "tests/unit/test_data.py::test_mnist_maj_blocks_hold_the_right_images",  # read all of MNIST
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(_SLOW):
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "data(*folders): needs these folders under $RELPROP_DATA; skipped, saying why, when absent"
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers("data"):
+        reason = missing_data(*marker.args)
+        if reason:
+            pytest.skip(reason)
+
+
+@pytest.fixture
+def data_dir(request: pytest.FixtureRequest) -> Path:
+    """$RELPROP_DATA of a test marked ``data(...)`` (the marker has already skipped when it is unusable)."""
+    marker = request.node.get_closest_marker("data")
+    reason = missing_data(*(marker.args if marker else ()))
+    if reason:
+        pytest.skip(reason)
+    return Path(os.environ["RELPROP_DATA"])
 
 
 def seeded(seed: int) -> torch.Generator:

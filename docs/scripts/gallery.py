@@ -1,6 +1,6 @@
 """Draw the methods x architectures heatmap figures of docs/gallery.md from the evaluated cells of a grid.
 
-    RELPROP_DATA=/work/shared/data python docs/scripts/gallery.py /work/runs/grid2 docs/gallery
+    RELPROP_DATA=/path/to/data python docs/scripts/gallery.py runs/grid docs/gallery
 
 For each dataset: the first two test sequences, explained with every MAJ method (rows) by every evaluated
 architecture (columns), written to ``OUT/<dataset>_methods_x_archs.png``.

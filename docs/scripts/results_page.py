@@ -1,6 +1,6 @@
 """Fill docs/scripts/results_template.md with the tables of a reproduce grid (after `relprop reproduce --collect`).
 
-    python docs/scripts/results_page.py /work/runs/grid2 docs/results.md docs/scripts/results_template.md
+    python docs/scripts/results_page.py runs/grid docs/results.md docs/scripts/results_template.md
 """
 
 from __future__ import annotations

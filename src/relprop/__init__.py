@@ -4,15 +4,24 @@
 >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3)).eval()
 >>> relprop.explain(model, torch.randn(2, 4), method="lrp", preset="epsilon").relevance.shape
 torch.Size([2, 4])
+>>> relprop.metrics.block_cosine.higher_is_better, relprop.viz.heatmap.__name__
+(True, 'heatmap')
+
+``relprop.viz`` (pictures, needs matplotlib) is imported on first use, so ``import relprop`` stays fast.
 """
 
 from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from . import (
     canonizers,
     composites,
     layers,
     methods,
+    metrics,
     models,
     ops,
     presets_recurrent,  # noqa: F401  (registers lstm_epsilon, thesis_dtd, thesis_lrp)
@@ -22,8 +31,23 @@ from .api import METHODS, Explanation, explain, method
 from .datasets import explain_dataset
 from .errors import ExplanationError
 
+if TYPE_CHECKING:
+    from . import viz
+
 __all__ = [
     "explain", "explain_dataset", "Explanation", "ExplanationError", "METHODS", "method",
-    "rules", "ops", "composites", "canonizers", "layers", "methods", "models",
+    "rules", "ops", "composites", "canonizers", "layers", "methods", "metrics", "models", "viz",
+    "__version__",
 ]
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the single source: pyproject.toml reads it (tool.setuptools.dynamic)
+
+_LAZY = ("viz",)
+
+
+def __getattr__(name: str) -> ModuleType:
+    """Import ``relprop.viz`` on first access (it pulls in matplotlib)."""
+    if name in _LAZY:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'relprop' has no attribute {name!r}")

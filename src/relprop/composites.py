@@ -129,6 +129,8 @@ class RuleMap:
     ``first`` and its state part the layer's type rule, with one shared denominator (:class:`rules.mixed.Mixed`).
     The default canonizer runs stock ``nn.LSTM``/``nn.GRU``/``nn.RNN`` as explicit cells.
 
+    Examples
+    --------
     >>> from torch import nn
     >>> rule_map = RuleMap([(nn.Linear, rules.Epsilon())], first=rules.Flat())
     >>> [type(rule).__name__ for _, _, rule in rule_map.assign(nn.Sequential(nn.Linear(2, 2), nn.ReLU(),

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -32,6 +33,24 @@ def test_prototypes_expert_raises_data_likelihood(tiny_run: Path) -> None:
         assert expert["log_p_x"] >= simple["log_p_x"], (simple, expert)
     # simple AM maximises log p(c|x) alone: its prototypes are classified as their class
     assert [r["predicted"] for r in scores["am"]] == classes
+    assert scores["prior"]["weight"] == 0.01
+
+
+def test_prototypes_default_prior_weight_keeps_classes_apart(tiny_run: Path, tmp_path: Path) -> None:
+    # a prior weight of 1 lets log p(x) (hundreds of nats) drown log p(c|x): every class becomes the mean
+    # input. The default weight keeps the class term in play: prototypes of different classes differ.
+    spread, class_scores = {}, {}
+    for weight in ("1", None):
+        out = tmp_path / f"weight{weight}"
+        extra = ["--prior-weight", weight] if weight else []
+        assert main(["--quiet", "prototypes", str(tiny_run), "--classes", "0,3,7", "--expert", "--steps", "40",
+                     "--fit-limit", "300", "--out", str(out), *extra]) == 0
+        expert = load_file(str(out / "prototypes.safetensors"))["am_expert"].reshape(3, -1).double()
+        spread[weight] = float(torch.cdist(expert, expert).max())
+        scores = json.loads((out / "prototypes.json").read_text())["am_expert"]
+        class_scores[weight] = sum(r["log_p_class"] for r in scores)
+    assert spread[None] > 3 * spread["1"], spread
+    assert class_scores[None] > class_scores["1"], class_scores
 
 
 def test_prototypes_without_expert_and_norm_constraint(tiny_run: Path, tmp_path: Path) -> None:

@@ -30,9 +30,7 @@ from relprop.data import (
 from relprop.data.download import KNOWN_FILES, dataset_file
 
 SHARED = os.environ.get("RELPROP_DATA")
-needs_data = pytest.mark.skipif(
-    not SHARED, reason="RELPROP_DATA is unset: set it to the folder holding mnist/ and fashion-mnist/"
-)
+needs_data = pytest.mark.data("mnist", "fashion-mnist")  # skipped, saying why, without them (tests/conftest.py)
 LABELS_GZ = "train-labels-idx1-ubyte.gz"
 
 

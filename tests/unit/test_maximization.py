@@ -8,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from relprop.core import ExplanationError
+from relprop.errors import ConfigError, ExplanationError
 from relprop.methods.maximization import (
     GaussianMixturePrior,
     GaussianPrior,
+    Maximization,
     activation_maximization,
     prototypes,
 )
@@ -27,10 +28,10 @@ def test_two_class_linear_optimum_is_weight_difference() -> None:
     # x* = r (w0 - w1) / ||w0 - w1||.
     model = _linear(16, 2, seed=0)
     weight = model.weight.detach()
-    x = activation_maximization(model, 0, shape=(16,), norm=2.0, box=None)
+    x = activation_maximization(model, 0, shape=(16,), config=Maximization(norm=2.0, box=None))
     assert torch.cosine_similarity(x, weight[0] - weight[1], dim=0) > 0.99
     assert abs(x.norm().item() - 2.0) < 1e-4
-    x1 = activation_maximization(model, 1, shape=(16,), norm=2.0, box=None)
+    x1 = activation_maximization(model, 1, shape=(16,), config=Maximization(norm=2.0, box=None))
     assert torch.cosine_similarity(x1, weight[1] - weight[0], dim=0) > 0.99
 
 
@@ -39,7 +40,7 @@ def test_many_class_linear_optimum_satisfies_stationarity() -> None:
     # point x* = r g(x*) / ||g(x*)|| (gradient parallel to x*), with no closed form for K > 2.
     model = _linear(12, 5, seed=1)
     weight = model.weight.detach()
-    found = prototypes(model, [0, 1, 2, 3, 4], shape=(12,), norm=1.5, box=None, steps=150)
+    found = prototypes(model, [0, 1, 2, 3, 4], shape=(12,), config=Maximization(norm=1.5, box=None, steps=150))
     gradient = weight - torch.softmax(found @ weight.T, dim=1) @ weight  # (5, 12)
     assert (torch.cosine_similarity(found, gradient, dim=1) > 0.99).all()
     torch.testing.assert_close(found.norm(dim=1), torch.full((5,), 1.5), atol=1e-4, rtol=0)
@@ -57,7 +58,7 @@ def test_many_class_linear_optimum_satisfies_stationarity() -> None:
 def test_box_constraint_optimum_is_a_corner() -> None:
     model = _linear(10, 2, seed=2)
     direction = (model.weight[0] - model.weight[1]).detach()
-    x = activation_maximization(model, 0, shape=(10,), box=(-1.0, 1.0), steps=100)
+    x = activation_maximization(model, 0, shape=(10,), config=Maximization(box=(-1.0, 1.0), steps=100))
     assert torch.equal(x, direction.sign())
 
 
@@ -82,8 +83,10 @@ def test_expert_prior_raises_data_likelihood() -> None:
         nn.functional.cross_entropy(model(data), labels).backward()
         optimizer.step()
     for prior in (GaussianPrior.fit(data), GaussianMixturePrior.fit(data, k=2, seed=0)):
-        simple = prototypes(model, [0, 1], shape=(12,), box=(-2.0, 2.0), steps=100)
-        expert = prototypes(model, [0, 1], shape=(12,), box=(-2.0, 2.0), steps=100, prior=prior)
+        simple = prototypes(model, [0, 1], shape=(12,), config=Maximization(box=(-2.0, 2.0), steps=100))
+        expert = prototypes(
+            model, [0, 1], shape=(12,), config=Maximization(box=(-2.0, 2.0), steps=100, prior=prior, prior_weight=1.0)
+        )
         assert (prior.log_prob(expert) > prior.log_prob(simple) + 10.0).all()
         assert (prior.log_prob(expert) > prior.log_prob(data).mean()).all()  # as plausible as the data
         # the expert prototype is still confidently its class
@@ -117,7 +120,7 @@ def test_no_side_effects_on_the_model() -> None:
     model.train()
     model[1].eval()  # mixed flags must come back as they were
     before = copy.deepcopy(model.state_dict())
-    found = prototypes(model, [3, 0], shape=(8,), steps=20)
+    found = prototypes(model, [3, 0], shape=(8,), config=Maximization(steps=20))
     assert found.shape == (2, 8) and not found.requires_grad
     assert model.training and not model[1].training and model[0].training
     for name, value in model.state_dict().items():
@@ -140,7 +143,7 @@ class _TinyRecurrent(nn.Module):
 def test_sequence_model_prototypes_beat_random_inputs() -> None:
     torch.manual_seed(6)
     model = _TinyRecurrent()
-    found = prototypes(model, [0, 1, 2], shape=(4, 5), steps=80)
+    found = prototypes(model, [0, 1, 2], shape=(4, 5), config=Maximization(steps=80))
     assert found.shape == (3, 4, 5) and found.abs().max() <= 1.0
     candidates = torch.rand(500, 4, 5, generator=torch.Generator().manual_seed(6)) * 2 - 1  # in the box
     with torch.no_grad():
@@ -154,7 +157,10 @@ def test_argument_errors() -> None:
     model = _linear(4, 2, seed=7)
     with pytest.raises(ExplanationError, match="init"):
         activation_maximization(model, 0, shape=(4,), init=torch.zeros(5))
-    with pytest.raises(ExplanationError, match="box containing 0"):
-        activation_maximization(model, 0, shape=(4,), norm=1.0, box=(0.5, 1.0))
+    with pytest.raises(ConfigError, match="box containing 0"):
+        Maximization(norm=1.0, box=(0.5, 1.0))
+    for options in ({"steps": 0}, {"lr": -1.0}, {"box": (1.0, -1.0)}, {"prior_weight": float("nan")}):
+        with pytest.raises(ConfigError, match=next(iter(options))):
+            Maximization(**options)  # type: ignore[arg-type]
     with pytest.raises(ExplanationError, match="do not index"):
-        activation_maximization(model, 2, shape=(4,), steps=1)
+        activation_maximization(model, 2, shape=(4,), config=Maximization(steps=1))

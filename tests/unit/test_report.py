@@ -7,14 +7,17 @@ import io
 import json
 import re
 import shutil
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from relprop.cli import main
-from relprop.experiments.reproduce import THESIS
-from relprop.viz.report import write_report
+from relprop.errors import ConfigError, DataError
+from relprop.experiments.reproduce import THESIS_FOLDS
+from relprop.experiments.summary import write_report
 
 _TINY = ["--quiet"]
 
@@ -60,8 +63,10 @@ def test_run_report_has_tables_and_images(tiny_run: Path) -> None:
     images = _assert_self_contained(page)
     evaluation = json.loads((tiny_run / "evaluation.json").read_text())
     methods = list(evaluation["methods"])
-    # accuracy curve + one stored heatmap figure per method + the pixel-flipping figure
-    assert len(images) == 1 + len(methods) + 1
+    # accuracy curve + the heatmap figure (input and every method, with a colour bar) + the pixel-flipping figure
+    assert len(images) == 3
+    gallery = images[1]
+    assert gallery.width >= 1000 and gallery.height > 600  # large enough to read (it was ~130 px per map)
     assert page.count("<table") == 3  # configuration, training history, evaluation
     for text in ("Configuration", "Training", "Evaluation", "Heatmaps", "Pixel flipping", "validation accuracy",
                  "conservation error", "random order", f"{evaluation['accuracy']:.4f}"):
@@ -69,22 +74,50 @@ def test_run_report_has_tables_and_images(tiny_run: Path) -> None:
     for method in methods:
         cosine = evaluation["methods"][method]["cosine"]["mean"]
         assert f"<td>{method}</td><td>{cosine:.3f} &plusmn;" in page
+        row = re.search(f"<tr><td>{re.escape(method)}</td>(.*?)</tr>", page)
+        assert row is not None
+        conservation = re.findall("<td>(.*?)</td>", row.group(1))[2]
+        # SA and GB do not distribute the logit: no conservation error for them, one for the LRP family
+        assert (conservation == "&ndash;") == (method in ("sa", "gb")), (method, conservation)
+    for explained in ("exceeds 1 when the distractor block holds negative relevance", "logit &le; 0"):
+        assert explained in page, explained
+
+
+HOSTILE = '<script>window.pwned=1</script><img src=x onerror="window.pwned=1">'
+
+
+def hostile_run(tiny_run: Path, parent: Path) -> Path:
+    """A copy of the tiny run in a directory named like markup, with markup in config, evaluation and method names."""
+    copy = parent / f"run{HOSTILE.replace('/', '_')}"
+    shutil.copytree(tiny_run, copy)
+    evaluation = json.loads((copy / "evaluation.json").read_text())
+    evaluation["methods"][HOSTILE] = {**evaluation["methods"]["sa"], "aopc": {"mean": HOSTILE}}
+    evaluation["accuracy"] = evaluation["test_samples"] = HOSTILE
+    (copy / "evaluation.json").write_text(json.dumps(evaluation))
+    return copy
 
 
 def test_run_report_escapes_text(tiny_run: Path, tmp_path: Path) -> None:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run, copy)
+    page = write_report(hostile_run(tiny_run, tmp_path), tmp_path / "out" / "page.html").read_text(encoding="utf-8")
+    assert "<script" not in page and "<img src=x" not in page and "onerror=\"" not in page
+    assert page.count("&lt;script&gt;window.pwned=1&lt;/script&gt;") >= 3  # directory, method, accuracy
+
+
+def test_a_hostile_config_is_refused_before_anything_renders(tiny_run: Path, tmp_path: Path) -> None:
+    copy = hostile_run(tiny_run, tmp_path)
     config = json.loads((copy / "config.json").read_text())
-    config["arch"] = "<script>alert(1)</script>"
+    config["epochs"] = HOSTILE  # the field that once went into the page unescaped
     (copy / "config.json").write_text(json.dumps(config))
-    page = write_report(copy, tmp_path / "out" / "page.html").read_text(encoding="utf-8")
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        write_report(copy, tmp_path / "out" / "page.html")
+    assert not (tmp_path / "out" / "page.html").exists()
 
 
 def test_report_of_a_run_not_yet_evaluated_recomputes_heatmaps(tiny_run: Path, tmp_path: Path) -> None:
     copy = tmp_path / "run"
     copy.mkdir()
-    for name in ("config.json", "history.json", "best.safetensors"):
+    manifest = json.loads((tiny_run / "checkpoint.json").read_text())
+    for name in ("config.json", "checkpoint.json", *manifest["files"].values()):
         shutil.copy(tiny_run / name, copy / name)
     page = write_report(copy).read_text(encoding="utf-8")
     images = _assert_self_contained(page)
@@ -99,9 +132,11 @@ def test_grid_report_has_tables_gallery_and_curves(tiny_grid: Path) -> None:
     page = out.read_text(encoding="utf-8")
     images = _assert_self_contained(page)
     methods = ["sa", "gb", "dtd", "lrp_a1.5b0.5"]
-    assert len(images) == 1 + 1 + len(methods)  # cosine bars, gallery, one flipping figure per method
+    # cosine bars, one heatmap figure per architecture, one flipping figure per method
+    assert len(images) == 1 + 2 + len(methods)
     assert page.count("<table") == 4  # cells, accuracy, cosine, AOPC
-    for text in ("2 of 2 cells evaluated", "heatmap gallery digits-maj", "sa (thesis)", "lrp_a1.5b0.5 (ours)",
+    for text in ("2 of 2 cells evaluated", "heatmaps rlstm_sd on digits-maj", "heatmaps deep on digits-maj",
+                 "thesis (single model)", "thesis (10-fold mean)", "<td>lrp_a1.5b0.5</td>",
                  "Pixel flipping", "random order"):
         assert text in page, text
     gallery = max(images, key=lambda image: image.width * image.height)
@@ -122,16 +157,38 @@ def test_grid_report_partial_grid_and_thesis_numbers(tiny_grid: Path, tmp_path: 
     page = write_report(copy).read_text(encoding="utf-8")
     _assert_self_contained(page)
     assert "1 of 2 cells evaluated" in page
-    thesis = THESIS[("rlstm_sd", "mnist-maj")]
-    ours = round(evaluation["methods"]["sa"]["cosine"]["mean"], 3)
-    assert f"<td>{ours:.3f}</td><td>{thesis['sa']:.3f}</td>" in page
+    thesis = THESIS_FOLDS[("rlstm_sd", "mnist-maj")]  # the thesis has 10-fold means only for this cell
+    ours = evaluation["methods"]["sa"]["cosine"]["mean"]
+    assert f"<td>{ours:.3f} (1 run)</td><td>&ndash;</td><td>{thesis['sa']:.3f}</td>" in page
+
+
+def test_grid_without_its_data_fails_saying_how_to_supply_it(
+    tiny_grid: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "grid"
+    shutil.copytree(tiny_grid, copy)
+    config_path = copy / "digits-maj" / "deep" / "seed0" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["dataset"] = "mnist-maj"  # a dataset that is not bundled: its files are absent here
+    config_path.write_text(json.dumps(config))
+    monkeypatch.setenv("RELPROP_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("RELPROP_CACHE", str(tmp_path / "cache"))
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    assert main(["report", str(copy)]) == 2
+    error = capsys.readouterr().err
+    assert "need the test data of mnist-maj" in error and "Set RELPROP_DATA" in error, error
+    assert not (copy / "report.html").exists()
 
 
 def test_bad_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "notes.txt").write_text("not a run")
     with pytest.raises(ValueError, match="neither a run directory"):
         write_report(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(DataError, match="not a directory"):
         write_report(tmp_path / "missing")
     assert main(["report", str(tmp_path)]) == 2
     assert "neither a run directory" in capsys.readouterr().err

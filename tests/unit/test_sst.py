@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -22,10 +21,7 @@ from relprop.data.sst import (
 from relprop.experiments.text import TextTrainConfig, evaluate_accuracy, load_text_run, train_text
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
 
-_DATA = os.environ.get("RELPROP_DATA")
-needs_data = pytest.mark.skipif(
-    not _DATA or not (Path(_DATA) / "sst" / "trees").is_dir(), reason="set RELPROP_DATA to the data folder"
-)
+needs_data = pytest.mark.data("sst/trees", "glove-6b-50d-sst")  # skipped, saying why, without them (conftest.py)
 
 
 @needs_data

@@ -10,6 +10,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
+from relprop.errors import ConfigError
 from relprop.viz import (
     aopc_curves,
     cosine_bars,
@@ -74,12 +75,36 @@ def test_heatmap_accepts_tensor_with_grad_and_other_cmaps() -> None:
 
 
 def test_heatmap_rejects_bad_input() -> None:
-    with pytest.raises(ValueError, match=r"2-D.*\(1, 2, 3\)"):
-        heatmap(np.zeros((1, 2, 3)))
+    with pytest.raises(ConfigError, match=r"\(H, W\), \(C, H, W\) or \(H, W, C\).*\(1, 2, 3\)"):
+        heatmap(np.zeros((1, 2, 3)))  # either axis could be the channels: ambiguous
+    with pytest.raises(ConfigError, match=r"\(2, 5, 6, 7\)"):
+        heatmap(np.zeros((2, 5, 6, 7)))  # a batch
     with pytest.raises(ValueError, match="NaN"):
         heatmap(np.array([[np.nan, 1.0]]))
     with pytest.raises(ValueError, match="colour map"):
         heatmap(np.ones((2, 2)), cmap="no-such-map")
+
+
+@pytest.mark.parametrize("layout", ["chw", "hwc"])
+def test_heatmap_sums_relevance_over_channels(layout: str) -> None:
+    relevance = torch.randn(3, 5, 6, generator=torch.Generator().manual_seed(1))  # (C, H, W)
+    summed = heatmap(relevance.sum(0))
+    assert np.array_equal(heatmap(relevance if layout == "chw" else relevance.permute(1, 2, 0)), summed)
+    assert np.array_equal(heatmap(relevance[:1]), heatmap(relevance[0]))  # one channel
+
+
+def test_overlay_takes_rgb_images_in_either_layout() -> None:
+    relevance = np.zeros((2, 5))  # white heatmap: the blend shows the image's own colours
+    rgb = np.zeros((2, 5, 3), dtype=np.uint8)
+    rgb[..., 1] = 255  # pure green
+    expected = np.rint(0.5 * 255 + 0.5 * np.array([0, 255, 0])).astype(np.uint8)
+    for image in (rgb, torch.from_numpy(rgb).permute(2, 0, 1), np.concatenate([rgb, rgb[..., :1]], axis=2)):
+        blended = overlay(relevance, image, alpha=0.5)
+        assert blended.shape == (2, 5, 3) and np.all(blended == expected)
+    grey = overlay(relevance, np.full((1, 2, 5), 0.5), alpha=0.0)  # (1, H, W) greyscale in [0, 1]
+    assert np.all(grey == 128)
+    with pytest.raises(ConfigError, match="span"):
+        overlay(relevance, np.full((2, 5, 3), 2.0))
 
 
 def test_overlay_blends_image_in_both_ranges() -> None:

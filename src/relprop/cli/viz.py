@@ -37,7 +37,7 @@ def _classes(text: str) -> tuple[int, ...]:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from ..viz.report import write_report
+    from ..experiments.summary import write_report
 
     path = write_report(args.run, args.out)
     print(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB)")

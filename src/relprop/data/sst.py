@@ -67,7 +67,7 @@ def _data_root() -> Path:
     if not root:
         raise FileNotFoundError(
             "RELPROP_DATA is not set: point it at the data folder that holds sst/ and glove-6b-50d-sst/, "
-            "e.g. `export RELPROP_DATA=/work/shared/data`."
+            "e.g. `export RELPROP_DATA=/path/to/data`."
         )
     return Path(root)
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..methods.maximization import DensityModel, GaussianMixturePrior, GaussianPrior, prototypes
+from ..methods.maximization import DensityModel, GaussianMixturePrior, GaussianPrior, Maximization, prototypes
 from ..progress import progress
 from .train import TrainConfig, load_run, maj_shape
 
@@ -35,7 +35,7 @@ class PrototypeConfig:
     lr: float = 0.05
     norm: float | None = None
     prior: str = "gaussian"
-    prior_weight: float = 0.01  # at 1 the prior dominates and every class becomes the mean digit
+    prior_weight: float = Maximization.prior_weight  # at 1 the prior dominates: every class becomes the mean digit
     components: int = 5
     fit_limit: int = 2000
     seed: int = 0
@@ -49,16 +49,6 @@ class PrototypeConfig:
                 raise ConfigError(f"prototypes {name} must be at least 1, got {getattr(self, name)}")
         if not self.classes:
             raise ConfigError("prototypes need at least one class")
-
-
-class _Weighted:
-    """``weight * log p(x)``: the prior term of the objective with a tunable strength."""
-
-    def __init__(self, prior: DensityModel, weight: float) -> None:
-        self.prior, self.weight = prior, weight
-
-    def log_prob(self, x: Tensor) -> Tensor:
-        return self.weight * self.prior.log_prob(x)
 
 
 def fit_prior(train_config: TrainConfig, config: PrototypeConfig) -> DensityModel:
@@ -99,7 +89,7 @@ def run_prototypes(run_dir: str | Path, config: PrototypeConfig, out: str | Path
     prior = fit_prior(train_config, config)
     variants: dict[str, DensityModel | None] = {"am": None}
     if config.expert:
-        variants["am_expert"] = prior if config.prior_weight == 1.0 else _Weighted(prior, config.prior_weight)
+        variants["am_expert"] = prior
     prior_record = {"kind": config.prior, "fit_samples": config.fit_limit, "weight": config.prior_weight,
                     **({"components": config.components} if config.prior == "mixture" else {})}
     results: dict[str, Any] = {
@@ -109,8 +99,9 @@ def run_prototypes(run_dir: str | Path, config: PrototypeConfig, out: str | Path
     }
     tensors: dict[str, Tensor] = {}
     for name in progress(variants, desc="prototypes"):
-        x = prototypes(model, config.classes, shape=shape, steps=config.steps, lr=config.lr, prior=variants[name],
-                       norm=config.norm, box=config.box, seed=config.seed)  # (classes, steps, features)
+        options = Maximization(steps=config.steps, lr=config.lr, prior=variants[name],
+                               prior_weight=config.prior_weight, norm=config.norm, box=config.box, seed=config.seed)
+        x = prototypes(model, config.classes, shape=shape, config=options)  # (classes, steps, features)
         results[name] = _scores(model, x, config.classes, prior)
         tensors[name] = x.detach().cpu().float().contiguous()
         images = from_sequence(tensors[name], geometry["height"])  # (classes, H, W)

@@ -45,7 +45,7 @@ from relprop.metrics.batch import Batch
 from relprop.metrics.faithfulness import Order, word_deletion
 from relprop.models.cells import LSTMCell
 from relprop.models.text_cnn import TextCNN
-from relprop.viz.text import html_page, html_sentence
+from relprop.viz.text import html_page, html_sentence, html_table
 
 __all__ = [
     "TextMethod", "TEXT_METHODS", "WordRelevance", "DeletionResult", "label_names", "methods_for", "tokenize",
@@ -369,14 +369,6 @@ def _run_label(run: TextRun) -> str:
     return f"{model} {config.epochs} ep, {config.classes}-class{' (phrases)' if config.phrases else ''}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An HTML table; ``header`` is escaped here, ``rows`` cells are HTML fragments."""
-    style = 'style="border:1px solid #ddd;padding:.3rem .5rem;vertical-align:top;text-align:left"'
-    head = "".join(f"<th {style}>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td {style}>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table style="border-collapse:collapse;margin:.5rem 0">\n<tr>{head}</tr>\n{body}\n</table>'
-
-
 def _aopc_section(runs: Sequence[TextRun], labels: Sequence[str]) -> str:
     names: list[str] = []
     values: dict[tuple[int, str], str] = {}
@@ -392,7 +384,7 @@ def _aopc_section(runs: Sequence[TextRun], labels: Sequence[str]) -> str:
     rows = [[html.escape(n), *(values.get((k, n), "&mdash;") for k in range(len(runs)))] for n in names]
     return ("<p>AOPC of the explained logit under word deletion, most relevant first (random: random order); "
             "mean &plusmn; standard error over the evaluated sentences. Higher is better.</p>"
-            + _table(["method", *labels], rows))
+            + html_table(["method", *labels], rows))
 
 
 def text_report(
@@ -419,7 +411,7 @@ def text_report(
         for name in chosen:
             if name in methods_for(run.model):
                 table[(k, name)] = explain_sentences(run, sentences, name)
-    overview = _table(["run", "test accuracy", "dev accuracy", "directory"], [
+    overview = html_table(["run", "test accuracy", "dev accuracy", "directory"], [
         [html.escape(label), *(f"{getattr(run.history[-1], k):.3f}" if run.history else "-"
                                for k in ("test_accuracy", "dev_accuracy")),
          html.escape(str(run.path.name) if run.path else "-")] for label, run in zip(labels, loaded)])
@@ -439,7 +431,7 @@ def text_report(
                     true=None if word.true is None else names[word.true]))
             rows.append([html.escape(TEXT_METHODS[name].label), *cells])
         heading = f"{s + 1}. " + " ".join(tokens) + ("" if true is None else f"  (true: {names[true]})")
-        sections.append((heading, _table(["method", *labels], rows)))
+        sections.append((heading, html_table(["method", *labels], rows)))
     sections.append(("Word deletion (AOPC)", _aopc_section(loaded, labels)))
     page = html_page(sections, title="relprop: word relevance on the Stanford Sentiment Treebank")
     return atomic_write(out_path, page.encode("utf-8"))

@@ -50,7 +50,7 @@ from relprop.datasets import explain_dataset
 from relprop.experiments.text_explain import DeletionMetric, PaddedModel, length_batches, word_scores
 from relprop.io import atomic_write, read_json, write_json
 from relprop.models.transformer import EncoderLayer, TransformerClassifier, TransformerClassifierConfig, padding_mask
-from relprop.viz.text import html_page, html_sentence
+from relprop.viz.text import html_page, html_sentence, html_table
 
 __all__ = [
     "TransformerTrainConfig", "TransformerRun", "TRANSFORMER_METHODS", "train_transformer", "load_transformer_run",
@@ -505,14 +505,6 @@ def write_results(
 # --- heatmaps -------------------------------------------------------------------------------------------------------
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """An HTML table; ``header`` cells are escaped, ``rows`` cells are HTML fragments."""
-    style = 'style="border:1px solid #ddd;padding:.3rem .5rem;vertical-align:top;text-align:left"'
-    head = "".join(f"<th {style}>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td {style}>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table style="border-collapse:collapse;margin:.5rem 0">\n<tr>{head}</tr>\n{body}\n</table>'
-
-
 def heatmap_page(
     run: TransformerRun, examples: Sequence[SSTExample], out_path: str | os.PathLike[str], *,
     bilstm_run: str | os.PathLike[str] | None = None, note: str = "",
@@ -541,7 +533,7 @@ def heatmap_page(
         rows = [[html.escape(label), html_sentence(example.tokens, relevance[s], predicted=LABELS[classes[s]],
                                                     true=LABELS[example.label])]
                 for label, relevance, classes in rows_by_method]
-        sections.append((f"{s + 1}. " + " ".join(example.tokens), _table(["model and method", "heatmap"], rows)))
+        sections.append((f"{s + 1}. " + " ".join(example.tokens), html_table(["model and method", "heatmap"], rows)))
     page = html_page(sections, title="relprop: a transformer and a BiLSTM on SST-2, word relevance")
     return atomic_write(out_path, page.encode("utf-8"))
 

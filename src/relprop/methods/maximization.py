@@ -15,9 +15,12 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from relprop.core import ExplanationError, eval_mode
+from relprop.core import eval_mode
+from relprop.errors import ConfigError, ExplanationError
 
-__all__ = ["DensityModel", "GaussianMixturePrior", "GaussianPrior", "activation_maximization", "prototypes"]
+__all__ = [
+    "DensityModel", "GaussianMixturePrior", "GaussianPrior", "Maximization", "activation_maximization", "prototypes",
+]
 
 _WHERE = "relprop.methods.maximization"
 
@@ -148,43 +151,79 @@ def _device_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.get_default_dtype()
 
 
+@dataclass(frozen=True)
+class Maximization:
+    """How :func:`prototypes` optimises: the objective's prior, the constraints and the optimiser.
+
+    The objective is ``log p(c|x) + prior_weight * prior.log_prob(x)`` (no prior: ``log p(c|x)`` alone).
+    A density's log-likelihood grows with the number of features (hundreds of nats for a 28x84 MAJ
+    sequence) while ``log p(c|x) <= 0``, so a weight of 1 lets the prior win and every class comes out as
+    the mean input; the default 0.01 keeps both terms in play on MNIST-sized inputs. Constraints:
+    ``box=(low, high)`` clamps every value; ``norm=r`` keeps ``||x||_2 <= r`` per sample. ``steps`` of Adam
+    with learning rate ``lr``; the start is seeded noise of scale 0.01 (``seed``) unless an ``init`` is given.
+
+    Example
+    -------
+    >>> Maximization(steps=50, norm=3.0)
+    Maximization(steps=50, lr=0.05, prior=None, prior_weight=0.01, norm=3.0, box=(-1.0, 1.0), seed=0)
+    """
+
+    steps: int = 200
+    lr: float = 0.05
+    prior: DensityModel | None = None
+    prior_weight: float = 0.01
+    norm: float | None = None
+    box: tuple[float, float] | None = (-1.0, 1.0)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.lr <= 0 or not math.isfinite(self.lr):
+            raise ConfigError(f"{_WHERE}: steps must be >= 1 and lr a positive number, got steps={self.steps}, "
+                              f"lr={self.lr}")
+        if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
+            raise ConfigError(f"{_WHERE}: prior_weight must be a finite number >= 0, got {self.prior_weight}")
+        box = self.box
+        if box is not None and not (math.isfinite(box[0]) and math.isfinite(box[1]) and box[0] < box[1]):
+            raise ConfigError(f"{_WHERE}: box must be (low, high) with low < high, got {box}")
+        if self.norm is not None and (not self.norm > 0 or (box is not None and not box[0] <= 0 <= box[1])):
+            raise ConfigError(
+                f"{_WHERE}: norm={self.norm} needs norm > 0 and a box containing 0 (got box={box}); "
+                "shift the inputs or drop one constraint"
+            )
+
+
 def prototypes(
     model: nn.Module,
     classes: Sequence[int] | Tensor,
     *,
     shape: Sequence[int],
-    steps: int = 200,
-    lr: float = 0.05,
-    prior: DensityModel | None = None,
-    norm: float | None = None,
-    box: tuple[float, float] | None = (-1.0, 1.0),
+    config: Maximization = Maximization(),  # noqa: B008  (frozen: one shared default is safe)
     init: Tensor | None = None,
-    seed: int = 0,
 ) -> Tensor:
     """One prototype per class, optimised together: (len(classes), *shape).
 
-    Gradient ascent with Adam on ``log_softmax(model(x))[c] (+ prior.log_prob(x))``; ``shape`` is one
-    input's shape, e.g. ``(784,)`` or ``(steps, features)`` for a sequence model. The softmax runs over the
-    model's own logits (the thesis' extra constant-zero training logit is not part of the model).
-    Constraints: ``box=(low, high)`` clamps every value; ``norm=r`` keeps ``||x||_2 <= r`` per sample.
-    The ball is a reparametrisation ``x = u * min(1, r / ||u||)`` (projecting Adam steps onto a ball
-    would stall at a wrong point, since Adam rescales coordinates); the box clamps ``u`` after each step,
-    so ``0`` must lie in the box when both are used. ``init`` (shape or (len(classes), *shape)) defaults
-    to seeded noise of scale 0.01. The model runs in eval mode (each module's flag is restored); only x
-    is optimised (``torch.autograd.grad``), so parameters and their ``.grad`` stay untouched.
+    Gradient ascent with Adam on ``log_softmax(model(x))[c] + config.prior_weight * config.prior.log_prob(x)``
+    (see :class:`Maximization`); ``shape`` is one input's shape, e.g. ``(784,)`` or ``(steps, features)`` for
+    a sequence model. The softmax runs over the model's own logits (the thesis' extra constant-zero training
+    logit is not part of the model). The ball constraint is a reparametrisation ``x = u * min(1, r / ||u||)``
+    (projecting Adam steps onto a ball would stall at a wrong point, since Adam rescales coordinates); the box
+    clamps ``u`` after each step, so ``0`` must lie in the box when both are used. ``init`` (shape or
+    (len(classes), *shape)) defaults to seeded noise of scale 0.01. The model runs in eval mode (each
+    module's flag is restored); only x is optimised (``torch.autograd.grad``), so parameters and their
+    ``.grad`` stay untouched.
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(3, 2, bias=False)
+    >>> prototypes(model, [0, 1], shape=(3,), config=Maximization(steps=5, norm=1.0)).shape
+    torch.Size([2, 3])
     """
     device, dtype = _device_dtype(model)
     labels = torch.as_tensor(classes, dtype=torch.long, device=device).reshape(-1)  # (B,)
     size = (labels.numel(), *shape)
-    if box is not None and not box[0] < box[1]:
-        raise ExplanationError(f"{_WHERE}: box must be (low, high) with low < high, got {box}")
-    if norm is not None and (norm <= 0 or (box is not None and not box[0] <= 0 <= box[1])):
-        raise ExplanationError(
-            f"{_WHERE}: norm={norm} needs norm > 0 and a box containing 0 (got box={box}); "
-            "shift the inputs or drop one constraint"
-        )
+    box, norm, prior = config.box, config.norm, config.prior
     if init is None:
-        generator = torch.Generator().manual_seed(seed)
+        generator = torch.Generator().manual_seed(config.seed)
         start = 0.01 * torch.randn(size, generator=generator, dtype=torch.float64)
     elif init.shape in (torch.Size(size), torch.Size(size[1:])):
         start = init.detach().expand(size)
@@ -196,10 +235,10 @@ def prototypes(
     if box is not None:
         u.clamp_(*box)
     u.requires_grad_(True)
-    optimizer = torch.optim.Adam([u], lr=lr, maximize=True)
+    optimizer = torch.optim.Adam([u], lr=config.lr, maximize=True)
     rows = torch.arange(labels.numel(), device=device)
     with eval_mode(model), torch.enable_grad():
-        for _ in range(steps):
+        for _ in range(config.steps):
             x = _into_ball(u, norm)
             logits = model(x)
             if logits.ndim != 2 or int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
@@ -209,7 +248,7 @@ def prototypes(
                 )
             objective = torch.log_softmax(logits, dim=1)[rows, labels].sum()
             if prior is not None:
-                objective = objective + prior.log_prob(x).sum()
+                objective = objective + config.prior_weight * prior.log_prob(x).sum()
             (u.grad,) = torch.autograd.grad(objective, u)
             optimizer.step()
             if box is not None:
@@ -223,33 +262,17 @@ def activation_maximization(
     target: int,
     *,
     shape: Sequence[int],
-    steps: int = 200,
-    lr: float = 0.05,
-    prior: DensityModel | None = None,
-    norm: float | None = None,
-    box: tuple[float, float] | None = (-1.0, 1.0),
+    config: Maximization = Maximization(),  # noqa: B008  (frozen: one shared default is safe)
     init: Tensor | None = None,
-    seed: int = 0,
 ) -> Tensor:
-    """Prototype of class ``target``: ``argmax_x log p(target|x) [+ log p(x)]``, shape ``shape``.
+    """Prototype of class ``target``: ``argmax_x log p(target|x) [+ w log p(x)]``, shape ``shape``.
 
-    See :func:`prototypes` for the constraints and the optimiser.
+    See :class:`Maximization` for the options and :func:`prototypes` for the optimiser.
 
     Example
     -------
     >>> model = torch.nn.Linear(3, 2, bias=False)
-    >>> activation_maximization(model, 1, shape=(3,), steps=5).shape
+    >>> activation_maximization(model, 1, shape=(3,), config=Maximization(steps=5)).shape
     torch.Size([3])
     """
-    return prototypes(
-        model,
-        [target],
-        shape=shape,
-        steps=steps,
-        lr=lr,
-        prior=prior,
-        norm=norm,
-        box=box,
-        init=init,
-        seed=seed,
-    )[0]
+    return prototypes(model, [target], shape=shape, config=config, init=init)[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from relprop.viz.heatmap import grid, heatmap, maj_heatmap, overlay, save_png
 from relprop.viz.plots import aopc_curves, cosine_bars, curve_panels, grouped_means, prototype_grid
-from relprop.viz.text import html_page, html_sentence, terminal_sentence, word_colors
+from relprop.viz.text import html_page, html_sentence, html_table, terminal_sentence, word_colors
 
 __all__ = [
     "aopc_curves",
@@ -15,6 +15,7 @@ __all__ = [
     "heatmap",
     "html_page",
     "html_sentence",
+    "html_table",
     "maj_heatmap",
     "overlay",
     "prototype_grid",

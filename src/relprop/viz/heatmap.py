@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from relprop.errors import ConfigError
 from relprop.io import atomic_write
 
 _STEPS_PER_BLOCK = 4  # a MAJ digit spans 4 time steps (28x7 columns each, or 8x2 for 8x8 digits)
@@ -27,29 +28,43 @@ _STEP_LINE = np.array([165, 165, 165], dtype=np.uint8)
 _MASK_ON = np.array([30, 150, 60], dtype=np.uint8)
 _MASK_OFF = np.array([200, 200, 200], dtype=np.uint8)
 _WHITE = np.array([255, 255, 255], dtype=np.uint8)
+_CHANNELS = (1, 3, 4)  # channel counts read as channels of one picture (grey, RGB, RGBA)
 
 
-def _to_numpy(array: Tensor | np.ndarray | Sequence[float], what: str) -> np.ndarray:
-    """Return a finite float64 numpy copy of a tensor (any device) or array."""
+def to_numpy(array: Tensor | np.ndarray | Sequence[float], what: str) -> np.ndarray:
+    """Return a finite, non-empty float64 numpy copy of a tensor (any device) or array (for relprop.viz)."""
     if isinstance(array, Tensor):
         out = array.detach().to("cpu", torch.float64).numpy()
     else:
         out = np.asarray(array, dtype=np.float64)
-    if not np.all(np.isfinite(out)):
-        raise ValueError(
-            f"relprop.viz: {what} of shape {tuple(out.shape)} contains NaN or inf; "
+    if out.size == 0 or not np.all(np.isfinite(out)):
+        raise ConfigError(
+            f"relprop.viz: {what} of shape {tuple(out.shape)} is empty or contains NaN or inf; "
             "check the explanation method (e.g. raise epsilon) before plotting it"
         )
     return out
 
 
+def _channels_last(values: np.ndarray, what: str) -> np.ndarray:
+    """(H, W) -> (H, W, 1); (C, H, W) or (H, W, C) with C in 1, 3 or 4 -> (H, W, C)."""
+    if values.ndim == 2:
+        return values[..., None]
+    if values.ndim == 3:
+        first, last = values.shape[0] in _CHANNELS, values.shape[2] in _CHANNELS
+        if first and not last:
+            return values.transpose(1, 2, 0)  # (C, H, W) -> (H, W, C)
+        if last and not first:
+            return values
+    raise ConfigError(
+        f"relprop.viz: expected a {what} of shape (H, W), (C, H, W) or (H, W, C) with C in 1, 3 or 4, got "
+        f"{tuple(values.shape)}; select one sample first (e.g. relevance[0]), or pass a 2-D map when both "
+        "the first and the last axis could be channels"
+    )
+
+
 def _as_map(relevance: Tensor | np.ndarray, what: str = "relevance") -> np.ndarray:
-    values = _to_numpy(relevance, what)
-    if values.ndim != 2:
-        raise ValueError(
-            f"relprop.viz: expected a 2-D {what} map (H, W), got shape {tuple(values.shape)}; "
-            "select one sample and channel first, e.g. relevance[0, 0] or relevance[0].sum(0)"
-        )
+    """A 2-D map (H, W): relevance of shape (C, H, W) or (H, W, C) is summed over its channels."""
+    values: np.ndarray = _channels_last(to_numpy(relevance, what), what).sum(axis=2)  # (H, W)
     return values
 
 
@@ -71,15 +86,19 @@ def _bwr(normalised: np.ndarray) -> np.ndarray:
 
 
 def heatmap(relevance: Tensor | np.ndarray, *, cmap: str = "bwr") -> np.ndarray:
-    """Map a 2-D relevance map to an RGB uint8 image of shape (H, W, 3).
+    """Map a relevance map to an RGB uint8 image of shape (H, W, 3).
 
-    The map is divided by max |R|. The default ``"bwr"`` is an exact symmetric map (zero is pure white,
-    unlike matplotlib's 256-entry table); any other matplotlib colormap name is sampled at (R + 1) / 2.
+    ``relevance`` is (H, W), or (C, H, W) / (H, W, C) with C in 1, 3 or 4: the relevance of an image's
+    channels is summed per pixel first. The map is divided by max |R|. The default ``"bwr"`` is an exact
+    symmetric map (zero is pure white, unlike matplotlib's 256-entry table); any other matplotlib colormap
+    name is sampled at (R + 1) / 2.
 
     Example
     -------
     >>> heatmap(np.array([[2.0, -1.0, 0.0]])).tolist()
     [[[255, 0, 0], [128, 128, 255], [255, 255, 255]]]
+    >>> heatmap(torch.ones(3, 2, 5)).shape  # relevance of an RGB image, channels first
+    (2, 5, 3)
     """
     normalised = _normalise(_as_map(relevance))
     if cmap == "bwr":
@@ -87,7 +106,7 @@ def heatmap(relevance: Tensor | np.ndarray, *, cmap: str = "bwr") -> np.ndarray:
     try:
         colormap = colormaps[cmap]
     except KeyError as err:
-        raise ValueError(
+        raise ConfigError(
             f"relprop.viz.heatmap: unknown colour map {cmap!r}; use 'bwr' (the default) or a "
             "matplotlib colormap name such as 'seismic' or 'coolwarm'"
         ) from err
@@ -95,33 +114,43 @@ def heatmap(relevance: Tensor | np.ndarray, *, cmap: str = "bwr") -> np.ndarray:
     return np.rint(rgba[..., :3] * 255.0).astype(np.uint8)
 
 
-def _gray_unit(image: Tensor | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Bring a grayscale image in [-1, 1], [0, 1] or uint8 to [0, 1]."""
+def _image_unit(image: Tensor | np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A greyscale or RGB(A) image in [-1, 1], [0, 1] or uint8 as RGB floats in [0, 1], shape (H, W, 3)."""
     is_uint8 = (image.dtype == torch.uint8) if isinstance(image, Tensor) else np.asarray(image).dtype == np.uint8
-    gray = _as_map(image, "image")
-    if gray.shape != shape:
-        raise ValueError(f"relprop.viz: image shape {gray.shape} does not match relevance shape {shape}")
+    pixels = _channels_last(to_numpy(image, "image"), "image")  # (H, W, C)
+    if pixels.shape[:2] != shape:
+        raise ConfigError(f"relprop.viz: image shape {tuple(pixels.shape)} does not match relevance shape {shape}")
+    pixels = pixels[..., :3] if pixels.shape[2] == 4 else pixels  # drop alpha
     if is_uint8:
-        return gray / 255.0
-    if gray.min() < -1.0 or gray.max() > 1.0:
-        raise ValueError(
-            f"relprop.viz: grayscale image values span [{gray.min():.3g}, {gray.max():.3g}]; "
+        unit = pixels / 255.0
+    elif pixels.min() < -1.0 or pixels.max() > 1.0:
+        raise ConfigError(
+            f"relprop.viz: image values span [{pixels.min():.3g}, {pixels.max():.3g}]; "
             "expected [-1, 1], [0, 1] or uint8"
         )
-    return (gray + 1.0) / 2.0 if gray.min() < 0 else gray
+    else:
+        unit = (pixels + 1.0) / 2.0 if pixels.min() < 0 else pixels
+    return np.broadcast_to(unit, (*shape, 3))  # grey -> three equal channels
 
 
 def overlay(relevance: Tensor | np.ndarray, image: Tensor | np.ndarray, *, alpha: float = 0.6) -> np.ndarray:
-    """Blend the relevance heatmap over a grayscale image: ``alpha * heatmap + (1 - alpha) * image``.
+    """Blend the relevance heatmap over an image: ``alpha * heatmap + (1 - alpha) * image``.
 
-    The image may be in [-1, 1] (read as such when it has a negative value, as the MAJ data does),
-    in [0, 1], or uint8. Returns RGB uint8 of shape (H, W, 3).
+    ``relevance`` as for :func:`heatmap`. ``image`` is greyscale (H, W) or (1, H, W), or RGB(A) as
+    (3, H, W) or (H, W, 3); its values may be in [-1, 1] (read as such when it has a negative value, as
+    the MAJ data does), in [0, 1], or uint8. Returns RGB uint8 of shape (H, W, 3).
+
+    Example
+    -------
+    >>> rgb = torch.rand(3, 4, 6)  # an RGB image in [0, 1], channels first
+    >>> overlay(torch.randn(3, 4, 6), rgb).shape
+    (4, 6, 3)
     """
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"relprop.viz.overlay: alpha must lie in [0, 1], got {alpha}")
+        raise ConfigError(f"relprop.viz.overlay: alpha must lie in [0, 1], got {alpha}")
     colours = heatmap(relevance).astype(np.float64)
-    gray = _gray_unit(image, colours.shape[:2])[..., None] * 255.0  # (H, W, 1)
-    return np.rint(alpha * colours + (1.0 - alpha) * gray).astype(np.uint8)
+    pixels = _image_unit(image, colours.shape[:2]) * 255.0  # (H, W, 3)
+    return np.rint(alpha * colours + (1.0 - alpha) * pixels).astype(np.uint8)
 
 
 def maj_heatmap(
@@ -144,9 +173,9 @@ def maj_heatmap(
     values = _as_map(relevance)
     height, width = values.shape
     if scale < 1 or int(scale) != scale:
-        raise ValueError(f"relprop.viz.maj_heatmap: scale must be a positive integer, got {scale}")
+        raise ConfigError(f"relprop.viz.maj_heatmap: scale must be a positive integer, got {scale}")
     if blocks < 1 or width % (blocks * _STEPS_PER_BLOCK) != 0:
-        raise ValueError(
+        raise ConfigError(
             f"relprop.viz.maj_heatmap: width {width} of relevance shape {values.shape} is not "
             f"divisible into {blocks} blocks of {_STEPS_PER_BLOCK} time steps; pass the full "
             "sequence image (e.g. 28x84) and the right blocks="
@@ -160,9 +189,11 @@ def maj_heatmap(
             rgb[:, x] = _BLOCK_LINE if x % block_px == 0 else _STEP_LINE
     if mask is None:
         return rgb
-    flags = _to_numpy(mask, "mask").ravel()
+    flags = to_numpy(mask, "mask").ravel()
     if flags.shape != (blocks,):
-        raise ValueError(f"relprop.viz.maj_heatmap: mask needs one value per block ({blocks}), got shape {flags.shape}")
+        raise ConfigError(
+            f"relprop.viz.maj_heatmap: mask needs one value per block ({blocks}), got shape {flags.shape}"
+        )
     band = np.empty((2 * scale, width * scale, 3), dtype=np.uint8)  # (2 * scale, W * scale, 3)
     band[:] = _WHITE
     gap = max(1, scale // 2)
@@ -185,12 +216,12 @@ def save_png(picture: np.ndarray | Figure, path: str | os.PathLike[str], *, dpi:
         return atomic_write(path, lambda handle: picture.savefig(handle, format="png", dpi=dpi))
     array = np.asarray(picture)
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
-        raise ValueError(
+        raise ConfigError(
             f"relprop.viz.save_png: expected (H, W), (H, W, 3) or (H, W, 4), got {array.shape} for {os.fspath(path)!r}"
         )
     if array.dtype != np.uint8:
         if not np.issubdtype(array.dtype, np.floating) or array.min() < 0.0 or array.max() > 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"relprop.viz.save_png: {array.dtype} array for {os.fspath(path)!r} must be uint8 "
                 "or floats in [0, 1]; convert relevance with heatmap() first"
             )
@@ -214,7 +245,7 @@ def grid(
     """
     unknown = sorted({key for key in images if key[0] not in rows or key[1] not in cols})
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"relprop.viz.grid: keys {unknown} name a row or column missing from rows={rows} / cols={cols}"
         )
     pictures = {key: heatmap(img) if np.ndim(img) == 2 else np.asarray(img) for key, img in images.items()}

@@ -12,24 +12,14 @@ import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from relprop.viz.heatmap import save_png
+from relprop.errors import ConfigError
+from relprop.viz.heatmap import save_png, to_numpy
 
 _Z95 = 1.96
-
-
-def _to_numpy(array: Tensor | np.ndarray, what: str) -> np.ndarray:
-    if isinstance(array, Tensor):
-        out = array.detach().to("cpu", torch.float64).numpy()
-    else:
-        out = np.asarray(array, dtype=np.float64)
-    if out.size == 0 or not np.all(np.isfinite(out)):
-        raise ValueError(f"relprop.viz.plots: {what} of shape {tuple(out.shape)} is empty or holds NaN/inf")
-    return out
 
 
 def _mean_ci(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,9 +57,9 @@ def aopc_curves(
     fig = _new_figure(6.0, 4.0)
     ax = fig.add_subplot()
     for name, curve in curves.items():
-        values = _to_numpy(curve, f"curve {name!r}")
+        values = to_numpy(curve, f"curve {name!r}")
         if values.ndim not in (1, 2):
-            raise ValueError(
+            raise ConfigError(
                 f"relprop.viz.aopc_curves: curve {name!r} must have shape (steps,) or (n, steps), got {values.shape}"
             )
         mean, half = _mean_ci(values.reshape(-1, values.shape[-1]))  # (n, steps)
@@ -107,7 +97,7 @@ def cosine_bars(
     for k, method in enumerate(methods):
         present = [i for i, arch in enumerate(architectures) if method in scores[arch]]
         stats = [
-            _mean_ci(_to_numpy(scores[architectures[i]][method], f"scores[{architectures[i]!r}][{method!r}]").ravel())
+            _mean_ci(to_numpy(scores[architectures[i]][method], f"scores[{architectures[i]!r}][{method!r}]").ravel())
             for i in present
         ]
         means = np.array([float(mean) for mean, _ in stats])
@@ -136,9 +126,9 @@ def prototype_grid(
 
     Each image is drawn in grayscale, stretched to its own min..max so faint prototypes stay visible.
     """
-    stack = _to_numpy(images, "prototype images")
+    stack = to_numpy(images, "prototype images")
     if stack.ndim != 3 or stack.shape[0] != len(labels):
-        raise ValueError(
+        raise ConfigError(
             f"relprop.viz.prototype_grid: expected images of shape (classes, H, W) with one "
             f"label per class, got shape {stack.shape} and {len(labels)} labels"
         )

@@ -1,14 +1,12 @@
-"""One self-contained static HTML page summarising a training run or a reproduce grid.
+"""One self-contained static HTML page summarising a training run or a reproduce grid, from plain summaries.
 
-The page has inline CSS, no scripts and no external resource: every picture is a base64 PNG data URI, so
-the file can be mailed, archived or opened offline. All text taken from the run directory is HTML-escaped.
+This module only renders: :class:`RunSummary` and :class:`GridSummary` hold plain numbers, strings and arrays,
+and :mod:`relprop.experiments.summary` builds them from a run or grid directory (loading models and data,
+recomputing heatmaps). :func:`render` returns the HTML text.
 
-- run directory (``config.json`` + ``history.json``): configuration, training history with an accuracy
-  curve, the evaluation table, the stored heatmaps and the pixel-flipping curves of ``evaluation.json``.
-- grid directory (``<dataset>/<arch>/seed<k>/`` cells, as written by ``relprop reproduce``; a grid still
-  running is fine): cell status, accuracy and cosine tables next to the thesis numbers, cosine bars, a
-  method x architecture heatmap gallery per dataset (recomputed for the first test samples) and the
-  pixel-flipping curves.
+The page has inline CSS, no scripts and no external resource: every picture is a base64 PNG data URI, so the
+file can be mailed, archived or opened offline. Every value taken from the summary (configuration fields,
+directory, dataset, architecture and method names, numbers read from JSON) is HTML-escaped, whatever its type.
 """
 
 from __future__ import annotations
@@ -16,25 +14,25 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from PIL import Image
 
 from relprop.errors import ConfigError
-from relprop.io import atomic_write, read_json
-from relprop.viz.heatmap import grid, maj_heatmap
+from relprop.viz.heatmap import maj_heatmap
 from relprop.viz.plots import aopc_curves, cosine_bars
 
-__all__ = ["write_report"]
+__all__ = ["GridSummary", "RunSummary", "SampleMaps", "render"]
 
-_GALLERY_SAMPLES = 3
-_DEFAULT_METHODS = ("sa", "gb", "dtd", "lrp_a1.5b0.5")  # the thesis' methods, as in `relprop evaluate`
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;
 color:#222;background:#fff}
@@ -47,6 +45,73 @@ figure{margin:.8rem 0}figcaption{font-size:.85rem;color:#555}img{max-width:100%;
 .row{display:flex;flex-wrap:wrap;gap:0 1.5rem;align-items:flex-start}
 .note{color:#555;font-size:.9rem}code{background:#f3f3f3;padding:0 .2rem}
 """
+_HEATMAP_NOTES = (
+    '<p class="note">Red: positive relevance, blue: negative, white: zero; each map is divided by its largest '
+    "absolute value (colour bar). The bar above each map is green over the two blocks of the true class and grey "
+    "over the distractor. Relevance starts at the true-class logit clipped at 0, as in the thesis: where the "
+    "model gives the true class a logit &le; 0 every method's map is blank (marked &ldquo;logit &le; 0&rdquo;). "
+    "SA and GB are squared gradients, so they are never negative.</p>"
+)
+_REGION_NOTE = (
+    "Relevance in region: the summed relevance on the true-class blocks divided by the summed relevance of the "
+    "sequence; it exceeds 1 when the distractor block holds negative relevance (LRP-&alpha;&beta; and DTD can "
+    "give it). Conservation error: |sum of relevance &minus; clipped logit|, listed only for the LRP family "
+    "(SA and GB do not distribute the logit, so it means nothing for them)."
+)
+
+
+# --- the summaries this module renders ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleMaps:
+    """The first test sequences of one model, with the relevance of each method.
+
+    ``inputs`` (count, H, W) in [-1, 1]; ``masks`` (count, blocks), 1 over the true-class blocks; ``labels``
+    (count,); ``relevance[method]`` (count, H, W); ``clipped`` (count,) is True where the true-class logit
+    is <= 0, so that every map of that sequence is blank.
+    """
+
+    inputs: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    relevance: Mapping[str, np.ndarray]
+    clipped: np.ndarray
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One training run: its directory, ``config.json``, ``history.json`` and ``evaluation.json`` (or None).
+
+    ``conservative`` names the methods whose conservation error means something (the LRP family).
+    """
+
+    directory: str
+    config: Mapping[str, Any]
+    history: Sequence[Mapping[str, Any]]
+    evaluation: Mapping[str, Any] | None
+    conservative: frozenset[str]
+    samples: SampleMaps
+
+
+@dataclass(frozen=True)
+class GridSummary:
+    """A reproduce grid: cell status rows, evaluated cells and the tables and pictures built from them.
+
+    ``status`` rows are (dataset, arch, run (seed<k> or fold<k>), epochs, best validation accuracy, evaluated);
+    ``first_seed`` maps a dataset to its evaluated cells of the first run (``evaluation.json`` contents), in order;
+    ``accuracy_rows``/``cosine_rows`` are the tables next to the thesis numbers; ``scores[dataset][arch]
+    [method]`` the per-sequence cosines; ``samples[dataset][arch]`` the heatmaps of the first test sequences.
+    """
+
+    directory: str
+    status: Sequence[Sequence[object]]
+    evaluated: int
+    methods: Sequence[str]
+    first_seed: Mapping[str, Sequence[Mapping[str, Any]]]
+    accuracy_rows: Sequence[Mapping[str, Any]]
+    cosine_rows: Sequence[Mapping[str, Any]]
+    scores: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
+    samples: Mapping[str, Mapping[str, SampleMaps]]
 
 
 # --- HTML pieces -----------------------------------------------------------------------------------------
@@ -56,24 +121,25 @@ def _esc(value: object) -> str:
 
 
 def _fmt(value: object, digits: int = 3) -> str:
+    """A table cell's text: floats formatted, everything else escaped."""
     if value is None or value == "":
         return "&ndash;"
-    if isinstance(value, float):
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:.{digits}g}" if abs(value) < 1e-3 and value != 0 else f"{value:.{digits}f}"
     return _esc(value)
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], *, css_class: str = "") -> str:
+class _Raw(str):
+    """Table cell content that is already HTML (built here from formatted values only)."""
+
+
+def _table(header: Sequence[object], rows: Iterable[Sequence[object]], *, css_class: str = "") -> str:
     """An HTML table; cells are escaped (floats formatted) unless given as ``_Raw``."""
     head = "".join(f"<th>{_esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, _Raw) else _fmt(c)}</td>" for c in row) + "</tr>"
                    for row in rows)
-    attribute = f' class="{css_class}"' if css_class else ""
+    attribute = f' class="{_esc(css_class)}"' if css_class else ""
     return f"<div{attribute}><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
-
-
-class _Raw(str):
-    """Table cell content that is already HTML."""
 
 
 def _png_bytes(picture: Figure | np.ndarray, dpi: int = 100) -> bytes:
@@ -89,7 +155,7 @@ def _png_bytes(picture: Figure | np.ndarray, dpi: int = 100) -> bytes:
 
 def _img(png: bytes, alt: str, caption: str | None = None) -> str:
     if not png.startswith(b"\x89PNG\r\n\x1a\n"):
-        raise ValueError(f"relprop.viz.report: picture {alt!r} is not a PNG file")
+        raise ConfigError(f"relprop.viz.report: picture {alt!r} is not a PNG file")
     data = base64.b64encode(png).decode("ascii")
     figcaption = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
     return f'<figure><img src="data:image/png;base64,{data}" alt="{_esc(alt)}">{figcaption}</figure>'
@@ -103,15 +169,24 @@ def _page(title: str, sections: Sequence[tuple[str, str]]) -> str:
             f"{body}\n</body>\n</html>\n")
 
 
-# --- shared figures ---------------------------------------------------------------------------------------
+# --- figures ------------------------------------------------------------------------------------------------
 
-def _accuracy_figure(history: list[dict[str, Any]]) -> Figure:
+def _number(value: object) -> float:
+    """A value read from JSON as a float for a plot (NaN when it is not a number)."""
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _accuracy_figure(history: Sequence[Mapping[str, Any]]) -> Figure:
     fig = Figure(figsize=(4.5, 2.8), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    epochs = [h["epoch"] for h in history]
+    epochs = [_number(h.get("epoch")) for h in history]
     for key, label in (("train_accuracy", "train"), ("val_accuracy", "validation")):
-        ax.plot(epochs, [h[key] for h in history], marker="o" if len(epochs) < 20 else None, label=label)
+        ax.plot(epochs, [_number(h.get(key)) for h in history], marker="o" if len(epochs) < 20 else None,
+                label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
@@ -119,228 +194,165 @@ def _accuracy_figure(history: list[dict[str, Any]]) -> Figure:
     return fig
 
 
-def _sample_maps(run_dir: Path, methods: Sequence[str], count: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Heatmap pictures of the first ``count`` test sequences per method (stacked vertically), and the inputs."""
-    import torch
-
-    from relprop.data import from_sequence, load_maj
-    from relprop.experiments.evaluate import explain_maj
-    from relprop.experiments.train import load_run, maj_shape
-
-    model, config = load_run(run_dir)
-    device = next(model.parameters()).device
-    test = load_maj(config.dataset, "test", variant=config.variant, seed=config.data_seed, limit=count)
-    height = maj_shape(config.dataset, config.variant)["height"]
-    x = test.sequences().to(device)  # (count, steps, features)
+def _samples_figure(samples: SampleMaps, title: str) -> Figure:
+    """Rows: the input and each method; columns: the test sequences; a colour bar for the relevance."""
+    methods = list(samples.relevance)
+    count, height, width = samples.inputs.shape
+    blocks = samples.masks.shape[1]
+    panel = 3.6  # inches per panel width
+    row_height = panel * (height + 2) / width + 0.35
+    fig = Figure(figsize=(panel * count + 1.6, row_height * (1 + len(methods)) + 0.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1 + len(methods), count, squeeze=False)
     scale = max(1, 112 // height)
-    pictures = {}
-    for method in methods:
-        relevance, _ = explain_maj(model, x, test.y.to(device), method)
-        maps = from_sequence(relevance.detach().cpu().to(torch.float64), height)  # (count, H, W)
-        pictures[method] = _stack([maj_heatmap(maps[i], blocks=test.blocks, mask=test.mask[i], scale=scale)
-                                   for i in range(len(maps))])
-    gray = ((test.x.numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)  # (count, H, W)
-    inputs = _stack([np.repeat(np.repeat(g, scale, 0), scale, 1)[..., None].repeat(3, 2) for g in gray], pad=2 * scale)
-    return pictures, inputs
+    for i in range(count):
+        grey = np.rint((samples.inputs[i] + 1.0) * 127.5).clip(0, 255).astype(np.uint8)  # (H, W)
+        band = maj_heatmap(np.zeros((height, width)), blocks=blocks, mask=samples.masks[i], scale=scale)
+        picture = band.copy()  # the mask band on top, then the digits in grey
+        picture[2 * scale:] = np.repeat(np.repeat(grey, scale, 0), scale, 1)[..., None]
+        axes[0][i].imshow(picture, interpolation="nearest")
+        axes[0][i].set_title(f"test sequence {i + 1}, label {_label(samples.labels[i])}", fontsize=9)
+        for row, method in enumerate(methods, start=1):
+            ax = axes[row][i]
+            ax.imshow(maj_heatmap(samples.relevance[method][i], blocks=blocks, mask=samples.masks[i], scale=scale),
+                      interpolation="nearest")
+            if bool(samples.clipped[i]):
+                ax.set_title("logit \u2264 0: no relevance", fontsize=8, color="#a33")
+    for row, name in enumerate(["input", *methods]):
+        axes[row][0].set_ylabel(name, fontsize=10)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    colours = ScalarMappable(norm=Normalize(-1.0, 1.0), cmap=colormaps["bwr"])
+    fig.colorbar(colours, ax=axes[1:, :].ravel().tolist(), shrink=0.6, label="relevance / max |relevance|")
+    fig.suptitle(title, fontsize=11)
+    return fig
 
 
-def _stack(pictures: Sequence[np.ndarray], pad: int = 0) -> np.ndarray:
-    """Pictures one above the other with white gaps (and ``pad`` white rows on top of each)."""
-    width = max(p.shape[1] for p in pictures)
-    parts = []
-    for picture in pictures:
-        top = np.full((pad, width, 3), 255, np.uint8)
-        gap = np.full((6, width, 3), 255, np.uint8)
-        parts += [top, picture, gap]
-    return np.concatenate(parts[:-1], axis=0)  # (sum of heights, W, 3)
+def _label(value: object) -> str:
+    try:
+        return str(int(value))  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return "?"
 
 
-# --- a single run -----------------------------------------------------------------------------------------
+def _gallery(samples: SampleMaps, name: str) -> str:
+    figure = _samples_figure(samples, name)
+    dpi = int(np.clip(1100 / figure.get_figwidth(), 60, 150))  # about 1100 pixels wide: fills the page
+    return _img(_png_bytes(figure, dpi=dpi), f"heatmaps {name}",
+                f"{name}: the first {len(samples.labels)} test sequences, recomputed from the best checkpoint")
 
-def _run_sections(run_dir: Path) -> tuple[str, list[tuple[str, str]]]:
-    config = read_json(run_dir / "config.json")
-    history: list[dict[str, Any]] = read_json(run_dir / "history.json")
+
+# --- a single run -------------------------------------------------------------------------------------------
+
+def _run_sections(run: RunSummary) -> tuple[str, list[tuple[str, str]]]:
+    config, history, evaluation = run.config, run.history, run.evaluation
     title = f"relprop run: {config.get('arch', '?')} on {config.get('dataset', '?')}"
-    intro = f'<p class="note">Run directory <code>{_esc(run_dir)}</code>.</p>'
+    intro = f'<p class="note">Run directory <code>{_esc(run.directory)}</code>.</p>'
     sections = [("Configuration", intro + _table(["setting", "value"], [(k, str(v)) for k, v in config.items()]))]
     if history:
-        rows = [(h["epoch"], h["loss"], h["train_accuracy"], h["val_accuracy"], round(h["seconds"], 1))
+        rows = [(h.get("epoch"), h.get("loss"), h.get("train_accuracy"), h.get("val_accuracy"), h.get("seconds"))
                 for h in history]
-        done = f'<p class="note">{len(history)} of {config.get("epochs", "?")} epochs trained.</p>'
+        done = f'<p class="note">{len(history)} of {_esc(config.get("epochs", "?"))} epochs trained.</p>'
         sections.append(("Training", done + _img(_png_bytes(_accuracy_figure(history)), "accuracy per epoch")
                          + _table(["epoch", "loss", "train accuracy", "validation accuracy", "seconds"], rows,
                                   css_class="scroll")))
     else:
         sections.append(("Training", '<p class="note">No finished epoch yet.</p>'))
-    if not (run_dir / "evaluation.json").exists():
+    arch = str(config.get("arch", "model"))
+    if evaluation is None:
         sections.append(("Evaluation", '<p class="note">Not evaluated yet: run <code>relprop evaluate '
-                                       f'{_esc(run_dir)}</code>.</p>'))
-        sections.append(("Heatmaps", _run_gallery(run_dir, _DEFAULT_METHODS, config)))
+                                       f"{_esc(run.directory)}</code>.</p>"))
+        sections.append(("Heatmaps", _HEATMAP_NOTES + _gallery(run.samples, arch)))
         return title, sections
-    evaluation = read_json(run_dir / "evaluation.json")
-    methods: dict[str, Any] = evaluation["methods"]
-    summary = (f"<p>Test accuracy <b>{evaluation['accuracy']:.4f}</b> on {_esc(evaluation['test_samples'])} test "
-               "sequences. Cosine: similarity of the block relevance to the ground-truth mask (higher is better); "
-               "AOPC: area over the pixel-flipping curve (higher is better).</p>")
-    rows = [(m, _Raw(f"{s['cosine']['mean']:.3f} &plusmn; {s['cosine']['ci95']:.3f}"), s["relevance_in_region"]["mean"],
-             s["conservation_error"]["mean"], s["aopc"]["mean"]) for m, s in methods.items()]
+    methods: Mapping[str, Any] = evaluation.get("methods", {})
+    summary = (f"<p>Test accuracy <b>{_fmt(evaluation.get('accuracy'), 4)}</b> on "
+               f"{_esc(evaluation.get('test_samples', '?'))} test sequences. Cosine: similarity of the block "
+               "relevance to the ground-truth mask (higher is better); AOPC: area over the pixel-flipping curve "
+               f"(higher is better). {_REGION_NOTE}</p>")
+    rows = [(m, _cosine_cell(s), _mean(s, "relevance_in_region"),
+             _mean(s, "conservation_error") if m in run.conservative else None, _mean(s, "aopc"))
+            for m, s in methods.items()]
     if "random_flip" in evaluation:
-        rows.append(("random order", "", "", "", evaluation["random_flip"]["aopc"]["mean"]))
+        rows.append(("random order", "", "", "", _mean(evaluation["random_flip"], "aopc")))
     sections.append(("Evaluation", summary + _table(
         ["method", "cosine (mean ± 95% CI)", "relevance in region", "conservation error", "AOPC"], rows)))
-    sections.append(("Heatmaps", _run_gallery(run_dir, list(methods), config)))
-    curves = {m: np.asarray(s["flip_curve"]) for m, s in methods.items()}
+    sections.append(("Heatmaps", _HEATMAP_NOTES + _gallery(run.samples, arch)))
+    curves = {str(m): _curve(s) for m, s in methods.items()}
     if "random_flip" in evaluation:
-        curves["random"] = np.asarray(evaluation["random_flip"]["flip_curve"])
+        curves["random"] = _curve(evaluation["random_flip"])
     sections.append(("Pixel flipping", _img(_png_bytes(aopc_curves(curves, title="pixel flipping, most relevant "
                                                                    "first (mean over test sequences)")),
                                             "pixel-flipping curves")))
     return title, sections
 
 
-def _run_gallery(run_dir: Path, methods: Sequence[str], config: dict[str, Any]) -> str:
-    """The heatmaps stored by ``relprop evaluate``, else heatmaps recomputed from the best checkpoint."""
-    legend = ('<p class="note">Red: positive relevance, blue: negative, white: zero; the bar above each sequence '
-              "is green over the blocks of the true class.</p>")
-    stored = [run_dir / "heatmaps" / f"{m}.png" for m in methods]
-    if all(path.exists() for path in stored):
-        return legend + "".join(_img(path.read_bytes(), f"heatmaps {m}", m) for m, path in zip(methods, stored))
+def _mean(scores: Any, key: str) -> object:
+    """``scores[key]["mean"]`` of an evaluation entry, or None when it is absent."""
+    entry = scores.get(key) if isinstance(scores, Mapping) else None
+    return entry.get("mean") if isinstance(entry, Mapping) else None
+
+
+def _cosine_cell(scores: Any) -> _Raw:
+    cosine = scores.get("cosine", {}) if isinstance(scores, Mapping) else {}
+    return _Raw(f"{_fmt(cosine.get('mean'))} &plusmn; {_fmt(cosine.get('ci95'))}")
+
+
+def _curve(scores: Any) -> np.ndarray:
+    values = scores.get("flip_curve") if isinstance(scores, Mapping) else None
     try:
-        maps, inputs = _sample_maps(run_dir, methods, _GALLERY_SAMPLES)
-    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:  # no checkpoint, data or model: say so
-        return f'<p class="note">No heatmaps: {_esc(error)}</p>'
-    arch = str(config.get("arch", "model"))
-    figure = grid({("input", arch): inputs, **{(m, arch): maps[m] for m in methods}}, rows=["input", *methods],
-                  cols=[arch])
-    return legend + _img(_png_bytes(figure, dpi=110), "heatmaps", f"first {_GALLERY_SAMPLES} test sequences, "
-                         "recomputed from the best checkpoint")
+        curve = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        curve = np.zeros(0)
+    return curve if curve.ndim in (1, 2) and curve.size and np.isfinite(curve).all() else np.zeros(2)
 
 
-# --- a reproduce grid -------------------------------------------------------------------------------------
+# --- a reproduce grid ---------------------------------------------------------------------------------------
 
-def _grid_cells(root: Path) -> list[Path]:
-    return sorted(p.parent for p in root.glob("*/*/seed*/config.json"))
-
-
-def _arch_order(arch: str) -> tuple[int, str]:
-    from relprop.experiments.reproduce import GRID_ARCHS
-
-    return (GRID_ARCHS.index(arch) if arch in GRID_ARCHS else len(GRID_ARCHS), arch)
-
-
-def _grid_sections(root: Path) -> tuple[str, list[tuple[str, str]]]:
-    from safetensors.torch import load_file
-
-    from relprop.experiments.reproduce import tables
-
-    status, cells, dirs = [], [], {}
-    for cell_dir in _grid_cells(root):
-        config = read_json(cell_dir / "config.json")
-        history = read_json(cell_dir / "history.json") if (cell_dir / "history.json").exists() else []
-        evaluated = (cell_dir / "evaluation.json").exists()
-        status.append((config["dataset"], config["arch"], config["seed"], f"{len(history)} / {config['epochs']}",
-                       max((h["val_accuracy"] for h in history), default=""), "yes" if evaluated else "no"))
-        if evaluated:
-            cell = {"seed": config["seed"], **read_json(cell_dir / "evaluation.json")}
-            cells.append(cell)
-            dirs[(cell["dataset"], cell["arch"], cell["seed"])] = cell_dir
+def _grid_sections(grid: GridSummary) -> tuple[str, list[tuple[str, str]]]:
     title = "relprop reproduce grid"
-    status.sort(key=lambda row: (str(row[0]), _arch_order(str(row[1])), str(row[2])))
-    sections = [("Cells", f'<p class="note">Grid directory <code>{_esc(root)}</code>: {len(cells)} of '
-                          f"{len(status)} cells evaluated.</p>"
-                 + _table(["dataset", "arch", "seed", "epochs", "best validation accuracy", "evaluated"], status))]
-    if not cells:
+    sections = [("Cells", f'<p class="note">Grid directory <code>{_esc(grid.directory)}</code>: {grid.evaluated} '
+                          f"of {len(grid.status)} cells evaluated.</p>"
+                 + _table(["dataset", "arch", "run", "epochs", "best validation accuracy", "evaluated"],
+                          grid.status))]
+    if not grid.evaluated:
         return title, sections
-    cells.sort(key=lambda c: (c["dataset"], _arch_order(c["arch"]), c["seed"]))
-    methods = [m for m in cells[0]["methods"] if all(m in c["methods"] for c in cells)]
-    accuracy_rows, cosine_rows = tables(cells, methods)
+    methods = list(grid.methods)
+    accuracy_rows = grid.accuracy_rows
     sections.append(("Accuracy", '<p class="note">Test accuracy, mean over seeds, next to the thesis (Chormai 2018)'
                                  ".</p>" + _table(list(accuracy_rows[0]), [list(r.values()) for r in accuracy_rows])))
-    header = ["arch", "dataset"] + [f"{m} {who}" for m in methods for who in ("(ours)", "(thesis)")]
-    rows = [[r["arch"], r["dataset"], *(r[k] for m in methods for k in (m, f"{m} (thesis)"))] for r in cosine_rows]
-    figures = []
-    datasets = list(dict.fromkeys(c["dataset"] for c in cells))
-    for dataset in datasets:
-        scores = {c["arch"]: {m: load_file(str(dirs[(dataset, c["arch"], c["seed"])] /
-                                               "evaluation_samples.safetensors"))[f"{m}/cosine"].numpy()
-                              for m in methods}
-                  for c in cells if c["dataset"] == dataset and c["seed"] == _first_seed(cells, dataset, c["arch"])}
-        figures.append(_img(_png_bytes(cosine_bars(scores, title=f"cosine similarity, {dataset} (first seed)"), dpi=90),
-                            f"cosine bars {dataset}"))
-    sections.append(("Cosine similarity to the ground truth", '<p class="note">Mean over test sequences and seeds; '
-                     "thesis numbers where the thesis reports them.</p>" + _table(header, rows)
+    header = list(dict.fromkeys(key for row in grid.cosine_rows for key in row))
+    rows = [[r.get(key, "") for key in header] for r in grid.cosine_rows]
+    figures = [_img(_png_bytes(cosine_bars(scores, title=f"cosine similarity, {dataset} (first seed)"), dpi=90),
+                    f"cosine bars {dataset}") for dataset, scores in grid.scores.items()]
+    sections.append(("Cosine similarity to the ground truth", '<p class="note">Per method: mean and 95% '
+                     "interval over runs of each run's test-set mean; thesis numbers where the thesis reports them."
+                     "</p>" + _table(header, rows)
                      + f'<div class="row">{"".join(figures)}</div>'))
-    sections.append(("Heatmap gallery", "".join(_gallery(dataset, cells, dirs, methods) for dataset in datasets)))
-    sections.append(("Pixel flipping", "".join(_flipping(dataset, cells, methods) for dataset in datasets)))
+    gallery = [f"<h3>{_esc(dataset)}</h3>" + "".join(_gallery(samples, f"{arch} on {dataset}")
+                                                    for arch, samples in per_arch.items())
+               for dataset, per_arch in grid.samples.items()]
+    sections.append(("Heatmap gallery", _HEATMAP_NOTES + "".join(gallery)))
+    sections.append(("Pixel flipping", "".join(_flipping(dataset, cells, methods)
+                                               for dataset, cells in grid.first_seed.items())))
     return title, sections
 
 
-def _first_seed(cells: list[dict[str, Any]], dataset: str, arch: str) -> int:
-    return min(int(c["seed"]) for c in cells if c["dataset"] == dataset and c["arch"] == arch)
-
-
-def _gallery(dataset: str, cells: list[dict[str, Any]], dirs: dict[tuple[str, str, int], Path],
-             methods: Sequence[str]) -> str:
-    """Method x architecture grid for the first test sequences, recomputed from each cell's best checkpoint."""
-    archs = list(dict.fromkeys(c["arch"] for c in cells if c["dataset"] == dataset))
-    pictures: dict[tuple[str, str], np.ndarray] = {}
-    failed = []
-    for arch in archs:
-        cell_dir = dirs[(dataset, arch, _first_seed(cells, dataset, arch))]
-        try:
-            maps, inputs = _sample_maps(cell_dir, methods, _GALLERY_SAMPLES)
-        except (OSError, ValueError, RuntimeError, KeyError, TypeError) as error:  # say so, keep going
-            failed.append(f"{arch}: {error}")
-            continue
-        if not any(row == "input" for row, _ in pictures):
-            pictures[("input", arch)] = inputs  # the same test sequences for every architecture
-        pictures.update({(m, arch): maps[m] for m in methods})
-    parts = [f"<h3>{_esc(dataset)}</h3>"]
-    if pictures:
-        rows = ["input", *methods]
-        figure = grid(pictures, rows=rows, cols=archs)
-        dpi = int(np.clip(1100 / figure.get_figwidth(), 80, 200))  # about 1100 pixels wide: fills the page
-        parts.append(_img(_png_bytes(figure, dpi=dpi), f"heatmap gallery {dataset}",
-                          f"first {_GALLERY_SAMPLES} test sequences of {dataset}; rows: method, columns: "
-                          "architecture (first seed); red positive, blue negative; green bar: true-class blocks"))
-    parts += [f'<p class="note">No heatmaps for {_esc(message)}</p>' for message in failed]
-    return "".join(parts)
-
-
-def _flipping(dataset: str, cells: list[dict[str, Any]], methods: Sequence[str]) -> str:
-    chosen = [c for c in cells if c["dataset"] == dataset and c["seed"] == _first_seed(cells, dataset, c["arch"])]
-    rows = [(c["arch"], *(c["methods"][m]["aopc"]["mean"] for m in methods),
-             c.get("random_flip", {}).get("aopc", {}).get("mean", "")) for c in chosen]
+def _flipping(dataset: str, cells: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> str:
+    rows = [(c.get("arch"), *(_mean(c["methods"][m], "aopc") for m in methods),
+             _mean(c.get("random_flip", {}), "aopc")) for c in cells]
     parts = [f"<h3>{_esc(dataset)}</h3>", '<p class="note">AOPC (higher is better), first seed.</p>',
              _table(["arch", *methods, "random order"], rows), '<div class="row">']
     for method in methods:
-        curves = {c["arch"]: np.asarray(c["methods"][method]["flip_curve"]) for c in chosen}
+        curves = {str(c.get("arch")): _curve(c["methods"][method]) for c in cells}
         figure = aopc_curves(curves, title=f"pixel flipping with {method}, {dataset}")
         parts.append(_img(_png_bytes(figure, dpi=80), f"pixel flipping {method} {dataset}"))
     return "".join(parts) + "</div>"
 
 
-# --- entry point ------------------------------------------------------------------------------------------
+# --- entry point --------------------------------------------------------------------------------------------
 
-def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:
-    """Write one self-contained HTML report of a run or a reproduce grid; returns the HTML file's path.
-
-    ``path`` is a run directory (``config.json`` + ``history.json``, from ``relprop train``/``demo``) or a grid
-    directory (``<dataset>/<arch>/seed<k>/`` cells, from ``relprop reproduce``). ``out`` defaults to
-    ``report.html`` inside ``path``. The file is written atomically.
-    """
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"relprop.viz.report: {root} is not a directory; pass a run directory or a "
-                                "reproduce grid directory")
-    if (root / "config.json").exists() and (root / "history.json").exists():
-        title, sections = _run_sections(root)
-    elif _grid_cells(root):
-        title, sections = _grid_sections(root)
-    else:
-        hint = "; it looks like a sentiment run: use `relprop text report`" if (root / "run.json").exists() else ""
-        raise ConfigError(f"relprop.viz.report: {root} is neither a run directory (config.json and history.json, "
-                         "written by `relprop train`) nor a reproduce grid (<dataset>/<arch>/seed<k>/ run "
-                         f"directories, written by `relprop reproduce`){hint}")
-    target = Path(out) if out is not None else root / "report.html"
-    return atomic_write(target, _page(title, sections).encode("utf-8"))
+def render(summary: RunSummary | GridSummary) -> str:
+    """The HTML page of a run or a grid summary (see :mod:`relprop.experiments.summary` to build one)."""
+    title, sections = _run_sections(summary) if isinstance(summary, RunSummary) else _grid_sections(summary)
+    return _page(title, sections)

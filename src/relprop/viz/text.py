@@ -107,6 +107,20 @@ def html_sentence(
     return "\n".join(parts)
 
 
+def html_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """An HTML table with inline styles; ``header`` cells are escaped, ``rows`` cells are HTML fragments.
+
+    Example
+    -------
+    >>> html_table(["a<b"], [["<i>x</i>"]]).count("a&lt;b")
+    1
+    """
+    style = 'style="border:1px solid #ddd;padding:.3rem .5rem;vertical-align:top;text-align:left"'
+    head = "".join(f"<th {style}>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td {style}>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+    return f'<table style="border-collapse:collapse;margin:.5rem 0">\n<tr>{head}</tr>\n{body}\n</table>'
+
+
 def html_page(sections: Sequence[tuple[str, str]], *, title: str) -> str:
     """A self-contained HTML page (inline CSS, no scripts or external resources) with a colour legend.
 

@@ -76,7 +76,7 @@ def _prototypes(args: argparse.Namespace) -> int:
 
     from .data import from_sequence
     from .experiments.train import load_run, maj_shape
-    from .io import atomic_write, write_json
+    from .files import atomic_write, write_json
     from .methods.maximization import prototypes
     from .viz import prototype_grid
 

@@ -11,7 +11,7 @@ import torch
 from relprop.experiments.evaluate import EvalConfig
 from relprop.experiments.reproduce import GridConfig, reproduce
 from relprop.experiments.train import TrainConfig, best_epoch, lr_schedule, train
-from relprop.io import read_json, write_json
+from relprop.files import read_json, write_json
 
 _TINY = TrainConfig(arch="rlstm_sd", dataset="digits-maj", epochs=1, batch_size=50, lr=2e-3, limit=100, eval_limit=50)
 

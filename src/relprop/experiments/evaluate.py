@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import api, metrics
 from ..data import from_sequence, load_maj
-from ..io import atomic_write, read_json, write_json
+from ..files import atomic_write, read_json, write_json
 from .train import accuracy, best_epoch, load_run, lr_schedule, maj_shape
 
 __all__ = ["MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj"]

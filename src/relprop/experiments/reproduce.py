@@ -17,7 +17,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..io import atomic_write, read_json, write_json
+from ..files import atomic_write, read_json, write_json
 from .evaluate import EvalConfig, evaluate
 from .train import TrainConfig, best_epoch, lr_schedule, train
 

@@ -39,7 +39,7 @@ from relprop.api import explain
 from relprop.composites import PRESETS
 from relprop.data.sst import SSTExample, Vocabulary
 from relprop.experiments.text import TextRun, load_text_run
-from relprop.io import atomic_write, write_json
+from relprop.files import atomic_write, write_json
 from relprop.metrics.faithfulness import word_deletion
 from relprop.models.cells import LSTMCell
 from relprop.models.text_cnn import TextCNN

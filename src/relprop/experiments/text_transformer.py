@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from relprop.api import explain
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
-from relprop.io import atomic_write, read_json, write_json
+from relprop.files import atomic_write, read_json, write_json
 from relprop.metrics.faithfulness import word_deletion
 from relprop.models.transformer import EncoderLayer, TransformerClassifier, TransformerClassifierConfig, padding_mask
 from relprop.viz.text import html_page, html_sentence

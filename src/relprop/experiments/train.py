@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import models
 from ..data import load_maj
-from ..io import atomic_write, load_weights, read_json, save_weights, write_json
+from ..files import atomic_write, load_weights, read_json, save_weights, write_json
 
 __all__ = ["TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule"]
 

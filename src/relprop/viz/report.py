@@ -26,7 +26,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from relprop.io import atomic_write, read_json
+from relprop.files import atomic_write, read_json
 from relprop.viz.heatmap import grid, maj_heatmap
 from relprop.viz.plots import aopc_curves, cosine_bars
 

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from . import methods
 from .errors import ExplanationError
 from .methods._common import as_target
+from .safety import explaining
 
 __all__ = ["explain", "Explanation", "METHODS", "method"]
 
@@ -194,6 +195,7 @@ def _check_eval(model: nn.Module) -> None:
         )
 
 
+@explaining  # the model's lock for the whole call; grad mode restored even after Ctrl-C (relprop.safety)
 def explain(
     model: nn.Module, x: Tensor, target: int | Tensor | None = None, method: str = "lrp", *,
     model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,

@@ -4,7 +4,7 @@ Each case explains a model (a small CNN with batch norms whose canonizers write 
 ``nn.LSTM`` that the default canonizer redirects to an explicit twin, guided backprop on the CNN) and then
 checks the model bit for bit against a snapshot taken before: parameters and buffers (values and objects), every
 module's ``__dict__`` (an instance ``forward``, children, flags), no hook anywhere, no relprop tag on a tensor,
-an empty torch-function mode stack, the SIGINT handler and the model's lock released.
+an empty torch-function mode stack, grad mode on, the SIGINT handler and the model's lock released.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
         for hooks in _HOOK_DICTS:
             assert not getattr(module, hooks), f"{type(module).__name__} keeps {hooks}"
     assert torch._C._len_torch_function_stack() == 0, "a torch-function mode was left on the stack"
+    assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled(), "the grad mode was left changed"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     free: list[bool] = []
 

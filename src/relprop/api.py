@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import methods
+from . import methods, validate
 from .errors import ExplanationError
 from .methods._common import as_target
 from .safety import explaining
@@ -225,6 +225,7 @@ def explain(
     unknown = [name for name in options if name not in accepted]
     if unknown and not takes_any:
         raise ExplanationError(f"method '{method}' got unknown options {unknown}; it accepts {accepted}")
+    model = validate.explanation_inputs(model, x, method, options)  # before anything runs (relprop.validate)
     _check_input(x)
     _check_eval(model)
     inputs = x

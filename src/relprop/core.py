@@ -223,8 +223,22 @@ class _Route(torch.autograd.Function):
 _ARITHMETIC_ROUTE_LIMIT = 1 << 16  # elements
 
 
+def _foreign_function(site: Site, inputs: tuple[Any, ...]) -> None:
+    """Raise if an input on the relevance path comes out of a custom ``torch.autograd.Function``: its own backward
+    would carry a plain gradient (it is invisible to the op guard, which sees only the ops inside its forward)."""
+    for value in inputs:
+        function = getattr(getattr(value, "grad_fn", None), "_forward_cls", None)  # set on custom Functions' nodes
+        if function is not None and function not in (_Relay, _Route):
+            raise ExplanationError(
+                f"the input of {_describe(site)} comes from the custom autograd.Function "
+                f"{function.__module__}.{function.__qualname__}, whose backward would carry a plain gradient, not "
+                "relevance; express it with torch operations or an nn.Module that has a rule"
+            )
+
+
 def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:
     """``output`` (computed from ``inputs``) on the relevance path, with ``rule`` as its backward."""
+    _foreign_function(site, inputs)
     route = getattr(rule, "route", None)
     index = None if route is None else route(site, inputs, output)
     if index is not None:  # relevance passes one input unchanged

@@ -91,14 +91,18 @@ class Rule(Protocol):
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Switch every sub-module to eval mode and restore each module's own flag afterwards, also after an error
-    (in a :func:`~relprop.safety.protected` region: holding the model's lock, Ctrl-C deferred)."""
+    """Switch every sub-module to eval mode and restore each module's own flag afterwards, also after an error.
+
+    Setting and restoring the flags run with Ctrl-C deferred (:func:`~relprop.safety.protected`); the body does
+    not, so a long optimisation inside stays interruptible.
+    """
     flags = [(module, module.training) for module in model.modules()]
-    with protected(model):
-        try:
+    try:
+        with protected():
             model.eval()
-            yield
-        finally:
+        yield
+    finally:
+        with protected():
             for module, flag in flags:
                 module.training = flag
 

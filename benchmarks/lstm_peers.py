@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import relprop
     from relprop.data import load_maj
-    from relprop.io import write_json
+    from relprop.files import write_json
 
     torch.manual_seed(0)
     train, test = load_maj("digits-maj", "train"), load_maj("digits-maj", "test")

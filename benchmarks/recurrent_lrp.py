@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import relprop
-    from relprop.io import write_json
+    from relprop.files import write_json
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

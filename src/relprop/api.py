@@ -11,9 +11,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import methods
+from . import methods, validate
 from .errors import ExplanationError
 from .methods._common import as_target
+from .safety import explaining
 
 __all__ = ["explain", "Explanation", "METHODS", "method"]
 
@@ -194,6 +195,7 @@ def _check_eval(model: nn.Module) -> None:
         )
 
 
+@explaining  # the model's lock for the whole call; grad mode restored even after Ctrl-C (relprop.safety)
 def explain(
     model: nn.Module, x: Tensor, target: int | Tensor | None = None, method: str = "lrp", *,
     model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
@@ -223,6 +225,7 @@ def explain(
     unknown = [name for name in options if name not in accepted]
     if unknown and not takes_any:
         raise ExplanationError(f"method '{method}' got unknown options {unknown}; it accepts {accepted}")
+    model = validate.explanation_inputs(model, x, method, options)  # before anything runs (relprop.validate)
     _check_input(x)
     _check_eval(model)
     inputs = x

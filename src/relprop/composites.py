@@ -23,6 +23,7 @@ from .errors import ExplanationError
 from .layers import GatedProduct, Sum
 from .ops import Op
 from .rules.mixed import Mixed, mixed_split
+from .safety import protected
 
 __all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES"]
 
@@ -198,7 +199,7 @@ class RuleMap:
         Everything is undone on exit, also when an exception is raised.
         """
         model = root_module(model)
-        with contextlib.ExitStack() as stack:
+        with protected(model), contextlib.ExitStack() as stack:  # the model's lock; Ctrl-C waits for a safe point
             for canonizer in self.canonizers:
                 stack.callback(canonizer.apply(model))
             assignments, uncovered = self.assign(model)

@@ -19,6 +19,7 @@ so ``x * self.scale`` is a product with a constant, not of two path tensors.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from . import ops
 from .errors import ExplanationError
 from .ops import Op, OpCall
+from .safety import interruption_point, protected
 
 __all__ = [
     "ExplanationError", "Rule", "Site", "MergedBatchNorm", "stabilize", "attach_rules", "FunctionalGuard",
@@ -89,14 +91,20 @@ class Rule(Protocol):
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Switch every sub-module to eval mode and restore each module's own flag afterwards, also after an error."""
+    """Switch every sub-module to eval mode and restore each module's own flag afterwards, also after an error.
+
+    Setting and restoring the flags run with Ctrl-C deferred (:func:`~relprop.safety.protected`); the body does
+    not, so a long optimisation inside stays interruptible.
+    """
     flags = [(module, module.training) for module in model.modules()]
-    model.eval()
     try:
+        with protected():
+            model.eval()
         yield
     finally:
-        for module, flag in flags:
-            module.training = flag
+        with protected():
+            for module, flag in flags:
+                module.training = flag
 
 
 def stabilize(z: Tensor, epsilon: float) -> Tensor:
@@ -181,6 +189,7 @@ class _Relay(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, relevance_out: Tensor) -> tuple[Tensor | None, ...]:
+        interruption_point()
         output, *saved = ctx.saved_tensors
         tensors = [t.detach() for t in saved]  # rules must not build a graph back into the forward pass
         with torch.enable_grad():
@@ -218,8 +227,22 @@ class _Route(torch.autograd.Function):
 _ARITHMETIC_ROUTE_LIMIT = 1 << 16  # elements
 
 
+def _foreign_function(site: Site, inputs: tuple[Any, ...]) -> None:
+    """Raise if an input on the relevance path comes out of a custom ``torch.autograd.Function``: its own backward
+    would carry a plain gradient (it is invisible to the op guard, which sees only the ops inside its forward)."""
+    for value in inputs:
+        function = getattr(getattr(value, "grad_fn", None), "_forward_cls", None)  # set on custom Functions' nodes
+        if function is not None and function not in (_Relay, _Route):
+            raise ExplanationError(
+                f"the input of {_describe(site)} comes from the custom autograd.Function "
+                f"{function.__module__}.{function.__qualname__}, whose backward would carry a plain gradient, not "
+                "relevance; express it with torch operations or an nn.Module that has a rule"
+            )
+
+
 def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:
     """``output`` (computed from ``inputs``) on the relevance path, with ``rule`` as its backward."""
+    _foreign_function(site, inputs)
     route = getattr(rule, "route", None)
     index = None if route is None else route(site, inputs, output)
     if index is not None:  # relevance passes one input unchanged
@@ -236,15 +259,23 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 class _Attachment:
-    """Hooks of one module: capture the inputs before the call, relay the output after it."""
+    """Hooks of one module: capture the inputs before the call, relay the output after it.
+
+    The hooks act only in the thread that attached them: another thread's plain forward pass of the same model
+    runs as if they were not there.
+    """
 
     def __init__(self, name: str, module: nn.Module, rule: Rule, guard: FunctionalGuard | None) -> None:
         self.name, self.module, self.rule, self.guard = name, module, rule, guard
+        self.owner = threading.get_ident()
         self.stack: list[tuple[Any, ...]] = []
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not hasattr(module, "relprop_affine"))
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if threading.get_ident() != self.owner:
+            return None
+        interruption_point()
         if self.guard is not None:
             self.guard.depth += 1
         self.stack.append(args)
@@ -259,6 +290,8 @@ class _Attachment:
         return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a for a in args)
 
     def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if threading.get_ident() != self.owner:
+            return None
         original_args = self.stack.pop()
         try:
             if not on_path(original_args):
@@ -284,9 +317,10 @@ class _Tripwire:
 
     def __init__(self, name: str, module: nn.Module, advice: str) -> None:
         self.name, self.module, self.advice = name, module, advice
+        self.owner = threading.get_ident()
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if on_path(args):
+        if threading.get_ident() == self.owner and on_path(args):
             raise ExplanationError(
                 f"no rule covers module '{self.name}' ({type(module).__name__}); {self.advice}"
             )
@@ -299,19 +333,25 @@ def attach_rules(
     uncovered: Sequence[tuple[str, nn.Module, str]] = (),
     guard: FunctionalGuard | None = None,
 ) -> Iterator[None]:
-    """Attach ``(name, module, rule)`` assignments and tripwires; remove every hook on exit, also on error."""
+    """Attach ``(name, module, rule)`` assignments and tripwires; remove every hook on exit, also on error.
+
+    The hooks live in a :func:`~relprop.safety.protected` region: the model's lock is held until they are removed
+    (explanations of one model from several threads run one after the other), and a Ctrl-C waits for a safe point.
+    """
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    try:
-        for name, module, rule in assignments:
-            attachment = _Attachment(name, module, rule, guard)
-            handles.append(module.register_forward_pre_hook(attachment.pre))
-            handles.append(module.register_forward_hook(attachment.post))
-        for name, module, advice in uncovered:
-            handles.append(module.register_forward_pre_hook(_Tripwire(name, module, advice)))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
+    with protected(root_module(model)):
+        try:
+            for name, module, rule in assignments:
+                attachment = _Attachment(name, module, rule, guard)
+                handles.append(module.register_forward_pre_hook(attachment.pre))
+                handles.append(module.register_forward_hook(attachment.post))
+            for name, module, advice in uncovered:
+                handles.append(module.register_forward_pre_hook(_Tripwire(name, module, advice)))
+            yield
+        finally:
+            while handles:
+                handles[-1].remove()
+                handles.pop()
 
 
 # ------------------------------------------------------------------------------------------------ op sites
@@ -348,6 +388,7 @@ class FunctionalGuard(TorchFunctionMode):
         return self._dispatch(func, args, kwargs)
 
     def _dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        interruption_point()
         name = ops.function_name(func)
         where = (_stale(args) or _stale(kwargs.values())) if self._touched else None
         if where is not None:

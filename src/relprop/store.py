@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from relprop.errors import ConfigError, DataError
-from relprop.io import atomic_write, read_json, write_json
+from relprop.files import atomic_write, read_json, write_json
 
 __all__ = ["ResultStore"]
 

@@ -28,6 +28,7 @@ from relprop.data import (
     to_sequence,
 )
 from relprop.data.download import KNOWN_FILES, dataset_file
+from relprop.errors import ConfigError
 
 SHARED = os.environ.get("RELPROP_DATA")
 needs_data = pytest.mark.data("mnist", "fashion-mnist")  # skipped, saying why, without them (tests/conftest.py)
@@ -330,3 +331,63 @@ def test_full_mnist_maj_train(offline: list[str]) -> None:
     # every block position holds the odd image out about a third of the time
     odd_share = (data.mask == 0).float().mean(0)
     assert torch.all((odd_share - 1 / 3).abs() < 0.02)
+
+
+# ---------------------------------------------------------------- hostile files and names (issue 14)
+
+
+@pytest.mark.parametrize("name", ["../mnist", "mnist/../../etc", "/etc", "..", "a\\b", ""])
+def test_a_dataset_name_with_path_components_is_refused(isolated: Path, name: str) -> None:
+    with pytest.raises(ConfigError, match="must be a plain name without path components"):
+        resolve_file(name, "a.gz", None, None)
+    with pytest.raises(ConfigError, match="must be a plain name"):
+        resolve_file("toy", name or "..", None, None)
+
+
+def test_idx_sizes_that_overflow_are_refused_without_allocating(tmp_path: Path) -> None:
+    path = tmp_path / "overflow-idx"
+    # 2**32-1 cubed times 8 bytes: wraps around in int64 arithmetic; the header alone is 16 bytes
+    path.write_bytes(bytes([0, 0, 0x0E, 3]) + b"\xff\xff\xff\xff" * 3 + bytes(8))
+    with pytest.raises(DataError, match=rf"IDX file {path}: its header declares shape \(4294967295, "):
+        read_idx(path)
+
+
+def test_a_gzip_bomb_is_read_only_as_far_as_its_header_declares(tmp_path: Path) -> None:
+    """1 GiB of zeros after a header declaring 4 bytes: rejected after reading 13 bytes."""
+    import tracemalloc
+    import zlib
+
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
+    parts = [compressor.compress(bytes([0, 0, 0x08, 1]) + (4).to_bytes(4, "big"))]
+    block = bytes(1 << 20)
+    parts += [compressor.compress(block) for _ in range(1024)]
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(b"".join(parts) + compressor.flush())
+    assert path.stat().st_size < 2 << 20
+    tracemalloc.start()
+    with pytest.raises(DataError, match=rf"IDX file {path} has more than 12 bytes, but its header .* needs 12"):
+        read_idx(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 16 << 20, f"peak {peak} bytes"
+
+
+@pytest.mark.parametrize(("row", "reason"), [
+    ("good 1.0 2.0 nan", r"has NaN or infinite values"),
+    ("good 1.0 2.0 inf", r"has NaN or infinite values"),
+    ("good 1.0 2.0", r"has 2 values, expected dim=3"),
+    ("good 1.0 two 3.0", r"has a value that is not a number"),
+])
+def test_a_bad_glove_row_names_file_line_and_reason(tmp_path: Path, row: str, reason: str) -> None:
+    from relprop.data.sst import Vocabulary, load_glove
+
+    path = tmp_path / "glove.txt"
+    path.write_text(f"other 0.0 0.0 0.0\n{row}\n")
+    vocab = Vocabulary(("<pad>", "<unk>", "good"))
+    with pytest.raises(DataError, match=rf"{path}:2: word 'good' {reason}"):
+        load_glove(vocab, path=path, dim=3)
+    path.write_bytes(b"good 1.0 \xff 3.0\n")
+    with pytest.raises(DataError, match=rf"cannot read GloVe file {path}"):
+        load_glove(vocab, path=path, dim=3)
+    path.write_text("good 1.0 2.0 3.0\n")
+    assert load_glove(vocab, path=path, dim=3).vectors[2].tolist() == [1.0, 2.0, 3.0]

@@ -33,7 +33,7 @@ from relprop.experiments.train import (
     train,
     weights_file,
 )
-from relprop.io import read_json, write_json
+from relprop.files import read_json, write_json
 
 _TINY = TrainConfig(arch="rlstm_sd", dataset="digits-maj", epochs=1, batch_size=50, lr=2e-3, limit=100, eval_limit=50)
 # ordinary dropout on the inputs, gates and outputs: every step draws from the global RNG
@@ -111,11 +111,18 @@ def test_old_and_corrupt_run_directories_are_refused(tmp_path: Path) -> None:
     assert weights_file(old).name == "best.safetensors"
     run = train(_TINY, tmp_path / "run", progress=False)
     write_json(run / MANIFEST, {"epoch": 1, "files": {"last": "../../etc/passwd"}, "history": []})
-    with pytest.raises(DataError, match="not a relprop checkpoint manifest"):
+    with pytest.raises(DataError, match="checkpoint.json: field 'files' misses keys"):
+        train(dataclasses.replace(_TINY, epochs=2), run, progress=False)
+    names = {"last": "../../etc/passwd", "best": "best-0001.safetensors", "optimizer": "x.pt", "rng": "y.pt"}
+    write_json(run / MANIFEST, {"epoch": 1, "files": names, "history": []})
+    with pytest.raises(DataError, match="not epoch checkpoints of this run"):
         train(dataclasses.replace(_TINY, epochs=2), run, progress=False)
     write_json(run / "config.json", {**dataclasses.asdict(_TINY), "evil": 1})
-    with pytest.raises(DataError, match="unknown fields.*evil"):
+    with pytest.raises(DataError, match="config.json: the file has unknown keys \\['evil'\\]"):
         run_finished(run)
+    write_json(run / "config.json", {**dataclasses.asdict(_TINY), "epochs": "<script>"})
+    with pytest.raises(DataError, match="field 'epochs' must be int"):
+        train_module.load_run(run)
 
 
 class _Killed(BaseException):
@@ -244,6 +251,6 @@ def test_nan_weights_are_not_evaluated(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(weights, str(weights_file(run, "best")))
-    with pytest.raises(DataError, match="NaN or inf in output.weight"):
+    with pytest.raises(DataError, match="output.weight.*NaN"):
         evaluate(run, EvalConfig(limit=10, flip_limit=5, flip_steps=2, methods=("sa",)), progress=False)
     assert read_evaluation(run) is None

@@ -2,6 +2,11 @@
 
 A canonizer's ``apply(model)`` changes the model and returns a function that restores it exactly.
 :meth:`relprop.composites.RuleMap.attached` undoes every canonizer on exit, also after an exception.
+
+Each rewrite computes everything that can fail first and then changes the model in plain assignments; its undo
+puts the saved objects back. :func:`apply_all` runs the rewrites and their undos in a
+:func:`~relprop.safety.protected` region holding the model's lock, so neither Ctrl-C nor another thread ever sees
+a rewrite half done.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from torch import nn
+
+from ..safety import protected
 
 __all__ = ["Canonizer", "apply_all"]
 
@@ -20,21 +27,25 @@ class Canonizer(Protocol):
     def apply(self, model: nn.Module) -> Callable[[], None]: ...
 
 
-def apply_all(rewrites: Sequence[Callable[[], Callable[[], None]]]) -> Callable[[], None]:
-    """Run rewrites that each return their undo; returns one undo for all (in reverse order).
+def apply_all(model: nn.Module, rewrites: Sequence[Callable[[], Callable[[], None]]]) -> Callable[[], None]:
+    """Run rewrites of ``model`` that each return their undo; returns one undo for all (in reverse order).
 
-    If a rewrite fails, the ones already done are undone before the error propagates.
+    If a rewrite fails, the ones already done are undone before the error propagates. The rewrites, and later the
+    undo, run with the model's lock held and Ctrl-C deferred (:func:`relprop.safety.protected`).
     """
     undo: list[Callable[[], None]] = []
 
     def restore() -> None:
-        for step in reversed(undo):
-            step()
+        with protected(model):
+            while undo:
+                undo[-1]()
+                undo.pop()
 
-    try:
-        for rewrite in rewrites:
-            undo.append(rewrite())
-    except BaseException:
-        restore()
-        raise
+    with protected(model):
+        try:
+            for rewrite in rewrites:
+                undo.append(rewrite())
+        except BaseException:
+            restore()
+            raise
     return restore

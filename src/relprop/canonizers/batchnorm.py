@@ -56,21 +56,25 @@ class MergeBatchNorm:
         return found
 
     def apply(self, model: nn.Module) -> Callable[[], None]:
-        return apply_all([functools.partial(_merge, linear, norm) for linear, norm in self._find(model)])
+        return apply_all(model, [functools.partial(_merge, linear, norm) for linear, norm in self._find(model)])
 
 
 def _merge(linear: Any, norm: Any) -> Callable[[], None]:  # a Linear/Conv and a BatchNorm
+    """Write the merged weights into ``linear`` and make ``norm`` the identity; returns the undo.
+
+    Every new tensor is computed before the first change (a failure there changes nothing); the change and the
+    undo then only swap tensor data, so each is one step inside :func:`~relprop.canonizers.base.apply_all`'s
+    protected region.
+    """
     if norm.training or norm.running_mean is None or norm.running_var is None:
         raise ExplanationError(
             f"cannot merge {norm}: it must be in eval mode with running statistics (call model.eval())"
         )
+    if getattr(norm, "_relprop_merged", False):
+        raise ExplanationError(f"{norm} is already merged by MergeBatchNorm (applied twice?)")
     weight, bias = linear.weight, linear.bias
-    saved = {
-        "weight": weight.data, "bias": None if bias is None else bias.data,
-        "norm_weight": None if norm.weight is None else norm.weight.data,
-        "norm_bias": None if norm.bias is None else norm.bias.data,
-        "mean": norm.running_mean.data, "var": norm.running_var.data,
-    }
+    targets = [weight, bias, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+    saved = [None if t is None else t.data for t in targets]
     with torch.no_grad():
         var, mean = norm.running_var, norm.running_mean
         std = (var + norm.eps).sqrt()
@@ -78,32 +82,28 @@ def _merge(linear: Any, norm: Any) -> Callable[[], None]:  # a Linear/Conv and a
         shift = norm.bias if norm.bias is not None else torch.zeros_like(mean)
         old_bias = bias if bias is not None else torch.zeros_like(mean)
         shape = (-1,) + (1,) * (weight.dim() - 1)  # (out_features, 1, ...) broadcasts over the weight
-        weight.data = weight.data * scale.reshape(shape)
         new_bias = (old_bias - mean) * scale + shift
-        if bias is None:
-            linear.bias = nn.Parameter(new_bias, requires_grad=weight.requires_grad)
-        else:
-            bias.data = new_bias
         # identity BatchNorm: (x - 0) / sqrt(1 - eps + eps) * 1 + 0
-        norm.running_mean.data = torch.zeros_like(mean)
-        norm.running_var.data = torch.ones_like(var) - norm.eps
-        if norm.weight is not None:
-            norm.weight.data = torch.ones_like(norm.weight)
-        if norm.bias is not None:
-            norm.bias.data = torch.zeros_like(norm.bias)
-    norm._relprop_merged = True  # read by the BatchNorm rule
+        merged = [
+            weight.data * scale.reshape(shape), new_bias,
+            None if norm.weight is None else torch.ones_like(norm.weight),
+            None if norm.bias is None else torch.zeros_like(norm.bias),
+            torch.zeros_like(mean), torch.ones_like(var) - norm.eps,
+        ]
+    added_bias = None if bias is not None else nn.Parameter(new_bias, requires_grad=weight.requires_grad)
 
     def restore() -> None:
-        weight.data = saved["weight"]
-        if bias is None:
+        if added_bias is not None:
             linear.bias = None
-        else:
-            bias.data = saved["bias"]
-        norm.running_mean.data, norm.running_var.data = saved["mean"], saved["var"]
-        if norm.weight is not None:
-            norm.weight.data = saved["norm_weight"]
-        if norm.bias is not None:
-            norm.bias.data = saved["norm_bias"]
-        del norm._relprop_merged
+        for target, data in zip(targets, saved):
+            if target is not None:
+                target.data = data
+        norm.__dict__.pop("_relprop_merged", None)
 
+    for target, data in zip(targets, merged):
+        if target is not None:
+            target.data = data
+    if added_bias is not None:
+        linear.bias = added_bias
+    norm._relprop_merged = True  # read by the BatchNorm rule
     return restore

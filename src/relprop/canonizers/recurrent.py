@@ -15,6 +15,7 @@ the stock parameters are never written (the twin holds copies).
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -121,8 +122,11 @@ def _redirect(module: nn.RNNBase) -> Callable[[], None]:
         )
     twin = explicit_twin(module)
     previous = module.__dict__.get("forward")  # an instance-level forward set by someone else, kept
+    owner = threading.get_ident()
 
     def forward(x: Any, hx: Any = None) -> tuple[Tensor, Any]:
+        if threading.get_ident() != owner:  # another thread's plain forward pass: the stock computation
+            return previous(x, hx) if previous is not None else type(module).forward(module, x, hx)  # type: ignore
         if isinstance(x, PackedSequence):
             raise ExplanationError(
                 f"ExplicitRecurrent cannot run {type(module).__name__} on a PackedSequence; pass a padded "
@@ -131,16 +135,15 @@ def _redirect(module: nn.RNNBase) -> Callable[[], None]:
             )
         return twin(x, hx)  # type: ignore[no-any-return]
 
-    module.add_module(_CHILD, twin)
-    module.forward = forward
-
     def restore() -> None:
-        del module._modules[_CHILD]
+        module._modules.pop(_CHILD, None)
         if previous is None:
-            del module.__dict__["forward"]
+            module.__dict__.pop("forward", None)
         else:
             module.__dict__["forward"] = previous
 
+    module.add_module(_CHILD, twin)
+    module.forward = forward
     return restore
 
 
@@ -160,4 +163,4 @@ class ExplicitRecurrent:
 
     def apply(self, model: nn.Module) -> Callable[[], None]:
         stock = [m for m in model.modules() if isinstance(m, _STOCK)]
-        return apply_all([functools.partial(_redirect, module) for module in stock])
+        return apply_all(model, [functools.partial(_redirect, module) for module in stock])

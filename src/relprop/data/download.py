@@ -26,7 +26,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..progress import progress
 
 __all__ = ["DataError", "FileSpec", "KNOWN_FILES", "resolve_file", "dataset_file", "cache_dir"]
@@ -96,8 +96,18 @@ KNOWN_FILES: dict[str, dict[str, FileSpec]] = {
 _VERIFIED: set[tuple[str, int, int, str | None, str | None]] = set()
 
 
+def _plain_name(kind: str, name: str) -> str:
+    """``name`` if it is one path component (no separator, not ``.``/``..``, not absolute), else ConfigError."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute():
+        raise ConfigError(
+            f"{kind} name {name!r} must be a plain name without path components (no '/', '\\' or '..')"
+        )
+    return name
+
+
 def cache_dir(dataset: str) -> Path:
     """Cache folder of ``dataset``: ``$RELPROP_CACHE/<dataset>`` or ``~/.cache/relprop/<dataset>``."""
+    _plain_name("dataset", dataset)
     root = os.environ.get("RELPROP_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "relprop"
     return base / dataset
@@ -234,6 +244,7 @@ def resolve_file(
         The file is nowhere and cannot be downloaded, or a copy fails verification. The message
         names the path, the expected checksum and how to get the file.
     """
+    _plain_name("dataset", dataset), _plain_name("file", filename)
     places = _candidates(dataset, filename)
     for path in places:
         if path.is_file():
@@ -259,9 +270,9 @@ def resolve_file(
 def dataset_file(dataset: str, filename: str) -> Path:
     """Resolve one of the :data:`KNOWN_FILES` (MNIST and Fashion-MNIST IDX files) with its checksums."""
     if dataset not in KNOWN_FILES:
-        raise ValueError(f"Unknown dataset {dataset!r}; valid names: {', '.join(KNOWN_FILES)}")
+        raise ConfigError(f"Unknown dataset {dataset!r}; valid names: {', '.join(KNOWN_FILES)}")
     files = KNOWN_FILES[dataset]
     if filename not in files:
-        raise ValueError(f"Unknown file {filename!r} of dataset {dataset!r}; valid names: {', '.join(files)}")
+        raise ConfigError(f"Unknown file {filename!r} of dataset {dataset!r}; valid names: {', '.join(files)}")
     spec = files[filename]
     return resolve_file(dataset, filename, spec.sha256, spec.url, spec.md5)

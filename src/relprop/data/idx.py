@@ -14,14 +14,17 @@ training images. That equals ``perm = np.random.RandomState(71).permutation(6000
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
 from relprop.data.download import DataError, dataset_file
+from relprop.errors import ConfigError
 
 __all__ = ["IMAGE_DATASETS", "SPLITS", "SPLIT_SEED", "read_idx", "split_indices", "load_images"]
 
@@ -46,14 +49,49 @@ def read_idx(path: str | Path) -> np.ndarray:
     return _parse(Path(path))[1]
 
 
+_MAX_BYTES = 1 << 31  # 2 GiB: far above any IDX file relprop reads (MNIST's train images: 47 MB)
+
+
+def _read_bounded(path: Path, stream: IO[bytes] | gzip.GzipFile) -> bytes:
+    """The IDX bytes of a (raw or gzip) stream, read only up to the size its header declares, plus one byte to
+    notice trailing data: a gzip bomb or a header with huge sizes never fills the memory."""
+    data = stream.read(4)
+    if len(data) == 4 and data[2] in _IDX_TYPES and data[3] > 0:
+        data += stream.read(4 * data[3])
+        expected = _declared_size(path, data)
+        if expected is not None:
+            data += stream.read(expected - len(data) + 1)
+    return data
+
+
+def _declared_size(path: Path, data: bytes) -> int | None:
+    """Header plus values in bytes, as the header of ``data`` declares; None while the header is incomplete."""
+    ndim = data[3]
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        return None
+    shape = [int(n) for n in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)]
+    total = header + math.prod(shape) * np.dtype(_IDX_TYPES[data[2]]).itemsize  # Python ints: no overflow
+    if total > _MAX_BYTES:
+        raise DataError(
+            f"IDX file {path}: its header declares shape {tuple(shape)}, {total} bytes, more than the "
+            f"{_MAX_BYTES} bytes relprop reads; the header is corrupt: replace the file."
+        )
+    return total
+
+
 def _parse(path: Path) -> tuple[int, np.ndarray]:
     """The magic number and the array of the IDX file at ``path``."""
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
-        if data[:2] == b"\x1f\x8b":
-            data = gzip.decompress(data)
-    except (OSError, EOFError, zlib.error) as error:
+            compressed = handle.read(2) == b"\x1f\x8b"
+            handle.seek(0)
+            if compressed:
+                with gzip.GzipFile(fileobj=handle) as stream:
+                    data = _read_bounded(path, stream)
+            else:
+                data = _read_bounded(path, handle)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise DataError(f"Cannot read IDX file {path}: {error}. The file is corrupt: replace it.") from error
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES or data[3] == 0:
         raise DataError(
@@ -62,15 +100,16 @@ def _parse(path: Path) -> tuple[int, np.ndarray]:
         )
     ndim = data[3]
     header = 4 + 4 * ndim
-    if len(data) < header:
+    expected = _declared_size(path, data)
+    if expected is None:
         raise DataError(f"IDX file {path} is truncated in its header ({len(data)} bytes, needs {header}).")
     shape = tuple(int(n) for n in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[data[2]])
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
+        size = f"more than {expected}" if len(data) > expected else str(len(data))
         raise DataError(
-            f"IDX file {path} has {len(data)} bytes, but its header (shape {shape}, {dtype}) needs "
-            f"{expected}: the file is truncated or corrupt; replace it."
+            f"IDX file {path} has {size} bytes, but its header "
+            f"(shape {shape}, {dtype}) needs {expected}: the file is truncated or corrupt; replace it."
         )
     values = np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
     return int.from_bytes(data[:4], "big"), values.astype(dtype.newbyteorder("="), copy=False)
@@ -139,7 +178,7 @@ def load_images(dataset: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     The arrays are cached in-process and read-only; copy them before changing them.
     """
     if dataset not in IMAGE_DATASETS:
-        raise ValueError(f"Unknown image dataset {dataset!r}; valid names: {', '.join(IMAGE_DATASETS)}")
+        raise ConfigError(f"Unknown image dataset {dataset!r}; valid names: {', '.join(IMAGE_DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; valid names: {', '.join(SPLITS)}")
+        raise ConfigError(f"Unknown split {split!r}; valid names: {', '.join(SPLITS)}")
     return _split(dataset, split, _environment())

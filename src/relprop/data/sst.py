@@ -19,6 +19,7 @@ import gzip
 import hashlib
 import os
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 import torch
+
+from ..errors import DataError
 
 __all__ = [
     "SSTExample",
@@ -290,6 +293,20 @@ class GloveVectors:
     found: int
 
 
+def _glove_row(file: Path, line: int, word: str, rest: str, dim: int) -> torch.Tensor:
+    """The vector of one GloVe row (``line`` counts from 1); DataError naming file, line and reason."""
+    values = rest.split(" ")
+    if len(values) != dim:
+        raise DataError(f"{file}:{line}: word {word!r} has {len(values)} values, expected dim={dim}")
+    try:
+        vector = torch.tensor([float(v) for v in values])
+    except ValueError as error:
+        raise DataError(f"{file}:{line}: word {word!r} has a value that is not a number ({error})") from None
+    if not bool(torch.isfinite(vector).all()):
+        raise DataError(f"{file}:{line}: word {word!r} has NaN or infinite values")
+    return vector
+
+
 def load_glove(
     vocab: Vocabulary, *, path: str | os.PathLike[str] | None = None, dim: int = 50, seed: int = 0
 ) -> GloveVectors:
@@ -305,21 +322,19 @@ def load_glove(
     vectors[0] = 0.0
     hit = torch.zeros(len(vocab), dtype=torch.bool)
     index = {word: i for i, word in enumerate(vocab.words)}
-    handle: IO[str] = (
-        gzip.open(file, "rt", encoding="utf-8") if file.suffix == ".gz" else file.open(encoding="utf-8")
-    )
-    with handle:
-        for n, line in enumerate(handle):
-            word, _, rest = line.rstrip("\n").partition(" ")
-            row = index.get(word)
-            if row is None or row < 2 or hit[row]:
-                continue
-            values = rest.split(" ")
-            if len(values) != dim:
-                raise ValueError(
-                    f"{file}:{n + 1}: word {word!r} has {len(values)} values, expected dim={dim}"
-                )
-            vectors[row] = torch.tensor([float(v) for v in values])
-            hit[row] = True
+    try:
+        handle: IO[str] = (
+            gzip.open(file, "rt", encoding="utf-8") if file.suffix == ".gz" else file.open(encoding="utf-8")
+        )
+        with handle:
+            for n, line in enumerate(handle):
+                word, _, rest = line.rstrip("\n").partition(" ")
+                row = index.get(word)
+                if row is None or row < 2 or hit[row]:
+                    continue
+                vectors[row] = _glove_row(file, n + 1, word, rest, dim)
+                hit[row] = True
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"cannot read GloVe file {file}: {error}; the file is corrupt: replace it") from error
     found = int(hit.sum())
     return GloveVectors(vectors, found / max(len(vocab) - 2, 1), found)

@@ -17,7 +17,7 @@ import csv
 import dataclasses
 import functools
 import hashlib
-import io as _stringio
+import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +33,7 @@ from ..data import from_sequence, load_maj
 from ..data.maj import maj_shape
 from ..datasets import explain_dataset
 from ..errors import DataError
-from ..io import atomic_write, read_json, write_json
+from ..files import atomic_write, load_tensors, read_json, write_json
 from ..metrics.batch import Batch
 from ..progress import progress as progress_of
 from .train import accuracy, best_epoch, load_run, lr_schedule, read_history
@@ -200,19 +200,14 @@ def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
 
 def read_samples(run_dir: str | Path) -> dict[str, Tensor]:
     """The per-sample scores of a run's committed evaluation (``"<method>/<metric>" -> (N,)``)."""
-    from safetensors.torch import load_file
-
     results = read_evaluation(run_dir)
     if results is None:
         raise DataError(f"{run_dir} has no committed evaluation; run relprop evaluate on it")
-    try:
-        return load_file(str(Path(run_dir) / results["samples_file"]))
-    except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise DataError(f"{Path(run_dir) / results['samples_file']} is corrupt: {error}") from None
+    return load_tensors(Path(run_dir) / results["samples_file"])
 
 
 def _csv(results: dict[str, Any]) -> str:
-    buffer = _stringio.StringIO()
+    buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["arch", "dataset", "method", "metric", "mean", "std", "ci95", "n"])
     writer.writerow([results["arch"], results["dataset"], "-", "accuracy", results["accuracy"], "", "",

@@ -79,7 +79,7 @@ def run_prototypes(run_dir: str | Path, config: PrototypeConfig, out: str | Path
     from safetensors.torch import save
 
     from ..data import from_sequence
-    from ..io import atomic_write, write_json
+    from ..files import atomic_write, write_json
     from ..viz import prototype_grid
 
     model, train_config = load_run(run_dir)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import io as _stringio
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..io import atomic_write, read_json, write_json
+from ..files import atomic_write, read_json, write_json
 from .evaluate import EvalConfig, evaluate, read_evaluation, read_samples
 from .executor import run_tasks
 from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finished, train
@@ -281,7 +281,7 @@ def _fields(rows: list[dict[str, Any]]) -> list[str]:
 def _to_csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    buffer = _stringio.StringIO()
+    buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=_fields(rows), restval="")
     writer.writeheader()
     writer.writerows(rows)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..io import atomic_write, read_json
+from ..files import atomic_write, read_json
 from ..viz.report import GridSummary, RunSummary, SampleMaps, render
 from .evaluate import MAJ_METHODS, explain_maj, read_evaluation, read_samples
 from .reproduce import GRID_ARCHS, collect, tables

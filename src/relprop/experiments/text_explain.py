@@ -40,7 +40,7 @@ from relprop.api import Explanation
 from relprop.data.sst import SSTExample, Vocabulary
 from relprop.datasets import explain_dataset
 from relprop.experiments.text import TextRun, load_text_run
-from relprop.io import atomic_write, write_json
+from relprop.files import atomic_write, write_json
 from relprop.metrics.batch import Batch
 from relprop.metrics.faithfulness import Order, word_deletion
 from relprop.models.cells import LSTMCell

@@ -48,7 +48,7 @@ from relprop.api import Explanation, explain
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
 from relprop.datasets import explain_dataset
 from relprop.experiments.text_explain import DeletionMetric, PaddedModel, length_batches, word_scores
-from relprop.io import atomic_write, read_json, write_json
+from relprop.files import atomic_write, read_json, write_json
 from relprop.models.transformer import EncoderLayer, TransformerClassifier, TransformerClassifierConfig, padding_mask
 from relprop.viz.text import html_page, html_sentence, html_table
 

@@ -32,7 +32,7 @@ from .. import models
 from ..data import load_maj
 from ..data.maj import maj_shape
 from ..errors import ConfigError, DataError
-from ..io import atomic_write, load_weights, read_json, save_weights, write_json
+from ..files import atomic_write, load_torch, load_weights, read_json, save_weights, schema_of, write_json
 from ..progress import log
 from ..progress import progress as progress_of
 
@@ -43,6 +43,14 @@ __all__ = [
 
 MANIFEST = "checkpoint.json"
 _EPOCH_FILE = re.compile(r"^(last|best|optimizer|rng)-\d{4,}\.(safetensors|pt)$")
+
+
+_RECORD_SCHEMA = {"epoch": int, "loss": float, "train_accuracy": float, "val_accuracy": float, "lr?": float,
+                  "seconds": float}
+_LEGACY_RECORD_SCHEMA = {**{f"{k.rstrip('?')}?": v for k, v in _RECORD_SCHEMA.items()}, "epoch": int,
+                         "val_accuracy": float}
+_MANIFEST_SCHEMA = {"epoch": int, "history": [_RECORD_SCHEMA],
+                    "files": {"last": str, "best": str, "optimizer": str, "rng": str}}
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,9 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig needs lr > 0 and 0 < keep_prob <= 1, got {self.lr}, {self.keep_prob}")
         if self.fold is not None and not 0 <= self.fold < self.folds:
             raise ConfigError(f"TrainConfig.fold must be in 0..{self.folds - 1}, got {self.fold}")
+
+
+_CONFIG_SCHEMA = {f"{name}?": schema for name, schema in schema_of(TrainConfig).items()}
 
 
 def thesis_sizes(arch: str, dataset: str) -> dict[str, int]:
@@ -133,22 +144,15 @@ def _manifest(run_dir: Path, *, legacy: bool = True) -> dict[str, Any] | None:
             if not legacy:
                 raise DataError(f"{run_dir} holds a run in the older layout (history.json, no {MANIFEST}); "
                                 "it can be evaluated but not trained on: train into a new directory")
-            history = read_json(run_dir / "history.json")
-            if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
-                raise DataError(f"{run_dir / 'history.json'} is not a list of epoch records")
+            history = read_json(run_dir / "history.json", [_LEGACY_RECORD_SCHEMA])
             return {"epoch": len(history), "history": history,
                     "files": {"best": "best.safetensors", "last": "last.safetensors"}}
         return None
-    manifest = read_json(path)
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    history = manifest.get("history") if isinstance(manifest, dict) else None
-    if not (isinstance(files, dict) and isinstance(history, list) and all(isinstance(r, dict) for r in history)
-            and {"last", "best", "optimizer", "rng"} <= set(files)
-            and all(isinstance(n, str) and _EPOCH_FILE.match(n) for n in files.values())):
-        raise DataError(f"{path} is not a relprop checkpoint manifest (needs 'files' naming last, best, optimizer "
-                        "and rng, and a 'history' list); delete the run directory to start again")
-    checked: dict[str, Any] = manifest
-    return checked
+    manifest: dict[str, Any] = read_json(path, _MANIFEST_SCHEMA)
+    if not all(_EPOCH_FILE.match(name) for name in manifest["files"].values()):
+        raise DataError(f"{path}: field 'files' names files that are not epoch checkpoints of this run "
+                        f"({sorted(manifest['files'].values())}); delete the run directory to start again")
+    return manifest
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -197,11 +201,8 @@ _RESUMABLE = ("epochs", "lr", "patience")  # a run may continue for more epochs,
 
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
-    saved = read_json(run_dir / "config.json")
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    if not isinstance(saved, dict) or not set(saved) <= fields:
-        raise DataError(f"{run_dir / 'config.json'} is not a TrainConfig (unknown fields "
-                        f"{sorted(set(saved) - fields) if isinstance(saved, dict) else saved!r})")
+    """config.json checked against the TrainConfig fields (older runs may lack the newer ones)."""
+    saved: dict[str, Any] = read_json(run_dir / "config.json", _CONFIG_SCHEMA)
     return saved
 
 
@@ -282,11 +283,13 @@ def _load_checkpoint(run_dir: Path, manifest: dict[str, Any], model: nn.Module,
     for name in ("optimizer", "rng"):
         if not (run_dir / files[name]).exists():
             raise DataError(f"{run_dir / files[name]} named by {run_dir / MANIFEST} is missing")
+    optimizer_state, rng_state = load_torch(run_dir / files["optimizer"], device), load_torch(run_dir / files["rng"])
     try:
-        optimizer.load_state_dict(torch.load(run_dir / files["optimizer"], weights_only=True, map_location=device))
-        _set_rng_state(torch.load(run_dir / files["rng"], weights_only=True))
-    except (RuntimeError, ValueError, KeyError, TypeError, EOFError) as error:
-        raise DataError(f"checkpoint of {run_dir} is corrupt ({files['optimizer']}, {files['rng']}): {error}") from None
+        optimizer.load_state_dict(optimizer_state)
+        _set_rng_state(rng_state)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+        raise DataError(f"checkpoint of {run_dir} does not fit the run ({files['optimizer']}, {files['rng']}): "
+                        f"{error}") from None
 
 
 def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
@@ -370,7 +373,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
 def load_run(run_dir: str | Path, *, which: str = "best") -> tuple[nn.Module, TrainConfig]:
     """The trained model of a run directory (eval mode) and its config; ``which`` is "best" or "last"."""
     run_dir = Path(run_dir)
-    config = TrainConfig(**_read_config(run_dir))
+    try:
+        config = TrainConfig(**_read_config(run_dir))
+    except ConfigError as error:
+        raise DataError(f"{run_dir / 'config.json'}: {error}") from None
     model = build_model(config)
     load_weights(model, weights_file(run_dir, which))
     return model.to(_device()).eval(), config

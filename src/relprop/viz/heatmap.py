@@ -20,7 +20,7 @@ from PIL import Image
 from torch import Tensor
 
 from relprop.errors import ConfigError
-from relprop.io import atomic_write
+from relprop.files import atomic_write
 
 _STEPS_PER_BLOCK = 4  # a MAJ digit spans 4 time steps (28x7 columns each, or 8x2 for 8x8 digits)
 _BLOCK_LINE = np.array([40, 40, 40], dtype=np.uint8)

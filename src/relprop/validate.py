@@ -1,0 +1,200 @@
+"""Checks of the model, the input and the options of :func:`relprop.explain`, before anything runs.
+
+Everything here only reads: a model that fails a check is never run, so e.g. a batch norm left in training mode
+keeps its statistics. Each error names what is wrong and what to do.
+
+>>> model = torch.nn.Sequential(torch.nn.Linear(2, 2)).eval()
+>>> explanation_inputs(model, torch.zeros(1, 2), "lrp", {"preset": "epsilon", "epsilon": 1e-3}) is model
+True
+>>> explanation_inputs(model, torch.zeros(1, 2), "lrp", {"epsilon": float("nan")})
+Traceback (most recent call last):
+relprop.errors.ConfigError: option epsilon=nan must be a finite number >= 0
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError, ExplanationError
+
+__all__ = ["explanation_inputs"]
+
+_NON_NEGATIVE = ("epsilon", "stabilizer", "gamma", "noise", "alpha", "beta")
+_POSITIVE_INT = ("steps", "samples", "batch_size", "window", "stride")
+_LIMIT = 8  # names listed in a message
+
+
+def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[str, Any]) -> nn.Module:
+    """Check everything :func:`relprop.explain` is given; returns the module to explain.
+
+    A ``torch.compile``'d model is explained through its original module (``_orig_mod``: the same parameters).
+    ``x`` that is not a tensor is left to the caller's own input check.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    model = _uncompiled(model)
+    if not isinstance(x, Tensor):
+        return model  # explain's input check names what x must be
+    _no_inference_mode(model, x)
+    _no_meta_tensors(model, x)
+    _eval_mode(model)
+    _finite_parameters(model)
+    _options(method, options, x)
+    return model
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(names[:_LIMIT]) + (f" and {len(names) - _LIMIT} more" if len(names) > _LIMIT else "")
+
+
+def _uncompiled(model: nn.Module) -> nn.Module:
+    original = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        model = original
+    compiled = [name for name, m in model.named_modules() if type(m).__name__ == "OptimizedModule"]
+    if compiled:
+        raise ExplanationError(
+            f"sub-modules {_names(compiled)} of {type(model).__name__} are torch.compile'd, whose compiled code "
+            "no rule can see; explain a model built from the original modules (each one's ._orig_mod)"
+        )
+    return model
+
+
+def _no_inference_mode(model: nn.Module, x: Tensor) -> None:
+    if torch.is_inference_mode_enabled():
+        raise ExplanationError(
+            "explain() runs inside torch.inference_mode(), where nothing can be differentiated; call it outside"
+        )
+    frozen = ["x"] if x.is_inference() else []
+    frozen += [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
+    if frozen:
+        raise ExplanationError(
+            f"{_names(frozen)} were created in torch.inference_mode() and cannot take part in autograd; create "
+            "them outside it (or .clone() them outside it)"
+        )
+
+
+def _no_meta_tensors(model: nn.Module, x: Tensor) -> None:
+    meta = ["x"] if x.is_meta else []
+    meta += [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if meta:
+        raise ExplanationError(
+            f"{_names(meta)} are meta tensors without values; load the weights first (e.g. "
+            "model.to_empty(device='cpu') and model.load_state_dict(...))"
+        )
+
+
+def _eval_mode(model: nn.Module) -> None:
+    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    if training:
+        kinds = sorted({type(m).__name__ for _, m in model.named_modules() if m.training})
+        raise ExplanationError(
+            f"{type(model).__name__} has {len(training)} modules in training mode ({_names(training)}) of types "
+            f"{_names(kinds)}: dropout would randomise the explanation and batch norm would update its statistics; "
+            "call model.eval() (it sets every sub-module)"
+        )
+
+
+def _finite_parameters(model: nn.Module) -> None:
+    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
+           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ExplanationError(
+            f"{type(model).__name__} has NaN or infinite values in {_names(bad)}; its outputs and explanations "
+            "would be NaN (check the checkpoint or the training run)"
+        )
+
+
+def _options(method: str, options: Mapping[str, Any], x: Tensor) -> None:
+    for name in _NON_NEGATIVE:
+        if name in options:
+            _number(name, options[name], minimum=0.0)
+    for name in _POSITIVE_INT:
+        value = options.get(name)
+        if value is not None:
+            for item in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(item, bool) or not isinstance(item, int) or item < 1:
+                    raise ConfigError(f"option {name}={value!r} must be a positive integer (or a tuple of them)")
+    if "fill" in options:
+        _number("fill", options["fill"])
+    if "baseline" in options:
+        _baseline(options["baseline"], x)
+    if method == "lrp":
+        _lrp_options(options, x)
+
+
+def _number(name: str, value: Any, minimum: float | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or (
+        minimum is not None and value < minimum
+    ):
+        domain = "a finite number" + ("" if minimum is None else f" >= {minimum:g}")
+        raise ConfigError(f"option {name}={value!r} must be {domain}")
+
+
+def _baseline(baseline: Any, x: Tensor) -> None:
+    if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
+        _number("baseline", baseline)
+        return
+    if not isinstance(baseline, Tensor):
+        raise ConfigError(f"option baseline must be a number or a tensor like x, got {type(baseline).__name__}")
+    if baseline.is_floating_point() and not bool(torch.isfinite(baseline).all()):
+        raise ConfigError("option baseline contains NaN or infinite values")
+    if not x.is_floating_point():
+        return  # token ids: the baseline is in the embedding space
+    try:
+        torch.broadcast_shapes(baseline.shape, x.shape)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        raise ConfigError(
+            f"option baseline of shape {tuple(baseline.shape)} does not broadcast to x's shape {tuple(x.shape)}"
+        ) from None
+
+
+def _lrp_options(options: Mapping[str, Any], x: Tensor) -> None:
+    if options.get("rule_map") is not None:
+        ignored = sorted(name for name in options if name != "rule_map")
+        if ignored:
+            raise ConfigError(
+                f"lrp got rule_map= together with {ignored}, which only configure a preset and would be ignored; "
+                "pass either rule_map= or preset= with its options (build a preset's map with "
+                "relprop.composites.get_preset(name, **options))"
+            )
+        return
+    from .composites import PRESETS  # the presets register on import of relprop.composites
+
+    build = PRESETS.get(options.get("preset", "epsilon"))
+    if build is None:
+        return  # get_preset names the valid presets
+    defaults = {name: p.default for name, p in inspect.signature(build).parameters.items()}
+    if "low" not in defaults or "high" not in defaults:
+        return
+    low, high = options.get("low", defaults["low"]), options.get("high", defaults["high"])
+    if low is None or high is None:
+        return  # the preset asks for them
+    _bounds(low, high, x)
+
+
+def _bounds(low: Any, high: Any, x: Tensor) -> None:
+    values = {}
+    for name, value in (("low", low), ("high", high)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _number(name, value)
+            value = torch.tensor(float(value))
+        if not isinstance(value, Tensor) or not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"option {name} must be a finite number or tensor, got {value!r}")
+        values[name] = value.to(x.device, torch.float64)
+    if bool((values["low"] > values["high"]).any()):
+        raise ConfigError(f"options low={low!r} and high={high!r}: low must not exceed high")
+    if x.is_floating_point():
+        inside = (x.double() >= values["low"]) & (x.double() <= values["high"])
+        if not bool(inside.all()):
+            raise ConfigError(
+                f"x lies outside the zB bounds [low, high] = [{low!r}, {high!r}] (x spans "
+                f"[{x.min().item():.4g}, {x.max().item():.4g}]): the zB rule assumes every input inside them; pass "
+                "the range of your input's domain as low= and high="
+            )

@@ -1,0 +1,161 @@
+"""relprop.validate: what explain() refuses before it runs anything, one test per class of bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop.composites import get_preset
+from relprop.errors import ConfigError, ExplanationError
+
+
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 2))
+    return model.double().eval()
+
+
+def _x(low: float = -1.0, high: float = 1.0) -> Tensor:
+    return torch.rand(2, 1, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * (high - low) + low
+
+
+def test_a_submodule_in_training_mode_is_refused_before_the_model_runs() -> None:
+    model = _cnn()
+    model[1].train()
+    statistics = (model[1].running_mean.clone(), model[1].running_var.clone(), model[1].num_batches_tracked.clone())
+    for method in ("lrp", "gradient", "integrated_gradients"):
+        with pytest.raises(ExplanationError, match=r"training mode \(1\) of types BatchNorm2d.*model\.eval\(\)"):
+            relprop.explain(model, _x(), method=method)
+    assert all(torch.equal(a, b) for a, b in zip(statistics, (model[1].running_mean, model[1].running_var,
+                                                             model[1].num_batches_tracked)))
+
+
+@pytest.mark.parametrize("where", ["weight", "buffer"])
+def test_nan_or_inf_in_the_model_is_refused(where: str) -> None:
+    model = _cnn()
+    with torch.no_grad():
+        if where == "weight":
+            model[4].weight[0, 0] = float("nan")
+        else:
+            model[1].running_var[1] = float("inf")
+    name = "4.weight" if where == "weight" else "1.running_var"
+    with pytest.raises(ExplanationError, match=rf"NaN or infinite values in {name}"):
+        relprop.explain(model, _x(), method="gradient")
+
+
+@pytest.mark.parametrize(("method", "options", "message"), [
+    ("lrp", {"epsilon": float("nan")}, r"epsilon=nan must be a finite number >= 0"),
+    ("lrp", {"epsilon": -0.1}, r"epsilon=-0.1 must be a finite number >= 0"),
+    ("lrp", {"preset": "zplus", "stabilizer": float("inf")}, r"stabilizer=inf"),
+    ("lrp", {"preset": "epsilon_gamma_box", "low": -1.0, "high": 1.0, "gamma": -1.0}, r"gamma=-1.0"),
+    ("integrated_gradients", {"baseline": float("nan")}, r"baseline=nan"),
+    ("integrated_gradients", {"baseline": torch.full((1, 6, 6), float("inf"), dtype=torch.float64)}, r"NaN or inf"),
+    ("integrated_gradients", {"baseline": torch.zeros(3, 5)}, r"does not broadcast"),
+    ("integrated_gradients", {"steps": 0}, r"steps=0 must be a positive integer"),
+    ("smoothgrad", {"noise": float("nan")}, r"noise=nan"),
+    ("smoothgrad", {"noise": -0.5}, r"noise=-0.5"),
+    ("occlusion", {"window": (2, 0, 2)}, r"window=\(2, 0, 2\)"),
+    ("occlusion", {"fill": float("inf")}, r"fill=inf"),
+    ("lrp", {"preset": "dtd", "low": 1.0, "high": -1.0}, r"low must not exceed high"),
+    ("lrp", {"preset": "dtd", "low": 0.0, "high": 1.0}, r"x lies outside the zB bounds"),
+    ("lrp", {"preset": "thesis_dtd"}, r"x lies outside the zB bounds \[low, high\] = \[-1.0, 1.0\]"),  # defaults
+])
+def test_out_of_domain_options_are_refused(method: str, options: dict[str, object], message: str) -> None:
+    x = _x(-2.0, 2.0) if options.get("preset") == "thesis_dtd" else _x()
+    with pytest.raises(ConfigError, match=message):
+        relprop.explain(_cnn(), x, 0, method=method, **options)
+
+
+@pytest.mark.parametrize("options", [{"preset": "zplus"}, {"epsilon": 0.1}, {"preset": "dtd", "low": -1.0}])
+def test_options_that_rule_map_would_ignore_are_refused(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigError, match=r"rule_map= together with .* would be ignored"):
+        relprop.explain(_cnn(), _x(), method="lrp", rule_map=get_preset("epsilon"), **options)
+
+
+class _Pair(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.lin = kind, nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> object:
+        scores = self.lin(x)
+        return (scores, x) if self.kind == "tuple" else {"scores": scores}
+
+
+@pytest.mark.parametrize("kind", ["tuple", "dict"])
+def test_a_model_returning_a_tuple_or_dict_needs_output(kind: str) -> None:
+    model, x = _Pair(kind).double().eval(), torch.randn(2, 4, dtype=torch.float64)
+    with pytest.raises(ExplanationError, match=r"pass output= to select them"):
+        relprop.explain(model, x, method="gradient")
+    select = (lambda result: result[0]) if kind == "tuple" else (lambda result: result["scores"])
+    explanation = relprop.explain(model, x, 1, method="gradient", output=select)
+    assert torch.equal(explanation.relevance, model.lin.weight[1].expand(2, 4))
+
+
+def test_inference_mode_is_refused() -> None:
+    model, x = _cnn(), _x()
+    with torch.inference_mode():
+        with pytest.raises(ExplanationError, match=r"inside torch.inference_mode\(\)"):
+            relprop.explain(model, x, method="lrp")
+        frozen = x.clone()
+    with pytest.raises(ExplanationError, match=r"^x were created in torch.inference_mode"):
+        relprop.explain(model, frozen, method="lrp")
+
+
+def test_meta_tensors_are_refused() -> None:
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 3)).eval()
+    with pytest.raises(ExplanationError, match=r"0.weight, 0.bias are meta tensors"):
+        relprop.explain(model, torch.randn(2, 4), method="lrp")
+
+
+def test_a_compiled_model_is_explained_through_its_original_module() -> None:
+    model, x = _cnn(), _x()
+    compiled = torch.compile(model)  # compiles lazily: explain never runs the compiled code
+    assert torch.equal(relprop.explain(compiled, x, 1, method="lrp").relevance,
+                       relprop.explain(model, x, 1, method="lrp").relevance)
+    wrapper = nn.Sequential(torch.compile(model)).eval()
+    with pytest.raises(ExplanationError, match=r"sub-modules 0 of Sequential are torch.compile'd"):
+        relprop.explain(wrapper, x, method="lrp")
+
+
+class _Doubler(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: object, x: Tensor) -> Tensor:
+        return x * 2
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        return grad * 2
+
+
+class _Custom(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(_Doubler.apply(self.a(x)))
+
+
+def test_a_custom_autograd_function_on_the_path_is_refused() -> None:
+    torch.manual_seed(0)
+    with pytest.raises(ExplanationError, match=r"custom autograd.Function .*_Doubler"):
+        relprop.explain(_Custom().double().eval(), torch.randn(2, 4, dtype=torch.float64), method="lrp")
+
+
+def test_writing_data_on_the_path_is_refused() -> None:
+    class Writes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            h.data = h.data.clamp(min=0)  # cuts the relevance: the next layer sees values autograd never saw
+            return self.b(h)
+
+    with pytest.raises(ExplanationError, match=r"'\.data'"):
+        relprop.explain(Writes().double().eval(), torch.randn(2, 4, dtype=torch.float64), method="lrp")

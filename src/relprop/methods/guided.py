@@ -11,7 +11,8 @@ from .. import ops
 from ..core import FunctionalGuard, Rule, Site, attach_rules, mark_path, root_module
 from ..ops import OpCall
 from ..rules.elementwise import vjp
-from ._common import one_hot_start
+from ._common import OutputSeed, start_gradient
+from ._registry import method
 
 __all__ = ["guided_backprop", "deconvnet"]
 
@@ -42,7 +43,7 @@ class _DeconvReLU:
         return (relevance_out.clamp(min=0),)
 
 
-def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: Rule) -> Tensor:
+def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, rule: Rule) -> Tensor:
     """The gradient with ``rule`` at every ReLU, module (``nn.ReLU``) or functional (``F.relu``, ``x.relu_()``)."""
     relus = [(name, m, rule) for name, m in root_module(model).named_modules() if isinstance(m, nn.ReLU)]
     guard = FunctionalGuard({ops.ACTIVATION: rule}, strict=False)  # every other op keeps its own gradient
@@ -50,16 +51,18 @@ def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: R
     with attach_rules(model, relus, guard=guard), torch.enable_grad():
         with guard:
             output = model(x)
-        (grad,) = torch.autograd.grad(output, x, one_hot_start(output, target))
+        (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
     return grad
 
 
-def guided_backprop(model: nn.Module, x: Tensor, target: Tensor, *, squared: bool = False) -> Tensor:
+@method("guided_backprop")
+def guided_backprop(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, squared: bool = False) -> Tensor:
     """Guided backpropagation (Springenberg et al. 2015); ``squared=True`` gives the thesis's SA-style variant."""
     grad = _modified_relu_gradient(model, x, target, _GuidedReLU())
     return grad**2 if squared else grad
 
 
-def deconvnet(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+@method("deconvnet")
+def deconvnet(model: nn.Module, x: Tensor, target: Tensor | OutputSeed) -> Tensor:
     """Deconvnet attribution (Zeiler & Fergus 2014)."""
     return _modified_relu_gradient(model, x, target, _DeconvReLU())

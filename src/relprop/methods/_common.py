@@ -30,7 +30,9 @@ def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
     if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
         raise ExplanationError(f"target must be an int, a LongTensor of shape (batch,) or None, got {target!r}")
     if isinstance(target, int):
-        target = torch.full((batch,), target, dtype=torch.long, device=output.device)
+        if not 0 <= target < classes:
+            raise ExplanationError(f"target out of range: the model has {classes} outputs, got {target}")
+        return torch.full((batch,), target, dtype=torch.long, device=output.device)
     if target.dtype not in (torch.int64, torch.int32) or target.shape != (batch,):
         raise ExplanationError(
             f"target tensor must be integer with shape ({batch},), got {target.dtype} {tuple(target.shape)}"

@@ -66,9 +66,10 @@ class _Call(nn.Module):
     def __init__(
         self, model: nn.Module, *, embedding: nn.Module | None = None, ids: Tensor | None = None,
         model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
-        output: Callable[[Any], Tensor] | None = None,
+        output: Callable[[Any], Tensor] | None = None, batch: int | None = None,
     ) -> None:
         super().__init__()
+        self.batch = batch  # the explained batch size: a method running it several times over gets tiled kwargs
         object.__setattr__(self, "_model", model)  # not a child: rules attach to the model under its own names
         object.__setattr__(self, "_embedding", embedding)
         self._model: nn.Module
@@ -86,7 +87,7 @@ class _Call(nn.Module):
         return value
 
     def forward(self, z: Tensor) -> Tensor:
-        batch = z.shape[0] if self.ids is None else self.ids.shape[0]
+        batch = self.batch or (z.shape[0] if self.ids is None else self.ids.shape[0])
         repeats = z.shape[0] // batch
         kwargs = {name: self._tiled(value, batch, repeats) for name, value in self.model_kwargs.items()}
         if self.ids is None or self._embedding is None:
@@ -277,7 +278,7 @@ def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Mod
             inputs = embedding(x)
         forward: nn.Module = _Call(model, embedding=embedding, ids=x, **call)
     else:
-        forward = _Call(model, **call) if any(v is not None for v in call.values()) else model
+        forward = _Call(model, batch=len(x), **call) if any(v is not None for v in call.values()) else model
     with _wrapped_errors(model, x), torch.no_grad():
         scores = forward(inputs)
         if not isinstance(scores, Tensor):

@@ -89,3 +89,28 @@ def test_score_and_conservation_per_target(make_mlp, randn) -> None:
     assert explanation.score.shape == (2, 3)
     torch.testing.assert_close(explanation.score, model(x))
     torch.testing.assert_close(explanation.relevance.sum(-1), model(x).detach(), atol=1e-6, rtol=1e-6)
+
+
+class _Scaled(nn.Module):
+    """A model with a per-sample keyword argument (like an attention mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor, scale: Tensor) -> Tensor:
+        return self.linear(x * scale)
+
+
+@pytest.mark.parametrize(("method", "options"), [("lrp", {}), ("integrated_gradients", {"steps": 3})])
+def test_model_kwargs_follow_the_repeated_batch(randn, method: str, options: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model, x = _Scaled().double().eval(), randn(2, 4)
+    scale = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+    together = relprop.explain(model, x, "all", method=method, model_kwargs={"scale": scale}, **options)
+    for c in range(3):
+        alone = relprop.explain(model, x, c, method=method, model_kwargs={"scale": scale}, **options)
+        torch.testing.assert_close(together.relevance[:, c], alone.relevance)
+    # every copy runs with its own sample's scale: the relevance equals that of the linear layer at x * scale
+    scaled = relprop.explain(model.linear, x * scale, 1, method=method, **options).relevance
+    torch.testing.assert_close(together.relevance[:, 1], scaled)

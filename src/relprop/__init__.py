@@ -19,10 +19,11 @@ from . import (
     rules,
 )
 from .api import METHODS, Explanation, explain, method
+from .datasets import explain_dataset
 from .errors import ExplanationError
 
 __all__ = [
-    "explain", "Explanation", "ExplanationError", "METHODS", "method",
+    "explain", "explain_dataset", "Explanation", "ExplanationError", "METHODS", "method",
     "rules", "ops", "composites", "canonizers", "layers", "methods", "models",
 ]
 __version__ = "0.1.0"

@@ -94,7 +94,7 @@ def _reproduce(args: argparse.Namespace) -> int:
                                            ("lr", args.lr), ("limit", args.limit)) if v is not None})
     evaluation = dataclasses.replace(config.evaluation, methods=args.methods, **(
         {"limit": args.test_limit} if args.test_limit is not None else {}))
-    config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, seeds=args.seeds, train=train_config,
+    config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, runs=args.seeds, train=train_config,
                                  evaluation=evaluation)
     results = reproduce(config, args.out, progress=not args.quiet, collect_only=args.collect)
     print("\naccuracy")

@@ -26,6 +26,14 @@ IDS = torch.tensor([
 ])
 
 
+def _ids(token_lists: list[tuple[str, ...]], vocab: object) -> torch.Tensor:
+    """Ids right-padded with PAD to the longest sentence: (N, T)."""
+    ids = torch.full((len(token_lists), max(len(t) for t in token_lists)), PAD, dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        ids[row, : len(tokens)] = torch.tensor(vocab.encode(tokens))  # type: ignore[attr-defined]
+    return ids
+
+
 def _model(*, bias: bool = True, position: bool = True, d_model: int = 12, seed: int = 0) -> TransformerClassifier:
     torch.manual_seed(seed)
     config = TransformerClassifierConfig(vocab_size=20, embedding_dim=8, d_model=d_model, heads=2, layers=2,
@@ -95,7 +103,7 @@ def test_explain_words_every_method() -> None:
     for method in text_transformer.TRANSFORMER_METHODS:
         relevance, classes, gaps, scores = text_transformer.explain_words(run, sentences, method)
         assert [len(r) for r in relevance] == [2, 3, 1, 2]
-        assert classes == model(text_transformer._encode(sentences, vocab)).argmax(1).tolist()
+        assert classes == model(_ids(sentences, vocab)).argmax(1).tolist()
         if method == "ig":  # completeness at 64 midpoint steps
             assert max(abs(g) for g in gaps if g is not None) < 1e-2
 
@@ -119,3 +127,23 @@ def test_quick_run_of_main(tmp_path: Path) -> None:
     assert (tmp_path / "docs" / "evaluation.csv").read_text() == (out / "evaluation.csv").read_text()
     run = text_transformer.load_transformer_run(out)
     assert len(run.history) == 1 and run.best_epoch == 1
+
+
+def test_evaluate_deletion_equals_word_deletion_sentence_by_sentence() -> None:
+    from relprop.data.sst import SSTExample, Vocabulary
+    from relprop.metrics import word_deletion
+
+    model = _model()
+    vocab = Vocabulary(("<pad>", "<unk>", *(f"w{i}" for i in range(2, 20))))
+    run = TransformerRun(model, vocab, TransformerTrainConfig(), ())
+    examples = [SSTExample(tokens, 0) for tokens in [("w2", "w3", "w4"), ("w5",), ("w6", "w7"), ("w8", "w9", "w4")]]
+    results = text_transformer.evaluate_deletion(run, examples, ["gradient_x_input"], steps=3, log=lambda _: None,
+                                                 batch_size=2)
+    assert [r.method for r in results] == ["gradient_x_input", "random"]
+    for i, example in enumerate(examples):  # per-sentence AOPC comes back in the order of the examples
+        ids = _ids([example.tokens], vocab)
+        explanation = relprop.explain(model, ids, method="gradient_x_input")
+        curve = word_deletion(model, ids, explanation.relevance, explanation.target, pad_id=PAD, steps=3)
+        assert results[0].aopc[i] == pytest.approx(float(curve.aopc), rel=1e-9)
+        assert results[0].gaps is not None
+        assert results[0].gaps[i] == pytest.approx(float(explanation.relevance.sum() - explanation.score), abs=1e-9)

@@ -1,57 +1,196 @@
-"""Resumable MAJ training runs and grid cells: more epochs, another learning rate, re-evaluation when stale."""
+"""MAJ training runs: per-epoch atomic commits, exact resume after a kill at any point, early stopping, and
+grid cells that are re-evaluated when stale."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
-from relprop.experiments.evaluate import EvalConfig
+from relprop.errors import ConfigError, DataError
+from relprop.experiments import evaluate as evaluate_module
+from relprop.experiments import train as train_module
+from relprop.experiments.evaluate import EvalConfig, evaluate, read_evaluation
 from relprop.experiments.reproduce import GridConfig, reproduce
-from relprop.experiments.train import TrainConfig, best_epoch, lr_schedule, train
+from relprop.experiments.train import (
+    MANIFEST,
+    TrainConfig,
+    best_epoch,
+    lr_schedule,
+    read_history,
+    run_finished,
+    train,
+    weights_file,
+)
 from relprop.io import read_json, write_json
 
 _TINY = TrainConfig(arch="rlstm_sd", dataset="digits-maj", epochs=1, batch_size=50, lr=2e-3, limit=100, eval_limit=50)
+# ordinary dropout on the inputs, gates and outputs: every step draws from the global RNG
+_KILLABLE = TrainConfig(arch="rlstm", dataset="digits-maj", epochs=3, batch_size=25, lr=2e-3, limit=100,
+                        eval_limit=50)
+
+
+def _weights(run: Path, which: str = "last") -> dict[str, torch.Tensor]:
+    return load_file(str(weights_file(run, which)))
+
+
+def _assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
 
 
 def test_resume_at_another_learning_rate(tmp_path: Path) -> None:
     run = train(_TINY, tmp_path / "run", progress=False)
-    first = read_json(run / "history.json")
+    first = read_history(run)
     train(dataclasses.replace(_TINY, epochs=3, lr=5e-4), run, progress=False)
-    history = read_json(run / "history.json")
+    history = read_history(run)
     assert history[0] == first[0]
     assert [record["lr"] for record in history] == [2e-3, 5e-4, 5e-4]
     assert lr_schedule(history) == "2e-03 x1, 5e-04 x2"
-    state = torch.load(run / "optimizer.pt", weights_only=True)
+    manifest = read_json(run / MANIFEST)
+    state = torch.load(run / manifest["files"]["optimizer"], weights_only=True)
     assert state["param_groups"][0]["lr"] == 5e-4  # the saved Adam state does not bring the old rate back
     assert read_json(run / "config.json")["lr"] == 5e-4
-
-
-def test_history_from_before_the_lr_was_recorded(tmp_path: Path) -> None:
-    run = train(_TINY, tmp_path / "run", progress=False)
-    old = [{k: v for k, v in record.items() if k != "lr"} for record in read_json(run / "history.json")]
-    write_json(run / "history.json", old)
-    train(dataclasses.replace(_TINY, lr=1e-4), run, progress=False)  # finished: trains nothing, changes the config
-    assert read_json(run / "history.json")[0]["lr"] == 2e-3  # filled in from the config before it changed
     assert lr_schedule([{"epoch": 1}, {"epoch": 2, "lr": 1e-3}]) == "? x1, 1e-03 x1"
+    # only the committed epoch's files are left
+    assert sorted(p.name for p in run.iterdir()) == sorted(["config.json", MANIFEST, *manifest["files"].values()])
 
 
 def test_other_changes_are_refused(tmp_path: Path) -> None:
     run = train(_TINY, tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match="another configuration.*batch_size"):
+    with pytest.raises(ConfigError, match="another configuration.*batch_size"):
         train(dataclasses.replace(_TINY, epochs=2, batch_size=25), run, progress=False)
 
 
-def test_best_epoch(tmp_path: Path) -> None:
-    write_json(tmp_path / "history.json", [
-        {"epoch": 1, "val_accuracy": 0.5}, {"epoch": 2, "val_accuracy": 0.7}, {"epoch": 3, "val_accuracy": 0.7},
-    ])
-    assert best_epoch(tmp_path) == 2  # best.safetensors is only replaced on a strict improvement
-    write_json(tmp_path / "history.json", [])
-    with pytest.raises(ValueError, match="not finished an epoch"):
-        best_epoch(tmp_path)
+def test_a_bad_config_writes_nothing(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown architecture 'rlstmm'"):
+        train(dataclasses.replace(_TINY, arch="rlstmm"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="Unknown dataset"):
+        train(dataclasses.replace(_TINY, dataset="digits"), tmp_path / "run", progress=False)
+    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+        dataclasses.replace(_TINY, epochs=0)
+    assert not (tmp_path / "run").exists()  # the corrected command starts cleanly
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        train(_TINY, tmp_path / "file", progress=False)
+
+
+def test_best_epoch_and_early_stopping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="lr > 0"):
+        dataclasses.replace(_TINY, lr=0.0)
+    config = dataclasses.replace(_TINY, epochs=30, lr=1e-12, patience=2)  # no improvement after epoch 1
+    run = train(config, tmp_path / "run", progress=False)
+    history = read_history(run)
+    assert len(history) == 3 and best_epoch(run) == 1  # two epochs without a strict improvement, then stop
+    assert run_finished(run)
+    assert read_json(run / MANIFEST)["files"]["best"] == "best-0001.safetensors"
+    train(config, run, progress=False)  # finished: nothing more
+    assert len(read_history(run)) == 3
+
+
+def test_old_and_corrupt_run_directories_are_refused(tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    old.mkdir()
+    write_json(old / "config.json", dataclasses.asdict(_TINY))
+    write_json(old / "history.json", [{"epoch": 1, "val_accuracy": 0.5}])
+    with pytest.raises(DataError, match="older layout"):
+        train(_TINY, old, progress=False)
+    assert read_history(old) == [{"epoch": 1, "val_accuracy": 0.5}] and best_epoch(old) == 1  # still readable
+    assert weights_file(old).name == "best.safetensors"
+    run = train(_TINY, tmp_path / "run", progress=False)
+    write_json(run / MANIFEST, {"epoch": 1, "files": {"last": "../../etc/passwd"}, "history": []})
+    with pytest.raises(DataError, match="not a relprop checkpoint manifest"):
+        train(dataclasses.replace(_TINY, epochs=2), run, progress=False)
+    write_json(run / "config.json", {**dataclasses.asdict(_TINY), "evil": 1})
+    with pytest.raises(DataError, match="unknown fields.*evil"):
+        run_finished(run)
+
+
+class _Killed(BaseException):
+    """Stands for a kill: raised from inside a write, never caught by training code."""
+
+
+def _kill_at(n: int, monkeypatch: pytest.MonkeyPatch, run: Path) -> dict[str, int]:
+    """Make the n-th file write of train() die, leaving a half-written temp file behind as a kill would.
+
+    Returns the call counter (n = 0 never kills: it counts the writes of a whole run).
+    """
+    calls = {"count": 0}
+
+    def deadly(original: Callable[..., Any]) -> Callable[..., Any]:
+        def write(*args: Any, **kwargs: Any) -> Any:
+            calls["count"] += 1
+            if calls["count"] == n:
+                if run.exists():
+                    (run / f".victim-{n}.safetensors.abc123.tmp").write_bytes(b"half")
+                raise _Killed
+            return original(*args, **kwargs)
+
+        return write
+
+    for name in ("save_weights", "atomic_write", "write_json"):
+        monkeypatch.setattr(train_module, name, deadly(getattr(train_module, name)))
+    return calls
+
+
+@pytest.mark.slow
+def test_a_kill_at_every_write_resumes_to_the_same_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = tmp_path / "reference"
+    with monkeypatch.context() as patch:
+        writes = _kill_at(0, patch, reference)
+        train(_KILLABLE, reference, progress=False)
+    assert writes["count"] >= 1 + 4 * _KILLABLE.epochs  # config, then last, (best,) optimizer, rng, manifest
+    for n in range(1, writes["count"] + 1):
+        run = tmp_path / f"killed{n}"
+        with monkeypatch.context() as patch:
+            _kill_at(n, patch, run)
+            with pytest.raises(_Killed):
+                train(_KILLABLE, run, progress=False)
+        train(_KILLABLE, run, progress=False)  # resume
+        timeless = [[{**r, "seconds": 0} for r in read_history(d)] for d in (run, reference)]
+        assert timeless[0] == timeless[1]
+        _assert_bitwise_equal(_weights(run), _weights(reference))
+        _assert_bitwise_equal(_weights(run, "best"), _weights(reference, "best"))
+        assert not list(run.glob(".*.tmp")), "temp files of the kill are swept"
+
+
+_SUBPROCESS = """
+import sys
+from relprop.experiments.train import TrainConfig, train
+train(TrainConfig(arch="rlstm", dataset="digits-maj", epochs=3, batch_size=25, lr=2e-3, limit=100, eval_limit=50),
+      sys.argv[1], progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_times_then_resume(tmp_path: Path) -> None:
+    reference = train(_KILLABLE, tmp_path / "reference", progress=False)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", _SUBPROCESS, str(tmp_path / "timing")], check=True)
+    duration = time.perf_counter() - started
+    times = random.Random(20261202).sample(range(1, 100), 4)  # a fixed seed of kill times, % of a run
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    for trial, percent in enumerate(times):
+        run = tmp_path / f"run{trial}"
+        process = subprocess.Popen([sys.executable, "-c", _SUBPROCESS, str(run)], env=env)
+        time.sleep(duration * percent / 100)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        train(_KILLABLE, run, progress=False)
+        _assert_bitwise_equal(_weights(run), _weights(reference))
+        assert len(read_history(run)) == _KILLABLE.epochs
 
 
 def test_grid_re_evaluates_a_cell_that_trained_on(tmp_path: Path) -> None:
@@ -74,5 +213,37 @@ def test_grid_re_evaluates_a_cell_that_trained_on(tmp_path: Path) -> None:
     assert results["cells"][0]["epochs"] == 2
     assert results["cells"][0]["schedule"] == "2e-03 x2"
     assert read_json(cell / "evaluation.json")["checkpoint_epoch"] == best_epoch(cell)
-    assert results["accuracy"][0]["lr schedule"] == "2e-03 x2"
-    assert results["accuracy"][0]["batch"] == results["cells"][0]["batch_size"] == _TINY.batch_size
+
+
+def test_evaluation_is_committed_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run = train(_TINY, tmp_path / "run", progress=False)
+    config = EvalConfig(limit=20, flip_limit=10, flip_steps=4, heatmap_samples=1, methods=("sa",))
+    first = evaluate(run, config, progress=False)
+    calls = {"count": 0}
+    original = evaluate_module.write_json
+
+    def killed_before_the_commit(*args: Any, **kwargs: Any) -> Any:
+        calls["count"] += 1
+        raise _Killed
+
+    monkeypatch.setattr(evaluate_module, "write_json", killed_before_the_commit)
+    with pytest.raises(_Killed):
+        evaluate(run, dataclasses.replace(config, methods=("sa", "gb")), progress=False)
+    monkeypatch.setattr(evaluate_module, "write_json", original)
+    kept = read_evaluation(run)
+    assert kept is not None and set(kept["methods"]) == {"sa"} and kept["samples_file"] == first["samples_file"]
+    assert len(list(run.glob("evaluation_samples*"))) == 2  # the orphan is swept by the next commit
+    evaluate(run, config, progress=False)
+    assert len(list(run.glob("evaluation_samples*"))) == 1
+
+
+def test_nan_weights_are_not_evaluated(tmp_path: Path) -> None:
+    run = train(_TINY, tmp_path / "run", progress=False)
+    weights = _weights(run, "best")
+    weights["output.weight"][0, 0] = float("nan")
+    from safetensors.torch import save_file
+
+    save_file(weights, str(weights_file(run, "best")))
+    with pytest.raises(DataError, match="NaN or inf in output.weight"):
+        evaluate(run, EvalConfig(limit=10, flip_limit=5, flip_steps=2, methods=("sa",)), progress=False)
+    assert read_evaluation(run) is None

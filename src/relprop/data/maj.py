@@ -33,13 +33,28 @@ from torch import Tensor
 
 from relprop.data.idx import SPLIT_SEED, SPLITS, load_images
 
-__all__ = ["DATASETS", "VARIANTS", "MajSplit", "to_sequence", "from_sequence", "load_maj"]
+__all__ = [
+    "DATASETS", "VARIANTS", "STEPS_PER_BLOCK", "MajSplit", "to_sequence", "from_sequence", "load_maj", "maj_shape",
+]
 
 DATASETS = ("mnist-maj", "fashion-maj", "digits-maj")
 VARIANTS = ("maj", "3-digits", "7-digits")
 _IMAGE_DATASET = {"mnist-maj": "mnist", "fashion-maj": "fashion-mnist"}
-_STEPS_PER_BLOCK = 4
+STEPS_PER_BLOCK = 4
 _N_CLASSES = 10
+
+
+def maj_shape(dataset: str, variant: str = "maj") -> dict[str, int]:
+    """Sequence geometry of a MAJ dataset: image height, time steps and strip width (features per step / height).
+
+    >>> maj_shape("mnist-maj"), maj_shape("digits-maj", "7-digits")
+    ({'height': 28, 'steps': 12, 'step_width': 7}, {'height': 8, 'steps': 28, 'step_width': 2})
+    """
+    _check_name("dataset", dataset, DATASETS)
+    _check_name("variant", variant, VARIANTS)
+    height, width = (8, 2) if dataset == "digits-maj" else (28, 7)
+    blocks = 7 if variant == "7-digits" else 3
+    return {"height": height, "steps": STEPS_PER_BLOCK * blocks, "step_width": width}
 
 
 @dataclass(frozen=True)
@@ -175,8 +190,14 @@ def load_maj(
     variant: str = "maj",
     seed: int = 71,
     limit: int | None = None,
+    fold: int | None = None,
+    folds: int = 10,
 ) -> MajSplit:
     """Build one split of a MAJ dataset (see the module docstring); ``limit`` keeps the first samples.
+
+    ``fold=k`` gives the thesis's cross-validation split instead of the official one: the train, validation
+    and test sequences merged, ``StratifiedKFold(folds, shuffle=True, random_state=seed)`` over their labels,
+    fold ``k`` the test set and the other folds split 80/20 into train / validation (permutation seed ``seed``).
 
     Example
     -------
@@ -189,6 +210,8 @@ def load_maj(
     _check_name("variant", variant, VARIANTS)
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be None or >= 0, got {limit}")
+    if fold is not None:
+        return _cross_validation_split(dataset, split, variant, seed, fold, folds, limit)
     images, labels, max_value = _pool(dataset, split)
     sources = _draw_sources(labels, variant, _generator(seed, dataset, variant, split))[:limit]
     n, blocks = sources.shape
@@ -204,5 +227,24 @@ def load_maj(
         y=torch.from_numpy(y),
         mask=torch.from_numpy((block_labels == y[:, None]).astype(np.float32)),
         block_labels=torch.from_numpy(block_labels),
-        steps=_STEPS_PER_BLOCK * blocks,
+        steps=STEPS_PER_BLOCK * blocks,
     )
+
+
+def _cross_validation_split(
+    dataset: str, split: str, variant: str, seed: int, fold: int, folds: int, limit: int | None
+) -> MajSplit:
+    from sklearn.model_selection import StratifiedKFold
+
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+    parts = [load_maj(dataset, name, variant=variant, seed=seed) for name in SPLITS]
+    x, y, mask, block_labels = (torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "mask", "block_labels"))
+    merged = MajSplit(x, y, mask, block_labels, steps=parts[0].steps)
+    labels = merged.y.numpy()
+    rest, test = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(labels, labels))[fold]
+    rest = rest[np.random.RandomState(seed).permutation(len(rest))]
+    n_val = len(rest) // 5
+    index = {"test": test, "val": rest[:n_val], "train": rest[n_val:]}[split][:limit]
+    chosen = torch.from_numpy(np.asarray(index))
+    return MajSplit(merged.x[chosen], merged.y[chosen], merged.mask[chosen], merged.block_labels[chosen], merged.steps)

@@ -4,16 +4,22 @@ error and a pixel-flipping curve with its AOPC.
 
 Protocol (Chormai 2018): relevance starts at the true-class logit clipped at 0 (relevance is linear in its
 start, so samples whose logit is not positive get zero relevance); SA and GB are squared gradients.
-Results go to ``evaluation.json`` and ``evaluation.csv`` in the run directory, per-sample scores to
-``evaluation_samples.safetensors``, sample heatmaps to ``heatmaps/``.
+Results go to the run directory, committed atomically: per-sample scores to
+``evaluation_samples-<digest>.safetensors``, then ``evaluation.json`` naming that file (the commit; a run killed
+in between keeps its previous evaluation, or none), then ``evaluation.csv`` and sample heatmaps in
+``heatmaps/``. A model with NaN or inf weights, or an evaluation that produced NaN, is refused: the cell does
+not count as evaluated.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
+import hashlib
 import io as _stringio
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,15 +31,27 @@ from tqdm.auto import tqdm
 
 from .. import api, metrics
 from ..data import from_sequence, load_maj
+from ..data.maj import maj_shape
+from ..datasets import explain_dataset
+from ..errors import DataError
 from ..io import atomic_write, read_json, write_json
-from .train import accuracy, best_epoch, load_run, lr_schedule, maj_shape
+from ..metrics.batch import Batch
+from .train import accuracy, best_epoch, load_run, lr_schedule, read_history
 
-__all__ = ["MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj"]
+__all__ = [
+    "MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj", "maj_explanation", "read_evaluation", "read_samples",
+    "REGION_CAP",
+]
+
+REGION_CAP = 0.8  # the thesis's tau: each correct block's share of the relevance counts up to 0.8
+# methods whose relevance should sum to the explained score (the conservation error means something)
+_CONSERVATIVE = ("dtd", "lrp")
 
 # name -> (relprop method, options)
 MAJ_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "sa": ("sensitivity", {}),
-    "gb": ("guided_backprop", {"squared": True}),
+    "gb": ("guided_backprop", {"squared": True, "gates": "frozen"}),  # the thesis's final GB: gates frozen
+    "gb_std": ("guided_backprop", {"squared": True}),  # standard GB: only the ReLUs guided
     "dtd": ("lrp", {"preset": "dtd", "low": -1.0, "high": 1.0}),
     # the thesis's alpha-beta LRP: alpha-beta in hidden layers, zB on pixels
     "lrp_a1.5b0.5": ("lrp", {"preset": "thesis_lrp", "alpha": 1.5, "beta": 0.5}),
@@ -52,7 +70,7 @@ MAJ_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 class EvalConfig:
     """What to evaluate: methods (keys of MAJ_METHODS), how many test samples, and the flipping subset."""
 
-    methods: Sequence[str] = ("sa", "gb", "dtd", "lrp_a1.5b0.5")
+    methods: Sequence[str] = ("sa", "gb", "gb_std", "dtd", "lrp_a1.5b0.5")
     limit: int | None = None
     flip_limit: int = 500
     flip_steps: int = 20
@@ -60,14 +78,40 @@ class EvalConfig:
     heatmap_samples: int = 6
 
 
-def explain_maj(model: torch.nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[Tensor, Tensor]:
-    """Relevance of the thesis protocol for method ``name`` on sequences x (N, steps, F); returns (relevance, score)."""
+def maj_explanation(model: torch.nn.Module, x: Tensor, y: Tensor, name: str) -> api.Explanation:
+    """The explanation of the thesis protocol for method ``name`` on sequences x (N, steps, F): relevance that
+    starts at the true-class logit clipped at 0 (samples whose logit is not positive get zero relevance)."""
     if name not in MAJ_METHODS:
         raise ValueError(f"unknown MAJ method '{name}'; valid: {', '.join(MAJ_METHODS)}")
     method, options = MAJ_METHODS[name]
     explanation = api.explain(model, x, target=y, method=method, **options)
     clip = (explanation.score > 0).to(explanation.relevance)  # start at max(logit, 0)
-    return explanation.relevance * clip.reshape(-1, *(1,) * (x.dim() - 1)), explanation.score.clamp(min=0)
+    return dataclasses.replace(explanation, relevance=explanation.relevance * clip.reshape(-1, *(1,) * (x.dim() - 1)))
+
+
+def explain_maj(model: torch.nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[Tensor, Tensor]:
+    """Relevance of the thesis protocol for method ``name`` on sequences x (N, steps, F); returns (relevance, score)."""
+    explanation = maj_explanation(model, x, y, name)
+    return explanation.relevance, explanation.score.clamp(min=0)
+
+
+def _maj_scores(name: str) -> dict[str, Callable[[Batch], Tensor]]:
+    """The per-sample scores of the thesis, as dataset metrics (conservation only where it means something)."""
+    scores: dict[str, Callable[[Batch], Tensor]] = {
+        "cosine": lambda b: metrics.block_cosine(b.relevance, b.require_mask("cosine")),
+        "relevance_in_region": lambda b: metrics.relevance_in_region(b.relevance, b.require_mask("region")),
+        "relevance_in_region_capped": lambda b: metrics.relevance_in_region(
+            b.relevance, b.require_mask("region"), cap=REGION_CAP),
+    }
+    if name.startswith(_CONSERVATIVE):
+        scores["conservation_error"] = lambda b: metrics.conservation_error(
+            b.relevance, b.explanation.score.clamp(min=0), absolute=True)
+    return scores
+
+
+def _explain_method(model: torch.nn.Module, x: Tensor, target: Tensor | None, *, name: str) -> api.Explanation:
+    assert target is not None  # the MAJ batches always carry their labels
+    return maj_explanation(model, x, target, name)
 
 
 def _summary(values: Tensor) -> dict[str, float]:
@@ -81,10 +125,13 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     """Evaluate the best checkpoint of ``run_dir``; writes and returns the results."""
     run_dir = Path(run_dir)
     model, train_config = load_run(run_dir)
-    history = read_json(run_dir / "history.json")
+    history = read_history(run_dir)
+    bad = [name for name, p in model.state_dict().items() if not bool(p.isfinite().all())]
+    if bad:
+        raise DataError(f"{run_dir}: the best checkpoint holds NaN or inf in {', '.join(bad[:3])}; retrain the run")
     device = next(model.parameters()).device
     test = load_maj(train_config.dataset, "test", variant=train_config.variant, seed=train_config.data_seed,
-                    limit=config.limit)
+                    limit=config.limit, fold=train_config.fold, folds=train_config.folds)
     x, y, mask = test.sequences(), test.y, test.mask  # (N, steps, F), (N,), (N, blocks)
     geometry = maj_shape(train_config.dataset, train_config.variant)
     results: dict[str, Any] = {
@@ -97,28 +144,20 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     samples: dict[str, Tensor] = {}
     heatmaps: dict[str, Tensor] = {}
     for name in tqdm(config.methods, desc="methods", disable=not progress, leave=False):
-        cosine: list[Tensor] = []
-        region: list[Tensor] = []
-        conservation: list[Tensor] = []
-        relevances: list[Tensor] = []
         size = config.batch_size
-        for xb, yb, mb in zip(torch.split(x, size), torch.split(y, size), torch.split(mask, size)):
-            relevance, score = explain_maj(model, xb.to(device), yb.to(device), name)
-            relevance = relevance.cpu()
-            cosine.append(metrics.block_cosine(relevance, mb))
-            region.append(metrics.relevance_in_region(relevance, mb))
-            conservation.append(metrics.conservation_error(relevance, score.cpu(), absolute=True))
-            if sum(r.shape[0] for r in relevances) < config.flip_limit:
-                relevances.append(relevance)
-        flip_relevance = torch.cat(relevances)[: config.flip_limit]
-        n_flip = len(flip_relevance)
+        batches = [(xb.to(device), yb.to(device), mb.to(device))
+                   for xb, yb, mb in zip(torch.split(x, size), torch.split(y, size), torch.split(mask, size))]
+        scored = explain_dataset(model, batches, method=functools.partial(_explain_method, name=name),
+                                 metrics=_maj_scores(name), progress=False)
+        n_flip = min(config.flip_limit, len(y))
+        flip_relevance = torch.cat([maj_explanation(model, xb.to(device), yb.to(device), name).relevance.cpu()
+                                    for xb, yb in zip(torch.split(x[:n_flip], size), torch.split(y[:n_flip], size))])
         curve = metrics.pixel_flipping(model, x[:n_flip].to(device), flip_relevance.to(device), y[:n_flip].to(device),
                                        steps=config.flip_steps, fill=-1.0)
-        samples[f"{name}/cosine"] = torch.cat(cosine)
+        per_sample = {key: values.cpu() for key, values in scored.scores.items()}
+        samples.update({f"{name}/{key}": values for key, values in per_sample.items() if key != "conservation_error"})
         results["methods"][name] = {
-            "cosine": _summary(torch.cat(cosine)),
-            "relevance_in_region": _summary(torch.cat(region)),
-            "conservation_error": _summary(torch.cat(conservation)),
+            **{key: _summary(values) for key, values in per_sample.items()},
             "aopc": _summary(curve.aopc.cpu()),
             "flip_curve": curve.scores.mean(0).tolist(),
         }
@@ -127,11 +166,49 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
                                           y[:n_flip].to(device), steps=config.flip_steps, fill=-1.0, order="random")
     results["random_flip"] = {"aopc": _summary(random_curve.aopc.cpu()),
                               "flip_curve": random_curve.scores.mean(0).tolist()}
-    write_json(run_dir / "evaluation.json", results)
+    not_finite = [f"{m}/{k}" for m, scores in results["methods"].items() for k, v in scores.items()
+                  if isinstance(v, dict) and not math.isfinite(v["mean"])]
+    if not_finite or not math.isfinite(results["accuracy"]):
+        raise DataError(f"{run_dir}: the evaluation produced NaN in {', '.join(not_finite) or 'accuracy'}; "
+                        "the cell is not counted as evaluated")
+    payload = save({k: v.contiguous() for k, v in samples.items()})
+    samples_file = f"evaluation_samples-{hashlib.sha256(payload).hexdigest()[:12]}.safetensors"
+    atomic_write(run_dir / samples_file, payload)
+    results["samples_file"] = samples_file
+    write_json(run_dir / "evaluation.json", results)  # the commit: names the samples written before it
+    for old in run_dir.glob("evaluation_samples*.safetensors"):
+        if old.name != samples_file:
+            old.unlink(missing_ok=True)
     atomic_write(run_dir / "evaluation.csv", _csv(results).encode())
-    atomic_write(run_dir / "evaluation_samples.safetensors", save({k: v.contiguous() for k, v in samples.items()}))
     _save_heatmaps(run_dir / "heatmaps", heatmaps, test, config.heatmap_samples)
     return results
+
+
+def read_evaluation(run_dir: str | Path) -> dict[str, Any] | None:
+    """The committed evaluation of a run (None when there is none, or its samples file is missing)."""
+    path = Path(run_dir) / "evaluation.json"
+    if not path.exists():
+        return None
+    results = read_json(path)
+    if not isinstance(results, dict) or not isinstance(results.get("methods"), dict):
+        raise DataError(f"{path} is not a relprop evaluation (no 'methods'); delete it to evaluate again")
+    samples = results.get("samples_file")
+    if not isinstance(samples, str) or not (Path(run_dir) / samples).exists():
+        return None  # the older layout, or its samples are gone: evaluate again
+    return results
+
+
+def read_samples(run_dir: str | Path) -> dict[str, Tensor]:
+    """The per-sample scores of a run's committed evaluation (``"<method>/<metric>" -> (N,)``)."""
+    from safetensors.torch import load_file
+
+    results = read_evaluation(run_dir)
+    if results is None:
+        raise DataError(f"{run_dir} has no committed evaluation; run relprop evaluate on it")
+    try:
+        return load_file(str(Path(run_dir) / results["samples_file"]))
+    except Exception as error:  # safetensors raises its own error types for corrupt files
+        raise DataError(f"{Path(run_dir) / results['samples_file']} is corrupt: {error}") from None
 
 
 def _csv(results: dict[str, Any]) -> str:

@@ -1,8 +1,11 @@
-"""The thesis grid: every architecture x dataset x seed, trained and evaluated, tabulated next to the thesis.
+"""The thesis grid: architectures x datasets x repeated runs (seeds or cross-validation folds), trained,
+evaluated and tabulated next to the thesis, with the statistics of its conclusions.
 
-Resumable: a finished cell is skipped, an interrupted one continues from its last checkpoint, an evaluated one
-is not evaluated again unless its methods changed or it trained on to a new best checkpoint. Writes
-``results.json``, ``accuracy.csv|md``, ``cosine.csv|md`` and ``figures/`` into the grid directory.
+Resumable by run directory: a finished cell is skipped, an interrupted one continues from its last committed
+epoch, an evaluated one is evaluated again only when its methods changed or it trained on to a new best
+checkpoint. The cells run on an executor (:mod:`relprop.experiments.executor`): serially, in a local process
+pool, or as Ray tasks. Writes ``results.json``, ``accuracy.csv|md``, ``explanations.csv|md``,
+``conclusions.csv|md|json`` and ``figures/`` into the grid directory.
 """
 
 from __future__ import annotations
@@ -15,46 +18,96 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from ..errors import ConfigError
 from ..io import atomic_write, read_json, write_json
-from .evaluate import EvalConfig, evaluate
-from .train import TrainConfig, best_epoch, lr_schedule, train
+from .evaluate import EvalConfig, evaluate, read_evaluation, read_samples
+from .executor import run_tasks
+from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finished, train
 
-__all__ = ["GridConfig", "reproduce", "THESIS", "GRID_ARCHS", "tables"]
+__all__ = [
+    "GridConfig", "reproduce", "run_cell", "collect", "THESIS", "THESIS_FOLDS", "THESIS_SLIDES", "THESIS_RESULT_YAML",
+    "GRID_ARCHS",
+    "CONV_ARCHS", "THESIS_RECIPE", "tables",
+]
 
-GRID_ARCHS = ("shallow", "deep", "convdeep", "rlstm", "rlstm_sd", "convrlstm_sd", "conv+rlstm_sd")
+CONV_ARCHS = ("convdeep", "conv+deep", "convrlstm_sd", "conv+rlstm_sd")
+GRID_ARCHS = ("shallow", "deep", "deep_sd", "rlstm", "rlstm_sd", "rgru", *CONV_ARCHS)
 
-# Chormai 2018, single models (accuracy; cosine SA / GB / DTD) and 10-fold means (with LRP alpha1.5-beta0.5).
-# The single-model table has no LRP column: where the thesis gives one for an architecture, the LRP number is
-# its 10-fold mean.
+# the thesis's training (Adam lr 2e-4, batch 50, keep probability 0.8, up to 100 epochs, best validation
+# checkpoint); relprop stops a run once its validation accuracy has not improved for 10 epochs
+THESIS_RECIPE = TrainConfig(epochs=100, batch_size=50, lr=2e-4, keep_prob=0.8, patience=10)
+
+# Chormai 2018, single models: test accuracy and cosine SA / GB / DTD (SPEC's table)
 THESIS: dict[tuple[str, str], dict[str, float]] = {
     ("shallow", "mnist-maj"): {"accuracy": 0.981, "sa": 0.744, "gb": 0.798, "dtd": 0.484},
     ("shallow", "fashion-maj"): {"accuracy": 0.900, "sa": 0.692, "gb": 0.656, "dtd": 0.472},
-    ("deep", "mnist-maj"): {"accuracy": 0.982, "sa": 0.729, "gb": 0.764, "dtd": 0.695, "lrp_a1.5b0.5": 0.728},
+    ("deep", "mnist-maj"): {"accuracy": 0.982, "sa": 0.729, "gb": 0.764, "dtd": 0.695},
     ("deep", "fashion-maj"): {"accuracy": 0.898, "sa": 0.706, "gb": 0.689, "dtd": 0.615},
     ("convdeep", "mnist-maj"): {"accuracy": 0.992, "sa": 0.754, "gb": 0.793, "dtd": 0.769},
     ("convdeep", "fashion-maj"): {"accuracy": 0.929, "sa": 0.710, "gb": 0.706, "dtd": 0.699},
-    ("rlstm", "mnist-maj"): {"accuracy": 0.987, "sa": 0.849, "gb": 0.925, "dtd": 0.921, "lrp_a1.5b0.5": 0.949},
-    ("rlstm", "fashion-maj"): {"accuracy": 0.918, "sa": 0.852, "gb": 0.885, "dtd": 0.887, "lrp_a1.5b0.5": 0.935},
-    ("convrlstm_sd", "mnist-maj"): {"accuracy": 0.994, "sa": 0.825, "gb": 0.934, "dtd": 0.922, "lrp_a1.5b0.5": 0.97},
+    ("rlstm", "mnist-maj"): {"accuracy": 0.987, "sa": 0.849, "gb": 0.925, "dtd": 0.921},
+    ("rlstm", "fashion-maj"): {"accuracy": 0.918, "sa": 0.852, "gb": 0.885, "dtd": 0.887},
+    ("convrlstm_sd", "mnist-maj"): {"accuracy": 0.994, "sa": 0.825, "gb": 0.934, "dtd": 0.922},
     ("convrlstm_sd", "fashion-maj"): {"accuracy": 0.936, "sa": 0.821, "gb": 0.893, "dtd": 0.899},
-    # 10-fold means
+}
+# Chormai 2018, means over its 10-fold models (cosine SA / GB / DTD / LRP alpha1.5-beta0.5; SPEC)
+THESIS_FOLDS: dict[tuple[str, str], dict[str, float]] = {
+    ("rlstm", "mnist-maj"): {"sa": 0.856, "gb": 0.917, "dtd": 0.917, "lrp_a1.5b0.5": 0.949},
+    ("rlstm", "fashion-maj"): {"sa": 0.851, "gb": 0.898, "dtd": 0.894, "lrp_a1.5b0.5": 0.935},
     ("rlstm_sd", "mnist-maj"): {"sa": 0.830, "gb": 0.939, "dtd": 0.909, "lrp_a1.5b0.5": 0.972},
     ("rlstm_sd", "fashion-maj"): {"sa": 0.828, "gb": 0.924, "dtd": 0.911, "lrp_a1.5b0.5": 0.953},
+    ("deep", "mnist-maj"): {"sa": 0.720, "gb": 0.756, "dtd": 0.681, "lrp_a1.5b0.5": 0.728},
+    ("deep_sd", "mnist-maj"): {"sa": 0.694, "gb": 0.732, "dtd": 0.661, "lrp_a1.5b0.5": 0.694},
+    ("rgru", "mnist-maj"): {"sa": 0.655, "gb": 0.894, "dtd": 0.873, "lrp_a1.5b0.5": 0.940},
+    ("convrlstm_sd", "mnist-maj"): {"sa": 0.803, "gb": 0.941, "dtd": 0.889, "lrp_a1.5b0.5": 0.970},
     ("conv+rlstm_sd", "mnist-maj"): {"sa": 0.850, "gb": 0.887, "dtd": 0.882, "lrp_a1.5b0.5": 0.885},
+    ("conv+deep", "mnist-maj"): {"sa": 0.824, "gb": 0.769, "dtd": 0.650, "lrp_a1.5b0.5": 0.697},
 }
+# the thesis's slides: test accuracy as the mean of 7 runs (SPEC); minimum accuracies the thesis asks for
+THESIS_SLIDES: dict[tuple[str, str], dict[str, float]] = {
+    ("shallow", "mnist-maj"): {"accuracy": 0.9835},
+    ("convrlstm_sd", "mnist-maj"): {"accuracy": 0.9960},
+    ("shallow", "fashion-maj"): {"accuracy": 0.9230},
+    ("convrlstm_sd", "fashion-maj"): {"accuracy": 0.9544},
+}
+# the thesis code's result.yaml files (final-models/*/result.yaml): test accuracy of its single models
+THESIS_RESULT_YAML: dict[tuple[str, str], float] = {
+    ("shallow", "mnist-maj"): 0.9812, ("shallow", "fashion-maj"): 0.9000,
+    ("deep", "mnist-maj"): 0.9816, ("deep", "fashion-maj"): 0.8981,
+    ("deep_sd", "mnist-maj"): 0.9810, ("deep_sd", "fashion-maj"): 0.8947,
+    ("convdeep", "mnist-maj"): 0.9922, ("convdeep", "fashion-maj"): 0.9243,
+    ("conv+deep", "mnist-maj"): 0.9929, ("conv+deep", "fashion-maj"): 0.9240,
+    ("rlstm", "mnist-maj"): 0.9870, ("rlstm", "fashion-maj"): 0.9175,
+    ("rlstm_sd", "mnist-maj"): 0.9857, ("rlstm_sd", "fashion-maj"): 0.9152,
+    ("convrlstm_sd", "mnist-maj"): 0.9935, ("convrlstm_sd", "fashion-maj"): 0.9360,
+    ("conv+rlstm_sd", "mnist-maj"): 0.9892,
+}
+MINIMUM_ACCURACY = {"mnist-maj": 0.98, "fashion-maj": 0.89}
 
 
 @dataclass(frozen=True)
 class GridConfig:
-    """The grid and how each cell is trained and evaluated."""
+    """The grid and how each cell is trained and evaluated.
+
+    ``runs`` are the repeated runs of every architecture: seeds (``seed=r``) or, with ``folds``, the thesis's
+    cross-validation folds (test fold ``r``, seed ``r``).
+    """
 
     archs: Sequence[str] = GRID_ARCHS
     datasets: Sequence[str] = ("mnist-maj", "fashion-maj")
-    seeds: Sequence[int] = (0,)
-    train: TrainConfig = TrainConfig(epochs=10)
+    runs: Sequence[int] = (0,)
+    folds: int | None = None
+    train: TrainConfig = THESIS_RECIPE
     evaluation: EvalConfig = EvalConfig()
+
+    def __post_init__(self) -> None:
+        for name in ("archs", "datasets", "runs"):  # tuples: hashable, comparable and JSON-ready
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.runs or not self.archs or not self.datasets:
+            raise ConfigError("a grid needs at least one architecture, dataset and run")
+        if self.folds is not None and not all(0 <= r < self.folds for r in self.runs):
+            raise ConfigError(f"with folds={self.folds} the runs are fold numbers 0..{self.folds - 1}, "
+                              f"got {list(self.runs)}")
 
     @staticmethod
     def quick(datasets: Sequence[str] = ("mnist-maj", "fashion-maj")) -> GridConfig:
@@ -65,135 +118,210 @@ class GridConfig:
             evaluation=EvalConfig(limit=300, flip_limit=100, flip_steps=10, heatmap_samples=4),
         )
 
+    def cell_config(self, dataset: str, arch: str, run: int) -> TrainConfig:
+        """The training config of one cell."""
+        config = dataclasses.replace(self.train, arch=arch, dataset=dataset, seed=run)
+        return config if self.folds is None else dataclasses.replace(config, fold=run, folds=self.folds)
 
-def _cell_dir(root: Path, dataset: str, arch: str, seed: int) -> Path:
-    return root / dataset / arch.replace("+", "plus") / f"seed{seed}"
+
+def _cell_dir(root: Path, dataset: str, arch: str, run: int, folds: int | None = None) -> Path:
+    return root / dataset / arch.replace("+", "plus") / (f"fold{run}" if folds is not None else f"seed{run}")
+
+
+def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, evaluate_it: bool = True,
+             progress: bool = False) -> dict[str, Any] | None:
+    """Train (or resume) and evaluate one cell; returns its results (None when only trained)."""
+    run_dir = _cell_dir(Path(root), dataset, arch, run, config.folds)
+    train(config.cell_config(dataset, arch, run), run_dir, progress=progress)
+    if not evaluate_it:
+        return None
+    results = read_evaluation(run_dir)
+    methods_changed = results is not None and set(results["methods"]) != set(config.evaluation.methods)
+    if results is None or not _current(results, run_dir) or methods_changed:
+        results = evaluate(run_dir, config.evaluation, progress=progress)
+    return {**results, **_training(run_dir, run)}
 
 
 def reproduce(
-    config: GridConfig, root: str | Path, *, progress: bool = True, collect_only: bool = False
+    config: GridConfig,
+    root: str | Path,
+    *,
+    progress: bool = True,
+    collect_only: bool = False,
+    train_only: bool = False,
+    executor: str = "local",
+    workers: int = 1,
+    address: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the grid into ``root`` and write the tables; returns the collected results.
 
-    With ``collect_only`` nothing is trained or evaluated: the tables cover the cells already evaluated,
-    ``missing`` lists the others and ``stale`` the evaluated cells that have trained on since (their rows give the
-    epochs of the evaluated checkpoint).
+    With ``collect_only`` nothing is trained or evaluated: the tables cover every cell already evaluated under
+    ``root`` (also those of other invocations), ``missing`` lists the cells of ``config`` without an evaluation
+    and ``stale`` the evaluated cells that have trained on since (their rows give the evaluated checkpoint).
+    With ``train_only`` the cells are trained and nothing is evaluated or tabulated.
     """
     root = Path(root)
-    cells = [(d, a, s) for d in config.datasets for a in config.archs for s in config.seeds]
-    collected, missing, stale = [], [], []
-    for dataset, arch, seed in tqdm(cells, desc="grid", disable=not progress):
-        run_dir = _cell_dir(root, dataset, arch, seed)
-        evaluation_file = run_dir / "evaluation.json"
-        if collect_only:
-            if not evaluation_file.exists():
-                missing.append(f"{dataset}/{arch}/seed{seed}")
-                continue
-            results = read_json(evaluation_file)
-            if _current(results, run_dir):
-                collected.append({**results, **_training(run_dir, seed)})
-            else:  # keep the epochs and schedule the evaluation recorded
-                stale.append(f"{dataset}/{arch}/seed{seed}")
-                collected.append({"seed": seed, **results})
-            continue
-        train(dataclasses.replace(config.train, arch=arch, dataset=dataset, seed=seed), run_dir, progress=progress)
-        results = read_json(evaluation_file) if evaluation_file.exists() else None
-        methods_changed = results is not None and set(results["methods"]) != set(config.evaluation.methods)
-        if results is None or not _current(results, run_dir) or methods_changed:
-            results = evaluate(run_dir, config.evaluation, progress=progress)
-        collected.append({**results, **_training(run_dir, seed)})
-    write_json(root / "results.json",
-               {"config": _jsonable(config), "cells": collected, "missing": missing, "stale": stale})
-    accuracy_rows, cosine_rows = tables(collected, config.evaluation.methods)
-    for name, rows in (("accuracy", accuracy_rows), ("cosine", cosine_rows)):
+    cells = [(d, a, r) for r in config.runs for d in config.datasets for a in config.archs]
+    if not collect_only:
+        tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local")
+                 for d, a, r in cells]
+        for _ in run_tasks(run_cell, tasks, executor=executor, workers=workers, address=address,
+                           progress=progress, label=lambda task: f"{task[2]}/{task[3]}/run{task[4]}"):
+            pass
+    if train_only:
+        return {"trained": [f"{d}/{a}/run{r}" for d, a, r in cells if
+                            run_finished(_cell_dir(root, d, a, r, config.folds))]}
+    collected, stale = collect(root)
+    done = {(c["dataset"], c["arch"], c["replicate"]) for c in collected}
+    missing = [f"{d}/{a}/run{r}" for d, a, r in cells if (d, a, r) not in done]
+    write_json(root / "results.json", {"config": dataclasses.asdict(config), "cells": collected,
+                                       "missing": missing, "stale": stale})
+    from . import statistics
+
+    methods = sorted({m for c in collected for m in c["methods"]}, key=_method_order)
+    accuracy_rows, explanation_rows = tables(collected, methods)
+    samples = {(c["dataset"], c["arch"], int(c["replicate"])): {k: v.numpy() for k, v in read_samples(c["run"]).items()}
+               for c in collected}
+    conclusion_rows = statistics.conclusions(collected, methods, samples)
+    for name, rows in (("accuracy", accuracy_rows), ("explanations", explanation_rows),
+                       ("conclusions", conclusion_rows)):
         atomic_write(root / f"{name}.csv", _to_csv(rows).encode())
         atomic_write(root / f"{name}.md", _to_markdown(rows).encode())
-    _figures(root, collected, config)
-    return {"cells": collected, "accuracy": accuracy_rows, "cosine": cosine_rows, "missing": missing, "stale": stale}
+    write_json(root / "conclusions.json", conclusion_rows)
+    _figures(root, collected, methods)
+    return {"cells": collected, "accuracy": accuracy_rows, "explanations": explanation_rows,
+            "conclusions": conclusion_rows, "missing": missing, "stale": stale}
+
+
+def _method_order(name: str) -> tuple[int, str]:
+    order = ("sa", "gb", "gb_std", "dtd", "lrp_a1.5b0.5")
+    return (order.index(name) if name in order else len(order), name)
+
+
+def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every evaluated cell under ``root``: (current cells, names of stale ones, which are included too)."""
+    collected, stale = [], []
+    for evaluation_file in sorted(Path(root).glob("*/*/*/evaluation.json")):
+        run_dir = evaluation_file.parent
+        results = read_evaluation(run_dir)
+        if results is None:
+            continue
+        run = int(run_dir.name.removeprefix("seed").removeprefix("fold"))
+        name = f"{results['dataset']}/{results['arch']}/{run_dir.name}"
+        if _current(results, run_dir):
+            collected.append({**results, **_training(run_dir, run), "run": str(run_dir)})
+        else:  # keep the epochs and schedule the evaluation recorded
+            stale.append(name)
+            collected.append({**results, "replicate": run, "run": str(run_dir)})
+    return collected, stale
 
 
 def _current(results: dict[str, Any], run_dir: Path) -> bool:
-    """Whether an evaluation is of the checkpoint the run's best.safetensors holds now (not trained on since)."""
+    """Whether an evaluation is of the checkpoint the run's best weights hold now (not trained on since)."""
     return bool(results.get("checkpoint_epoch") == best_epoch(run_dir))
 
 
-def _training(run_dir: Path, seed: int) -> dict[str, Any]:
-    """How a cell was trained: seed, epochs, learning-rate schedule and batch size."""
-    history = read_json(run_dir / "history.json")
-    batch_size = read_json(run_dir / "config.json")["batch_size"]
-    return {"seed": seed, "epochs": len(history), "schedule": lr_schedule(history), "batch_size": batch_size}
-
-
-def _jsonable(config: GridConfig) -> dict[str, Any]:
-    return dataclasses.asdict(config)
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+def _training(run_dir: Path, run: int) -> dict[str, Any]:
+    """How a cell was trained: replicate (seed or fold number), epochs, learning-rate schedule and batch size."""
+    history = read_history(run_dir)
+    config = read_json(run_dir / "config.json")
+    return {"replicate": run, "seed": config["seed"], "fold": config.get("fold"), "epochs": len(history),
+            "schedule": lr_schedule(history), "batch_size": config["batch_size"]}
 
 
 def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Accuracy and cosine rows (mean over seeds) with the thesis numbers beside them."""
+    """Accuracy and explanation rows: mean and 95% confidence interval across runs, next to the thesis.
+
+    Explanation rows give, per method, the cosine to the ground truth and the percentage of relevance in the
+    data region (plain and with the per-block cap), each the mean over the runs' test-set means.
+    """
+    from .statistics import mean_ci
+
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for cell in cells:
         groups.setdefault((cell["arch"], cell["dataset"]), []).append(cell)
-    accuracy_rows, cosine_rows = [], []
-    for (arch, dataset), group in groups.items():
-        thesis = THESIS.get((arch, dataset), {})
-        accuracy = _mean([c["accuracy"] for c in group])
+    accuracy_rows, explanation_rows = [], []
+    for (arch, dataset), group in sorted(groups.items(), key=lambda item: (item[0][1], _arch_order(item[0][0]))):
+        thesis, folds, slides = (t.get((arch, dataset), {}) for t in (THESIS, THESIS_FOLDS, THESIS_SLIDES))
+        accuracy = mean_ci([c["accuracy"] for c in group])
+        minimum = MINIMUM_ACCURACY.get(dataset)
+        below = [c["replicate"] for c in group if minimum is not None and c["accuracy"] < minimum]
         accuracy_rows.append({
-            "arch": arch, "dataset": dataset, "seeds": len(group), "epochs": group[0].get("epochs", ""),
-            "lr schedule": group[0].get("schedule", ""), "batch": group[0].get("batch_size", ""),
-            "accuracy": round(accuracy, 4),
-            "thesis": thesis.get("accuracy", ""),
-            "difference": round(accuracy - thesis["accuracy"], 4) if "accuracy" in thesis else "",
+            "dataset": dataset, "arch": arch, "runs": len(group),
+            "epochs": "/".join(str(c.get("epochs", "")) for c in sorted(group, key=lambda c: c["replicate"])),
+            "accuracy": accuracy.text(3), "thesis (result.yaml)": THESIS_RESULT_YAML.get((arch, dataset), ""),
+            "thesis (slides, 7 runs)": slides.get("accuracy", ""),
+            "minimum": minimum if minimum is not None else "",
+            "runs below minimum": ",".join(map(str, below)),
         })
-        row: dict[str, Any] = {"arch": arch, "dataset": dataset}
         for method in methods:
-            row[method] = round(_mean([c["methods"][method]["cosine"]["mean"] for c in group]), 3)
-            row[f"{method} (thesis)"] = thesis.get(method, "")
-        cosine_rows.append(row)
-    return accuracy_rows, cosine_rows
+            scored = [c for c in group if method in c["methods"]]
+            if not scored:
+                continue
+            scores = [c["methods"][method] for c in scored]
+            row: dict[str, Any] = {"dataset": dataset, "arch": arch, "method": method, "runs": len(scored),
+                                   "cosine": mean_ci([s["cosine"]["mean"] for s in scores]).text(3),
+                                   "thesis (single model)": thesis.get(method, ""),
+                                   "thesis (10-fold mean)": folds.get(method, "")}
+            for key in ("relevance_in_region", "relevance_in_region_capped"):
+                values = [s[key]["mean"] for s in scores if key in s]
+                row[key.replace("_", " ")] = mean_ci(values).text(3) if values else ""
+            explanation_rows.append(row)
+    return accuracy_rows, explanation_rows
+
+
+def _arch_order(arch: str) -> int:
+    return GRID_ARCHS.index(arch) if arch in GRID_ARCHS else len(GRID_ARCHS)
+
+
+def _fields(rows: list[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(key for row in rows for key in row))
 
 
 def _to_csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     buffer = _stringio.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buffer, fieldnames=_fields(rows), restval="")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
 
 
+def _cell_text(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.2e}" if value != 0 and abs(value) < 1e-3 else f"{value:.4g}"
+    return str(value)
+
+
 def _to_markdown(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
-    header = list(rows[0])
+    header = _fields(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(row[k]) for k in header) + " |" for row in rows]
+    lines += ["| " + " | ".join(_cell_text(row.get(k, "")) for k in header) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def _figures(root: Path, cells: list[dict[str, Any]], config: GridConfig) -> None:
+def _figures(root: Path, cells: list[dict[str, Any]], methods: Sequence[str]) -> None:
+    """Per dataset: cosine per architecture and method (mean and 95% CI over runs, thesis values beside them)
+    and the pixel-flipping curves, one panel per method (mean over runs)."""
     import matplotlib.pyplot as plt
     import numpy as np
-    from safetensors.torch import load_file
 
     from .. import viz
 
-    for dataset in config.datasets:
-        scores: dict[str, dict[str, np.ndarray]] = {}
-        curves: dict[str, np.ndarray] = {}
-        for cell in cells:
-            if cell["dataset"] != dataset:
-                continue
-            cell_dir = _cell_dir(root, dataset, cell["arch"], cell["seed"])
-            samples = load_file(str(cell_dir / "evaluation_samples.safetensors"))
-            scores[cell["arch"]] = {m: samples[f"{m}/cosine"].numpy() for m in config.evaluation.methods}
-            for method in config.evaluation.methods:
-                curves.setdefault(f"{cell['arch']} {method}", np.asarray(cell["methods"][method]["flip_curve"]))
-        if scores:
-            plt.close(viz.cosine_bars(scores, path=root / "figures" / f"cosine_{dataset}.png"))
-            plt.close(viz.aopc_curves(curves, path=root / "figures" / f"flipping_{dataset}.png",
-                                      title=f"pixel flipping, {dataset}"))
+    for dataset in sorted({c["dataset"] for c in cells}):
+        group = [c for c in cells if c["dataset"] == dataset]
+        archs = sorted({c["arch"] for c in group}, key=_arch_order)
+        cosine = {(a, m): [c["methods"][m]["cosine"]["mean"] for c in group if c["arch"] == a and m in c["methods"]]
+                  for a in archs for m in methods}
+        thesis = {(a, m): {"single model": THESIS.get((a, dataset), {}).get(m),
+                           "10-fold mean": THESIS_FOLDS.get((a, dataset), {}).get(m)} for a in archs for m in methods}
+        plt.close(viz.grouped_means(cosine, archs, list(methods), references=thesis,
+                                    path=root / "figures" / f"cosine_{dataset}.png",
+                                    title=f"cosine to the ground truth, {dataset} (mean, 95% CI over runs)"))
+        curves = {(a, m): [np.asarray(c["methods"][m]["flip_curve"]) for c in group
+                           if c["arch"] == a and m in c["methods"]] for a in archs for m in methods}
+        plt.close(viz.curve_panels(curves, archs, list(methods), path=root / "figures" / f"flipping_{dataset}.png",
+                                   title=f"pixel flipping (most relevant first), {dataset}"))

@@ -29,30 +29,28 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from relprop.api import explain
-from relprop.composites import PRESETS
+from relprop import presets_recurrent as _presets_recurrent  # noqa: F401  (registers the preset "lstm_epsilon")
+from relprop.api import Explanation
 from relprop.data.sst import SSTExample, Vocabulary
+from relprop.datasets import explain_dataset
 from relprop.experiments.text import TextRun, load_text_run
 from relprop.io import atomic_write, write_json
-from relprop.metrics.faithfulness import word_deletion
+from relprop.metrics.batch import Batch
+from relprop.metrics.faithfulness import Order, word_deletion
 from relprop.models.cells import LSTMCell
 from relprop.models.text_cnn import TextCNN
 from relprop.viz.text import html_page, html_sentence
 
-try:  # registers the preset "lstm_epsilon"
-    from relprop import presets_recurrent as _presets_recurrent  # noqa: F401
-except ImportError:  # pragma: no cover - the recurrent presets are optional here
-    pass
-
 __all__ = [
     "TextMethod", "TEXT_METHODS", "WordRelevance", "DeletionResult", "label_names", "methods_for", "tokenize",
-    "explain_sentences", "evaluate_word_deletion", "write_evaluation", "text_report",
+    "explain_sentences", "word_scores", "PaddedModel", "DeletionMetric", "length_batches", "evaluate_word_deletion",
+    "write_evaluation", "text_report",
 ]
 
 Sentence = str | Sequence[str] | SSTExample
@@ -69,7 +67,6 @@ class TextMethod:
     recurrent_only: bool = False
 
 
-_LSTM_PRESET = "lstm_epsilon" if "lstm_epsilon" in PRESETS else "epsilon"  # same rules on relprop's cells
 
 TEXT_METHODS: dict[str, TextMethod] = {
     "ig": TextMethod("integrated_gradients", {"steps": 64, "quadrature": "midpoint"},
@@ -78,7 +75,7 @@ TEXT_METHODS: dict[str, TextMethod] = {
     "lrp_alpha2beta1": TextMethod("lrp", {"preset": "alpha2beta1"}, "LRP alpha2-beta1"),
     "sensitivity": TextMethod("sensitivity", {}, "Sensitivity (gradient squared)"),
     "gradient_x_input": TextMethod("gradient_x_input", {}, "Gradient x Input"),
-    "lstm_epsilon": TextMethod("lrp", {"preset": _LSTM_PRESET, "epsilon": 1e-3},
+    "lstm_epsilon": TextMethod("lrp", {"preset": "lstm_epsilon", "epsilon": 1e-3},
                                "LSTM-LRP (signal-take-all, epsilon=0.001)", recurrent_only=True),
 }
 """Named text explanation methods. IG's baseline (the padding embedding) is added per model."""
@@ -200,30 +197,43 @@ def explain_sentences(
     if spec.method == "integrated_gradients":
         options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
     device = next(model.parameters()).device
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+    batches, rows = length_batches([tokens for tokens, _ in pairs], vocab, margin=_margin(model),
+                                   batch_size=batch_size, same_width=True)  # more pads change nothing (see above)
+    batches = [{"x": b["x"].to(device)} for b in batches]
+    scores = explain_dataset(model, batches, method=spec.method, metrics={"words": word_scores}, progress=False,
+                             **options).scores
     results: dict[int, WordRelevance] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids = _encode([pairs[i][0] for i in chunk], vocab, _margin(model)).to(device)  # (batch, time)
-        explanation = explain(model, ids, None, method=spec.method, **options)
-        gaps = explanation.details.get("conservation_gap", explanation.details.get("completeness_gap"))
-        if gaps is None and spec.method == "gradient_x_input":
-            gaps = explanation.relevance.sum(1) - explanation.score
-        for row, i in enumerate(chunk):
-            tokens, true = pairs[i]
-            results[i] = WordRelevance(
-                tokens=tokens,
-                relevance=tuple(float(v) for v in explanation.relevance[row, : len(tokens)]),
-                predicted=int(explanation.target[row]),
-                true=true,
-                conservation_gap=None if gaps is None else float(gaps[row].detach()),
-                score=float(explanation.score[row]),
-                method=name,
-            )
+    for row, i in enumerate(rows):
+        tokens, true = pairs[i]
+        gap = scores.get("words/gap")
+        results[i] = WordRelevance(
+            tokens=tokens,
+            relevance=tuple(float(v) for v in scores["words/relevance"][row, : len(tokens)]),
+            predicted=int(scores["words/target"][row]),
+            true=true,
+            conservation_gap=None if gap is None else float(gap[row]),
+            score=float(scores["words/score"][row]),
+            method=name,
+        )
     return [results[i] for i in range(len(pairs))]
 
 
-class _Padded(nn.Module):
+def _gap(explanation: Explanation) -> Tensor | None:
+    """``sum R - f(x)`` (LRP, gradient x input) or the IG completeness gap, per sentence; None for sensitivity."""
+    gap = explanation.details.get("conservation_gap", explanation.details.get("completeness_gap"))
+    if gap is None and explanation.method == "gradient_x_input":
+        gap = explanation.relevance.sum(1) - explanation.score
+    return None if gap is None else gap.detach().double()
+
+
+def word_scores(batch: Batch) -> dict[str, Tensor]:
+    """What :func:`explain_sentences` keeps of a batch: relevance per position, class, score and gap."""
+    scores = {"relevance": batch.relevance, "target": batch.target, "score": batch.explanation.score.detach()}
+    gap = _gap(batch.explanation)
+    return scores if gap is None else {**scores, "gap": gap}
+
+
+class PaddedModel(nn.Module):
     """``model`` on ids with ``margin`` pads appended: word deletion sees only the real words."""
 
     def __init__(self, model: nn.Module, margin: int, pad_id: int) -> None:
@@ -235,14 +245,78 @@ class _Padded(nn.Module):
         return self.model(torch.cat([ids, pads], dim=1))  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class DeletionMetric:
+    """Word deletion of one explained batch as a metric of :func:`relprop.explain_dataset`.
+
+    The batch holds ids with ``padded.margin`` trailing pads; the words are deleted on ``padded`` (the model with
+    those pads appended). Scores: ``morf`` (and, with ``random``, ``random``) the drop curves ``f(x) - f(x_k)``
+    (N, steps + 1); ``gap`` the conservation or completeness gap (N,) where the explanation has one.
+    """
+
+    padded: PaddedModel
+    steps: int
+    seed: int
+    random: bool
+    higher_is_better: ClassVar[bool] = True
+
+    def score(self, batch: Batch) -> dict[str, Tensor]:
+        length = batch.x.shape[1] - self.padded.margin
+        ids, relevance = batch.x[:, :length], batch.relevance[:, :length].double()  # (batch, words): no padding
+        orders: tuple[Order, ...] = ("morf", "random") if self.random else ("morf",)
+        curves = {order: word_deletion(self.padded, ids, relevance, batch.target, pad_id=self.padded.pad_id,
+                                       steps=self.steps, order=order, seed=self.seed) for order in orders}
+        scores: dict[str, Tensor] = {order: (c.scores[:, :1] - c.scores).double() for order, c in curves.items()}
+        gap = _gap(batch.explanation)
+        return scores if gap is None else {**scores, "gap": gap}
+
+
+def length_batches(
+    token_lists: Sequence[Sequence[str]], vocab: Vocabulary, *, margin: int = 0, batch_size: int = 256,
+    same_width: bool = False,
+) -> tuple[list[dict[str, Tensor]], list[int]]:
+    """Batches ``{"x": ids}`` of equal-length sentences (``margin`` pads appended), at most ``batch_size`` each,
+    shortest first, and the sentence index of each row of the concatenated batches. With ``same_width`` every
+    batch is padded to the longest sentence plus ``margin`` (so that per-position scores concatenate)."""
+    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))  # stable: file order per length
+    batches, rows = [], []
+    start = 0
+    while start < len(order):
+        length = len(token_lists[order[start]])
+        chunk = [i for i in order[start : start + batch_size] if len(token_lists[i]) == length]
+        batches.append({"x": _encode([token_lists[i] for i in chunk], vocab, margin)})  # (batch, length + margin)
+        rows += chunk
+        start += len(chunk)
+    if same_width:
+        width = max(len(tokens) for tokens in token_lists) + margin
+        batches = [{"x": nn.functional.pad(b["x"], (0, width - b["x"].shape[1]), value=vocab.pad_id)}
+                   for b in batches]
+    return batches, rows
+
+
+def _deletion_result(name: str, drop: Tensor, gaps: Tensor | None, steps: int) -> DeletionResult:
+    aopc = drop.mean(1)  # (sentences,)
+    return DeletionResult(
+        method=name,
+        fractions=tuple(float(f) for f in torch.linspace(0, 1, steps + 1, dtype=torch.float64)),
+        drops=tuple(float(d) for d in drop.mean(0)),
+        aopc=float(aopc.mean()),
+        aopc_sem=float(aopc.std() / len(aopc) ** 0.5) if len(aopc) > 1 else 0.0,
+        sentences=len(aopc),
+        mean_abs_gap=None if gaps is None else float(gaps.abs().mean()),
+    )
+
+
 def evaluate_word_deletion(
     run: RunLike, examples: Sequence[SSTExample], methods: Sequence[str] | None = None, *, steps: int = 10,
-    seed: int = 0,
+    seed: int = 0, batch_size: int = 256,
 ) -> list[DeletionResult]:
     """Word-deletion AOPC of each method and of a random order (the last entry, ``"random"``) on ``examples``.
 
     Each sentence's predicted class is explained, then its words are deleted most relevant first; the random
-    order is seeded. ``steps + 1`` points from 0 to all words deleted.
+    order is seeded. ``steps + 1`` points from 0 to all words deleted. Sentences go through
+    :func:`relprop.explain_dataset` in batches of equal length (at most ``batch_size``), so no padding enters the
+    curves; the random curves are taken in the first method's pass.
     """
     run = _as_run(run)
     model, vocab = run.model, run.vocabulary
@@ -250,41 +324,25 @@ def evaluate_word_deletion(
     examples = [e for e in examples if e.tokens]
     if not examples:
         raise ValueError("evaluate_word_deletion needs at least one non-empty example")
-    padded = _Padded(model, _margin(model), vocab.pad_id)
+    padded = PaddedModel(model, _margin(model), vocab.pad_id)
+    batches, _ = length_batches([e.tokens for e in examples], vocab, margin=_margin(model), batch_size=batch_size)
     device = next(model.parameters()).device
-    lengths = sorted({len(e.tokens) for e in examples})
-    groups = {n: [i for i, e in enumerate(examples) if len(e.tokens) == n] for n in lengths}
-    results = []
-    for name in tqdm([*names, "random"], desc="word deletion", leave=False, disable=None):
-        explained = None if name == "random" else explain_sentences(run, examples, name)
-        drops = []
-        for n in lengths:
-            index = groups[n]
-            ids = _encode([examples[i].tokens for i in index], vocab, 0).to(device)  # (group, n): no padding
-            if explained is None:
-                relevance = torch.zeros(ids.shape, dtype=torch.float64)
-                with torch.no_grad():
-                    target = padded(ids).argmax(1).cpu()
-            else:
-                relevance = torch.tensor([explained[i].relevance for i in index], dtype=torch.float64)
-                target = torch.tensor([explained[i].predicted for i in index])
-            curve = word_deletion(padded, ids, relevance, target,
-                                  pad_id=vocab.pad_id, steps=steps, order="random" if explained is None else "morf",
-                                  seed=seed)
-            drops.append((curve.scores[:, :1] - curve.scores).double().cpu())  # (group, steps + 1)
-        drop = torch.cat(drops)  # (sentences, steps + 1)
-        aopc = drop.mean(1)
-        gaps = [] if explained is None else [abs(w.conservation_gap) for w in explained
-                                             if w.conservation_gap is not None]
-        results.append(DeletionResult(
-            method=name,
-            fractions=tuple(float(f) for f in torch.linspace(0, 1, steps + 1, dtype=torch.float64)),
-            drops=tuple(float(d) for d in drop.mean(0)),
-            aopc=float(aopc.mean()),
-            aopc_sem=float(aopc.std() / len(aopc) ** 0.5) if len(aopc) > 1 else 0.0,
-            sentences=len(examples),
-            mean_abs_gap=sum(gaps) / len(gaps) if gaps else None,
-        ))
+    results, random = [], None
+    for index, name in enumerate(names):
+        _, spec = _method(name, model)
+        options = dict(spec.options)
+        if spec.method == "integrated_gradients":
+            options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
+        metric = DeletionMetric(padded, steps, seed, random=index == 0)
+        scores = explain_dataset(model, [{"x": b["x"].to(device)} for b in batches], method=spec.method,
+                                 metrics={"deletion": metric}, **options).scores
+        results.append(_deletion_result(name, scores["deletion/morf"], scores.get("deletion/gap"), steps))
+        random = scores.get("deletion/random", random)
+    if random is None:  # no method: the random order alone
+        random = explain_dataset(model, [{"x": b["x"].to(device)} for b in batches], method="gradient",
+                                 metrics={"deletion": DeletionMetric(padded, steps, seed, random=True)}).scores[
+                                     "deletion/random"]
+    results.append(_deletion_result("random", random, None, steps))
     return results
 
 

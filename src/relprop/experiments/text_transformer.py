@@ -44,10 +44,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
-from relprop.api import explain
+from relprop.api import Explanation, explain
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
+from relprop.datasets import explain_dataset
+from relprop.experiments.text_explain import DeletionMetric, PaddedModel, length_batches, word_scores
 from relprop.io import atomic_write, read_json, write_json
-from relprop.metrics.faithfulness import word_deletion
 from relprop.models.transformer import EncoderLayer, TransformerClassifier, TransformerClassifierConfig, padding_mask
 from relprop.viz.text import html_page, html_sentence
 
@@ -305,14 +306,6 @@ TRANSFORMER_METHODS: dict[str, tuple[str, Explainer]] = {
 """The word orders compared by :func:`evaluate_deletion` besides ``random``: name -> (label, explainer)."""
 
 
-def _encode(token_lists: Sequence[Sequence[str]], vocab: Vocabulary) -> Tensor:
-    """Ids right-padded with ``PAD`` to the longest sentence: (N, T)."""
-    ids = torch.full((len(token_lists), max(len(t) for t in token_lists)), vocab.pad_id, dtype=torch.long)
-    for row, tokens in enumerate(token_lists):
-        ids[row, : len(tokens)] = torch.tensor(vocab.encode(tokens), dtype=torch.long)
-    return ids
-
-
 def explain_words(
     run: TransformerRun, token_lists: Sequence[Sequence[str]], method: str, *, batch_size: int = 64
 ) -> tuple[list[list[float]], list[int], list[float | None], list[float]]:
@@ -320,33 +313,23 @@ def explain_words(
 
     Returns per sentence (input order): relevance per token, the explained class, the conservation gap
     (LRP, gradient x input: ``sum R - f(x)``; IG: ``sum R - (f(x) - f(baseline))``; rollout: None) and ``f(x)``.
-    Sentences are batched by length (no padding).
+    Sentences go through :func:`relprop.explain_dataset` batched by length; the batches are padded to one width
+    (the model masks ``PAD``: trailing pads change neither the logits nor the relevance of the words).
     """
     if method not in TRANSFORMER_METHODS:
         raise ValueError(f"unknown method {method!r}; valid: {', '.join(TRANSFORMER_METHODS)}")
-    explainer = TRANSFORMER_METHODS[method][1]
-    order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
-    relevance: dict[int, list[float]] = {}
-    target: dict[int, int] = {}
-    gaps: dict[int, float | None] = {}
-    scores: dict[int, float] = {}
-    position = 0
-    while position < len(order):
-        length = len(token_lists[order[position]])
-        chunk = [i for i in order[position : position + batch_size] if len(token_lists[i]) == length]
-        position += len(chunk)
-        ids = _encode([token_lists[i] for i in chunk], run.vocabulary)  # (chunk, length)
-        words, classes, gap = explainer(run.model, ids)
-        with torch.no_grad():
-            logits = run.model(ids)
-        for row, i in enumerate(chunk):
-            relevance[i] = [float(v) for v in words[row]]
-            target[i] = int(classes[row])
-            gaps[i] = None if gap is None else float(gap[row])
-            scores[i] = float(logits[row, target[i]])
-    every = range(len(token_lists))
-    return [relevance[i] for i in every], [target[i] for i in every], [gaps[i] for i in every], [scores[i] for i in
-                                                                                                 every]
+    if not token_lists:
+        return [], [], [], []
+    batches, rows = length_batches(token_lists, run.vocabulary, batch_size=batch_size, same_width=True)
+    scores = explain_dataset(run.model, batches, method=_as_method(TRANSFORMER_METHODS[method][1], [0.0]),
+                             metrics={"words": word_scores}, progress=False).scores
+    position = {sentence: row for row, sentence in enumerate(rows)}
+    every = [position[i] for i in range(len(token_lists))]
+    gaps = scores.get("words/gap")
+    return ([[float(v) for v in scores["words/relevance"][row, : len(token_lists[i])]] for i, row in enumerate(every)],
+            [int(scores["words/target"][row]) for row in every],
+            [None if gaps is None else float(gaps[row]) for row in every],
+            [float(scores["words/score"][row]) for row in every])
 
 
 # --- word deletion and statistics -----------------------------------------------------------------------------------
@@ -370,11 +353,32 @@ class MethodResult:
     seconds: float
 
 
+def _as_method(explainer: Explainer, seconds: list[float]) -> Callable[[nn.Module, Tensor, Tensor | None], Explanation]:
+    """An :data:`Explainer` as a method of :func:`relprop.explain_dataset`; adds its time to ``seconds[0]``."""
+
+    def run(model: nn.Module, ids: Tensor, target: Tensor | None) -> Explanation:
+        started = time.perf_counter()
+        assert isinstance(model, TransformerClassifier)
+        words, classes, gap = explainer(model, ids)
+        seconds[0] += time.perf_counter() - started
+        with torch.no_grad():
+            output = model(ids)
+        details = {} if gap is None else {"conservation_gap": gap}
+        return Explanation(words.detach(), output, classes, "text_transformer", details)
+
+    return run
+
+
 def evaluate_deletion(
     run: TransformerRun, examples: Sequence[SSTExample], methods: Sequence[str] | None = None, *, steps: int = 10,
-    seed: int = 0, log: Callable[[str], None] = print,
+    seed: int = 0, log: Callable[[str], None] = print, batch_size: int = 256,
 ) -> list[MethodResult]:
-    """Word-deletion AOPC of each method and of a seeded random order (the last entry, ``"random"``)."""
+    """Word-deletion AOPC of each method and of a seeded random order (the last entry, ``"random"``).
+
+    Sentences go through :func:`relprop.explain_dataset` in batches of equal length (at most ``batch_size``), with
+    word deletion as a dataset metric; the random order is scored in the first method's pass. ``seconds`` counts
+    the explanations only.
+    """
     names = list(TRANSFORMER_METHODS if methods is None else methods)
     unknown = [name for name in names if name not in TRANSFORMER_METHODS]
     if unknown:
@@ -382,42 +386,39 @@ def evaluate_deletion(
     examples = [e for e in examples if e.tokens]
     if not examples:
         raise ValueError("evaluate_deletion needs at least one non-empty example")
-    token_lists = [e.tokens for e in examples]
-    lengths = sorted({len(t) for t in token_lists})
-    groups = {n: [i for i, t in enumerate(token_lists) if len(t) == n] for n in lengths}
-    results = []
-    for name in [*names, "random"]:
-        started = time.perf_counter()
-        if name == "random":
-            label, explained = "random order (seeded)", None
-        else:
-            label = TRANSFORMER_METHODS[name][0]
-            explained = explain_words(run, token_lists, name)
-        seconds = time.perf_counter() - started
-        aopc = np.zeros(len(examples))
-        drops = np.zeros((len(examples), steps + 1))
-        for n in lengths:
-            index = groups[n]
-            ids = _encode([token_lists[i] for i in index], run.vocabulary)  # (group, n): no padding
-            if explained is None:
-                relevance = torch.zeros(ids.shape, dtype=torch.float64)
-                with torch.no_grad():
-                    target = run.model(ids).argmax(1)
-            else:
-                relevance = torch.tensor([explained[0][i] for i in index], dtype=torch.float64)
-                target = torch.tensor([explained[1][i] for i in index])
-            curve = word_deletion(run.model, ids, relevance, target, pad_id=run.vocabulary.pad_id, steps=steps,
-                                  order="random" if explained is None else "morf", seed=seed)
-            aopc[index] = curve.aopc.double().numpy()
-            drops[index] = (curve.scores[:, :1] - curve.scores).double().numpy()
-        gap_values = None if explained is None else [g for g in explained[2] if g is not None]
-        results.append(MethodResult(
-            method=name, label=label, aopc=aopc, drops=tuple(float(d) for d in drops.mean(0)),
-            fractions=tuple(float(f) for f in np.linspace(0.0, 1.0, steps + 1)),
-            gaps=np.asarray(gap_values) if gap_values else None, seconds=round(seconds, 1),
-        ))
-        log(f"{name}: AOPC {aopc.mean():.4f} ({seconds:.0f} s to explain)")
+    batches, rows = length_batches([e.tokens for e in examples], run.vocabulary, batch_size=batch_size)
+    padded = PaddedModel(run.model, 0, run.vocabulary.pad_id)  # the model masks PAD: nothing to append
+    results, random = [], None
+    for index, name in enumerate(names):
+        seconds = [0.0]
+        metric = DeletionMetric(padded, steps, seed, random=index == 0)
+        scores = explain_dataset(run.model, batches, method=_as_method(TRANSFORMER_METHODS[name][1], seconds),
+                                 metrics={"deletion": metric}).scores
+        random = scores.get("deletion/random", random)
+        gaps = scores.get("deletion/gap")
+        results.append(_method_result(name, TRANSFORMER_METHODS[name][0], scores["deletion/morf"], rows,
+                                      None if gaps is None else gaps[torch.tensor(rows).argsort()], seconds[0]))
+        log(f"{name}: AOPC {results[-1].aopc.mean():.4f} ({seconds[0]:.0f} s to explain)")
+    if random is None:  # no method: the random order alone
+        random = explain_dataset(run.model, batches, method="gradient", metrics={
+            "deletion": DeletionMetric(padded, steps, seed, random=True)}).scores["deletion/random"]
+    results.append(_method_result("random", "random order (seeded)", random, rows, None, 0.0))
+    log(f"random: AOPC {results[-1].aopc.mean():.4f}")
     return results
+
+
+def _method_result(
+    name: str, label: str, drop: Tensor, rows: Sequence[int], gaps: Tensor | None, seconds: float
+) -> MethodResult:
+    """``drop`` (sentences, steps + 1) in batch order, put back in the order of the examples by ``rows``."""
+    drops = np.zeros(tuple(drop.shape))
+    drops[rows] = drop.double().numpy()
+    steps = drops.shape[1] - 1
+    return MethodResult(
+        method=name, label=label, aopc=drops.mean(1), drops=tuple(float(d) for d in drops.mean(0)),
+        fractions=tuple(float(f) for f in np.linspace(0.0, 1.0, steps + 1)),
+        gaps=None if gaps is None else gaps.double().numpy(), seconds=round(seconds, 1),
+    )
 
 
 def _t_interval(values: np.ndarray) -> tuple[float, float]:

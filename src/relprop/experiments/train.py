@@ -1,39 +1,59 @@
-"""Training of the thesis architectures on MAJ sequence tasks, with resumable, atomic run directories.
+"""Training of the thesis architectures on MAJ sequence tasks, in resumable run directories committed per epoch.
 
-A run directory holds::
+A run directory holds ``config.json`` (the :class:`TrainConfig`, written when training starts) and one
+checkpoint per finished epoch, committed atomically: the epoch's files are written first under names that carry
+the epoch (``last-0007.safetensors``, ``best-0005.safetensors``, ``optimizer-0007.pt``, ``rng-0007.pt``), then
+the manifest ``checkpoint.json`` names them and holds the history (one record per epoch: loss, accuracies,
+learning rate, seconds). The manifest is the commit: a run killed at any point resumes from the last manifest,
+files it does not name (a later epoch's partial files, temp files) are deleted, and the resumed run is bitwise
+equal to an uninterrupted one (weights, Adam state and every random number generator state are restored; the
+data order of epoch ``e`` comes from a generator seeded with ``seed * 1000 + e``).
 
-    config.json            the TrainConfig
-    history.json           one record per finished epoch (loss, accuracies, learning rate, seconds)
-    best.safetensors       weights with the best validation accuracy so far
-    last.safetensors       weights after the last finished epoch
-    optimizer.pt           Adam state after the last finished epoch (loaded with weights_only=True)
-
-An interrupted run continues from its last finished epoch; a finished run is left as it is. Asking a run for
-more epochs continues it, also at another learning rate (history.json records each epoch's rate).
+A finished run is left as it is. Asking a run for more epochs continues it, also at another learning rate.
+With ``patience`` the run stops early once the validation accuracy has not improved for that many epochs (the
+best checkpoint is what the thesis evaluates).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
+import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .. import models
 from ..data import load_maj
+from ..data.maj import maj_shape
+from ..errors import ConfigError, DataError
 from ..io import atomic_write, load_weights, read_json, save_weights, write_json
 
-__all__ = ["TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule"]
+__all__ = [
+    "TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule", "read_history",
+    "weights_file", "thesis_sizes",
+]
+
+MANIFEST = "checkpoint.json"
+_EPOCH_FILE = re.compile(r"^(last|best|optimizer|rng)-\d{4,}\.(safetensors|pt)$")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """How to train one architecture on one MAJ dataset (defaults: the thesis, except ``epochs``)."""
+    """How to train one architecture on one MAJ dataset (defaults: the thesis, except ``epochs``).
+
+    ``fold`` selects the thesis's cross-validation split (test fold ``fold`` of ``folds``; see
+    :func:`relprop.data.load_maj`) instead of the official train / validation / test split. ``recurrent`` is the
+    recurrent size; None gives the thesis's size for the architecture and dataset (:func:`thesis_sizes`).
+    ``patience`` stops training once the validation accuracy has not improved for that many epochs.
+    """
 
     arch: str = "rlstm_sd"
     dataset: str = "digits-maj"
@@ -46,26 +66,49 @@ class TrainConfig:
     data_seed: int = 71
     limit: int | None = None  # use only the first `limit` training samples (smoke runs)
     eval_limit: int | None = None  # validation samples used per epoch
+    patience: int | None = None
+    fold: int | None = None
+    folds: int = 10
+    recurrent: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.arch not in models.ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.arch!r}; valid: {', '.join(sorted(models.ARCHITECTURES))}")
+        try:
+            maj_shape(self.dataset, self.variant)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "folds": self.folds}
+        for name, value in {**positive, "patience": self.patience, "recurrent": self.recurrent}.items():
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
+        if not (self.lr > 0 and 0 < self.keep_prob <= 1):
+            raise ConfigError(f"TrainConfig needs lr > 0 and 0 < keep_prob <= 1, got {self.lr}, {self.keep_prob}")
+        if self.fold is not None and not 0 <= self.fold < self.folds:
+            raise ConfigError(f"TrainConfig.fold must be in 0..{self.folds - 1}, got {self.fold}")
 
 
-def maj_shape(dataset: str, variant: str = "maj") -> dict[str, int]:
-    """Sequence geometry of a MAJ dataset: image height, steps and features per step."""
-    height = 8 if dataset == "digits-maj" else 28
-    width = 2 if dataset == "digits-maj" else 7
-    blocks = 7 if variant == "7-digits" else 3
-    return {"height": height, "steps": 4 * blocks, "step_width": width}
+def thesis_sizes(arch: str, dataset: str) -> dict[str, int]:
+    """Sizes the thesis uses for ``arch`` on ``dataset`` beyond the architecture's defaults (R-LSTM: 75 on Fashion)."""
+    if arch in ("rlstm", "rlstm_sd") and dataset == "fashion-maj":
+        return {"recurrent": 75}
+    return {}
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """The architecture of ``config`` for its dataset's geometry."""
-    return models.build(config.arch, **maj_shape(config.dataset, config.variant), keep_prob=config.keep_prob)
+    """The architecture of ``config`` for its dataset's geometry and the thesis's sizes."""
+    sizes = thesis_sizes(config.arch, config.dataset)
+    if config.recurrent is not None:
+        sizes["recurrent"] = config.recurrent
+    return models.build(config.arch, **maj_shape(config.dataset, config.variant), keep_prob=config.keep_prob,
+                        **sizes)
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> float:
+def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
     """Fraction of correct argmax predictions, evaluated in eval mode without gradients."""
     was_training = model.training
     model.eval()
@@ -78,34 +121,97 @@ def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 500) -> f
     return correct / max(len(y), 1)
 
 
+def _manifest(run_dir: Path, *, legacy: bool = True) -> dict[str, Any] | None:
+    """The committed checkpoint of ``run_dir`` (None before the first epoch), checked for its fields.
+
+    A run in the older layout (``history.json``, ``best.safetensors``, ``last.safetensors``, no manifest) reads as
+    a manifest when ``legacy`` is true (to evaluate it); it cannot be trained on.
+    """
+    path = run_dir / MANIFEST
+    if not path.exists():
+        if (run_dir / "history.json").exists():
+            if not legacy:
+                raise DataError(f"{run_dir} holds a run in the older layout (history.json, no {MANIFEST}); "
+                                "it can be evaluated but not trained on: train into a new directory")
+            history = read_json(run_dir / "history.json")
+            if not isinstance(history, list) or not all(isinstance(r, dict) for r in history):
+                raise DataError(f"{run_dir / 'history.json'} is not a list of epoch records")
+            return {"epoch": len(history), "history": history,
+                    "files": {"best": "best.safetensors", "last": "last.safetensors"}}
+        return None
+    manifest = read_json(path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    history = manifest.get("history") if isinstance(manifest, dict) else None
+    if not (isinstance(files, dict) and isinstance(history, list) and all(isinstance(r, dict) for r in history)
+            and {"last", "best", "optimizer", "rng"} <= set(files)
+            and all(isinstance(n, str) and _EPOCH_FILE.match(n) for n in files.values())):
+        raise DataError(f"{path} is not a relprop checkpoint manifest (needs 'files' naming last, best, optimizer "
+                        "and rng, and a 'history' list); delete the run directory to start again")
+    checked: dict[str, Any] = manifest
+    return checked
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The committed history of a run: one record per finished epoch (empty before the first)."""
+    manifest = _manifest(Path(run_dir))
+    return [] if manifest is None else list(manifest["history"])
+
+
+def weights_file(run_dir: str | Path, which: str = "best") -> Path:
+    """The committed weights file of a run: ``which`` is "best" (best validation accuracy) or "last"."""
+    if which not in ("best", "last"):
+        raise ConfigError(f"which must be 'best' or 'last', got {which!r}")
+    manifest = _manifest(Path(run_dir))
+    if manifest is None:
+        raise DataError(f"{run_dir} has no finished epoch ({MANIFEST} is missing); train it first")
+    return Path(run_dir) / str(manifest["files"][which])
+
+
+def _stopped(history: list[dict[str, Any]], patience: int | None) -> bool:
+    return patience is not None and bool(history) and len(history) - _best(history) >= patience
+
+
 def run_finished(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run that trained all its epochs."""
+    """Whether ``run_dir`` holds a run that trained all its epochs or stopped early (its patience ran out)."""
     path = Path(run_dir)
-    if not (path / "config.json").exists() or not (path / "history.json").exists():
+    if not (path / "config.json").exists():
         return False
-    epochs: int = read_json(path / "config.json")["epochs"]
-    return len(read_json(path / "history.json")) >= epochs
+    config = _read_config(path)
+    history = read_history(path)
+    return len(history) >= config["epochs"] or _stopped(history, config.get("patience"))
 
 
-def best_epoch(run_dir: str | Path) -> int:
-    """The epoch (1-based) whose weights ``best.safetensors`` holds: the first with the highest validation accuracy."""
-    history: list[dict[str, Any]] = read_json(Path(run_dir) / "history.json")
-    if not history:
-        raise ValueError(f"{run_dir} has not finished an epoch yet")
+def _best(history: list[dict[str, Any]]) -> int:
     return int(max(history, key=lambda record: (record["val_accuracy"], -record["epoch"]))["epoch"])
 
 
-_RESUMABLE = ("epochs", "lr")  # a run may continue for more epochs, and at another learning rate
+def best_epoch(run_dir: str | Path) -> int:
+    """The epoch (1-based) whose weights the best checkpoint holds: the first with the highest validation accuracy."""
+    history = read_history(run_dir)
+    if not history:
+        raise ConfigError(f"{run_dir} has not finished an epoch yet")
+    return _best(history)
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> dict[str, Any]:
-    """The saved config of ``run_dir``; raises if it differs from ``config`` in more than epochs and lr."""
-    saved: dict[str, Any] = read_json(run_dir / "config.json")
+_RESUMABLE = ("epochs", "lr", "patience")  # a run may continue for more epochs, at another learning rate
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    saved = read_json(run_dir / "config.json")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if not isinstance(saved, dict) or not set(saved) <= fields:
+        raise DataError(f"{run_dir / 'config.json'} is not a TrainConfig (unknown fields "
+                        f"{sorted(set(saved) - fields) if isinstance(saved, dict) else saved!r})")
+    return saved
+
+
+def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
+    """Raise if the saved config of ``run_dir`` differs from ``config`` in more than epochs, lr and patience."""
+    saved = {**dataclasses.asdict(TrainConfig()), **_read_config(run_dir)}
     mine = dataclasses.asdict(config)
     different = {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
     if different:
-        raise ValueError(f"{run_dir} holds a run with another configuration {different}; use another directory")
-    return saved
+        raise ConfigError(f"{run_dir} holds a run with another configuration {different}; use another directory")
 
 
 def lr_schedule(history: list[dict[str, Any]]) -> str:
@@ -119,81 +225,157 @@ def lr_schedule(history: list[dict[str, Any]]) -> str:
     return ", ".join(f"{'?' if lr is None else f'{lr:.0e}'} x{count}" for lr, count in runs)
 
 
+def _rng_state() -> dict[str, Any]:
+    """Every random number generator state training may touch (torch CPU and CUDA, numpy, Python)."""
+    numpy_state: Any = np.random.get_state(legacy=True)
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(numpy_state[1].astype(np.int64)), "pos": int(numpy_state[2]),
+                  "has_gauss": int(numpy_state[3]), "cached_gaussian": float(numpy_state[4])},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(int(v) for v in python["internal"]), python["gauss"]))
+
+
+def _sweep(run_dir: Path, keep: set[str]) -> None:
+    """Delete the epoch files the manifest does not name, and temp files a killed write left behind."""
+    for path in run_dir.iterdir():
+        if (_EPOCH_FILE.match(path.name) and path.name not in keep) or (
+            path.name.startswith(".") and path.name.endswith(".tmp")
+        ):
+            path.unlink(missing_ok=True)
+
+
+def _commit(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, history: list[dict[str, Any]],
+            best_file: str | None, improved: bool) -> str:
+    """Write epoch ``len(history)``'s files, then the manifest naming them (the commit); returns the best file."""
+    tag = f"{len(history):04d}"
+    files = {"last": f"last-{tag}.safetensors", "optimizer": f"optimizer-{tag}.pt", "rng": f"rng-{tag}.pt"}
+    save_weights(model, run_dir / files["last"])
+    if improved or best_file is None:
+        best_file = f"best-{tag}.safetensors"
+        save_weights(model, run_dir / best_file)
+    atomic_write(run_dir / files["optimizer"], lambda file: torch.save(optimizer.state_dict(), file))
+    atomic_write(run_dir / files["rng"], lambda file: torch.save(_rng_state(), file))
+    files["best"] = best_file
+    write_json(run_dir / MANIFEST, {"epoch": len(history), "files": files, "history": history})
+    _sweep(run_dir, set(files.values()))
+    return best_file
+
+
+def _load_checkpoint(run_dir: Path, manifest: dict[str, Any], model: nn.Module,
+                     optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    files = manifest["files"]
+    load_weights(model, run_dir / files["last"])
+    for name in ("optimizer", "rng"):
+        if not (run_dir / files[name]).exists():
+            raise DataError(f"{run_dir / files[name]} named by {run_dir / MANIFEST} is missing")
+    try:
+        optimizer.load_state_dict(torch.load(run_dir / files["optimizer"], weights_only=True, map_location=device))
+        _set_rng_state(torch.load(run_dir / files["rng"], weights_only=True))
+    except (RuntimeError, ValueError, KeyError, TypeError, EOFError) as error:
+        raise DataError(f"checkpoint of {run_dir} is corrupt ({files['optimizer']}, {files['rng']}): {error}") from None
+
+
+def _show_bars(progress: bool) -> bool:
+    return progress and sys.stderr.isatty()
+
+
 def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) -> Path:
     """Train (or resume) ``config`` into ``run_dir``; returns the run directory.
 
     Adam, softmax cross-entropy over the 10 logits plus a constant-zero logit (the thesis loss), validation
-    accuracy after every epoch, the best checkpoint kept.
+    accuracy after every epoch, the best checkpoint kept. With ``progress`` a bar per epoch (on a terminal) and
+    one line per epoch.
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    history: list[dict[str, Any]] = []
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file, not a run directory")
+    manifest = None
     if (run_dir / "config.json").exists():
-        saved = _check_same_config(run_dir, config)
-        if (run_dir / "history.json").exists():
-            history = read_json(run_dir / "history.json")
-            if any("lr" not in record for record in history):  # older runs: every epoch at the config's lr
-                history = [{**record, "lr": record.get("lr", saved["lr"])} for record in history]
-                write_json(run_dir / "history.json", history)  # before config.json may change the lr
-    write_json(run_dir / "config.json", dataclasses.asdict(config))
-    if len(history) >= config.epochs:
+        _check_same_config(run_dir, config)
+        manifest = _manifest(run_dir, legacy=False)
+    history: list[dict[str, Any]] = [] if manifest is None else list(manifest["history"])
+    if len(history) >= config.epochs or _stopped(history, config.patience):
+        write_json(run_dir / "config.json", dataclasses.asdict(config))  # a finished run may change epochs/lr
         return run_dir
 
     device = _device()
     torch.manual_seed(config.seed)
     model = build_model(config).to(device)
+    if any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        model = model.to(memory_format=torch.channels_last)  # 1.3-1.5x faster convolutions and pooling on CPU
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    if history:
-        load_weights(model, run_dir / "last.safetensors")
-        optimizer.load_state_dict(torch.load(run_dir / "optimizer.pt", weights_only=True, map_location=device))
+    train_split = load_maj(config.dataset, "train", variant=config.variant, seed=config.data_seed, limit=config.limit,
+                           fold=config.fold, folds=config.folds)
+    val_split = load_maj(config.dataset, "val", variant=config.variant, seed=config.data_seed,
+                         limit=config.eval_limit, fold=config.fold, folds=config.folds)
+    x, y = train_split.sequences().to(device), train_split.y.to(device)  # (N, steps, features), (N,)
+    x_val, y_val = val_split.sequences().to(device), val_split.y.to(device)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", dataclasses.asdict(config))  # only once the run can start
+    best_file: str | None = None
+    if manifest is not None:
+        _load_checkpoint(run_dir, manifest, model, optimizer, device)
+        best_file = manifest["files"]["best"]
         for group in optimizer.param_groups:  # the saved state holds the old learning rate
             group["lr"] = config.lr
-
-    train_split = load_maj(config.dataset, "train", variant=config.variant, seed=config.data_seed, limit=config.limit)
-    val_split = load_maj(config.dataset, "val", variant=config.variant, seed=config.data_seed,
-                         limit=config.eval_limit)
-    x, y = train_split.sequences(), train_split.y  # (N, steps, features)
-    x_val, y_val = val_split.sequences(), val_split.y
+    _sweep(run_dir, set() if manifest is None else set(manifest["files"].values()))
     best = max((h["val_accuracy"] for h in history), default=-1.0)
 
     for epoch in range(len(history), config.epochs):
+        if _stopped(history, config.patience):
+            break
         started = time.perf_counter()
         model.train()
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        total_loss, correct = 0.0, 0
-        batches = tqdm(torch.split(order, config.batch_size), desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress, leave=False)
+        total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
+        batches = tqdm(torch.split(order.to(device), config.batch_size), leave=False,
+                       desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}", disable=not _show_bars(progress))
         for index in batches:
-            xb, yb = x[index].to(device), y[index].to(device)
+            xb, yb = x[index], y[index]
             logits = model(xb)
             loss = models.maj_loss(logits, yb)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()
-            total_loss += loss.detach().item() * len(index)
-            correct += int((logits.argmax(1) == yb).sum())
+            total_loss += loss.detach() * len(index)
+            correct += (logits.detach().argmax(1) == yb).sum()
         val_accuracy = accuracy(model, x_val, y_val)
         record = {
-            "epoch": epoch + 1, "loss": total_loss / len(y), "train_accuracy": correct / len(y),
+            "epoch": epoch + 1, "loss": float(total_loss) / len(y), "train_accuracy": int(correct) / len(y),
             "val_accuracy": val_accuracy, "lr": config.lr, "seconds": time.perf_counter() - started,
         }
-        if val_accuracy > best:
-            best = val_accuracy
-            save_weights(model, run_dir / "best.safetensors")
-        save_weights(model, run_dir / "last.safetensors")
-        atomic_write(run_dir / "optimizer.pt", lambda file: torch.save(optimizer.state_dict(), file))
+        if not np.isfinite(record["loss"]):
+            raise DataError(f"{config.arch} on {config.dataset}: the loss became {record['loss']} in epoch "
+                            f"{epoch + 1}; the last committed epoch stays in {run_dir}")
         history.append(record)
-        write_json(run_dir / "history.json", history)  # written last: the epoch counts only when all is saved
+        best_file = _commit(run_dir, model, optimizer, history, best_file, improved=val_accuracy > best)
+        best = max(best, val_accuracy)
         if progress:
             tqdm.write(f"{config.arch} {config.dataset} epoch {epoch + 1}: loss {record['loss']:.4f} "
-                       f"train {record['train_accuracy']:.4f} val {val_accuracy:.4f} ({record['seconds']:.0f}s)")
+                       f"train {record['train_accuracy']:.4f} val {val_accuracy:.4f} ({record['seconds']:.0f}s)",
+                       file=sys.stderr)
     return run_dir
 
 
 def load_run(run_dir: str | Path, *, which: str = "best") -> tuple[nn.Module, TrainConfig]:
     """The trained model of a run directory (eval mode) and its config; ``which`` is "best" or "last"."""
     run_dir = Path(run_dir)
-    config = TrainConfig(**read_json(run_dir / "config.json"))
+    config = TrainConfig(**_read_config(run_dir))
     model = build_model(config)
-    load_weights(model, run_dir / f"{which}.safetensors")
+    load_weights(model, weights_file(run_dir, which))
     return model.to(_device()).eval(), config

@@ -1,4 +1,4 @@
-"""Guided backpropagation and deconvnet: gradients with a modified backward pass through ReLUs."""
+"""Guided backpropagation and deconvnet: gradients with a modified backward pass through ReLUs (and gates)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..core import FunctionalGuard, Rule, Site, attach_rules, mark_path, root_module
+from ..core import FunctionalGuard, Site, attach_rules, mark_path, root_module
+from ..errors import ExplanationError
 from ..ops import OpCall
 from ..rules.elementwise import vjp
 from ._common import OutputSeed, start_gradient
@@ -17,38 +18,55 @@ from ._registry import method
 __all__ = ["guided_backprop", "deconvnet"]
 
 _RELU_NAMES = frozenset({"relu", "relu_"})
+_SIGMOID_NAMES = frozenset({"sigmoid", "sigmoid_"})
+GATES = ("gradient", "frozen")
+
+
+def _is(site: Site, module_type: type[nn.Module], names: frozenset[str]) -> bool:
+    return site.name in names if isinstance(site, OpCall) else isinstance(site, module_type)
 
 
 @dataclass(frozen=True)
-class _GuidedReLU:
-    """Backward through ReLU passes only positive gradient where the forward input was positive."""
+class _ModifiedBackward:
+    """Backward through ReLUs modified (guided or deconvnet), through sigmoids zero when gates are frozen.
+
+    Guided (Springenberg et al. 2015): only positive gradient passes, and only where the ReLU's input was
+    positive. Deconvnet (Zeiler & Fergus 2014): a ReLU of the gradient, whatever the forward activation.
+    Frozen gates (Chormai 2018): every sigmoid (an LSTM's or GRU's gates, the GRU's complement ``1 - z``)
+    passes no gradient, so the gates act as constants. Every other activation keeps its gradient.
+    """
+
+    deconv: bool = False
+    frozen_gates: bool = False
 
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        if isinstance(site, OpCall) and site.name not in _RELU_NAMES:
-            return vjp(site, inputs, relevance_out)  # other activations keep their gradient
+        if self.frozen_gates and _is(site, nn.Sigmoid, _SIGMOID_NAMES):
+            return (torch.zeros_like(inputs[0]),)
+        if not _is(site, nn.ReLU, _RELU_NAMES):
+            return vjp(site, inputs, relevance_out)
+        if self.deconv:
+            return (relevance_out.clamp(min=0),)
         return (relevance_out.clamp(min=0) * (inputs[0] > 0).to(relevance_out),)
 
 
-@dataclass(frozen=True)
-class _DeconvReLU:
-    """Backward through ReLU is a ReLU of the gradient, ignoring the forward activation (Zeiler & Fergus 2014)."""
-
-    def relevance(
-        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
-    ) -> tuple[Tensor | None, ...]:
-        if isinstance(site, OpCall) and site.name not in _RELU_NAMES:
-            return vjp(site, inputs, relevance_out)
-        return (relevance_out.clamp(min=0),)
-
-
-def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, rule: Rule) -> Tensor:
-    """The gradient with ``rule`` at every ReLU, module (``nn.ReLU``) or functional (``F.relu``, ``x.relu_()``)."""
-    relus = [(name, m, rule) for name, m in root_module(model).named_modules() if isinstance(m, nn.ReLU)]
+def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, rule: _ModifiedBackward) -> Tensor:
+    """The gradient with ``rule`` at every ReLU (and sigmoid), module (``nn.ReLU``) or functional (``F.relu``)."""
+    root = root_module(model)
+    kinds: tuple[type[nn.Module], ...] = (nn.ReLU, nn.Sigmoid) if rule.frozen_gates else (nn.ReLU,)
+    if rule.frozen_gates:
+        fused = [name for name, m in root.named_modules() if isinstance(m, nn.RNNBase)]
+        if fused:
+            raise ExplanationError(
+                f"gates='frozen' needs the gates of {fused[0]!r} ({type(root.get_submodule(fused[0])).__name__}), "
+                "which the fused kernel hides; build the model with relprop.models.Recurrent or apply "
+                "relprop.canonizers.ExplicitRecurrent, or use gates='gradient'"
+            )
+    modules = [(name, m, rule) for name, m in root.named_modules() if isinstance(m, kinds)]
     guard = FunctionalGuard({ops.ACTIVATION: rule}, strict=False)  # every other op keeps its own gradient
     x = mark_path(x.detach().requires_grad_())
-    with attach_rules(model, relus, guard=guard), torch.enable_grad():
+    with attach_rules(model, modules, guard=guard), torch.enable_grad():
         with guard:
             output = model(x)
         (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
@@ -56,13 +74,22 @@ def _modified_relu_gradient(model: nn.Module, x: Tensor, target: Tensor | Output
 
 
 @method("guided_backprop")
-def guided_backprop(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, squared: bool = False) -> Tensor:
-    """Guided backpropagation (Springenberg et al. 2015); ``squared=True`` gives the thesis's SA-style variant."""
-    grad = _modified_relu_gradient(model, x, target, _GuidedReLU())
+def guided_backprop(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, squared: bool = False, gates: str = "gradient"
+) -> Tensor:
+    """Guided backpropagation (Springenberg et al. 2015).
+
+    ``squared=True`` gives the thesis's SA-style variant. ``gates="frozen"`` also zeroes the backward pass of
+    every sigmoid (the LSTM/GRU gates and the GRU's ``1 - z``): the thesis's final guided backprop (Chormai
+    2018); ``gates="gradient"`` (default) is standard guided backprop, which guides only the ReLUs.
+    """
+    if gates not in GATES:
+        raise ExplanationError(f"gates must be one of {GATES}, got {gates!r}")
+    grad = _modified_gradient(model, x, target, _ModifiedBackward(frozen_gates=gates == "frozen"))
     return grad**2 if squared else grad
 
 
 @method("deconvnet")
 def deconvnet(model: nn.Module, x: Tensor, target: Tensor | OutputSeed) -> Tensor:
     """Deconvnet attribution (Zeiler & Fergus 2014)."""
-    return _modified_relu_gradient(model, x, target, _DeconvReLU())
+    return _modified_gradient(model, x, target, _ModifiedBackward(deconv=True))

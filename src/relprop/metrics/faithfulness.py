@@ -7,17 +7,20 @@ output drop fast; the area over the perturbation curve (AOPC) summarises the dro
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from relprop.core import ExplanationError, eval_mode
+from relprop.core import eval_mode
+from relprop.errors import ConfigError, ExplanationError
+from relprop.metrics.batch import Batch
 
-__all__ = ["FlipCurve", "pixel_flipping", "word_deletion"]
+__all__ = ["FlipConfig", "FlipCurve", "PixelFlipping", "pixel_flipping", "word_deletion"]
 
 Order = Literal["morf", "lerf", "random"]
 _WHERE = "relprop.metrics.faithfulness"
@@ -37,6 +40,33 @@ class FlipCurve:
     scores: Tensor
     aopc: Tensor
     higher_is_better: ClassVar[bool] = True
+
+
+@dataclass(frozen=True)
+class FlipConfig:
+    """Options of :func:`pixel_flipping`.
+
+    ``steps``: the curve has ``steps + 1`` points; ``fill``: the replacement value (a number, or a baseline tensor
+    of shape x or x[0]); ``feature_groups``: one group id per element of a sample (removed as a whole, ranked by
+    summed relevance), None for single features; ``order``: ``"morf"``, ``"lerf"`` or ``"random"`` (seeded by
+    ``seed``); ``batch_size``: samples per forward pass; ``progress``: a bar over the curve points.
+    """
+
+    steps: int = 20
+    fill: float | int | Tensor = -1.0
+    feature_groups: Tensor | None = None
+    order: Order = "morf"
+    seed: int = 0
+    batch_size: int = 256
+    progress: bool = False
+
+    def replace(self, **options: Any) -> FlipConfig:
+        """A copy with some fields changed; an unknown name raises :class:`~relprop.errors.ConfigError`."""
+        names = [f.name for f in fields(self)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ConfigError(f"{_WHERE}.pixel_flipping: unknown options {unknown}; valid: {', '.join(names)}")
+        return dataclasses.replace(self, **options)
 
 
 def _groups(feature_groups: Tensor | None, feature_shape: torch.Size, device: torch.device) -> Tensor:
@@ -103,18 +133,14 @@ def pixel_flipping(
     x: Tensor,
     relevance: Tensor,
     target: int | Tensor,
-    *,
-    steps: int = 20,
-    fill: float | int | Tensor = -1.0,
-    feature_groups: Tensor | None = None,
-    order: Order = "morf",
-    seed: int = 0,
-    batch_size: int = 256,
-    progress: bool = False,
+    config: FlipConfig = FlipConfig(),
+    **options: Any,
 ) -> FlipCurve:
     """Perturbation curve: remove the most relevant features first and track the target output.
 
-    At point ``j`` the ``round(j / steps * G)`` highest-ranked features (or groups) are replaced by
+    The options are the fields of :class:`FlipConfig`, given as ``config`` or as keywords (``steps=10``), which
+    override the fields of ``config``. At point ``j`` the ``round(j / steps * G)`` highest-ranked features (or
+    groups) are replaced by
     ``fill`` (a number, or a baseline tensor of shape x or x[0]); ``G`` is the number of features, or of
     groups when ``feature_groups`` (per-sample shape of x, one id per element, e.g. the time step of each
     value) is given: a group is removed as a whole, ranked by its summed relevance. ``order`` is
@@ -126,10 +152,12 @@ def pixel_flipping(
     Example
     -------
     >>> model = torch.nn.Linear(4, 2, bias=False)
-    >>> curve = pixel_flipping(model, torch.randn(3, 4), torch.randn(3, 4), 0, steps=4, fill=0.0)
+    >>> curve = pixel_flipping(model, torch.randn(3, 4), torch.randn(3, 4), 0, FlipConfig(steps=4, fill=0.0))
     >>> curve.scores.shape, curve.aopc.shape
     (torch.Size([3, 5]), torch.Size([3]))
     """
+    config = config.replace(**options) if options else config
+    steps, fill, order, batch_size = config.steps, config.fill, config.order, config.batch_size
     if relevance.shape != x.shape:
         raise ExplanationError(
             f"{_WHERE}: relevance must have the shape of x {tuple(x.shape)}, got {tuple(relevance.shape)}; "
@@ -142,12 +170,12 @@ def pixel_flipping(
     if target.shape not in ((), (n,)):
         raise ExplanationError(f"{_WHERE}: target must be an int or ({n},), got {tuple(target.shape)}")
     target = target.expand(n)  # (N,)
-    groups = _groups(feature_groups, x.shape[1:], x.device)  # (D,)
+    groups = _groups(config.feature_groups, x.shape[1:], x.device)  # (D,)
     count = int(groups.max()) + 1 if groups.numel() else 0
     flat_relevance = relevance.detach().reshape(n, -1).to(device=x.device, dtype=torch.float64)  # (N, D)
     group_relevance = torch.zeros(n, count, dtype=torch.float64, device=x.device)
     group_relevance.index_add_(1, groups, flat_relevance)  # (N, G)
-    ranking = _ranking(group_relevance, order, seed)  # (N, G)
+    ranking = _ranking(group_relevance, order, config.seed)  # (N, G)
     rank = torch.empty_like(ranking)
     rank.scatter_(1, ranking, torch.arange(count, device=x.device).expand(n, count))  # rank of each group
     element_rank = rank[:, groups].reshape(x.shape)  # removal position of every element
@@ -157,7 +185,7 @@ def pixel_flipping(
 
     columns = []
     with torch.no_grad(), eval_mode(model):
-        for removed in tqdm(removed_counts, disable=not progress, desc="pixel flipping", leave=False):
+        for removed in tqdm(removed_counts, disable=not config.progress, desc="pixel flipping", leave=False):
             column = []
             for start in range(0, n, batch_size):
                 part = slice(start, start + batch_size)
@@ -189,17 +217,20 @@ def word_deletion(
     """
     if relevance.ndim == tokens.ndim + 1:
         relevance = relevance.sum(dim=-1)  # (N, L, E) -> (N, L)
-    return pixel_flipping(
-        model,
-        tokens,
-        relevance,
-        target,
-        steps=steps,
-        fill=pad_id,
-        order=order,
-        seed=seed,
-        batch_size=batch_size,
-    )
+    config = FlipConfig(steps=steps, fill=pad_id, order=order, seed=seed, batch_size=batch_size)
+    return pixel_flipping(model, tokens, relevance, target, config)
+
+
+@dataclass(frozen=True)
+class PixelFlipping:
+    """:func:`pixel_flipping` as a dataset metric: scores ``aopc`` (N,) and ``curve`` (N, steps + 1)."""
+
+    config: FlipConfig = FlipConfig()
+    higher_is_better: ClassVar[bool] = True
+
+    def score(self, batch: Batch) -> dict[str, Tensor]:
+        curve = pixel_flipping(batch.model, batch.x, batch.relevance, batch.target, self.config)
+        return {"aopc": curve.aopc, "curve": curve.scores}
 
 
 pixel_flipping.higher_is_better = True  # type: ignore[attr-defined]

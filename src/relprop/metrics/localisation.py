@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from relprop.errors import ExplanationError
+from relprop.metrics.batch import Batch
 
 __all__ = ["BlockCosine", "RelevanceInRegion", "block_cosine", "block_relevance", "relevance_in_region"]
 
@@ -105,6 +106,7 @@ def relevance_in_region(
     blocks: int | None = None,
     layout: Layout = "sequence",
     positive: bool = False,
+    cap: float | None = None,
 ) -> Tensor:
     """Share of the relevance that falls on the correct blocks, per sample.
 
@@ -113,7 +115,8 @@ def relevance_in_region(
     signs (negative relevance on a wrong block pushes the share above 1). Samples whose total is not
     positive (zero or negative: no net evidence to share out) score 0, so the result is never NaN.
     With ``positive=True`` only positive relevance counts (``R.clamp(min=0)`` per element before the
-    block sums), which bounds the share in [0, 1].
+    block sums), which bounds the share in [0, 1]. ``cap=tau`` caps each correct block's share at ``tau``
+    before summing (the thesis's tau = 0.8: relevance piled on one of two correct blocks scores at most 0.8).
 
     Example
     -------
@@ -124,10 +127,12 @@ def relevance_in_region(
         relevance = relevance.clamp(min=0)
     vector, target = _blocks_and_mask(relevance, mask, blocks, layout)
     total = vector.sum(dim=1)
-    inside = (vector * (target > 0).to(vector)).sum(dim=1)
     valid = total > torch.finfo(total.dtype).tiny
     safe = torch.where(valid, total, torch.ones_like(total))
-    return torch.where(valid, inside / safe, torch.zeros_like(total))
+    shares = vector / safe[:, None] * (target > 0).to(vector)  # (N, blocks), 0 off the correct blocks
+    if cap is not None:
+        shares = shares.clamp(max=cap)
+    return torch.where(valid, shares.sum(dim=1), torch.zeros_like(total))
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,10 @@ class BlockCosine:
     def __call__(self, relevance: Tensor, mask: Tensor) -> Tensor:
         return block_cosine(relevance, mask, blocks=self.blocks, layout=self.layout)
 
+    def score(self, batch: Batch) -> Tensor:
+        """As a dataset metric: the batch's relevance against its ground-truth ``mask``."""
+        return self(batch.relevance, batch.require_mask("BlockCosine"))
+
 
 @dataclass(frozen=True)
 class RelevanceInRegion:
@@ -149,12 +158,17 @@ class RelevanceInRegion:
     blocks: int | None = None
     layout: Layout = "sequence"
     positive: bool = False
+    cap: float | None = None
     higher_is_better: ClassVar[bool] = True
 
     def __call__(self, relevance: Tensor, mask: Tensor) -> Tensor:
         return relevance_in_region(
-            relevance, mask, blocks=self.blocks, layout=self.layout, positive=self.positive
+            relevance, mask, blocks=self.blocks, layout=self.layout, positive=self.positive, cap=self.cap
         )
+
+    def score(self, batch: Batch) -> Tensor:
+        """As a dataset metric: the batch's relevance against its ground-truth ``mask``."""
+        return self(batch.relevance, batch.require_mask("RelevanceInRegion"))
 
 
 block_cosine.higher_is_better = True  # type: ignore[attr-defined]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from relprop.viz.heatmap import grid, heatmap, maj_heatmap, overlay, save_png
-from relprop.viz.plots import aopc_curves, cosine_bars, prototype_grid
+from relprop.viz.plots import aopc_curves, cosine_bars, curve_panels, grouped_means, prototype_grid
 from relprop.viz.text import html_page, html_sentence, terminal_sentence, word_colors
 
 __all__ = [
     "aopc_curves",
     "cosine_bars",
+    "curve_panels",
     "grid",
+    "grouped_means",
     "heatmap",
     "html_page",
     "html_sentence",

@@ -153,3 +153,87 @@ def prototype_grid(
             ax.imshow(stack[index], cmap="gray", interpolation="nearest")
             ax.set_title(labels[index], fontsize=10)
     return _finish(fig, path)
+
+
+def grouped_means(
+    values: Mapping[tuple[str, str], Sequence[float]],
+    groups: Sequence[str],
+    members: Sequence[str],
+    *,
+    references: Mapping[tuple[str, str], Mapping[str, float | None]] | None = None,
+    path: str | os.PathLike[str] | None = None,
+    title: str = "",
+    ylabel: str = "mean (95% CI over runs)",
+) -> Figure:
+    """Bars of per-run values: one group per ``groups`` entry, one bar per ``members`` entry, 95% t-intervals.
+
+    ``values[(group, member)]`` holds one value per run. ``references[(group, member)]`` maps a label (e.g.
+    "thesis, single model") to a published value, drawn as a marker on the bar; markers share a legend.
+    """
+    from scipy import stats
+
+    fig = _new_figure(max(6.0, 1.2 + 0.32 * len(groups) * max(len(members), 1)), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / max(len(members), 1)
+    markers = ("D", "o", "s", "^")
+    marker_of: dict[str, str] = {}
+    for k, member in enumerate(members):
+        xs, means, halves = [], [], []
+        for i, group in enumerate(groups):
+            runs = np.asarray(values.get((group, member), ()), dtype=np.float64)
+            if runs.size == 0:
+                continue
+            half = float(stats.t.ppf(0.975, runs.size - 1) * runs.std(ddof=1) / math.sqrt(runs.size)) \
+                if runs.size > 1 else 0.0
+            xs.append(i - 0.4 + width * (k + 0.5))
+            means.append(float(runs.mean()))
+            halves.append(half)
+            for label, reference in (references or {}).get((group, member), {}).items():
+                if reference is not None:
+                    marker = marker_of.setdefault(label, markers[len(marker_of) % len(markers)])
+                    ax.plot(xs[-1], reference, marker=marker, color="black", markersize=4, linestyle="none")
+        ax.bar(xs, means, width, yerr=halves, capsize=2, label=member)
+    for label, marker in marker_of.items():
+        ax.plot([], [], marker=marker, color="black", linestyle="none", label=label)
+    ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return _finish(fig, path)
+
+
+def curve_panels(
+    curves: Mapping[tuple[str, str], Sequence[np.ndarray]],
+    lines: Sequence[str],
+    panels: Sequence[str],
+    *,
+    path: str | os.PathLike[str] | None = None,
+    title: str = "",
+) -> Figure:
+    """Small multiples: one panel per ``panels`` entry, one line per ``lines`` entry (mean of its curves).
+
+    ``curves[(line, panel)]`` holds one curve (steps,) per run; a legend of the lines sits beside the panels,
+    so the plot keeps its size whatever the number of lines.
+    """
+    columns = min(len(panels), 3) or 1
+    rows = max(1, math.ceil(len(panels) / columns))
+    fig = _new_figure(3.2 * columns + 1.6, 2.6 * rows + 0.4)
+    axes = [fig.add_subplot(rows, columns, i + 1) for i in range(len(panels))]
+    colours = {line: f"C{i % 10}" for i, line in enumerate(lines)}
+    for ax, panel in zip(axes, panels, strict=True):
+        for line in lines:
+            runs = curves.get((line, panel), ())
+            if len(runs) == 0:
+                continue
+            mean = np.mean(np.stack([np.asarray(r, dtype=np.float64) for r in runs]), axis=0)
+            ax.plot(np.arange(mean.shape[0]), mean, color=colours[line], label=line, linewidth=1.2)
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("perturbation step", fontsize=8)
+        ax.grid(alpha=0.3)
+    if axes:
+        axes[0].set_ylabel("score")
+        handles, labels = axes[0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _finish(fig, path)

@@ -1,0 +1,245 @@
+"""Explain and score a whole dataset batch by batch: :func:`explain_dataset`.
+
+Batches come from a ``DataLoader`` or any iterable. Each item is a tensor ``x`` (the argmax class is explained),
+a tuple ``(x, target)`` or ``(x, target, mask)``, or a mapping with ``"x"`` and optionally ``"target"``, ``"mask"``
+(ground truth for localisation metrics) and ``"model_kwargs"`` (e.g. an ``attention_mask``). Every batch is
+explained as :func:`relprop.explain` would explain it alone, its metrics are scored, and everything leaves memory
+before the next batch: only the per-sample scores are kept, and relevance goes to the store.
+
+The store (:class:`~relprop.store.ResultStore`) holds one safetensors shard per batch and a manifest rewritten
+after each. Running again on the same store resumes at the first unfinished batch: the loader is iterated from the
+start (it must yield the same batches in the same order; a checksum of each skipped batch is compared with the
+stored one) and the finished batches are not explained again, so an interrupted run gives the result of an
+uninterrupted one. Progress: a tqdm bar when stderr is a terminal, otherwise a plain line about every tenth of the
+batches.
+
+Example
+-------
+>>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
+>>> batches = [(torch.randn(5, 4), torch.zeros(5, dtype=torch.long)) for _ in range(3)]
+>>> from relprop.metrics import Sparseness
+>>> result = explain_dataset(model, batches, method="gradient_x_input", metrics=[Sparseness()], progress=False)
+>>> result.samples, result.scores["sparseness"].shape
+(15, torch.Size([15]))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from relprop.api import Explanation, explain
+from relprop.errors import ConfigError, DataError
+from relprop.metrics.batch import Batch, BatchMetric, ExplainFn, Scores
+from relprop.store import ResultStore
+
+__all__ = ["DatasetResult", "Method", "explain_dataset"]
+
+Method = str | Callable[[nn.Module, Tensor, Tensor | None], Explanation]
+"""A registered method name (options as keywords), or ``f(model, x, target) -> Explanation`` (target may be None)."""
+
+Metrics = Sequence[BatchMetric] | Mapping[str, BatchMetric | Callable[[Batch], Scores]]
+
+
+@dataclass(frozen=True)
+class DatasetResult:
+    """``scores``: name -> per-sample values over the whole dataset (axis 0); ``store``: where relevance went."""
+
+    scores: dict[str, Tensor]
+    samples: int
+    store: ResultStore | None = None
+
+
+@dataclass(frozen=True)
+class _Item:
+    x: Tensor
+    target: Tensor | None
+    mask: Tensor | None
+    model_kwargs: Mapping[str, Any] | None
+
+
+def _unpack(item: Any, index: int) -> _Item:
+    if isinstance(item, Tensor):
+        return _Item(item, None, None, None)
+    if isinstance(item, Mapping) and "x" in item:
+        return _Item(item["x"], item.get("target"), item.get("mask"), item.get("model_kwargs"))
+    if isinstance(item, (tuple, list)) and 1 <= len(item) <= 3 and all(isinstance(v, Tensor) for v in item):
+        x, target, mask = (*item, None, None)[:3]
+        return _Item(x, target, mask, None)
+    raise ConfigError(
+        f"explain_dataset: batch {index} is a {type(item).__name__}; yield a tensor x, a tuple (x, target) or "
+        "(x, target, mask) of tensors, or a mapping with 'x' and optionally 'target', 'mask', 'model_kwargs'"
+    )
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _named(metrics: Metrics) -> dict[str, Callable[[Batch], Scores]]:
+    if isinstance(metrics, Mapping):
+        return {name: m.score if hasattr(m, "score") else m for name, m in metrics.items()}
+    named: dict[str, Callable[[Batch], Scores]] = {}
+    for metric in metrics:
+        name = _snake(type(metric).__name__)
+        if name in named:
+            raise ConfigError(f"explain_dataset: two metrics are named {name!r}; pass a mapping name -> metric")
+        named[name] = metric.score
+    return named
+
+
+def _explainers(method: Method, options: Mapping[str, Any]) -> tuple[Callable[..., Explanation], ExplainFn]:
+    """The batch explainer ``f(model, x, target, model_kwargs)`` and the ``explain`` given to the metrics."""
+    if callable(method):
+        if options:
+            raise ConfigError(f"explain_dataset: options {sorted(options)} go to a method name, not to a callable")
+        custom = method
+
+        def run_custom(model: nn.Module, x: Tensor, target: Tensor | None, kwargs: Any) -> Explanation:
+            if kwargs:
+                raise ConfigError("explain_dataset: batches with 'model_kwargs' need a method name, not a callable")
+            return custom(model, x, target)
+
+        return run_custom, lambda model, x, target: custom(model, x, target).relevance
+
+    def run(model: nn.Module, x: Tensor, target: Tensor | None, kwargs: Any) -> Explanation:
+        return explain(model, x, target, method=method, model_kwargs=kwargs, **options)
+
+    return run, lambda model, x, target: explain(model, x, target, method=method, **options).relevance
+
+
+def _describe(value: Any) -> str:
+    """An option as text for the fingerprint; tensors by shape, dtype and a hash of their values."""
+    if isinstance(value, Tensor):
+        digest = hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+        return f"tensor{tuple(value.shape)} {value.dtype} sha256:{digest}"
+    return repr(value)
+
+
+def _fingerprint(method: Method, options: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+    label = method if isinstance(method, str) else getattr(method, "__qualname__", type(method).__name__)
+    return {"method": label, "options": {k: _describe(v) for k, v in sorted(options.items())},
+            "metrics": sorted(names)}
+
+
+def _checksum(x: Tensor) -> list[float]:
+    """Shape and exact float64 sums of a batch: finds a loader that no longer yields the same batches."""
+    values = x.detach().double()
+    return [*map(float, x.shape), float(values.sum()), float((values * values).sum())]
+
+
+def _as_dict(name: str, scores: Scores, samples: int) -> dict[str, Tensor]:
+    values = {name: scores} if isinstance(scores, Tensor) else {f"{name}/{k}": v for k, v in scores.items()}
+    for key, value in values.items():
+        if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != samples:
+            raise ConfigError(f"explain_dataset: metric {key} must return per-sample values (batch {samples}, ...), "
+                              f"got {getattr(value, 'shape', type(value).__name__)}")
+    return {key: value.detach().cpu() for key, value in values.items()}
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain lines on stderr otherwise: about every tenth of the batches (at 1, 2, 4, 8 ...
+    when the loader has no length) and a last one (private: relprop.progress may replace it)."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.started = time.perf_counter()
+        self.bar = tqdm(total=total, desc="explain_dataset", leave=False) if enabled and sys.stderr.isatty() else None
+
+    def step(self) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update()
+        elif self.enabled:
+            due = self.done % max(1, self.total // 10) == 0 if self.total else self.done & (self.done - 1) == 0
+            if due and self.done != self.total:
+                self._line()
+
+    def close(self, samples: int) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.enabled:
+            self._line(f", {samples} samples: done")
+
+    def _line(self, end: str = "") -> None:
+        of = f"/{self.total}" if self.total else ""
+        seconds = time.perf_counter() - self.started
+        print(f"explain_dataset: {self.done}{of} batches, {seconds:.0f} s{end}", file=sys.stderr)
+
+
+def explain_dataset(
+    model: nn.Module, loader: Iterable[Any], *, method: Method = "lrp", metrics: Metrics = (),
+    store: str | os.PathLike[str] | None = None, progress: bool = True, **options: Any,
+) -> DatasetResult:
+    """Explain every batch of ``loader`` with ``method`` (and ``options``), score ``metrics``, write to ``store``.
+
+    ``metrics``: objects with ``score(batch)`` (see :mod:`relprop.metrics.batch`), named after their class
+    (``Sparseness()`` -> ``"sparseness"``), or a mapping name -> metric or ``f(batch)``. A metric returning a
+    mapping ``{"aopc": ..., "curve": ...}`` gives ``"name/aopc"`` and ``"name/curve"``. ``store``: a directory;
+    it receives per batch the relevance, target, output, the per-sample details of the explanation and the scores
+    (``"score/<name>"``), and a re-run with the same method, options and metrics resumes it. A callable method is
+    identified by its qualified name only: give each configuration of a callable its own store.
+    """
+    named = _named(metrics)
+    run, again = _explainers(method, options)
+    shards = None if store is None else ResultStore(store, fingerprint=_fingerprint(method, options, named))
+    finished = 0 if shards is None else len(shards.shards)
+    total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    reporter = _Progress(total, progress)
+    collected: dict[str, list[Tensor]] = {}
+    samples = seen = 0
+    for index, raw in enumerate(loader):
+        item = _unpack(raw, index)
+        if shards is not None and index < finished:
+            _check_skipped(shards, index, item.x)
+            scores = {k.removeprefix("score/"): v for k, v in shards.load(index).items() if k.startswith("score/")}
+        else:
+            scores = _explain_batch(model, item, run, again, named, shards)
+        for key, value in scores.items():
+            collected.setdefault(key, []).append(value)
+        samples += len(item.x)
+        seen += 1
+        reporter.step()
+    if shards is not None:
+        if seen < finished:
+            raise DataError(f"the loader yielded fewer batches than the store {shards.path} already holds")
+        shards.finish()
+    reporter.close(samples)
+    return DatasetResult({k: torch.cat(v) for k, v in collected.items()}, samples, shards)
+
+
+def _explain_batch(
+    model: nn.Module, item: _Item, run: Callable[..., Explanation], again: ExplainFn,
+    named: Mapping[str, Callable[[Batch], Scores]], shards: ResultStore | None,
+) -> dict[str, Tensor]:
+    explanation = run(model, item.x, item.target, item.model_kwargs)
+    batch = Batch(model, item.x, explanation.target, explanation, again, item.mask)
+    n = len(item.x)
+    scores: dict[str, Tensor] = {}
+    for name, metric in named.items():
+        scores.update(_as_dict(name, metric(batch), n))
+    if shards is not None:
+        details = {f"details/{k}": v.detach() for k, v in explanation.details.items()
+                   if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n}
+        shards.append({"relevance": explanation.relevance.detach(), "target": explanation.target,
+                       "output": explanation.output.detach(), **details,
+                       **{f"score/{k}": v for k, v in scores.items()}}, checksum=_checksum(item.x))
+    return scores
+
+
+def _check_skipped(shards: ResultStore, index: int, x: Tensor) -> None:
+    if shards.shards[index]["checksum"] != _checksum(x):
+        raise DataError(
+            f"resuming {shards.path}: batch {index} differs from the one stored (the loader must yield the same "
+            "batches in the same order: no shuffling); use a new store directory to start over"
+        )

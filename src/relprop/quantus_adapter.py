@@ -1,0 +1,106 @@
+"""Interoperability with Quantus (Hedström et al. 2023): relprop as Quantus's ``explain_func``, Quantus metrics on
+relprop's explanations.
+
+Quantus calls ``explain_func(model=..., inputs=..., targets=..., **explain_func_kwargs)`` with numpy arrays and
+expects numpy attributions shaped like ``inputs``. :func:`explain_func` is that function: the kwargs choose the
+relprop method and its options (``method="lrp"``, ``preset="epsilon_plus"``); Quantus's own ``device`` and
+``channel_first`` keywords are accepted and ignored (relprop follows the model's device). :func:`score` runs a
+Quantus metric on relprop tensors and returns a float64 tensor; :class:`QuantusMetric` does it per batch inside
+:func:`relprop.explain_dataset`. relprop does not import Quantus: pass the metric object you built.
+
+Example
+-------
+>>> import numpy as np
+>>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+>>> explain_func(model, np.ones((3, 1, 2, 2), np.float32), np.array([0, 1, 0]), method="gradient_x_input").shape
+(3, 1, 2, 2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from relprop.errors import ConfigError
+from relprop.metrics.batch import Batch
+
+__all__ = ["QuantusMetric", "explain_func", "score"]
+
+_IGNORED = ("device", "channel_first")
+
+
+def _as_input(inputs: Any, model: nn.Module) -> Tensor:
+    """``inputs`` as a tensor on the model's device, with the dtype of its floating parameters (ids stay integer)."""
+    x = torch.as_tensor(np.asarray(inputs))
+    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if parameter is not None:
+        x = x.to(device=parameter.device, dtype=parameter.dtype if x.is_floating_point() else x.dtype)
+    return x
+
+
+def explain_func(model: nn.Module, inputs: Any, targets: Any, **kwargs: Any) -> np.ndarray:
+    """Quantus's ``explain_func`` contract: relprop's relevance of ``targets`` as a numpy array shaped like ``inputs``.
+
+    ``kwargs``: ``method`` (default ``"lrp"``) and that method's options for :func:`relprop.explain`.
+    """
+    from relprop.api import explain
+
+    options = {k: v for k, v in kwargs.items() if k not in _IGNORED}
+    method = options.pop("method", "lrp")
+    x = _as_input(inputs, model)
+    target = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device).reshape(-1)
+    relevance = explain(model, x, target, method=method, **options).relevance.detach()
+    return relevance.cpu().numpy()
+
+
+def score(
+    metric: Callable[..., Any], model: nn.Module, x: Tensor, target: Tensor, relevance: Tensor, **kwargs: Any
+) -> Tensor:
+    """Run the Quantus ``metric`` on relprop tensors; returns its per-sample scores as a float64 tensor.
+
+    ``kwargs`` go to the metric's call: ``s_batch`` (a tensor or array: the ground-truth masks of localisation
+    metrics), ``explain_func_kwargs`` (the relprop method for metrics that explain again), ``batch_size``...
+    ``explain_func`` defaults to :func:`explain_func`.
+    """
+    arguments: dict[str, Any] = {"explain_func": explain_func, **kwargs}
+    if isinstance(arguments.get("s_batch"), Tensor):
+        arguments["s_batch"] = arguments["s_batch"].detach().cpu().numpy()
+    values = metric(model=model, x_batch=x.detach().cpu().numpy(), y_batch=target.detach().cpu().numpy(),
+                    a_batch=relevance.detach().cpu().numpy(), **arguments)
+    if isinstance(values, Mapping):
+        raise ConfigError(f"{type(metric).__name__} returns a dict of scores per layer; select one with its options "
+                          "(e.g. return_last_correlation=True) to get one score per sample")
+    return torch.as_tensor(np.asarray(values, dtype=np.float64))
+
+
+@dataclass(frozen=True)
+class QuantusMetric:
+    """A Quantus metric as a dataset metric of :func:`relprop.explain_dataset`; re-explains with the same method.
+
+    ``kwargs`` go to each call of the metric (e.g. ``{"batch_size": 256}``); the batch's ``mask`` becomes
+    ``s_batch``. ``higher_is_better`` is read from the metric's ``score_direction`` when it has one.
+    """
+
+    metric: Callable[..., Any]
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    higher_is_better: ClassVar[bool] = True  # overridden per instance below when Quantus says otherwise
+
+    def __post_init__(self) -> None:
+        direction = str(getattr(self.metric, "score_direction", "higher")).lower()
+        object.__setattr__(self, "higher_is_better", "lower" not in direction)
+
+    def score(self, batch: Batch) -> Tensor:
+        def again(model: nn.Module, inputs: Any, targets: Any, **_: Any) -> np.ndarray:
+            x = _as_input(inputs, model)
+            target = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device).reshape(-1)
+            return batch.explain(model, x, target).detach().cpu().numpy()
+
+        extra: dict[str, Any] = {"explain_func": again, **self.kwargs}
+        if batch.mask is not None:
+            extra.setdefault("s_batch", batch.mask)
+        return score(self.metric, batch.model, batch.x, batch.target, batch.relevance, **extra)

@@ -1,0 +1,184 @@
+"""explain_dataset and its store: equal to explain() batch by batch, resumable, strict about loaders and options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop.api import Explanation
+from relprop.errors import ConfigError, DataError
+from relprop.metrics import BlockCosine, Entropy, PixelFlipping, Sparseness, block_cosine, entropy, pixel_flipping
+from relprop.metrics.faithfulness import FlipConfig
+from relprop.store import ResultStore
+
+
+def build_mlp() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)).double().eval()
+
+
+def _batches(count: int = 5, size: int = 4, seed: int = 0) -> list[tuple[Tensor, Tensor, Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(count):
+        x = torch.randn(size, 6, generator=generator, dtype=torch.float64)
+        target = torch.randint(0, 3, (size,), generator=generator)
+        mask = torch.randint(0, 2, (size, 3), generator=generator)
+        out.append((x, target, mask))
+    return out
+
+
+def _metrics() -> dict[str, object]:
+    return {"sparseness": Sparseness(), "entropy": Entropy(), "flip": PixelFlipping(FlipConfig(steps=3, fill=0.0)),
+            "cosine": BlockCosine(layout="image")}
+
+
+def test_results_equal_explain_batch_by_batch(tmp_path: Path) -> None:
+    model = build_mlp()
+    batches = _batches()
+    result = relprop.explain_dataset(model, batches, method="lrp", preset="epsilon", metrics=_metrics(),
+                                     store=tmp_path / "store", progress=False)
+    store = ResultStore.open(tmp_path / "store")
+    assert store.complete and len(store) == result.samples == 20
+    for index, (x, target, mask) in enumerate(batches):
+        expected = relprop.explain(model, x, target, method="lrp", preset="epsilon")
+        shard = store.load(index)
+        assert torch.equal(shard["relevance"], expected.relevance)
+        assert torch.equal(shard["target"], target)
+        assert torch.equal(shard["details/conservation_gap"], expected.details["conservation_gap"])
+        rows = slice(4 * index, 4 * index + 4)
+        assert torch.equal(result.scores["entropy"][rows], entropy(expected.relevance))
+        assert torch.equal(result.scores["cosine"][rows], block_cosine(expected.relevance, mask, layout="image"))
+        curve = pixel_flipping(model, x, expected.relevance, target, steps=3, fill=0.0)
+        assert torch.equal(result.scores["flip/aopc"][rows], curve.aopc)
+        assert torch.equal(shard["score/flip/curve"], curve.scores)
+    assert torch.equal(store.tensor("score/sparseness"), result.scores["sparseness"])
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _failing(batches: list[tuple[Tensor, Tensor, Tensor]], after: int) -> object:
+    for index, batch in enumerate(batches):
+        if index == after:
+            raise _Interrupted
+        yield batch
+
+
+def test_an_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path: Path) -> None:
+    model = build_mlp()
+    batches = _batches(count=6)
+    calls: list[int] = []
+
+    def counted(m: nn.Module, x: Tensor, target: Tensor | None) -> Explanation:
+        calls.append(len(x))
+        return relprop.explain(m, x, target, method="gradient_x_input")
+
+    whole = relprop.explain_dataset(model, batches, method=counted, metrics=_metrics(), store=tmp_path / "a",
+                                    progress=False)
+    calls.clear()
+    with pytest.raises(_Interrupted):
+        relprop.explain_dataset(model, _failing(batches, 4), method=counted, metrics=_metrics(),  # type: ignore[arg-type]
+                                store=tmp_path / "b", progress=False)
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert len(manifest["shards"]) == 4 and not manifest["complete"]
+    calls.clear()
+    resumed = relprop.explain_dataset(model, batches, method=counted, metrics=_metrics(), store=tmp_path / "b",
+                                      progress=False)
+    assert len(calls) == 2  # only the unfinished batches 4 and 5 were explained
+    assert whole.scores.keys() == resumed.scores.keys()
+    for key in whole.scores:
+        assert torch.equal(whole.scores[key], resumed.scores[key]), key
+    a, b = ResultStore.open(tmp_path / "a"), ResultStore.open(tmp_path / "b")
+    assert a.names() == b.names() and b.complete
+    for name in a.names():
+        assert torch.equal(a.tensor(name), b.tensor(name)), name
+
+
+def test_resuming_with_reordered_batches_or_other_options_fails(tmp_path: Path) -> None:
+    model = build_mlp()
+    batches = _batches(count=3)
+    with pytest.raises(_Interrupted):
+        relprop.explain_dataset(model, _failing(batches, 2), method="gradient",  # type: ignore[arg-type]
+                                store=tmp_path / "s", progress=False)
+    with pytest.raises(DataError, match="same order"):
+        relprop.explain_dataset(model, batches[::-1], method="gradient", store=tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match="another run"):
+        relprop.explain_dataset(model, batches, method="lrp", store=tmp_path / "s", progress=False)
+    with pytest.raises(DataError, match="fewer batches"):
+        relprop.explain_dataset(model, batches[:1], method="gradient", store=tmp_path / "s", progress=False)
+    baseline = {"baseline": torch.zeros(6, dtype=torch.float64), "steps": 4}
+    relprop.explain_dataset(model, batches, method="integrated_gradients", store=tmp_path / "ig", progress=False,
+                            **baseline)
+    with pytest.raises(ConfigError, match="another run"):  # a tensor option with other values is another run
+        relprop.explain_dataset(model, batches, method="integrated_gradients", store=tmp_path / "ig",
+                                progress=False, baseline=torch.ones(6, dtype=torch.float64), steps=4)
+
+
+def test_batch_forms_and_errors() -> None:
+    model = build_mlp()
+    x, target, mask = _batches(count=1)[0]
+    as_tensor = relprop.explain_dataset(model, [x], method="gradient", metrics=[Sparseness()], progress=False)
+    as_mapping = relprop.explain_dataset(model, [{"x": x, "target": None}], method="gradient",
+                                         metrics=[Sparseness()], progress=False)
+    argmax = relprop.explain(model, x, None, method="gradient").relevance
+    assert torch.equal(as_tensor.scores["sparseness"], as_mapping.scores["sparseness"])
+    assert torch.allclose(as_tensor.scores["sparseness"], relprop.metrics.sparseness(argmax))
+    with pytest.raises(ConfigError, match="ground truth"):
+        relprop.explain_dataset(model, [(x, target)], method="gradient", metrics=[BlockCosine()], progress=False)
+    with pytest.raises(ConfigError, match="batch 0"):
+        relprop.explain_dataset(model, ["text"], method="gradient", progress=False)
+    with pytest.raises(ConfigError, match="callable"):
+        relprop.explain_dataset(model, [x], method=lambda m, x, t: relprop.explain(m, x, t), preset="epsilon",
+                                progress=False)
+    with pytest.raises(ConfigError, match="per-sample"):
+        relprop.explain_dataset(model, [x], metrics={"bad": lambda batch: batch.relevance.sum()}, progress=False)
+
+
+def test_progress_prints_plain_lines_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    relprop.explain_dataset(build_mlp(), [b[0] for b in _batches(count=3)], method="gradient")
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and all(line.startswith("explain_dataset: ") for line in lines)
+    assert "\r" not in "".join(lines) and "3/3 batches" in lines[-1] and "12 samples: done" in lines[-1]
+    assert len(lines) == 3  # batches 1 and 2 (every tenth of 3 is every one), then the last line
+
+
+def test_maj_style_run_with_masks_and_a_clipping_method() -> None:
+    # the MAJ protocol: true-class targets, relevance zeroed where the logit is negative, block metrics on the masks
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12 * 4, 10), nn.ReLU(), nn.Linear(10, 3)).double().eval()
+    generator = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(5, 12, 4, generator=generator, dtype=torch.float64), torch.randint(0, 3, (5,)),
+                torch.randint(0, 2, (5, 3))) for _ in range(3)]
+
+    def clipped(m: nn.Module, x: Tensor, target: Tensor | None) -> Explanation:
+        explanation = relprop.explain(m, x, target, method="lrp", preset="epsilon")
+        keep = (explanation.score > 0).to(x)[:, None, None]
+        return Explanation(explanation.relevance * keep, explanation.output, explanation.target, "lrp")
+
+    metrics = {"cosine": BlockCosine(), "region": relprop.metrics.RelevanceInRegion()}
+    result = relprop.explain_dataset(model, batches, method=clipped, metrics=metrics, progress=False)
+    for index, (x, target, mask) in enumerate(batches):
+        relevance = clipped(model, x, target).relevance
+        rows = slice(5 * index, 5 * index + 5)
+        assert torch.equal(result.scores["cosine"][rows], block_cosine(relevance, mask))
+        assert torch.equal(result.scores["region"][rows], relprop.metrics.relevance_in_region(relevance, mask))
+
+
+def test_a_torch_dataloader_streams_with_its_length(capsys: pytest.CaptureFixture[str]) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = build_mlp()
+    x, target, _ = zip(*_batches(count=3))
+    loader = DataLoader(TensorDataset(torch.cat(x), torch.cat(target)), batch_size=5)  # yields [x, target] lists
+    result = relprop.explain_dataset(model, loader, method="gradient", metrics=[Sparseness()])
+    expected = torch.cat([relprop.metrics.sparseness(relprop.explain(model, xb, yb, method="gradient").relevance)
+                          for xb, yb in loader])
+    assert result.samples == 12 and torch.equal(result.scores["sparseness"], expected)
+    assert "3/3 batches" in capsys.readouterr().err

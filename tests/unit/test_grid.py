@@ -1,0 +1,148 @@
+"""The grid on its executors: a local process pool and Ray give exactly the serial results; the statistics
+of the conclusions against statsmodels (the thesis's own tools) and against their definitions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from relprop.errors import ConfigError
+from relprop.experiments import statistics
+from relprop.experiments.evaluate import EvalConfig, read_samples
+from relprop.experiments.executor import run_tasks
+from relprop.experiments.reproduce import GridConfig, reproduce
+from relprop.experiments.train import TrainConfig, weights_file
+
+_TINY_GRID = GridConfig(
+    archs=("shallow", "rlstm_sd"), datasets=("digits-maj",), runs=(0, 1),
+    train=TrainConfig(epochs=1, batch_size=50, lr=2e-3, limit=150, eval_limit=60),
+    evaluation=EvalConfig(limit=40, flip_limit=10, flip_steps=3, heatmap_samples=1, methods=("sa", "gb", "dtd")),
+)
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def test_run_tasks_yields_every_result_once() -> None:
+    tasks = [(i,) for i in range(5)]
+    assert sorted(run_tasks(_square, tasks, progress=False)) == [((i,), i * i) for i in range(5)]
+    assert sorted(run_tasks(_square, tasks, workers=2, progress=False)) == [((i,), i * i) for i in range(5)]
+    with pytest.raises(ConfigError, match="unknown executor"):
+        list(run_tasks(_square, tasks, executor="dask"))
+    with pytest.raises(ConfigError, match="address is for"):
+        list(run_tasks(_square, tasks, address="auto"))
+
+
+def _outcome(root: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """Everything a grid produced that must not depend on the executor: weights, scores, tables."""
+    import torch
+    from safetensors.torch import load_file
+
+    cells = {}
+    for cell in results["cells"]:
+        run = Path(cell["run"])
+        weights = load_file(str(weights_file(run)))
+        cells[(cell["arch"], cell["replicate"])] = (
+            {k: v.tolist() for k, v in weights.items()},
+            {k: v.tolist() for k, v in read_samples(run).items()},
+            {m: s["cosine"]["mean"] for m, s in cell["methods"].items()},
+        )
+        assert all(bool(torch.isfinite(v).all()) for v in weights.values())
+    return {"cells": cells, "accuracy": results["accuracy"], "explanations": results["explanations"]}
+
+
+@pytest.mark.slow
+def test_a_local_pool_gives_the_serial_results(tmp_path: Path) -> None:
+    serial = reproduce(_TINY_GRID, tmp_path / "serial", progress=False)
+    pooled = reproduce(_TINY_GRID, tmp_path / "pool", progress=False, workers=2)
+    assert len(serial["cells"]) == 4
+    assert _outcome(tmp_path / "serial", serial) == _outcome(tmp_path / "pool", pooled)
+    for name in ("accuracy", "explanations", "conclusions"):
+        assert (tmp_path / "serial" / f"{name}.md").exists()
+    assert (tmp_path / "serial" / "figures" / "cosine_digits-maj.png").exists()
+
+
+@pytest.mark.slow
+def test_ray_gives_the_serial_results(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'relprop[ray]'")
+    serial = reproduce(_TINY_GRID, tmp_path / "serial", progress=False)
+    distributed = reproduce(_TINY_GRID, tmp_path / "ray", progress=False, executor="ray", workers=2)
+    assert _outcome(tmp_path / "serial", serial) == _outcome(tmp_path / "ray", distributed)
+    again = reproduce(_TINY_GRID, tmp_path / "ray", progress=False, executor="ray", workers=2)  # all done: skipped
+    assert again["accuracy"] == distributed["accuracy"]
+
+
+def test_mean_ci_is_the_t_interval() -> None:
+    values = [0.91, 0.93, 0.92, 0.95, 0.90]
+    result = statistics.mean_ci(values)
+    sd = float(np.std(values, ddof=1))
+    assert result.mean == pytest.approx(np.mean(values))
+    assert result.half_width == pytest.approx(2.7764451051977987 * sd / math.sqrt(5))  # t(0.975, 4)
+    assert statistics.mean_ci([0.5]).text() == "0.500 (1 run)"
+
+
+def test_compare_against_the_t_statistic_by_hand() -> None:
+    a = np.array([0.80, 0.82, 0.85, 0.81, 0.84])
+    b = np.array([0.70, 0.74, 0.71, 0.73, 0.72])
+    welch = statistics.compare(a, b, paired=False)
+    t = (a.mean() - b.mean()) / math.sqrt(a.var(ddof=1) / 5 + b.var(ddof=1) / 5)
+    assert welch["statistic"] == pytest.approx(t)
+    assert welch["verdict"] == "holds" and welch["p"] < 1e-4
+    paired = statistics.compare(a, b, paired=True)
+    d = a - b
+    assert paired["statistic"] == pytest.approx(d.mean() / (d.std(ddof=1) / math.sqrt(5)))
+    same = statistics.compare(a, a + np.array([0.001, -0.002, 0.001, 0.0, -0.001]), paired=True)
+    assert same["verdict"] == "does not hold"  # equivalent within the margin
+    worse = statistics.compare(b, a, paired=False)
+    assert worse["verdict"] == "does not hold" and worse["p (opposite)"] < 1e-4
+    noisy = statistics.compare([0.5, 0.9], [0.6, 0.7], paired=False)
+    assert noisy["verdict"] == "inconclusive"
+
+
+def test_anova_and_tukey_agree_with_statsmodels() -> None:
+    statsmodels = pytest.importorskip("statsmodels.stats.multicomp")
+    rng = np.random.default_rng(0)
+    groups = {"shallow": rng.normal(0.70, 0.02, 7), "deep": rng.normal(0.74, 0.02, 7),
+              "rlstm": rng.normal(0.90, 0.02, 7)}
+    values = np.concatenate(list(groups.values()))
+    labels = np.repeat(list(groups), 7)
+    import pandas as pd
+    import statsmodels.api as sm
+    from statsmodels.formula.api import ols
+
+    table = sm.stats.anova_lm(ols("y ~ arch", data=pd.DataFrame({"y": values, "arch": labels})).fit(), typ=2)
+    eta = table["sum_sq"].iloc[0] / (table["sum_sq"].iloc[0] + table["sum_sq"].iloc[1])
+    ours = statistics.anova(groups)
+    assert ours["F"] == pytest.approx(table["F"].iloc[0])
+    assert ours["eta squared"] == pytest.approx(eta, abs=5e-4)
+    reference = statsmodels.MultiComparison(values, labels).tukeyhsd(alpha=statistics.FWER)
+    theirs = {tuple(sorted((str(r[0]), str(r[1])))): (float(r[2]), bool(r[6])) for r in reference.summary().data[1:]}
+    for row in statistics.tukey(groups):
+        first, second = row["pair"].split(" - ")
+        difference, reject = theirs[tuple(sorted((first, second)))]
+        assert abs(row["mean difference"]) == pytest.approx(abs(difference), abs=1e-4)
+        assert row["reject at FWER 0.01"] == reject
+
+
+def test_conclusions_name_test_statistic_and_verdict() -> None:
+    def cell(arch: str, replicate: int, share: float) -> dict[str, Any]:
+        scores = {"relevance_in_region": {"mean": share}, "relevance_in_region_capped": {"mean": share - 0.01}}
+        return {"dataset": "mnist-maj", "arch": arch, "replicate": replicate, "fold": None,
+                "methods": {"dtd": scores, "sa": {k: {"mean": 0.7 + 0.01 * replicate} for k in scores}}}
+
+    cells = [cell("shallow", r, 0.60 + 0.01 * r) for r in range(5)]
+    cells += [cell("rlstm", r, 0.85 + 0.01 * r) for r in range(5)]
+    cells += [cell("rlstm_sd", r, 0.86 + 0.012 * r) for r in range(5)]
+    rows = statistics.conclusions(cells, ["sa", "dtd"])
+    lstm = [r for r in rows if r["comparison"] == "rlstm > shallow" and r["method"] == "dtd"]
+    assert {r["verdict"] for r in lstm} == {"holds"}
+    dropout = [r for r in rows if r["comparison"] == "rlstm_sd > rlstm" and r["method"] == "dtd"]
+    assert dropout and all(r["verdict"] in ("inconclusive", "does not hold") for r in dropout)
+    sensitivity = [r for r in rows if r["claim"].startswith("DTD") and r["method"] == "dtd"]
+    assert sensitivity[0]["verdict"] == "holds"  # SA varies across runs, not across architectures
+    assert all({"test", "p", "verdict"} <= set(r) for r in rows)

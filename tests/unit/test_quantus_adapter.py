@@ -1,0 +1,63 @@
+"""The Quantus adapter's contract, without Quantus: a fake metric with Quantus's call signature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import relprop
+from relprop.errors import ConfigError
+from relprop.quantus_adapter import QuantusMetric, explain_func, score
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(8, 3)).double().eval()
+
+
+class _FakeMetric:
+    """Quantus's metric call: keywords model, x_batch, y_batch, a_batch, s_batch, explain_func, ...; returns a list."""
+
+    score_direction = "ScoreDirection.LOWER"
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def __call__(self, *, model: nn.Module, x_batch: np.ndarray, y_batch: np.ndarray, a_batch: np.ndarray,
+                 explain_func: Any, s_batch: np.ndarray | None = None, **kwargs: Any) -> list[float]:
+        self.calls.append({"s_batch": s_batch, **kwargs})
+        again = explain_func(model=model, inputs=x_batch, targets=y_batch, device="cpu", channel_first=True,
+                             **kwargs.get("explain_func_kwargs", {}))
+        assert isinstance(again, np.ndarray) and again.shape == x_batch.shape
+        return list(np.abs(again - a_batch).reshape(len(a_batch), -1).sum(1))
+
+
+def test_explain_func_follows_quantus_contract() -> None:
+    model, x = _model(), np.random.default_rng(0).normal(size=(4, 2, 4))
+    out = explain_func(model=model, inputs=x, targets=np.array([0, 1, 2, 0]), method="lrp", preset="epsilon",
+                       device="cpu", channel_first=True)  # Quantus's own keywords are ignored
+    expected = relprop.explain(model, torch.from_numpy(x), torch.tensor([0, 1, 2, 0]), method="lrp",
+                               preset="epsilon").relevance
+    assert isinstance(out, np.ndarray) and np.array_equal(out, expected.numpy())
+
+
+def test_score_and_dataset_metric_pass_tensors_as_numpy() -> None:
+    model = _model()
+    x, target = torch.randn(4, 2, 4, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    relevance = relprop.explain(model, x, target, method="gradient").relevance
+    fake = _FakeMetric()
+    same = score(fake, model, x, target, relevance, explain_func_kwargs={"method": "gradient"},
+                 s_batch=torch.ones(4, 2))
+    assert same.dtype == torch.float64 and torch.equal(same, torch.zeros(4, dtype=torch.float64))
+    assert isinstance(fake.calls[0]["s_batch"], np.ndarray)
+    wrapped = QuantusMetric(fake)
+    assert not wrapped.higher_is_better
+    result = relprop.explain_dataset(model, [(x, target, torch.ones(4, 2))], method="gradient",
+                                     metrics={"fake": wrapped}, progress=False)
+    assert torch.equal(result.scores["fake"], torch.zeros(4, dtype=torch.float64))  # re-explained the same way
+    with pytest.raises(ConfigError, match="per layer"):
+        score(lambda **_: {"layer": [1.0]}, model, x, target, relevance)

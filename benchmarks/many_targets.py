@@ -209,8 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (resnet18: a quarter; overhead: 10x)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result (default: %(default)s)")
     args = parser.parse_args(argv)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results = run_cases(args.cases.split(","), args.repeats)
+    try:
+        results = run_cases(args.cases.split(","), args.repeats)
+    finally:
+        torch.set_num_threads(threads)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(relprop.__file__).resolve().parent).stdout.strip()  # of the relprop timed
     record = {

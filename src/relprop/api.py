@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -11,28 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import methods, validate
-from .errors import ExplanationError
-from .methods._common import as_target
+from . import methods, validate  # noqa: F401  (methods: registers the methods)
+from .errors import ConfigError, ExplanationError
+from .methods._common import OutputSeed, as_target
+from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
 __all__ = ["explain", "Explanation", "METHODS", "method"]
-
-METHODS: dict[str, Callable[..., Tensor]] = {}
-
-
-def method(name: str) -> Callable[[Callable[..., Tensor]], Callable[..., Tensor]]:
-    """Register ``f(model, x, target, **options) -> relevance`` under ``name`` for :func:`explain`."""
-
-    def register(function: Callable[..., Tensor]) -> Callable[..., Tensor]:
-        METHODS[name] = function
-        return function
-
-    return register
-
-
-for _name in methods.__all__:
-    method(_name)(getattr(methods, _name))
 
 
 @dataclass(frozen=True)
@@ -43,6 +27,9 @@ class Explanation:
     ``output`` holds the model's scores (batch, classes); ``target`` the explained classes (batch,);
     ``details`` method-specific diagnostics, e.g. ``conservation_gap`` (LRP: sum R - f(x)),
     ``completeness_gap`` (IG: sum R - (f(x) - f(baseline))) and ``embedding_relevance`` (integer inputs).
+    With several targets per sample (a (batch, k) ``target``, or ``"all"``) ``relevance`` is (batch, k, ...),
+    ``target`` (batch, k) and each detail (batch, k, ...). With a ``seed``, ``target`` is -1. ``layers`` holds
+    the relevance at the modules named in the ``layers`` option, (batch, [k,] ...) each.
     """
 
     relevance: Tensor
@@ -50,11 +37,14 @@ class Explanation:
     target: Tensor
     method: str
     details: Mapping[str, Tensor] = field(default_factory=dict)
+    layers: Mapping[str, Tensor] = field(default_factory=dict)
 
     @property
     def score(self) -> Tensor:
-        """The explained score ``f_target(x)`` per sample, shape (batch,)."""
-        return self.output.gather(1, self.target.reshape(-1, 1)).squeeze(1)
+        """The explained score ``f_target(x)`` per sample and target, shape of ``target``."""
+        if bool((self.target < 0).any()):
+            raise ConfigError("this explanation started from a seed, not from target classes: it has no score")
+        return self.output.gather(1, self.target.reshape(len(self.output), -1)).reshape(self.target.shape)
 
     @property
     def per_step(self) -> Tensor:
@@ -77,9 +67,10 @@ class _Call(nn.Module):
     def __init__(
         self, model: nn.Module, *, embedding: nn.Module | None = None, ids: Tensor | None = None,
         model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
-        output: Callable[[Any], Tensor] | None = None,
+        output: Callable[[Any], Tensor] | None = None, batch: int | None = None,
     ) -> None:
         super().__init__()
+        self.batch = batch  # the explained batch size: a method running it several times over gets tiled kwargs
         object.__setattr__(self, "_model", model)  # not a child: rules attach to the model under its own names
         object.__setattr__(self, "_embedding", embedding)
         self._model: nn.Module
@@ -97,7 +88,7 @@ class _Call(nn.Module):
         return value
 
     def forward(self, z: Tensor) -> Tensor:
-        batch = z.shape[0] if self.ids is None else self.ids.shape[0]
+        batch = self.batch or (z.shape[0] if self.ids is None else self.ids.shape[0])
         repeats = z.shape[0] // batch
         kwargs = {name: self._tiled(value, batch, repeats) for name, value in self.model_kwargs.items()}
         if self.ids is None or self._embedding is None:
@@ -185,26 +176,63 @@ def _wrapped_errors(model: nn.Module, x: Tensor) -> Iterator[None]:
         ) from error
 
 
-def _check_eval(model: nn.Module) -> None:
-    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
-    if training:
-        raise ExplanationError(
-            f"{type(model).__name__} has modules in training mode ({', '.join(training[:5])}"
-            f"{' ...' if len(training) > 5 else ''}): dropout and batch norm would change the explanation; call "
-            "model.eval() first"
-        )
+def _targets(target: int | str | Tensor | None, seed: object, scores: Tensor) -> Tensor:
+    """The explained classes: (batch,) for one per sample, (batch, k) for several; -1 where a seed replaces them."""
+    if seed is not None:
+        if target is not None:
+            raise ConfigError("pass either target= or seed=, not both: a seed replaces the target classes")
+        return torch.full(scores.shape[:1], -1, dtype=torch.long, device=scores.device)
+    if isinstance(target, str):
+        if target != "all":
+            raise ExplanationError(f"target must be an int, a LongTensor, None or 'all', got {target!r}")
+        return torch.arange(scores.shape[1], device=scores.device).expand(scores.shape[0], -1)
+    if isinstance(target, Tensor) and target.dim() == 2 and not target.is_floating_point():
+        if target.shape[0] != scores.shape[0] or target.shape[1] == 0:
+            raise ExplanationError(
+                f"a target tensor of several classes per sample must be ({scores.shape[0]}, k), got "
+                f"{tuple(target.shape)}"
+            )
+        return torch.stack([as_target(column, scores) for column in target.unbind(1)], 1)
+    return as_target(target, scores)
+
+
+def _per_target(value: Tensor, k: int) -> Tensor:
+    """(k * batch, ...) in target-major order -> (batch, k, ...)."""
+    return value.reshape(k, value.shape[0] // k, *value.shape[1:]).transpose(0, 1)
+
+
+def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, targets: Tensor, seed: object,
+         options: Mapping[str, Any]) -> Attribution:
+    """Run the method once; several targets per sample run as one batch of the input repeated per target."""
+    if seed is not None:
+        return spec(forward, inputs, OutputSeed(seed, len(inputs)), **options)  # type: ignore[arg-type]
+    if targets.dim() == 1:
+        return spec(forward, inputs, targets, **options)
+    k = targets.shape[1]
+    tiled = inputs.repeat(k, *(1,) * (inputs.dim() - 1))  # target-major: copy j of sample i at j * batch + i
+    result = spec(forward, tiled, targets.T.reshape(-1), **options)
+    return Attribution(
+        _per_target(result.relevance, k),
+        {name: _per_target(value, k) for name, value in result.details.items()},
+        {name: _per_target(value, k) for name, value in result.layers.items()},
+    )
 
 
 @explaining  # the model's lock for the whole call; grad mode restored even after Ctrl-C (relprop.safety)
 def explain(
-    model: nn.Module, x: Tensor, target: int | Tensor | None = None, method: str = "lrp", *,
-    model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
-    output: Callable[[Any], Tensor] | None = None, **options: Any,
+    model: nn.Module, x: Tensor, target: int | str | Tensor | None = None, method: str = "lrp", *,
+    seed: Tensor | Callable[[Tensor], Tensor] | None = None, model_kwargs: Mapping[str, Any] | None = None,
+    input_name: str | None = None, output: Callable[[Any], Tensor] | None = None, **options: Any,
 ) -> Explanation:
     """Explain ``model``'s prediction for the batch ``x`` with a registered method.
 
-    ``target`` is an int, a LongTensor of shape (batch,) or None (the argmax). ``options`` go to the method, e.g.
-    ``preset="epsilon_plus_flat"`` for ``method="lrp"``, ``steps=64`` for integrated gradients. Integer ``x``
+    ``target`` is an int, a LongTensor of shape (batch,) or None (the argmax); a (batch, k) LongTensor or
+    ``"all"`` explains k classes per sample in one pass (relevance (batch, k, ...)). ``seed`` replaces the target
+    by what the backward pass starts from (:class:`~relprop.methods._common.OutputSeed`): a tensor shaped like
+    the output, or a function of the output such as ``lambda out: out[:, 3] - out[:, 5]``. ``options`` go to the
+    method, e.g. ``preset="epsilon_plus_flat"`` for ``method="lrp"``, ``steps=64`` for integrated gradients,
+    ``layers=["features.10"]`` (LRP, gradient x input, IG) for the relevance at those modules' outputs
+    (``layer_at="input"``: inputs) in ``Explanation.layers``. Integer ``x``
     (token ids) is explained through the model's token embedding (``get_input_embeddings()`` of a Hugging Face
     model, else its one ``nn.Embedding``): relevance per token, and per embedding dimension in
     ``details["embedding_relevance"]``. ``model_kwargs`` go with every call of the model (``attention_mask``);
@@ -215,46 +243,37 @@ def explain(
     >>> explanation = explain(model, torch.randn(5, 4), target=1, method="gradient_x_input")
     >>> explanation.relevance.shape, explanation.target.tolist()
     (torch.Size([5, 4]), [1, 1, 1, 1, 1])
+    >>> explain(model, torch.randn(5, 4), target="all").relevance.shape
+    torch.Size([5, 2, 4])
     """
     if method not in METHODS:
         raise ExplanationError(f"unknown method '{method}'; valid methods: {', '.join(sorted(METHODS))}")
-    function = METHODS[method]
-    accepted = [p.name for p in list(inspect.signature(function).parameters.values())[3:]
-                if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(function).parameters.values())
-    unknown = [name for name in options if name not in accepted]
-    if unknown and not takes_any:
-        raise ExplanationError(f"method '{method}' got unknown options {unknown}; it accepts {accepted}")
     model = validate.explanation_inputs(model, x, method, options)  # before anything runs (relprop.validate)
     _check_input(x)
-    _check_eval(model)
+    forward, inputs, scores = _prepared(model, x, {"model_kwargs": model_kwargs, "input_name": input_name,
+                                                   "output": output})
+    targets = _targets(target, seed, scores)
+    result = _run(METHODS[method], forward, inputs, targets, seed, options)
+    details, relevance = dict(result.details), result.relevance
+    if not x.is_floating_point():
+        details["embedding_relevance"] = relevance
+        relevance = relevance.sum(-1)
+    return Explanation(relevance.detach(), scores.detach(), targets, method, details, dict(result.layers))
+
+
+def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
+    """(the module to explain, its float input, the model's scores): token ids run through the embedding."""
     inputs = x
-    call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     if not x.is_floating_point():
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():
             inputs = embedding(x)
-        forward: nn.Module = _Call(model, embedding=embedding, ids=x, **call)  # type: ignore[arg-type]
+        forward: nn.Module = _Call(model, embedding=embedding, ids=x, **call)
     else:
-        forward = _Call(model, **call) if any(v is not None for v in call.values()) else model  # type: ignore[arg-type]
+        forward = _Call(model, batch=len(x), **call) if any(v is not None for v in call.values()) else model
     with _wrapped_errors(model, x), torch.no_grad():
         scores = forward(inputs)
         if not isinstance(scores, Tensor):
             forward = _Call(model)  # a model output such as a Hugging Face ModelOutput: select its logits
             scores = forward(inputs)
-    output_scores: Tensor = scores
-    target = as_target(target, output_scores)
-    relevance = function(forward, inputs, target, **options)
-    details: dict[str, Tensor] = {}
-    score = output_scores.gather(1, target.reshape(-1, 1)).squeeze(1)
-    if method == "lrp":
-        details["conservation_gap"] = relevance.reshape(len(x), -1).sum(1) - score
-    if method == "integrated_gradients":
-        baseline = torch.as_tensor(options.get("baseline", 0.0)).to(inputs).expand_as(inputs)
-        with torch.no_grad():
-            reference = forward(baseline).gather(1, target.reshape(-1, 1)).squeeze(1)
-        details["completeness_gap"] = relevance.reshape(len(x), -1).sum(1) - (score - reference)
-    if not x.is_floating_point():
-        details["embedding_relevance"] = relevance
-        relevance = relevance.sum(-1)
-    return Explanation(relevance.detach(), output_scores.detach(), target, method, details)
+    return forward, inputs, scores

@@ -10,8 +10,10 @@ import contextlib
 import dataclasses
 import fnmatch
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from torch import Tensor, nn
@@ -148,8 +150,31 @@ class RuleMap:
     def assign(
         self, model: nn.Module
     ) -> tuple[list[tuple[str, nn.Module, Rule]], list[tuple[str, nn.Module, str]]]:
-        """Return ``(assignments, uncovered)`` for the leaf modules (and ruled containers) of ``model``."""
+        """Return ``(assignments, uncovered)`` for the leaf modules (and ruled containers) of ``model``.
+
+        The result is cached per model and this map, keyed on the model's structure (every module's name, identity
+        and type): adding, removing or replacing a module assigns again. Selectors that are predicates are
+        evaluated again on every call, as they may read anything.
+        """
         model = root_module(model)
+        if any(callable(s) and not isinstance(s, (type, str, Op, tuple)) for s, _ in self.entries):
+            return self._assign(model)
+        structure = tuple((name, id(module), type(module)) for name, module in model.named_modules())
+        cached = self._assigned.get(model)
+        if cached is not None and cached[0] == structure:
+            return list(cached[1]), list(cached[2])
+        assignments, uncovered = self._assign(model)
+        self._assigned[model] = (structure, tuple(assignments), tuple(uncovered))
+        return assignments, uncovered
+
+    @cached_property
+    def _assigned(self) -> weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]]:
+        """Per model: (structure, assignments, uncovered) of the last :meth:`assign` (dies with the model)."""
+        return weakref.WeakKeyDictionary()
+
+    def _assign(
+        self, model: nn.Module
+    ) -> tuple[list[tuple[str, nn.Module, Rule]], list[tuple[str, nn.Module, str]]]:
         entries = list(self.entries) + _base_entries(self.stabilizer)
         assignments: list[tuple[str, nn.Module, Rule]] = []
         uncovered: list[tuple[str, nn.Module, str]] = []
@@ -203,7 +228,7 @@ class RuleMap:
             for canonizer in self.canonizers:
                 stack.callback(canonizer.apply(model))
             assignments, uncovered = self.assign(model)
-            guard = FunctionalGuard(self.op_rules())
+            guard = FunctionalGuard(self._op_rules)
             stack.enter_context(attach_rules(model, assignments, uncovered, guard))
             yield guard
 
@@ -215,6 +240,10 @@ class RuleMap:
         (Uniform(stabilizer=1e-06), 'Flat')
         """
         return dataclasses.replace(self, entries=(*entries, *self.entries))
+
+    @cached_property
+    def _op_rules(self) -> dict[Op, Rule]:
+        return self.op_rules()
 
     def op_rules(self) -> dict[Op, Rule]:
         """The rule of every op: from ``entries`` first, then from the base map.
@@ -242,15 +271,30 @@ def preset(name: str) -> Callable[[Callable[..., RuleMap]], Callable[..., RuleMa
     return register
 
 
+_BUILT: dict[tuple[Hashable, ...], RuleMap] = {}  # presets built with plain (number, string) options
+
+
 def get_preset(name: str, **options: Any) -> RuleMap:
-    """Build the preset ``name`` with its options (e.g. ``epsilon=0.25`` or ``low=-1.0, high=1.0``)."""
-    if name not in PRESETS:
+    """Build the preset ``name`` with its options (e.g. ``epsilon=0.25`` or ``low=-1.0, high=1.0``).
+
+    A preset built with number and string options is built once and reused (RuleMaps are immutable), so its
+    rule assignment is cached per model across calls.
+    """
+    build = PRESETS.get(name)
+    if build is None:
         raise ExplanationError(f"unknown LRP preset '{name}'; valid presets: {', '.join(sorted(PRESETS))}")
-    accepted = list(inspect.signature(PRESETS[name]).parameters)
+    plain = all(isinstance(value, (int, float, str, type(None))) for value in options.values())
+    key = (name, build, *sorted(options.items())) if plain else None
+    if key is not None and key in _BUILT:
+        return _BUILT[key]
+    accepted = list(inspect.signature(build).parameters)
     unknown = [option for option in options if option not in accepted]
     if unknown:
         raise ExplanationError(f"preset '{name}' got unknown options {unknown}; it accepts {accepted}")
-    return PRESETS[name](**options)
+    rule_map = build(**options)
+    if key is not None and len(_BUILT) < 256:
+        _BUILT[key] = rule_map
+    return rule_map
 
 
 def _require_bounds(

@@ -64,7 +64,9 @@ def test_preset_with_missing_bounds_says_what_to_pass(cnn) -> None:
     (torch.tensor([0, 3]), "out of range"),
     (torch.tensor([0.0, 1.0]), "integer"),
     (torch.tensor([0, 1, 2]), r"shape \(2,\)"),
-    (torch.tensor([[0], [1]]), r"shape \(2,\)"),
+    (torch.tensor([[0], [1], [0]]), r"must be \(2, k\)"),
+    (torch.tensor([[0, 3], [1, 1]]), "out of range"),
+    ("some", "'all'"),
     (1.0, "int, a LongTensor"),
     (True, "int, a LongTensor"),
 ])

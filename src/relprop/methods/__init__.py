@@ -1,7 +1,11 @@
-"""Attribution methods as plain functions ``f(model, x, target, **options) -> relevance`` (same shape as x)."""
+"""Attribution methods as plain functions ``f(model, x, target, **options) -> relevance`` (same shape as x).
+
+Each registers itself for :func:`relprop.explain` with ``@method("name")`` where it is defined.
+"""
 
 from __future__ import annotations
 
+from ._registry import METHODS, Attribution, method
 from .gradient import gradient, gradient_x_input, integrated_gradients, sensitivity, smoothgrad
 from .guided import deconvnet, guided_backprop
 from .lrp import lrp
@@ -9,5 +13,5 @@ from .perturbation import occlusion
 
 __all__ = [
     "gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet", "integrated_gradients",
-    "smoothgrad", "occlusion", "lrp",
+    "smoothgrad", "occlusion", "lrp", "METHODS", "Attribution", "method",
 ]

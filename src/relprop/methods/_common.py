@@ -1,11 +1,23 @@
-"""Helpers shared by the attribution methods: target selection and the gradient of the selected outputs."""
+"""Helpers shared by the attribution methods: target selection and where the backward pass starts (the seed).
+
+A method receives ``target``: a LongTensor (batch,) of explained classes, or an :class:`OutputSeed` that says
+what the backward pass starts from. :func:`start_gradient` gives the output gradient of the gradient methods,
+:func:`start_relevance` the output relevance of LRP; both repeat a batch-sized seed over a batch that a method ran
+several times over (the path points of integrated gradients, the noisy copies of SmoothGrad).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExplanationError
+from ..errors import ConfigError, ExplanationError
+
+__all__ = ["OutputSeed", "as_target", "one_hot_start", "start_gradient", "start_relevance", "target_score",
+           "gradient_of_target"]
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
@@ -18,7 +30,9 @@ def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
     if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
         raise ExplanationError(f"target must be an int, a LongTensor of shape (batch,) or None, got {target!r}")
     if isinstance(target, int):
-        target = torch.full((batch,), target, dtype=torch.long, device=output.device)
+        if not 0 <= target < classes:
+            raise ExplanationError(f"target out of range: the model has {classes} outputs, got {target}")
+        return torch.full((batch,), target, dtype=torch.long, device=output.device)
     if target.dtype not in (torch.int64, torch.int32) or target.shape != (batch,):
         raise ExplanationError(
             f"target tensor must be integer with shape ({batch},), got {target.dtype} {tuple(target.shape)}"
@@ -35,10 +49,114 @@ def one_hot_start(output: Tensor, target: Tensor, scale: Tensor | None = None) -
     return start.scatter(1, target.reshape(-1, 1), values)
 
 
-def gradient_of_target(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
-    """d f_target(x) / dx for a batch (each sample's own target)."""
+def _tiled(value: Tensor, batch: int) -> Tensor:
+    """``value`` (n, ...) repeated along dimension 0 to ``batch`` rows (``batch`` a multiple of n)."""
+    if value.shape[0] == batch:
+        return value
+    return value.repeat(batch // value.shape[0], *(1,) * (value.dim() - 1))
+
+
+@dataclass(frozen=True)
+class OutputSeed:
+    """What the backward pass starts from instead of one class (zennit's ``attr_output``).
+
+    ``value`` is a tensor shaped like the model's output, the start itself: the relevance at the output for LRP,
+    the output gradient for gradient methods. Or a function of the output: when it returns per-sample scores
+    ``s(out)`` (batch,), the explained quantity is ``s``: gradient methods start from ``ds/dout`` and LRP from
+    ``out * ds/dout`` (which sums to ``s`` when ``s`` is linear, e.g. ``out[:, a] - out[:, b]``); when it returns
+    a tensor shaped like the output, that tensor is the start. ``batch``, the explained batch size, lets a function
+    use per-sample tensors of that batch when a method runs the batch several times over.
+
+    >>> seed = OutputSeed(lambda out: out[:, 0] - out[:, 1])
+    >>> seed.relevance(torch.tensor([[3.0, 1.0, 5.0]]))
+    tensor([[ 3., -1.,  0.]])
+    """
+
+    value: Tensor | Callable[[Tensor], Tensor]
+    batch: int | None = None
+
+    def _call(self, output: Tensor) -> Tensor:
+        """The function on the output; a method's repeated batch (IG's path points) is given one copy at a time, so
+        the function may use per-sample tensors of the explained batch."""
+        assert not isinstance(self.value, Tensor)
+        if self.batch is None or output.shape[0] == self.batch or output.shape[0] % self.batch:
+            return self.value(output)
+        return torch.cat([self.value(part) for part in torch.split(output, self.batch)])
+
+    def _evaluate(self, output: Tensor) -> tuple[Tensor, bool]:
+        """(start, is_gradient): the start tensor, and whether it is ``ds/dout`` of per-sample scores."""
+        if isinstance(self.value, Tensor):
+            return self._checked(self.value, output), False
+        with torch.enable_grad():
+            out = output.detach().requires_grad_()
+            result = self._call(out)
+            if not isinstance(result, Tensor):
+                raise ConfigError(f"seed= must return a tensor, got {type(result).__name__}")
+            if result.shape == out.shape:
+                return result.detach(), False
+            if result.shape != out.shape[:1]:
+                raise ConfigError(
+                    f"seed= must return per-sample scores of shape ({out.shape[0]},) or a tensor shaped like the "
+                    f"output {tuple(out.shape)}, got {tuple(result.shape)}"
+                )
+            if not result.requires_grad:
+                raise ConfigError("seed= returned scores that do not depend on the model's output")
+            (grad,) = torch.autograd.grad(result.sum(), out)
+        return grad, True
+
+    def _checked(self, value: Tensor, output: Tensor) -> Tensor:
+        if value.dim() != output.dim() or value.shape[1:] != output.shape[1:] or output.shape[0] % value.shape[0]:
+            raise ConfigError(
+                f"a seed tensor must be shaped like the model's output {tuple(output.shape)}, got {tuple(value.shape)}"
+            )
+        return _tiled(value.detach().to(output), output.shape[0])
+
+    def gradient(self, output: Tensor) -> Tensor:
+        """The output gradient that gradient methods start from."""
+        if isinstance(self.value, Tensor):
+            return self._checked(self.value, output)
+        return self._evaluate(output)[0]
+
+    def relevance(self, output: Tensor) -> Tensor:
+        """The output relevance that LRP starts from."""
+        start, is_gradient = self._evaluate(output)
+        return output.detach() * start if is_gradient else start
+
+    def score(self, output: Tensor) -> Tensor:
+        """Per-sample explained scores (batch,): ``s(out)``, or ``sum(start * out)`` for a start tensor."""
+        if not isinstance(self.value, Tensor):
+            result = self._call(output)
+            if result.shape == output.shape[:1]:
+                return result
+        return (self.gradient(output) * output).reshape(output.shape[0], -1).sum(1)
+
+
+def start_gradient(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
+    """The output gradient for ``target`` (one-hot at each sample's class, or the seed's)."""
+    if isinstance(target, OutputSeed):
+        return target.gradient(output)
+    return one_hot_start(output, _tiled(target, output.shape[0]))
+
+
+def start_relevance(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
+    """The output relevance for ``target`` (each sample's target logit, or the seed's)."""
+    if isinstance(target, OutputSeed):
+        return target.relevance(output)
+    target = _tiled(target, output.shape[0])
+    return one_hot_start(output, target, output.detach().gather(1, target.reshape(-1, 1)))
+
+
+def target_score(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
+    """The explained score per sample (batch,): the target logit, or the seed's score."""
+    if isinstance(target, OutputSeed):
+        return target.score(output)
+    return output.gather(1, _tiled(target, output.shape[0]).reshape(-1, 1)).squeeze(1)
+
+
+def gradient_of_target(model: nn.Module, x: Tensor, target: Tensor | OutputSeed) -> Tensor:
+    """d f_target(x) / dx for a batch (each sample's own target, or the seed's score)."""
     x = x.detach().requires_grad_()
     with torch.enable_grad():
         output = model(x)
-        (grad,) = torch.autograd.grad(output, x, one_hot_start(output, target.repeat(x.shape[0] // target.shape[0])))
+        (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
     return grad

@@ -2,26 +2,62 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExplanationError
-from ._common import gradient_of_target
+from ..errors import ConfigError, ExplanationError
+from ._common import OutputSeed, gradient_of_target, start_gradient, target_score
+from ._layers import Records, backward, gap_by_layer, recorded_layers, stacked
+from ._registry import Attribution, method
 
-__all__ = ["gradient", "sensitivity", "gradient_x_input", "integrated_gradients", "smoothgrad", "ig_alphas"]
+__all__ = [
+    "gradient", "sensitivity", "gradient_x_input", "integrated_gradients", "smoothgrad", "ig_alphas",
+    "explain_gradient_x_input", "explain_integrated_gradients",
+]
+
+Target = Tensor | OutputSeed
 
 
-def gradient(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+def _gradients(
+    model: nn.Module, x: Tensor, target: Target, layers: Sequence[str], at: str
+) -> tuple[Tensor, Tensor, Records, Records]:
+    """(output, gradient at x, activations and gradients at the named layers) of one forward and backward."""
+    x = x.detach().requires_grad_()
+    with recorded_layers(model, layers, at) as records, torch.enable_grad():
+        output = model(x)
+        grad, at_layers = backward(output, x, start_gradient(output, target), records)
+    return output.detach(), grad, {n: [v.detach() for v in values] for n, values in records.items()}, at_layers
+
+
+@method("gradient")
+def gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     """Plain saliency ``df/dx`` (Simonyan et al. 2014)."""
     return gradient_of_target(model, x, target)
 
 
-def sensitivity(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+@method("sensitivity")
+def sensitivity(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     """Sensitivity analysis ``R_i = (df/dx_i)^2`` (Baehrens et al. 2010)."""
     return gradient_of_target(model, x, target) ** 2
 
 
-def gradient_x_input(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+@method("gradient_x_input")
+def explain_gradient_x_input(
+    model: nn.Module, x: Tensor, target: Target, *, layers: Sequence[str] = (), layer_at: str = "output"
+) -> Attribution:
+    """Gradient x input, also at the named ``layers`` (activation x gradient there), with
+    ``conservation_by_layer`` against the explained score."""
+    output, grad, activations, grads = _gradients(model, x, target, layers, layer_at)
+    at_layers = stacked({n: [a * g for a, g in zip(activations[n], grads[n])] for n in layers})
+    details = {}
+    if layers:
+        details["conservation_by_layer"] = gap_by_layer(at_layers, target_score(output, target))
+    return Attribution(x * grad, details, at_layers)
+
+
+def gradient_x_input(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     """Gradient x input, the simple Taylor decomposition ``R_i = x_i df/dx_i``."""
     return x * gradient_of_target(model, x, target)
 
@@ -44,15 +80,19 @@ def ig_alphas(steps: int, quadrature: str, like: Tensor) -> tuple[Tensor, Tensor
     raise ExplanationError(f"unknown quadrature '{quadrature}'; valid: right, midpoint, trapezoid")
 
 
-def integrated_gradients(
-    model: nn.Module, x: Tensor, target: Tensor, *, baseline: Tensor | float = 0.0, steps: int = 32,
-    quadrature: str = "right", batch_size: int | None = None,
-) -> Tensor:
-    """Integrated gradients ``(x - x') * int_0^1 df(x' + a (x - x'))/dx da`` (Sundararajan et al. 2017).
+@method("integrated_gradients")
+def explain_integrated_gradients(
+    model: nn.Module, x: Tensor, target: Target, *, baseline: Tensor | float = 0.0, steps: int = 32,
+    quadrature: str = "right", batch_size: int | None = None, layers: Sequence[str] = (), layer_at: str = "output",
+) -> Attribution:
+    """Integrated gradients with ``completeness_gap`` (``sum R - (f(x) - f(x'))``); see :func:`integrated_gradients`.
 
-    All ``steps`` points of the path run as one batch (or in chunks of ``batch_size`` samples). Completeness:
-    ``sum R = f(x) - f(x')`` up to the quadrature error, which shrinks as ``steps`` grows.
+    At the named ``layers`` it gives the conductance (Dhamdhere et al. 2018), ``sum_k df/da(x_k) (a(x_k) -
+    a(x_{k-1}))`` over the path points ``x_k`` (``x_0`` the baseline): at the input it equals IG, and each layer's
+    sum equals the input's up to the same quadrature error (``conservation_by_layer``, against ``f(x) - f(x')``).
     """
+    if layers and quadrature != "right":
+        raise ConfigError(f"integrated gradients at layers needs quadrature='right', got {quadrature!r}")
     baseline = torch.as_tensor(baseline).to(x).expand_as(x)
     alphas, weights = ig_alphas(steps, quadrature, x)
     shape = (steps,) + (1,) * x.dim()
@@ -60,14 +100,43 @@ def integrated_gradients(
     flat = path.reshape(steps * x.shape[0], *x.shape[1:])  # step-major: sample i of step k at k * batch + i
     batch = x.shape[0]
     chunk = flat.shape[0] if batch_size is None else max(batch_size // batch, 1) * batch  # whole steps
-    grads = torch.cat([
-        gradient_of_target(model, part, target) for part in torch.split(flat, chunk)
-    ]).reshape(path.shape)
-    return (x - baseline) * (weights.reshape(shape) * grads).sum(0)
+    parts = [_gradients(model, part, target, layers, layer_at) for part in torch.split(flat, chunk)]
+    grads = torch.cat([grad for _, grad, _, _ in parts]).reshape(path.shape)
+    relevance = (x - baseline) * (weights.reshape(shape) * grads).sum(0)
+    with torch.no_grad():
+        score = target_score(model(x), target)
+        with recorded_layers(model, layers, layer_at) as at_baseline:
+            reference = target_score(model(baseline), target)
+    details = {"completeness_gap": relevance.reshape(batch, -1).sum(1) - (score - reference)}
+    if not layers:
+        return Attribution(relevance, details)
+    conductance = {}
+    for name, start in stacked(at_baseline).items():
+        activations = torch.cat([stacked(a)[name] for _, _, a, _ in parts]).reshape(steps, *start.shape)
+        layer_grads = torch.cat([stacked(g)[name] for _, _, _, g in parts]).reshape(steps, *start.shape)
+        before = torch.cat([start.unsqueeze(0), activations[:-1]])  # a(x_{k-1}), (steps, batch, ...)
+        conductance[name] = (layer_grads * (activations - before)).sum(0)
+    details["conservation_by_layer"] = gap_by_layer(conductance, score - reference)
+    return Attribution(relevance, details, conductance)
 
 
+def integrated_gradients(
+    model: nn.Module, x: Tensor, target: Target, *, baseline: Tensor | float = 0.0, steps: int = 32,
+    quadrature: str = "right", batch_size: int | None = None,
+) -> Tensor:
+    """Integrated gradients ``(x - x') * int_0^1 df(x' + a (x - x'))/dx da`` (Sundararajan et al. 2017).
+
+    All ``steps`` points of the path run as one batch (or in chunks of ``batch_size`` samples). Completeness:
+    ``sum R = f(x) - f(x')`` up to the quadrature error, which shrinks as ``steps`` grows.
+    """
+    return explain_integrated_gradients(
+        model, x, target, baseline=baseline, steps=steps, quadrature=quadrature, batch_size=batch_size
+    ).relevance
+
+
+@method("smoothgrad")
 def smoothgrad(
-    model: nn.Module, x: Tensor, target: Tensor, *, noise: float = 0.15, samples: int = 16, seed: int = 0,
+    model: nn.Module, x: Tensor, target: Target, *, noise: float = 0.15, samples: int = 16, seed: int = 0,
     squared: bool = False,
 ) -> Tensor:
     """SmoothGrad: the gradient averaged over noisy copies of x (Smilkov et al. 2017).

@@ -12,7 +12,8 @@ from ..core import FunctionalGuard, Site, attach_rules, mark_path, root_module
 from ..errors import ExplanationError
 from ..ops import OpCall
 from ..rules.elementwise import vjp
-from ._common import one_hot_start
+from ._common import OutputSeed, start_gradient
+from ._registry import method
 
 __all__ = ["guided_backprop", "deconvnet"]
 
@@ -50,7 +51,7 @@ class _ModifiedBackward:
         return (relevance_out.clamp(min=0) * (inputs[0] > 0).to(relevance_out),)
 
 
-def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: _ModifiedBackward) -> Tensor:
+def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, rule: _ModifiedBackward) -> Tensor:
     """The gradient with ``rule`` at every ReLU (and sigmoid), module (``nn.ReLU``) or functional (``F.relu``)."""
     root = root_module(model)
     kinds: tuple[type[nn.Module], ...] = (nn.ReLU, nn.Sigmoid) if rule.frozen_gates else (nn.ReLU,)
@@ -68,12 +69,13 @@ def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor, rule: _Modif
     with attach_rules(model, modules, guard=guard), torch.enable_grad():
         with guard:
             output = model(x)
-        (grad,) = torch.autograd.grad(output, x, one_hot_start(output, target))
+        (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
     return grad
 
 
+@method("guided_backprop")
 def guided_backprop(
-    model: nn.Module, x: Tensor, target: Tensor, *, squared: bool = False, gates: str = "gradient"
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, squared: bool = False, gates: str = "gradient"
 ) -> Tensor:
     """Guided backpropagation (Springenberg et al. 2015).
 
@@ -87,6 +89,7 @@ def guided_backprop(
     return grad**2 if squared else grad
 
 
-def deconvnet(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+@method("deconvnet")
+def deconvnet(model: nn.Module, x: Tensor, target: Tensor | OutputSeed) -> Tensor:
     """Deconvnet attribution (Zeiler & Fergus 2014)."""
     return _modified_gradient(model, x, target, _ModifiedBackward(deconv=True))

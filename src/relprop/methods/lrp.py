@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,29 +11,50 @@ from torch import Tensor, nn
 from ..composites import RuleMap, get_preset
 from ..core import mark_path, on_path
 from ..errors import ExplanationError
-from ._common import one_hot_start
+from ._common import OutputSeed, start_relevance
+from ._layers import backward, gap_by_layer, recorded_layers, stacked
+from ._registry import Attribution, method
 
-__all__ = ["lrp"]
+__all__ = ["lrp", "explain_lrp"]
 
 
-def lrp(
-    model: nn.Module, x: Tensor, target: Tensor, *, preset: str = "epsilon", rule_map: RuleMap | None = None,
-    **preset_options: Any,
-) -> Tensor:
-    """LRP relevance of the input: relevance starts at the target logit, so ``sum R ~ f_target(x)``.
+@method("lrp")
+def explain_lrp(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, preset: str = "epsilon",
+    rule_map: RuleMap | None = None, layers: Sequence[str] = (), layer_at: str = "output", **preset_options: Any,
+) -> Attribution:
+    """LRP relevance of the input, with ``conservation_gap`` (``sum R`` minus the relevance put in at the output).
 
-    ``rule_map`` overrides ``preset``; ``preset_options`` go to the preset (e.g. ``epsilon=0.25``,
-    ``low=-1.0, high=1.0``). Bach et al. 2015; Montavon et al. 2019.
+    ``layers`` names modules whose relevance (at their output, or input with ``layer_at="input"``) is returned
+    too, with ``conservation_by_layer`` (batch, layers). See :func:`lrp`.
     """
     rule_map = rule_map if rule_map is not None else get_preset(preset, **preset_options)
     x = mark_path(x.detach().requires_grad_())
-    with rule_map.attached(model) as guard, torch.enable_grad():
+    with rule_map.attached(model) as guard, recorded_layers(model, layers, layer_at) as records, \
+            torch.enable_grad():
         with guard:
             output = model(x)
         if not isinstance(output, Tensor) or not on_path((output,)):
             raise ExplanationError(
                 f"{type(model).__name__} returned {type(output).__name__} that does not depend on the explained input"
             )
-        start = one_hot_start(output, target, output.detach().gather(1, target.reshape(-1, 1)))
-        (relevance,) = torch.autograd.grad(output, x, start)
-    return relevance
+        start = start_relevance(output, target)
+        relevance, at_layers = backward(output, x, start, records)
+    total = start.reshape(len(start), -1).sum(1)
+    details = {"conservation_gap": relevance.reshape(len(x), -1).sum(1) - total}
+    layer_relevance = stacked(at_layers)
+    if layers:
+        details["conservation_by_layer"] = gap_by_layer(layer_relevance, total)
+    return Attribution(relevance, details, layer_relevance)
+
+
+def lrp(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, preset: str = "epsilon",
+    rule_map: RuleMap | None = None, **preset_options: Any,
+) -> Tensor:
+    """LRP relevance of the input: relevance starts at the target logit, so ``sum R ~ f_target(x)``.
+
+    ``rule_map`` overrides ``preset``; ``preset_options`` go to the preset (e.g. ``epsilon=0.25``,
+    ``low=-1.0, high=1.0``). Bach et al. 2015; Montavon et al. 2019.
+    """
+    return explain_lrp(model, x, target, preset=preset, rule_map=rule_map, **preset_options).relevance

@@ -4,30 +4,55 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import ExplanationError
+from ..errors import ConfigError, ExplanationError
+from ._common import OutputSeed, target_score
+from ._registry import method
 
-__all__ = ["occlusion"]
+__all__ = ["occlusion", "default_window"]
+
+_WINDOWS_PER_DIMENSION = 16
 
 
+def default_window(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """At most 16 windows along each non-batch dimension: ``ceil(size / 16)``.
+
+    >>> default_window((3, 224, 224)), default_window((10,))
+    ((1, 14, 14), (1,))
+    """
+    return tuple(math.ceil(size / _WINDOWS_PER_DIMENSION) for size in shape)
+
+
+def _progress(done: int, total: int) -> None:
+    """One plain line per batch of windows on stderr (readable in a terminal, a notebook and a log alike)."""
+    print(f"occlusion: {done}/{total} windows", file=sys.stderr, flush=True)
+
+
+@method("occlusion")
 def occlusion(
-    model: nn.Module, x: Tensor, target: Tensor, *, window: int | tuple[int, ...] = 1,
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, window: int | tuple[int, ...] | None = None,
     stride: int | tuple[int, ...] | None = None, fill: float = 0.0, batch_size: int = 256,
+    max_windows: int = 20_000, progress: bool | None = None,
 ) -> Tensor:
     """Occlusion (Zeiler & Fergus 2014): ``R_i`` = mean over the windows covering ``i`` of ``f(x) - f(x_occluded)``.
 
     ``window`` and ``stride`` cover the non-batch dimensions (an int applies to every one); windows run to the end
-    of each dimension, the last one clipped at the border (as Captum's). ``stride`` defaults to ``window``.
+    of each dimension, the last one clipped at the border (as Captum's). ``window`` defaults to
+    :func:`default_window` (at most 16 windows per dimension), ``stride`` to ``window``. More than ``max_windows``
+    windows (each a forward pass per sample) raise a ConfigError instead of running for hours. ``progress`` prints
+    a line per batch of windows to stderr (default: when there are more than 8 batches).
 
     >>> model = torch.nn.Linear(4, 2, bias=False)
     >>> x = torch.randn(1, 4); t = torch.tensor([1])
     >>> torch.allclose(occlusion(model, x, t), x * model.weight[1], atol=1e-6)
     True
     """
-    dims = x.shape[1:]
+    dims = tuple(x.shape[1:])
+    window = default_window(dims) if window is None else window
     window = (window,) * len(dims) if isinstance(window, int) else tuple(window)
     stride = window if stride is None else ((stride,) * len(dims) if isinstance(stride, int) else tuple(stride))
     if len(window) != len(dims) or len(stride) != len(dims) or min(window + stride) < 1:
@@ -36,15 +61,23 @@ def occlusion(
             f"dimension of x {tuple(dims)}"
         )
     starts = [range(0, s * (math.ceil(max(d - w, 0) / s) + 1), s) for d, w, s in zip(dims, window, stride)]
+    positions = list(itertools.product(*starts))
+    if len(positions) > max_windows:
+        raise ConfigError(
+            f"occlusion with window {window} and stride {stride} on x of shape {tuple(x.shape)} needs "
+            f"{len(positions)} windows ({len(positions) * x.shape[0]} forward passes), more than max_windows="
+            f"{max_windows}; use a larger window or stride (the default window is {default_window(dims)}), or raise "
+            "max_windows"
+        )
     batch = x.shape[0]
-    rows = torch.arange(batch, device=x.device)
+    per_chunk = max(batch_size // batch, 1)
+    chunks = range(0, len(positions), per_chunk)
+    show = len(chunks) > 8 if progress is None else progress
     with torch.no_grad():
-        reference = model(x)[rows, target]
+        reference = target_score(model(x), target)
         total = torch.zeros_like(x)
         count = torch.zeros_like(x[:1])
-        positions = list(itertools.product(*starts))
-        per_chunk = max(batch_size // batch, 1)
-        for i in range(0, len(positions), per_chunk):
+        for i in chunks:
             chunk = positions[i:i + per_chunk]
             occluded = x.unsqueeze(0).repeat(len(chunk), *(1,) * x.dim())  # (windows, batch, ...)
             masks = torch.zeros((len(chunk), 1, *dims), dtype=x.dtype, device=x.device)
@@ -52,9 +85,10 @@ def occlusion(
                 region = tuple(slice(a, a + w) for a, w in zip(start, window))
                 masks[(j, 0) + region] = 1
             occluded = torch.where(masks.bool(), torch.full_like(occluded, fill), occluded)
-            flat_rows = torch.arange(len(chunk) * batch, device=x.device)  # window-major: (window j, sample i)
-            scores = model(occluded.reshape(-1, *dims))[flat_rows, target.repeat(len(chunk))]
+            scores = target_score(model(occluded.reshape(-1, *dims)), target)  # window-major: (window j, sample i)
             drop = (reference.repeat(len(chunk)) - scores).reshape(len(chunk), batch)  # (windows, batch)
             total += (drop.reshape(len(chunk), batch, *(1,) * len(dims)) * masks).sum(0)
             count += masks.sum(0)
+            if show:
+                _progress(i + len(chunk), len(positions))
     return total / count.clamp(min=1)

@@ -1,0 +1,101 @@
+"""Relevance at intermediate layers: record the tensors at named modules' outputs (or inputs) during the forward
+pass, and take the backward pass's values there in the same ``autograd.grad`` call as the input's.
+
+While LRP rules are attached the backward pass carries relevance, so the value arriving at a module's output *is*
+its relevance; gradient methods multiply it by the activation (:func:`gradient_x_input`) or integrate it along
+the path (integrated gradients: the conductance of Dhamdhere et al. 2018).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..core import root_module
+from ..errors import ConfigError, ExplanationError
+
+__all__ = ["recorded_layers", "backward", "stacked", "gap_by_layer"]
+
+Records = dict[str, list[Tensor]]
+
+
+def _hooks(name: str, records: Records, at: str) -> Any:
+    def keep(value: Any, module: nn.Module) -> None:
+        if not isinstance(value, Tensor):
+            raise ExplanationError(
+                f"layer '{name}' ({type(module).__name__}) has {at} of type {type(value).__name__}; relevance at a "
+                "layer needs a single tensor there"
+            )
+        records[name].append(value)
+
+    def output_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        keep(output, module)
+
+    def input_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        keep(args[0] if args else None, module)
+
+    return output_hook if at == "output" else input_hook
+
+
+@contextlib.contextmanager
+def recorded_layers(model: nn.Module, layers: Sequence[str], at: str = "output") -> Iterator[Records]:
+    """Record the tensor at the output (``at="output"``) or first input (``"input"``) of each named module.
+
+    Enter it *after* attaching rules: the output hook then sees the relayed output, and the input pre-hook runs
+    before the rule's own. A module called several times (a recurrent cell) gets one record per call.
+    """
+    if isinstance(layers, str):
+        raise ConfigError(f"layers must be a list of module names, got the string {layers!r}; write [{layers!r}]")
+    if at not in ("output", "input"):
+        raise ConfigError(f"layer_at must be 'output' or 'input', got {at!r}")
+    modules = dict(root_module(model).named_modules())
+    missing = [name for name in layers if name not in modules]
+    if missing:
+        raise ConfigError(
+            f"layers {missing} name no module of {type(root_module(model)).__name__}; its modules are named like "
+            f"{[n for n in modules if n][:8]}"
+        )
+    records: Records = {name: [] for name in layers}
+    handles = []
+    try:
+        for name in layers:
+            hook = _hooks(name, records, at)
+            module = modules[name]
+            handles.append(module.register_forward_hook(hook) if at == "output"
+                           else module.register_forward_pre_hook(hook, prepend=True))
+        yield records
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def backward(output: Tensor, x: Tensor, start: Tensor, records: Records) -> tuple[Tensor, Records]:
+    """The backward pass from ``start`` at ``output``: its value at ``x`` and at every recorded tensor."""
+    recorded = [t for values in records.values() for t in values]
+    if not recorded:
+        (at_x,) = torch.autograd.grad(output, x, start)
+        return at_x, {name: [] for name in records}
+    at_x, *flat = torch.autograd.grad(output, [x, *recorded], start, allow_unused=True, materialize_grads=True)
+    grads: Records = {}
+    for name, values in records.items():
+        grads[name], flat = flat[:len(values)], flat[len(values):]
+    return at_x, grads
+
+
+def stacked(records: Records) -> dict[str, Tensor]:
+    """One tensor per layer: the record itself, or the records of several calls stacked at dimension 1."""
+    result = {}
+    for name, values in records.items():
+        if not values:
+            raise ExplanationError(f"layer '{name}' did not run on the explained input")
+        result[name] = values[0] if len(values) == 1 else torch.stack(values, 1)  # (batch, calls, ...)
+    return result
+
+
+def gap_by_layer(layers: dict[str, Tensor], total: Tensor) -> Tensor:
+    """``sum R_layer - total`` per sample and layer, (batch, layers), in the order of ``layers``."""
+    return torch.stack([value.reshape(len(total), -1).sum(1) - total for value in layers.values()], 1)

@@ -1,0 +1,79 @@
+"""The method registry: ``@method("name")`` at each method's definition, and the :class:`Attribution` it returns.
+
+A registered method is called as ``f(model, x, target, **options)``: ``target`` is a LongTensor (batch,) of
+classes or an :class:`~relprop.methods._common.OutputSeed`. It returns an :class:`Attribution` (or a bare relevance
+tensor, which the registry wraps), so :func:`relprop.explain` never needs to know a method by name.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from torch import Tensor
+
+from ..errors import ExplanationError
+
+__all__ = ["Attribution", "Method", "METHODS", "method"]
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """What a method returns: ``relevance`` shaped like x, per-sample ``details`` (e.g. ``conservation_gap``),
+    and the relevance at the modules named in the ``layers`` option (by module name)."""
+
+    relevance: Tensor
+    details: Mapping[str, Tensor] = field(default_factory=dict)
+    layers: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered method: its function and the keyword options it accepts (``None``: any, checked by it)."""
+
+    name: str
+    function: Callable[..., Tensor | Attribution]
+    options: tuple[str, ...] | None
+
+    def __call__(self, model: object, x: Tensor, target: object, **options: object) -> Attribution:
+        if self.options is not None:
+            unknown = [name for name in options if name not in self.options]
+            if unknown:
+                raise ExplanationError(
+                    f"method '{self.name}' got unknown options {unknown}; it accepts {list(self.options)}"
+                )
+        result = self.function(model, x, target, **options)
+        return result if isinstance(result, Attribution) else Attribution(result)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def _options(function: Callable[..., object]) -> tuple[str, ...] | None:
+    """The keyword options of ``f(model, x, target, *, ...)``; ``None`` when it takes ``**options``."""
+    parameters = list(inspect.signature(function).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return None
+    return tuple(p.name for p in parameters[3:])
+
+
+F = TypeVar("F", bound=Callable[..., Tensor | Attribution])
+
+
+def method(name: str) -> Callable[[F], F]:
+    """Register ``f(model, x, target, **options) -> Attribution | relevance`` under ``name`` for ``explain``.
+
+    >>> @method("doubled_input")
+    ... def doubled_input(model, x, target):
+    ...     return 2 * x
+    >>> METHODS["doubled_input"].options
+    ()
+    >>> del METHODS["doubled_input"]
+    """
+    def register(function: F) -> F:
+        METHODS[name] = Method(name, function, _options(function))
+        return function
+
+    return register

@@ -1,0 +1,118 @@
+"""Relevance at intermediate layers (``layers=[...]``) against explanations of the network above the layer,
+per-layer conservation, and concept-conditional relevance as a masked seed at a layer (zennit-crp's idea)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import relprop
+from relprop.errors import ConfigError, ExplanationError
+from relprop.models.bilstm import BiLSTM, BiLSTMConfig
+
+
+def test_lrp_layer_sums_equal_the_input_sum_for_conservative_rules(make_mlp, randn) -> None:
+    model, x = make_mlp((6, 8, 7, 3), bias=False), randn(4, 6).abs()  # z+ is conservative on inputs >= 0
+    layers = ["0", "1", "2", "3", "4"]
+    for preset in ("epsilon", "zplus"):
+        options = {"epsilon": 1e-12} if preset == "epsilon" else {}
+        explanation = relprop.explain(model, x, preset=preset, layers=layers, stabilizer=1e-12, **options)
+        total = explanation.relevance.sum(1)
+        for name in layers:
+            torch.testing.assert_close(explanation.layers[name].sum(1), total, atol=1e-7, rtol=1e-6)
+        assert explanation.details["conservation_by_layer"].shape == (4, len(layers))
+        assert explanation.details["conservation_by_layer"].abs().max() < 1e-7
+
+
+@pytest.mark.parametrize("method", ["lrp", "gradient_x_input"])
+def test_layer_relevance_equals_explaining_the_network_above(make_cnn, randn, method: str) -> None:
+    model, x = make_cnn(), randn(2, 2, 8, 8)
+    below, above = model[:3].eval(), model[3:].eval()  # conv, relu, pool | conv, relu, flatten, linear
+    target = torch.tensor([2, 0])
+    explanation = relprop.explain(model, x, target, method=method, layers=["2", "3"], layer_at="input")
+    expected = relprop.explain(above, below(x).detach(), target, method=method).relevance
+    torch.testing.assert_close(explanation.layers["3"], expected, atol=1e-10, rtol=1e-8)
+    # the pool's output is the next conv's input
+    at_output = relprop.explain(model, x, target, method=method, layers=["2"])
+    torch.testing.assert_close(at_output.layers["2"], expected, atol=1e-10, rtol=1e-8)
+
+
+def test_layer_input_of_the_first_layer_is_the_input_relevance(make_mlp, randn) -> None:
+    model, x = make_mlp(), randn(3, 6)
+    explanation = relprop.explain(model, x, layers=["0"], layer_at="input", preset="epsilon")
+    torch.testing.assert_close(explanation.layers["0"], explanation.relevance)
+
+
+def test_integrated_gradients_at_layers_is_conductance(make_mlp, randn) -> None:
+    model, x = make_mlp(), randn(3, 6)
+    explanation = relprop.explain(model, x, method="integrated_gradients", steps=256, layers=["0", "2"],
+                                  layer_at="input")
+    torch.testing.assert_close(explanation.layers["0"], explanation.relevance)  # at the input: IG itself
+    # every layer's conductance sums to f(x) - f(baseline) up to the quadrature error
+    out, reference = model(x).detach(), model(torch.zeros_like(x)).detach()
+    difference = (out - reference).gather(1, explanation.target[:, None])[:, 0]
+    torch.testing.assert_close(explanation.layers["2"].sum(1), difference, atol=1e-2, rtol=0)
+    gaps = explanation.details["conservation_by_layer"]
+    torch.testing.assert_close(gaps[:, 1], explanation.layers["2"].sum(1) - difference)
+    coarse = relprop.explain(model, x, method="integrated_gradients", steps=8, layers=["2"])
+    assert gaps[:, 1].abs().max() < coarse.details["conservation_by_layer"].abs().max()
+    with pytest.raises(ConfigError, match="quadrature='right'"):
+        relprop.explain(model, x, method="integrated_gradients", quadrature="midpoint", layers=["2"])
+
+
+def test_layers_with_many_targets_equal_the_loop(make_cnn, randn) -> None:
+    model, x = make_cnn(), randn(2, 2, 8, 8)
+    together = relprop.explain(model, x, "all", layers=["3"], preset="epsilon_plus_flat")
+    assert together.layers["3"].shape == (2, 3, 5, 2, 2)
+    for c in range(3):
+        alone = relprop.explain(model, x, c, layers=["3"], preset="epsilon_plus_flat")
+        torch.testing.assert_close(together.layers["3"][:, c], alone.layers["3"])
+        torch.testing.assert_close(together.details["conservation_by_layer"][:, c],
+                                   alone.details["conservation_by_layer"])
+
+
+def test_a_module_called_at_every_step_stacks_its_calls() -> None:
+    torch.manual_seed(0)
+    model = BiLSTM(BiLSTMConfig(vocab_size=20, embedding_dim=4, hidden=3, classes=2)).double().eval()
+    ids = torch.tensor([[2, 5, 7, 9]])
+    name = next(n for n, m in model.named_modules() if n.endswith("emit"))  # the cell's h_t = o * tanh(c_t)
+    explanation = relprop.explain(model, ids, preset="lstm_epsilon", layers=[name])
+    assert explanation.layers[name].shape == (1, 4, 3)  # (batch, steps, hidden)
+
+
+def test_concept_conditional_relevance_is_a_masked_seed_at_a_layer(make_cnn, randn) -> None:
+    """CRP: the heatmaps conditioned on each channel of a layer sum to the full heatmap, and each one's total is
+    that channel's relevance at the layer."""
+    model, x = make_cnn(bias=False), randn(1, 2, 8, 8)
+    below = model[:5].eval()  # up to the second ReLU: channels (batch, 5, 2, 2)
+    full = relprop.explain(model, x, 1, preset="epsilon", epsilon=1e-12, stabilizer=1e-12, layers=["4"])
+    at_layer = full.layers["4"]
+    conditional = []
+    for channel in range(5):
+        mask = torch.zeros_like(at_layer)
+        mask[:, channel] = 1
+        conditional.append(relprop.explain(below, x, seed=at_layer * mask, preset="epsilon",
+                                            epsilon=1e-12, stabilizer=1e-12).relevance)
+        torch.testing.assert_close(conditional[-1].sum(), at_layer[:, channel].sum(), atol=1e-8, rtol=1e-6)
+    torch.testing.assert_close(sum(conditional), full.relevance, atol=1e-10, rtol=1e-8)
+
+
+def test_layer_errors(make_mlp, randn) -> None:
+    model, x = make_mlp(), randn(3, 6)
+    with pytest.raises(ConfigError, match=r"\['nope'\] name no module"):
+        relprop.explain(model, x, layers=["nope"])
+    with pytest.raises(ConfigError, match="list of module names"):
+        relprop.explain(model, x, layers="0")
+    with pytest.raises(ConfigError, match="layer_at"):
+        relprop.explain(model, x, layers=["0"], layer_at="middle")
+    with pytest.raises(ExplanationError, match="method 'gradient' got unknown options"):
+        relprop.explain(model, x, method="gradient", layers=["0"])
+
+
+def test_lrp_layers_see_the_ruled_output_not_the_model_changed(make_mlp, randn) -> None:
+    model, x = make_mlp(), randn(3, 6)
+    before = {name: len(m._forward_hooks) + len(m._forward_pre_hooks) for name, m in model.named_modules()}
+    relprop.explain(model, x, layers=["2"])
+    assert before == {name: len(m._forward_hooks) + len(m._forward_pre_hooks) for name, m in model.named_modules()}
+    assert isinstance(model[2], nn.Linear)

@@ -1,0 +1,116 @@
+"""Many targets in one pass: ``target=(batch, k)`` or ``"all"`` equals the loop over the k targets, for every
+method and for MLP, CNN, torchvision's resnet18, a bidirectional LSTM and a small transformer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop.models.bilstm import BiLSTM, BiLSTMConfig
+from relprop.models.transformer import TransformerClassifier, TransformerClassifierConfig
+
+METHODS: list[tuple[str, dict[str, Any]]] = [
+    ("lrp", {"preset": "epsilon"}),
+    ("lrp", {"preset": "alpha2beta1"}),
+    ("gradient", {}),
+    ("gradient_x_input", {}),
+    ("integrated_gradients", {"steps": 4}),
+    ("smoothgrad", {"samples": 3}),
+    ("guided_backprop", {}),
+    ("occlusion", {"window": 2}),
+]
+
+
+def _loop(model: nn.Module, x: Tensor, targets: Tensor, method: str, **options: Any) -> relprop.Explanation:
+    """The reference: one explain() call per target column, stacked at dimension 1."""
+    runs = [relprop.explain(model, x, column, method=method, **options) for column in targets.unbind(1)]
+    return relprop.Explanation(
+        torch.stack([run.relevance for run in runs], 1), runs[0].output, targets, method,
+        {name: torch.stack([run.details[name] for run in runs], 1) for name in runs[0].details},
+    )
+
+
+def _check(model: nn.Module, x: Tensor, targets: Tensor | str, method: str, **options: Any) -> None:
+    together = relprop.explain(model, x, targets, method=method, **options)
+    classes = together.output.shape[1]
+    columns = torch.arange(classes).expand(len(together.output), -1) if isinstance(targets, str) else targets
+    loop = _loop(model, x, columns, method, **options)
+    assert together.target.shape == columns.shape and torch.equal(together.target, columns)
+    assert together.relevance.shape == loop.relevance.shape == (x.shape[0], columns.shape[1], *x.shape[1:])
+    torch.testing.assert_close(together.relevance, loop.relevance, atol=1e-6, rtol=1e-6)
+    for name, value in loop.details.items():
+        torch.testing.assert_close(together.details[name], value, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(("method", "options"), METHODS)
+def test_mlp_all_targets_equal_the_loop(make_mlp, randn, method: str, options: dict[str, Any]) -> None:
+    _check(make_mlp(), randn(3, 6), "all", method, **options)
+
+
+@pytest.mark.parametrize(("method", "options"), METHODS)
+def test_cnn_chosen_targets_equal_the_loop(make_cnn, randn, method: str, options: dict[str, Any]) -> None:
+    targets = torch.tensor([[2, 0], [1, 1]])  # a class may repeat
+    _check(make_cnn(), randn(2, 2, 8, 8), targets, method, **options)
+
+
+@pytest.mark.parametrize("preset", ["epsilon_plus_flat", "alpha2beta1"])
+def test_resnet18_equals_the_loop(randn, preset: str) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18(num_classes=5).double().eval()
+    _check(model, randn(1, 3, 32, 32), torch.tensor([[0, 3, 4]]), "lrp", preset=preset)
+
+
+def test_bilstm_on_token_ids_equals_the_loop() -> None:
+    torch.manual_seed(0)
+    model = BiLSTM(BiLSTMConfig(vocab_size=20, embedding_dim=4, hidden=3, classes=4)).double().eval()
+    ids = torch.tensor([[2, 5, 7, 0], [3, 3, 9, 11]])
+    _check(model, ids, "all", "lrp", preset="lstm_epsilon")
+    _check(model, ids, "all", "integrated_gradients", steps=3)
+    together = relprop.explain(model, ids, "all", preset="lstm_epsilon")
+    assert together.details["embedding_relevance"].shape == (2, 4, 4, 4)  # (batch, k, tokens, embedding)
+
+
+def test_transformer_equals_the_loop() -> None:
+    torch.manual_seed(0)
+    config = TransformerClassifierConfig(vocab_size=20, embedding_dim=4, d_model=6, classes=3, feedforward=8)
+    model = TransformerClassifier(config).double().eval()
+    ids = torch.tensor([[2, 5, 7, 0], [3, 3, 9, 11]])
+    _check(model, ids, torch.tensor([[0, 2], [1, 0]]), "lrp", preset="attnlrp")
+    _check(model, ids, "all", "gradient_x_input")
+
+
+def test_score_and_conservation_per_target(make_mlp, randn) -> None:
+    model, x = make_mlp(bias=False), randn(2, 6)
+    explanation = relprop.explain(model, x, "all", preset="epsilon", epsilon=1e-9)
+    assert explanation.score.shape == (2, 3)
+    torch.testing.assert_close(explanation.score, model(x))
+    torch.testing.assert_close(explanation.relevance.sum(-1), model(x).detach(), atol=1e-6, rtol=1e-6)
+
+
+class _Scaled(nn.Module):
+    """A model with a per-sample keyword argument (like an attention mask)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor, scale: Tensor) -> Tensor:
+        return self.linear(x * scale)
+
+
+@pytest.mark.parametrize(("method", "options"), [("lrp", {}), ("integrated_gradients", {"steps": 3})])
+def test_model_kwargs_follow_the_repeated_batch(randn, method: str, options: dict[str, Any]) -> None:
+    torch.manual_seed(0)
+    model, x = _Scaled().double().eval(), randn(2, 4)
+    scale = torch.tensor([[1.0], [0.5]], dtype=torch.float64)
+    together = relprop.explain(model, x, "all", method=method, model_kwargs={"scale": scale}, **options)
+    for c in range(3):
+        alone = relprop.explain(model, x, c, method=method, model_kwargs={"scale": scale}, **options)
+        torch.testing.assert_close(together.relevance[:, c], alone.relevance)
+    # every copy runs with its own sample's scale: the relevance equals that of the linear layer at x * scale
+    scaled = relprop.explain(model.linear, x * scale, 1, method=method, **options).relevance
+    torch.testing.assert_close(together.relevance[:, 1], scaled)

@@ -1,0 +1,36 @@
+"""Smoke test of benchmarks/many_targets.py: one round on the MLP writes every contender and the agreement."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("zennit")
+pytest.importorskip("captum")
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "many_targets.py"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_one_round_on_the_mlp(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("many_targets", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script
+    spec.loader.exec_module(script)
+    out = tmp_path / "many_targets.json"
+    threads = torch.get_num_threads()
+    assert script.main(["--cases", "mlp", "--repeats", "1", "--out", str(out)]) == 0
+    assert torch.get_num_threads() == threads
+    result = json.loads(out.read_text())
+    mlp = result["results"]["mlp"]
+    assert mlp["one_pass_vs_loop"] < 1e-5  # float32
+    assert {"relprop lrp, 10 targets in one pass", "zennit EpsilonPlusFlat, loop over 10 targets",
+            "captum LRP, loop over 10 targets"} <= set(mlp["contenders"])
+    assert all(row["cpu_ms"] > 0 for row in mlp["contenders"].values())
+    assert "--cases mlp" in result["command"] and result["threads"] == 1

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average": list(os.getloadavg()), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "torch": torch.__version__, "results": results,
     }
-    from relprop.io import write_json
+    from relprop.files import write_json
 
     write_json(args.out, record)
     return 0

@@ -186,5 +186,5 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     printed = capsys.readouterr().out
     assert "for 1 epoch ->" in printed and "(1 thread)" in printed and "test accuracy" in printed
     assert printed.count("+-") == 4  # one row per method
-    history = json.loads((tmp_path / "demo" / "history.json").read_text())
+    history = json.loads((tmp_path / "demo" / "checkpoint.json").read_text())["history"]
     assert len(history) == 1 and (tmp_path / "demo" / "evaluation.json").is_file()

@@ -203,7 +203,7 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     grid.add_argument("--address", default=None, help="address of a running Ray cluster (with --executor ray)")
     grid.add_argument("--train-only", action="store_true", help="train the cells; evaluate and tabulate nothing")
     grid.add_argument("--patience", type=positive_int, default=None,
-                      help="stop a run after this many epochs without a better validation accuracy (default: 10)")
+                      help="stop a run after this many epochs without a better validation accuracy (default: 20)")
     grid.add_argument("--epochs", type=positive_int, default=None,
                       help="most epochs per cell (default: 100, or 1 with --quick)")
     grid.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: 50)")

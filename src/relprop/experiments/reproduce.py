@@ -34,8 +34,8 @@ CONV_ARCHS = ("convdeep", "conv+deep", "convrlstm_sd", "conv+rlstm_sd")
 GRID_ARCHS = ("shallow", "deep", "deep_sd", "rlstm", "rlstm_sd", "rgru", *CONV_ARCHS)
 
 # the thesis's training (Adam lr 2e-4, batch 50, keep probability 0.8, up to 100 epochs, best validation
-# checkpoint); relprop stops a run once its validation accuracy has not improved for 10 epochs
-THESIS_RECIPE = TrainConfig(epochs=100, batch_size=50, lr=2e-4, keep_prob=0.8, patience=10)
+# checkpoint); relprop stops a run once its validation accuracy has not improved for 20 epochs
+THESIS_RECIPE = TrainConfig(epochs=100, batch_size=50, lr=2e-4, keep_prob=0.8, patience=20)
 
 # Chormai 2018, single models: test accuracy and cosine SA / GB / DTD (SPEC's table)
 THESIS: dict[tuple[str, str], dict[str, float]] = {

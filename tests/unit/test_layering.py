@@ -26,7 +26,6 @@ _RULES = [
 # Imports that break a rule today, each with its owner's plan; the test fails when one disappears (remove it
 # here then) or when a new one appears.
 _KNOWN = {
-    ("relprop.models.maj", "relprop.data"): "uses data.maj.from_sequence; the lead moves the MAJ geometry",
 }
 
 

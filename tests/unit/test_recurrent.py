@@ -16,7 +16,6 @@ from relprop import models, rules
 from relprop.canonizers import ExplicitRecurrent, explicit_twin
 from relprop.composites import LINEAR_TYPES, RuleMap, get_preset
 from relprop.core import ExplanationError
-from relprop.data import to_sequence
 from relprop.models.blocks import MixedLinear, SumPool2d, init_thesis_
 from relprop.models.cells import StationaryDropout
 from relprop.rules.mixed import Mixed
@@ -97,8 +96,8 @@ def test_recurrent_bidirectional_runs_the_same_cell_class_on_the_reversed_sequen
 @pytest.mark.parametrize(
     "cell,options,preset",
     [
-        ("rnn", {"nonlinearity": "relu", "bias": False}, {"preset": "epsilon", "epsilon": 0.0}),
-        ("rnn", {"nonlinearity": "tanh", "bias": False}, {"preset": "epsilon", "epsilon": 0.0}),
+        ("rnn", {"activation": "relu", "bias": False}, {"preset": "epsilon", "epsilon": 0.0}),
+        ("rnn", {"activation": "tanh", "bias": False}, {"preset": "epsilon", "epsilon": 0.0}),
         ("rlstm", {}, {"preset": "lstm_epsilon", "epsilon": 1e-12, "stabilizer": 1e-12}),
         ("lstm", {"bias": False}, {"preset": "lstm_epsilon", "epsilon": 1e-12, "stabilizer": 1e-12}),
         ("rgru", {}, {"preset": "lstm_epsilon", "epsilon": 1e-12, "stabilizer": 1e-12}),
@@ -254,15 +253,11 @@ def test_thesis_layers_init_pooling_and_effective_bias() -> None:
     assert isinstance(init_thesis_(nn.Linear(3, 2)), nn.Linear)
 
 
-def test_maj_loss_and_heatmap_layout() -> None:
+def test_maj_loss() -> None:
     logits, y = randn(4, 10, seed=1), torch.tensor([0, 9, 3, 3])
     padded = torch.cat([logits, torch.zeros(4, 1, dtype=logits.dtype)], dim=1)
     want = -(padded.log_softmax(1)[torch.arange(4), y]).mean()
     torch.testing.assert_close(models.maj_loss(logits, y), want)
-    images = randn(2, 28, 84, seed=2)
-    torch.testing.assert_close(models.maj_heatmap_layout(to_sequence(images, STEPS), 28), images)
-    with pytest.raises(ExplanationError, match="height"):
-        models.maj_heatmap_layout(randn(2, STEPS, 196), 27)
 
 
 # ---- the ExplicitRecurrent canonizer -----------------------------------------------------------------------
@@ -362,3 +357,19 @@ def test_explicit_twin_keeps_dtype_training_flag_and_initial_state() -> None:
         got, (h_twin, c_twin) = twin(x, (h0, c0))
     torch.testing.assert_close(got, want)
     torch.testing.assert_close((h_twin, c_twin), (h, c))
+
+
+def test_cell_options_are_one_dataclass_and_misplaced_ones_are_refused() -> None:
+    from relprop.models.cells import CellOptions, GRUCell, LSTMCell, RGRUCell, RLSTMCell, RNNCell
+
+    rlstm = RLSTMCell(3, 4)
+    assert rlstm.options == CellOptions(activation="relu", output_tanh=False, candidate_bias=False)
+    assert rlstm.candidate.bias is None and rlstm.gates.bias is not None
+    assert isinstance(LSTMCell(3, 4, rlstm.options).cell_activation, torch.nn.Identity)
+    assert RGRUCell(3, 4, dropout=0.2).options.reset_after is False
+    with pytest.raises(ValueError, match="unknown options \\['nonlinearity'\\]"):
+        RNNCell(3, 4, nonlinearity="relu")
+    with pytest.raises(ValueError, match="GRUCell has no option \\['gate_dropout'\\]"):
+        GRUCell(3, 4, gate_dropout=0.5)
+    with pytest.raises(ValueError, match="LSTMCell has no option \\['reset_after'\\]"):
+        LSTMCell(3, 4, reset_after=False)

@@ -44,7 +44,7 @@ def _cell_of(module: nn.RNNBase) -> tuple[type[nn.Module], dict[str, Any]]:
     if isinstance(module, nn.GRU):
         return GRUCell, {"bias": module.bias, "reset_after": True}
     if isinstance(module, nn.RNN):
-        return RNNCell, {"bias": module.bias, "nonlinearity": module.nonlinearity}
+        return RNNCell, {"bias": module.bias, "activation": module.nonlinearity}
     raise ExplanationError(
         f"ExplicitRecurrent handles nn.LSTM, nn.GRU and nn.RNN, got {type(module).__name__}"
     )

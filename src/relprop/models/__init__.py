@@ -30,7 +30,7 @@ from .cells import (
 from .convdeep import ConvDeep, ConvDeepConfig
 from .convrlstm import ConvRLSTM, ConvRLSTMConfig
 from .deep import Deep, DeepConfig
-from .maj import maj_heatmap_layout, maj_loss
+from .maj import maj_loss
 from .recurrent import Recurrent
 from .rgru import RGRU, RGRUConfig
 from .rlstm import RLSTM, RLSTMConfig
@@ -40,7 +40,6 @@ __all__ = [
     "ARCHITECTURES",
     "build",
     "maj_loss",
-    "maj_heatmap_layout",
     "Recurrent",
     "CELLS",
     "RNNCell",

@@ -11,12 +11,17 @@ Shapes: ``x_t`` (batch, input_size); every state tensor (batch, hidden_size).
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 from torch import Tensor, nn
 
 from ..layers import GatedProduct, Sum
 
 __all__ = [
+    "CellOptions",
     "StationaryDropout",
     "ComplementSigmoid",
     "new_sequence",
@@ -96,16 +101,59 @@ def _activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation '{name}'; use 'tanh' or 'relu'")
 
 
+@dataclass(frozen=True)
+class CellOptions:
+    """How an explicit cell behaves; a cell refuses a field that does not apply to it.
+
+    ``bias`` on the gates (and on the candidate unless ``candidate_bias`` says otherwise); ``activation`` of the
+    RNN's state or of the LSTM's / GRU's candidate ("tanh" or "relu"); ``output_tanh`` (LSTM): tanh on the cell
+    state before the output gate; ``reset_after`` (GRU): the reset gate after the state map (``nn.GRU``) or before
+    it (the thesis's rgru); ``dropout`` on ``x_t`` and ``h_t``, ``stationary`` for one mask per sequence;
+    ``gate_dropout`` (LSTM): ordinary dropout on the three gates (the thesis's non-stationary R-LSTM).
+
+    >>> LSTMCell(3, 4, CellOptions(activation="relu", output_tanh=False)).candidate_activation
+    ReLU()
+    """
+
+    bias: bool = True
+    candidate_bias: bool | None = None
+    activation: str = "tanh"
+    output_tanh: bool = True
+    reset_after: bool = True
+    dropout: float = 0.0
+    stationary: bool = True
+    gate_dropout: float = 0.0
+
+    @property
+    def candidate_has_bias(self) -> bool:
+        return self.bias if self.candidate_bias is None else self.candidate_bias
+
+
 class _Cell(nn.Module):
-    """Shared parts: sizes, zero initial state, input and output dropout."""
+    """Shared parts: options, sizes, zero initial state, input and output dropout.
+
+    A cell takes ``(input_size, hidden_size, options=None, **changes)``: ``options`` (default: the cell's
+    :attr:`defaults`) with ``changes`` applied field by field, e.g. ``LSTMCell(3, 4, dropout=0.2)``.
+    """
 
     state_size = 1
+    defaults: ClassVar[CellOptions] = CellOptions()
+    fixed: ClassVar[tuple[str, ...]] = ()  # fields of CellOptions that do not apply to this cell
 
-    def __init__(self, input_size: int, hidden_size: int, dropout: float, stationary: bool) -> None:
+    def __init__(self, input_size: int, hidden_size: int, options: CellOptions | None = None, **changes: Any) -> None:
         super().__init__()
+        try:
+            self.options = dataclasses.replace(options or self.defaults, **changes)
+        except TypeError:
+            valid = [f.name for f in dataclasses.fields(CellOptions)]
+            raise ValueError(f"{type(self).__name__}: unknown options {sorted(changes)}; valid: {valid}") from None
+        misplaced = [name for name in self.fixed
+                     if getattr(self.options, name) != getattr(CellOptions(), name)]
+        if misplaced:
+            raise ValueError(f"{type(self).__name__} has no option {misplaced}: it applies to other cells")
         self.input_size, self.hidden_size = input_size, hidden_size
-        self.input_dropout = StationaryDropout(dropout, stationary)
-        self.output_dropout = StationaryDropout(dropout, stationary)
+        self.input_dropout = StationaryDropout(self.options.dropout, self.options.stationary)
+        self.output_dropout = StationaryDropout(self.options.dropout, self.options.stationary)
 
     def initial_state(self, x: Tensor) -> State:
         """Zero state for a batch ``x`` (batch, input_size): ``state_size`` tensors (batch, hidden_size)."""
@@ -116,25 +164,18 @@ class _Cell(nn.Module):
 class RNNCell(_Cell):
     """Vanilla RNN: ``h_t = act([x_t, h_{t-1}] W^T + b)`` with ``act`` tanh or ReLU (as ``nn.RNN``).
 
-    >>> cell = RNNCell(3, 4, nonlinearity="relu")
+    >>> cell = RNNCell(3, 4, activation="relu")
     >>> h, (state,) = cell(torch.ones(2, 3), cell.initial_state(torch.ones(2, 3)))
     >>> h.shape
     torch.Size([2, 4])
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        nonlinearity: str = "tanh",
-        bias: bool = True,
-        dropout: float = 0.0,
-        stationary: bool = True,
-    ) -> None:
-        super().__init__(input_size, hidden_size, dropout, stationary)
-        self.linear = nn.Linear(input_size + hidden_size, hidden_size, bias=bias)
-        self.activation = _activation(nonlinearity)
+    fixed = ("candidate_bias", "output_tanh", "reset_after", "gate_dropout")
+
+    def __init__(self, input_size: int, hidden_size: int, options: CellOptions | None = None, **changes: Any) -> None:
+        super().__init__(input_size, hidden_size, options, **changes)
+        self.linear = nn.Linear(input_size + hidden_size, hidden_size, bias=self.options.bias)
+        self.activation = _activation(self.options.activation)
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
         (h,) = state
@@ -151,38 +192,27 @@ class LSTMCell(_Cell):
         c_t = f * c_{t-1} + i * g                          (self.forget, self.write, self.cell_sum)
         h_t = o * tanh(c_t)                                (self.cell_activation, self.emit)
 
-    ``candidate="relu"`` with ``output_tanh=False`` is the R-LSTM (:class:`RLSTMCell`). ``bias`` applies to
-    the gates, ``candidate_bias`` (default: ``bias``) to the candidate. ``gate_dropout`` is ordinary dropout
-    on the three gates (the thesis's non-stationary R-LSTM); ``dropout`` acts on ``x_t`` and ``h_t``.
+    Options (:class:`CellOptions`): ``activation="relu"`` with ``output_tanh=False`` is the R-LSTM
+    (:class:`RLSTMCell`); ``bias`` applies to the gates, ``candidate_bias`` (default: ``bias``) to the candidate;
+    ``gate_dropout`` is ordinary dropout on the three gates; ``dropout`` acts on ``x_t`` and ``h_t``.
     """
 
     state_size = 2
+    fixed = ("reset_after",)
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        bias: bool = True,
-        candidate: str = "tanh",
-        output_tanh: bool = True,
-        candidate_bias: bool | None = None,
-        dropout: float = 0.0,
-        stationary: bool = True,
-        gate_dropout: float = 0.0,
-    ) -> None:
-        super().__init__(input_size, hidden_size, dropout, stationary)
-        both = input_size + hidden_size
+    def __init__(self, input_size: int, hidden_size: int, options: CellOptions | None = None, **changes: Any) -> None:
+        super().__init__(input_size, hidden_size, options, **changes)
+        both, opts = input_size + hidden_size, self.options
         # the candidate is registered first: it is the map that carries relevance from the input
-        self.candidate = nn.Linear(both, hidden_size, bias=bias if candidate_bias is None else candidate_bias)
-        self.candidate_activation = _activation(candidate)
-        self.gates = nn.Linear(both, 3 * hidden_size, bias=bias)  # rows: input, forget, output gate
+        self.candidate = nn.Linear(both, hidden_size, bias=opts.candidate_has_bias)
+        self.candidate_activation = _activation(opts.activation)
+        self.gates = nn.Linear(both, 3 * hidden_size, bias=opts.bias)  # rows: input, forget, output gate
         self.gate_activation = nn.Sigmoid()
-        self.gate_dropout = nn.Dropout(gate_dropout)
+        self.gate_dropout = nn.Dropout(opts.gate_dropout)
         self.forget = GatedProduct()
         self.write = GatedProduct()
         self.cell_sum = Sum()
-        self.cell_activation = nn.Tanh() if output_tanh else nn.Identity()
+        self.cell_activation = nn.Tanh() if opts.output_tanh else nn.Identity()
         self.emit = GatedProduct()
 
     def forward(self, x: Tensor, state: State) -> tuple[Tensor, State]:
@@ -202,27 +232,7 @@ class RLSTMCell(LSTMCell):
     ``c^ = relu([x_t, h_{t-1}] W_c)``, ``c_t = f * c_{t-1} + i * c^``, ``h_t = o * c_t``; gates keep biases.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        dropout: float = 0.0,
-        stationary: bool = True,
-        gate_dropout: float = 0.0,
-        candidate_bias: bool = False,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            bias=True,
-            candidate="relu",
-            output_tanh=False,
-            candidate_bias=candidate_bias,
-            dropout=dropout,
-            stationary=stationary,
-            gate_dropout=gate_dropout,
-        )
+    defaults = CellOptions(activation="relu", output_tanh=False, candidate_bias=False)
 
 
 class GRUCell(_Cell):
@@ -233,35 +243,27 @@ class GRUCell(_Cell):
         n = act([x_t, r * h_{t-1}] W_c^T + b_c)                         reset_after=False (thesis rgru)
         h_t = (1 - z) * n + z * h_{t-1}                    (self.write, self.keep, self.state_sum)
 
-    ``1 - z`` comes from :class:`ComplementSigmoid` on the same pre-activation. ``bias`` applies to the gates,
-    ``candidate_bias`` (default: ``bias``) to the candidate maps; ``dropout`` acts on ``x_t`` and ``h_t`` (no
-    gate dropout: a dropped-out ``z`` would make ``1 - z`` leave [0, 1]).
+    ``1 - z`` comes from :class:`ComplementSigmoid` on the same pre-activation. Options (:class:`CellOptions`):
+    ``bias`` applies to the gates, ``candidate_bias`` (default: ``bias``) to the candidate maps; ``dropout`` acts
+    on ``x_t`` and ``h_t`` (no gate dropout: a dropped-out ``z`` would make ``1 - z`` leave [0, 1]).
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        bias: bool = True,
-        candidate: str = "tanh",
-        reset_after: bool = True,
-        candidate_bias: bool | None = None,
-        dropout: float = 0.0,
-        stationary: bool = True,
-    ) -> None:
-        super().__init__(input_size, hidden_size, dropout, stationary)
-        self.reset_after = reset_after
-        cbias = bias if candidate_bias is None else candidate_bias
-        if reset_after:
+    fixed = ("output_tanh", "gate_dropout")
+
+    def __init__(self, input_size: int, hidden_size: int, options: CellOptions | None = None, **changes: Any) -> None:
+        super().__init__(input_size, hidden_size, options, **changes)
+        opts = self.options
+        self.reset_after = opts.reset_after
+        cbias = opts.candidate_has_bias
+        if opts.reset_after:
             self.candidate_input = nn.Linear(input_size, hidden_size, bias=cbias)
             self.candidate_state = nn.Linear(hidden_size, hidden_size, bias=cbias)
             self.candidate_sum = Sum()
         else:
             self.candidate = nn.Linear(input_size + hidden_size, hidden_size, bias=cbias)
         self.reset = GatedProduct()
-        self.candidate_activation = _activation(candidate)
-        self.gates = nn.Linear(input_size + hidden_size, 2 * hidden_size, bias=bias)  # rows: reset, update
+        self.candidate_activation = _activation(opts.activation)
+        self.gates = nn.Linear(input_size + hidden_size, 2 * hidden_size, bias=opts.bias)  # rows: reset, update
         self.gate_activation = nn.Sigmoid()
         self.gate_complement = ComplementSigmoid()
         self.write = GatedProduct()
@@ -292,25 +294,7 @@ class RGRUCell(GRUCell):
     ``n = relu([x_t, r * h_{t-1}] W_c)``, ``h_t = (1 - z) * n + z * h_{t-1}``; the gates keep biases.
     """
 
-    def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        dropout: float = 0.0,
-        stationary: bool = True,
-        candidate_bias: bool = False,
-    ) -> None:
-        super().__init__(
-            input_size,
-            hidden_size,
-            bias=True,
-            candidate="relu",
-            reset_after=False,
-            candidate_bias=candidate_bias,
-            dropout=dropout,
-            stationary=stationary,
-        )
+    defaults = CellOptions(activation="relu", reset_after=False, candidate_bias=False)
 
 
 CELLS: dict[str, type[nn.Module]] = {

@@ -180,9 +180,9 @@ def run_finished(run_dir: str | Path) -> bool:
     path = Path(run_dir)
     if not (path / "config.json").exists():
         return False
-    config = _read_config(path)
+    config = {**dataclasses.asdict(TrainConfig()), **_read_config(path)}  # older configs lack newer fields
     history = read_history(path)
-    return len(history) >= config["epochs"] or _stopped(history, config.get("patience"))
+    return len(history) >= config["epochs"] or _stopped(history, config["patience"])
 
 
 def _best(history: list[dict[str, Any]]) -> int:

@@ -175,3 +175,18 @@ def test_tiny_training_run_saves_and_loads(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(loaded.model(ids), run.model(ids))
     assert not loaded.model.embedding.weight.requires_grad
+
+
+def test_a_corrupt_text_run_gives_one_data_error(tmp_path: Path) -> None:
+    from relprop.errors import DataError
+    from relprop.experiments.text import load_text_run
+
+    with pytest.raises(DataError, match="is not a text run directory"):
+        load_text_run(tmp_path)
+    (tmp_path / "run.json").write_text("{not json")
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(DataError, match="run.json is not valid JSON"):
+        load_text_run(tmp_path)
+    (tmp_path / "run.json").write_text('{"format": "x", "version": 1}')
+    with pytest.raises(DataError, match="run.json: the file misses keys"):
+        load_text_run(tmp_path)

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
 from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
-from relprop.files import atomic_write
+from relprop.errors import DataError
+from relprop.files import atomic_write, load_weights, read_json
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
 from relprop.progress import log, progress
@@ -194,29 +194,35 @@ def train_text(config: TextTrainConfig) -> TextRun:
 
 
 def load_text_run(path: str | os.PathLike[str]) -> TextRun:
-    """Restore a run saved by :func:`train_text` (weights from safetensors, the rest from JSON) on the CPU."""
+    """Restore a run saved by :func:`train_text` (weights from safetensors, the rest from JSON) on the CPU.
+
+    A missing, corrupt or foreign run directory raises :class:`~relprop.errors.DataError` naming the file.
+    """
     directory = Path(path)
     meta_file, weights_file = directory / _META, directory / _WEIGHTS
     if not meta_file.is_file() or not weights_file.is_file():
-        raise FileNotFoundError(
+        raise DataError(
             f"{directory} is not a text run directory: expected {_META} and {_WEIGHTS} written by train_text"
         )
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-        raise ValueError(
-            f"{meta_file} has format {meta.get('format')!r} version {meta.get('version')!r}; "
-            f"expected {_FORMAT!r} version {_VERSION}"
-        )
-    config = _from_dict(TextTrainConfig, meta["train_config"])
-    model: TextCNN | BiLSTM
-    if config.model == "bilstm":
-        model = BiLSTM(_from_dict(BiLSTMConfig, meta["model_config"]))
-    else:
-        model = TextCNN(_from_dict(TextCNNConfig, meta["model_config"]))
-    model.load_state_dict(load_safetensors(weights_file.read_bytes()), strict=True)
+    meta = read_json(meta_file, {"format": str, "version": int, "train_config": dict, "model_config": dict,
+                                 "history": [dict], "vocabulary": None, "glove_coverage": float,
+                                 "best_dev_epoch?": int})
+    if meta["format"] != _FORMAT or meta["version"] != _VERSION:
+        raise DataError(f"{meta_file} has format {meta['format']!r} version {meta['version']!r}; "
+                        f"expected {_FORMAT!r} version {_VERSION}")
+    try:
+        config = _from_dict(TextTrainConfig, meta["train_config"])
+        model: TextCNN | BiLSTM
+        if config.model == "bilstm":
+            model = BiLSTM(_from_dict(BiLSTMConfig, meta["model_config"]))
+        else:
+            model = TextCNN(_from_dict(TextCNNConfig, meta["model_config"]))
+        history = tuple(_from_dict(TextEpoch, e) for e in meta["history"])
+        vocab = Vocabulary.from_json(meta["vocabulary"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise DataError(f"{meta_file} does not describe a text run: {error}") from None
+    load_weights(model, weights_file)
     model.eval()
-    history = tuple(_from_dict(TextEpoch, e) for e in meta["history"])
-    vocab = Vocabulary.from_json(meta["vocabulary"])
     return TextRun(model, vocab, config, history, float(meta["glove_coverage"]), directory)
 
 

@@ -59,18 +59,20 @@ RunLike = TextRun | str | os.PathLike[str]
 
 @dataclass(frozen=True)
 class TextMethod:
-    """A :func:`relprop.explain` method with its options; ``recurrent_only`` methods need an LSTM model."""
+    """A :func:`relprop.explain` method with its options; ``recurrent_only`` methods need an LSTM model;
+    ``pad_baseline`` methods take the PAD token's embedding as their ``baseline`` (integrated gradients)."""
 
     method: str
     options: Mapping[str, Any] = field(default_factory=dict)
     label: str = ""
     recurrent_only: bool = False
+    pad_baseline: bool = False
 
 
 
 TEXT_METHODS: dict[str, TextMethod] = {
     "ig": TextMethod("integrated_gradients", {"steps": 64, "quadrature": "midpoint"},
-                     "Integrated Gradients (PAD baseline)"),
+                     "Integrated Gradients (PAD baseline)", pad_baseline=True),
     "lrp_epsilon": TextMethod("lrp", {"preset": "epsilon", "epsilon": 0.01}, "LRP epsilon=0.01"),
     "lrp_alpha2beta1": TextMethod("lrp", {"preset": "alpha2beta1"}, "LRP alpha2-beta1"),
     "sensitivity": TextMethod("sensitivity", {}, "Sensitivity (gradient squared)"),
@@ -194,7 +196,7 @@ def explain_sentences(
     if empty:
         raise ValueError(f"explain_sentences: sentences {empty} have no tokens; nothing to explain")
     options = dict(spec.options)
-    if spec.method == "integrated_gradients":
+    if spec.pad_baseline:
         options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
     device = next(model.parameters()).device
     batches, rows = length_batches([tokens for tokens, _ in pairs], vocab, margin=_margin(model),
@@ -331,7 +333,7 @@ def evaluate_word_deletion(
     for index, name in enumerate(names):
         _, spec = _method(name, model)
         options = dict(spec.options)
-        if spec.method == "integrated_gradients":
+        if spec.pad_baseline:
             options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
         metric = DeletionMetric(padded, steps, seed, random=index == 0)
         scores = explain_dataset(model, [{"x": b["x"].to(device)} for b in batches], method=spec.method,

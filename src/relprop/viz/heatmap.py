@@ -19,10 +19,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 from torch import Tensor
 
+from relprop.data.maj import STEPS_PER_BLOCK  # a MAJ digit spans 4 time steps
 from relprop.errors import ConfigError
 from relprop.files import atomic_write
 
-_STEPS_PER_BLOCK = 4  # a MAJ digit spans 4 time steps (28x7 columns each, or 8x2 for 8x8 digits)
 _BLOCK_LINE = np.array([40, 40, 40], dtype=np.uint8)
 _STEP_LINE = np.array([165, 165, 165], dtype=np.uint8)
 _MASK_ON = np.array([30, 150, 60], dtype=np.uint8)
@@ -174,16 +174,16 @@ def maj_heatmap(
     height, width = values.shape
     if scale < 1 or int(scale) != scale:
         raise ConfigError(f"relprop.viz.maj_heatmap: scale must be a positive integer, got {scale}")
-    if blocks < 1 or width % (blocks * _STEPS_PER_BLOCK) != 0:
+    if blocks < 1 or width % (blocks * STEPS_PER_BLOCK) != 0:
         raise ConfigError(
             f"relprop.viz.maj_heatmap: width {width} of relevance shape {values.shape} is not "
-            f"divisible into {blocks} blocks of {_STEPS_PER_BLOCK} time steps; pass the full "
+            f"divisible into {blocks} blocks of {STEPS_PER_BLOCK} time steps; pass the full "
             "sequence image (e.g. 28x84) and the right blocks="
         )
     rgb = heatmap(values) if image is None else overlay(values, image)
     rgb = rgb.repeat(scale, axis=0).repeat(scale, axis=1)  # (H * scale, W * scale, 3)
-    step_px = width // (blocks * _STEPS_PER_BLOCK) * scale
-    block_px = step_px * _STEPS_PER_BLOCK
+    step_px = width // (blocks * STEPS_PER_BLOCK) * scale
+    block_px = step_px * STEPS_PER_BLOCK
     if scale >= 2:
         for x in range(step_px, width * scale, step_px):
             rgb[:, x] = _BLOCK_LINE if x % block_px == 0 else _STEP_LINE

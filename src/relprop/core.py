@@ -205,7 +205,9 @@ class _Relay(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
-def _describe(site: Site) -> str:
+def _describe(site: Site | str) -> str:
+    if isinstance(site, str):
+        return site
     return repr(site) if not isinstance(site, nn.Module) else type(site).__name__
 
 
@@ -227,17 +229,23 @@ class _Route(torch.autograd.Function):
 _ARITHMETIC_ROUTE_LIMIT = 1 << 16  # elements
 
 
-def _foreign_function(site: Site, inputs: tuple[Any, ...]) -> None:
+def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
     """Raise if an input on the relevance path comes out of a custom ``torch.autograd.Function``: its own backward
     would carry a plain gradient (it is invisible to the op guard, which sees only the ops inside its forward)."""
     for value in inputs:
         function = getattr(getattr(value, "grad_fn", None), "_forward_cls", None)  # set on custom Functions' nodes
         if function is not None and function not in (_Relay, _Route):
             raise ExplanationError(
-                f"the input of {_describe(site)} comes from the custom autograd.Function "
+                f"{_describe(site) if isinstance(site, str) else 'the input of ' + _describe(site)} comes from the "
+                "custom autograd.Function "
                 f"{function.__module__}.{function.__qualname__}, whose backward would carry a plain gradient, not "
                 "relevance; express it with torch operations or an nn.Module that has a rule"
             )
+
+
+def check_model_output(model: nn.Module, output: Tensor) -> None:
+    """Raise if the model's output itself comes out of a custom ``torch.autograd.Function`` (no later site sees it)."""
+    _foreign_function(f"the output of {type(model).__name__}", (output,))
 
 
 def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:

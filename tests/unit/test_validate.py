@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -159,3 +161,25 @@ def test_writing_data_on_the_path_is_refused() -> None:
 
     with pytest.raises(ExplanationError, match=r"'\.data'"):
         relprop.explain(Writes().double().eval(), torch.randn(2, 4, dtype=torch.float64), method="lrp")
+
+
+def test_a_custom_function_as_the_last_op_is_refused() -> None:
+    class Doubling(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            return 2 * x
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+            return 2 * grad
+
+    class LastIsCustom(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return Doubling.apply(self.linear(x))  # type: ignore[no-any-return]
+
+    with pytest.raises(ExplanationError, match="output of LastIsCustom comes from the custom autograd.Function"):
+        relprop.explain(LastIsCustom().eval(), torch.randn(2, 4), target=0, method="lrp", preset="epsilon")

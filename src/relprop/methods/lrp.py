@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..composites import RuleMap, get_preset
-from ..core import mark_path, on_path
+from ..core import check_model_output, mark_path, on_path
 from ..errors import ExplanationError
 from ._common import OutputSeed, start_relevance
 from ._layers import backward, gap_by_layer, recorded_layers, stacked
@@ -38,6 +38,7 @@ def explain_lrp(
             raise ExplanationError(
                 f"{type(model).__name__} returned {type(output).__name__} that does not depend on the explained input"
             )
+        check_model_output(model, output)
         start = start_relevance(output, target)
         relevance, at_layers = backward(output, x, start, records)
     total = start.reshape(len(start), -1).sum(1)

@@ -146,3 +146,23 @@ def test_conclusions_name_test_statistic_and_verdict() -> None:
     sensitivity = [r for r in rows if r["claim"].startswith("DTD") and r["method"] == "dtd"]
     assert sensitivity[0]["verdict"] == "holds"  # SA varies across runs, not across architectures
     assert all({"test", "p", "verdict"} <= set(r) for r in rows)
+
+
+def test_a_failing_cell_is_listed_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relprop.errors import DataError
+    from relprop.experiments import reproduce as reproduce_module
+
+    original = reproduce_module.evaluate
+
+    def evaluate(run_dir: Path, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if "shallow" in str(run_dir):
+            raise DataError(f"{run_dir}: the best checkpoint holds NaN")
+        return original(run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(reproduce_module, "evaluate", evaluate)
+    grid = GridConfig(archs=("shallow", "rlstm_sd"), datasets=("digits-maj",), runs=(0,), train=_TINY_GRID.train,
+                      evaluation=_TINY_GRID.evaluation)
+    results = reproduce(grid, tmp_path, progress=False)
+    assert len(results["failed"]) == 1 and "digits-maj/shallow/run0" in results["failed"][0]
+    assert [c["arch"] for c in results["cells"]] == ["rlstm_sd"]
+    assert results["missing"] == ["digits-maj/shallow/run0"]

@@ -112,7 +112,9 @@ def _reproduce(args: argparse.Namespace) -> int:
                         executor=args.executor, workers=args.workers, address=args.address)
     if args.train_only:
         print(f"{len(results['trained'])} cells trained in {args.out}")
-        return 0
+        for failure in results["failed"]:
+            print(f"failed: {failure}")
+        return 1 if results["failed"] else 0
     print("\naccuracy (mean and 95% CI over runs)")
     print_table(results["accuracy"])
     print("\nexplanations (mean and 95% CI over runs)")
@@ -120,6 +122,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     verdicts = Counter(row["verdict"] for row in results["conclusions"] if row.get("verdict"))
     print("\nconclusions: " + (", ".join(f"{n} {verdict}" for verdict, n in sorted(verdicts.items())) or "none yet")
           + f" (tests in {args.out / 'conclusions.md'})")
+    if results["failed"]:
+        print("\nfailed (the other cells went on):\n  " + "\n  ".join(results["failed"]))
     if results["missing"]:
         print(f"\nnot evaluated yet (left out): {', '.join(results['missing'])}")
     if results["stale"]:

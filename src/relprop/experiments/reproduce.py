@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, RelpropError
 from ..files import atomic_write, read_json, write_json
+from ..progress import log
 from .evaluate import EvalConfig, evaluate, read_evaluation, read_samples
 from .executor import run_tasks
 from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finished, train
@@ -130,15 +131,22 @@ def _cell_dir(root: Path, dataset: str, arch: str, run: int, folds: int | None =
 
 def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, evaluate_it: bool = True,
              progress: bool = False) -> dict[str, Any] | None:
-    """Train (or resume) and evaluate one cell; returns its results (None when only trained)."""
+    """Train (or resume) and evaluate one cell; returns its results (None when only trained).
+
+    A cell that fails with a :class:`~relprop.errors.RelpropError` (NaN weights, a corrupt file) returns
+    ``{"error": message}`` so that the other cells of the grid go on; :func:`reproduce` lists it.
+    """
     run_dir = _cell_dir(Path(root), dataset, arch, run, config.folds)
-    train(config.cell_config(dataset, arch, run), run_dir, progress=progress)
-    if not evaluate_it:
-        return None
-    results = read_evaluation(run_dir)
-    methods_changed = results is not None and set(results["methods"]) != set(config.evaluation.methods)
-    if results is None or not _current(results, run_dir) or methods_changed:
-        results = evaluate(run_dir, config.evaluation, progress=progress)
+    try:
+        train(config.cell_config(dataset, arch, run), run_dir, progress=progress)
+        if not evaluate_it:
+            return None
+        results = read_evaluation(run_dir)
+        methods_changed = results is not None and set(results["methods"]) != set(config.evaluation.methods)
+        if results is None or not _current(results, run_dir) or methods_changed:
+            results = evaluate(run_dir, config.evaluation, progress=progress)
+    except RelpropError as error:
+        return {"error": f"{dataset}/{arch}/run{run}: {error}"}
     return {**results, **_training(run_dir, run)}
 
 
@@ -162,20 +170,23 @@ def reproduce(
     """
     root = Path(root)
     cells = [(d, a, r) for r in config.runs for d in config.datasets for a in config.archs]
+    failed: list[str] = []
     if not collect_only:
         tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local")
                  for d, a, r in cells]
-        for _ in run_tasks(run_cell, tasks, executor=executor, workers=workers, address=address,
-                           progress=progress, label=lambda task: f"{task[2]}/{task[3]}/run{task[4]}"):
-            pass
+        for _, result in run_tasks(run_cell, tasks, executor=executor, workers=workers, address=address,
+                                   progress=progress, label=lambda task: f"{task[2]}/{task[3]}/run{task[4]}"):
+            if result is not None and "error" in result:
+                failed.append(result["error"])
+                log(f"grid: failed {result['error']}")
     if train_only:
         return {"trained": [f"{d}/{a}/run{r}" for d, a, r in cells if
-                            run_finished(_cell_dir(root, d, a, r, config.folds))]}
+                            run_finished(_cell_dir(root, d, a, r, config.folds))], "failed": failed}
     collected, stale = collect(root)
     done = {(c["dataset"], c["arch"], c["replicate"]) for c in collected}
     missing = [f"{d}/{a}/run{r}" for d, a, r in cells if (d, a, r) not in done]
     write_json(root / "results.json", {"config": dataclasses.asdict(config), "cells": collected,
-                                       "missing": missing, "stale": stale})
+                                       "missing": missing, "stale": stale, "failed": failed})
     from . import statistics
 
     methods = sorted({m for c in collected for m in c["methods"]}, key=_method_order)
@@ -190,7 +201,7 @@ def reproduce(
     write_json(root / "conclusions.json", conclusion_rows)
     _figures(root, collected, methods)
     return {"cells": collected, "accuracy": accuracy_rows, "explanations": explanation_rows,
-            "conclusions": conclusion_rows, "missing": missing, "stale": stale}
+            "conclusions": conclusion_rows, "missing": missing, "stale": stale, "failed": failed}
 
 
 def _method_order(name: str) -> tuple[int, str]:

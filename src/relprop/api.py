@@ -25,7 +25,7 @@ class Explanation:
 
     ``relevance`` has the shape of x (per token for integer inputs, summed over the embedding dimension);
     ``output`` holds the model's scores (batch, classes); ``target`` the explained classes (batch,);
-    ``details`` method-specific diagnostics, e.g. ``conservation_gap`` (LRP: sum R - f(x)),
+    ``details`` method-specific diagnostics, e.g. ``conservation_gap`` (LRP, gradient x input: sum R - f(x)),
     ``completeness_gap`` (IG: sum R - (f(x) - f(baseline))) and ``embedding_relevance`` (integer inputs).
     With several targets per sample (a (batch, k) ``target``, or ``"all"``) ``relevance`` is (batch, k, ...),
     ``target`` (batch, k) and each detail (batch, k, ...). With a ``seed``, ``target`` is -1. ``layers`` holds

@@ -223,8 +223,6 @@ def explain_sentences(
 def _gap(explanation: Explanation) -> Tensor | None:
     """``sum R - f(x)`` (LRP, gradient x input) or the IG completeness gap, per sentence; None for sensitivity."""
     gap = explanation.details.get("conservation_gap", explanation.details.get("completeness_gap"))
-    if gap is None and explanation.method == "gradient_x_input":
-        gap = explanation.relevance.sum(1) - explanation.score
     return None if gap is None else gap.detach().double()
 
 

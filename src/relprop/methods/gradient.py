@@ -47,14 +47,16 @@ def sensitivity(model: nn.Module, x: Tensor, target: Target) -> Tensor:
 def explain_gradient_x_input(
     model: nn.Module, x: Tensor, target: Target, *, layers: Sequence[str] = (), layer_at: str = "output"
 ) -> Attribution:
-    """Gradient x input, also at the named ``layers`` (activation x gradient there), with
+    """Gradient x input, also at the named ``layers`` (activation x gradient there), with ``conservation_gap``
+    (``sum R`` minus the explained score: the first-order Taylor remainder, zero for a bias-free ReLU network) and
     ``conservation_by_layer`` against the explained score."""
     output, grad, activations, grads = _gradients(model, x, target, layers, layer_at)
     at_layers = stacked({n: [a * g for a, g in zip(activations[n], grads[n])] for n in layers})
-    details = {}
+    relevance, score = x * grad, target_score(output, target)
+    details = {"conservation_gap": relevance.reshape(len(x), -1).sum(1) - score}
     if layers:
-        details["conservation_by_layer"] = gap_by_layer(at_layers, target_score(output, target))
-    return Attribution(x * grad, details, at_layers)
+        details["conservation_by_layer"] = gap_by_layer(at_layers, score)
+    return Attribution(relevance, details, at_layers)
 
 
 def gradient_x_input(model: nn.Module, x: Tensor, target: Target) -> Tensor:

@@ -31,9 +31,7 @@ import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import warnings  # noqa: E402
@@ -55,6 +53,9 @@ except ImportError:  # running from a checkout without `pip install -e .`
     import relprop
 
 import zoo  # noqa: E402
+from _machine import cpu_model, versions  # noqa: E402
+
+from relprop.files import write_json  # noqa: E402
 
 DEFAULT_OUT = HERE / "results" / "coverage.json"
 LOW, HIGH = -1.0, 1.0  # inputs are uniform in [LOW, HIGH]; the zB bounds
@@ -335,26 +336,8 @@ def _summary_line(row: dict[str, Any]) -> str:
     return f"{row['model']} ({row['seconds']:.1f} s): " + ", ".join(parts)
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    result = {"python": platform.python_version(), "torch": torch.__version__}
-    for package in ("torchvision", "zennit", "captum"):
-        try:
-            result[package] = version(package)
-        except PackageNotFoundError:
-            result[package] = "not installed"
-    return result
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _git() -> dict[str, Any]:
@@ -370,13 +353,6 @@ def _git() -> dict[str, Any]:
         return {}
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=1)
-        handle.write("\n")
-    os.chmod(handle.name, 0o644)  # temp files are created private; the result is meant to be shared
-    os.replace(handle.name, path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -413,8 +389,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "git": _git(),
         "earlier_commands": [*previous.get("earlier_commands", []), previous["command"]] if kept else [],
-        "machine": {"cpu": _cpu_model(), "threads": args.threads, "cores": os.cpu_count(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **_versions()},
+        "machine": {"cpu": cpu_model(), "threads": args.threads, "cores": os.cpu_count(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                    **versions(("torchvision", "zennit", "captum"))},
         "settings": {"presets": {p: PRESETS[p] for p in args.presets}, "batch": BATCH, "bounds": [LOW, HIGH],
                      "seed": args.seed, "dtype": "float64", "silently_wrong_above": SILENT_LIMIT,
                      "conservation_target": CONSERVATION_TARGET, "peers": not args.no_peers,
@@ -432,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 row = run_model(name, args.presets, peers=not args.no_peers, seed=args.seed)
                 payload["models"] = sorted([*payload["models"], row], key=lambda r: str(r["model"]))
                 payload["seconds"] = time.perf_counter() - start
-                _write_json(args.out, payload)
+                write_json(args.out, payload)
                 if not sys.stderr.isatty():
                     print(_summary_line(row), file=sys.stderr, flush=True)
     finally:

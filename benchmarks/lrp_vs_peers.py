@@ -18,11 +18,8 @@ import copy  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
@@ -37,6 +34,12 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # the shared helpers next to this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, load_average, versions  # noqa: E402
+
+from relprop.files import write_json  # noqa: E402
 from relprop.methods import lrp  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "lrp_vs_peers.json"
@@ -257,37 +260,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: other processes on the machine make timings noisy."""
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except OSError:
-        return None
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {"torch": torch.__version__, "zennit": version("zennit"), "captum": version("captum"),
-            "python": platform.python_version()}
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-    os.chmod(handle.name, 0o644)  # temp files are created private; the result is meant to be shared
-    os.replace(handle.name, path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -314,7 +292,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    load_before = _load_average()
+    load_before = load_average()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -331,12 +309,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(rows)
     print(table)
     command = [Path(sys.argv[0]).name if argv is None else "lrp_vs_peers.py", *(sys.argv[1:] if argv is None else argv)]
-    _write_json(args.out, {
+    write_json(args.out, {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(command),
-        "machine": {"cpu": _cpu_model(), "threads": args.threads, "cores": os.cpu_count(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **_versions(),
-                    "load_average_before": load_before, "load_average_after": _load_average()},
+        "machine": {"cpu": cpu_model(), "threads": args.threads, "cores": os.cpu_count(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **versions(("zennit", "captum")),
+                    "load_average_before": load_before, "load_average_after": load_average()},
         "settings": {"repeats": args.repeats, "vgg_repeats": args.vgg_repeats, "warmup": args.warmup,
                      "seed": args.seed, "models": args.models, "quick": args.quick, "bounds": [LOW, HIGH]},
         "rows": rows,

@@ -57,7 +57,6 @@ import copy  # noqa: E402
 import datetime  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -76,6 +75,12 @@ try:
 except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # the shared helpers next to this script
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, load_average, versions  # noqa: E402
+
+from relprop.files import write_json  # noqa: E402
 from relprop.methods import lrp  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "zoo_speed.json"
@@ -443,37 +448,12 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
-def _load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages: other processes on the machine make timings noisy."""
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except OSError:
-        return None
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {"torch": torch.__version__, "torchvision": version("torchvision"), "zennit": version("zennit"),
-            "python": platform.python_version()}
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
-    os.chmod(handle.name, 0o644)  # temp files are created private; the result is meant to be shared
-    os.replace(handle.name, path)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -511,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if raw[:1] == ["--memory-child"]:
         return _memory_child(raw[1:])
     args = parse_args(raw)
-    load_before = _load_average()
+    load_before = load_average()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -525,12 +505,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = markdown_table(rows)
     print(table)
     command = [Path(sys.argv[0]).name if argv is None else "zoo_speed.py", *raw]
-    _write_json(args.out, {
+    write_json(args.out, {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(command),
-        "machine": {"cpu": _cpu_model(), "threads": args.threads, "cores": os.cpu_count(),
-                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **_versions(),
-                    "load_average_before": load_before, "load_average_after": _load_average()},
+        "machine": {"cpu": cpu_model(), "threads": args.threads, "cores": os.cpu_count(),
+                    "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **versions(("torchvision", "zennit")),
+                    "load_average_before": load_before, "load_average_after": load_average()},
         "settings": {"repeats": args.repeats, "warmup": args.warmup, "models": args.models, "batch": args.batch,
                      "size": args.size, "seed": args.seed, "preset": PRESET, "memory": args.memory,
                      "quick": args.quick, "calibration_batches": CALIBRATION_BATCHES,

@@ -1,0 +1,44 @@
+"""What the benchmark scripts record about the machine a result came from: CPU, load and package versions."""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+__all__ = ["cpu_model", "load_average", "versions"]
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages: other processes on the machine make timings noisy."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def versions(packages: Sequence[str]) -> dict[str, str]:
+    """Python, torch and the versions of ``packages`` ("not installed" for a missing one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    result = {"python": platform.python_version(), "torch": torch.__version__}
+    for package in packages:
+        try:
+            result[package] = version(package)
+        except PackageNotFoundError:
+            result[package] = "not installed"
+    return result

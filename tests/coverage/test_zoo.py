@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
 import inspect
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+
+from benchmark_scripts import load_benchmark, load_script
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -33,22 +32,13 @@ from relprop.composites import get_preset  # noqa: E402
 from relprop.rules.linear import affine_map  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-ZOO = ROOT / "benchmarks" / "zoo.py"
 RESULTS = ROOT / "benchmarks" / "results" / "coverage.json"
 TOLERANCE = 1e-6
 EPSILON = 1e-9
 
 
-def _load_script(path: Path, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None, f"cannot load {path}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # benchmarks/coverage.py imports it as `zoo` too
-    spec.loader.exec_module(module)
-    return module
 
-
-zoo = _load_script(ZOO, "zoo")
+zoo = load_benchmark("zoo")  # benchmarks/coverage.py imports it as `zoo` too
 
 PRESETS: dict[str, dict[str, Any]] = {
     "epsilon_plus_flat": {"epsilon": EPSILON, "stabilizer": EPSILON},
@@ -229,8 +219,8 @@ def test_bias_free_copy_has_no_bias_and_unit_scale() -> None:
 def test_coverage_script_and_page_on_one_model(tmp_path: Path) -> None:
     pytest.importorskip("zennit")
     pytest.importorskip("captum")
-    coverage = _load_script(ROOT / "benchmarks" / "coverage.py", "zoo_coverage")  # not "coverage": coverage.py's
-    page = _load_script(ROOT / "docs" / "scripts" / "coverage_page.py", "coverage_page")
+    coverage = load_script(ROOT / "benchmarks" / "coverage.py", "zoo_coverage")  # not "coverage": coverage.py's
+    page = load_script(ROOT / "docs" / "scripts" / "coverage_page.py", "coverage_page")
     out = tmp_path / "results" / "coverage.json"
     threads = torch.get_num_threads()
 

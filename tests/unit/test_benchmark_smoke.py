@@ -2,32 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
+
 pytest.importorskip("zennit")
 pytest.importorskip("captum")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "lrp_vs_peers.py"
 
-
-def _load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("lrp_vs_peers", SCRIPT)
-    assert spec is not None and spec.loader is not None, f"cannot load {SCRIPT}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up in sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_quick_run_writes_expected_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = _load_script()
+    script = load_benchmark("lrp_vs_peers")
     out = tmp_path / "results" / "bench.json"
     threads_before = torch.get_num_threads()
 

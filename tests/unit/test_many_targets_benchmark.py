@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
+
 pytest.importorskip("zennit")
 pytest.importorskip("captum")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "many_targets.py"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_one_round_on_the_mlp(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("many_targets", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    script = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = script
-    spec.loader.exec_module(script)
+    script = load_benchmark("many_targets")
     out = tmp_path / "many_targets.json"
     threads = torch.get_num_threads()
     assert script.main(["--cases", "mlp", "--repeats", "1", "--out", str(out)]) == 0

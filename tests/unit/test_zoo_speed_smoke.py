@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from benchmark_scripts import load_benchmark
+
 pytest.importorskip("zennit")
 pytest.importorskip("torchvision")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "zoo_speed.py"
 ROW_KEYS = {
     "model", "library", "method", "batch", "size", "error", "memory_error", "median_ms", "times_ms", "ratio_median",
     "ratio_q1", "ratio_q3", "cpu_times_ms", "cpu_ratio_median", "relevance_sum_over_logit", "peak_mb_profiler",
@@ -21,18 +20,10 @@ ROW_KEYS = {
 }
 
 
-def _load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("zoo_speed", SCRIPT)
-    assert spec is not None and spec.loader is not None, f"cannot load {SCRIPT}"
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up in sys.modules
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_quick_run_writes_expected_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = _load_script()
+    script = load_benchmark("zoo_speed")
     out = tmp_path / "results" / "zoo.json"
     threads_before = torch.get_num_threads()
 
@@ -74,7 +65,7 @@ def test_quick_run_writes_expected_rows(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_memory_child_reports_a_peak(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The resident-set subprocess's entry point, run in-process on a small problem (the launcher only adds env)."""
-    script = _load_script()
+    script = load_benchmark("zoo_speed")
     problem = script.make_problem("resnet18", 1, 32, 0)
     path = tmp_path / "problem.pt"
     torch.save({"name": problem.name, "state": problem.model.state_dict(), "x": problem.x,

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
-from .errors import ConfigError, ExplanationError
+from .errors import ConfigError, ExplanationError, boundary
 from .methods._common import OutputSeed, as_target
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
@@ -218,6 +218,7 @@ def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, tar
     )
 
 
+@boundary("relprop.explain")
 @explaining  # the model's lock for the whole call; grad mode restored even after Ctrl-C (relprop.safety)
 def explain(
     model: nn.Module, x: Tensor, target: int | str | Tensor | None = None, method: str = "lrp", *,

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from relprop.api import Explanation, explain
-from relprop.errors import ConfigError, DataError
+from relprop.errors import ConfigError, DataError, boundary
 from relprop.metrics.batch import Batch, BatchMetric, ExplainFn, Scores
 from relprop.store import ResultStore
 
@@ -77,7 +77,7 @@ def _unpack(item: Any, index: int) -> _Item:
         x, target, mask = (*item, None, None)[:3]
         return _Item(x, target, mask, None)
     raise ConfigError(
-        f"explain_dataset: batch {index} is a {type(item).__name__}; yield a tensor x, a tuple (x, target) or "
+        f"batch {index} is a {type(item).__name__}; yield a tensor x, a tuple (x, target) or "
         "(x, target, mask) of tensors, or a mapping with 'x' and optionally 'target', 'mask', 'model_kwargs'"
     )
 
@@ -93,7 +93,7 @@ def _named(metrics: Metrics) -> dict[str, Callable[[Batch], Scores]]:
     for metric in metrics:
         name = _snake(type(metric).__name__)
         if name in named:
-            raise ConfigError(f"explain_dataset: two metrics are named {name!r}; pass a mapping name -> metric")
+            raise ConfigError(f"two metrics are named {name!r}; pass a mapping name -> metric")
         named[name] = metric.score
     return named
 
@@ -102,12 +102,12 @@ def _explainers(method: Method, options: Mapping[str, Any]) -> tuple[Callable[..
     """The batch explainer ``f(model, x, target, model_kwargs)`` and the ``explain`` given to the metrics."""
     if callable(method):
         if options:
-            raise ConfigError(f"explain_dataset: options {sorted(options)} go to a method name, not to a callable")
+            raise ConfigError(f"options {sorted(options)} go to a method name, not to a callable")
         custom = method
 
         def run_custom(model: nn.Module, x: Tensor, target: Tensor | None, kwargs: Any) -> Explanation:
             if kwargs:
-                raise ConfigError("explain_dataset: batches with 'model_kwargs' need a method name, not a callable")
+                raise ConfigError("batches with 'model_kwargs' need a method name, not a callable")
             return custom(model, x, target)
 
         return run_custom, lambda model, x, target: custom(model, x, target).relevance
@@ -142,7 +142,7 @@ def _as_dict(name: str, scores: Scores, samples: int) -> dict[str, Tensor]:
     values = {name: scores} if isinstance(scores, Tensor) else {f"{name}/{k}": v for k, v in scores.items()}
     for key, value in values.items():
         if not isinstance(value, Tensor) or value.dim() == 0 or value.shape[0] != samples:
-            raise ConfigError(f"explain_dataset: metric {key} must return per-sample values (batch {samples}, ...), "
+            raise ConfigError(f"metric {key} must return per-sample values (batch {samples}, ...), "
                               f"got {getattr(value, 'shape', type(value).__name__)}")
     return {key: value.detach().cpu() for key, value in values.items()}
 
@@ -177,6 +177,7 @@ class _Progress:
         print(f"explain_dataset: {self.done}{of} batches, {seconds:.0f} s{end}", file=sys.stderr)
 
 
+@boundary("relprop.explain_dataset")
 def explain_dataset(
     model: nn.Module, loader: Iterable[Any], *, method: Method = "lrp", metrics: Metrics = (),
     store: str | os.PathLike[str] | None = None, progress: bool = True, **options: Any,

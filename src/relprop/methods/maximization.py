@@ -16,14 +16,11 @@ import torch
 from torch import Tensor, nn
 
 from relprop.core import eval_mode
-from relprop.errors import ConfigError, ExplanationError
+from relprop.errors import ConfigError, ExplanationError, boundary
 
 __all__ = [
     "DensityModel", "GaussianMixturePrior", "GaussianPrior", "Maximization", "activation_maximization", "prototypes",
 ]
-
-_WHERE = "relprop.methods.maximization"
-
 
 class DensityModel(Protocol):
     """Anything with a differentiable ``log_prob(x (N, ...)) -> (N,)``."""
@@ -36,7 +33,7 @@ def _flatten64(x: Tensor, dim: int) -> Tensor:
     flat = x.reshape(x.shape[0], -1)  # (N, D)
     if flat.shape[1] != dim:
         raise ExplanationError(
-            f"{_WHERE}: the prior was fitted on {dim} features but x has shape {tuple(x.shape)} "
+            f"the prior was fitted on {dim} features but x has shape {tuple(x.shape)} "
             f"({flat.shape[1]} features per sample); fit the prior on data flattened like x"
         )
     return flat.to(torch.float64)
@@ -56,7 +53,7 @@ def _cholesky(covariance: Tensor, what: str) -> Tensor:
     factor, info = torch.linalg.cholesky_ex(covariance)
     if bool((info != 0).any()):
         raise ExplanationError(
-            f"{_WHERE}: the {what} covariance is not positive definite (constant features?); "
+            f"the {what} covariance is not positive definite (constant features?); "
             "use more shrinkage / regularisation"
         )
     return factor
@@ -70,6 +67,7 @@ class GaussianPrior:
     scale_tril: Tensor  # (D, D)
 
     @classmethod
+    @boundary("relprop.methods.maximization.GaussianPrior.fit")
     def fit(cls, data: Tensor, *, shrinkage: float | None = None) -> GaussianPrior:
         """Fit mean and shrunk covariance ``(1 - s) S + s tr(S)/D I`` to data (N, ...).
 
@@ -89,6 +87,7 @@ class GaussianPrior:
         covariance = (1 - shrinkage) * empirical + shrinkage * scale * eye
         return cls(mean=mean, scale_tril=_cholesky(covariance, "Gaussian prior"))
 
+    @boundary("relprop.methods.maximization.GaussianPrior.log_prob")
     def log_prob(self, x: Tensor) -> Tensor:
         """Log density per sample, (N, ...) -> (N,), differentiable in x."""
         flat = _flatten64(x, self.mean.shape[0])
@@ -106,6 +105,7 @@ class GaussianMixturePrior:
     scale_trils: Tensor  # (k, D, D)
 
     @classmethod
+    @boundary("relprop.methods.maximization.GaussianMixturePrior.fit")
     def fit(
         cls, data: Tensor, k: int = 10, seed: int = 0, *, reg_covar: float = 1e-3
     ) -> GaussianMixturePrior:
@@ -124,6 +124,7 @@ class GaussianMixturePrior:
             scale_trils=_cholesky(covariances, "mixture component"),
         )
 
+    @boundary("relprop.methods.maximization.GaussianMixturePrior.log_prob")
     def log_prob(self, x: Tensor) -> Tensor:
         """Log density per sample, (N, ...) -> (N,), differentiable in x."""
         flat = _flatten64(x, self.means.shape[1])
@@ -176,22 +177,24 @@ class Maximization:
     box: tuple[float, float] | None = (-1.0, 1.0)
     seed: int = 0
 
+    @boundary("relprop.methods.maximization.Maximization")
     def __post_init__(self) -> None:
         if self.steps < 1 or self.lr <= 0 or not math.isfinite(self.lr):
-            raise ConfigError(f"{_WHERE}: steps must be >= 1 and lr a positive number, got steps={self.steps}, "
+            raise ConfigError(f"steps must be >= 1 and lr a positive number, got steps={self.steps}, "
                               f"lr={self.lr}")
         if not (math.isfinite(self.prior_weight) and self.prior_weight >= 0):
-            raise ConfigError(f"{_WHERE}: prior_weight must be a finite number >= 0, got {self.prior_weight}")
+            raise ConfigError(f"prior_weight must be a finite number >= 0, got {self.prior_weight}")
         box = self.box
         if box is not None and not (math.isfinite(box[0]) and math.isfinite(box[1]) and box[0] < box[1]):
-            raise ConfigError(f"{_WHERE}: box must be (low, high) with low < high, got {box}")
+            raise ConfigError(f"box must be (low, high) with low < high, got {box}")
         if self.norm is not None and (not self.norm > 0 or (box is not None and not box[0] <= 0 <= box[1])):
             raise ConfigError(
-                f"{_WHERE}: norm={self.norm} needs norm > 0 and a box containing 0 (got box={box}); "
+                f"norm={self.norm} needs norm > 0 and a box containing 0 (got box={box}); "
                 "shift the inputs or drop one constraint"
             )
 
 
+@boundary("relprop.methods.maximization.prototypes")
 def prototypes(
     model: nn.Module,
     classes: Sequence[int] | Tensor,
@@ -229,7 +232,7 @@ def prototypes(
         start = init.detach().expand(size)
     else:
         raise ExplanationError(
-            f"{_WHERE}: init must have shape {tuple(size[1:])} or {size}, got {tuple(init.shape)}"
+            f"init must have shape {tuple(size[1:])} or {size}, got {tuple(init.shape)}"
         )
     u = start.to(device=device, dtype=dtype).clone()
     if box is not None:
@@ -243,7 +246,7 @@ def prototypes(
             logits = model(x)
             if logits.ndim != 2 or int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
                 raise ExplanationError(
-                    f"{_WHERE}: classes {labels.tolist()} do not index the model output of shape "
+                    f"classes {labels.tolist()} do not index the model output of shape "
                     f"{tuple(logits.shape)} for inputs of shape {tuple(x.shape)}"
                 )
             objective = torch.log_softmax(logits, dim=1)[rows, labels].sum()
@@ -257,6 +260,7 @@ def prototypes(
     return _into_ball(u.detach(), norm)
 
 
+@boundary("relprop.methods.maximization.activation_maximization")
 def activation_maximization(
     model: nn.Module,
     target: int,

@@ -19,20 +19,21 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from relprop.errors import ExplanationError
+from relprop.errors import ExplanationError, boundary
 from relprop.metrics.batch import Batch
 
 __all__ = ["Entropy", "Sparseness", "entropy", "sparseness"]
 
 
-def _magnitudes(relevance: Tensor, where: str) -> Tensor:
+def _magnitudes(relevance: Tensor) -> Tensor:
     """``|R|`` per sample as float64 (N, D)."""
     if relevance.ndim < 2 or relevance.shape[0] == 0:
-        raise ExplanationError(f"relprop.metrics.complexity.{where}: relevance must be (N, ...) with N >= 1, got "
+        raise ExplanationError(f"relevance must be (N, ...) with N >= 1, got "
                                f"shape {tuple(relevance.shape)}")
     return relevance.detach().reshape(relevance.shape[0], -1).abs().double()  # (N, D)
 
 
+@boundary("relprop.metrics.sparseness")
 def sparseness(relevance: Tensor) -> Tensor:
     """Gini index of ``|R|`` per sample (higher: sparser).
 
@@ -41,7 +42,7 @@ def sparseness(relevance: Tensor) -> Tensor:
     >>> sparseness(torch.tensor([[0.0, 0.0, 0.0, 2.0], [1.0, -1.0, 1.0, 1.0]]))
     tensor([0.7500, 0.0000], dtype=torch.float64)
     """
-    a = _magnitudes(relevance, "sparseness").sort(dim=1).values  # (N, D) ascending
+    a = _magnitudes(relevance).sort(dim=1).values  # (N, D) ascending
     d = a.shape[1]
     weights = 2 * torch.arange(1, d + 1, dtype=a.dtype, device=a.device) - d - 1  # (D,)
     total = a.sum(dim=1)
@@ -49,6 +50,7 @@ def sparseness(relevance: Tensor) -> Tensor:
     return torch.where(total > 0, (a * weights).sum(dim=1) / (d * safe), torch.zeros_like(total))
 
 
+@boundary("relprop.metrics.entropy")
 def entropy(relevance: Tensor) -> Tensor:
     """Shannon entropy (nats) of ``|R| / sum |R|`` per sample (lower: more concentrated).
 
@@ -57,7 +59,7 @@ def entropy(relevance: Tensor) -> Tensor:
     >>> entropy(torch.tensor([[0.0, 3.0], [1.0, -1.0]]))
     tensor([0.0000, 0.6931], dtype=torch.float64)
     """
-    a = _magnitudes(relevance, "entropy")
+    a = _magnitudes(relevance)
     total = a.sum(dim=1, keepdim=True)
     p = a / torch.where(total > 0, total, torch.ones_like(total))  # (N, D)
     return torch.where(p > 0, -p * p.log(), torch.zeros_like(p)).sum(dim=1)

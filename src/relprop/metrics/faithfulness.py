@@ -17,13 +17,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from relprop.core import eval_mode
-from relprop.errors import ConfigError, ExplanationError
+from relprop.errors import ConfigError, ExplanationError, boundary
 from relprop.metrics.batch import Batch
 
 __all__ = ["FlipConfig", "FlipCurve", "PixelFlipping", "pixel_flipping", "word_deletion"]
 
 Order = Literal["morf", "lerf", "random"]
-_WHERE = "relprop.metrics.faithfulness"
 
 
 @dataclass(frozen=True)
@@ -60,12 +59,13 @@ class FlipConfig:
     batch_size: int = 256
     progress: bool = False
 
+    @boundary("relprop.metrics.FlipConfig.replace")
     def replace(self, **options: Any) -> FlipConfig:
         """A copy with some fields changed; an unknown name raises :class:`~relprop.errors.ConfigError`."""
         names = [f.name for f in fields(self)]
         unknown = sorted(set(options) - set(names))
         if unknown:
-            raise ConfigError(f"{_WHERE}.pixel_flipping: unknown options {unknown}; valid: {', '.join(names)}")
+            raise ConfigError(f"unknown options {unknown}; valid: {', '.join(names)}")
         return dataclasses.replace(self, **options)
 
 
@@ -76,7 +76,7 @@ def _groups(feature_groups: Tensor | None, feature_shape: torch.Size, device: to
         return torch.arange(size, device=device)
     if feature_groups.shape != feature_shape:
         raise ExplanationError(
-            f"{_WHERE}: feature_groups must have the per-sample shape of x {tuple(feature_shape)} "
+            f"feature_groups must have the per-sample shape of x {tuple(feature_shape)} "
             f"(one group id per element, shared by the batch), got {tuple(feature_groups.shape)}"
         )
     inverse: Tensor
@@ -89,17 +89,17 @@ def _fill(fill: float | int | Tensor, x: Tensor) -> Tensor:
     if isinstance(fill, Tensor):
         if not x.is_floating_point() and fill.is_floating_point():
             raise ExplanationError(
-                f"{_WHERE}: x holds integers ({x.dtype}) but the fill tensor is {fill.dtype}; "
+                f"x holds integers ({x.dtype}) but the fill tensor is {fill.dtype}; "
                 "pass an integer baseline (e.g. the padding id)"
             )
         if fill.shape not in (x.shape, x.shape[1:]) and fill.numel() != 1:
             raise ExplanationError(
-                f"{_WHERE}: fill tensor must be a scalar or have shape {tuple(x.shape)} or "
+                f"fill tensor must be a scalar or have shape {tuple(x.shape)} or "
                 f"{tuple(x.shape[1:])}, got {tuple(fill.shape)}"
             )
         return fill.to(device=x.device, dtype=x.dtype).expand_as(x)
     if not x.is_floating_point() and float(fill) != int(fill):
-        raise ExplanationError(f"{_WHERE}: x holds integers ({x.dtype}); fill={fill!r} must be an integer")
+        raise ExplanationError(f"x holds integers ({x.dtype}); fill={fill!r} must be an integer")
     return torch.full_like(x, int(fill) if not x.is_floating_point() else float(fill))
 
 
@@ -113,7 +113,7 @@ def _ranking(group_relevance: Tensor, order: Order, seed: int) -> Tensor:
         generator = torch.Generator().manual_seed(seed)
         keys = torch.rand(group_relevance.shape, generator=generator, dtype=torch.float64)
         return keys.argsort(dim=1).to(group_relevance.device)
-    raise ExplanationError(f"{_WHERE}: unknown order {order!r}; use 'morf', 'lerf' or 'random'")
+    raise ExplanationError(f"unknown order {order!r}; use 'morf', 'lerf' or 'random'")
 
 
 def _target_scores(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor) -> Tensor:
@@ -123,11 +123,12 @@ def _target_scores(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor)
         return output
     if output.ndim != 2:
         raise ExplanationError(
-            f"{_WHERE}: the model must return (N, classes) or (N,), got shape {tuple(output.shape)}"
+            f"the model must return (N, classes) or (N,), got shape {tuple(output.shape)}"
         )
     return output.gather(1, target[:, None])[:, 0]
 
 
+@boundary("relprop.metrics.pixel_flipping")
 def pixel_flipping(
     model: nn.Module,
     x: Tensor,
@@ -160,15 +161,15 @@ def pixel_flipping(
     steps, fill, order, batch_size = config.steps, config.fill, config.order, config.batch_size
     if relevance.shape != x.shape:
         raise ExplanationError(
-            f"{_WHERE}: relevance must have the shape of x {tuple(x.shape)}, got {tuple(relevance.shape)}; "
+            f"relevance must have the shape of x {tuple(x.shape)}, got {tuple(relevance.shape)}; "
             "for token inputs sum relevance over the embedding axis first"
         )
     if steps < 1 or batch_size < 1:
-        raise ExplanationError(f"{_WHERE}: steps and batch_size must be >= 1, got {steps} and {batch_size}")
+        raise ExplanationError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
     n = x.shape[0]
     target = torch.as_tensor(target, device=x.device, dtype=torch.long)
     if target.shape not in ((), (n,)):
-        raise ExplanationError(f"{_WHERE}: target must be an int or ({n},), got {tuple(target.shape)}")
+        raise ExplanationError(f"target must be an int or ({n},), got {tuple(target.shape)}")
     target = target.expand(n)  # (N,)
     groups = _groups(config.feature_groups, x.shape[1:], x.device)  # (D,)
     count = int(groups.max()) + 1 if groups.numel() else 0
@@ -197,6 +198,7 @@ def pixel_flipping(
     return FlipCurve(fractions=fractions.to(scores), scores=scores, aopc=aopc)
 
 
+@boundary("relprop.metrics.word_deletion")
 def word_deletion(
     model: nn.Module,
     tokens: Tensor,
@@ -228,6 +230,7 @@ class PixelFlipping:
     config: FlipConfig = FlipConfig()
     higher_is_better: ClassVar[bool] = True
 
+    @boundary("relprop.metrics.PixelFlipping")
     def score(self, batch: Batch) -> dict[str, Tensor]:
         curve = pixel_flipping(batch.model, batch.x, batch.relevance, batch.target, self.config)
         return {"aopc": curve.aopc, "curve": curve.scores}

@@ -27,7 +27,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from relprop.errors import ConfigError
+from relprop.errors import ConfigError, boundary
 from relprop.metrics.batch import Batch, ExplainFn
 
 __all__ = ["ModelRandomisation", "RandomisationResult", "similarity"]
@@ -55,6 +55,7 @@ def _cosine(a: Tensor, b: Tensor) -> Tensor:
     return torch.where(denominator > 0, (a * b).sum(dim=1) / safe, torch.zeros_like(denominator))
 
 
+@boundary("relprop.metrics.similarity")
 def similarity(a: Tensor, b: Tensor, kind: Similarity = "spearman") -> Tensor:
     """Row-wise similarity of two (N, ...) maps, flattened per sample; a constant row scores 0.
 
@@ -111,12 +112,13 @@ class ModelRandomisation:
     absolute: bool = False
     higher_is_better: ClassVar[bool] = False
 
+    @boundary("relprop.metrics.ModelRandomisation")
     def __call__(self, model: nn.Module, x: Tensor, target: Tensor, explain: ExplainFn) -> RandomisationResult:
         if self.order not in ("cascading", "independent"):
-            raise ConfigError(f"ModelRandomisation: unknown order {self.order!r}; use 'cascading' or 'independent'")
+            raise ConfigError(f"unknown order {self.order!r}; use 'cascading' or 'independent'")
         names = _layers(model)[::-1]  # output layer first
         if not names:
-            raise ConfigError(f"ModelRandomisation: {type(model).__name__} has no layer with parameters to randomise")
+            raise ConfigError(f"{type(model).__name__} has no layer with parameters to randomise")
         original = self._map(explain(model, x, target))
         trained = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         randomised = copy.deepcopy(model)

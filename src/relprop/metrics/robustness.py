@@ -17,7 +17,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-from relprop.errors import ConfigError
+from relprop.errors import ConfigError, boundary
 from relprop.metrics.batch import Batch, ExplainFn
 
 __all__ = ["MaxSensitivity"]
@@ -42,9 +42,10 @@ class MaxSensitivity:
     relative: bool = True
     higher_is_better: ClassVar[bool] = False
 
+    @boundary("relprop.metrics.MaxSensitivity")
     def __post_init__(self) -> None:
         if self.samples < 1 or not self.radius > 0:
-            raise ConfigError(f"MaxSensitivity: samples must be >= 1 and radius > 0, got {self.samples} and "
+            raise ConfigError(f"samples must be >= 1 and radius > 0, got {self.samples} and "
                               f"{self.radius}")
 
     def noise(self, shape: torch.Size) -> list[Tensor]:
@@ -53,10 +54,11 @@ class MaxSensitivity:
         return [self.radius * (2 * torch.rand(shape, generator=generator, dtype=torch.float64) - 1)
                 for _ in range(self.samples)]
 
+    @boundary("relprop.metrics.MaxSensitivity")
     def __call__(self, model: nn.Module, x: Tensor, target: Tensor, explain: ExplainFn) -> Tensor:
         """Per-sample max-sensitivity (N,) of ``explain`` at ``x`` for ``target``."""
         if not x.is_floating_point():
-            raise ConfigError("MaxSensitivity perturbs the input, so x must be a float tensor (embed token ids first)")
+            raise ConfigError("it perturbs the input, so x must be a float tensor (embed token ids first)")
         reference = explain(model, x, target).detach().reshape(len(x), -1).double()  # (N, D)
         scale = reference.norm(dim=1)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))

@@ -26,7 +26,7 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save
@@ -35,10 +35,11 @@ from torch import Tensor, nn
 from .errors import DataError
 
 __all__ = [
-    "atomic_write", "write_json", "read_json", "check_schema", "schema_of", "save_weights", "load_weights",
-    "load_tensors", "load_torch",
+    "atomic_write", "write_json", "read_json", "check_schema", "schema_of", "dataclass_from", "save_weights",
+    "load_weights", "load_tensors", "load_torch",
 ]
 
+_T = TypeVar("_T")
 Schema = Any  # type | tuple[type, ...] | dict[str, Schema] | list[Schema] | None
 
 
@@ -156,6 +157,20 @@ def schema_of(cls: type) -> dict[str, Schema]:
     """
     hints = typing.get_type_hints(cls)
     return {field.name: _schema_of_type(hints[field.name]) for field in dataclasses.fields(cls)}
+
+
+def dataclass_from(cls: type[_T], data: Mapping[str, Any]) -> _T:
+    """``cls(**data)`` for the keys that are fields of the dataclass ``cls`` (a file of an older or newer
+    version may hold others); check the values with :func:`check_schema` and :func:`schema_of` first.
+
+    >>> @dataclasses.dataclass
+    ... class Config:
+    ...     epochs: int = 1
+    >>> dataclass_from(Config, {"epochs": 3, "removed_option": True})
+    Config(epochs=3)
+    """
+    names = {field.name for field in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{key: value for key, value in data.items() if key in names})
 
 
 def _schema_of_type(hint: Any) -> Schema:

@@ -21,7 +21,7 @@ import os
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +37,9 @@ __all__ = [
     "GloveVectors",
     "load_sst",
     "batch_encode",
+    "encoded_batches",
     "load_glove",
+    "glove_words",
     "sst_dir",
     "glove_path",
 ]
@@ -279,6 +281,21 @@ def batch_encode(
     return ids, labels
 
 
+def encoded_batches(
+    examples: Sequence[SSTExample], vocab: Vocabulary, batch_size: int, *, min_length: int = 2,
+    device: torch.device | str = "cpu",
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``examples`` in order, ``batch_size`` at a time, as :func:`batch_encode` ``(ids, labels)`` on ``device``.
+
+    >>> vocab = Vocabulary.from_examples([SSTExample(("a", "b"), 1)])
+    >>> [ids.shape for ids, _ in encoded_batches([SSTExample(("a",), 0)] * 3, vocab, 2)]
+    [torch.Size([2, 2]), torch.Size([1, 2])]
+    """
+    for start in range(0, len(examples), batch_size):
+        ids, labels = batch_encode(examples[start : start + batch_size], vocab, min_length=min_length)
+        yield ids.to(device), labels.to(device)
+
+
 @dataclass(frozen=True)
 class GloveVectors:
     """Embedding matrix for a vocabulary and how much of it GloVe covered.
@@ -305,6 +322,18 @@ def _glove_row(file: Path, line: int, word: str, rest: str, dim: int) -> torch.T
     if not bool(torch.isfinite(vector).all()):
         raise DataError(f"{file}:{line}: word {word!r} has NaN or infinite values")
     return vector
+
+
+def glove_words(path: str | os.PathLike[str] | None = None) -> list[str]:
+    """The words of a GloVe text file in file order (default: the checksum-verified :func:`glove_path`)."""
+    file = glove_path() if path is None else Path(path)
+    if path is None:
+        _verify(file, _GLOVE_SHA256)
+    try:
+        with gzip.open(file, "rt", encoding="utf-8") if file.suffix == ".gz" else file.open(encoding="utf-8") as handle:
+            return [line.partition(" ")[0] for line in handle]
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as error:
+        raise DataError(f"cannot read GloVe file {file}: {error}; the file is corrupt: replace it") from error
 
 
 def load_glove(

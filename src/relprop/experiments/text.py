@@ -8,11 +8,11 @@ the best-dev epoch is recorded. A run directory holds ``model.safetensors`` (the
 
 from __future__ import annotations
 
-import gzip
 import json
+import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,12 +20,13 @@ import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
 
-from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
-from relprop.errors import DataError
-from relprop.files import atomic_write, load_weights, read_json
+from relprop.data.sst import SSTExample, Vocabulary, encoded_batches, glove_words, load_glove, load_sst
+from relprop.errors import ConfigError, DataError
+from relprop.experiments import loop
+from relprop.files import atomic_write, dataclass_from, load_weights, read_json
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
-from relprop.progress import log, progress
+from relprop.progress import log
 
 __all__ = [
     "TEXT_MODELS", "TextTrainConfig", "TextEpoch", "TextRun", "train_text", "load_text_run", "evaluate_accuracy",
@@ -108,20 +109,15 @@ class TextRun:
         return self.history[-1].test_accuracy
 
 
-@torch.no_grad()
 def evaluate_accuracy(
-    model: TextCNN | BiLSTM, examples: Sequence[SSTExample], vocab: Vocabulary, *, batch_size: int = 1024
+    model: nn.Module, examples: Sequence[SSTExample], vocab: Vocabulary, *, batch_size: int = 1024
 ) -> float:
-    """Fraction of ``examples`` whose argmax logit equals the label (model put in eval mode)."""
+    """Fraction of ``examples`` whose argmax logit equals the label (evaluated in eval mode)."""
     if not examples:
-        raise ValueError("evaluate_accuracy needs at least one example")
-    model.eval()
+        raise ConfigError("evaluate_accuracy needs at least one example")
     device = next(model.parameters()).device
-    correct = 0
-    for start in range(0, len(examples), batch_size):
-        ids, labels = batch_encode(examples[start : start + batch_size], vocab, min_length=_min_length(model))
-        correct += int((model(ids.to(device)).argmax(dim=1).cpu() == labels).sum())
-    return correct / len(examples)
+    return loop.accuracy(model, encoded_batches(examples, vocab, batch_size, min_length=_min_length(model),
+                                                device=device))
 
 
 def train_text(config: TextTrainConfig) -> TextRun:
@@ -133,11 +129,11 @@ def train_text(config: TextTrainConfig) -> TextRun:
     >>> run.test_accuracy, run.best_dev_epoch  # doctest: +SKIP
     """
     if config.classes not in (5, 2):
-        raise ValueError(f"TextTrainConfig.classes must be 5 or 2, got {config.classes}")
+        raise ConfigError(f"TextTrainConfig.classes must be 5 or 2, got {config.classes}")
     if config.model not in TEXT_MODELS:
-        raise ValueError(f"TextTrainConfig.model must be one of {TEXT_MODELS}, got {config.model!r}")
+        raise ConfigError(f"TextTrainConfig.model must be one of {TEXT_MODELS}, got {config.model!r}")
     if config.epochs < 1 or config.batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {config.epochs} and {config.batch_size}")
+        raise ConfigError(f"epochs and batch_size must be >= 1, got {config.epochs} and {config.batch_size}")
     torch.manual_seed(config.seed)
     classes: Literal[5, 2] = 5 if config.classes == 5 else 2
     train = load_sst("train", classes=classes, phrases=config.phrases)
@@ -148,7 +144,7 @@ def train_text(config: TextTrainConfig) -> TextRun:
 
     vocab = Vocabulary.from_examples(train, min_count=config.min_count)
     if config.glove_words:
-        vocab = vocab.extended(_glove_words())
+        vocab = vocab.extended(glove_words())
     glove = load_glove(vocab, seed=config.seed)
     model = _build_model(config, len(vocab), glove.vectors).to(config.device)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
@@ -157,27 +153,19 @@ def train_text(config: TextTrainConfig) -> TextRun:
 
     history: list[TextEpoch] = []
     for epoch in range(1, config.epochs + 1):
-        model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
-        loss_sum, correct = 0.0, 0
-        starts = range(0, len(train), config.batch_size)
-        for start in progress(starts, desc=f"text {config.model} epoch {epoch}/{config.epochs}",
-                              enabled=config.progress):
-            batch = [train[i] for i in order[start : start + config.batch_size]]
-            ids, labels = batch_encode(batch, vocab, min_length=_min_length(model))
-            ids, labels = ids.to(config.device), labels.to(config.device)
-            logits = model(ids)  # (batch, classes)
-            loss = loss_fn(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(batch)
-            correct += int((logits.argmax(dim=1) == labels).sum())
+        stats = loop.train_epoch(
+            model, optimizer,
+            encoded_batches([train[i] for i in order], vocab, config.batch_size, min_length=_min_length(model),
+                            device=config.device),
+            loss_fn, desc=f"text {config.model} epoch {epoch}/{config.epochs}",
+            total=math.ceil(len(train) / config.batch_size), progress=config.progress,
+        )
         history.append(
             TextEpoch(
                 epoch=epoch,
-                train_loss=loss_sum / len(train),
-                train_accuracy=correct / len(train),
+                train_loss=stats.loss,
+                train_accuracy=stats.accuracy,
                 dev_accuracy=evaluate_accuracy(model, dev, vocab),
                 test_accuracy=evaluate_accuracy(model, test, vocab),
             )
@@ -211,13 +199,13 @@ def load_text_run(path: str | os.PathLike[str]) -> TextRun:
         raise DataError(f"{meta_file} has format {meta['format']!r} version {meta['version']!r}; "
                         f"expected {_FORMAT!r} version {_VERSION}")
     try:
-        config = _from_dict(TextTrainConfig, meta["train_config"])
+        config = dataclass_from(TextTrainConfig, meta["train_config"])
         model: TextCNN | BiLSTM
         if config.model == "bilstm":
-            model = BiLSTM(_from_dict(BiLSTMConfig, meta["model_config"]))
+            model = BiLSTM(dataclass_from(BiLSTMConfig, meta["model_config"]))
         else:
-            model = TextCNN(_from_dict(TextCNNConfig, meta["model_config"]))
-        history = tuple(_from_dict(TextEpoch, e) for e in meta["history"])
+            model = TextCNN(dataclass_from(TextCNNConfig, meta["model_config"]))
+        history = tuple(dataclass_from(TextEpoch, e) for e in meta["history"])
         vocab = Vocabulary.from_json(meta["vocabulary"])
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"{meta_file} does not describe a text run: {error}") from None
@@ -245,14 +233,9 @@ def _build_model(config: TextTrainConfig, vocab_size: int, vectors: torch.Tensor
     return TextCNN(cnn_config, embeddings=vectors)
 
 
-def _min_length(model: TextCNN | BiLSTM) -> int:
+def _min_length(model: nn.Module) -> int:
     """Shortest padded batch the model accepts: the CNN's window width (the BiLSTM ignores padding)."""
     return model.config.width if isinstance(model, TextCNN) else 1
-
-
-def _glove_words() -> list[str]:
-    with gzip.open(glove_path(), "rt", encoding="utf-8") as handle:
-        return [line.partition(" ")[0] for line in handle]
 
 
 def _save(run: TextRun, directory: Path) -> TextRun:
@@ -271,8 +254,3 @@ def _save(run: TextRun, directory: Path) -> TextRun:
     atomic_write(directory / _WEIGHTS, save_safetensors(state))
     atomic_write(directory / _META, (json.dumps(meta, indent=1) + "\n").encode("utf-8"))
     return TextRun(run.model, run.vocabulary, run.config, run.history, run.glove_coverage, directory)
-
-
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{key: value for key, value in data.items() if key in names})

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import html
 import io
 import json
@@ -34,7 +33,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +44,12 @@ from safetensors.torch import save as save_safetensors
 from torch import Tensor, nn
 
 from relprop.api import Explanation, explain
-from relprop.data.sst import SSTExample, Vocabulary, batch_encode, glove_path, load_glove, load_sst
+from relprop.data.sst import SSTExample, Vocabulary, encoded_batches, glove_words, load_glove, load_sst
 from relprop.datasets import explain_dataset
+from relprop.experiments.loop import train_epoch
+from relprop.experiments.text import evaluate_accuracy
 from relprop.experiments.text_explain import DeletionMetric, PaddedModel, length_batches, word_scores
-from relprop.files import atomic_write, read_json, write_json
+from relprop.files import atomic_write, dataclass_from, read_json, write_json
 from relprop.models.transformer import EncoderLayer, TransformerClassifier, TransformerClassifierConfig, padding_mask
 from relprop.viz.text import html_page, html_sentence, html_table
 
@@ -112,22 +113,9 @@ def _subset(examples: list[SSTExample], limit: int | None, seed: int) -> list[SS
     return [examples[i] for i in sorted(keep.tolist())]
 
 
-def _glove_words() -> list[str]:
-    with gzip.open(glove_path(), "rt", encoding="utf-8") as handle:
-        return [line.partition(" ")[0] for line in handle]
-
-
-@torch.no_grad()
 def accuracy(model: nn.Module, examples: Sequence[SSTExample], vocab: Vocabulary, *, batch_size: int = 512) -> float:
     """Fraction of ``examples`` whose argmax logit is the label (the model is put in eval mode)."""
-    if not examples:
-        raise ValueError("accuracy needs at least one example")
-    model.eval()
-    correct = 0
-    for start in range(0, len(examples), batch_size):
-        ids, labels = batch_encode(examples[start : start + batch_size], vocab, min_length=1)
-        correct += int((model(ids).argmax(1) == labels).sum())
-    return correct / len(examples)
+    return evaluate_accuracy(model, examples, vocab, batch_size=batch_size)
 
 
 def _model_config(config: TransformerTrainConfig, vocab_size: int, dim: int) -> TransformerClassifierConfig:
@@ -150,7 +138,7 @@ def train_transformer(
     torch.manual_seed(config.seed)
     train = _subset(load_sst("train", classes=2, phrases=config.phrases), config.train_limit, config.seed)
     dev = _subset(load_sst("dev", classes=2), config.dev_limit, config.seed)
-    vocab = Vocabulary.from_examples(train).extended(_glove_words())
+    vocab = Vocabulary.from_examples(train).extended(glove_words())
     glove = load_glove(vocab, seed=config.seed)
     model = TransformerClassifier(_model_config(config, len(vocab), glove.vectors.shape[1]), embeddings=glove.vectors)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=config.lr)
@@ -164,26 +152,16 @@ def train_transformer(
     best: tuple[float, dict[str, Tensor]] | None = None
     started, cpu_started = time.perf_counter(), time.process_time()
     for epoch in range(1, config.epochs + 1):
-        model.train()
         order = torch.randperm(len(train), generator=generator).tolist()
-        loss_sum, correct = 0.0, 0
-        for start in range(0, len(train), config.batch_size):
-            batch = [train[i] for i in order[start : start + config.batch_size]]
-            ids, labels = batch_encode(batch, vocab, min_length=1)  # (batch, time), (batch,)
-            logits = model(ids)  # (batch, 2)
-            loss = loss_fn(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(batch)
-            correct += int((logits.argmax(1) == labels).sum())
+        stats = train_epoch(model, optimizer, encoded_batches([train[i] for i in order], vocab, config.batch_size,
+                                                              min_length=1), loss_fn, progress=False)
         dev_accuracy = accuracy(model, dev, vocab)
-        history.append({"epoch": epoch, "train_loss": loss_sum / len(train), "train_accuracy": correct / len(train),
+        history.append({"epoch": epoch, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                         "dev_accuracy": dev_accuracy, "seconds": round(time.perf_counter() - started, 1),
                         "cpu_seconds": round(time.process_time() - cpu_started, 1)})
         if best is None or dev_accuracy > best[0]:
             best = (dev_accuracy, {k: v.detach().clone() for k, v in model.state_dict().items()})
-        log(f"epoch {epoch}: train loss {loss_sum / len(train):.4f}, train acc {correct / len(train):.4f}, "
+        log(f"epoch {epoch}: train loss {stats.loss:.4f}, train acc {stats.accuracy:.4f}, "
             f"dev acc {dev_accuracy:.4f} ({time.perf_counter() - started:.0f} s)")
         if directory is not None:
             write_json(directory / "history.json", {"epochs": history})
@@ -211,11 +189,6 @@ def _save_config(
     atomic_write(directory / "vocabulary.json", (json.dumps(vocab.to_json()) + "\n").encode("utf-8"))
 
 
-def _from_dict(cls: Any, data: dict[str, Any]) -> Any:
-    names = {f.name for f in fields(cls)}
-    return cls(**{key: value for key, value in data.items() if key in names})
-
-
 def load_transformer_run(path: str | os.PathLike[str]) -> TransformerRun:
     """Restore a run saved by :func:`train_transformer` (safetensors weights, JSON for the rest), in eval mode."""
     directory = Path(path)
@@ -226,12 +199,13 @@ def load_transformer_run(path: str | os.PathLike[str]) -> TransformerRun:
     meta = read_json(directory / "config.json")
     if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
         raise ValueError(f"{directory / 'config.json'} is not a {_FORMAT} version {_VERSION} file")
-    model = TransformerClassifier(_from_dict(TransformerClassifierConfig, meta["model_config"]))
+    model = TransformerClassifier(dataclass_from(TransformerClassifierConfig, meta["model_config"]))
     model.load_state_dict(load_safetensors((directory / "model.safetensors").read_bytes()), strict=True)
     model.eval()
     vocab = Vocabulary.from_json(read_json(directory / "vocabulary.json"))
     history = tuple(read_json(directory / "history.json")["epochs"])
-    return TransformerRun(model, vocab, _from_dict(TransformerTrainConfig, meta["train_config"]), history, directory)
+    config = dataclass_from(TransformerTrainConfig, meta["train_config"])
+    return TransformerRun(model, vocab, config, history, directory)
 
 
 # --- explanations ---------------------------------------------------------------------------------------------------

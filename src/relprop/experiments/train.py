@@ -34,7 +34,7 @@ from ..data.maj import maj_shape
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, load_torch, load_weights, read_json, save_weights, schema_of, write_json
 from ..progress import log
-from ..progress import progress as progress_of
+from . import loop
 
 __all__ = [
     "TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule", "read_history",
@@ -120,16 +120,10 @@ def _device() -> torch.device:
 
 
 def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> float:
-    """Fraction of correct argmax predictions, evaluated in eval mode without gradients."""
-    was_training = model.training
-    model.eval()
+    """Fraction of correct argmax predictions on (x, y), in batches of ``batch_size``, in eval mode."""
     device = next(model.parameters()).device
-    correct = 0
-    with torch.no_grad():
-        for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size)):
-            correct += int((model(xb.to(device)).argmax(1) == yb.to(device)).sum())
-    model.train(was_training)
-    return correct / max(len(y), 1)
+    return loop.accuracy(model, ((xb.to(device), yb.to(device))
+                                 for xb, yb in zip(torch.split(x, batch_size), torch.split(y, batch_size))))
 
 
 def _manifest(run_dir: Path, *, legacy: bool = True) -> dict[str, Any] | None:
@@ -339,23 +333,14 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
         if _stopped(history, config.patience):
             break
         started = time.perf_counter()
-        model.train()
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-        total_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
-        batches = torch.split(order.to(device), config.batch_size)
-        for index in progress_of(batches, desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}",
-                                 enabled=progress):
-            xb, yb = x[index], y[index]
-            logits = model(xb)
-            loss = models.maj_loss(logits, yb)
-            optimizer.zero_grad(set_to_none=True)
-            torch.autograd.backward(loss)
-            optimizer.step()
-            total_loss += loss.detach() * len(index)
-            correct += (logits.detach().argmax(1) == yb).sum()
+        indices = torch.split(order.to(device), config.batch_size)
+        stats = loop.train_epoch(model, optimizer, ((x[index], y[index]) for index in indices), models.maj_loss,
+                                 desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}", total=len(indices),
+                                 progress=progress)
         val_accuracy = accuracy(model, x_val, y_val)
         record = {
-            "epoch": epoch + 1, "loss": float(total_loss) / len(y), "train_accuracy": int(correct) / len(y),
+            "epoch": epoch + 1, "loss": stats.loss, "train_accuracy": stats.accuracy,
             "val_accuracy": val_accuracy, "lr": config.lr, "seconds": time.perf_counter() - started,
         }
         if not np.isfinite(record["loss"]):

@@ -24,6 +24,7 @@ from ..errors import ExplanationError
 
 __all__ = [
     "SequenceConfig",
+    "InputStage",
     "SumPool2d",
     "MixedLinear",
     "MixedConv2d",
@@ -235,3 +236,21 @@ class ConvFrontEnd(nn.Module):
             features, state = self._step(strip, state)
             outputs.append(features)
         return torch.stack(outputs, dim=1)  # (batch, steps, features)
+
+
+class InputStage(nn.Module):
+    """Base of the models whose steps enter through ``a_t = relu(front(x)_t W_in)``: the thesis's deep RNN and
+    R-LSTM/R-GRU. ``front`` is the optional conv front end (the conv variants), registered first so that the
+    first linear layer of the model is the one that sees pixels; without it ``W_in`` sees the pixels."""
+
+    front: ConvFrontEnd | None
+
+    def _add_input_stage(self, features: int, size: int, front: ConvFrontEnd | None) -> None:
+        self.front = front
+        self.input = nn.Linear(features if front is None else front.features, size, bias=False)
+        self.input_activation = nn.ReLU()
+
+    def _input_stage(self, x: Tensor) -> Tensor:
+        """(batch, steps, features) -> (batch, steps, size)."""
+        features = x if self.front is None else self.front(x)  # (batch, steps, features)
+        return self.input_activation(self.input(features))  # type: ignore[no-any-return]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvFrontEnd, SequenceConfig, check_sequence, init_thesis_
+from .blocks import ConvFrontEnd, InputStage, SequenceConfig, check_sequence, init_thesis_
 from .cells import StationaryDropout
 from .recurrent import Recurrent
 
@@ -65,7 +65,7 @@ class DeepCell(nn.Module):
         return h, (r,)
 
 
-class Deep(nn.Module):
+class Deep(InputStage):
     """(batch, steps, features) -> logits (batch, classes); ``front`` (conv variants) replaces the raw pixels.
 
     >>> Deep(DeepConfig(height=8, step_width=2, input=6, hidden=5, recurrent=4, output_hidden=3))(
@@ -76,12 +76,7 @@ class Deep(nn.Module):
     def __init__(self, config: DeepConfig = DeepConfig(), front: ConvFrontEnd | None = None) -> None:
         super().__init__()
         self.config = config
-        self.front = (
-            front  # registered first: the first linear layer of the model is the one that sees pixels
-        )
-        in_features = config.features if front is None else front.features
-        self.input = nn.Linear(in_features, config.input, bias=False)
-        self.input_activation = nn.ReLU()
+        self._add_input_stage(config.features, config.input, front)
         self.recurrent = Recurrent(
             DeepCell,
             config.input,
@@ -98,8 +93,7 @@ class Deep(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_sequence(x, self.config, type(self).__name__)
-        features = x if self.front is None else self.front(x)  # (batch, steps, features)
-        a = self.input_activation(self.input(features))  # (batch, steps, input)
+        a = self._input_stage(x)  # (batch, steps, input)
         h, _ = self.recurrent(a)  # (batch, steps, hidden)
         o = self.output_activation(self.output_hidden(self.output_dropout(h[:, -1])))
         return self.output(o)  # type: ignore[no-any-return]

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from .blocks import ConvFrontEnd, SequenceConfig, check_sequence, init_thesis_
+from .blocks import ConvFrontEnd, InputStage, SequenceConfig, check_sequence, init_thesis_
 from .cells import RLSTMCell
 from .recurrent import Recurrent
 
@@ -29,7 +29,7 @@ class RLSTMConfig(SequenceConfig):
     stationary: bool = False
 
 
-class RLSTM(nn.Module):
+class RLSTM(InputStage):
     """(batch, steps, features) -> logits (batch, classes); ``front`` (conv variants) replaces the raw pixels.
 
     >>> import torch
@@ -43,12 +43,7 @@ class RLSTM(nn.Module):
     def __init__(self, config: RLSTMConfig = RLSTMConfig(), front: ConvFrontEnd | None = None) -> None:
         super().__init__()
         self.config = config
-        self.front = (
-            front  # registered first: the first linear layer of the model is the one that sees pixels
-        )
-        in_features = config.features if front is None else front.features
-        self.input = nn.Linear(in_features, config.input, bias=False)
-        self.input_activation = nn.ReLU()
+        self._add_input_stage(config.features, config.input, front)
         options: dict[str, Any] = {"dropout": config.dropout, "stationary": config.stationary}
         if self.gate_dropout:
             options["gate_dropout"] = 0.0 if config.stationary else config.dropout
@@ -58,7 +53,6 @@ class RLSTM(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         check_sequence(x, self.config, type(self).__name__)
-        features = x if self.front is None else self.front(x)  # (batch, steps, features)
-        a = self.input_activation(self.input(features))  # (batch, steps, input)
+        a = self._input_stage(x)  # (batch, steps, input)
         h, _ = self.recurrent(a)  # (batch, steps, recurrent)
         return self.output(h[:, -1])  # type: ignore[no-any-return]

@@ -25,6 +25,7 @@ from ..errors import ExplanationError
 __all__ = [
     "SequenceConfig",
     "InputStage",
+    "ReluStateCell",
     "SumPool2d",
     "MixedLinear",
     "MixedConv2d",
@@ -254,3 +255,24 @@ class InputStage(nn.Module):
         """(batch, steps, features) -> (batch, steps, size)."""
         features = x if self.front is None else self.front(x)  # (batch, steps, features)
         return self.input_activation(self.input(features))  # type: ignore[no-any-return]
+
+
+class ReluStateCell(nn.Module):
+    """Base of the thesis's shallow and deep cells, whose state is ``r_t = relu(h_t W_rec)`` (bias-free,
+    zero at the start). A subclass builds its layers, then calls :meth:`_add_state_map` last (its modules come
+    last in the cell), and ends its step with :meth:`_next_state`."""
+
+    def __init__(self, recurrent_size: int) -> None:
+        super().__init__()
+        self.recurrent_size = recurrent_size
+
+    def _add_state_map(self, hidden_size: int) -> None:
+        self.recurrent = nn.Linear(hidden_size, self.recurrent_size, bias=False)
+        self.recurrent_activation = nn.ReLU()
+
+    def initial_state(self, x: Tensor) -> tuple[Tensor, ...]:
+        return (x.new_zeros(x.shape[0], self.recurrent_size),)
+
+    def _next_state(self, h: Tensor) -> tuple[Tensor, ...]:
+        """(r_t,) from the (dropped-out) hidden output h_t (batch, hidden)."""
+        return (self.recurrent_activation(self.recurrent(h)),)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .blocks import ConvFrontEnd, InputStage, SequenceConfig, check_sequence, init_thesis_
+from .blocks import ConvFrontEnd, InputStage, ReluStateCell, SequenceConfig, check_sequence, init_thesis_
 from .cells import StationaryDropout
 from .recurrent import Recurrent
 
@@ -32,37 +32,25 @@ class DeepConfig(SequenceConfig):
     stationary: bool = False
 
 
-class DeepCell(nn.Module):
+class DeepCell(ReluStateCell):
     """One step: a_t (batch, input), state (r_{t-1},) -> h_t (batch, hidden), (r_t,) (batch, recurrent)."""
 
     def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        recurrent_size: int,
-        dropout: float = 0.0,
-        stationary: bool = False,
+        self, input_size: int, hidden_size: int, *, recurrent_size: int, dropout: float = 0.0, stationary: bool = False
     ) -> None:
-        super().__init__()
-        self.recurrent_size = recurrent_size
+        super().__init__(recurrent_size)
         self.input_dropout = StationaryDropout(dropout, stationary)
         self.concat_dropout = StationaryDropout(dropout, stationary)
         self.cell = nn.Linear(input_size + recurrent_size, hidden_size, bias=False)
         self.cell_activation = nn.ReLU()
         self.hidden_dropout = StationaryDropout(dropout, stationary)
-        self.recurrent = nn.Linear(hidden_size, recurrent_size, bias=False)
-        self.recurrent_activation = nn.ReLU()
-
-    def initial_state(self, x: Tensor) -> tuple[Tensor, ...]:
-        return (x.new_zeros(x.shape[0], self.recurrent_size),)
+        self._add_state_map(hidden_size)
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         (r,) = state
         ar = self.concat_dropout(torch.cat([self.input_dropout(x), r], dim=-1))  # (batch, input + recurrent)
         h = self.cell_activation(self.cell(ar))
-        r = self.recurrent_activation(self.recurrent(self.hidden_dropout(h)))
-        return h, (r,)
+        return h, self._next_state(self.hidden_dropout(h))
 
 
 class Deep(InputStage):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .blocks import MixedLinear, SequenceConfig, check_sequence, init_thesis_
+from .blocks import MixedLinear, ReluStateCell, SequenceConfig, check_sequence, init_thesis_
 from .cells import StationaryDropout
 from .recurrent import Recurrent
 
@@ -28,36 +28,22 @@ class ShallowConfig(SequenceConfig):
     stationary: bool = False
 
 
-class ShallowCell(nn.Module):
+class ShallowCell(ReluStateCell):
     """One step: x_t (batch, features), state (r_{t-1},) -> h_t (batch, hidden), (r_t,) (batch, recurrent)."""
 
     def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        *,
-        recurrent_size: int,
-        dropout: float = 0.0,
-        stationary: bool = False,
+        self, input_size: int, hidden_size: int, *, recurrent_size: int, dropout: float = 0.0, stationary: bool = False
     ) -> None:
-        super().__init__()
-        self.recurrent_size = recurrent_size
+        super().__init__(recurrent_size)
         self.input = MixedLinear(input_size + recurrent_size, hidden_size, mixed_split=input_size)
         self.input_activation = nn.ReLU()
         self.dropout = StationaryDropout(dropout, stationary)
-        self.recurrent = nn.Linear(hidden_size, recurrent_size, bias=False)
-        self.recurrent_activation = nn.ReLU()
-
-    def initial_state(self, x: Tensor) -> tuple[Tensor, ...]:
-        return (x.new_zeros(x.shape[0], self.recurrent_size),)
+        self._add_state_map(hidden_size)
 
     def forward(self, x: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
         (r,) = state
-        h = self.input_activation(
-            self.input(torch.cat([x, r], dim=-1))
-        )  # (batch, features + recurrent) -> hidden
-        r = self.recurrent_activation(self.recurrent(self.dropout(h)))
-        return h, (r,)
+        h = self.input_activation(self.input(torch.cat([x, r], dim=-1)))  # (batch, features + recurrent) -> hidden
+        return h, self._next_state(self.dropout(h))
 
 
 class Shallow(nn.Module):

@@ -256,14 +256,14 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
         thesis, folds, slides = (t.get((arch, dataset), {}) for t in (THESIS, THESIS_FOLDS, THESIS_SLIDES))
         accuracy = mean_ci([c["accuracy"] for c in group])
         minimum = MINIMUM_ACCURACY.get(dataset)
-        below = [c["replicate"] for c in group if minimum is not None and c["accuracy"] < minimum]
+        below = ", ".join(f"run{c['replicate']}" for c in group if minimum is not None and c["accuracy"] < minimum)
         accuracy_rows.append({
             "dataset": dataset, "arch": arch, "runs": len(group),
             "epochs": "/".join(str(c.get("epochs", "")) for c in sorted(group, key=lambda c: c["replicate"])),
-            "accuracy": accuracy.text(3), "thesis (result.yaml)": THESIS_RESULT_YAML.get((arch, dataset), ""),
+            "accuracy": accuracy.text(4), "thesis (result.yaml)": THESIS_RESULT_YAML.get((arch, dataset), ""),
             "thesis (slides, 7 runs)": slides.get("accuracy", ""),
             "minimum": minimum if minimum is not None else "",
-            "runs below minimum": ",".join(map(str, below)),
+            "runs below minimum": below or "none",
         })
         for method in methods:
             scored = [c for c in group if method in c["methods"]]

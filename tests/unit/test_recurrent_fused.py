@@ -1,0 +1,279 @@
+"""The fused LRP path of stock ``nn.LSTM`` (relprop.rules.recurrent): the same relevance as the explicit cells,
+used only where it provably is, and the user's model unchanged afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+import relprop
+from relprop import rules
+from relprop.canonizers import recurrent as canonizer
+from relprop.composites import LINEAR_TYPES, RuleMap, get_preset
+from relprop.errors import ExplanationError
+from relprop.layers import GatedProduct, Sum
+from relprop.rules.recurrent import CellRules, fused_lstm
+
+
+class _LiteralEpsilon(rules.Epsilon):
+    """Epsilon through its reference definition; not the exact class, so the fused path declines it."""
+
+
+def _explicit(epsilon: float = 1e-3, bias: bool = True, stabilizer: float = 1e-6) -> RuleMap:
+    """lstm_epsilon's rules, run through the explicit cells."""
+    return RuleMap([(LINEAR_TYPES, _LiteralEpsilon(epsilon=epsilon, bias=bias))], stabilizer=stabilizer)
+
+
+@pytest.fixture
+def fused_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Counts the stock LSTM calls that took the fused path."""
+    calls: list[int] = []
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return fused_lstm(*args)
+
+    monkeypatch.setattr(canonizer, "fused_lstm", counted)
+    yield calls
+
+
+class _Classifier(nn.Module):
+    """A stock LSTM on (batch, time, features) input in either layout, given h0/c0 or not, read at its output
+    sequence and at its final states."""
+
+    def __init__(self, lstm: nn.LSTM, initial: str = "none", classes: int = 3) -> None:
+        super().__init__()
+        self.lstm, self.initial = lstm, initial
+        directions = 2 if lstm.bidirectional else 1
+        self.head = nn.Linear(directions * lstm.hidden_size, classes)
+        self.start = nn.Linear(lstm.input_size, lstm.hidden_size)  # h0, c0 from the first step (on the path)
+
+    def _state(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+        lstm = self.lstm
+        slots = lstm.num_layers * (2 if lstm.bidirectional else 1)
+        if self.initial == "none":
+            return None
+        if self.initial == "constant":
+            h = torch.linspace(-1, 1, slots * len(x) * lstm.hidden_size, dtype=x.dtype)
+            h = h.reshape(slots, len(x), lstm.hidden_size)
+            return h, h.flip(-1) * 2
+        h = torch.tanh(self.start(x[:, 0])).expand(slots, -1, -1)  # depends on the input
+        return h, h * 0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        state = self._state(x)
+        output, (h, c) = self.lstm(x if self.lstm.batch_first else x.transpose(0, 1), state)
+        last = output[:, -1] if self.lstm.batch_first else output[-1]
+        return self.head(last) + h.sum(0).mean(-1, keepdim=True) + 0.5 * c[-1].sum(-1, keepdim=True)
+
+
+_CONFIGS = [
+    {"num_layers": 1},
+    {"num_layers": 1, "bidirectional": True, "batch_first": False},
+    {"num_layers": 2, "batch_first": False},
+    {"num_layers": 2, "bidirectional": True},
+    {"num_layers": 2, "bidirectional": True, "bias": False, "batch_first": False},
+    {"num_layers": 3, "bidirectional": True, "dropout": 0.3},
+]
+
+
+def _model(config: dict[str, Any], initial: str = "none", dtype: torch.dtype = torch.float64) -> _Classifier:
+    torch.manual_seed(3)
+    options = {"batch_first": True, **config}
+    return _Classifier(nn.LSTM(4, 6, **options), initial).to(dtype).eval()
+
+
+def _inputs(dtype: torch.dtype = torch.float64, batch: int = 3) -> Tensor:
+    return torch.randn(batch, 7, 4, generator=torch.Generator().manual_seed(5), dtype=dtype)
+
+
+def _assert_relative(got: Tensor, want: Tensor, tolerance: float) -> None:
+    scale = want.abs().max()
+    assert float((got - want).abs().max() / scale) < tolerance, float((got - want).abs().max() / scale)
+
+
+@pytest.mark.parametrize("config", _CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("initial", ["none", "constant", "from_input"])
+def test_fused_equals_explicit_cells_in_float64(config: dict[str, Any], initial: str, fused_calls: list[int]) -> None:
+    model, x = _model(config, initial), _inputs()
+    fused = relprop.explain(model, x, "all", preset="lstm_epsilon")
+    assert len(fused_calls) == 1
+    explicit = relprop.explain(model, x, "all", rule_map=_explicit())
+    assert len(fused_calls) == 1  # the reference ran through the cells
+    assert fused.relevance.shape == (3, 3, 7, 4)
+    _assert_relative(fused.relevance, explicit.relevance, 1e-10)
+    # conservation as the cells have it: the same gap (the biases and stabilisers absorb the same share)
+    torch.testing.assert_close(fused.details["conservation_gap"], explicit.details["conservation_gap"],
+                               rtol=1e-9, atol=1e-10)
+
+
+def test_fused_equals_explicit_cells_in_float32(fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}, "from_input", torch.float32), _inputs(torch.float32)
+    fused = relprop.explain(model, x, 1, preset="lstm_epsilon").relevance
+    explicit = relprop.explain(model, x, 1, rule_map=_explicit()).relevance
+    assert len(fused_calls) == 1
+    _assert_relative(fused, explicit, 1e-5)
+
+
+@pytest.mark.parametrize("options", [{"epsilon": 0.0}, {"epsilon": 0.25, "stabilizer": 1e-2}])
+def test_fused_follows_the_presets_options(options: dict[str, float], fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
+    fused = relprop.explain(model, x, 2, preset="lstm_epsilon", **options).relevance
+    explicit = relprop.explain(model, x, 2, rule_map=_explicit(**options)).relevance
+    assert len(fused_calls) == 1
+    _assert_relative(fused, explicit, 1e-10)
+
+
+def test_fused_epsilon_without_bias_and_per_cell_rules(fused_calls: list[int]) -> None:
+    """Epsilon(bias=False) leaves the bias out of z; a name pattern gives one cell its own epsilon."""
+    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
+    one_cell = "lstm.relprop_explicit.layers.1.0.candidate"
+    fused_map = RuleMap([(one_cell, rules.Epsilon(epsilon=0.5)),
+                         (LINEAR_TYPES, rules.Epsilon(epsilon=1e-3, bias=False))])
+    explicit_map = RuleMap([(one_cell, _LiteralEpsilon(epsilon=0.5)),
+                            (LINEAR_TYPES, _LiteralEpsilon(epsilon=1e-3, bias=False))])
+    fused = relprop.explain(model, x, 0, rule_map=fused_map).relevance
+    explicit = relprop.explain(model, x, 0, rule_map=explicit_map).relevance
+    assert len(fused_calls) == 1
+    _assert_relative(fused, explicit, 1e-10)
+
+
+class _Tokens(nn.Module):
+    """The benchmark's text classifier: embedding, 2-layer bidirectional LSTM, a head on the final states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(50, 8)
+        self.lstm = nn.LSTM(8, 10, num_layers=2, bidirectional=True, batch_first=True)
+        self.linear = nn.Linear(20, 4)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        states, _ = self.lstm(self.embedding(ids))
+        return self.linear(torch.cat([states[:, -1, :10], states[:, 0, 10:]], 1))  # type: ignore[no-any-return]
+
+
+def test_fused_takes_each_modules_own_stabiliser(fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
+    own = (Sum, rules.Proportional(0.05))
+    fused = relprop.explain(model, x, 1, rule_map=get_preset("lstm_epsilon").with_rules(own)).relevance
+    explicit = relprop.explain(model, x, 1, rule_map=_explicit().with_rules(own)).relevance
+    assert len(fused_calls) == 1
+    _assert_relative(fused, explicit, 1e-10)
+    assert float((fused - relprop.explain(model, x, 1, preset="lstm_epsilon").relevance).abs().max()) > 1e-6
+
+
+def test_fused_on_token_ids(fused_calls: list[int]) -> None:
+    torch.manual_seed(0)
+    model, ids = _Tokens().double().eval(), torch.randint(0, 50, (2, 9))
+    fused = relprop.explain(model, ids, "all", preset="lstm_epsilon")
+    explicit = relprop.explain(model, ids, "all", rule_map=_explicit())
+    assert len(fused_calls) == 1
+    _assert_relative(fused.details["embedding_relevance"], explicit.details["embedding_relevance"], 1e-10)
+
+
+def test_fused_forward_is_the_stock_modules() -> None:
+    """Outputs of the fused function equal the stock module's, unbatched and time-major, with a state."""
+    torch.manual_seed(0)
+    lstm = nn.LSTM(3, 5, num_layers=2, bidirectional=True).double()
+    cell_rules = [CellRules(rules.Epsilon(), rules.Proportional())] * 4
+    x, h0, c0 = torch.randn(6, 2, 3).double(), torch.randn(4, 2, 5).double(), torch.randn(4, 2, 5).double()
+    for args in [(x, (h0, c0)), (x[:, 0], (h0[:, 0], c0[:, 0])), (x, None)]:
+        with torch.no_grad():
+            want, (h, c) = lstm(*args)
+        got, (h_got, c_got) = fused_lstm(lstm, args[0], args[1], cell_rules)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close((h_got, c_got), (h, c), rtol=1e-12, atol=1e-12)
+
+
+# ---- where the cells run instead -------------------------------------------------------------------------------
+
+
+def test_other_rules_layers_and_hooks_run_the_cells(fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
+    relprop.explain(model, x, 1, preset="thesis_lrp", low=-4.0, high=4.0)  # alpha-beta on the candidate
+    relprop.explain(model, x, 1, preset="zplus")
+    relprop.explain(model, x, 1, rule_map=get_preset("lstm_epsilon").with_rules((GatedProduct, rules.Uniform())))
+    assert fused_calls == []
+    # relevance at a module inside the twin: the cells run, and give the fused path's input relevance
+    cell = "lstm.relprop_explicit.layers.0.0.candidate"
+    recorded = relprop.explain(model, x, 1, preset="lstm_epsilon", layers=[cell])
+    assert fused_calls == [] and recorded.layers[cell].shape[:2] == (3, 7)
+    fused = relprop.explain(model, x, 1, preset="lstm_epsilon")
+    assert len(fused_calls) == 1
+    _assert_relative(recorded.relevance, fused.relevance, 1e-10)
+    # a global module hook would see every module of the cells
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, output: None)
+    try:
+        relprop.explain(model, x, 1, preset="lstm_epsilon")
+    finally:
+        handle.remove()
+    assert len(fused_calls) == 1
+
+
+def test_other_methods_and_recurrent_modules_are_unchanged(fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
+    gradient = relprop.explain(model, x, 1, method="gradient").relevance
+    x_ = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(model(x_)[:, 1].sum(), x_)
+    torch.testing.assert_close(gradient, want)
+    gru = _Classifier(nn.LSTM(4, 6, batch_first=True)).double().eval()
+    gru.lstm = nn.GRU(4, 6, batch_first=True).double().eval()  # type: ignore[assignment]
+
+    def forward(x: Tensor) -> Tensor:
+        output, _ = gru.lstm(x)
+        return gru.head(output[:, -1])  # type: ignore[no-any-return]
+
+    gru.forward = forward  # type: ignore[method-assign]
+    explanation = relprop.explain(gru, x, 1, preset="lstm_epsilon")
+    assert torch.isfinite(explanation.relevance).all() and fused_calls == []
+
+
+def test_packed_sequences_are_refused(fused_calls: list[int]) -> None:
+    model = _model({"num_layers": 2})
+    packed = pack_padded_sequence(_inputs(), torch.tensor([7, 5, 2]), batch_first=True)
+    with pytest.raises(ExplanationError, match="PackedSequence"), \
+            get_preset("lstm_epsilon").attached(model) as guard, guard:
+        model.lstm(packed)
+    assert fused_calls == [] and _hooks(model) == 0
+
+
+# ---- the user's model ----------------------------------------------------------------------------------------
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def _unchanged(model: nn.Module, state: dict[str, Tensor], modules: list[nn.Module]) -> None:
+    assert list(model.modules()) == modules and _hooks(model) == 0
+    assert "forward" not in model.lstm.__dict__ and "relprop_explicit" not in model.lstm._modules
+    assert state.keys() == model.state_dict().keys()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, state[name])
+
+
+def test_the_users_model_is_unchanged_also_after_an_error(fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}, "from_input"), _inputs()
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    modules = list(model.modules())
+    relprop.explain(model, x, 1, preset="lstm_epsilon")
+    _unchanged(model, state, modules)
+
+    def fail(module: nn.Module, args: Any, output: Any) -> None:
+        if torch.is_grad_enabled():  # the explained pass, not explain's plain one
+            raise RuntimeError("boom")
+
+    handle = model.head.register_forward_hook(fail)  # after the fused LSTM ran
+    with pytest.raises(RuntimeError, match="boom"):
+        relprop.explain(model, x, 1, preset="lstm_epsilon")
+    handle.remove()
+    assert len(fused_calls) == 2
+    _unchanged(model, state, modules)
+    with torch.no_grad():  # the stock module computes again
+        want, _ = nn.LSTM.forward(model.lstm, x)
+        torch.testing.assert_close(model.lstm(x)[0], want)

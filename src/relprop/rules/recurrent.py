@@ -141,8 +141,8 @@ def _forward_layer(layer: _Layer, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[tu
     forget_gate = gates[..., hidden : 2 * hidden]
     c = torch.empty_like(write)
     state = c0
-    for step in range(len(c)):
-        state = torch.addcmul(write[step], forget_gate[step], state, out=c[step])
+    for c_t, write_t, forget_t in zip(c.unbind(0), write.unbind(0), forget_gate.unbind(0)):  # views, one call each
+        state = torch.addcmul(write_t, forget_t, state, out=c_t)
     forget = forget_gate * torch.cat([c0.unsqueeze(0), c[:-1]])
     return result, _Record(x, h_previous, c, z, forget, write)
 
@@ -165,12 +165,14 @@ def _relevance_layer(
         share.append(record.write[:, d] / denominator / rules.candidate.stabilize(z))
     keep_all, share_all = torch.stack(keep, 1), torch.stack(share, 1)  # (T, D, batch, H)
     s_all = torch.empty_like(share_all)
-    r = steps[-1] + relevance_h + relevance_c  # r = R(c_t) + R(h_t) at the last step
+    out, share_t, keep_t, h_t = s_all.unbind(0), share_all.unbind(0), keep_all.unbind(0), record.h_previous.unbind(0)
+    relevance_t = steps.unbind(0)
+    r = relevance_t[-1] + relevance_h + relevance_c  # r = R(c_t) + R(h_t) at the last step
     for t in range(len(steps) - 1, 0, -1):
-        s = torch.mul(r, share_all[t], out=s_all[t])
-        r = torch.addcmul(steps[t - 1], r, keep_all[t]).addcmul_(torch.bmm(s, w_hh), record.h_previous[t])
-    s = torch.mul(r, share_all[0], out=s_all[0])
-    relevance_h, relevance_c = torch.bmm(s, w_hh).mul_(record.h_previous[0]), r * keep_all[0]
+        s = torch.mul(r, share_t[t], out=out[t])
+        r = torch.addcmul(relevance_t[t - 1], r, keep_t[t]).addcmul_(torch.bmm(s, w_hh), h_t[t])
+    s = torch.mul(r, share_t[0], out=out[0])
+    relevance_h, relevance_c = torch.bmm(s, w_hh).mul_(h_t[0]), r * keep_t[0]
     directions, (batch, length) = s_all.shape[1], record.x.shape[:2]
     s_x = torch.bmm(_to_time(s_all).reshape(directions, batch * length, -1), w_ih)  # (D, batch T, features)
     relevance_x = (s_x.view(directions, batch, length, -1) * record.x).sum(0)  # (batch, T, features)

@@ -176,6 +176,28 @@ def test_fused_on_token_ids(fused_calls: list[int]) -> None:
     _assert_relative(fused.details["embedding_relevance"], explicit.details["embedding_relevance"], 1e-10)
 
 
+class _Unbatched(nn.Module):
+    """Runs the LSTM on each sample alone, unbatched (time, features), one step long or longer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(4, 6, num_layers=2, bidirectional=True)
+        self.head = nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.stack([self.lstm(sample)[0][-1] for sample in x]))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_fused_on_unbatched_calls(steps: int, fused_calls: list[int]) -> None:
+    torch.manual_seed(0)
+    model, x = _Unbatched().double().eval(), _inputs()[:, :steps]
+    fused = relprop.explain(model, x, 1, preset="lstm_epsilon").relevance
+    explicit = relprop.explain(model, x, 1, rule_map=_explicit()).relevance
+    assert len(fused_calls) == 3
+    _assert_relative(fused, explicit, 1e-10)
+
+
 def test_fused_forward_is_the_stock_modules() -> None:
     """Outputs of the fused function equal the stock module's, unbatched and time-major, with a state."""
     torch.manual_seed(0)

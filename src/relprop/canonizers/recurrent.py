@@ -188,10 +188,11 @@ def _global_hooks() -> bool:
 
 
 def _stock_arguments(module: nn.RNNBase, x: Tensor, hx: Any) -> bool:
-    """A padded input (2-D unbatched or 3-D) and an initial state ``(h0, c0)`` of the stock shapes and dtype."""
+    """A padded input (2-D unbatched or 3-D, float32 or float64, not empty) and an initial state
+    ``(h0, c0)`` of the stock shapes and dtype."""
     weight = cast(Tensor, module.weight_ih_l0)
     if x.dim() not in (2, 3) or x.shape[-1] != module.input_size or x.dtype != weight.dtype \
-            or x.device != weight.device:
+            or x.dtype not in (torch.float32, torch.float64) or x.device != weight.device or x.numel() == 0:
         return False
     if hx is None:
         return True
@@ -279,6 +280,7 @@ class ExplicitRecurrent:
 
     Outputs stay equal (up to float rounding); ``apply`` returns the function that restores the stock modules
     exactly. Packed sequences and ``nn.LSTM(proj_size > 0)`` raise :class:`~relprop.errors.ExplanationError`.
+    An ``nn.LSTM`` explained under LSTM-LRP's rules takes the fused path instead of its cells (module docstring).
 
     >>> model = nn.Sequential(nn.LSTM(3, 4, batch_first=True))
     >>> undo = ExplicitRecurrent().apply(model)

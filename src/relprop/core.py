@@ -235,7 +235,7 @@ def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
     for value in inputs:
         function = getattr(getattr(value, "grad_fn", None), "_forward_cls", None)  # set on custom Functions' nodes
         if function is not None and function not in (_Relay, _Route) and not getattr(
-                function, "carries_relevance", False):  # e.g. relprop.rules.recurrent.FusedLSTM
+                function, "carries_relevance", False):  # e.g. relprop.rules.recurrent.FusedRecurrent
             raise ExplanationError(
                 f"{_describe(site) if isinstance(site, str) else 'the input of ' + _describe(site)} comes from the "
                 "custom autograd.Function "

@@ -1,5 +1,5 @@
-"""The fused LRP path of stock ``nn.LSTM`` (relprop.rules.recurrent): the same relevance as the explicit cells,
-used only where it provably is, and the user's model unchanged afterwards."""
+"""The fused LRP path of stock ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` (relprop.rules.recurrent): the same relevance
+as the explicit cells, used only where it provably is, and the user's model unchanged afterwards."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from relprop.canonizers import recurrent as canonizer
 from relprop.composites import LINEAR_TYPES, RuleMap, get_preset
 from relprop.errors import ExplanationError
 from relprop.layers import GatedProduct, Sum
-from relprop.rules.recurrent import CellRules, fused_lstm
+from relprop.rules.recurrent import CellRules, GRURules, RNNRules, fused_recurrent
 
 
 class _LiteralEpsilon(rules.Epsilon):
@@ -31,29 +31,29 @@ def _explicit(epsilon: float = 1e-3, bias: bool = True, stabilizer: float = 1e-6
 
 @pytest.fixture
 def fused_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
-    """Counts the stock LSTM calls that took the fused path."""
+    """Counts the stock module calls that took the fused path."""
     calls: list[int] = []
 
     def counted(*args: Any) -> Any:
         calls.append(1)
-        return fused_lstm(*args)
+        return fused_recurrent(*args)
 
-    monkeypatch.setattr(canonizer, "fused_lstm", counted)
+    monkeypatch.setattr(canonizer, "fused_recurrent", counted)
     yield calls
 
 
 class _Classifier(nn.Module):
-    """A stock LSTM on (batch, time, features) input in either layout, given h0/c0 or not, read at its output
-    sequence and at its final states."""
+    """A stock LSTM (GRU, RNN) on (batch, time, features) input in either layout, given h0/c0 or not, read at its
+    output sequence and at its final states."""
 
-    def __init__(self, lstm: nn.LSTM, initial: str = "none", classes: int = 3) -> None:
+    def __init__(self, lstm: nn.RNNBase, initial: str = "none", classes: int = 3) -> None:
         super().__init__()
         self.lstm, self.initial = lstm, initial
         directions = 2 if lstm.bidirectional else 1
         self.head = nn.Linear(directions * lstm.hidden_size, classes)
         self.start = nn.Linear(lstm.input_size, lstm.hidden_size)  # h0, c0 from the first step (on the path)
 
-    def _state(self, x: Tensor) -> tuple[Tensor, Tensor] | None:
+    def _state(self, x: Tensor) -> Any:
         lstm = self.lstm
         slots = lstm.num_layers * (2 if lstm.bidirectional else 1)
         if self.initial == "none":
@@ -61,13 +61,14 @@ class _Classifier(nn.Module):
         if self.initial == "constant":
             h = torch.linspace(-1, 1, slots * len(x) * lstm.hidden_size, dtype=x.dtype)
             h = h.reshape(slots, len(x), lstm.hidden_size)
-            return h, h.flip(-1) * 2
-        h = torch.tanh(self.start(x[:, 0])).expand(slots, -1, -1)  # depends on the input
-        return h, h * 0.5
+        else:
+            h = torch.tanh(self.start(x[:, 0])).expand(slots, -1, -1)  # depends on the input
+        return (h, h.flip(-1) * 0.5) if isinstance(lstm, nn.LSTM) else h
 
     def forward(self, x: Tensor) -> Tensor:
         state = self._state(x)
-        output, (h, c) = self.lstm(x if self.lstm.batch_first else x.transpose(0, 1), state)
+        output, final = self.lstm(x if self.lstm.batch_first else x.transpose(0, 1), state)
+        h, c = final if isinstance(final, tuple) else (final, final)
         last = output[:, -1] if self.lstm.batch_first else output[-1]
         return self.head(last) + h.sum(0).mean(-1, keepdim=True) + 0.5 * c[-1].sum(-1, keepdim=True)
 
@@ -82,10 +83,15 @@ _CONFIGS = [
 ]
 
 
-def _model(config: dict[str, Any], initial: str = "none", dtype: torch.dtype = torch.float64) -> _Classifier:
+def _model(config: dict[str, Any], initial: str = "none", dtype: torch.dtype = torch.float64,
+           stock: Any = nn.LSTM) -> _Classifier:
     torch.manual_seed(3)
     options = {"batch_first": True, **config}
-    return _Classifier(nn.LSTM(4, 6, **options), initial).to(dtype).eval()
+    return _Classifier(stock(4, 6, **options), initial).to(dtype).eval()
+
+
+_STOCK = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn_tanh": nn.RNN,
+          "rnn_relu": lambda *args, **kwargs: nn.RNN(*args, nonlinearity="relu", **kwargs)}
 
 
 def _inputs(dtype: torch.dtype = torch.float64, batch: int = 3) -> Tensor:
@@ -99,8 +105,11 @@ def _assert_relative(got: Tensor, want: Tensor, tolerance: float) -> None:
 
 @pytest.mark.parametrize("config", _CONFIGS, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 @pytest.mark.parametrize("initial", ["none", "constant", "from_input"])
-def test_fused_equals_explicit_cells_in_float64(config: dict[str, Any], initial: str, fused_calls: list[int]) -> None:
-    model, x = _model(config, initial), _inputs()
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_equals_explicit_cells_in_float64(
+    config: dict[str, Any], initial: str, stock: str, fused_calls: list[int]
+) -> None:
+    model, x = _model(config, initial, stock=_STOCK[stock]), _inputs()
     fused = relprop.explain(model, x, "all", preset="lstm_epsilon")
     assert len(fused_calls) == 1
     explicit = relprop.explain(model, x, "all", rule_map=_explicit())
@@ -112,8 +121,10 @@ def test_fused_equals_explicit_cells_in_float64(config: dict[str, Any], initial:
                                rtol=1e-9, atol=1e-10)
 
 
-def test_fused_equals_explicit_cells_in_float32(fused_calls: list[int]) -> None:
-    model, x = _model({"num_layers": 2, "bidirectional": True}, "from_input", torch.float32), _inputs(torch.float32)
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_equals_explicit_cells_in_float32(stock: str, fused_calls: list[int]) -> None:
+    model = _model({"num_layers": 2, "bidirectional": True}, "from_input", torch.float32, _STOCK[stock])
+    x = _inputs(torch.float32)
     fused = relprop.explain(model, x, 1, preset="lstm_epsilon").relevance
     explicit = relprop.explain(model, x, 1, rule_map=_explicit()).relevance
     assert len(fused_calls) == 1
@@ -121,18 +132,23 @@ def test_fused_equals_explicit_cells_in_float32(fused_calls: list[int]) -> None:
 
 
 @pytest.mark.parametrize("options", [{"epsilon": 0.0}, {"epsilon": 0.25, "stabilizer": 1e-2}])
-def test_fused_follows_the_presets_options(options: dict[str, float], fused_calls: list[int]) -> None:
-    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_follows_the_presets_options(options: dict[str, float], stock: str, fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}, stock=_STOCK[stock]), _inputs()
     fused = relprop.explain(model, x, 2, preset="lstm_epsilon", **options).relevance
     explicit = relprop.explain(model, x, 2, rule_map=_explicit(**options)).relevance
     assert len(fused_calls) == 1
     _assert_relative(fused, explicit, 1e-10)
 
 
-def test_fused_epsilon_without_bias_and_per_cell_rules(fused_calls: list[int]) -> None:
-    """Epsilon(bias=False) leaves the bias out of z; a name pattern gives one cell its own epsilon."""
-    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
-    one_cell = "lstm.relprop_explicit.layers.1.0.candidate"
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_epsilon_without_bias_and_per_cell_rules(stock: str, fused_calls: list[int]) -> None:
+    """Epsilon(bias=False) leaves the bias out of z; a name pattern gives one cell's linear maps their own
+    epsilon."""
+    model, x = _model({"num_layers": 2, "bidirectional": True}, stock=_STOCK[stock]), _inputs()
+    def one_cell(name: str, module: nn.Module) -> bool:
+        return name.startswith("lstm.relprop_explicit.layers.1.0.") and isinstance(module, nn.Linear)
+
     fused_map = RuleMap([(one_cell, rules.Epsilon(epsilon=0.5)),
                          (LINEAR_TYPES, rules.Epsilon(epsilon=1e-3, bias=False))])
     explicit_map = RuleMap([(one_cell, _LiteralEpsilon(epsilon=0.5)),
@@ -157,8 +173,9 @@ class _Tokens(nn.Module):
         return self.linear(torch.cat([states[:, -1, :10], states[:, 0, 10:]], 1))  # type: ignore[no-any-return]
 
 
-def test_fused_takes_each_modules_own_stabiliser(fused_calls: list[int]) -> None:
-    model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
+@pytest.mark.parametrize("stock", ["lstm", "gru"])
+def test_fused_takes_each_modules_own_stabiliser(stock: str, fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}, stock=_STOCK[stock]), _inputs()
     own = (Sum, rules.Proportional(0.05))
     fused = relprop.explain(model, x, 1, rule_map=get_preset("lstm_epsilon").with_rules(own)).relevance
     explicit = relprop.explain(model, x, 1, rule_map=_explicit().with_rules(own)).relevance
@@ -188,6 +205,27 @@ class _Unbatched(nn.Module):
         return self.head(torch.stack([self.lstm(sample)[0][-1] for sample in x]))  # type: ignore[no-any-return]
 
 
+class _Sequence(nn.Module):
+    """A head on every step of the output sequence, the stock module's output going straight into a layer."""
+
+    def __init__(self, stock: Any) -> None:
+        super().__init__()
+        self.lstm, self.head = stock(4, 6, batch_first=True), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.lstm(x)[0]).sum(1)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_output_feeds_a_layer_directly(stock: str, fused_calls: list[int]) -> None:
+    torch.manual_seed(0)
+    model, x = _Sequence(_STOCK[stock]).double().eval(), _inputs()
+    fused = relprop.explain(model, x, 1, preset="lstm_epsilon").relevance
+    explicit = relprop.explain(model, x, 1, rule_map=_explicit()).relevance
+    assert len(fused_calls) == 1
+    _assert_relative(fused, explicit, 1e-10)
+
+
 @pytest.mark.parametrize("steps", [1, 5])
 def test_fused_on_unbatched_calls(steps: int, fused_calls: list[int]) -> None:
     torch.manual_seed(0)
@@ -198,18 +236,21 @@ def test_fused_on_unbatched_calls(steps: int, fused_calls: list[int]) -> None:
     _assert_relative(fused, explicit, 1e-10)
 
 
-def test_fused_forward_is_the_stock_modules() -> None:
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_forward_is_the_stock_modules(stock: str) -> None:
     """Outputs of the fused function equal the stock module's, unbatched and time-major, with a state."""
     torch.manual_seed(0)
-    lstm = nn.LSTM(3, 5, num_layers=2, bidirectional=True).double()
-    cell_rules = [CellRules(rules.Epsilon(), rules.Proportional())] * 4
+    rnn = _STOCK[stock](3, 5, num_layers=2, bidirectional=True).double()
+    cell_rules: list[Any] = [{"lstm": CellRules(rules.Epsilon(), rules.Proportional()),
+                              "gru": GRURules(rules.Epsilon(), rules.Epsilon(), rules.Proportional(),
+                                              rules.Proportional())}.get(stock, RNNRules(rules.Epsilon()))] * 4
     x, h0, c0 = torch.randn(6, 2, 3).double(), torch.randn(4, 2, 5).double(), torch.randn(4, 2, 5).double()
-    for args in [(x, (h0, c0)), (x[:, 0], (h0[:, 0], c0[:, 0])), (x, None)]:
+    lstm = isinstance(rnn, nn.LSTM)
+    for args in [(x, (h0, c0) if lstm else h0), (x[:, 0], (h0[:, 0], c0[:, 0]) if lstm else h0[:, 0]), (x, None)]:
         with torch.no_grad():
-            want, (h, c) = lstm(*args)
-        got, (h_got, c_got) = fused_lstm(lstm, args[0], args[1], cell_rules)
+            want = rnn(*args)
+        got = fused_recurrent(rnn, args[0], args[1], cell_rules)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close((h_got, c_got), (h, c), rtol=1e-12, atol=1e-12)
 
 
 # ---- where the cells run instead -------------------------------------------------------------------------------
@@ -237,22 +278,13 @@ def test_other_rules_layers_and_hooks_run_the_cells(fused_calls: list[int]) -> N
     assert len(fused_calls) == 1
 
 
-def test_other_methods_and_recurrent_modules_are_unchanged(fused_calls: list[int]) -> None:
+def test_other_methods_are_unchanged(fused_calls: list[int]) -> None:
     model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
     gradient = relprop.explain(model, x, 1, method="gradient").relevance
     x_ = x.clone().requires_grad_()
     (want,) = torch.autograd.grad(model(x_)[:, 1].sum(), x_)
     torch.testing.assert_close(gradient, want)
-    gru = _Classifier(nn.LSTM(4, 6, batch_first=True)).double().eval()
-    gru.lstm = nn.GRU(4, 6, batch_first=True).double().eval()  # type: ignore[assignment]
-
-    def forward(x: Tensor) -> Tensor:
-        output, _ = gru.lstm(x)
-        return gru.head(output[:, -1])  # type: ignore[no-any-return]
-
-    gru.forward = forward  # type: ignore[method-assign]
-    explanation = relprop.explain(gru, x, 1, preset="lstm_epsilon")
-    assert torch.isfinite(explanation.relevance).all() and fused_calls == []
+    assert fused_calls == []
 
 
 def test_packed_sequences_are_refused(fused_calls: list[int]) -> None:

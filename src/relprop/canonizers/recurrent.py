@@ -12,9 +12,9 @@ the stock structure ``(output, (h_n, c_n))`` / ``(output, h_n)``. Undoing remove
 the stock parameters are never written (the twin holds copies).
 
 **Fused LSTM-LRP.** Running the twin costs a Python call per module, step, layer and direction. When a stock
-``nn.LSTM`` is explained by LRP and the rules attached to its twin are those of LSTM-LRP (epsilon on the candidate,
-signal-take-all products, a proportional cell sum, activations passing: ``lstm_epsilon``), the redirected forward
-runs :func:`relprop.rules.recurrent.fused_lstm` instead, which gives the same relevance with plain tensor code. It
+module is explained by LRP and the rules attached to its twin are those of LSTM-LRP (epsilon on the candidate maps,
+signal-take-all products, proportional sums, activations passing: ``lstm_epsilon``), the redirected forward runs
+:func:`relprop.rules.recurrent.fused_recurrent` instead, which gives the same relevance with plain tensor code. It
 is decided at each call from the rules actually attached to the twin's modules; any other rule, a hook of anyone
 else on a module of the twin (e.g. ``layers=`` naming one), training mode or a non-LRP method runs the twin.
 """
@@ -37,7 +37,7 @@ from ..errors import ExplanationError
 from ..models.cells import GRUCell, LSTMCell, RNNCell
 from ..models.recurrent import Recurrent
 from ..rules import Epsilon, Pass, Proportional, Route, Rule, SignalTakeAll, ZRule
-from ..rules.recurrent import CellRules, fused_lstm
+from ..rules.recurrent import CellRules, GRURules, RNNRules, Rules, fused_recurrent
 from .base import apply_all
 
 __all__ = ["ExplicitRecurrent", "explicit_twin"]
@@ -163,7 +163,7 @@ def _identity(rule: Rule | None) -> bool:
 
 
 # The rule each module of an explicit LSTM cell must have for the fused pass
-_FUSED_CELL: dict[str, Callable[[Rule | None], bool]] = {
+_FUSED_LSTM: dict[str, Callable[[Rule | None], bool]] = {
     "candidate": lambda rule: type(rule) is Epsilon,
     "candidate_activation": lambda rule: type(rule) is Pass,
     "gates": lambda rule: isinstance(rule, ZRule),  # never reached: the products give the gates no relevance
@@ -177,6 +177,48 @@ _FUSED_CELL: dict[str, Callable[[Rule | None], bool]] = {
     "input_dropout": _identity,
     "output_dropout": _identity,
 }
+_FUSED_GRU: dict[str, Callable[[Rule | None], bool]] = {
+    "candidate_input": lambda rule: type(rule) is Epsilon,
+    "candidate_state": lambda rule: type(rule) is Epsilon,
+    "candidate_sum": lambda rule: type(rule) is Proportional,
+    "reset": lambda rule: type(rule) is SignalTakeAll,
+    "candidate_activation": lambda rule: type(rule) is Pass,
+    "gates": lambda rule: isinstance(rule, ZRule),  # never reached: the products give the gates no relevance
+    "gate_activation": lambda rule: type(rule) is Pass,
+    "gate_complement": lambda rule: type(rule) is Pass,
+    "write": lambda rule: type(rule) is SignalTakeAll,
+    "keep": lambda rule: type(rule) is SignalTakeAll,
+    "state_sum": lambda rule: type(rule) is Proportional,
+    "input_dropout": _identity,
+    "output_dropout": _identity,
+}
+_FUSED_RNN: dict[str, Callable[[Rule | None], bool]] = {
+    "linear": lambda rule: type(rule) is Epsilon,
+    "activation": lambda rule: type(rule) is Pass,
+    "input_dropout": _identity,
+    "output_dropout": _identity,
+}
+
+
+def _cell_rules(cell: nn.Module, rule_of: Callable[[nn.Module], Rule | None]) -> Rules | None:
+    """The rules of one explicit cell for the fused pass, None if they are not exactly LSTM-LRP's."""
+    tables: dict[type[nn.Module], dict[str, Callable[[Rule | None], bool]]] = {
+        LSTMCell: _FUSED_LSTM, GRUCell: _FUSED_GRU, RNNCell: _FUSED_RNN}
+    table = tables.get(type(cell))
+    children = dict(cell.named_children())
+    if table is None or set(children) != set(table) or getattr(cell, "reset_after", True) is not True:
+        return None
+    found = {name: rule_of(children[name]) for name in table}
+    if not all(accepts(found[name]) for name, accepts in table.items()):
+        return None
+    if isinstance(cell, LSTMCell):
+        return CellRules(cast(Epsilon, found["candidate"]), cast(Proportional, found["cell_sum"]))
+    if isinstance(cell, GRUCell):
+        return GRURules(*(cast(Any, found[name]) for name in
+                          ("candidate_input", "candidate_state", "candidate_sum", "state_sum")))
+    return RNNRules(cast(Epsilon, found["linear"]))
+
+
 # The functional ops the twin calls on the relevance path: their own backward routes relevance
 _TWIN_ROUTES = ("__getitem__", "unbind", "stack", "cat", "chunk", "transpose", "unsqueeze", "squeeze")
 
@@ -188,8 +230,8 @@ def _global_hooks() -> bool:
 
 
 def _stock_arguments(module: nn.RNNBase, x: Tensor, hx: Any) -> bool:
-    """A padded input (2-D unbatched or 3-D, float32 or float64, not empty) and an initial state
-    ``(h0, c0)`` of the stock shapes and dtype."""
+    """A padded input (2-D unbatched or 3-D, float32 or float64, not empty) and an initial state (``(h0, c0)``,
+    or ``h0``) of the stock shapes and dtype."""
     weight = cast(Tensor, module.weight_ih_l0)
     if x.dim() not in (2, 3) or x.shape[-1] != module.input_size or x.dtype != weight.dtype \
             or x.dtype not in (torch.float32, torch.float64) or x.device != weight.device or x.numel() == 0:
@@ -199,15 +241,18 @@ def _stock_arguments(module: nn.RNNBase, x: Tensor, hx: Any) -> bool:
     states = module.num_layers * (2 if module.bidirectional else 1)
     shape = (states, module.hidden_size) if x.dim() == 2 else \
         (states, x.shape[0 if module.batch_first else 1], module.hidden_size)
-    return (isinstance(hx, tuple) and len(hx) == 2
+    if not isinstance(module, nn.LSTM):
+        hx = (hx,)
+    return (isinstance(hx, tuple) and len(hx) == (2 if isinstance(module, nn.LSTM) else 1)
             and all(isinstance(s, Tensor) and tuple(s.shape) == shape and s.dtype == x.dtype for s in hx))
 
 
-def _fused_rules(module: nn.RNNBase, twin: Recurrent, x: Any, hx: Any) -> list[CellRules] | None:
-    """The rules of the twin's cells (stock order: layer, direction) when :func:`fused_lstm` computes what the twin
-    would: a stock LSTM in eval mode on a padded tensor on the relevance path, explained by LRP (a strict guard),
-    with exactly the LSTM-LRP rules on every module of the twin and no other hook on any of them. Else None."""
-    if not isinstance(module, nn.LSTM) or module.training or not isinstance(x, Tensor):
+def _fused_rules(module: nn.RNNBase, twin: Recurrent, x: Any, hx: Any) -> list[Rules] | None:
+    """The rules of the twin's cells (stock order: layer, direction) when :func:`fused_recurrent` computes what the
+    twin would: a stock module in eval mode on a padded tensor on the relevance path, explained by LRP (a strict
+    guard), with exactly the LSTM-LRP rules on every module of the twin and no other hook on any of them. Else
+    None."""
+    if module.training or not isinstance(x, Tensor) or module.proj_size > 0:
         return None
     guard = FunctionalGuard.active()
     if guard is None or not guard.strict or guard.depth or _global_hooks() or not on_path((x, hx)) \
@@ -225,13 +270,10 @@ def _fused_rules(module: nn.RNNBase, twin: Recurrent, x: Any, hx: Any) -> list[C
         return None
     found = []
     for cell in cells:
-        children = dict(cell.named_children())
-        if type(cell) is not LSTMCell or set(children) != set(_FUSED_CELL):
+        rules = _cell_rules(cell, lambda child: attached[id(child)][0])
+        if rules is None:
             return None
-        if not all(accepts(attached[id(children[name])][0]) for name, accepts in _FUSED_CELL.items()):
-            return None
-        found.append(CellRules(cast(Epsilon, attached[id(cell.candidate)][0]),
-                               cast(Proportional, attached[id(cell.cell_sum)][0])))
+        found.append(rules)
     return found
 
 
@@ -257,7 +299,7 @@ def _redirect(module: nn.RNNBase) -> Callable[[], None]:
         nonlocal loaded
         fused = _fused_rules(module, twin, x, hx)
         if fused is not None:
-            return fused_lstm(cast(nn.LSTM, module), x, hx, fused)
+            return fused_recurrent(module, x, hx, fused)
         if not loaded:  # the module's current weights, once per application
             _load_weights(twin, module)
             loaded = True
@@ -280,7 +322,7 @@ class ExplicitRecurrent:
 
     Outputs stay equal (up to float rounding); ``apply`` returns the function that restores the stock modules
     exactly. Packed sequences and ``nn.LSTM(proj_size > 0)`` raise :class:`~relprop.errors.ExplanationError`.
-    An ``nn.LSTM`` explained under LSTM-LRP's rules takes the fused path instead of its cells (module docstring).
+    A module explained under LSTM-LRP's rules takes the fused path instead of its cells (module docstring).
 
     >>> model = nn.Sequential(nn.LSTM(3, 4, batch_first=True))
     >>> undo = ExplicitRecurrent().apply(model)

@@ -1,5 +1,5 @@
-"""Fused LRP through a stock ``nn.LSTM``: the relevance its explicit cells give under LSTM-LRP, computed with plain
-tensor code over all steps, layers and directions.
+"""Fused LRP through stock ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the relevance their explicit cells give under
+LSTM-LRP, computed with plain tensor code over all steps, layers and directions.
 
 Under :class:`~relprop.canonizers.ExplicitRecurrent` a stock LSTM runs as explicit cells
 (:class:`relprop.models.cells.LSTMCell`), one rule per module. With the rules of ``lstm_epsilon`` (Arras et al.
@@ -13,11 +13,23 @@ one step backward in time is::
     R([x_t, h_{t-1}]) = [x_t, h_{t-1}] * (s W_c)
 
 where ``R(h_t)`` collects the relevance of the step's output and of the next step's use of ``h_t``, and ``stab``
-is :func:`~relprop.core.stabilize` with the sum's stabiliser. :class:`FusedLSTM` runs each layer through PyTorch's
-own LSTM kernel; with every ``h_t`` known, the gates of all steps (both directions) are two matrix products, and
-only ``c_t = f c_{t-1} + i g`` is a loop of one operation per step. Its backward pass runs the recursion above,
+is :func:`~relprop.core.stabilize` with the sum's stabiliser. :class:`FusedRecurrent` runs each layer through
+PyTorch's own kernel; with every ``h_t`` known, the gates of all steps (both directions) are two matrix products,
+and only ``c_t = f c_{t-1} + i g`` is a loop of one operation per step. Its backward pass runs the recursion above,
 both directions at once, four tensor operations per step: no autograd graph, no hooks. The input part
 ``x_t * (s W_c)`` of all steps is one product after the recursion.
+
+The GRU cell (:class:`relprop.models.cells.GRUCell`, ``nn.GRU``'s reset-after form) computes
+``h_t = (1 - u) n + u h_{t-1}``, ``n = tanh(pre)``, ``pre = a + g b`` with the candidate maps
+``a = x_t W_n^T + b_n`` and ``b = h_{t-1} W_hn^T + b_hn``, reset gate ``g`` and update gate ``u``. With both sums
+proportional, the products signal-take-all and epsilon on both maps, from ``r = R(h_t)``::
+
+    q          = (1 - u) n / stab(h_t) / stab(pre) * r
+    R(h_{t-1}) = u h_{t-1} / stab(h_t) * r + h_{t-1} * ((q g b / stab_eps(b)) W_hn)
+    R(x_t)     = x_t * ((q a / stab_eps(a)) W_n)
+
+The plain RNN cell ``h_t = act(z)``, ``z = [x_t, h_{t-1}] W^T + b``, gives
+``R([x_t, h_{t-1}]) = [x_t, h_{t-1}] * ((r / stab_eps(z)) W)``. Neither needs a loop in the forward pass.
 
 :mod:`relprop.canonizers.recurrent` uses it only where the rules attached to the explicit twin are exactly these.
 """
@@ -26,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,56 +48,94 @@ from ..safety import interruption_point
 from .elementwise import Proportional
 from .linear import Epsilon
 
-__all__ = ["CellRules", "FusedLSTM", "fused_lstm"]
+__all__ = ["CellRules", "GRURules", "RNNRules", "FusedRecurrent", "fused_recurrent"]
 
 
 @dataclass(frozen=True)
 class CellRules:
-    """The rules of one direction of one layer that the fused pass reproduces."""
+    """The rules of one direction of one LSTM layer that the fused pass reproduces."""
 
     candidate: Epsilon
     cell_sum: Proportional
 
 
+@dataclass(frozen=True)
+class GRURules:
+    """The rules of one direction of one GRU layer: epsilon on both candidate maps, proportional sums."""
+
+    candidate_input: Epsilon
+    candidate_state: Epsilon
+    candidate_sum: Proportional
+    state_sum: Proportional
+
+
+@dataclass(frozen=True)
+class RNNRules:
+    """The rule of one direction of one RNN layer: epsilon on its linear map."""
+
+    linear: Epsilon
+
+
+Rules = CellRules | GRURules | RNNRules
+
+
 @dataclass(frozen=True, eq=False)
 class _Layer:
-    """One layer's weights: the stock ones for its kernel, and stacked over its directions (``D`` = 1 or 2; gate
-    blocks i, f, g, o of ``H`` rows each)."""
+    """One layer's weights: the stock ones for its kernel, and stacked over its directions (``D`` = 1 or 2; ``G``
+    gate blocks of ``H`` rows each, in the stock order)."""
 
     flat: list[Tensor]  # the stock kernel's weights of this layer (w_ih, w_hh[, b_ih, b_hh] per direction)
-    ih: Tensor  # (D, 4H, features)
-    hh_t: Tensor  # (D, H, 4H): W_hh transposed, for h @ W_hh^T
-    bias: Tensor | None  # (D, 1, 4H): b_ih + b_hh
-    rules: tuple[CellRules, ...]  # one per direction
+    ih: Tensor  # (D, G H, features)
+    hh_t: Tensor  # (D, H, G H): W_hh transposed, for h @ W_hh^T
+    bias_ih: Tensor | None  # (D, 1, G H)
+    bias_hh: Tensor | None  # (D, 1, G H)
+    rules: tuple[Any, ...]  # one per direction
+    candidate: ClassVar[int] = 0  # the gate block of the candidate map
 
     @property
     def hidden(self) -> int:
         return self.hh_t.shape[1]
 
+    def candidate_weight(self, transposed: Tensor) -> Tensor:
+        """(D, H, n): the candidate's rows of a weight given transposed (D, n, G H)."""
+        return self.block(transposed, self.candidate).transpose(1, 2)
+
     @property
-    def candidate_bias(self) -> Tensor:
-        """(D, 1, H): the candidate's bias (the model has one)."""
-        assert self.bias is not None
-        return self.bias[..., 2 * self.hidden : 3 * self.hidden]
+    def directions(self) -> int:
+        return len(self.rules)
 
-    def candidate(self, weight: Tensor) -> Tensor:
-        """The candidate block (rows 2H:3H) of a stacked (D, 4H, ...) weight."""
-        return weight[:, 2 * self.hidden : 3 * self.hidden]
+    def block(self, t: Tensor, k: int) -> Tensor:
+        """Gate block ``k`` of the last dimension."""
+        return t[..., k * self.hidden : (k + 1) * self.hidden]
+
+    def kernel(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        """The stock kernel on this layer alone: ``(output, *finals)``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], Any]:
+        """The kernel's result and the record of what :meth:`relevance` needs."""
+        raise NotImplementedError
+
+    def relevance(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Relevance of the layer's input and initial states, from that of its output and final states."""
+        raise NotImplementedError
+
+    def inputs(self, x: Tensor, h_previous: Tensor) -> tuple[Tensor, Tensor]:
+        """``x W_ih^T`` and ``h_{t-1} W_hh^T`` of all steps, (T, D, batch, G H) in processing order, no biases."""
+        directions, (batch, steps) = self.directions, x.shape[:2]
+        from_x = torch.matmul(x.reshape(1, batch * steps, -1), self.ih.transpose(1, 2))  # (D, batch T, G H)
+        from_x = _to_steps(from_x.view(directions, batch, steps, -1))
+        from_h = torch.bmm(h_previous.transpose(0, 1).reshape(directions, steps * batch, self.hidden), self.hh_t)
+        return from_x, from_h.view(directions, steps, batch, -1).transpose(0, 1)
+
+    def input_relevance(self, x: Tensor, s_all: Tensor, weight: Tensor) -> Tensor:
+        """``x * (s W)`` of all steps, summed over the directions: (batch, T, features)."""
+        directions, (batch, length) = self.directions, x.shape[:2]
+        s_x = torch.bmm(_to_time(s_all).reshape(directions, batch * length, -1), weight)  # (D, batch T, features)
+        return (s_x.view(directions, batch, length, -1) * x).sum(0)
 
 
-@dataclass(frozen=True, eq=False)
-class _Record:
-    """What the backward pass of one layer needs; (T, D, batch, H) in each direction's processing order."""
-
-    x: Tensor  # (batch, T, features): the layer's input, in time order
-    h_previous: Tensor  # h_{t-1}
-    c: Tensor  # c_t
-    z: Tensor  # the candidate's pre-activation without its bias
-    forget: Tensor  # f c_{t-1}
-    write: Tensor  # i g
-
-
-def _layers(module: nn.LSTM, rules: Sequence[CellRules]) -> tuple[_Layer, ...]:
+def _layers(kind: type[_Layer], module: nn.RNNBase, rules: Sequence[Any]) -> tuple[_Layer, ...]:
     directions = 2 if module.bidirectional else 1
     per_layer = len(module._flat_weights) // module.num_layers
     layers = []
@@ -93,15 +143,14 @@ def _layers(module: nn.LSTM, rules: Sequence[CellRules]) -> tuple[_Layer, ...]:
         suffixes = [f"_l{index}", f"_l{index}_reverse"][:directions]
         flat = [cast(Tensor, w).detach() for w in module._flat_weights[index * per_layer : (index + 1) * per_layer]]
         ih, hh = _stacked(module, "weight_ih", suffixes), _stacked(module, "weight_hh", suffixes)
-        bias = None
-        if module.bias:
-            bias = (_stacked(module, "bias_ih", suffixes) + _stacked(module, "bias_hh", suffixes)).unsqueeze(1)
-        layers.append(_Layer(flat, ih, hh.transpose(1, 2), bias,
-                             tuple(rules[index * directions : (index + 1) * directions])))
+        bias_ih = _stacked(module, "bias_ih", suffixes).unsqueeze(1) if module.bias else None
+        bias_hh = _stacked(module, "bias_hh", suffixes).unsqueeze(1) if module.bias else None
+        layers.append(kind(flat, ih, hh.transpose(1, 2), bias_ih, bias_hh,
+                           tuple(rules[index * directions : (index + 1) * directions])))
     return tuple(layers)
 
 
-def _stacked(module: nn.LSTM, name: str, suffixes: list[str]) -> Tensor:
+def _stacked(module: nn.RNNBase, name: str, suffixes: list[str]) -> Tensor:
     return torch.stack([cast(Tensor, getattr(module, name + suffix)).detach() for suffix in suffixes])
 
 
@@ -123,122 +172,231 @@ def _directions(t: Tensor, directions: int) -> Tensor:
     return _to_steps(t.reshape(*t.shape[:2], directions, -1).permute(2, 0, 1, 3))
 
 
-def _forward_layer(layer: _Layer, x: Tensor, h0: Tensor, c0: Tensor) -> tuple[tuple[Tensor, Tensor, Tensor], _Record]:
-    """One layer over x (batch, T, features) from (h0, c0) (D, batch, H): the stock kernel's (output, h_n, c_n)
-    and what the backward pass needs. With all h_t known, the gates of all steps are two products; only
-    ``c_t = f c_{t-1} + i g`` remains a loop."""
-    hidden, directions = layer.hidden, len(layer.rules)
-    result = torch.lstm(x, (h0, c0), layer.flat, layer.bias is not None, 1, 0.0, False, directions == 2, True)
-    h_previous = torch.cat([h0.unsqueeze(0), _directions(result[0], directions)[:-1]])  # (T, D, batch, H)
-    batch, steps = x.shape[:2]
-    pre = torch.matmul(x.reshape(1, batch * steps, -1), layer.ih.transpose(1, 2))  # x W_ih^T: (D, batch T, 4H)
-    pre = _to_steps(pre.view(directions, batch, steps, -1))
-    recurrent = torch.bmm(h_previous.transpose(0, 1).reshape(directions, steps * batch, hidden), layer.hh_t)
-    pre = pre + recurrent.view(directions, steps, batch, -1).transpose(0, 1)  # + h_{t-1} W_hh^T: (T, D, batch, 4H)
-    gates = torch.sigmoid(pre if layer.bias is None else pre + layer.bias)
-    z = pre[..., 2 * hidden : 3 * hidden]
-    write = gates[..., :hidden] * torch.tanh(z if layer.bias is None else z + layer.candidate_bias)
-    forget_gate = gates[..., hidden : 2 * hidden]
-    c = torch.empty_like(write)
-    state = c0
-    for c_t, write_t, forget_t in zip(c.unbind(0), write.unbind(0), forget_gate.unbind(0)):  # views, one call each
-        state = torch.addcmul(write_t, forget_t, state, out=c_t)
-    forget = forget_gate * torch.cat([c0.unsqueeze(0), c[:-1]])
-    return result, _Record(x, h_previous, c, z, forget, write)
+def _previous(first: Tensor, sequence: Tensor) -> Tensor:
+    """The state before each step: ``first`` (D, batch, H), then ``sequence`` (T, D, batch, H) but its last step."""
+    return torch.cat([first.unsqueeze(0), sequence[:-1]])
 
 
-def _relevance_layer(
-    layer: _Layer, record: _Record, relevance_out: Tensor, relevance_h: Tensor, relevance_c: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Relevance of one layer's input (batch, T, features), h0 and c0 (D, batch, H), from that of its output
-    (batch, T, D H) and of its final h and c (D, batch, H)."""
-    steps = _directions(relevance_out, len(layer.rules))  # (T, D, batch, H)
-    w_hh = layer.candidate(layer.hh_t.transpose(1, 2))  # (D, H, H)
-    w_ih = layer.candidate(layer.ih)  # (D, H, features)
-    keep, share = [], []  # R(c_{t-1}) = r keep, s = r share
-    for d, rules in enumerate(layer.rules):
-        z = record.z[:, d]
-        if layer.bias is not None and rules.candidate.bias:
-            z = z + layer.candidate_bias[d]
-        denominator = stabilize(record.c[:, d], rules.cell_sum.stabilizer)
-        keep.append(record.forget[:, d] / denominator)
-        share.append(record.write[:, d] / denominator / rules.candidate.stabilize(z))
-    keep_all, share_all = torch.stack(keep, 1), torch.stack(share, 1)  # (T, D, batch, H)
-    s_all = torch.empty_like(share_all)
-    out, share_t, keep_t, h_t = s_all.unbind(0), share_all.unbind(0), keep_all.unbind(0), record.h_previous.unbind(0)
-    relevance_t = steps.unbind(0)
-    r = relevance_t[-1] + relevance_h + relevance_c  # r = R(c_t) + R(h_t) at the last step
+def _recursion(steps: Tensor, finals: Tensor, keep: Tensor, share: Tensor, weight: Tensor,
+               h_previous: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Backward in time: ``r_t = R(out_t) + r_{t+1} keep_{t+1} + ((r_{t+1} share_{t+1}) W) h_t``.
+
+    All (T, D, batch, H) in processing order, ``weight`` (D, H, H), ``finals`` the relevance of the last state.
+    Returns ``r_t`` of every step, ``r_0 keep_0`` and ``((r_0 share_0) W) h_{-1}`` (the initial states' relevance).
+    Four tensor operations per step, both directions at once.
+    """
+    r_all = torch.empty_like(share)
+    out, share_t, keep_t, h_t, relevance_t = (
+        r_all.unbind(0), share.unbind(0), keep.unbind(0), h_previous.unbind(0), steps.unbind(0))  # views
+    r = torch.add(relevance_t[-1], finals, out=out[-1])
     for t in range(len(steps) - 1, 0, -1):
-        s = torch.mul(r, share_t[t], out=out[t])
-        r = torch.addcmul(relevance_t[t - 1], r, keep_t[t]).addcmul_(torch.bmm(s, w_hh), h_t[t])
-    s = torch.mul(r, share_t[0], out=out[0])
-    relevance_h, relevance_c = torch.bmm(s, w_hh).mul_(h_t[0]), r * keep_t[0]
-    directions, (batch, length) = s_all.shape[1], record.x.shape[:2]
-    s_x = torch.bmm(_to_time(s_all).reshape(directions, batch * length, -1), w_ih)  # (D, batch T, features)
-    relevance_x = (s_x.view(directions, batch, length, -1) * record.x).sum(0)  # (batch, T, features)
-    return relevance_x, relevance_h, relevance_c
+        recurrent = torch.bmm(r * share_t[t], weight)
+        r = torch.addcmul(relevance_t[t - 1], r, keep_t[t], out=out[t - 1]).addcmul_(recurrent, h_t[t])
+    return r_all, r * keep_t[0], torch.bmm(r * share_t[0], weight).mul_(h_t[0])
 
 
-class FusedLSTM(torch.autograd.Function):
-    """A stock LSTM's forward pass ``(x, h0, c0) -> (output, h_n, c_n)`` (x batch-first, 3-D), whose backward pass
-    carries the relevance of its explicit cells under LSTM-LRP (see the module's docstring)."""
+@dataclass(frozen=True, eq=False)
+class _Record:
+    """What the backward pass of one layer needs; (T, D, batch, H) in each direction's processing order."""
+
+    x: Tensor  # (batch, T, features): the layer's input, in time order
+    h_previous: Tensor  # h_{t-1}
+    terms: tuple[Tensor, ...]  # per kind
+
+
+class _LSTMLayer(_Layer):
+    candidate = 2  # blocks i, f, g, o
+
+    def kernel(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        return tuple(torch.lstm(x, states, self.flat, self.bias_ih is not None, 1, 0.0, False,
+                                self.directions == 2, True))
+
+    def forward(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], _Record]:
+        """With all h_t known (the stock kernel's), the gates of all steps are two products; only
+        ``c_t = f c_{t-1} + i g`` remains a loop."""
+        h0, c0 = states
+        result = self.kernel(x, h0, c0)
+        h_previous = _previous(h0, _directions(result[0], self.directions))
+        from_x, from_h = self.inputs(x, h_previous)
+        pre = from_x + from_h
+        summed = None if self.bias_ih is None or self.bias_hh is None else self.bias_ih + self.bias_hh
+        gates = torch.sigmoid(pre if summed is None else pre + summed)
+        z = self.block(pre, 2)  # without bias
+        bias = self.candidate_bias()
+        write = self.block(gates, 0) * torch.tanh(z if bias is None else z + bias)
+        forget_gate = self.block(gates, 1)
+        c = torch.empty_like(write)
+        state = c0
+        for c_t, write_t, forget_t in zip(c.unbind(0), write.unbind(0), forget_gate.unbind(0)):  # views
+            state = torch.addcmul(write_t, forget_t, state, out=c_t)
+        forget = forget_gate * _previous(c0, c)
+        return result, _Record(x, h_previous, (c, z, forget, write))
+
+    def candidate_bias(self) -> Tensor | None:
+        """(D, 1, H): the candidate's bias, b_ih + b_hh, as the explicit cell sums them."""
+        if self.bias_ih is None or self.bias_hh is None:
+            return None
+        return self.block(self.bias_ih + self.bias_hh, 2)
+
+    def relevance(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        c, z_all, forget, write = record.terms
+        bias = self.candidate_bias()
+        keep, share = [], []  # R(c_{t-1}) = r keep, s = r share
+        for d, rules in enumerate(self.rules):
+            z = z_all[:, d] if bias is None or not rules.candidate.bias else z_all[:, d] + bias[d]
+            denominator = stabilize(c[:, d], rules.cell_sum.stabilizer)
+            keep.append(forget[:, d] / denominator)
+            share.append(write[:, d] / denominator / rules.candidate.stabilize(z))
+        share_all = torch.stack(share, 1)
+        steps = _directions(relevance_out, self.directions)
+        r_all, relevance_c, relevance_h = _recursion(steps, finals[0] + finals[1], torch.stack(keep, 1), share_all,
+                                                     self.candidate_weight(self.hh_t), record.h_previous)
+        return self.input_relevance(record.x, r_all * share_all, self.candidate_weight(self.ih.transpose(1, 2))), \
+            relevance_h, relevance_c
+
+
+class _GRULayer(_Layer):
+    candidate = 2  # blocks r, z, n
+
+    def kernel(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        return tuple(torch.gru(x, states[0], self.flat, self.bias_ih is not None, 1, 0.0, False,
+                               self.directions == 2, True))
+
+    def forward(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], _Record]:
+        """With all h_t known (the stock kernel's), every term of all steps is a product: no loop."""
+        (h0,) = states
+        result = self.kernel(x, h0)
+        h_previous = _previous(h0, _directions(result[0], self.directions))
+        from_x, from_h = self.inputs(x, h_previous)
+        if self.bias_ih is not None and self.bias_hh is not None:
+            from_x, from_h = from_x + self.bias_ih, from_h + self.bias_hh
+        reset_pre = self.block(from_x, 0) + self.block(from_h, 0)
+        update_pre = self.block(from_x, 1) + self.block(from_h, 1)
+        c_x, c_h = self.block(from_x, 2), self.block(from_h, 2)  # the two candidate maps, biases included
+        reset = torch.sigmoid(reset_pre) * c_h
+        pre = c_x + reset
+        write = torch.sigmoid(-update_pre) * torch.tanh(pre)  # (1 - z) n, as the explicit cell computes 1 - z
+        keep = torch.sigmoid(update_pre) * h_previous
+        return result, _Record(x, h_previous, (write + keep, pre, c_x, c_h, reset, write, keep))
+
+    def relevance(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        h, pre, c_x, c_h, reset, write, keep = record.terms
+        bias_in = None if self.bias_ih is None else self.block(self.bias_ih, 2)
+        bias_hn = None if self.bias_hh is None else self.block(self.bias_hh, 2)
+        keeps, shares, inputs = [], [], []
+        for d, rules in enumerate(self.rules):
+            z_x = c_x[:, d] if bias_in is None or rules.candidate_input.bias else c_x[:, d] - bias_in[d]
+            z_h = c_h[:, d] if bias_hn is None or rules.candidate_state.bias else c_h[:, d] - bias_hn[d]
+            to_pre = write[:, d] / stabilize(h[:, d], rules.state_sum.stabilizer) \
+                / stabilize(pre[:, d], rules.candidate_sum.stabilizer)
+            keeps.append(keep[:, d] / stabilize(h[:, d], rules.state_sum.stabilizer))
+            shares.append(to_pre * reset[:, d] / rules.candidate_state.stabilize(z_h))
+            inputs.append(to_pre * c_x[:, d] / rules.candidate_input.stabilize(z_x))
+        steps = _directions(relevance_out, self.directions)
+        r_all, relevance_keep, relevance_h = _recursion(steps, finals[0], torch.stack(keeps, 1),
+                                                        torch.stack(shares, 1), self.candidate_weight(self.hh_t),
+                                                        record.h_previous)
+        relevance_x = self.input_relevance(record.x, r_all * torch.stack(inputs, 1),
+                                           self.candidate_weight(self.ih.transpose(1, 2)))
+        return relevance_x, relevance_h + relevance_keep
+
+
+class _RNNLayer(_Layer):
+    relu: ClassVar[bool] = False
+
+    def kernel(self, x: Tensor, *states: Tensor) -> tuple[Tensor, ...]:
+        run = torch.rnn_relu if self.relu else torch.rnn_tanh
+        return tuple(run(x, states[0], self.flat, self.bias_ih is not None, 1, 0.0, False, self.directions == 2,
+                         True))
+
+    def forward(self, x: Tensor, states: tuple[Tensor, ...]) -> tuple[tuple[Tensor, ...], _Record]:
+        (h0,) = states
+        result = self.kernel(x, h0)
+        h_previous = _previous(h0, _directions(result[0], self.directions))
+        from_x, from_h = self.inputs(x, h_previous)
+        return result, _Record(x, h_previous, (from_x + from_h,))
+
+    def relevance(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        (z_all,) = record.terms  # without bias
+        bias = None if self.bias_ih is None or self.bias_hh is None else self.bias_ih + self.bias_hh
+        share = torch.stack([rules.linear.stabilize(z_all[:, d] if bias is None or not rules.linear.bias
+                                                    else z_all[:, d] + bias[d]).reciprocal()
+                             for d, rules in enumerate(self.rules)], 1)
+        steps = _directions(relevance_out, self.directions)
+        r_all, _, relevance_h = _recursion(steps, finals[0], torch.zeros_like(share), share,
+                                           self.candidate_weight(self.hh_t), record.h_previous)
+        relevance_x = self.input_relevance(record.x, r_all * share, self.candidate_weight(self.ih.transpose(1, 2)))
+        return relevance_x, relevance_h
+
+
+class _ReLURNNLayer(_RNNLayer):
+    relu = True
+
+
+_KINDS: dict[str, type[_Layer]] = {"LSTM": _LSTMLayer, "GRU": _GRULayer, "RNN_TANH": _RNNLayer,
+                                   "RNN_RELU": _ReLURNNLayer}
+
+
+class FusedRecurrent(torch.autograd.Function):
+    """A stock recurrent module's forward pass ``(x, *states) -> (output, *finals)`` (x batch-first, 3-D; states
+    (h0, c0) or (h0,)), whose backward pass carries the relevance of its explicit cells under LSTM-LRP (see the
+    module's docstring)."""
 
     carries_relevance = True  # its backward carries relevance: relprop's engine accepts its outputs
 
     @staticmethod
-    def forward(ctx: Any, layers: tuple[_Layer, ...], x: Tensor, h0: Tensor, c0: Tensor) -> Any:
-        directions = len(layers[0].rules)
-        records, h_n, c_n = [], [], []
+    def forward(ctx: Any, layers: tuple[_Layer, ...], x: Tensor, *states: Tensor) -> Any:
+        directions = layers[0].directions
+        records, finals = [], []
         output = x.detach()
         for index, layer in enumerate(layers):
             slots = slice(index * directions, (index + 1) * directions)
-            (output, h, c), record = _forward_layer(layer, output, h0[slots].detach(), c0[slots].detach())
+            (output, *last), record = layer.forward(output, tuple(s[slots].detach() for s in states))
             records.append(record)
-            h_n.append(h)
-            c_n.append(c)
+            finals.append(last)
         ctx.layers, ctx.records = layers, records  # no output of this function: that would be a reference cycle
-        return output, torch.cat(h_n), torch.cat(c_n)
+        return (output, *(torch.cat(parts) for parts in zip(*finals, strict=True)))
 
     @staticmethod
-    def backward(ctx: Any, relevance_out: Tensor, relevance_h: Tensor, relevance_c: Tensor) -> Any:
+    def backward(ctx: Any, relevance_out: Tensor, *relevance_finals: Tensor) -> Any:
         layers: tuple[_Layer, ...] = ctx.layers
-        directions = len(layers[0].rules)
-        h0: list[Tensor] = []
-        c0: list[Tensor] = []
+        directions = layers[0].directions
+        initial: list[tuple[Tensor, ...]] = []
         relevance = relevance_out
         for index in range(len(layers) - 1, -1, -1):
             interruption_point()
             slots = slice(index * directions, (index + 1) * directions)
-            relevance, h, c = _relevance_layer(layers[index], ctx.records[index], relevance,
-                                               relevance_h[slots], relevance_c[slots])
-            h0.insert(0, h)
-            c0.insert(0, c)
-        return None, relevance, torch.cat(h0), torch.cat(c0)
+            relevance, *states = layers[index].relevance(ctx.records[index], relevance,
+                                                         tuple(r[slots] for r in relevance_finals))
+            initial.insert(0, tuple(states))
+        return (None, relevance, *(torch.cat(parts) for parts in zip(*initial, strict=True)))
 
 
-def fused_lstm(
-    module: nn.LSTM, x: Tensor, hx: tuple[Tensor, Tensor] | None, rules: Sequence[CellRules]
-) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """``module(x, hx)`` as a stock LSTM returns it, with :class:`FusedLSTM`'s relevance in the backward pass.
+def fused_recurrent(module: nn.RNNBase, x: Tensor, hx: Any, rules: Sequence[Rules]) -> tuple[Tensor, Any]:
+    """``module(x, hx)`` as the stock module returns it, with :class:`FusedRecurrent`'s relevance in the backward
+    pass.
 
-    ``rules`` has one entry per layer and direction (stock order). The caller checks the arguments (a padded
-    tensor of 2 or 3 dimensions, ``hx`` of the stock shapes); functional-op modes are off inside, so no guard sees
-    the tensor code, and the results are on the relevance path.
+    ``rules`` has one entry per layer and direction (stock order), of the module's kind (:class:`CellRules` for an
+    LSTM, :class:`GRURules`, :class:`RNNRules`). The caller checks the arguments (a padded tensor of 2 or 3
+    dimensions, ``hx`` of the stock shapes); functional-op modes are off inside, so no guard sees the tensor code,
+    and the results are on the relevance path.
     """
+    lstm = isinstance(module, nn.LSTM)
     with torch._C.DisableTorchFunction():
         unbatched = x.dim() == 2
+        states: tuple[Tensor, ...] = () if hx is None else tuple(hx) if lstm else (hx,)
         if unbatched:
-            x = x.unsqueeze(0)
-            hx = None if hx is None else (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+            x, states = x.unsqueeze(0), tuple(s.unsqueeze(1) for s in states)
         elif not module.batch_first:
             x = x.transpose(0, 1)
         if hx is None:
             zeros = x.new_zeros(module.num_layers * (2 if module.bidirectional else 1), x.shape[0],
                                 module.hidden_size)
-            hx = (zeros, zeros)
-        output, h_n, c_n = FusedLSTM.apply(_layers(module, rules), x, *hx)
+            states = (zeros, zeros) if lstm else (zeros,)
+        output, *finals = FusedRecurrent.apply(_layers(_KINDS[module.mode], module, rules), x, *states)
         if unbatched:
-            output, h_n, c_n = output.squeeze(0), h_n.squeeze(1), c_n.squeeze(1)
+            output, finals = output.squeeze(0), [f.squeeze(1) for f in finals]
         elif not module.batch_first:
             output = output.transpose(0, 1)
-    return mark_path(output), (mark_path(h_n), mark_path(c_n))
+    marked = [mark_path(f) for f in finals]
+    return mark_path(output), (tuple(marked) if lstm else marked[0])

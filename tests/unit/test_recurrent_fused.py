@@ -173,6 +173,49 @@ class _Tokens(nn.Module):
         return self.linear(torch.cat([states[:, -1, :10], states[:, 0, 10:]], 1))  # type: ignore[no-any-return]
 
 
+_Z_RULES = {
+    "zplus": (rules.ZPlus, {}), "alpha2beta1": (rules.AlphaBeta, {"alpha": 2.0, "beta": 1.0}),
+    "gamma": (rules.Gamma, {"gamma": 0.25}), "zbox": (rules.ZBox, {"low": -4.0, "high": 4.0}),
+    "flat": (rules.Flat, {}), "wsquare": (rules.WSquare, {}), "zplus_no_bias": (rules.ZPlus, {"bias": False}),
+}
+
+
+def _literal(rule: type[rules.ZRule]) -> type[rules.ZRule]:
+    """The rule's class through its reference definition (no fast kernel), which the fused path declines."""
+    return type(f"Literal{rule.__name__}", (rule,), {})
+
+
+@pytest.mark.parametrize("name", list(_Z_RULES))
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_equals_explicit_cells_under_other_z_rules(name: str, stock: str, fused_calls: list[int]) -> None:
+    model, x = _model({"num_layers": 2, "bidirectional": True}, "from_input", stock=_STOCK[stock]), _inputs()
+    rule, options = _Z_RULES[name]
+    fused = relprop.explain(model, x, "all", rule_map=RuleMap([(LINEAR_TYPES, rule(**options))]))
+    explicit = relprop.explain(model, x, "all", rule_map=RuleMap([(LINEAR_TYPES, _literal(rule)(**options))]))
+    assert len(fused_calls) == 1
+    _assert_relative(fused.relevance, explicit.relevance, 1e-10)
+    torch.testing.assert_close(fused.details["conservation_gap"], explicit.details["conservation_gap"],
+                               rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("stock", list(_STOCK))
+def test_fused_under_the_thesis_presets(stock: str, fused_calls: list[int]) -> None:
+    """zB on the first layer's first direction (the first linear map), alpha-beta or z+ everywhere else."""
+    model, x = _model({"num_layers": 2, "bidirectional": True}, stock=_STOCK[stock]), _inputs()
+    bounds = {"low": -4.0, "high": 4.0}
+    explicit_maps = {
+        "thesis_lrp": RuleMap([(LINEAR_TYPES, _literal(rules.AlphaBeta)(1e-6, alpha=1.5, beta=0.5))],
+                              first=_literal(rules.ZBox)(1e-6, **bounds)),
+        "thesis_dtd": RuleMap([(LINEAR_TYPES, _literal(rules.ZPlus)(1e-6))],
+                              first=_literal(rules.ZBox)(1e-6, **bounds)),
+    }
+    for preset, explicit_map in explicit_maps.items():
+        fused = relprop.explain(model, x, 1, preset=preset, **bounds).relevance
+        explicit = relprop.explain(model, x, 1, rule_map=explicit_map).relevance
+        _assert_relative(fused, explicit, 1e-10)
+    assert len(fused_calls) == 2
+
+
 @pytest.mark.parametrize("stock", ["lstm", "gru"])
 def test_fused_takes_each_modules_own_stabiliser(stock: str, fused_calls: list[int]) -> None:
     model, x = _model({"num_layers": 2, "bidirectional": True}, stock=_STOCK[stock]), _inputs()
@@ -258,9 +301,9 @@ def test_fused_forward_is_the_stock_modules(stock: str) -> None:
 
 def test_other_rules_layers_and_hooks_run_the_cells(fused_calls: list[int]) -> None:
     model, x = _model({"num_layers": 2, "bidirectional": True}), _inputs()
-    relprop.explain(model, x, 1, preset="thesis_lrp", low=-4.0, high=4.0)  # alpha-beta on the candidate
-    relprop.explain(model, x, 1, preset="zplus")
     relprop.explain(model, x, 1, rule_map=get_preset("lstm_epsilon").with_rules((GatedProduct, rules.Uniform())))
+    relprop.explain(model, x, 1, rule_map=get_preset("lstm_epsilon").with_rules((nn.Tanh, rules.Proportional())))
+    relprop.explain(model, x, 1, rule_map=_explicit())  # a z-rule of the user's own (here: a subclass)
     assert fused_calls == []
     # relevance at a module inside the twin: the cells run, and give the fused path's input relevance
     cell = "lstm.relprop_explicit.layers.0.0.candidate"

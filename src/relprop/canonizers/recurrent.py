@@ -12,11 +12,13 @@ the stock structure ``(output, (h_n, c_n))`` / ``(output, h_n)``. Undoing remove
 the stock parameters are never written (the twin holds copies).
 
 **Fused LSTM-LRP.** Running the twin costs a Python call per module, step, layer and direction. When a stock
-module is explained by LRP and the rules attached to its twin are those of LSTM-LRP (epsilon on the candidate maps,
-signal-take-all products, proportional sums, activations passing: ``lstm_epsilon``), the redirected forward runs
+module is explained by LRP and the rules attached to its twin are those of LSTM-LRP (signal-take-all products,
+proportional sums, activations passing, as in every preset) with one of relprop's z-rules on each candidate map
+(``lstm_epsilon``, ``thesis_lrp``, ``thesis_dtd``, ``zplus`` ...), the redirected forward runs
 :func:`relprop.rules.recurrent.fused_recurrent` instead, which gives the same relevance with plain tensor code. It
-is decided at each call from the rules actually attached to the twin's modules; any other rule, a hook of anyone
-else on a module of the twin (e.g. ``layers=`` naming one), training mode or a non-LRP method runs the twin.
+is decided at each call from the rules actually attached to the twin's modules; any other rule (a user's own, a
+product not signal-take-all), a hook of anyone else on a module of the twin (e.g. ``layers=`` naming one),
+training mode or a non-LRP method runs the twin.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from ..core import FunctionalGuard, attached_rule, on_path
 from ..errors import ExplanationError
 from ..models.cells import GRUCell, LSTMCell, RNNCell
 from ..models.recurrent import Recurrent
-from ..rules import Epsilon, Pass, Proportional, Route, Rule, SignalTakeAll, ZRule
-from ..rules.recurrent import CellRules, GRURules, RNNRules, Rules, fused_recurrent
+from ..rules import Pass, Proportional, Route, Rule, SignalTakeAll, ZRule
+from ..rules.recurrent import Z_RULES, CellRules, GRURules, RNNRules, Rules, fused_recurrent
 from .base import apply_all
 
 __all__ = ["ExplicitRecurrent", "explicit_twin"]
@@ -164,7 +166,7 @@ def _identity(rule: Rule | None) -> bool:
 
 # The rule each module of an explicit LSTM cell must have for the fused pass
 _FUSED_LSTM: dict[str, Callable[[Rule | None], bool]] = {
-    "candidate": lambda rule: type(rule) is Epsilon,
+    "candidate": lambda rule: type(rule) in Z_RULES,
     "candidate_activation": lambda rule: type(rule) is Pass,
     "gates": lambda rule: isinstance(rule, ZRule),  # never reached: the products give the gates no relevance
     "gate_activation": lambda rule: type(rule) is Pass,
@@ -178,8 +180,8 @@ _FUSED_LSTM: dict[str, Callable[[Rule | None], bool]] = {
     "output_dropout": _identity,
 }
 _FUSED_GRU: dict[str, Callable[[Rule | None], bool]] = {
-    "candidate_input": lambda rule: type(rule) is Epsilon,
-    "candidate_state": lambda rule: type(rule) is Epsilon,
+    "candidate_input": lambda rule: type(rule) in Z_RULES,
+    "candidate_state": lambda rule: type(rule) in Z_RULES,
     "candidate_sum": lambda rule: type(rule) is Proportional,
     "reset": lambda rule: type(rule) is SignalTakeAll,
     "candidate_activation": lambda rule: type(rule) is Pass,
@@ -193,7 +195,7 @@ _FUSED_GRU: dict[str, Callable[[Rule | None], bool]] = {
     "output_dropout": _identity,
 }
 _FUSED_RNN: dict[str, Callable[[Rule | None], bool]] = {
-    "linear": lambda rule: type(rule) is Epsilon,
+    "linear": lambda rule: type(rule) in Z_RULES,
     "activation": lambda rule: type(rule) is Pass,
     "input_dropout": _identity,
     "output_dropout": _identity,
@@ -201,7 +203,7 @@ _FUSED_RNN: dict[str, Callable[[Rule | None], bool]] = {
 
 
 def _cell_rules(cell: nn.Module, rule_of: Callable[[nn.Module], Rule | None]) -> Rules | None:
-    """The rules of one explicit cell for the fused pass, None if they are not exactly LSTM-LRP's."""
+    """The rules of one explicit cell for the fused pass, None if the pass cannot reproduce them."""
     tables: dict[type[nn.Module], dict[str, Callable[[Rule | None], bool]]] = {
         LSTMCell: _FUSED_LSTM, GRUCell: _FUSED_GRU, RNNCell: _FUSED_RNN}
     table = tables.get(type(cell))
@@ -212,11 +214,11 @@ def _cell_rules(cell: nn.Module, rule_of: Callable[[nn.Module], Rule | None]) ->
     if not all(accepts(found[name]) for name, accepts in table.items()):
         return None
     if isinstance(cell, LSTMCell):
-        return CellRules(cast(Epsilon, found["candidate"]), cast(Proportional, found["cell_sum"]))
+        return CellRules(cast(ZRule, found["candidate"]), cast(Proportional, found["cell_sum"]))
     if isinstance(cell, GRUCell):
         return GRURules(*(cast(Any, found[name]) for name in
                           ("candidate_input", "candidate_state", "candidate_sum", "state_sum")))
-    return RNNRules(cast(Epsilon, found["linear"]))
+    return RNNRules(cast(ZRule, found["linear"]))
 
 
 # The functional ops the twin calls on the relevance path: their own backward routes relevance
@@ -250,8 +252,8 @@ def _stock_arguments(module: nn.RNNBase, x: Tensor, hx: Any) -> bool:
 def _fused_rules(module: nn.RNNBase, twin: Recurrent, x: Any, hx: Any) -> list[Rules] | None:
     """The rules of the twin's cells (stock order: layer, direction) when :func:`fused_recurrent` computes what the
     twin would: a stock module in eval mode on a padded tensor on the relevance path, explained by LRP (a strict
-    guard), with exactly the LSTM-LRP rules on every module of the twin and no other hook on any of them. Else
-    None."""
+    guard), with the LSTM-LRP rules and z-rules of :data:`~relprop.rules.recurrent.Z_RULES` on the twin's modules
+    and no other hook on any of them. Else None."""
     if module.training or not isinstance(x, Tensor) or module.proj_size > 0:
         return None
     guard = FunctionalGuard.active()

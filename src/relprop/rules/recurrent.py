@@ -1,5 +1,6 @@
 """Fused LRP through stock ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN``: the relevance their explicit cells give under
-LSTM-LRP, computed with plain tensor code over all steps, layers and directions.
+LSTM-LRP (with any of relprop's z-rules on the linear maps), computed with plain tensor code over all steps, layers
+and directions.
 
 Under :class:`~relprop.canonizers.ExplicitRecurrent` a stock LSTM runs as explicit cells
 (:class:`relprop.models.cells.LSTMCell`), one rule per module. With the rules of ``lstm_epsilon`` (Arras et al.
@@ -31,6 +32,11 @@ proportional, the products signal-take-all and epsilon on both maps, from ``r = 
 The plain RNN cell ``h_t = act(z)``, ``z = [x_t, h_{t-1}] W^T + b``, gives
 ``R([x_t, h_{t-1}]) = [x_t, h_{t-1}] * ((r / stab_eps(z)) W)``. Neither needs a loop in the forward pass.
 
+Other z-rules on the candidate maps (:data:`Z_RULES`: z+, alpha-beta, gamma, zB, flat, w^2, as ``thesis_lrp`` and
+``thesis_dtd`` use them) replace ``x * ((R / stab_eps(z)) W)`` by the rule's own groups and terms
+(:meth:`~relprop.rules.ZRule.groups`), each ``x' * ((R m_g / stab(z_g)) W')``; their denominators are computed
+for all steps at once, and the recursion runs one direction at a time, one product per term and step.
+
 :mod:`relprop.canonizers.recurrent` uses it only where the rules attached to the explicit twin are exactly these.
 """
 
@@ -46,34 +52,38 @@ from torch import Tensor, nn
 from ..core import mark_path, stabilize
 from ..safety import interruption_point
 from .elementwise import Proportional
-from .linear import Epsilon
+from .linear import AlphaBeta, Epsilon, Flat, Gamma, WSquare, ZBox, ZPlus, ZRule
 
-__all__ = ["CellRules", "GRURules", "RNNRules", "FusedRecurrent", "fused_recurrent"]
+__all__ = ["Z_RULES", "CellRules", "GRURules", "RNNRules", "FusedRecurrent", "fused_recurrent"]
+
+# The z-rules the fused pass reproduces: relprop's own, whose relevance is their definition (ZRule.reference);
+# epsilon has a faster path of its own
+Z_RULES: tuple[type[ZRule], ...] = (Epsilon, ZPlus, AlphaBeta, Gamma, ZBox, Flat, WSquare)
 
 
 @dataclass(frozen=True)
 class CellRules:
     """The rules of one direction of one LSTM layer that the fused pass reproduces."""
 
-    candidate: Epsilon
+    candidate: ZRule
     cell_sum: Proportional
 
 
 @dataclass(frozen=True)
 class GRURules:
-    """The rules of one direction of one GRU layer: epsilon on both candidate maps, proportional sums."""
+    """The rules of one direction of one GRU layer: z-rules on both candidate maps, proportional sums."""
 
-    candidate_input: Epsilon
-    candidate_state: Epsilon
+    candidate_input: ZRule
+    candidate_state: ZRule
     candidate_sum: Proportional
     state_sum: Proportional
 
 
 @dataclass(frozen=True)
 class RNNRules:
-    """The rule of one direction of one RNN layer: epsilon on its linear map."""
+    """The rule of one direction of one RNN layer: a z-rule on its linear map."""
 
-    linear: Epsilon
+    linear: ZRule
 
 
 Rules = CellRules | GRURules | RNNRules
@@ -195,6 +205,65 @@ def _recursion(steps: Tensor, finals: Tensor, keep: Tensor, share: Tensor, weigh
     return r_all, r * keep_t[0], torch.bmm(r * share_t[0], weight).mul_(h_t[0])
 
 
+Term = tuple[Tensor, Tensor, Tensor]  # (share, x', W'): R(input) = x' * ((r share) W'), of one direction
+
+
+def _terms(rule: ZRule, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor, scale: Tensor) -> list[Term]:
+    """A z-rule on a linear map of all steps of one direction as terms: its relevance is ``sum x' * ((R / z'_g)
+    W')`` over its groups and terms (:meth:`~relprop.rules.ZRule.reference`), for ``R = r scale``.
+
+    x (T, batch, n) and output (T, batch, H) in processing order; weight (H, n); bias (H,).
+    """
+    flat_x, flat_output = x.reshape(-1, x.shape[-1]), output.reshape(-1, output.shape[-1])
+    terms = []
+    for group in rule.groups(flat_x, weight, bias, flat_output):
+        z = sum(term.sign * torch.nn.functional.linear(term.x[:1] if rule.uniform_inputs else term.x, term.weight,
+                                                       term.bias) for term in group.terms)
+        denominator = rule.stabilize(cast(Tensor, z))  # (T batch, H), or (1, H) for uniform inputs
+        share = scale / (denominator if len(denominator) == 1 else denominator.reshape(scale.shape))
+        if group.mask is not None:
+            share = share * group.mask.reshape(scale.shape)
+        terms += [(share, term.x.reshape(x.shape) * (group.coefficient * term.sign), term.weight)
+                  for term in group.terms]
+    return terms
+
+
+def _term_recursion(steps: Tensor, finals: Tensor, keep: Tensor | None, terms: list[Term],
+                    split: int) -> tuple[Tensor, Tensor | None, Tensor]:
+    """:func:`_recursion` for one direction, the state map given as terms whose inputs from ``split`` on are the
+    state ``h_{t-1}``. Returns ``r_t`` of every step and the relevance of the initial states (c, h)."""
+    parts = [(share.unbind(0), x[..., split:].unbind(0), w[:, split:]) for share, x, w in terms]
+    r_all = torch.empty_like(steps)
+    out, relevance_t = r_all.unbind(0), steps.unbind(0)
+    keep_t = None if keep is None else keep.unbind(0)
+    r = torch.add(relevance_t[-1], finals, out=out[-1])
+    for t in range(len(steps) - 1, 0, -1):
+        following = torch.add(relevance_t[t - 1], 0, out=out[t - 1]) if keep_t is None else \
+            torch.addcmul(relevance_t[t - 1], r, keep_t[t], out=out[t - 1])
+        for share_t, x_t, weight in parts:
+            following.addcmul_(torch.mm(r * share_t[t], weight), x_t[t])
+        r = following
+    initial_h = sum((torch.mm(r * share_t[0], weight) * x_t[0] for share_t, x_t, weight in parts),
+                    torch.zeros_like(r))
+    return r_all, None if keep_t is None else r * keep_t[0], initial_h
+
+
+def _term_inputs(r_all: Tensor, terms: list[Term], split: int) -> Tensor:
+    """The relevance of the map's inputs before ``split`` of all steps: (T, batch, split)."""
+    return cast(Tensor, sum(x[..., :split] * torch.matmul(r_all * share, w[:, :split]) for share, x, w in terms))
+
+
+def _step_order(x: Tensor, direction: int) -> Tensor:
+    """(batch, T, n) in time order -> (T, batch, n) in the processing order of ``direction``."""
+    x = x.transpose(0, 1)
+    return x.flip(0) if direction == 1 else x
+
+
+def _time_sum(per_direction: list[Tensor]) -> Tensor:
+    """(T, batch, n) per direction, in processing order -> their sum (batch, T, n) in time order."""
+    return cast(Tensor, sum((t.flip(0) if d == 1 else t).transpose(0, 1) for d, t in enumerate(per_direction)))
+
+
 @dataclass(frozen=True, eq=False)
 class _Record:
     """What the backward pass of one layer needs; (T, D, batch, H) in each direction's processing order."""
@@ -239,6 +308,8 @@ class _LSTMLayer(_Layer):
         return self.block(self.bias_ih + self.bias_hh, 2)
 
     def relevance(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if any(type(rules.candidate) is not Epsilon for rules in self.rules):
+            return self._any_rule(record, relevance_out, finals)
         c, z_all, forget, write = record.terms
         bias = self.candidate_bias()
         keep, share = [], []  # R(c_{t-1}) = r keep, s = r share
@@ -253,6 +324,27 @@ class _LSTMLayer(_Layer):
                                                      self.candidate_weight(self.hh_t), record.h_previous)
         return self.input_relevance(record.x, r_all * share_all, self.candidate_weight(self.ih.transpose(1, 2))), \
             relevance_h, relevance_c
+
+    def _any_rule(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Any z-rule on the candidate: one direction at a time, the rule's terms over ``[x_t, h_{t-1}]``."""
+        c, z_all, forget, write = record.terms
+        bias = self.candidate_bias()
+        steps = _directions(relevance_out, self.directions)
+        w_ih, w_hh = self.candidate_weight(self.ih.transpose(1, 2)), self.candidate_weight(self.hh_t)
+        features = w_ih.shape[-1]
+        xs, hs, cs = [], [], []
+        for d, rules in enumerate(self.rules):
+            denominator = stabilize(c[:, d], rules.cell_sum.stabilizer)
+            b = None if bias is None else bias[d, 0]
+            xh = torch.cat([_step_order(record.x, d), record.h_previous[:, d]], -1)
+            terms = _terms(rules.candidate, xh, torch.cat([w_ih[d], w_hh[d]], 1), b,
+                           z_all[:, d] if b is None else z_all[:, d] + b, write[:, d] / denominator)
+            r_all, c0, h0 = _term_recursion(steps[:, d], finals[0][d] + finals[1][d], forget[:, d] / denominator,
+                                            terms, features)
+            xs.append(_term_inputs(r_all, terms, features))
+            hs.append(h0)
+            cs.append(cast(Tensor, c0))
+        return _time_sum(xs), torch.stack(hs), torch.stack(cs)
 
 
 class _GRULayer(_Layer):
@@ -280,6 +372,8 @@ class _GRULayer(_Layer):
         return result, _Record(x, h_previous, (write + keep, pre, c_x, c_h, reset, write, keep))
 
     def relevance(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if any(type(r.candidate_input) is not Epsilon or type(r.candidate_state) is not Epsilon for r in self.rules):
+            return self._any_rule(record, relevance_out, finals)
         h, pre, c_x, c_h, reset, write, keep = record.terms
         bias_in = None if self.bias_ih is None else self.block(self.bias_ih, 2)
         bias_hn = None if self.bias_hh is None else self.block(self.bias_hh, 2)
@@ -300,6 +394,26 @@ class _GRULayer(_Layer):
                                            self.candidate_weight(self.ih.transpose(1, 2)))
         return relevance_x, relevance_h + relevance_keep
 
+    def _any_rule(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        """Any z-rules on the candidate maps: one direction at a time, each rule's terms."""
+        h, pre, c_x, c_h, reset, write, keep = record.terms
+        bias_in = None if self.bias_ih is None else self.block(self.bias_ih, 2)
+        bias_hn = None if self.bias_hh is None else self.block(self.bias_hh, 2)
+        steps = _directions(relevance_out, self.directions)
+        w_in, w_hn = self.candidate_weight(self.ih.transpose(1, 2)), self.candidate_weight(self.hh_t)
+        xs, hs = [], []
+        for d, rules in enumerate(self.rules):
+            total = stabilize(h[:, d], rules.state_sum.stabilizer)
+            to_pre = write[:, d] / total / stabilize(pre[:, d], rules.candidate_sum.stabilizer)
+            state = _terms(rules.candidate_state, record.h_previous[:, d], w_hn[d],
+                           None if bias_hn is None else bias_hn[d, 0], c_h[:, d], to_pre * reset[:, d])
+            r_all, kept, h0 = _term_recursion(steps[:, d], finals[0][d], keep[:, d] / total, state, 0)
+            inputs = _terms(rules.candidate_input, _step_order(record.x, d), w_in[d],
+                            None if bias_in is None else bias_in[d, 0], c_x[:, d], to_pre * c_x[:, d])
+            xs.append(_term_inputs(r_all, inputs, w_in.shape[-1]))
+            hs.append(h0 + cast(Tensor, kept))
+        return _time_sum(xs), torch.stack(hs)
+
 
 class _RNNLayer(_Layer):
     relu: ClassVar[bool] = False
@@ -319,6 +433,8 @@ class _RNNLayer(_Layer):
     def relevance(self, record: Any, relevance_out: Tensor, finals: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         (z_all,) = record.terms  # without bias
         bias = None if self.bias_ih is None or self.bias_hh is None else self.bias_ih + self.bias_hh
+        if any(type(rules.linear) is not Epsilon for rules in self.rules):
+            return self._any_rule(record, relevance_out, finals[0], z_all, bias)
         share = torch.stack([rules.linear.stabilize(z_all[:, d] if bias is None or not rules.linear.bias
                                                     else z_all[:, d] + bias[d]).reciprocal()
                              for d, rules in enumerate(self.rules)], 1)
@@ -327,6 +443,22 @@ class _RNNLayer(_Layer):
                                            self.candidate_weight(self.hh_t), record.h_previous)
         relevance_x = self.input_relevance(record.x, r_all * share, self.candidate_weight(self.ih.transpose(1, 2)))
         return relevance_x, relevance_h
+
+    def _any_rule(self, record: Any, relevance_out: Tensor, final: Tensor, z_all: Tensor,
+                  bias: Tensor | None) -> tuple[Tensor, ...]:
+        """Any z-rule on the linear map: one direction at a time, the rule's terms over ``[x_t, h_{t-1}]``."""
+        steps = _directions(relevance_out, self.directions)
+        features = self.ih.shape[-1]
+        xs, hs = [], []
+        for d, rules in enumerate(self.rules):
+            b = None if bias is None else bias[d, 0]
+            xh = torch.cat([_step_order(record.x, d), record.h_previous[:, d]], -1)
+            z = z_all[:, d] if b is None else z_all[:, d] + b
+            terms = _terms(rules.linear, xh, torch.cat([self.ih[d], self.hh_t[d].t()], 1), b, z, torch.ones_like(z))
+            r_all, _, h0 = _term_recursion(steps[:, d], final[d], None, terms, features)
+            xs.append(_term_inputs(r_all, terms, features))
+            hs.append(h0)
+        return _time_sum(xs), torch.stack(hs)
 
 
 class _ReLURNNLayer(_RNNLayer):

@@ -140,6 +140,7 @@ def overhead_contenders() -> dict[str, tuple[Runner, Runner]]:
                                              lambda: lrp(mlp, x, torch.tensor([3]), preset="epsilon")),
         "bilstm: relprop.explain lrp lstm_epsilon": (
             lstm_gradient, lambda: relprop.explain(lstm, ids, 1, preset="lstm_epsilon")),
+        "bilstm: relprop.explain lrp zplus": (lstm_gradient, lambda: relprop.explain(lstm, ids, 1, preset="zplus")),
     }
 
 

@@ -35,7 +35,7 @@ from .safety import interruption_point, protected
 
 __all__ = [
     "ExplanationError", "Rule", "Site", "MergedBatchNorm", "stabilize", "attach_rules", "FunctionalGuard",
-    "eval_mode", "mark_path", "on_path",
+    "eval_mode", "mark_path", "on_path", "attached_rule",
 ]
 
 
@@ -234,7 +234,8 @@ def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
     would carry a plain gradient (it is invisible to the op guard, which sees only the ops inside its forward)."""
     for value in inputs:
         function = getattr(getattr(value, "grad_fn", None), "_forward_cls", None)  # set on custom Functions' nodes
-        if function is not None and function not in (_Relay, _Route):
+        if function is not None and function not in (_Relay, _Route) and not getattr(
+                function, "carries_relevance", False):  # e.g. relprop.rules.recurrent.FusedRecurrent
             raise ExplanationError(
                 f"{_describe(site) if isinstance(site, str) else 'the input of ' + _describe(site)} comes from the "
                 "custom autograd.Function "
@@ -362,6 +363,28 @@ def attach_rules(
                 handles.pop()
 
 
+def attached_rule(module: nn.Module) -> tuple[Rule | None, bool]:
+    """The rule this thread's :func:`attach_rules` gave ``module`` (None for none), and whether any other hook is
+    registered on it (a user's, a layer recorder's, a backward hook, this thread's tripwire).
+
+    >>> layer = nn.Linear(2, 2)
+    >>> attached_rule(layer)
+    (None, False)
+    """
+    me = threading.get_ident()
+    rule: Rule | None = None
+    other = bool(module._backward_hooks or module._backward_pre_hooks)
+    for hook in (*module._forward_pre_hooks.values(), *module._forward_hooks.values()):
+        owner = getattr(hook, "__self__", hook)
+        if isinstance(owner, (_Attachment, _Tripwire)) and owner.owner != me:
+            continue  # another thread's: acts only there
+        if isinstance(owner, _Attachment):
+            rule = owner.rule
+        else:
+            other = True
+    return rule, other
+
+
 # ------------------------------------------------------------------------------------------------ op sites
 class FunctionalGuard(TorchFunctionMode):
     """Gives every functional operation on the relevance path outside ruled modules its rule, before it runs.
@@ -378,6 +401,22 @@ class FunctionalGuard(TorchFunctionMode):
         self.depth = 0
         self._by_name = {name: op for op in op_rules for name in op.names}  # ops declared by the user first
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
+
+    def op_of(self, name: str) -> Op | None:
+        """The op that a function called ``name`` counts as here (ops the user declared first).
+
+        >>> FunctionalGuard({}).op_of("cat") is ops.ROUTE
+        True
+        """
+        return self._by_name.get(name) or ops.lookup(name)
+
+    @staticmethod
+    def active() -> FunctionalGuard | None:
+        """The innermost guard entered in this thread, None if none."""
+        for mode in reversed(torch.overrides._get_current_function_mode_stack()):  # type: ignore[no-untyped-call]
+            if isinstance(mode, FunctionalGuard):
+                return mode
+        return None
 
     def __exit__(self, *exc_info: Any) -> None:
         super().__exit__(*exc_info)  # type: ignore[no-untyped-call]
@@ -401,7 +440,7 @@ class FunctionalGuard(TorchFunctionMode):
         where = (_stale(args) or _stale(kwargs.values())) if self._touched else None
         if where is not None:
             raise _stale_error(f"'{name}' at {ops.caller_location()}", where)
-        op = self._by_name.get(name) or ops.lookup(name)
+        op = self.op_of(name)
         if op is ops.CONSTANT:
             return func(*args, **kwargs)
         if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":

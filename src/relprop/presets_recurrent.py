@@ -4,7 +4,9 @@
 Like every preset, these apply :class:`~relprop.canonizers.ExplicitRecurrent`, so stock ``nn.LSTM``
 / ``nn.GRU`` / ``nn.RNN`` modules are explained through explicit cells. The base map of
 :class:`~relprop.composites.RuleMap` supplies the rest of the LSTM-LRP recipe: gated products signal-take-all,
-sums proportional, tanh/sigmoid/ReLU pass.
+sums proportional, tanh/sigmoid/ReLU pass. Under these presets a stock ``nn.LSTM`` / ``nn.GRU`` / ``nn.RNN`` takes
+the fused path of :mod:`relprop.rules.recurrent` (the same relevance as its cells, with plain tensor code, several
+times faster).
 
 A layer that mixes pixels and recurrent state (a module with a ``mixed_split``, e.g.
 :class:`relprop.models.blocks.MixedLinear`) gets :class:`relprop.rules.mixed.Mixed` from

@@ -10,12 +10,22 @@ redirected to it (an instance attribute). The stock module stays where it is, as
 parameters, so user code holding a reference to it, and hooks registered on it, keep working; the result has
 the stock structure ``(output, (h_n, c_n))`` / ``(output, h_n)``. Undoing removes the child and the attribute;
 the stock parameters are never written (the twin holds copies).
+
+**Fused LSTM-LRP.** Running the twin costs a Python call per module, step, layer and direction. When a stock
+module is explained by LRP and the rules attached to its twin are those of LSTM-LRP (signal-take-all products,
+proportional sums, activations passing, as in every preset) with one of relprop's z-rules on each candidate map
+(``lstm_epsilon``, ``thesis_lrp``, ``thesis_dtd``, ``zplus`` ...), the redirected forward runs
+:func:`relprop.rules.recurrent.fused_recurrent` instead, which gives the same relevance with plain tensor code. It
+is decided at each call from the rules actually attached to the twin's modules; any other rule (a user's own, a
+product not signal-take-all), a hook of anyone else on a module of the twin (e.g. ``layers=`` naming one),
+training mode or a non-LRP method runs the twin.
 """
 
 from __future__ import annotations
 
 import functools
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -23,9 +33,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from .. import ops
+from ..core import FunctionalGuard, attached_rule, on_path
 from ..errors import ExplanationError
 from ..models.cells import GRUCell, LSTMCell, RNNCell
 from ..models.recurrent import Recurrent
+from ..rules import Pass, Proportional, Route, Rule, SignalTakeAll, ZRule
+from ..rules.recurrent import Z_RULES, CellRules, GRURules, RNNRules, Rules, fused_recurrent
 from .base import apply_all
 
 __all__ = ["ExplicitRecurrent", "explicit_twin"]
@@ -97,9 +111,16 @@ def explicit_twin(module: nn.RNNBase) -> Recurrent:
     >>> torch.allclose(explicit_twin(lstm)(x)[0], lstm(x)[0], atol=1e-6)
     True
     """
+    twin = _structure(module)
+    _load_weights(twin, module)
+    return twin.train(module.training)
+
+
+def _structure(module: nn.RNNBase) -> Recurrent:
+    """The twin's modules, on the module's device and dtype, without the module's weights."""
     cell, options = _cell_of(module)
     weight = cast(Tensor, module.weight_ih_l0)
-    twin = Recurrent(
+    return Recurrent(
         cell,
         module.input_size,
         module.hidden_size,
@@ -109,10 +130,153 @@ def explicit_twin(module: nn.RNNBase) -> Recurrent:
         layer_dropout=module.dropout,
         **options,
     ).to(device=weight.device, dtype=weight.dtype)
+
+
+def _load_weights(twin: Recurrent, module: nn.RNNBase) -> None:
     for layer, cells in enumerate(twin.layers):
         for direction, explicit in enumerate(cast(nn.ModuleList, cells)):
             _copy_weights(explicit, module, f"_l{layer}" + ("_reverse" if direction else ""))
-    return twin.train(module.training)
+
+
+# One twin per stock module, kept while the module lives and rebuilt when its configuration, dtype or device
+# changes: building ~15 modules per cell costs more than a fused explanation. Its weights are copied from the
+# module each time the twin runs (never stale); the fused path does not use them.
+_TWINS: weakref.WeakKeyDictionary[nn.RNNBase, tuple[tuple[Any, ...], Recurrent]] = weakref.WeakKeyDictionary()
+
+
+def _kept_twin(module: nn.RNNBase) -> Recurrent:
+    weight = cast(Tensor, module.weight_ih_l0)
+    key = (type(module), module.input_size, module.hidden_size, module.num_layers, module.bidirectional,
+           module.batch_first, module.dropout, module.bias, getattr(module, "nonlinearity", None),
+           weight.dtype, weight.device)
+    kept = _TWINS.get(module)
+    if kept is None or kept[0] != key:
+        kept = (key, _structure(module))
+        _TWINS[module] = kept
+    twin = kept[1]
+    if twin.training != module.training:  # train() sets every sub-module: the twin's flags are all the same
+        twin.train(module.training)
+    return twin
+
+
+def _identity(rule: Rule | None) -> bool:
+    """No rule (an identity module, or a dropout whose op passes), or Pass."""
+    return rule is None or type(rule) is Pass
+
+
+# The rule each module of an explicit LSTM cell must have for the fused pass
+_FUSED_LSTM: dict[str, Callable[[Rule | None], bool]] = {
+    "candidate": lambda rule: type(rule) in Z_RULES,
+    "candidate_activation": lambda rule: type(rule) is Pass,
+    "gates": lambda rule: isinstance(rule, ZRule),  # never reached: the products give the gates no relevance
+    "gate_activation": lambda rule: type(rule) is Pass,
+    "gate_dropout": _identity,
+    "forget": lambda rule: type(rule) is SignalTakeAll,
+    "write": lambda rule: type(rule) is SignalTakeAll,
+    "emit": lambda rule: type(rule) is SignalTakeAll,
+    "cell_sum": lambda rule: type(rule) is Proportional,
+    "cell_activation": lambda rule: type(rule) is Pass,
+    "input_dropout": _identity,
+    "output_dropout": _identity,
+}
+_FUSED_GRU: dict[str, Callable[[Rule | None], bool]] = {
+    "candidate_input": lambda rule: type(rule) in Z_RULES,
+    "candidate_state": lambda rule: type(rule) in Z_RULES,
+    "candidate_sum": lambda rule: type(rule) is Proportional,
+    "reset": lambda rule: type(rule) is SignalTakeAll,
+    "candidate_activation": lambda rule: type(rule) is Pass,
+    "gates": lambda rule: isinstance(rule, ZRule),  # never reached: the products give the gates no relevance
+    "gate_activation": lambda rule: type(rule) is Pass,
+    "gate_complement": lambda rule: type(rule) is Pass,
+    "write": lambda rule: type(rule) is SignalTakeAll,
+    "keep": lambda rule: type(rule) is SignalTakeAll,
+    "state_sum": lambda rule: type(rule) is Proportional,
+    "input_dropout": _identity,
+    "output_dropout": _identity,
+}
+_FUSED_RNN: dict[str, Callable[[Rule | None], bool]] = {
+    "linear": lambda rule: type(rule) in Z_RULES,
+    "activation": lambda rule: type(rule) is Pass,
+    "input_dropout": _identity,
+    "output_dropout": _identity,
+}
+
+
+def _cell_rules(cell: nn.Module, rule_of: Callable[[nn.Module], Rule | None]) -> Rules | None:
+    """The rules of one explicit cell for the fused pass, None if the pass cannot reproduce them."""
+    tables: dict[type[nn.Module], dict[str, Callable[[Rule | None], bool]]] = {
+        LSTMCell: _FUSED_LSTM, GRUCell: _FUSED_GRU, RNNCell: _FUSED_RNN}
+    table = tables.get(type(cell))
+    children = dict(cell.named_children())
+    if table is None or set(children) != set(table) or getattr(cell, "reset_after", True) is not True:
+        return None
+    found = {name: rule_of(children[name]) for name in table}
+    if not all(accepts(found[name]) for name, accepts in table.items()):
+        return None
+    if isinstance(cell, LSTMCell):
+        return CellRules(cast(ZRule, found["candidate"]), cast(Proportional, found["cell_sum"]))
+    if isinstance(cell, GRUCell):
+        return GRURules(*(cast(Any, found[name]) for name in
+                          ("candidate_input", "candidate_state", "candidate_sum", "state_sum")))
+    return RNNRules(cast(ZRule, found["linear"]))
+
+
+# The functional ops the twin calls on the relevance path: their own backward routes relevance
+_TWIN_ROUTES = ("__getitem__", "unbind", "stack", "cat", "chunk", "transpose", "unsqueeze", "squeeze")
+
+
+def _global_hooks() -> bool:
+    hooks = torch.nn.modules.module
+    return any(getattr(hooks, name) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
+                                                 "_global_backward_hooks", "_global_backward_pre_hooks"))
+
+
+def _stock_arguments(module: nn.RNNBase, x: Tensor, hx: Any) -> bool:
+    """A padded input (2-D unbatched or 3-D, float32 or float64, not empty) and an initial state (``(h0, c0)``,
+    or ``h0``) of the stock shapes and dtype."""
+    weight = cast(Tensor, module.weight_ih_l0)
+    if x.dim() not in (2, 3) or x.shape[-1] != module.input_size or x.dtype != weight.dtype \
+            or x.dtype not in (torch.float32, torch.float64) or x.device != weight.device or x.numel() == 0:
+        return False
+    if hx is None:
+        return True
+    states = module.num_layers * (2 if module.bidirectional else 1)
+    shape = (states, module.hidden_size) if x.dim() == 2 else \
+        (states, x.shape[0 if module.batch_first else 1], module.hidden_size)
+    if not isinstance(module, nn.LSTM):
+        hx = (hx,)
+    return (isinstance(hx, tuple) and len(hx) == (2 if isinstance(module, nn.LSTM) else 1)
+            and all(isinstance(s, Tensor) and tuple(s.shape) == shape and s.dtype == x.dtype for s in hx))
+
+
+def _fused_rules(module: nn.RNNBase, twin: Recurrent, x: Any, hx: Any) -> list[Rules] | None:
+    """The rules of the twin's cells (stock order: layer, direction) when :func:`fused_recurrent` computes what the
+    twin would: a stock module in eval mode on a padded tensor on the relevance path, explained by LRP (a strict
+    guard), with the LSTM-LRP rules and z-rules of :data:`~relprop.rules.recurrent.Z_RULES` on the twin's modules
+    and no other hook on any of them. Else None."""
+    if module.training or not isinstance(x, Tensor) or module.proj_size > 0:
+        return None
+    guard = FunctionalGuard.active()
+    if guard is None or not guard.strict or guard.depth or _global_hooks() or not on_path((x, hx)) \
+            or not _stock_arguments(module, x, hx):
+        return None
+    if (any(type(guard.op_rules.get(guard.op_of(name))) is not Route for name in _TWIN_ROUTES)  # type: ignore[arg-type]
+            or type(guard.op_rules.get(ops.DROPOUT)) is not Pass or guard.op_of("new_zeros") is not ops.CONSTANT):
+        return None
+    attached = {id(m): attached_rule(m) for m in twin.modules()}
+    if any(other for _, other in attached.values()):
+        return None
+    cells = [cell for layer in twin.layers for cell in cast(nn.ModuleList, layer)]
+    containers = [twin, twin.layers, *twin.layers, *cells]
+    if any(attached[id(m)][0] is not None for m in containers) or not _identity(attached[id(twin.between)][0]):
+        return None
+    found = []
+    for cell in cells:
+        rules = _cell_rules(cell, lambda child: attached[id(child)][0])
+        if rules is None:
+            return None
+        found.append(rules)
+    return found
 
 
 def _redirect(module: nn.RNNBase) -> Callable[[], None]:
@@ -120,9 +284,10 @@ def _redirect(module: nn.RNNBase) -> Callable[[], None]:
         raise ExplanationError(
             f"{type(module).__name__} is already redirected by ExplicitRecurrent (applied twice?)"
         )
-    twin = explicit_twin(module)
+    twin = _kept_twin(module)
     previous = module.__dict__.get("forward")  # an instance-level forward set by someone else, kept
     owner = threading.get_ident()
+    loaded = False
 
     def forward(x: Any, hx: Any = None) -> tuple[Tensor, Any]:
         if threading.get_ident() != owner:  # another thread's plain forward pass: the stock computation
@@ -133,6 +298,13 @@ def _redirect(module: nn.RNNBase) -> Callable[[], None]:
                 "tensor (torch.nn.utils.rnn.pad_packed_sequence) and select each sequence's last valid step "
                 "yourself"
             )
+        nonlocal loaded
+        fused = _fused_rules(module, twin, x, hx)
+        if fused is not None:
+            return fused_recurrent(module, x, hx, fused)
+        if not loaded:  # the module's current weights, once per application
+            _load_weights(twin, module)
+            loaded = True
         return twin(x, hx)  # type: ignore[no-any-return]
 
     def restore() -> None:
@@ -152,6 +324,7 @@ class ExplicitRecurrent:
 
     Outputs stay equal (up to float rounding); ``apply`` returns the function that restores the stock modules
     exactly. Packed sequences and ``nn.LSTM(proj_size > 0)`` raise :class:`~relprop.errors.ExplanationError`.
+    A module explained under LSTM-LRP's rules takes the fused path instead of its cells (module docstring).
 
     >>> model = nn.Sequential(nn.LSTM(3, 4, batch_first=True))
     >>> undo = ExplicitRecurrent().apply(model)

@@ -116,6 +116,12 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return z.sign().add_(0.5).sign_().mul_(epsilon).add_(z)  # sign with 0 -> +1, arithmetic kernels only
 
 
+def has_relprop_affine(site: object) -> bool:
+    """Whether ``site`` has a ``relprop_affine()`` method (on its class or set on the instance); without the cost of
+    ``hasattr`` on an ``nn.Module``, whose ``__getattr__`` raises for a missing name."""
+    return hasattr(type(site), "relprop_affine") or "relprop_affine" in getattr(site, "__dict__", ())
+
+
 def root_module(model: nn.Module) -> nn.Module:
     """The module whose sub-modules get rules: the model itself, or the model a wrapper of relprop's runs (the
     explained input through a token embedding, the logits of a Hugging Face output)."""
@@ -245,7 +251,7 @@ def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
 
 def check_model_output(model: nn.Module, output: Tensor) -> None:
     """Raise if the model's output itself comes out of a custom ``torch.autograd.Function`` (no later site sees it)."""
-    _foreign_function(f"the output of {type(model).__name__}", (output,))
+    _foreign_function(f"the output of {type(root_module(model)).__name__}", (output,))
 
 
 def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:
@@ -266,6 +272,16 @@ _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _plain(values: Sequence[Any]) -> bool:
+    """Whether every tensor in ``values`` is a plain ``torch.Tensor``.
+
+    A rule hook runs inside a ruled module, where the guard passes every call through unchanged (``depth > 0``), so
+    the hook's own calls (detach, the relay) may skip it. Only with torch-function handling off altogether, which
+    would also skip a tensor subclass's ``__torch_function__``: hence for plain tensors only.
+    """
+    return all(type(value) is Tensor for value in values if isinstance(value, Tensor))
+
+
 class _Attachment:
     """Hooks of one module: capture the inputs before the call, relay the output after it.
 
@@ -278,11 +294,25 @@ class _Attachment:
         self.owner = threading.get_ident()
         self.stack: list[tuple[Any, ...]] = []
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
-                       and not hasattr(module, "relprop_affine"))
+                       and not has_relprop_affine(module))
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if threading.get_ident() != self.owner:
             return None
+        if self.guard is not None and _plain(args):
+            with torch._C.DisableTorchFunction():  # relprop's own calls here need not pass the guard (see _plain)
+                return self._pre(module, args)
+        return self._pre(module, args)
+
+    def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if threading.get_ident() != self.owner:
+            return None
+        if self.guard is not None and type(output) is Tensor and _plain(self.stack[-1]):
+            with torch._C.DisableTorchFunction():
+                return self._post(module, output)
+        return self._post(module, output)
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         interruption_point()
         if self.guard is not None:
             self.guard.depth += 1
@@ -297,9 +327,7 @@ class _Attachment:
         inplace = getattr(module, "inplace", False)
         return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a for a in args)
 
-    def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if threading.get_ident() != self.owner:
-            return None
+    def _post(self, module: nn.Module, output: Any) -> Any:
         original_args = self.stack.pop()
         try:
             if not on_path(original_args):
@@ -363,6 +391,12 @@ def attach_rules(
 
 
 # ------------------------------------------------------------------------------------------------ op sites
+def ops_by_name(op_rules: Mapping[Op, Rule]) -> dict[str, Op]:
+    """The op of each function name among the ops of ``op_rules`` (a :class:`FunctionalGuard` looks these up
+    before :func:`relprop.ops.lookup`, so ops declared by the user come first)."""
+    return {name: op for op in op_rules for name in op.names}
+
+
 class FunctionalGuard(TorchFunctionMode):
     """Gives every functional operation on the relevance path outside ruled modules its rule, before it runs.
 
@@ -371,12 +405,13 @@ class FunctionalGuard(TorchFunctionMode):
     so its plain gradient flows. ``depth > 0`` inside ruled modules, whose own rule accounts for their operations.
     """
 
-    def __init__(self, op_rules: Mapping[Op, Rule], strict: bool = True) -> None:
+    def __init__(self, op_rules: Mapping[Op, Rule], strict: bool = True, by_name: Mapping[str, Op] | None = None
+                 ) -> None:
         super().__init__()
         self.op_rules = op_rules
         self.strict = strict
         self.depth = 0
-        self._by_name = {name: op for op in op_rules for name in op.names}  # ops declared by the user first
+        self._by_name = ops_by_name(op_rules) if by_name is None else by_name  # ops declared by the user first
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import grad as nn_grad
 
 from .. import ops
-from ..core import MergedBatchNorm, Site
+from ..core import MergedBatchNorm, Site, has_relprop_affine
 from ..errors import ExplanationError
 from ..ops import OpCall
 
@@ -57,7 +57,7 @@ class _Affine:
         elif isinstance(site, OpCall) and site.op is ops.BATCH_NORM:
             weight, bias = _batch_norm_affine(site)
             self.kind = "diagonal"
-        elif hasattr(site, "relprop_affine"):
+        elif has_relprop_affine(site):
             weight, bias = getattr(site, "relprop_affine")()  # noqa: B009  (typed access for mypy)
             self.kind = "linear"
         elif isinstance(site, nn.Linear):

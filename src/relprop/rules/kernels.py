@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core import has_relprop_affine
 from .affine import _Affine, _divide, _has_negative, _negative, _positive, _stacked_transpose, _uniform, fast_kernel
 from .linear import Epsilon, Flat, Gamma, ZBox, ZPlus
 
@@ -19,7 +20,7 @@ __all__: list[str] = []
 @fast_kernel(Epsilon)
 def _epsilon(rule: Epsilon, affine: _Affine, x: Tensor, output: Tensor, relevance_out: Tensor) -> Tensor | None:
     """The layer's own output is ``z = x W^T + b``: no forward pass (unless the rule drops the bias)."""
-    if not rule.bias and affine.bias is not None or hasattr(affine.module, "relprop_affine"):
+    if not rule.bias and affine.bias is not None or has_relprop_affine(affine.module):
         z = affine.forward(x, affine.weight, rule._bias(affine.bias))
     else:
         z = output

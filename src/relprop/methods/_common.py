@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ExplanationError
 
-__all__ = ["OutputSeed", "as_target", "one_hot_start", "start_gradient", "start_relevance", "target_score",
-           "gradient_of_target"]
+__all__ = ["OutputSeed", "ClassTarget", "as_target", "one_hot_start", "start_gradient", "start_relevance",
+           "target_score", "gradient_of_target"]
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
@@ -131,17 +131,38 @@ class OutputSeed:
         return (self.gradient(output) * output).reshape(output.shape[0], -1).sum(1)
 
 
-def start_gradient(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
+@dataclass(frozen=True)
+class ClassTarget:
+    """The explained classes as :func:`relprop.explain` was given them (an int, a LongTensor (batch,) or None for
+    the argmax), resolved against the scores of the method's own forward pass, so that explain needs no forward
+    pass of its own. Only for methods whose forward pass computes the model's scores unchanged (the registry's
+    ``own_scores``); they return those scores as :attr:`Attribution.output`.
+
+    >>> ClassTarget(None).resolve(torch.tensor([[0.0, 2.0], [3.0, 1.0]]))
+    tensor([1, 0])
+    """
+
+    value: int | Tensor | None
+
+    def resolve(self, output: Tensor) -> Tensor:
+        return as_target(self.value, output.detach())
+
+
+def start_gradient(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -> Tensor:
     """The output gradient for ``target`` (one-hot at each sample's class, or the seed's)."""
     if isinstance(target, OutputSeed):
         return target.gradient(output)
+    if isinstance(target, ClassTarget):
+        target = target.resolve(output)
     return one_hot_start(output, _tiled(target, output.shape[0]))
 
 
-def start_relevance(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
+def start_relevance(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -> Tensor:
     """The output relevance for ``target`` (each sample's target logit, or the seed's)."""
     if isinstance(target, OutputSeed):
         return target.relevance(output)
+    if isinstance(target, ClassTarget):
+        target = target.resolve(output)
     target = _tiled(target, output.shape[0])
     return one_hot_start(output, target, output.detach().gather(1, target.reshape(-1, 1)))
 

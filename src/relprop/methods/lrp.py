@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..composites import RuleMap, get_preset
-from ..core import check_model_output, mark_path, on_path
+from ..core import check_model_output, mark_path, on_path, root_module
 from ..errors import ExplanationError
-from ._common import OutputSeed, start_relevance
+from ._common import ClassTarget, OutputSeed, start_relevance
 from ._layers import backward, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
 
 __all__ = ["lrp", "explain_lrp"]
 
 
-@method("lrp")
+def _own_scores(model: nn.Module, options: Mapping[str, Any]) -> bool:
+    """Whether the explained forward pass computes the model's scores unchanged (see ``keeps_forward_values``)."""
+    rule_map = options.get("rule_map")
+    if not isinstance(rule_map, RuleMap):
+        preset_options = {name: value for name, value in options.items()
+                          if name not in ("preset", "rule_map", "layers", "layer_at")}
+        rule_map = get_preset(options.get("preset", "epsilon"), **preset_options)
+    return rule_map.keeps_forward_values(model)
+
+
+@method("lrp", own_scores=_own_scores)
 def explain_lrp(
-    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, preset: str = "epsilon",
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, *, preset: str = "epsilon",
     rule_map: RuleMap | None = None, layers: Sequence[str] = (), layer_at: str = "output", **preset_options: Any,
 ) -> Attribution:
     """LRP relevance of the input, with ``conservation_gap`` (``sum R`` minus the relevance put in at the output).
 
     ``layers`` names modules whose relevance (at their output, or input with ``layer_at="input"``) is returned
-    too, with ``conservation_by_layer`` (batch, layers). See :func:`lrp`.
+    too, with ``conservation_by_layer`` (batch, layers); ``output`` holds the model's scores. See :func:`lrp`.
     """
     rule_map = rule_map if rule_map is not None else get_preset(preset, **preset_options)
     x = mark_path(x.detach().requires_grad_())
@@ -36,7 +46,8 @@ def explain_lrp(
             output = model(x)
         if not isinstance(output, Tensor) or not on_path((output,)):
             raise ExplanationError(
-                f"{type(model).__name__} returned {type(output).__name__} that does not depend on the explained input"
+                f"{type(root_module(model)).__name__} returned {type(output).__name__} that does not depend on the "
+                "explained input"
             )
         check_model_output(model, output)
         start = start_relevance(output, target)
@@ -46,7 +57,7 @@ def explain_lrp(
     layer_relevance = stacked(at_layers)
     if layers:
         details["conservation_by_layer"] = gap_by_layer(layer_relevance, total)
-    return Attribution(relevance, details, layer_relevance)
+    return Attribution(relevance, details, layer_relevance, output.detach())
 
 
 def lrp(

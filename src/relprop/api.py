@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from .errors import ConfigError, ExplanationError, RelpropError
-from .methods._common import ClassTarget, OutputSeed, as_target
+from .methods._common import ClassTarget, OutputSeed, as_targets, per_target
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -189,39 +189,24 @@ def _targets(target: int | str | Tensor | None, seed: object, scores: Tensor) ->
         if target is not None:
             raise ConfigError("pass either target= or seed=, not both: a seed replaces the target classes")
         return torch.full(scores.shape[:1], -1, dtype=torch.long, device=scores.device)
-    if isinstance(target, str):
-        if target != "all":
-            raise ExplanationError(f"target must be an int, a LongTensor, None or 'all', got {target!r}")
-        return torch.arange(scores.shape[1], device=scores.device).expand(scores.shape[0], -1)
-    if isinstance(target, Tensor) and target.dim() == 2 and not target.is_floating_point():
-        if target.shape[0] != scores.shape[0] or target.shape[1] == 0:
-            raise ExplanationError(
-                f"a target tensor of several classes per sample must be ({scores.shape[0]}, k), got "
-                f"{tuple(target.shape)}"
-            )
-        return torch.stack([as_target(column, scores) for column in target.unbind(1)], 1)
-    return as_target(target, scores)
-
-
-def _per_target(value: Tensor, k: int) -> Tensor:
-    """(k * batch, ...) in target-major order -> (batch, k, ...)."""
-    return value.reshape(k, value.shape[0] // k, *value.shape[1:]).transpose(0, 1)
+    return as_targets(target, scores)
 
 
 def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, targets: Tensor, seed: object,
          options: Mapping[str, Any]) -> Attribution:
-    """Run the method once; several targets per sample run as one batch of the input repeated per target."""
+    """Run the method once; several targets per sample run as one batch of the input repeated per target (unless
+    the method takes them at once: ``several_targets``)."""
     if seed is not None:
         return spec(forward, inputs, OutputSeed(seed, len(inputs)), **options)  # type: ignore[arg-type]
-    if targets.dim() == 1:
+    if targets.dim() == 1 or spec.several_targets:
         return spec(forward, inputs, targets, **options)
     k = targets.shape[1]
     tiled = inputs.repeat(k, *(1,) * (inputs.dim() - 1))  # target-major: copy j of sample i at j * batch + i
     result = spec(forward, tiled, targets.T.reshape(-1), **options)
     return Attribution(
-        _per_target(result.relevance, k),
-        {name: _per_target(value, k) for name, value in result.details.items()},
-        {name: _per_target(value, k) for name, value in result.layers.items()},
+        per_target(result.relevance, k),
+        {name: per_target(value, k) for name, value in result.details.items()},
+        {name: per_target(value, k) for name, value in result.layers.items()},
     )
 
 
@@ -262,7 +247,7 @@ def explain(
     own = _own_scores(spec, model, x, target, seed, options)
     result = None if own is None else own(call)
     if result is not None and result.output is not None:  # the scores of the method's own forward pass
-        scores, targets = result.output, as_target(target, result.output)  # type: ignore[arg-type]
+        scores, targets = result.output, as_targets(target, result.output)
     else:
         forward, inputs, scores = _prepared(model, x, call)
         targets = _targets(target, seed, scores)
@@ -278,10 +263,13 @@ def _own_scores(
     spec: methods._registry.Method, model: nn.Module, x: Tensor, target: object, seed: object,
     options: Mapping[str, Any],
 ) -> Callable[[dict[str, Any]], Attribution | None] | None:
-    """For one class per sample, with a method whose forward pass computes the scores unchanged: the call that runs
-    the method once and takes the scores and classes from its forward pass (no plain forward pass first)."""
+    """For one class per sample (or several, for a method taking them at once), with a method whose forward pass
+    computes the scores unchanged: the call that runs the method once and takes the scores and classes from its
+    forward pass (no plain forward pass first)."""
+    several = target == "all" if isinstance(target, str) else isinstance(target, Tensor) and target.dim() == 2
     one_class = target is None or isinstance(target, int) or (isinstance(target, Tensor) and target.dim() == 1)
-    if seed is not None or not one_class or spec.own_scores is None or not spec.own_scores(model, options):
+    if seed is not None or not (one_class or several and spec.several_targets) or spec.own_scores is None or \
+            not spec.own_scores(model, options):
         return None
 
     def run(call: dict[str, Any]) -> Attribution | None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,6 +120,26 @@ def has_relprop_affine(site: object) -> bool:
     """Whether ``site`` has a ``relprop_affine()`` method (on its class or set on the instance); without the cost of
     ``hasattr`` on an ``nn.Module``, whose ``__getattr__`` raises for a missing name."""
     return hasattr(type(site), "relprop_affine") or "relprop_affine" in getattr(site, "__dict__", ())
+
+
+def batched(relevance: Tensor) -> bool:
+    """Whether ``relevance`` is batched by ``torch.func.vmap``: the relevance of several targets at once, one
+    backward pass for all of them over a single forward pass (a rule must not branch on its values then)."""
+    return bool(torch._C._functorch.is_batchedtensor(relevance))
+
+
+def pullback(function: Callable[..., Tensor], inputs: Sequence[Tensor], cotangent: Tensor) -> tuple[Tensor, ...]:
+    """``cotangent^T J`` of ``function`` at ``inputs`` for each input (zeros where an input is unused).
+
+    Under ``torch.func.vmap`` (a batched ``cotangent``) through ``torch.func.vjp``, since a leaf cannot be made
+    there; otherwise through ``torch.autograd.grad``.
+    """
+    if batched(cotangent):
+        pull = torch.func.vjp(function, *inputs)[1]
+        return tuple(pull(cotangent))
+    leaves = tuple(x.detach().requires_grad_() for x in inputs)
+    grads = torch.autograd.grad(function(*leaves), leaves, cotangent, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
 
 
 def root_module(model: nn.Module) -> nn.Module:

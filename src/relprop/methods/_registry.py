@@ -37,12 +37,15 @@ class Method:
     ``own_scores(model, options)``, when given, says whether the method's forward pass computes the model's scores
     exactly as a plain forward pass would; the method then accepts a
     :class:`~relprop.methods._common.ClassTarget` and returns those scores as :attr:`Attribution.output`.
+    ``several_targets``: the method takes a (batch, k) target (k classes per sample) and returns every result
+    as (batch, k, ...); otherwise :func:`relprop.explain` runs it on the input repeated k times.
     """
 
     name: str
     function: Callable[..., Tensor | Attribution]
     options: tuple[str, ...] | None
     own_scores: Callable[[nn.Module, Mapping[str, Any]], bool] | None = None
+    several_targets: bool = False  # takes a (batch, k) target and returns (batch, k, ...) itself
 
     def __call__(self, model: object, x: Tensor, target: object, **options: object) -> Attribution:
         if self.options is not None:
@@ -70,7 +73,8 @@ F = TypeVar("F", bound=Callable[..., Tensor | Attribution])
 
 
 def method(
-    name: str, own_scores: Callable[[nn.Module, Mapping[str, Any]], bool] | None = None
+    name: str, own_scores: Callable[[nn.Module, Mapping[str, Any]], bool] | None = None,
+    several_targets: bool = False,
 ) -> Callable[[F], F]:
     """Register ``f(model, x, target, **options) -> Attribution | relevance`` under ``name`` for ``explain``.
 
@@ -82,7 +86,7 @@ def method(
     >>> del METHODS["doubled_input"]
     """
     def register(function: F) -> F:
-        METHODS[name] = Method(name, function, _options(function), own_scores)
+        METHODS[name] = Method(name, function, _options(function), own_scores, several_targets)
         return function
 
     return register

@@ -313,24 +313,40 @@ class _Attachment:
         self.name, self.module, self.rule, self.guard = name, module, rule, guard
         self.owner = threading.get_ident()
         self.stack: list[tuple[Any, ...]] = []
+        self.suspended: list[bool] = []  # per call: whether this call took the guard off the mode stack
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if threading.get_ident() != self.owner:
             return None
-        if self.guard is not None and _plain(args):
-            with torch._C.DisableTorchFunction():  # relprop's own calls here need not pass the guard (see _plain)
-                return self._pre(module, args)
-        return self._pre(module, args)
+        # A ruled module's rule accounts for everything inside it, where the guard passes every call through
+        # (depth > 0): the outermost one runs, hooks included, with the guard off the mode stack until its post hook.
+        guard = self.guard
+        suspended = guard is not None and guard.depth == 0 and guard.suspend()
+        self.suspended.append(suspended)
+        try:
+            if guard is not None and not suspended and _plain(args):
+                with torch._C.DisableTorchFunction():  # relprop's own calls here need not pass the guard (_plain)
+                    return self._pre(module, args)
+            return self._pre(module, args)
+        except BaseException:
+            if self.suspended.pop() and guard is not None:
+                guard.resume()
+            raise
 
     def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if threading.get_ident() != self.owner:
             return None
-        if self.guard is not None and type(output) is Tensor and _plain(self.stack[-1]):
-            with torch._C.DisableTorchFunction():
-                return self._post(module, output)
-        return self._post(module, output)
+        suspended = self.suspended.pop()
+        try:
+            if self.guard is not None and not suspended and type(output) is Tensor and _plain(self.stack[-1]):
+                with torch._C.DisableTorchFunction():
+                    return self._post(module, output)
+            return self._post(module, output)
+        finally:
+            if suspended and self.guard is not None:
+                self.guard.resume()
 
     def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         interruption_point()
@@ -434,8 +450,30 @@ class FunctionalGuard(TorchFunctionMode):
         self._by_name = ops_by_name(op_rules) if by_name is None else by_name  # ops declared by the user first
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
 
+    def suspend(self) -> bool:
+        """Take this guard off the top of the torch-function mode stack (False, and nothing done, if it is not
+        there: another mode entered inside the model stays above it)."""
+        size = torch._C._len_torch_function_stack()
+        if size == 0 or torch._C._get_function_stack_at(size - 1) is not self:
+            return False
+        torch._C._pop_torch_function_stack()
+        return True
+
+    def resume(self) -> None:
+        """Put this guard back on the mode stack after :meth:`suspend`."""
+        torch._C._push_on_torch_function_stack(self)
+
     def __exit__(self, *exc_info: Any) -> None:
-        super().__exit__(*exc_info)  # type: ignore[no-untyped-call]
+        # pop this guard from the stack wherever it is (a module that failed while the guard was suspended left it
+        # off the stack; a mode that failed to exit may sit above it), keeping every other mode in its place
+        above = []
+        while torch._C._len_torch_function_stack():
+            mode = torch._C._pop_torch_function_stack()
+            if mode is self:
+                break
+            above.append(mode)
+        for mode in reversed(above):
+            torch._C._push_on_torch_function_stack(mode)
         for tensor in self._touched:  # e.g. a buffer that an in-place op wrote path values into
             for tag in (_PATH, _STALE):
                 if hasattr(tensor, tag):

@@ -258,11 +258,20 @@ class RuleMap:
         """
         if any(getattr(rule, "decompose", None) is not None for rule in self._op_rules.values()):
             return False
+        return not self.rewrites(model)
+
+    def rewrites(self, model: nn.Module) -> bool:
+        """Whether a canonizer of this map rewrites ``model``: :class:`~relprop.canonizers.ExplicitRecurrent` a
+        model with stock recurrent modules, any other canonizer any model.
+
+        >>> get_preset("epsilon").rewrites(nn.Sequential(nn.Linear(2, 2)))
+        False
+        """
         if not self.canonizers:
-            return True
-        if not all(type(canonizer) is ExplicitRecurrent for canonizer in self.canonizers):
             return False
-        return not _has_stock_recurrent(root_module(model))
+        if not all(type(canonizer) is ExplicitRecurrent for canonizer in self.canonizers):
+            return True
+        return _has_stock_recurrent(root_module(model))
 
     def with_rules(self, *entries: tuple[Selector, Rule]) -> RuleMap:
         """This map with ``entries`` in front of its own (they win), e.g. a preset plus a rule for one op.

@@ -39,10 +39,13 @@ def explain_lrp(
     too, with ``conservation_by_layer`` (batch, layers); ``output`` holds the model's scores. See :func:`lrp`.
     A (batch, k) target explains k classes per sample from one forward pass, with one backward pass batched over
     the k seeds (``torch.func.vmap``: what the rules compute from the forward pass alone, such as denominators,
-    is computed once); every result is then (batch, k, ...). Where a rule cannot run batched, the input is
-    explained repeated k times instead.
+    is computed once); every result is then (batch, k, ...). Where a rule cannot run batched, or a canonizer
+    rewrites the model (its code, e.g. a fused recurrent kernel, need not run under vmap), the input is explained
+    repeated k times instead.
     """
     rule_map = rule_map if rule_map is not None else get_preset(preset, **preset_options)
+    if isinstance(target, Tensor) and target.dim() == 2 and rule_map.rewrites(model):
+        return _repeated(model, x, target, rule_map, layers, layer_at)
     try:
         return _explain(model, x, target, rule_map, layers, layer_at)
     except _Unbatchable as unbatchable:

@@ -7,6 +7,7 @@ every time is also divided by a plain gradient of the same round. Times are the 
 
     PYTHONPATH=src python benchmarks/many_targets.py                      # all cases, a few minutes
     PYTHONPATH=src python benchmarks/many_targets.py --cases overhead     # batch-1 fixed cost only (any commit)
+    PYTHONPATH=src python benchmarks/many_targets.py --cases parts        # the MLP's fixed cost piece by piece
 """
 
 from __future__ import annotations
@@ -144,6 +145,39 @@ def overhead_contenders() -> dict[str, tuple[Runner, Runner]]:
     }
 
 
+def overhead_parts() -> dict[str, Runner]:
+    """Where the MLP's fixed cost goes: each piece of ``explain`` alone, against the plain gradient (first)."""
+    from relprop import validate
+    from relprop.composites import get_preset
+    from relprop.core import mark_path
+    from relprop.methods import lrp
+
+    torch.manual_seed(0)
+    mlp = _mlp().eval()
+    x = torch.rand(1, 784) * 2 - 1
+    rule_map = get_preset("epsilon")
+
+    def hooked_forward() -> Tensor:
+        with rule_map.attached(mlp) as guard, torch.enable_grad():
+            with guard:
+                output: Tensor = mlp(mark_path(x.detach().requires_grad_()))
+        return output
+
+    def plain_forward() -> Tensor:
+        with torch.enable_grad():
+            output: Tensor = mlp(x.detach().requires_grad_())
+        return output
+
+    return {
+        "torch gradient": _gradient(mlp, x, 3),
+        "plain forward (grad enabled)": plain_forward,
+        "hooked forward (rules attached and removed)": hooked_forward,
+        "input and model checks": lambda: validate.explanation_inputs(mlp, x, "lrp", {"preset": "epsilon"}),
+        "relprop.methods.lrp": lambda: lrp(mlp, x, torch.tensor([3]), preset="epsilon"),
+        "relprop.explain": lambda: relprop.explain(mlp, x, 3, preset="epsilon"),
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------- timing
 def _time(runners: dict[str, Runner], repeats: int, warmup: int) -> dict[str, dict[str, float]]:
     for run in runners.values():
@@ -179,6 +213,11 @@ def run_cases(cases: list[str], repeats: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     builds = {"mlp": (_mlp, (1, 784)), "cnn": (SmallCNN, (1, 1, 28, 28)), "resnet18": (_resnet18, (1, 3, 224, 224))}
     for case in cases:
+        if case == "parts":
+            results[case] = _time(overhead_parts(), repeats * 10, warmup=5)
+            for name, row in results[case].items():
+                print(f"{name:45s} {row['cpu_ms']:8.3f} ms  {row['ratio_to_anchor']:.2f}x gradient", flush=True)
+            continue
         if case == "overhead":
             pairs = overhead_contenders()
             results[case] = {}
@@ -206,7 +245,8 @@ def run_cases(cases: list[str], repeats: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", default="overhead,mlp,cnn,resnet18", help="comma-separated (default: %(default)s)")
+    parser.add_argument("--cases", default="overhead,mlp,cnn,resnet18",
+                        help="comma-separated, also 'parts' (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (resnet18: a quarter; overhead: 10x)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -11,8 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
-from .errors import ConfigError, ExplanationError, boundary
-from .methods._common import OutputSeed, as_target
+from .errors import ConfigError, ExplanationError, RelpropError, boundary
+from .methods._common import ClassTarget, OutputSeed, as_targets, per_target
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -70,13 +70,20 @@ class _Call(nn.Module):
         output: Callable[[Any], Tensor] | None = None, batch: int | None = None,
     ) -> None:
         super().__init__()
-        self.batch = batch  # the explained batch size: a method running it several times over gets tiled kwargs
-        object.__setattr__(self, "_model", model)  # not a child: rules attach to the model under its own names
-        object.__setattr__(self, "_embedding", embedding)
+        # plain attributes, none a module, parameter or buffer: set directly (nn.Module.__setattr__ is slow)
+        self.__dict__.update(
+            batch=batch,  # the explained batch size: a method running it several times over gets tiled kwargs
+            _model=model,  # not a child: rules attach to the model under its own names
+            _embedding=embedding, ids=ids, model_kwargs=dict(model_kwargs or {}), input_name=input_name,
+            output=output, training=False,
+        )
         self._model: nn.Module
         self._embedding: nn.Module | None
-        self.ids, self.model_kwargs, self.input_name, self.output = ids, dict(model_kwargs or {}), input_name, output
-        self.train(False)
+        self.batch: int | None
+        self.ids: Tensor | None
+        self.model_kwargs: dict[str, Any]
+        self.input_name: str | None
+        self.output: Callable[[Any], Tensor] | None
 
     def relprop_root(self) -> nn.Module:
         model: nn.Module = self._model
@@ -155,7 +162,7 @@ def _check_input(x: Any) -> None:
     if x.shape[0] == 0:
         raise ExplanationError("x is an empty batch")
     if x.is_floating_point():
-        bad = (~torch.isfinite(x)).sum().item()
+        bad = 0 if bool(torch.isfinite(x.sum())) else (~torch.isfinite(x)).sum().item()  # finite sum: all finite
         if bad:
             raise ExplanationError(f"x contains {bad} NaN or infinite values (shape {tuple(x.shape)})")
     elif x.dtype not in (torch.int64, torch.int32) or x.is_complex():
@@ -182,39 +189,24 @@ def _targets(target: int | str | Tensor | None, seed: object, scores: Tensor) ->
         if target is not None:
             raise ConfigError("pass either target= or seed=, not both: a seed replaces the target classes")
         return torch.full(scores.shape[:1], -1, dtype=torch.long, device=scores.device)
-    if isinstance(target, str):
-        if target != "all":
-            raise ExplanationError(f"target must be an int, a LongTensor, None or 'all', got {target!r}")
-        return torch.arange(scores.shape[1], device=scores.device).expand(scores.shape[0], -1)
-    if isinstance(target, Tensor) and target.dim() == 2 and not target.is_floating_point():
-        if target.shape[0] != scores.shape[0] or target.shape[1] == 0:
-            raise ExplanationError(
-                f"a target tensor of several classes per sample must be ({scores.shape[0]}, k), got "
-                f"{tuple(target.shape)}"
-            )
-        return torch.stack([as_target(column, scores) for column in target.unbind(1)], 1)
-    return as_target(target, scores)
-
-
-def _per_target(value: Tensor, k: int) -> Tensor:
-    """(k * batch, ...) in target-major order -> (batch, k, ...)."""
-    return value.reshape(k, value.shape[0] // k, *value.shape[1:]).transpose(0, 1)
+    return as_targets(target, scores)
 
 
 def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, targets: Tensor, seed: object,
          options: Mapping[str, Any]) -> Attribution:
-    """Run the method once; several targets per sample run as one batch of the input repeated per target."""
+    """Run the method once; several targets per sample run as one batch of the input repeated per target (unless
+    the method takes them at once: ``several_targets``)."""
     if seed is not None:
         return spec(forward, inputs, OutputSeed(seed, len(inputs)), **options)  # type: ignore[arg-type]
-    if targets.dim() == 1:
+    if targets.dim() == 1 or spec.several_targets:
         return spec(forward, inputs, targets, **options)
     k = targets.shape[1]
     tiled = inputs.repeat(k, *(1,) * (inputs.dim() - 1))  # target-major: copy j of sample i at j * batch + i
     result = spec(forward, tiled, targets.T.reshape(-1), **options)
     return Attribution(
-        _per_target(result.relevance, k),
-        {name: _per_target(value, k) for name, value in result.details.items()},
-        {name: _per_target(value, k) for name, value in result.layers.items()},
+        per_target(result.relevance, k),
+        {name: per_target(value, k) for name, value in result.details.items()},
+        {name: per_target(value, k) for name, value in result.layers.items()},
     )
 
 
@@ -251,10 +243,16 @@ def explain(
         raise ExplanationError(f"unknown method '{method}'; valid methods: {', '.join(sorted(METHODS))}")
     model = validate.explanation_inputs(model, x, method, options)  # before anything runs (relprop.validate)
     _check_input(x)
-    forward, inputs, scores = _prepared(model, x, {"model_kwargs": model_kwargs, "input_name": input_name,
-                                                   "output": output})
-    targets = _targets(target, seed, scores)
-    result = _run(METHODS[method], forward, inputs, targets, seed, options)
+    call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
+    spec = METHODS[method]
+    own = _own_scores(spec, model, x, target, seed, options)
+    result = None if own is None else own(call)
+    if result is not None and result.output is not None:  # the scores of the method's own forward pass
+        scores, targets = result.output, as_targets(target, result.output)
+    else:
+        forward, inputs, scores = _prepared(model, x, call)
+        targets = _targets(target, seed, scores)
+        result = _run(spec, forward, inputs, targets, seed, options)
     details, relevance = dict(result.details), result.relevance
     if not x.is_floating_point():
         details["embedding_relevance"] = relevance
@@ -262,16 +260,52 @@ def explain(
     return Explanation(relevance.detach(), scores.detach(), targets, method, details, dict(result.layers))
 
 
-def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
-    """(the module to explain, its float input, the model's scores): token ids run through the embedding."""
-    inputs = x
+def _own_scores(
+    spec: methods._registry.Method, model: nn.Module, x: Tensor, target: object, seed: object,
+    options: Mapping[str, Any],
+) -> Callable[[dict[str, Any]], Attribution | None] | None:
+    """For one class per sample (or several, for a method taking them at once), with a method whose forward pass
+    computes the scores unchanged: the call that runs the method once and takes the scores and classes from its
+    forward pass (no plain forward pass first)."""
+    several = target == "all" if isinstance(target, str) else isinstance(target, Tensor) and target.dim() == 2
+    one_class = target is None or isinstance(target, int) or (isinstance(target, Tensor) and target.dim() == 1)
+    if seed is not None or not (one_class or several and spec.several_targets) or spec.own_scores is None or \
+            not spec.own_scores(model, options):
+        return None
+
+    def run(call: dict[str, Any]) -> Attribution | None:
+        forward, inputs = _forward_module(model, x, call, wrap=True)
+        try:
+            result = spec(forward, inputs, ClassTarget(target), **options)  # type: ignore[arg-type]
+        except RelpropError:
+            raise
+        except (RuntimeError, IndexError, TypeError):
+            with _wrapped_errors(model, x), torch.no_grad():
+                forward(inputs)  # fails too: the input does not fit the model (an ExplanationError naming it)
+            raise
+        if result.output is not None and not bool(torch.isfinite(result.output).all()):
+            return None  # inf - inf in a relayed identity would read NaN: take the scores of a plain forward pass
+        return result
+
+    return run
+
+
+def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: bool = False) -> tuple[nn.Module, Tensor]:
+    """(the module to explain, its float input): token ids run through the embedding; ``wrap``: always a
+    :class:`_Call`, which selects the scores from any output of the model."""
     if not x.is_floating_point():
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():
             inputs = embedding(x)
-        forward: nn.Module = _Call(model, embedding=embedding, ids=x, **call)
-    else:
-        forward = _Call(model, batch=len(x), **call) if any(v is not None for v in call.values()) else model
+        return _Call(model, embedding=embedding, ids=x, **call), inputs
+    if wrap or any(v is not None for v in call.values()):
+        return _Call(model, batch=len(x), **call), x
+    return model, x
+
+
+def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
+    """(the module to explain, its float input, the model's scores): token ids run through the embedding."""
+    forward, inputs = _forward_module(model, x, call)
     with _wrapped_errors(model, x), torch.no_grad():
         scores = forward(inputs)
         if not isinstance(scores, Tensor):

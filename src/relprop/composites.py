@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import ops, rules
 from .canonizers import Canonizer, ExplicitRecurrent
-from .core import FunctionalGuard, Rule, attach_rules, root_module
+from .core import FunctionalGuard, Rule, attach_rules, ops_by_name, root_module
 from .errors import ExplanationError
 from .layers import GatedProduct, Sum
 from .ops import Op
@@ -44,7 +44,8 @@ AVG_POOLS: tuple[type, ...] = (
 # Leaf modules that must get a rule of their own (a z-rule decides how a linear map splits relevance; stock recurrent
 # modules run fused kernels). Every other module without a rule is transparent: the ops inside its forward get op
 # rules (a norm's batch_norm or layer_norm call, HF's Conv1D addmm, torchvision's Permute), or raise.
-MUST_HAVE_RULE: tuple[type, ...] = (*LINEAR_TYPES, nn.LSTM, nn.GRU, nn.RNN)
+_STOCK_RECURRENT: tuple[type, ...] = (nn.LSTM, nn.GRU, nn.RNN)  # ExplicitRecurrent rewrites these
+MUST_HAVE_RULE: tuple[type, ...] = (*LINEAR_TYPES, *_STOCK_RECURRENT)
 # Libraries whose activation modules are element-wise (some written as formulas, e.g. GPT-2's tanh-GELU): Pass
 _ACTIVATION_LIBRARIES = ("transformers.activations", "timm.layers.activations")
 
@@ -72,6 +73,10 @@ def _advice(module: nn.Module) -> str:
         f"as rules.Epsilon() if it is a linear map (it then needs a relprop_affine() method returning "
         f"(weight, bias)), or a rule of your own implementing relprop.rules.Rule"
     )
+
+
+def _has_stock_recurrent(model: nn.Module) -> bool:
+    return any(isinstance(module, _STOCK_RECURRENT) for module in model.modules())
 
 
 def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
@@ -225,12 +230,48 @@ class RuleMap:
         """
         model = root_module(model)
         with protected(model), contextlib.ExitStack() as stack:  # the model's lock; Ctrl-C waits for a safe point
+            stock = None
             for canonizer in self.canonizers:
+                if type(canonizer) is ExplicitRecurrent:  # it rewrites stock recurrent modules only
+                    stock = _has_stock_recurrent(model) if stock is None else stock
+                    if not stock:
+                        continue
                 stack.callback(canonizer.apply(model))
             assignments, uncovered = self.assign(model)
-            guard = FunctionalGuard(self._op_rules)
+            guard = FunctionalGuard(self._op_rules, by_name=self._op_names)
             stack.enter_context(attach_rules(model, assignments, uncovered, guard))
             yield guard
+
+    def keeps_forward_values(self, model: nn.Module) -> bool:
+        """Whether ``model``'s forward pass under this map computes the same values as without it.
+
+        Rule sites only relay their outputs, and ops run as they are (in-place ones out of place); but a
+        canonizer rewrites the model (e.g. a stock LSTM as explicit cells) and a decomposed op (attention as its
+        matrix products) runs other kernels, both with other rounding. Canonizers other than
+        :class:`~relprop.canonizers.ExplicitRecurrent` on a model without stock recurrent modules count as
+        changing the values.
+
+        >>> get_preset("epsilon").keeps_forward_values(nn.Sequential(nn.Linear(2, 2)))
+        True
+        >>> get_preset("attnlrp").keeps_forward_values(nn.Sequential(nn.Linear(2, 2)))
+        False
+        """
+        if any(getattr(rule, "decompose", None) is not None for rule in self._op_rules.values()):
+            return False
+        return not self.rewrites(model)
+
+    def rewrites(self, model: nn.Module) -> bool:
+        """Whether a canonizer of this map rewrites ``model``: :class:`~relprop.canonizers.ExplicitRecurrent` a
+        model with stock recurrent modules, any other canonizer any model.
+
+        >>> get_preset("epsilon").rewrites(nn.Sequential(nn.Linear(2, 2)))
+        False
+        """
+        if not self.canonizers:
+            return False
+        if not all(type(canonizer) is ExplicitRecurrent for canonizer in self.canonizers):
+            return True
+        return _has_stock_recurrent(root_module(model))
 
     def with_rules(self, *entries: tuple[Selector, Rule]) -> RuleMap:
         """This map with ``entries`` in front of its own (they win), e.g. a preset plus a rule for one op.
@@ -244,6 +285,10 @@ class RuleMap:
     @cached_property
     def _op_rules(self) -> dict[Op, Rule]:
         return self.op_rules()
+
+    @cached_property
+    def _op_names(self) -> dict[str, Op]:
+        return ops_by_name(self._op_rules)
 
     def op_rules(self) -> dict[Op, Rule]:
         """The rule of every op: from ``entries`` first, then from the base map.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -114,6 +114,32 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     tensor([-2.5000,  0.5000,  3.5000])
     """
     return z.sign().add_(0.5).sign_().mul_(epsilon).add_(z)  # sign with 0 -> +1, arithmetic kernels only
+
+
+def has_relprop_affine(site: object) -> bool:
+    """Whether ``site`` has a ``relprop_affine()`` method (on its class or set on the instance); without the cost of
+    ``hasattr`` on an ``nn.Module``, whose ``__getattr__`` raises for a missing name."""
+    return hasattr(type(site), "relprop_affine") or "relprop_affine" in getattr(site, "__dict__", ())
+
+
+def batched(relevance: Tensor) -> bool:
+    """Whether ``relevance`` is batched by ``torch.func.vmap``: the relevance of several targets at once, one
+    backward pass for all of them over a single forward pass (a rule must not branch on its values then)."""
+    return bool(torch._C._functorch.is_batchedtensor(relevance))
+
+
+def pullback(function: Callable[..., Tensor], inputs: Sequence[Tensor], cotangent: Tensor) -> tuple[Tensor, ...]:
+    """``cotangent^T J`` of ``function`` at ``inputs`` for each input (zeros where an input is unused).
+
+    Under ``torch.func.vmap`` (a batched ``cotangent``) through ``torch.func.vjp``, since a leaf cannot be made
+    there; otherwise through ``torch.autograd.grad``.
+    """
+    if batched(cotangent):
+        pull = torch.func.vjp(function, *inputs)[1]
+        return tuple(pull(cotangent))
+    leaves = tuple(x.detach().requires_grad_() for x in inputs)
+    grads = torch.autograd.grad(function(*leaves), leaves, cotangent, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
 
 
 def root_module(model: nn.Module) -> nn.Module:
@@ -246,7 +272,7 @@ def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
 
 def check_model_output(model: nn.Module, output: Tensor) -> None:
     """Raise if the model's output itself comes out of a custom ``torch.autograd.Function`` (no later site sees it)."""
-    _foreign_function(f"the output of {type(model).__name__}", (output,))
+    _foreign_function(f"the output of {type(root_module(model)).__name__}", (output,))
 
 
 def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:
@@ -267,6 +293,16 @@ _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+def _plain(values: Sequence[Any]) -> bool:
+    """Whether every tensor in ``values`` is a plain ``torch.Tensor``.
+
+    A rule hook runs inside a ruled module, where the guard passes every call through unchanged (``depth > 0``), so
+    the hook's own calls (detach, the relay) may skip it. Only with torch-function handling off altogether, which
+    would also skip a tensor subclass's ``__torch_function__``: hence for plain tensors only.
+    """
+    return all(type(value) is Tensor for value in values if isinstance(value, Tensor))
+
+
 class _Attachment:
     """Hooks of one module: capture the inputs before the call, relay the output after it.
 
@@ -278,12 +314,42 @@ class _Attachment:
         self.name, self.module, self.rule, self.guard = name, module, rule, guard
         self.owner = threading.get_ident()
         self.stack: list[tuple[Any, ...]] = []
+        self.suspended: list[bool] = []  # per call: whether this call took the guard off the mode stack
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
-                       and not hasattr(module, "relprop_affine"))
+                       and not has_relprop_affine(module))
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if threading.get_ident() != self.owner:
             return None
+        # A ruled module's rule accounts for everything inside it, where the guard passes every call through
+        # (depth > 0): the outermost one runs, hooks included, with the guard off the mode stack until its post hook.
+        guard = self.guard
+        suspended = guard is not None and guard.depth == 0 and guard.suspend()
+        self.suspended.append(suspended)
+        try:
+            if guard is not None and not suspended and _plain(args):
+                with torch._C.DisableTorchFunction():  # relprop's own calls here need not pass the guard (_plain)
+                    return self._pre(module, args)
+            return self._pre(module, args)
+        except BaseException:
+            if self.suspended.pop() and guard is not None:
+                guard.resume()
+            raise
+
+    def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if threading.get_ident() != self.owner:
+            return None
+        suspended = self.suspended.pop()
+        try:
+            if self.guard is not None and not suspended and type(output) is Tensor and _plain(self.stack[-1]):
+                with torch._C.DisableTorchFunction():
+                    return self._post(module, output)
+            return self._post(module, output)
+        finally:
+            if suspended and self.guard is not None:
+                self.guard.resume()
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         interruption_point()
         if self.guard is not None:
             self.guard.depth += 1
@@ -298,9 +364,7 @@ class _Attachment:
         inplace = getattr(module, "inplace", False)
         return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a for a in args)
 
-    def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if threading.get_ident() != self.owner:
-            return None
+    def _post(self, module: nn.Module, output: Any) -> Any:
         original_args = self.stack.pop()
         try:
             if not on_path(original_args):
@@ -386,6 +450,12 @@ def attached_rule(module: nn.Module) -> tuple[Rule | None, bool]:
 
 
 # ------------------------------------------------------------------------------------------------ op sites
+def ops_by_name(op_rules: Mapping[Op, Rule]) -> dict[str, Op]:
+    """The op of each function name among the ops of ``op_rules`` (a :class:`FunctionalGuard` looks these up
+    before :func:`relprop.ops.lookup`, so ops declared by the user come first)."""
+    return {name: op for op in op_rules for name in op.names}
+
+
 class FunctionalGuard(TorchFunctionMode):
     """Gives every functional operation on the relevance path outside ruled modules its rule, before it runs.
 
@@ -394,12 +464,13 @@ class FunctionalGuard(TorchFunctionMode):
     so its plain gradient flows. ``depth > 0`` inside ruled modules, whose own rule accounts for their operations.
     """
 
-    def __init__(self, op_rules: Mapping[Op, Rule], strict: bool = True) -> None:
+    def __init__(self, op_rules: Mapping[Op, Rule], strict: bool = True, by_name: Mapping[str, Op] | None = None
+                 ) -> None:
         super().__init__()
         self.op_rules = op_rules
         self.strict = strict
         self.depth = 0
-        self._by_name = {name: op for op in op_rules for name in op.names}  # ops declared by the user first
+        self._by_name = ops_by_name(op_rules) if by_name is None else by_name  # ops declared by the user first
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
 
     def op_of(self, name: str) -> Op | None:
@@ -418,8 +489,30 @@ class FunctionalGuard(TorchFunctionMode):
                 return mode
         return None
 
+    def suspend(self) -> bool:
+        """Take this guard off the top of the torch-function mode stack (False, and nothing done, if it is not
+        there: another mode entered inside the model stays above it)."""
+        size = torch._C._len_torch_function_stack()
+        if size == 0 or torch._C._get_function_stack_at(size - 1) is not self:
+            return False
+        torch._C._pop_torch_function_stack()
+        return True
+
+    def resume(self) -> None:
+        """Put this guard back on the mode stack after :meth:`suspend`."""
+        torch._C._push_on_torch_function_stack(self)
+
     def __exit__(self, *exc_info: Any) -> None:
-        super().__exit__(*exc_info)  # type: ignore[no-untyped-call]
+        # pop this guard from the stack wherever it is (a module that failed while the guard was suspended left it
+        # off the stack; a mode that failed to exit may sit above it), keeping every other mode in its place
+        above = []
+        while torch._C._len_torch_function_stack():
+            mode = torch._C._pop_torch_function_stack()
+            if mode is self:
+                break
+            above.append(mode)
+        for mode in reversed(above):
+            torch._C._push_on_torch_function_stack(mode)
         for tensor in self._touched:  # e.g. a buffer that an in-place op wrote path values into
             for tag in (_PATH, _STALE):
                 if hasattr(tensor, tag):

@@ -13,9 +13,10 @@ relprop.errors.ConfigError: option epsilon=nan must be a finite number >= 0
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -38,26 +39,43 @@ def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[s
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    model = _uncompiled(model)
+    modules = list(model.named_modules())  # one walk of the model for every check
+    model = _uncompiled(model, modules)
     if not isinstance(x, Tensor):
         return model  # explain's input check names what x must be
-    _no_inference_mode(model, x)
-    _no_meta_tensors(model, x)
-    _eval_mode(model)
-    _finite_parameters(model)
+    if modules[0][1] is not model:
+        modules = list(model.named_modules())
+    tensors = _tensors(modules)
+    _no_inference_mode(tensors, x)
+    _no_meta_tensors(tensors, x)
+    _eval_mode(model, modules)
+    _finite_parameters(model, tensors)
     _options(method, options, x)
     return model
+
+
+def _tensors(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, Tensor]]:
+    """Every parameter and buffer once, by its qualified name (as ``named_parameters`` and ``named_buffers``)."""
+    seen: set[int] = set()
+    tensors = []
+    for prefix, module in modules:
+        for name, t in [*module._parameters.items(), *module._buffers.items()]:
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                tensors.append((f"{prefix}.{name}" if prefix else name, t))
+    return tensors
 
 
 def _names(names: list[str]) -> str:
     return ", ".join(names[:_LIMIT]) + (f" and {len(names) - _LIMIT} more" if len(names) > _LIMIT else "")
 
 
-def _uncompiled(model: nn.Module) -> nn.Module:
+def _uncompiled(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> nn.Module:
     original = getattr(model, "_orig_mod", None)
     if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
         model = original
-    compiled = [name for name, m in model.named_modules() if type(m).__name__ == "OptimizedModule"]
+        modules = list(model.named_modules())
+    compiled = [name for name, m in modules if type(m).__name__ == "OptimizedModule"]
     if compiled:
         raise ExplanationError(
             f"sub-modules {_names(compiled)} of {type(model).__name__} are torch.compile'd, whose compiled code "
@@ -66,13 +84,13 @@ def _uncompiled(model: nn.Module) -> nn.Module:
     return model
 
 
-def _no_inference_mode(model: nn.Module, x: Tensor) -> None:
+def _no_inference_mode(tensors: list[tuple[str, Tensor]], x: Tensor) -> None:
     if torch.is_inference_mode_enabled():
         raise ExplanationError(
             "explain() runs inside torch.inference_mode(), where nothing can be differentiated; call it outside"
         )
     frozen = ["x"] if x.is_inference() else []
-    frozen += [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_inference()]
+    frozen += [name for name, t in tensors if t.is_inference()]
     if frozen:
         raise ExplanationError(
             f"{_names(frozen)} were created in torch.inference_mode() and cannot take part in autograd; create "
@@ -80,9 +98,9 @@ def _no_inference_mode(model: nn.Module, x: Tensor) -> None:
         )
 
 
-def _no_meta_tensors(model: nn.Module, x: Tensor) -> None:
+def _no_meta_tensors(tensors: list[tuple[str, Tensor]], x: Tensor) -> None:
     meta = ["x"] if x.is_meta else []
-    meta += [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    meta += [name for name, t in tensors if t.is_meta]
     if meta:
         raise ExplanationError(
             f"{_names(meta)} are meta tensors without values; load the weights first (e.g. "
@@ -90,10 +108,10 @@ def _no_meta_tensors(model: nn.Module, x: Tensor) -> None:
         )
 
 
-def _eval_mode(model: nn.Module) -> None:
-    training = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+def _eval_mode(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> None:
+    training = [name or type(model).__name__ for name, m in modules if m.training]
     if training:
-        kinds = sorted({type(m).__name__ for _, m in model.named_modules() if m.training})
+        kinds = sorted({type(m).__name__ for _, m in modules if m.training})
         raise ExplanationError(
             f"{type(model).__name__} has {len(training)} modules in training mode ({_names(training)}) of types "
             f"{_names(kinds)}: dropout would randomise the explanation and batch norm would update its statistics; "
@@ -101,9 +119,19 @@ def _eval_mode(model: nn.Module) -> None:
         )
 
 
-def _finite_parameters(model: nn.Module) -> None:
-    bad = [name for name, t in [*model.named_parameters(), *model.named_buffers()]
-           if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())]
+def _finite_parameters(model: nn.Module, tensors: list[tuple[str, Tensor]]) -> None:
+    tensors = [(name, t) for name, t in tensors if (t.is_floating_point() or t.is_complex()) and t.numel()]
+    if not tensors:
+        return
+    with torch.no_grad():  # a sum is finite only if every entry is: one reduction instead of an element-wise mask
+        sums = [t.sum() for _, t in tensors]
+        if len({s.dtype for s in sums}) > 1:
+            wide = torch.complex128 if any(s.is_complex() for s in sums) else torch.float64
+            sums = [s.to(wide) for s in sums]
+        sums_at_once = torch.stack(sums)
+    if bool(torch.isfinite(sums_at_once).all()):
+        return
+    bad = [name for name, t in tensors if not bool(torch.isfinite(t).all())]  # or a finite sum that overflowed
     if bad:
         raise ExplanationError(
             f"{type(model).__name__} has NaN or infinite values in {_names(bad)}; its outputs and explanations "
@@ -170,13 +198,19 @@ def _lrp_options(options: Mapping[str, Any], x: Tensor) -> None:
     build = PRESETS.get(options.get("preset", "epsilon"))
     if build is None:
         return  # get_preset names the valid presets
-    defaults = {name: p.default for name, p in inspect.signature(build).parameters.items()}
+    defaults = _defaults(build)
     if "low" not in defaults or "high" not in defaults:
         return
     low, high = options.get("low", defaults["low"]), options.get("high", defaults["high"])
     if low is None or high is None:
         return  # the preset asks for them
     _bounds(low, high, x)
+
+
+@functools.lru_cache(maxsize=64)
+def _defaults(build: Callable[..., Any]) -> dict[str, Any]:
+    """A preset's options and their defaults (a preset's signature never changes)."""
+    return {name: p.default for name, p in inspect.signature(build).parameters.items()}
 
 
 def _bounds(low: Any, high: Any, x: Tensor) -> None:

@@ -301,3 +301,65 @@ def test_inplace_relu_equals_non_inplace(method: str, options: dict[str, object]
     assert torch.equal(inplace.output, plain.output)
     assert torch.allclose(inplace.relevance, plain.relevance, rtol=1e-12, atol=1e-15)
     assert plain.relevance.abs().max() > 0
+
+
+# ---------------------------------------------------------------- the scores of the explained forward pass
+
+
+class _Counting(nn.Module):
+    """Runs ``model`` and counts its forward passes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        result: Tensor = self.model(x)
+        return result
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lrp_takes_scores_and_targets_from_its_own_forward_pass(mlp, x, dtype: torch.dtype) -> None:
+    """One forward pass for a single class per sample: the explained pass's scores are the model's, bit for bit."""
+    model, inputs = mlp.to(dtype), x.to(dtype)
+    counting = _Counting(model)
+    explanation = relprop.explain(counting, inputs, method="lrp", preset="epsilon_plus_flat")
+    assert counting.calls == 1
+    assert torch.equal(explanation.output, model(inputs).detach())
+    assert torch.equal(explanation.target, model(inputs).argmax(1))
+    assert torch.equal(explanation.relevance, lrp(model, inputs, model(inputs).argmax(1), preset="epsilon_plus_flat"))
+
+
+@pytest.mark.parametrize(("target", "pattern"), [
+    (3, "out of range.*3 outputs"),
+    (torch.tensor([0, 3]), "out of range"),
+    (torch.tensor([0.0, 1.0]), "integer"),
+    (torch.tensor([0, 1, 2]), r"shape \(2,\)"),
+    (True, "int, a LongTensor"),
+])
+def test_bad_target_for_lrp(mlp, x, target: object, pattern: str) -> None:
+    with pytest.raises(ExplanationError, match=pattern):
+        relprop.explain(mlp, x, target, method="lrp")
+
+
+def test_scores_from_a_plain_forward_pass_where_the_explained_one_differs() -> None:
+    """A canonizer that rewrites the model (a stock LSTM as explicit cells) rounds differently, and a relayed
+    identity turns an overflow (inf) into NaN: there the scores come from a plain forward pass, as the model gives
+    them."""
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        lstm = _LSTMClassifier(bias=True).eval()
+    x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(6))
+    counting = _Counting(lstm)
+    explanation = relprop.explain(counting, x, method="lrp", preset="epsilon")
+    assert counting.calls == 2
+    assert torch.equal(explanation.output, lstm(x).detach())
+
+    overflow = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU(), nn.Linear(1, 1, bias=False)).eval()
+    with torch.no_grad():
+        overflow[0].weight.fill_(2.0)
+        overflow[2].weight.fill_(1.0)
+    explanation = relprop.explain(overflow, torch.tensor([[2e38]]), 0, method="lrp")
+    assert torch.equal(explanation.output, torch.tensor([[float("inf")]]))

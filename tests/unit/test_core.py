@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 import torch
@@ -174,13 +175,36 @@ def test_model_errors_in_the_explained_pass_keep_their_type() -> None:
     class Fails(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.lin, self.calls = nn.Linear(6, 2), 0
+            self.lin = nn.Linear(6, 2)
 
         def forward(self, x: Tensor) -> Tensor:
-            self.calls += 1
-            if self.calls > 1:
+            if x.requires_grad:  # the explained pass only: a plain forward pass of this input works
                 raise TypeError("a bug in the model")
             return self.lin(x)
 
     with pytest.raises(TypeError, match="a bug in the model"):
         relprop.explain(Fails().double().eval(), _x(), method="lrp")
+
+
+def test_the_guard_leaves_the_mode_stack_as_it_found_it() -> None:
+    """Ruled modules run with the op guard off the mode stack; a module that fails there leaves no mode behind, and a
+    user's mode entered around explain stays where it was."""
+
+    class Fails(nn.Linear):
+        def forward(self, x: Tensor) -> Tensor:
+            raise RuntimeError("a bug inside a ruled module")
+
+    class Outer(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            return func(*args, **(kwargs or {}))
+
+    model = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), Fails(4, 2)).double().eval()
+    with Outer() as outer:
+        with pytest.raises((RuntimeError, ExplanationError), match="a bug inside a ruled module"):
+            relprop.explain(model, _x(), 0)
+        assert torch._C._len_torch_function_stack() == 1
+        assert torch._C._get_function_stack_at(0) is outer
+    assert torch._C._len_torch_function_stack() == 0
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    working = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
+    assert relprop.explain(working, _x(), 0).relevance.shape == _x().shape

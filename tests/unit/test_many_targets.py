@@ -3,6 +3,7 @@ method and for MLP, CNN, torchvision's resnet18, a bidirectional LSTM and a smal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -10,6 +11,8 @@ import torch
 from torch import Tensor, nn
 
 import relprop
+from relprop import rules
+from relprop.composites import LINEAR_TYPES, RuleMap
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 from relprop.models.transformer import TransformerClassifier, TransformerClassifierConfig
 
@@ -74,6 +77,24 @@ def test_bilstm_on_token_ids_equals_the_loop() -> None:
     assert together.details["embedding_relevance"].shape == (2, 4, 4, 4)  # (batch, k, tokens, embedding)
 
 
+class _StockBiLSTM(nn.Module):
+    """A stock 2-layer bidirectional nn.LSTM (explained through the ExplicitRecurrent canonizer) -> Linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(6, 5, num_layers=2, bidirectional=True, batch_first=True)
+        self.out = nn.Linear(10, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.lstm(x)[0][:, -1])
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "lstm_epsilon"])
+def test_stock_bilstm_equals_the_loop(randn, preset: str) -> None:
+    torch.manual_seed(0)
+    _check(_StockBiLSTM().double().eval(), randn(2, 4, 6), "all", "lrp", preset=preset)
+
+
 def test_transformer_equals_the_loop() -> None:
     torch.manual_seed(0)
     config = TransformerClassifierConfig(vocab_size=20, embedding_dim=4, d_model=6, classes=3, feedforward=8)
@@ -114,3 +135,46 @@ def test_model_kwargs_follow_the_repeated_batch(randn, method: str, options: dic
     # every copy runs with its own sample's scale: the relevance equals that of the linear layer at x * scale
     scaled = relprop.explain(model.linear, x * scale, 1, method=method, **options).relevance
     torch.testing.assert_close(together.relevance[:, 1], scaled)
+
+
+class _Counting(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.calls = model, 0
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        result: Tensor = self.model(x)
+        return result
+
+
+def test_lrp_explains_all_targets_from_one_forward_pass(make_cnn, randn) -> None:
+    """LRP runs the batch once and batches only the backward pass over the k seeds."""
+    model = _Counting(make_cnn())
+    x = randn(2, 2, 8, 8)
+    together = relprop.explain(model, x, "all", preset="epsilon_plus_flat")
+    assert model.calls == 1
+    assert together.output.shape == (2, together.relevance.shape[1])
+    torch.testing.assert_close(together.output, model.model(x).detach(), atol=0, rtol=0)
+
+
+@dataclass(frozen=True)
+class _Branching:
+    """Pass, written with a branch on the relevance values (which torch.func.vmap cannot batch)."""
+
+    def relevance(
+        self, site: object, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if bool((relevance_out != relevance_out).any()):  # never true: a data-dependent branch all the same
+            raise AssertionError("NaN relevance")
+        return (relevance_out,)
+
+
+def test_a_rule_that_cannot_run_batched_falls_back_to_the_repeated_input(make_mlp, randn) -> None:
+    model, x = _Counting(make_mlp()), randn(3, 6)
+    rule_map = RuleMap([(LINEAR_TYPES, rules.Epsilon()), (nn.ReLU, _Branching())])
+    together = relprop.explain(model, x, "all", rule_map=rule_map)
+    assert model.calls == 2  # the batched backward pass failed on the branch: the input repeated per target
+    loop = torch.stack([relprop.explain(model, x, c, rule_map=rule_map).relevance for c in range(3)], 1)
+    torch.testing.assert_close(together.relevance, loop, atol=1e-12, rtol=1e-12)

@@ -29,3 +29,13 @@ def test_one_round_on_the_mlp(tmp_path: Path) -> None:
             "captum LRP, loop over 10 targets"} <= set(mlp["contenders"])
     assert all(row["cpu_ms"] > 0 for row in mlp["contenders"].values())
     assert "--cases mlp" in result["command"] and result["threads"] == 1
+
+
+def test_the_fixed_cost_piece_by_piece(tmp_path: Path) -> None:
+    script = load_benchmark("many_targets")
+    out = tmp_path / "parts.json"
+    assert script.main(["--cases", "parts", "--repeats", "1", "--out", str(out)]) == 0
+    parts = json.loads(out.read_text())["results"]["parts"]
+    assert list(parts)[0] == "torch gradient" and parts["torch gradient"]["ratio_to_anchor"] == 1.0
+    assert {"input and model checks", "relprop.methods.lrp", "relprop.explain"} <= set(parts)
+    assert all(row["cpu_ms"] > 0 for row in parts.values())

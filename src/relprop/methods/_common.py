@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ExplanationError
 
-__all__ = ["OutputSeed", "as_target", "one_hot_start", "start_gradient", "start_relevance", "target_score",
-           "gradient_of_target"]
+__all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "one_hot_start", "start_gradient",
+           "start_relevance", "target_score", "gradient_of_target"]
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
@@ -131,17 +131,66 @@ class OutputSeed:
         return (self.gradient(output) * output).reshape(output.shape[0], -1).sum(1)
 
 
-def start_gradient(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
+def as_targets(target: int | str | Tensor | None, output: Tensor) -> Tensor:
+    """:func:`as_target`, or (batch, k) for several classes per sample: ``"all"`` or a (batch, k) LongTensor.
+
+    >>> as_targets("all", torch.zeros(2, 3)).tolist()
+    [[0, 1, 2], [0, 1, 2]]
+    """
+    if isinstance(target, str):
+        if target != "all":
+            raise ExplanationError(f"target must be an int, a LongTensor, None or 'all', got {target!r}")
+        if output.dim() != 2:
+            raise ExplanationError(f"the model must return (batch, classes) scores, got shape {tuple(output.shape)}")
+        return torch.arange(output.shape[1], device=output.device).expand(output.shape[0], -1)
+    if isinstance(target, Tensor) and target.dim() == 2 and not target.is_floating_point():
+        if target.shape[0] != output.shape[0] or target.shape[1] == 0:
+            raise ExplanationError(
+                f"a target tensor of several classes per sample must be ({output.shape[0]}, k), got "
+                f"{tuple(target.shape)}"
+            )
+        return torch.stack([as_target(column, output) for column in target.unbind(1)], 1)
+    return as_target(target, output)
+
+
+def per_target(value: Tensor, k: int) -> Tensor:
+    """(k * batch, ...) in target-major order (copy j of sample i at j * batch + i) -> (batch, k, ...)."""
+    return value.reshape(k, value.shape[0] // k, *value.shape[1:]).transpose(0, 1)
+
+
+@dataclass(frozen=True)
+class ClassTarget:
+    """The explained classes as :func:`relprop.explain` was given them (an int, a LongTensor (batch,) or None for
+    the argmax; for a method taking several at once ``"all"`` or a (batch, k) LongTensor), resolved against the
+    scores of the method's own forward pass, so that explain needs no forward pass of its own. Only for methods
+    whose forward pass computes the model's scores unchanged (the registry's ``own_scores``); they return those
+    scores as :attr:`Attribution.output`.
+
+    >>> ClassTarget(None).resolve(torch.tensor([[0.0, 2.0], [3.0, 1.0]]))
+    tensor([1, 0])
+    """
+
+    value: int | str | Tensor | None
+
+    def resolve(self, output: Tensor) -> Tensor:
+        return as_targets(self.value, output.detach())
+
+
+def start_gradient(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -> Tensor:
     """The output gradient for ``target`` (one-hot at each sample's class, or the seed's)."""
     if isinstance(target, OutputSeed):
         return target.gradient(output)
+    if isinstance(target, ClassTarget):
+        target = target.resolve(output)
     return one_hot_start(output, _tiled(target, output.shape[0]))
 
 
-def start_relevance(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
+def start_relevance(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -> Tensor:
     """The output relevance for ``target`` (each sample's target logit, or the seed's)."""
     if isinstance(target, OutputSeed):
         return target.relevance(output)
+    if isinstance(target, ClassTarget):
+        target = target.resolve(output)
     target = _tiled(target, output.shape[0])
     return one_hot_start(output, target, output.detach().gather(1, target.reshape(-1, 1)))
 

@@ -52,6 +52,9 @@ def recorded_layers(model: nn.Module, layers: Sequence[str], at: str = "output")
         raise ConfigError(f"layers must be a list of module names, got the string {layers!r}; write [{layers!r}]")
     if at not in ("output", "input"):
         raise ConfigError(f"layer_at must be 'output' or 'input', got {at!r}")
+    if not layers:
+        yield {}
+        return
     modules = dict(root_module(model).named_modules())
     missing = [name for name in layers if name not in modules]
     if missing:

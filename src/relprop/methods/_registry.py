@@ -10,9 +10,9 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ExplanationError
 
@@ -27,15 +27,25 @@ class Attribution:
     relevance: Tensor
     details: Mapping[str, Tensor] = field(default_factory=dict)
     layers: Mapping[str, Tensor] = field(default_factory=dict)
+    output: Tensor | None = None  # the scores of the method's forward pass, for methods with own_scores
 
 
 @dataclass(frozen=True)
 class Method:
-    """A registered method: its function and the keyword options it accepts (``None``: any, checked by it)."""
+    """A registered method: its function and the keyword options it accepts (``None``: any, checked by it).
+
+    ``own_scores(model, options)``, when given, says whether the method's forward pass computes the model's scores
+    exactly as a plain forward pass would; the method then accepts a
+    :class:`~relprop.methods._common.ClassTarget` and returns those scores as :attr:`Attribution.output`.
+    ``several_targets``: the method takes a (batch, k) target (k classes per sample) and returns every result
+    as (batch, k, ...); otherwise :func:`relprop.explain` runs it on the input repeated k times.
+    """
 
     name: str
     function: Callable[..., Tensor | Attribution]
     options: tuple[str, ...] | None
+    own_scores: Callable[[nn.Module, Mapping[str, Any]], bool] | None = None
+    several_targets: bool = False  # takes a (batch, k) target and returns (batch, k, ...) itself
 
     def __call__(self, model: object, x: Tensor, target: object, **options: object) -> Attribution:
         if self.options is not None:
@@ -62,7 +72,10 @@ def _options(function: Callable[..., object]) -> tuple[str, ...] | None:
 F = TypeVar("F", bound=Callable[..., Tensor | Attribution])
 
 
-def method(name: str) -> Callable[[F], F]:
+def method(
+    name: str, own_scores: Callable[[nn.Module, Mapping[str, Any]], bool] | None = None,
+    several_targets: bool = False,
+) -> Callable[[F], F]:
     """Register ``f(model, x, target, **options) -> Attribution | relevance`` under ``name`` for ``explain``.
 
     >>> @method("doubled_input")
@@ -73,7 +86,7 @@ def method(name: str) -> Callable[[F], F]:
     >>> del METHODS["doubled_input"]
     """
     def register(function: F) -> F:
-        METHODS[name] = Method(name, function, _options(function))
+        METHODS[name] = Method(name, function, _options(function), own_scores, several_targets)
         return function
 
     return register

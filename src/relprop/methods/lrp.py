@@ -2,33 +2,68 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..composites import RuleMap, get_preset
-from ..core import check_model_output, mark_path, on_path
+from ..core import check_model_output, mark_path, on_path, root_module
 from ..errors import ExplanationError
-from ._common import OutputSeed, start_relevance
-from ._layers import backward, gap_by_layer, recorded_layers, stacked
+from ._common import ClassTarget, OutputSeed, per_target, start_relevance
+from ._layers import Records, backward, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
 
 __all__ = ["lrp", "explain_lrp"]
 
 
-@method("lrp")
+def _own_scores(model: nn.Module, options: Mapping[str, Any]) -> bool:
+    """Whether the explained forward pass computes the model's scores unchanged (see ``keeps_forward_values``)."""
+    rule_map = options.get("rule_map")
+    if not isinstance(rule_map, RuleMap):
+        preset_options = {name: value for name, value in options.items()
+                          if name not in ("preset", "rule_map", "layers", "layer_at")}
+        rule_map = get_preset(options.get("preset", "epsilon"), **preset_options)
+    return rule_map.keeps_forward_values(model)
+
+
+@method("lrp", own_scores=_own_scores, several_targets=True)
 def explain_lrp(
-    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, preset: str = "epsilon",
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, *, preset: str = "epsilon",
     rule_map: RuleMap | None = None, layers: Sequence[str] = (), layer_at: str = "output", **preset_options: Any,
 ) -> Attribution:
     """LRP relevance of the input, with ``conservation_gap`` (``sum R`` minus the relevance put in at the output).
 
     ``layers`` names modules whose relevance (at their output, or input with ``layer_at="input"``) is returned
-    too, with ``conservation_by_layer`` (batch, layers). See :func:`lrp`.
+    too, with ``conservation_by_layer`` (batch, layers); ``output`` holds the model's scores. See :func:`lrp`.
+    A (batch, k) target explains k classes per sample from one forward pass, with one backward pass batched over
+    the k seeds (``torch.func.vmap``: what the rules compute from the forward pass alone, such as denominators,
+    is computed once); every result is then (batch, k, ...). Where a rule cannot run batched, or a canonizer
+    rewrites the model (its code, e.g. a fused recurrent kernel, need not run under vmap), the input is explained
+    repeated k times instead.
     """
     rule_map = rule_map if rule_map is not None else get_preset(preset, **preset_options)
+    if isinstance(target, Tensor) and target.dim() == 2 and rule_map.rewrites(model):
+        return _repeated(model, x, target, rule_map, layers, layer_at)
+    try:
+        return _explain(model, x, target, rule_map, layers, layer_at)
+    except _Unbatchable as unbatchable:
+        return _repeated(model, x, unbatchable.targets, rule_map, layers, layer_at)
+
+
+class _Unbatchable(Exception):
+    """A rule's backward could not run under ``torch.func.vmap``: explain the k targets on a repeated input."""
+
+    def __init__(self, targets: Tensor) -> None:
+        super().__init__()
+        self.targets = targets
+
+
+def _explain(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, rule_map: RuleMap, layers: Sequence[str],
+    layer_at: str,
+) -> Attribution:
     x = mark_path(x.detach().requires_grad_())
     with rule_map.attached(model) as guard, recorded_layers(model, layers, layer_at) as records, \
             torch.enable_grad():
@@ -36,9 +71,14 @@ def explain_lrp(
             output = model(x)
         if not isinstance(output, Tensor) or not on_path((output,)):
             raise ExplanationError(
-                f"{type(model).__name__} returned {type(output).__name__} that does not depend on the explained input"
+                f"{type(root_module(model)).__name__} returned {type(output).__name__} that does not depend on the "
+                "explained input"
             )
         check_model_output(model, output)
+        if isinstance(target, ClassTarget):
+            target = target.resolve(output)
+        if isinstance(target, Tensor) and target.dim() == 2:
+            return _several(output, x, target, records, bool(layers))
         start = start_relevance(output, target)
         relevance, at_layers = backward(output, x, start, records)
     total = start.reshape(len(start), -1).sum(1)
@@ -46,7 +86,42 @@ def explain_lrp(
     layer_relevance = stacked(at_layers)
     if layers:
         details["conservation_by_layer"] = gap_by_layer(layer_relevance, total)
-    return Attribution(relevance, details, layer_relevance)
+    return Attribution(relevance, details, layer_relevance, output.detach())
+
+
+def _several(output: Tensor, x: Tensor, targets: Tensor, records: Records, by_layer: bool) -> Attribution:
+    """k targets per sample: one backward pass over the (k, batch, classes) seeds, batched by ``torch.func.vmap``."""
+    k, batch = targets.shape[1], len(x)
+    starts = torch.stack([start_relevance(output, column) for column in targets.unbind(1)])  # (k, batch, classes)
+    try:
+        relevance, at_layers = torch.func.vmap(lambda start: backward(output, x, start, records))(starts)
+    except RuntimeError as error:  # no batching rule, or a rule that branches on relevance values
+        raise _Unbatchable(targets) from error
+    total = starts.reshape(k * batch, -1).sum(1)  # target-major, as the rest below
+    relevance = relevance.reshape(k * batch, *x.shape[1:])
+    details = {"conservation_gap": relevance.reshape(k * batch, -1).sum(1) - total}
+    layer_relevance = stacked({name: [v.reshape(k * batch, *v.shape[2:]) for v in values]
+                               for name, values in at_layers.items()})
+    if by_layer:
+        details["conservation_by_layer"] = gap_by_layer(layer_relevance, total)
+    return Attribution(
+        per_target(relevance, k), {name: per_target(value, k) for name, value in details.items()},
+        {name: per_target(value, k) for name, value in layer_relevance.items()}, output.detach(),
+    )
+
+
+def _repeated(
+    model: nn.Module, x: Tensor, targets: Tensor, rule_map: RuleMap, layers: Sequence[str], layer_at: str
+) -> Attribution:
+    """k targets per sample as one batch of the input repeated k times (target-major), one target per copy."""
+    k = targets.shape[1]
+    tiled = x.repeat(k, *(1,) * (x.dim() - 1))
+    result = _explain(model, tiled, targets.T.reshape(-1), rule_map, layers, layer_at)
+    assert result.output is not None
+    return Attribution(
+        per_target(result.relevance, k), {name: per_target(value, k) for name, value in result.details.items()},
+        {name: per_target(value, k) for name, value in result.layers.items()}, result.output[:len(x)],
+    )
 
 
 def lrp(

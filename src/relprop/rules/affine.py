@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import grad as nn_grad
 
 from .. import ops
-from ..core import MergedBatchNorm, Site
+from ..core import MergedBatchNorm, Site, batched, has_relprop_affine, pullback
 from ..errors import ExplanationError
 from ..ops import OpCall
 
@@ -57,7 +57,7 @@ class _Affine:
         elif isinstance(site, OpCall) and site.op is ops.BATCH_NORM:
             weight, bias = _batch_norm_affine(site)
             self.kind = "diagonal"
-        elif hasattr(site, "relprop_affine"):
+        elif has_relprop_affine(site):
             weight, bias = getattr(site, "relprop_affine")()  # noqa: B009  (typed access for mypy)
             self.kind = "linear"
         elif isinstance(site, nn.Linear):
@@ -91,8 +91,7 @@ class _Affine:
         conv = self.module
         if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
             return _conv_transpose(conv, s, weight, x.shape)
-        x = x.detach().requires_grad_()
-        (grad,) = torch.autograd.grad(self.forward(x, weight, None), x, s)
+        (grad,) = pullback(lambda x_: self.forward(x_, weight, None), (x,), s)
         return grad
 
 
@@ -133,7 +132,8 @@ class Group(NamedTuple):
 
 def _divide(relevance: Tensor, denominator: Tensor) -> Tensor:
     """``relevance / denominator``, written into ``denominator`` (a temporary of the rule) outside autograd."""
-    if relevance.requires_grad or denominator.requires_grad or relevance.shape != denominator.shape:
+    if (relevance.requires_grad or denominator.requires_grad or relevance.shape != denominator.shape
+            or batched(relevance)):
         return relevance / denominator
     return torch.div(relevance, denominator, out=denominator)
 

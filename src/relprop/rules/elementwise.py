@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
-from ..core import Rule, Site, stabilize
+from ..core import Rule, Site, batched, pullback, stabilize
 from ..errors import ExplanationError
 from ..layers import Sum
 from ..ops import OpCall
@@ -40,10 +40,7 @@ def reduce_to(relevance: Tensor, shape: Sequence[int]) -> Tensor:
 
 def vjp(site: Site, inputs: tuple[Tensor, ...], grad_output: Tensor) -> tuple[Tensor, ...]:
     """The vector-Jacobian products of the site's forward function with each input (zeros where unused)."""
-    leaves = tuple(x.detach().requires_grad_() for x in inputs)
-    output = site.forward(*leaves)
-    grads = torch.autograd.grad(output, leaves, grad_output, allow_unused=True)
-    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
+    return pullback(site.forward, inputs, grad_output)
 
 
 @dataclass(frozen=True)
@@ -175,6 +172,10 @@ class Proportional:
             return tuple(x * g for x, g in zip(inputs, vjp(site, inputs, s)))
         (x,) = inputs
         forward = _window_sum(site) if isinstance(site, _MAX_POOLS) else site.forward
+        if batched(relevance_out):  # several targets at once (torch.func.vmap): no leaf can be made here
+            z, pull = torch.func.vjp(forward, x)[:2]
+            (grad,) = pull(relevance_out / stabilize(z, self.stabilizer))
+            return (x * grad,)
         x_ = x.detach().requires_grad_()
         z = forward(x_)
         (grad,) = torch.autograd.grad(z, x_, relevance_out / stabilize(z.detach(), self.stabilizer))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..core import batched, has_relprop_affine
 from .affine import _Affine, _divide, _has_negative, _negative, _positive, _stacked_transpose, _uniform, fast_kernel
 from .linear import Epsilon, Flat, Gamma, ZBox, ZPlus
 
@@ -19,7 +20,7 @@ __all__: list[str] = []
 @fast_kernel(Epsilon)
 def _epsilon(rule: Epsilon, affine: _Affine, x: Tensor, output: Tensor, relevance_out: Tensor) -> Tensor | None:
     """The layer's own output is ``z = x W^T + b``: no forward pass (unless the rule drops the bias)."""
-    if not rule.bias and affine.bias is not None or hasattr(affine.module, "relprop_affine"):
+    if not rule.bias and affine.bias is not None or has_relprop_affine(affine.module):
         z = affine.forward(x, affine.weight, rule._bias(affine.bias))
     else:
         z = output
@@ -54,7 +55,7 @@ def _gamma(rule: Gamma, affine: _Affine, x: Tensor, output: Tensor, relevance_ou
     gamma, eps = rule.gamma, rule.stabilizer
     weight, bias = affine.weight, affine.bias
     c = output.sign()
-    if not bool(c.sub(1).mul_(relevance_out).any()):
+    if not batched(relevance_out) and not bool(c.sub(1).mul_(relevance_out).any()):
         # No relevance where z <= 0, the usual case below a ReLU whose output feeds z-rules (they give a
         # unit that outputs 0 no relevance): only the z > 0 group is active, with weights w + gamma w+.
         # One forward and one transpose; |.| + eps keeps the unused denominators (z <= 0) away from zero.
@@ -69,7 +70,11 @@ def _gamma(rule: Gamma, affine: _Affine, x: Tensor, output: Tensor, relevance_ou
     s = torch.mul(output, c).add_(q, alpha=gamma).add_(eps)
     del q
     s = _divide(relevance_out, s)
-    return affine.transpose(c.mul_(s), weight, x).add_(affine.transpose(m.mul_(s), w_pos.mul_(gamma), x)).mul_(x)
+    if batched(s):  # c and m are shared by the targets that vmap batches: they cannot take s in place
+        c, m = c * s, m * s
+    else:
+        c, m = c.mul_(s), m.mul_(s)
+    return affine.transpose(c, weight, x).add_(affine.transpose(m, w_pos.mul_(gamma), x)).mul_(x)
 
 
 @fast_kernel(ZBox)

@@ -74,3 +74,27 @@ def test_metrics_name_themselves(call, prefix: str) -> None:  # type: ignore[no-
     with pytest.raises(RelpropError) as caught:
         call()
     assert str(caught.value).startswith(prefix)
+
+
+@pytest.mark.parametrize("target", [None, "all"])
+def test_rules_that_cut_every_path_to_the_input_are_named(target: str | None) -> None:
+    from relprop import rules
+    from relprop.composites import LINEAR_TYPES, RuleMap
+    from relprop.layers import Sum
+    from relprop.models.cells import LSTMCell
+    from relprop.models.recurrent import Recurrent
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.recurrent, self.head = Recurrent(LSTMCell, 3, 4), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h, _ = self.recurrent(x)
+            return self.head(h[:, -1])  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    # Pass on c_t = f c_{t-1} + i g sends all relevance to f c_{t-1}, and c_0 is a constant: x gets nothing
+    rule_map = RuleMap([(Sum, rules.Pass()), (LINEAR_TYPES, rules.Epsilon())])
+    with pytest.raises(ExplanationError, match="no relevance can reach the input"):
+        relprop.explain(Model().eval(), torch.rand(1, 5, 3), target=target, method="lrp", rule_map=rule_map)

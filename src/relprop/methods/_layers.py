@@ -79,14 +79,26 @@ def recorded_layers(model: nn.Module, layers: Sequence[str], at: str = "output")
 def backward(output: Tensor, x: Tensor, start: Tensor, records: Records) -> tuple[Tensor, Records]:
     """The backward pass from ``start`` at ``output``: its value at ``x`` and at every recorded tensor."""
     recorded = [t for values in records.values() for t in values]
+    if not output.requires_grad:
+        raise _cut()
     if not recorded:
-        (at_x,) = torch.autograd.grad(output, x, start)
+        (at_x,) = torch.autograd.grad(output, x, start, allow_unused=True)
+        if at_x is None:
+            raise _cut()
         return at_x, {name: [] for name in records}
     at_x, *flat = torch.autograd.grad(output, [x, *recorded], start, allow_unused=True, materialize_grads=True)
     grads: Records = {}
     for name, values in records.items():
         grads[name], flat = flat[:len(values)], flat[len(values):]
     return at_x, grads
+
+
+def _cut() -> ExplanationError:
+    return ExplanationError(
+        "no relevance can reach the input: the rules cut every path from the output to x (e.g. Pass on a module "
+        "whose several inputs are all on the relevance path sends everything to the first one; give such a module "
+        "a rule that splits, e.g. rules.Proportional() for a sum)"
+    )
 
 
 def stacked(records: Records) -> dict[str, Tensor]:

@@ -319,6 +319,10 @@ class _Attachment:
         self.suspended: list[bool] = []  # per call: whether this call took the guard off the mode stack
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
+        # read once per attachment, not per call, and without nn.Module.__getattr__'s miss (nn.ReLU sets it on
+        # the instance; a class may define it, e.g. as a property)
+        self.inplace = bool(module.__dict__["inplace"] if "inplace" in module.__dict__ else
+                            hasattr(type(module), "inplace") and getattr(module, "inplace", False))
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if threading.get_ident() != self.owner:
@@ -363,7 +367,7 @@ class _Attachment:
             raise _stale_error(f"module '{self.name}' ({type(module).__name__})", where)
         # the module runs on detached inputs (its own graph is never used: the relay replaces it); a module that
         # works in place gets copies, so the tensors kept for the backward pass stay intact
-        inplace = getattr(module, "inplace", False)
+        inplace = self.inplace
         return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a for a in args)
 
     def _post(self, module: nn.Module, output: Any) -> Any:

@@ -241,18 +241,27 @@ def explain(
     """
     if method not in METHODS:
         raise ExplanationError(f"unknown method '{method}'; valid methods: {', '.join(sorted(METHODS))}")
-    model = validate.explanation_inputs(model, x, method, options)  # before anything runs (relprop.validate)
+    model = validate.explanation_inputs(model, x, method, options)  # before anything runs, but for linear layers'
+    # weights, checked with the results (validate.finite_weights)
     _check_input(x)
     call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     spec = METHODS[method]
-    own = _own_scores(spec, model, x, target, seed, options)
-    result = None if own is None else own(call)
-    if result is not None and result.output is not None:  # the scores of the method's own forward pass
-        scores, targets = result.output, as_targets(target, result.output)
-    else:
-        forward, inputs, scores = _prepared(model, x, call)
-        targets = _targets(target, seed, scores)
-        result = _run(spec, forward, inputs, targets, seed, options)
+    try:
+        own = _own_scores(spec, model, x, target, seed, options)
+        result = None if own is None else own(call)
+        if result is not None and result.output is not None:  # the scores of the method's own forward pass
+            scores, targets = result.output, as_targets(target, result.output)
+        else:
+            forward, inputs, scores = _prepared(model, x, call)
+            targets = _targets(target, seed, scores)
+            result = _run(spec, forward, inputs, targets, seed, options)
+    except Exception as error:
+        try:
+            validate.finite_weights(model)  # the weights checked after the run (relprop.validate) may be the cause
+        except ExplanationError as bad_weights:
+            raise bad_weights from error
+        raise
+    validate.finite_weights(model, (scores, result.relevance))
     details, relevance = dict(result.details), result.relevance
     if not x.is_floating_point():
         details["embedding_relevance"] = relevance

@@ -239,7 +239,7 @@ class RuleMap:
                 stack.callback(canonizer.apply(model))
             assignments, uncovered = self.assign(model)
             guard = FunctionalGuard(self._op_rules, by_name=self._op_names)
-            stack.enter_context(attach_rules(model, assignments, uncovered, guard))
+            stack.enter_context(attach_rules(model, assignments, uncovered, guard, in_region=True))
             yield guard
 
     def keeps_forward_values(self, model: nn.Module) -> bool:

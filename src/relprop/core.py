@@ -145,8 +145,10 @@ def pullback(function: Callable[..., Tensor], inputs: Sequence[Tensor], cotangen
 def root_module(model: nn.Module) -> nn.Module:
     """The module whose sub-modules get rules: the model itself, or the model a wrapper of relprop's runs (the
     explained input through a token embedding, the logits of a Hugging Face output)."""
-    root = getattr(model, "relprop_root", None)
-    return model if root is None else root()
+    if not (hasattr(type(model), "relprop_root") or "relprop_root" in model.__dict__):
+        return model  # without nn.Module.__getattr__, which raises for a missing name (called several times a call)
+    root: nn.Module = getattr(model, "relprop_root")()  # noqa: B009  (typed access for mypy)
+    return root
 
 
 # ------------------------------------------------------------------------------------------------ the path tags
@@ -317,6 +319,10 @@ class _Attachment:
         self.suspended: list[bool] = []  # per call: whether this call took the guard off the mode stack
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
+        # read once per attachment, not per call, and without nn.Module.__getattr__'s miss (nn.ReLU sets it on
+        # the instance; a class may define it, e.g. as a property)
+        self.inplace = bool(module.__dict__["inplace"] if "inplace" in module.__dict__ else
+                            hasattr(type(module), "inplace") and getattr(module, "inplace", False))
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if threading.get_ident() != self.owner:
@@ -361,7 +367,7 @@ class _Attachment:
             raise _stale_error(f"module '{self.name}' ({type(module).__name__})", where)
         # the module runs on detached inputs (its own graph is never used: the relay replaces it); a module that
         # works in place gets copies, so the tensors kept for the backward pass stay intact
-        inplace = getattr(module, "inplace", False)
+        inplace = self.inplace
         return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a for a in args)
 
     def _post(self, module: nn.Module, output: Any) -> Any:
@@ -405,14 +411,18 @@ def attach_rules(
     assignments: Sequence[tuple[str, nn.Module, Rule]],
     uncovered: Sequence[tuple[str, nn.Module, str]] = (),
     guard: FunctionalGuard | None = None,
+    *,
+    in_region: bool = False,
 ) -> Iterator[None]:
     """Attach ``(name, module, rule)`` assignments and tripwires; remove every hook on exit, also on error.
 
     The hooks live in a :func:`~relprop.safety.protected` region: the model's lock is held until they are removed
     (explanations of one model from several threads run one after the other), and a Ctrl-C waits for a safe point.
+    ``in_region``: the caller holds such a region of ``model`` around the whole ``with`` block already (as
+    :meth:`relprop.composites.RuleMap.attached` does), so none is opened again.
     """
     handles: list[torch.utils.hooks.RemovableHandle] = []
-    with protected(root_module(model)):
+    with contextlib.nullcontext() if in_region else protected(root_module(model)):
         try:
             for name, module, rule in assignments:
                 attachment = _Attachment(name, module, rule, guard)

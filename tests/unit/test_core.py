@@ -208,3 +208,26 @@ def test_the_guard_leaves_the_mode_stack_as_it_found_it() -> None:
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     working = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2)).double().eval()
     assert relprop.explain(working, _x(), 0).relevance.shape == _x().shape
+
+
+class _ClassInplaceRelu(nn.Module):
+    """An element-wise module that declares ``inplace`` on its class (not on the instance, as nn.ReLU does)."""
+
+    inplace = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.relu_()
+
+
+@pytest.mark.parametrize("relu", [nn.ReLU(inplace=True), _ClassInplaceRelu()])
+def test_a_module_working_in_place_gets_a_copy_of_its_input(relu: nn.Module) -> None:
+    # the hooks read `inplace` once per attachment: from the instance, or from the class
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), relu, nn.Linear(3, 2)).double().eval()
+    rule_map = RuleMap([(nn.Linear, rules.Epsilon()), (type(relu), rules.Pass())])
+    x = torch.randn(5, 4, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 1, rule_map=rule_map)
+    plain = nn.Sequential(model[0], nn.ReLU(), model[2]).eval()
+    expected = relprop.explain(plain, x, 1, rule_map=RuleMap([(nn.Linear, rules.Epsilon())]))
+    assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(explanation.output, plain(x))

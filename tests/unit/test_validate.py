@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 import relprop
@@ -45,6 +46,68 @@ def test_nan_or_inf_in_the_model_is_refused(where: str) -> None:
     name = "4.weight" if where == "weight" else "1.running_var"
     with pytest.raises(ExplanationError, match=rf"NaN or infinite values in {name}"):
         relprop.explain(model, _x(), method="gradient")
+
+
+@pytest.mark.parametrize("method", ["lrp", "gradient", "integrated_gradients", "occlusion"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_non_finite_layer_weight_is_named_also_where_relu_cuts_it_off(method: str, value: float) -> None:
+    # the weights of linear layers are checked after the explanation (relprop.validate.finite_weights), for
+    # occlusion before: the error is the same. -inf into a ReLU gives a finite score; the relevance is NaN then
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    x = torch.tensor([[0.0, 0.5, 1.0, 0.25]], dtype=torch.float64)
+    with torch.no_grad():
+        model[0].weight[1, 2] = value
+    options = {"window": 1} if method == "occlusion" else {}
+    with pytest.raises(ExplanationError, match=r"NaN or infinite values in 0\.weight; its outputs"):
+        relprop.explain(model, x, 1, method=method, **options)
+    with torch.no_grad():
+        model[0].weight[1, 2] = 0.0
+        model[2].bias[1] = value
+    with pytest.raises(ExplanationError, match=r"NaN or infinite values in 2\.bias"):
+        relprop.explain(model, x, 1, method=method, **options)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_matrix_kernels_propagate_a_non_finite_weight_entry_times_zero(dtype: torch.dtype, value: float) -> None:
+    # what checking linear layers' weights after the explanation relies on: 0 * inf is NaN in the matrix kernels
+    # too (a kernel skipping zero inputs would break it), in the forward map and in the transposed one
+    for batch in (1, 3):
+        weight = torch.randn(5, 7, dtype=dtype)
+        weight[2, 0] = value
+        x, s = torch.randn(batch, 7, dtype=dtype), torch.randn(batch, 5, dtype=dtype)
+        x[:, 0], s[:, 2] = 0.0, 0.0
+        assert not bool(torch.isfinite(F.linear(x, weight)[:, 2]).any())
+        assert not bool(torch.isfinite((s @ weight)[:, 0]).any())
+        conv_weight = weight.reshape(5, 7, 1, 1)
+        assert not bool(torch.isfinite(F.conv2d(x.reshape(batch, 7, 1, 1), conv_weight)[:, 2]).any())
+
+
+def test_an_error_in_the_run_names_a_non_finite_weight_as_its_cause() -> None:
+    class Checked(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            z = self.lin(x)
+            if not bool(torch.isfinite(z).all()):
+                raise RuntimeError("non-finite activation")
+            return z
+
+    model = Checked().double().eval()
+    with torch.no_grad():
+        model.lin.weight[0, 0] = float("nan")
+    with pytest.raises(ExplanationError, match=r"NaN or infinite values in lin\.weight") as raised:
+        relprop.explain(model, torch.ones(1, 3, dtype=torch.float64), 0, method="gradient")
+    assert "non-finite activation" in str(raised.value.__cause__)
+
+
+def test_finite_results_with_finite_weights_pass_unchanged() -> None:
+    model, x = _cnn(), _x()
+    explanation = relprop.explain(model, x, 1, method="lrp", preset="epsilon")
+    assert bool(torch.isfinite(explanation.relevance).all())
 
 
 @pytest.mark.parametrize(("method", "options", "message"), [

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 import relprop
+from counting import Counting
 from relprop import rules
 from relprop.canonizers import MergeBatchNorm
 from relprop.composites import LINEAR_TYPES, PRESETS, RuleMap
@@ -306,25 +307,11 @@ def test_inplace_relu_equals_non_inplace(method: str, options: dict[str, object]
 # ---------------------------------------------------------------- the scores of the explained forward pass
 
 
-class _Counting(nn.Module):
-    """Runs ``model`` and counts its forward passes."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.calls = model, 0
-        self.eval()
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        result: Tensor = self.model(x)
-        return result
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_lrp_takes_scores_and_targets_from_its_own_forward_pass(mlp, x, dtype: torch.dtype) -> None:
     """One forward pass for a single class per sample: the explained pass's scores are the model's, bit for bit."""
     model, inputs = mlp.to(dtype), x.to(dtype)
-    counting = _Counting(model)
+    counting = Counting(model)
     explanation = relprop.explain(counting, inputs, method="lrp", preset="epsilon_plus_flat")
     assert counting.calls == 1
     assert torch.equal(explanation.output, model(inputs).detach())
@@ -352,7 +339,7 @@ def test_scores_from_a_plain_forward_pass_where_the_explained_one_differs() -> N
         torch.manual_seed(5)
         lstm = _LSTMClassifier(bias=True).eval()
     x = torch.randn(2, 4, 6, generator=torch.Generator().manual_seed(6))
-    counting = _Counting(lstm)
+    counting = Counting(lstm)
     explanation = relprop.explain(counting, x, method="lrp", preset="epsilon")
     assert counting.calls == 2
     assert torch.equal(explanation.output, lstm(x).detach())

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 import relprop
+from counting import Counting
 from relprop import rules
 from relprop.composites import LINEAR_TYPES, RuleMap
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
@@ -137,21 +138,9 @@ def test_model_kwargs_follow_the_repeated_batch(randn, method: str, options: dic
     torch.testing.assert_close(together.relevance[:, 1], scaled)
 
 
-class _Counting(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.calls = model, 0
-        self.eval()
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.calls += 1
-        result: Tensor = self.model(x)
-        return result
-
-
 def test_lrp_explains_all_targets_from_one_forward_pass(make_cnn, randn) -> None:
     """LRP runs the batch once and batches only the backward pass over the k seeds."""
-    model = _Counting(make_cnn())
+    model = Counting(make_cnn())
     x = randn(2, 2, 8, 8)
     together = relprop.explain(model, x, "all", preset="epsilon_plus_flat")
     assert model.calls == 1
@@ -172,7 +161,7 @@ class _Branching:
 
 
 def test_a_rule_that_cannot_run_batched_falls_back_to_the_repeated_input(make_mlp, randn) -> None:
-    model, x = _Counting(make_mlp()), randn(3, 6)
+    model, x = Counting(make_mlp()), randn(3, 6)
     rule_map = RuleMap([(LINEAR_TYPES, rules.Epsilon()), (nn.ReLU, _Branching())])
     together = relprop.explain(model, x, "all", rule_map=rule_map)
     assert model.calls == 2  # the batched backward pass failed on the branch: the input repeated per target

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
-from .methods._common import ClassTarget, OutputSeed, as_targets, per_target
+from .methods._common import ClassTarget, OutputSeed, as_targets, repeated
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -200,14 +200,8 @@ def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, tar
         return spec(forward, inputs, OutputSeed(seed, len(inputs)), **options)  # type: ignore[arg-type]
     if targets.dim() == 1 or spec.several_targets:
         return spec(forward, inputs, targets, **options)
-    k = targets.shape[1]
-    tiled = inputs.repeat(k, *(1,) * (inputs.dim() - 1))  # target-major: copy j of sample i at j * batch + i
-    result = spec(forward, tiled, targets.T.reshape(-1), **options)
-    return Attribution(
-        per_target(result.relevance, k),
-        {name: per_target(value, k) for name, value in result.details.items()},
-        {name: per_target(value, k) for name, value in result.layers.items()},
-    )
+    tiled, flat = repeated(inputs, targets)
+    return spec(forward, tiled, flat, **options).per_target(targets.shape[1])
 
 
 @boundary("relprop.explain")

@@ -153,6 +153,20 @@ def as_targets(target: int | str | Tensor | None, output: Tensor) -> Tensor:
     return as_target(target, output)
 
 
+def repeated(x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """For k targets per sample (``targets`` (batch, k)): x repeated once per target, target-major (copy j of sample
+    i at j * batch + i), and one target per copy, (k * batch,).
+
+    >>> repeated(torch.tensor([[1.0], [2.0]]), torch.tensor([[0, 1], [2, 3]]))
+    (tensor([[1.],
+            [2.],
+            [1.],
+            [2.]]), tensor([0, 2, 1, 3]))
+    """
+    k = targets.shape[1]
+    return x.repeat(k, *(1,) * (x.dim() - 1)), targets.T.reshape(-1)
+
+
 def per_target(value: Tensor, k: int) -> Tensor:
     """(k * batch, ...) in target-major order (copy j of sample i at j * batch + i) -> (batch, k, ...)."""
     return value.reshape(k, value.shape[0] // k, *value.shape[1:]).transpose(0, 1)

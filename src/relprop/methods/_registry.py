@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from torch import Tensor, nn
 
 from ..errors import ExplanationError
+from ._common import per_target
 
 __all__ = ["Attribution", "Method", "METHODS", "method"]
 
@@ -28,6 +29,14 @@ class Attribution:
     details: Mapping[str, Tensor] = field(default_factory=dict)
     layers: Mapping[str, Tensor] = field(default_factory=dict)
     output: Tensor | None = None  # the scores of the method's forward pass, for methods with own_scores
+
+    def per_target(self, k: int, output: Tensor | None = None) -> Attribution:
+        """This result of a target-major batch of k copies (:func:`~relprop.methods._common.repeated`) with every
+        tensor as (batch, k, ...), and the scores ``output`` of the batch."""
+        return Attribution(
+            per_target(self.relevance, k), {name: per_target(value, k) for name, value in self.details.items()},
+            {name: per_target(value, k) for name, value in self.layers.items()}, output,
+        )
 
 
 @dataclass(frozen=True)

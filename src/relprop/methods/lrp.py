@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..composites import RuleMap, get_preset
 from ..core import check_model_output, mark_path, on_path, root_module
 from ..errors import ExplanationError
-from ._common import ClassTarget, OutputSeed, per_target, start_relevance
+from ._common import ClassTarget, OutputSeed, repeated, start_relevance
 from ._layers import Records, backward, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
 
@@ -104,24 +104,17 @@ def _several(output: Tensor, x: Tensor, targets: Tensor, records: Records, by_la
                                for name, values in at_layers.items()})
     if by_layer:
         details["conservation_by_layer"] = gap_by_layer(layer_relevance, total)
-    return Attribution(
-        per_target(relevance, k), {name: per_target(value, k) for name, value in details.items()},
-        {name: per_target(value, k) for name, value in layer_relevance.items()}, output.detach(),
-    )
+    return Attribution(relevance, details, layer_relevance).per_target(k, output.detach())
 
 
 def _repeated(
     model: nn.Module, x: Tensor, targets: Tensor, rule_map: RuleMap, layers: Sequence[str], layer_at: str
 ) -> Attribution:
     """k targets per sample as one batch of the input repeated k times (target-major), one target per copy."""
-    k = targets.shape[1]
-    tiled = x.repeat(k, *(1,) * (x.dim() - 1))
-    result = _explain(model, tiled, targets.T.reshape(-1), rule_map, layers, layer_at)
+    tiled, flat = repeated(x, targets)
+    result = _explain(model, tiled, flat, rule_map, layers, layer_at)
     assert result.output is not None
-    return Attribution(
-        per_target(result.relevance, k), {name: per_target(value, k) for name, value in result.details.items()},
-        {name: per_target(value, k) for name, value in result.layers.items()}, result.output[:len(x)],
-    )
+    return result.per_target(targets.shape[1], result.output[:len(x)])
 
 
 def lrp(

@@ -116,10 +116,16 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     return z.sign().add_(0.5).sign_().mul_(epsilon).add_(z)  # sign with 0 -> +1, arithmetic kernels only
 
 
+def _has(value: object, name: str) -> bool:
+    """Whether ``value`` has the attribute ``name`` on its class or set on the instance; without the cost of
+    ``hasattr`` on an ``nn.Module``, whose ``__getattr__`` raises for a missing name (a parameter, buffer or
+    sub-module is not looked for)."""
+    return hasattr(type(value), name) or name in getattr(value, "__dict__", ())
+
+
 def has_relprop_affine(site: object) -> bool:
-    """Whether ``site`` has a ``relprop_affine()`` method (on its class or set on the instance); without the cost of
-    ``hasattr`` on an ``nn.Module``, whose ``__getattr__`` raises for a missing name."""
-    return hasattr(type(site), "relprop_affine") or "relprop_affine" in getattr(site, "__dict__", ())
+    """Whether ``site`` has a ``relprop_affine()`` method (on its class or set on the instance)."""
+    return _has(site, "relprop_affine")
 
 
 def batched(relevance: Tensor) -> bool:
@@ -145,8 +151,8 @@ def pullback(function: Callable[..., Tensor], inputs: Sequence[Tensor], cotangen
 def root_module(model: nn.Module) -> nn.Module:
     """The module whose sub-modules get rules: the model itself, or the model a wrapper of relprop's runs (the
     explained input through a token embedding, the logits of a Hugging Face output)."""
-    if not (hasattr(type(model), "relprop_root") or "relprop_root" in model.__dict__):
-        return model  # without nn.Module.__getattr__, which raises for a missing name (called several times a call)
+    if not _has(model, "relprop_root"):
+        return model  # called several times a call: without nn.Module.__getattr__'s miss
     root: nn.Module = getattr(model, "relprop_root")()  # noqa: B009  (typed access for mypy)
     return root
 
@@ -319,10 +325,9 @@ class _Attachment:
         self.suspended: list[bool] = []  # per call: whether this call took the guard off the mode stack
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
-        # read once per attachment, not per call, and without nn.Module.__getattr__'s miss (nn.ReLU sets it on
-        # the instance; a class may define it, e.g. as a property)
-        self.inplace = bool(module.__dict__["inplace"] if "inplace" in module.__dict__ else
-                            hasattr(type(module), "inplace") and getattr(module, "inplace", False))
+        # read once per attachment, not per call (nn.ReLU sets it on the instance; a class may define it, e.g. as a
+        # property)
+        self.inplace = _has(module, "inplace") and bool(getattr(module, "inplace"))  # noqa: B009
 
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if threading.get_ident() != self.owner:

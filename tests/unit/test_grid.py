@@ -166,3 +166,54 @@ def test_a_failing_cell_is_listed_and_the_others_go_on(tmp_path: Path, monkeypat
     assert len(results["failed"]) == 1 and "digits-maj/shallow/run0" in results["failed"][0]
     assert [c["arch"] for c in results["cells"]] == ["rlstm_sd"]
     assert results["missing"] == ["digits-maj/shallow/run0"]
+
+
+def test_records_carry_a_grid_to_a_directory_without_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relprop.experiments import reproduce as reproduce_module
+    from relprop.experiments.records import is_restored
+
+    grid = GridConfig(archs=("rlstm_sd",), datasets=("digits-maj",), runs=(0, 1), train=_TINY_GRID.train,
+                      evaluation=_TINY_GRID.evaluation)
+    first = reproduce(grid, tmp_path / "first", progress=False, records=tmp_path / "records")
+    recorded = sorted(p.relative_to(tmp_path / "records").as_posix() for p in (tmp_path / "records").rglob("*")
+                      if p.is_file())
+    assert len(recorded) == 2 * 5 and not [name for name in recorded  # no weights, optimizer or RNG states
+                                            if name.endswith(".pt") or "samples" not in name and ".safetensors" in name]
+
+    def must_not_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a recorded cell was trained or evaluated again")
+
+    monkeypatch.setattr(reproduce_module, "train", must_not_run)
+    monkeypatch.setattr(reproduce_module, "evaluate", must_not_run)
+    again = reproduce(grid, tmp_path / "second", progress=False, records=tmp_path / "records")
+    assert not again["failed"] and not again["missing"]
+    for name in ("accuracy", "explanations", "conclusions"):
+        assert again[name] == first[name]
+    assert is_restored(tmp_path / "second" / "digits-maj" / "rlstm_sd" / "seed1")
+    collected = reproduce(grid, tmp_path / "third", progress=False, collect_only=True, records=tmp_path / "records")
+    assert collected["explanations"] == first["explanations"]
+
+    # a restored cell has no weights: asking it for more epochs or other methods is refused, naming the cell
+    import dataclasses
+
+    longer = dataclasses.replace(grid, runs=(0,), train=dataclasses.replace(grid.train, epochs=2))
+    refused = reproduce(longer, tmp_path / "second", progress=False, records=tmp_path / "records")
+    assert len(refused["failed"]) == 1
+    assert "digits-maj/rlstm_sd/run0" in refused["failed"][0] and "restored from the record" in refused["failed"][0]
+    assert "trained 1 epochs and 2 are asked for" in refused["failed"][0]
+    other = dataclasses.replace(grid, runs=(0,), evaluation=dataclasses.replace(grid.evaluation, methods=("sa",)))
+    assert "not ['sa']" in reproduce(other, tmp_path / "second", progress=False)["failed"][0]
+
+
+def test_a_record_without_its_evaluation_is_not_restored(tmp_path: Path) -> None:
+    from relprop.experiments.records import restore_record, save_record
+
+    grid = GridConfig(archs=("shallow",), datasets=("digits-maj",), runs=(0,), train=_TINY_GRID.train,
+                      evaluation=_TINY_GRID.evaluation)
+    reproduce(grid, tmp_path / "grid", progress=False)
+    run, record = tmp_path / "grid" / "digits-maj" / "shallow" / "seed0", tmp_path / "record"
+    assert save_record(run, record) and not save_record(run, record)  # the second time: already there
+    (record / "evaluation.json").unlink()  # as if the copy was killed before its commit
+    assert not restore_record(record, tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+    assert not restore_record(run, run)  # a directory that holds a run is never overwritten

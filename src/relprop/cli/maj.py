@@ -109,7 +109,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, runs=runs, folds=args.folds,
                                  train=train_config, evaluation=evaluation)
     results = reproduce(config, args.out, progress=True, collect_only=args.collect, train_only=args.train_only,
-                        executor=args.executor, workers=args.workers, address=args.address)
+                        executor=args.executor, workers=args.workers, address=args.address, records=args.records)
     if args.train_only:
         print(f"{len(results['trained'])} cells trained in {args.out}")
         for failure in results["failed"]:
@@ -205,6 +205,9 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     grid.add_argument("--workers", type=positive_int, default=1,
                       help="cells trained at once (local processes, or CPUs of a local Ray instance)")
     grid.add_argument("--address", default=None, help="address of a running Ray cluster (with --executor ray)")
+    grid.add_argument("--records", type=Path, default=None,
+                      help="directory of run records (results without weights): cells missing from --out are "
+                           "restored from it, and every evaluated cell is recorded to it")
     grid.add_argument("--train-only", action="store_true", help="train the cells; evaluate and tabulate nothing")
     grid.add_argument("--patience", type=positive_int, default=None,
                       help="stop a run after this many epochs without a better validation accuracy (default: 20)")

@@ -23,6 +23,7 @@ from ..files import atomic_write, read_json, write_json
 from ..progress import log
 from .evaluate import EvalConfig, evaluate, read_evaluation, read_samples
 from .executor import run_tasks
+from .records import check_restored, is_restored, restore_record, save_record
 from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finished, train
 
 __all__ = [
@@ -130,21 +131,33 @@ def _cell_dir(root: Path, dataset: str, arch: str, run: int, folds: int | None =
 
 
 def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, evaluate_it: bool = True,
-             progress: bool = False) -> dict[str, Any] | None:
+             progress: bool = False, records: str | None = None) -> dict[str, Any] | None:
     """Train (or resume) and evaluate one cell; returns its results (None when only trained).
 
+    With ``records`` (a directory, see :mod:`relprop.experiments.records`) a cell missing from ``root`` is
+    restored from its record when there is one, and an evaluated cell's record is written there.
     A cell that fails with a :class:`~relprop.errors.RelpropError` (NaN weights, a corrupt file) returns
     ``{"error": message}`` so that the other cells of the grid go on; :func:`reproduce` lists it.
     """
     run_dir = _cell_dir(Path(root), dataset, arch, run, config.folds)
+    record_dir = None if records is None else _cell_dir(Path(records), dataset, arch, run, config.folds)
+    cell_config = config.cell_config(dataset, arch, run)
     try:
-        train(config.cell_config(dataset, arch, run), run_dir, progress=progress)
+        if record_dir is not None:
+            restore_record(record_dir, run_dir)
+        if is_restored(run_dir):
+            check_restored(run_dir, cell_config, config.evaluation.methods if evaluate_it else None)
+            results = read_evaluation(run_dir)
+            return None if not evaluate_it or results is None else {**results, **_training(run_dir, run)}
+        train(cell_config, run_dir, progress=progress)
         if not evaluate_it:
             return None
         results = read_evaluation(run_dir)
         methods_changed = results is not None and set(results["methods"]) != set(config.evaluation.methods)
         if results is None or not _current(results, run_dir) or methods_changed:
             results = evaluate(run_dir, config.evaluation, progress=progress)
+        if record_dir is not None:
+            save_record(run_dir, record_dir)
     except RelpropError as error:
         return {"error": f"{dataset}/{arch}/run{run}: {error}"}
     return {**results, **_training(run_dir, run)}
@@ -160,20 +173,27 @@ def reproduce(
     executor: str = "local",
     workers: int = 1,
     address: str | None = None,
+    records: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the grid into ``root`` and write the tables; returns the collected results.
 
     With ``collect_only`` nothing is trained or evaluated: the tables cover every cell already evaluated under
     ``root`` (also those of other invocations), ``missing`` lists the cells of ``config`` without an evaluation
     and ``stale`` the evaluated cells that have trained on since (their rows give the evaluated checkpoint).
-    With ``train_only`` the cells are trained and nothing is evaluated or tabulated.
+    With ``train_only`` the cells are trained and nothing is evaluated or tabulated. With ``records`` cells are
+    restored from and recorded to that directory (:mod:`relprop.experiments.records`); ``collect_only``
+    restores the recorded cells too.
     """
     root = Path(root)
     cells = [(d, a, r) for r in config.runs for d in config.datasets for a in config.archs]
     failed: list[str] = []
+    records = None if records is None else str(records)
+    if collect_only and records is not None:
+        for d, a, r in cells:
+            restore_record(_cell_dir(Path(records), d, a, r, config.folds), _cell_dir(root, d, a, r, config.folds))
     if not collect_only:
-        tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local")
-                 for d, a, r in cells]
+        tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local",
+                  records) for d, a, r in cells]
         for _, result in run_tasks(run_cell, tasks, executor=executor, workers=workers, address=address,
                                    progress=progress, label=lambda task: f"{task[2]}/{task[3]}/run{task[4]}"):
             if result is not None and "error" in result:

@@ -169,14 +169,16 @@ def _stopped(history: list[dict[str, Any]], patience: int | None) -> bool:
     return patience is not None and bool(history) and len(history) - _best(history) >= patience
 
 
-def run_finished(run_dir: str | Path) -> bool:
-    """Whether ``run_dir`` holds a run that trained all its epochs or stopped early (its patience ran out)."""
+def run_finished(run_dir: str | Path, config: TrainConfig | None = None) -> bool:
+    """Whether ``run_dir`` holds a run that trained all its epochs or stopped early (its patience ran out), by
+    its own config or by the epochs and patience of ``config``."""
     path = Path(run_dir)
     if not (path / "config.json").exists():
         return False
-    config = {**dataclasses.asdict(TrainConfig()), **_read_config(path)}  # older configs lack newer fields
+    saved = {**dataclasses.asdict(TrainConfig()), **_read_config(path)}  # older configs lack newer fields
+    epochs, patience = (saved["epochs"], saved["patience"]) if config is None else (config.epochs, config.patience)
     history = read_history(path)
-    return len(history) >= config["epochs"] or _stopped(history, config["patience"])
+    return len(history) >= epochs or _stopped(history, patience)
 
 
 def _best(history: list[dict[str, Any]]) -> int:

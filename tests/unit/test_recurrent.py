@@ -77,6 +77,23 @@ def test_stationary_dropout_reuses_one_mask_per_sequence() -> None:
     assert torch.equal(StationaryDropout(0.5).eval()(x), x)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "rlstm", "gru", "rgru"])
+def test_candidate_dropout_drops_the_candidate_in_training_and_is_the_identity_in_eval(cell: str) -> None:
+    plain = models.CELLS[cell](3, 60).double()
+    dropping = models.CELLS[cell](3, 60, candidate_dropout=0.5).double()
+    dropping.load_state_dict(plain.state_dict())
+    seen: list[tuple[Tensor, Tensor]] = []
+    dropping.candidate_dropout.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    x, state = randn(40, 3, seed=1), tuple(randn(40, 60, seed=2 + k) for k in range(dropping.state_size))
+    torch.manual_seed(0)
+    dropping.train()(x, state)
+    before, after = seen[-1]
+    dropped = (after == 0) & (before != 0)
+    assert 0.4 < dropped.double().sum() / (before != 0).sum() < 0.6
+    torch.testing.assert_close(after[~dropped], 2 * before[~dropped])
+    torch.testing.assert_close(dropping.eval()(x, state), plain.eval()(x, state), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("cell", sorted(models.CELLS))
 def test_recurrent_bidirectional_runs_the_same_cell_class_on_the_reversed_sequence(cell: str) -> None:
     rnn = models.Recurrent(cell, 3, 4, bidirectional=True).double().eval()
@@ -369,7 +386,9 @@ def test_cell_options_are_one_dataclass_and_misplaced_ones_are_refused() -> None
     assert RGRUCell(3, 4, dropout=0.2).options.reset_after is False
     with pytest.raises(ValueError, match="unknown options \\['nonlinearity'\\]"):
         RNNCell(3, 4, nonlinearity="relu")
-    with pytest.raises(ValueError, match="GRUCell has no option \\['gate_dropout'\\]"):
-        GRUCell(3, 4, gate_dropout=0.5)
+    with pytest.raises(ValueError, match="RNNCell has no option \\['gate_dropout', 'candidate_dropout'\\]"):
+        RNNCell(3, 4, gate_dropout=0.5, candidate_dropout=0.5)
+    with pytest.raises(ValueError, match="GRUCell has no option \\['output_tanh'\\]"):
+        GRUCell(3, 4, output_tanh=False)
     with pytest.raises(ValueError, match="LSTMCell has no option \\['reset_after'\\]"):
         LSTMCell(3, 4, reset_after=False)

@@ -168,6 +168,7 @@ def _identity(rule: Rule | None) -> bool:
 _FUSED_LSTM: dict[str, Callable[[Rule | None], bool]] = {
     "candidate": lambda rule: type(rule) in Z_RULES,
     "candidate_activation": lambda rule: type(rule) is Pass,
+    "candidate_dropout": _identity,
     "gates": lambda rule: isinstance(rule, ZRule),  # never reached: the products give the gates no relevance
     "gate_activation": lambda rule: type(rule) is Pass,
     "gate_dropout": _identity,
@@ -185,9 +186,11 @@ _FUSED_GRU: dict[str, Callable[[Rule | None], bool]] = {
     "candidate_sum": lambda rule: type(rule) is Proportional,
     "reset": lambda rule: type(rule) is SignalTakeAll,
     "candidate_activation": lambda rule: type(rule) is Pass,
+    "candidate_dropout": _identity,
     "gates": lambda rule: isinstance(rule, ZRule),  # never reached: the products give the gates no relevance
     "gate_activation": lambda rule: type(rule) is Pass,
     "gate_complement": lambda rule: type(rule) is Pass,
+    "gate_dropout": _identity,
     "write": lambda rule: type(rule) is SignalTakeAll,
     "keep": lambda rule: type(rule) is SignalTakeAll,
     "state_sum": lambda rule: type(rule) is Proportional,

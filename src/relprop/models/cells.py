@@ -109,7 +109,9 @@ class CellOptions:
     RNN's state or of the LSTM's / GRU's candidate ("tanh" or "relu"); ``output_tanh`` (LSTM): tanh on the cell
     state before the output gate; ``reset_after`` (GRU): the reset gate after the state map (``nn.GRU``) or before
     it (the thesis's rgru); ``dropout`` on ``x_t`` and ``h_t``, ``stationary`` for one mask per sequence;
-    ``gate_dropout`` (LSTM): ordinary dropout on the three gates (the thesis's non-stationary R-LSTM).
+    ``gate_dropout`` (LSTM, GRU): ordinary dropout on the gates after their sigmoid (the thesis's R-LSTM and
+    R-GRU); ``candidate_dropout`` (LSTM, GRU): ordinary dropout on the candidate after its activation (the
+    thesis's R-GRU). All dropout is the identity in eval mode.
 
     >>> LSTMCell(3, 4, CellOptions(activation="relu", output_tanh=False)).candidate_activation
     ReLU()
@@ -123,6 +125,7 @@ class CellOptions:
     dropout: float = 0.0
     stationary: bool = True
     gate_dropout: float = 0.0
+    candidate_dropout: float = 0.0
 
     @property
     def candidate_has_bias(self) -> bool:
@@ -170,7 +173,7 @@ class RNNCell(_Cell):
     torch.Size([2, 4])
     """
 
-    fixed = ("candidate_bias", "output_tanh", "reset_after", "gate_dropout")
+    fixed = ("candidate_bias", "output_tanh", "reset_after", "gate_dropout", "candidate_dropout")
 
     def __init__(self, input_size: int, hidden_size: int, options: CellOptions | None = None, **changes: Any) -> None:
         super().__init__(input_size, hidden_size, options, **changes)
@@ -194,7 +197,8 @@ class LSTMCell(_Cell):
 
     Options (:class:`CellOptions`): ``activation="relu"`` with ``output_tanh=False`` is the R-LSTM
     (:class:`RLSTMCell`); ``bias`` applies to the gates, ``candidate_bias`` (default: ``bias``) to the candidate;
-    ``gate_dropout`` is ordinary dropout on the three gates; ``dropout`` acts on ``x_t`` and ``h_t``.
+    ``gate_dropout`` is ordinary dropout on the three gates, ``candidate_dropout`` on ``g``; ``dropout`` acts on
+    ``x_t`` and ``h_t``.
     """
 
     state_size = 2
@@ -206,6 +210,7 @@ class LSTMCell(_Cell):
         # the candidate is registered first: it is the map that carries relevance from the input
         self.candidate = nn.Linear(both, hidden_size, bias=opts.candidate_has_bias)
         self.candidate_activation = _activation(opts.activation)
+        self.candidate_dropout = nn.Dropout(opts.candidate_dropout)
         self.gates = nn.Linear(both, 3 * hidden_size, bias=opts.bias)  # rows: input, forget, output gate
         self.gate_activation = nn.Sigmoid()
         self.gate_dropout = nn.Dropout(opts.gate_dropout)
@@ -220,7 +225,7 @@ class LSTMCell(_Cell):
         xh = torch.cat([self.input_dropout(x), h], dim=-1)  # (batch, input + hidden)
         gates = self.gate_dropout(self.gate_activation(self.gates(xh)))  # (batch, 3 * hidden)
         i, f, o = gates.chunk(3, dim=-1)  # 3 x (batch, hidden)
-        g = self.candidate_activation(self.candidate(xh))
+        g = self.candidate_dropout(self.candidate_activation(self.candidate(xh)))
         c = self.cell_sum(self.forget(f, c), self.write(i, g))
         h = self.output_dropout(self.emit(o, self.cell_activation(c)))
         return h, (h, c)
@@ -245,10 +250,14 @@ class GRUCell(_Cell):
 
     ``1 - z`` comes from :class:`ComplementSigmoid` on the same pre-activation. Options (:class:`CellOptions`):
     ``bias`` applies to the gates, ``candidate_bias`` (default: ``bias``) to the candidate maps; ``dropout`` acts
-    on ``x_t`` and ``h_t`` (no gate dropout: a dropped-out ``z`` would make ``1 - z`` leave [0, 1]).
+    on ``x_t`` and ``h_t``, ``candidate_dropout`` on ``n``. ``gate_dropout`` drops out ``r`` and the write gate
+    ``1 - z`` (the thesis's "input gate"), and during training the keep gate is one minus the dropped-out write
+    gate, as in the thesis's R-GRU: where the write gate is dropped the step keeps ``h_{t-1}`` whole, elsewhere the
+    keep gate is ``1 - (1 - z) / keep_prob``, which can be negative. In eval mode every dropout is the identity and
+    ``z`` is the sigmoid again, so explanations see the same modules with or without these options.
     """
 
-    fixed = ("output_tanh", "gate_dropout")
+    fixed = ("output_tanh",)
 
     def __init__(self, input_size: int, hidden_size: int, options: CellOptions | None = None, **changes: Any) -> None:
         super().__init__(input_size, hidden_size, options, **changes)
@@ -263,9 +272,11 @@ class GRUCell(_Cell):
             self.candidate = nn.Linear(input_size + hidden_size, hidden_size, bias=cbias)
         self.reset = GatedProduct()
         self.candidate_activation = _activation(opts.activation)
+        self.candidate_dropout = nn.Dropout(opts.candidate_dropout)
         self.gates = nn.Linear(input_size + hidden_size, 2 * hidden_size, bias=opts.bias)  # rows: reset, update
         self.gate_activation = nn.Sigmoid()
         self.gate_complement = ComplementSigmoid()
+        self.gate_dropout = nn.Dropout(opts.gate_dropout)
         self.write = GatedProduct()
         self.keep = GatedProduct()
         self.state_sum = Sum()
@@ -275,15 +286,19 @@ class GRUCell(_Cell):
         x = self.input_dropout(x)
         xh = torch.cat([x, h], dim=-1)  # (batch, input + hidden)
         reset_pre, update_pre = self.gates(xh).chunk(2, dim=-1)  # 2 x (batch, hidden)
-        r, z = self.gate_activation(reset_pre), self.gate_activation(update_pre)
-        z_complement = self.gate_complement(update_pre)
+        r = self.gate_dropout(self.gate_activation(reset_pre))
+        z_complement = self.gate_dropout(self.gate_complement(update_pre))  # the write gate 1 - z
+        if self.training and self.gate_dropout.p > 0:
+            z = torch.sub(1.0, z_complement)  # the keep gate: one minus the dropped-out write gate
+        else:
+            z = self.gate_activation(update_pre)
         if self.reset_after:
             pre = self.candidate_sum(self.candidate_input(x), self.reset(r, self.candidate_state(h)))
         else:
             pre = self.candidate(
                 torch.cat([x, self.reset(r, h)], dim=-1)
             )  # (batch, input + hidden) -> hidden
-        n = self.candidate_activation(pre)
+        n = self.candidate_dropout(self.candidate_activation(pre))
         h = self.output_dropout(self.state_sum(self.write(z_complement, n), self.keep(z, h)))
         return h, (h,)
 
@@ -291,7 +306,9 @@ class GRUCell(_Cell):
 class RGRUCell(GRUCell):
     """ReLU GRU of the thesis ("rgru"): reset gate before the map, ReLU candidate without bias.
 
-    ``n = relu([x_t, r * h_{t-1}] W_c)``, ``h_t = (1 - z) * n + z * h_{t-1}``; the gates keep biases.
+    ``n = relu([x_t, r * h_{t-1}] W_c)``, ``h_t = (1 - z) * n + z * h_{t-1}``; the gates keep biases. The thesis
+    writes it with an input gate ``i = 1 - z``: ``h_t = i * n + (1 - i) * h_{t-1}``. Its dropout (on ``x_t``,
+    ``r``, ``i``, ``n`` and ``h_t``) is set by :class:`~relprop.models.rgru.RGRU`, not by these defaults.
     """
 
     defaults = CellOptions(activation="relu", reset_after=False, candidate_bias=False)

@@ -1,9 +1,11 @@
 """The thesis's ReLU GRU ("rgru", Chormai 2018).
 
-``in_t = relu(x_t W_in)``, then the :class:`~relprop.models.cells.RGRUCell`: ``r, z = sigmoid([in_t, h_{t-1}]
-W_g + b_g)``, ``n = relu([in_t, r * h_{t-1}] W_c)``, ``h_t = (1 - z) n + z h_{t-1}``; ``y = h_T W_out``.
-Dropout on ``in_t`` and ``h_t``. The thesis does not state the sizes of its rgru; the defaults follow the
-R-LSTM (input 256, recurrent 72).
+``in_t = relu(x_t W_in)``, then the :class:`~relprop.models.cells.RGRUCell` on ``in_t``: gates
+``r, i = sigmoid([in_t, h_{t-1}] W_g + b_g)`` (``i``, the thesis's input gate, is ``1 - z`` of the cell),
+candidate ``n = relu([in_t, r * h_{t-1}] W_c)``, ``h_t = i * n + (1 - i) * h_{t-1}``; ``y = h_T W_out``.
+Ordinary dropout (a new mask at every step, as the thesis's ``tf.nn.dropout``) on ``in_t``, on both gates, on
+the candidate and on ``h_t``; the keep gate is one minus the dropped-out input gate. The stored thesis code
+does not give the sizes of its rgru models; the defaults follow the R-LSTM (input 256, recurrent 72).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ class RGRU(RLSTM):
     """
 
     cell_type: ClassVar[type[nn.Module]] = RGRUCell
-    gate_dropout: ClassVar[bool] = False
+    gate_dropout: ClassVar[bool] = True
+    candidate_dropout: ClassVar[bool] = True
 
     def __init__(self, config: RGRUConfig = RGRUConfig()) -> None:
         super().__init__(config)

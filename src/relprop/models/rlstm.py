@@ -38,15 +38,19 @@ class RLSTM(InputStage):
     """
 
     cell_type: ClassVar[type[nn.Module]] = RLSTMCell
-    gate_dropout: ClassVar[bool] = True
+    gate_dropout: ClassVar[bool] = True  # ordinary dropout on the gates (none with stationary dropout)
+    candidate_dropout: ClassVar[bool] = False  # ordinary dropout on the candidate (none with stationary dropout)
 
     def __init__(self, config: RLSTMConfig = RLSTMConfig(), front: ConvFrontEnd | None = None) -> None:
         super().__init__()
         self.config = config
         self._add_input_stage(config.features, config.input, front)
         options: dict[str, Any] = {"dropout": config.dropout, "stationary": config.stationary}
+        ordinary = 0.0 if config.stationary else config.dropout
         if self.gate_dropout:
-            options["gate_dropout"] = 0.0 if config.stationary else config.dropout
+            options["gate_dropout"] = ordinary
+        if self.candidate_dropout:
+            options["candidate_dropout"] = ordinary
         self.recurrent = Recurrent(self.cell_type, config.input, config.recurrent, **options)
         self.output = nn.Linear(config.recurrent, config.classes, bias=False)
         init_thesis_(self, config.softplus_bias)

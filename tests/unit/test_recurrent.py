@@ -392,3 +392,23 @@ def test_cell_options_are_one_dataclass_and_misplaced_ones_are_refused() -> None
         GRUCell(3, 4, output_tanh=False)
     with pytest.raises(ValueError, match="LSTMCell has no option \\['reset_after'\\]"):
         LSTMCell(3, 4, reset_after=False)
+
+
+@pytest.mark.parametrize(("arch", "ordinary"), [
+    ("rlstm", True),  # the thesis's rlstm.py: dropout on in_t, the three gates, the candidate and h_t
+    ("rgru", True),  # rgru.py: on in_t, both gates, the candidate and h_t
+    ("rlstm_sd", False),  # rlstm_persisted_dropout.py: one mask per sequence on in_t and h_t only
+    ("convrlstm", False),  # convrlstm.py: ordinary dropout on in_t and h_t only
+    ("convrlstm_sd", False),
+])
+def test_the_thesis_recurrent_models_drop_out_where_its_code_does(arch: str, ordinary: bool) -> None:
+    from relprop import models
+
+    model = models.build(arch, height=8, step_width=2, input=6, recurrent=5, channels=(3, 4)) if "conv" in arch \
+        else models.build(arch, height=8, step_width=2, input=6, recurrent=5)
+    cell = model.recurrent.layers[0][0]
+    expected = 1 - model.config.keep_prob if ordinary else 0.0
+    assert cell.gate_dropout.p == pytest.approx(expected)
+    assert cell.candidate_dropout.p == pytest.approx(expected)
+    assert cell.options.dropout == pytest.approx(1 - model.config.keep_prob)  # in_t and h_t, always
+    assert cell.options.stationary == model.config.stationary == arch.endswith("_sd")

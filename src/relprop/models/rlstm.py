@@ -2,8 +2,9 @@
 
 ``in_t = relu(x_t W_in)`` (features -> input), then the :class:`~relprop.models.cells.RLSTMCell` on ``in_t``
 (``c^ = relu([in_t, h_{t-1}] W_c)``, ``c_t = f c_{t-1} + i c^``, ``h_t = o c_t``), and ``y = h_T W_out``.
-rlstm: ordinary dropout on ``in_t``, the three gates and ``h_t``; rlstm_sd: one mask per sequence on ``in_t``
-and ``h_t``, none on the gates. Recurrent size 72 (75 for Fashion-MNIST in the thesis).
+rlstm: ordinary dropout on ``in_t``, the three gates, the candidate ``c^`` and ``h_t`` (the thesis's
+``rlstm.py``); rlstm_sd: one mask per sequence on ``in_t`` and ``h_t``, none on the gates or the candidate
+(``rlstm_persisted_dropout.py``). Recurrent size 72 (75 for Fashion-MNIST in the thesis).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class RLSTM(InputStage):
 
     cell_type: ClassVar[type[nn.Module]] = RLSTMCell
     gate_dropout: ClassVar[bool] = True  # ordinary dropout on the gates (none with stationary dropout)
-    candidate_dropout: ClassVar[bool] = False  # ordinary dropout on the candidate (none with stationary dropout)
+    candidate_dropout: ClassVar[bool] = True  # ordinary dropout on the candidate (none with stationary dropout)
 
     def __init__(self, config: RLSTMConfig = RLSTMConfig(), front: ConvFrontEnd | None = None) -> None:
         super().__init__()

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
-from .methods._common import ClassTarget, OutputSeed, as_targets, repeated
+from .methods._common import ClassTarget, OutputSeed, as_targets, logits_of, repeated
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -127,8 +127,8 @@ class _Call(nn.Module):
         if self.output is not None:
             result = self.output(result)
         elif not isinstance(result, Tensor):
-            logits = result.get("logits") if isinstance(result, Mapping) else getattr(result, "logits", None)
-            if not isinstance(logits, Tensor):
+            logits = logits_of(result)
+            if logits is None:
                 raise ExplanationError(
                     f"{type(self._model).__name__} returns {type(result).__name__}, not a tensor of scores; pass "
                     "output= to select them, e.g. output=lambda result: result[0]"
@@ -277,7 +277,9 @@ def _own_scores(
         return None
 
     def run(call: dict[str, Any]) -> Attribution | None:
-        forward, inputs = _forward_module(model, x, call, wrap=True)
+        # the model as it is where nothing is to be passed or selected (the method takes a Hugging Face style
+        # output's logits itself: relprop.methods._common.logits_of), else a _Call, which selects any output
+        forward, inputs = _forward_module(model, x, call, wrap=any(v is not None for v in call.values()))
         try:
             result = spec(forward, inputs, ClassTarget(target), **options)  # type: ignore[arg-type]
         except RelpropError:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .core import named_modules
 from .errors import ConfigError, ExplanationError
 
 __all__ = ["explanation_inputs", "finite_weights"]
@@ -50,12 +51,12 @@ def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[s
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    modules = list(model.named_modules())  # one walk of the model for every check
+    modules = named_modules(model)  # one walk of the model for every check (cached while the tree is unchanged)
     model = _uncompiled(model, modules)
     if not isinstance(x, Tensor):
         return model  # explain's input check names what x must be
     if modules[0][1] is not model:
-        modules = list(model.named_modules())
+        modules = named_modules(model)
     tensors = _tensors(modules)
     _no_inference_mode(tensors, x)
     _no_meta_tensors(tensors, x)
@@ -122,7 +123,7 @@ def finite_weights(model: nn.Module, results: Sequence[Tensor] = ()) -> None:
             for t in results
         ):  # a sum is finite only if every entry is (a finite sum that overflows: the scan below, which finds none)
             return
-    _finite_parameters(model, _tensors(list(model.named_modules())))
+    _finite_parameters(model, _tensors(named_modules(model)))
 
 
 def _names(names: list[str]) -> str:

@@ -3,8 +3,11 @@
 The convention (as in zennit) is that **the backward pass carries relevance**: while rules are attached to a
 model, the gradient that arrives at the input *is* the relevance. A rule sits at a *site*:
 
-- a module: a forward hook sends the module's output through :class:`_Relay`, whose backward calls
-  ``rule.relevance(module, inputs, output, relevance_out)``;
+- a module: a wrapper around each call of the module (installed as its ``forward`` while the rules are attached)
+  runs it on detached inputs and sends its output through :class:`_Relay`, whose backward calls
+  ``rule.relevance(module, inputs, output, relevance_out)``; a z-rule that declares ``output_denominator`` (Epsilon
+  on a plain Linear or Conv) runs in autograd's own form instead (:func:`_carry`, :func:`_divided`), with no Python
+  in its backward;
 - a functional operation (``x + y``, ``x.mean(1)``, ``F.relu(x)``): :class:`FunctionalGuard`, a
   ``TorchFunctionMode``, sees every call on the relevance path outside ruled modules *before* it runs and gives it
   its rule from the RuleMap through the same relay, with an :class:`~relprop.ops.OpCall` as the site. In-place ops
@@ -56,7 +59,8 @@ class MergedBatchNorm:
         return f"{type(self.layer).__name__} merged with the batch norm at {self.norm.location}"
 
     def forward(self, x: Tensor) -> Tensor:
-        """The pair's function (the layer without its hooks, then the batch norm)."""
+        """The pair's function (the layer without relprop's wrapper, which passes calls from a rule's backward
+        through, then the batch norm)."""
         result: Tensor = self.norm.forward(self.layer.forward(x))
         return result
 
@@ -371,9 +375,9 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _plain(values: Sequence[Any]) -> bool:
     """Whether every tensor in ``values`` is a plain ``torch.Tensor``.
 
-    A rule hook runs inside a ruled module, where the guard passes every call through unchanged (``depth > 0``), so
-    the hook's own calls (detach, the relay) may skip it. Only with torch-function handling off altogether, which
-    would also skip a tensor subclass's ``__torch_function__``: hence for plain tensors only.
+    A rule's wrapper runs inside a ruled module, where the guard passes every call through unchanged
+    (``depth > 0``), so the wrapper's own calls (detach, the relay) may skip it. Only with torch-function handling
+    off altogether, which would also skip a tensor subclass's ``__torch_function__``: hence for plain tensors only.
     """
     return all(type(value) is Tensor for value in values if isinstance(value, Tensor))
 
@@ -406,7 +410,8 @@ class _Attachment:
 
     # ----------------------------------------------------------------------------------------- the wrapper
     def install(self) -> bool:
-        """Wrap the module's forward (False, and nothing done, where hooks must do: a scripted module)."""
+        """Wrap the module's forward (False, and nothing done, where hooks must do: a scripted module, or a class
+        with its own ``__call__``, which need not call ``forward`` the way ``nn.Module`` does)."""
         module = self.module
         if isinstance(module, torch.jit.ScriptModule) or type(module).__call__ is not nn.Module.__call__:
             return False
@@ -580,9 +585,10 @@ def attach_rules(
     *,
     in_region: bool = False,
 ) -> Iterator[None]:
-    """Attach ``(name, module, rule)`` assignments and tripwires; remove every hook on exit, also on error.
+    """Attach ``(name, module, rule)`` assignments (wrappers, or hooks) and tripwires; remove all on exit, also on
+    error.
 
-    The hooks live in a :func:`~relprop.safety.protected` region: the model's lock is held until they are removed
+    They live in a :func:`~relprop.safety.protected` region: the model's lock is held until they are removed
     (explanations of one model from several threads run one after the other), and a Ctrl-C waits for a safe point.
     ``in_region``: the caller holds such a region of ``model`` around the whole ``with`` block already (as
     :meth:`relprop.composites.RuleMap.attached` does), so none is opened again.

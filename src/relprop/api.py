@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
-from .methods._common import ClassTarget, OutputSeed, as_targets, repeated
+from .methods._common import ClassTarget, OutputSeed, as_targets, logits_of, repeated
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -127,8 +127,8 @@ class _Call(nn.Module):
         if self.output is not None:
             result = self.output(result)
         elif not isinstance(result, Tensor):
-            logits = result.get("logits") if isinstance(result, Mapping) else getattr(result, "logits", None)
-            if not isinstance(logits, Tensor):
+            logits = logits_of(result)
+            if logits is None:
                 raise ExplanationError(
                     f"{type(self._model).__name__} returns {type(result).__name__}, not a tensor of scores; pass "
                     "output= to select them, e.g. output=lambda result: result[0]"
@@ -162,7 +162,7 @@ def _check_input(x: Any) -> None:
     if x.shape[0] == 0:
         raise ExplanationError("x is an empty batch")
     if x.is_floating_point():
-        bad = 0 if bool(torch.isfinite(x.sum())) else (~torch.isfinite(x)).sum().item()  # finite sum: all finite
+        bad = 0 if validate.finite_sum(x) else (~torch.isfinite(x)).sum().item()  # finite sum: all finite
         if bad:
             raise ExplanationError(f"x contains {bad} NaN or infinite values (shape {tuple(x.shape)})")
     elif x.dtype not in (torch.int64, torch.int32) or x.is_complex():
@@ -260,7 +260,11 @@ def explain(
     if not x.is_floating_point():
         details["embedding_relevance"] = relevance
         relevance = relevance.sum(-1)
-    return Explanation(relevance.detach(), scores.detach(), targets, method, details, dict(result.layers))
+    return Explanation(_detached(relevance), _detached(scores), targets, method, details, dict(result.layers))
+
+
+def _detached(t: Tensor) -> Tensor:
+    return t.detach() if t.requires_grad or t.grad_fn is not None else t
 
 
 def _own_scores(
@@ -277,7 +281,9 @@ def _own_scores(
         return None
 
     def run(call: dict[str, Any]) -> Attribution | None:
-        forward, inputs = _forward_module(model, x, call, wrap=True)
+        # the model as it is where nothing is to be passed or selected (the method takes a Hugging Face style
+        # output's logits itself: relprop.methods._common.logits_of), else a _Call, which selects any output
+        forward, inputs = _forward_module(model, x, call, wrap=any(v is not None for v in call.values()))
         try:
             result = spec(forward, inputs, ClassTarget(target), **options)  # type: ignore[arg-type]
         except RelpropError:
@@ -286,7 +292,7 @@ def _own_scores(
             with _wrapped_errors(model, x), torch.no_grad():
                 forward(inputs)  # fails too: the input does not fit the model (an ExplanationError naming it)
             raise
-        if result.output is not None and not bool(torch.isfinite(result.output).all()):
+        if result.output is not None and not validate.finite_sum(result.output):  # (an overflowing sum: a plain pass)
             return None  # inf - inf in a relayed identity would read NaN: take the scores of a plain forward pass
         return result
 

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from . import ops, rules
 from .canonizers import Canonizer, ExplicitRecurrent
-from .core import FunctionalGuard, Rule, attach_rules, ops_by_name, root_module
+from .core import FunctionalGuard, Rule, attach_rules, named_modules, ops_by_name, root_module, structure
 from .errors import ExplanationError
 from .layers import GatedProduct, Sum
 from .ops import Op
@@ -76,7 +76,12 @@ def _advice(module: nn.Module) -> str:
 
 
 def _has_stock_recurrent(model: nn.Module) -> bool:
-    return any(isinstance(module, _STOCK_RECURRENT) for module in model.modules())
+    tree = structure(model)
+    found = tree.facts.get("stock_recurrent")
+    if found is None:
+        found = tree.facts["stock_recurrent"] = any(
+            isinstance(module, _STOCK_RECURRENT) for _, module in tree.named_modules(model))
+    return bool(found)
 
 
 def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
@@ -162,15 +167,20 @@ class RuleMap:
         evaluated again on every call, as they may read anything.
         """
         model = root_module(model)
-        if any(callable(s) and not isinstance(s, (type, str, Op, tuple)) for s, _ in self.entries):
+        if self._predicates:
             return self._assign(model)
-        structure = tuple((name, id(module), type(module)) for name, module in model.named_modules())
+        tree = structure(model)
         cached = self._assigned.get(model)
-        if cached is not None and cached[0] == structure:
+        if cached is not None and cached[0] is tree:
             return list(cached[1]), list(cached[2])
         assignments, uncovered = self._assign(model)
-        self._assigned[model] = (structure, tuple(assignments), tuple(uncovered))
+        self._assigned[model] = (tree, tuple(assignments), tuple(uncovered))
         return assignments, uncovered
+
+    @cached_property
+    def _predicates(self) -> bool:
+        """Whether a selector is a predicate (evaluated on every call: it may read anything)."""
+        return any(callable(s) and not isinstance(s, (type, str, Op, tuple)) for s, _ in self.entries)
 
     @cached_property
     def _assigned(self) -> weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]]:
@@ -187,7 +197,7 @@ class RuleMap:
         patterns = {s for s, _ in self.entries if isinstance(s, str)}
         matched: set[str] = set()
         module: nn.Module
-        for name, module in model.named_modules():
+        for name, module in named_modules(model):
             rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
             matched |= {s for s in patterns if _matches(s, name, module)}
             if rule is None and self.first is not None and not first_done and isinstance(module, self.first_types):
@@ -256,9 +266,11 @@ class RuleMap:
         >>> get_preset("attnlrp").keeps_forward_values(nn.Sequential(nn.Linear(2, 2)))
         False
         """
-        if any(getattr(rule, "decompose", None) is not None for rule in self._op_rules.values()):
-            return False
-        return not self.rewrites(model)
+        return not self._decomposes and not self.rewrites(model)
+
+    @cached_property
+    def _decomposes(self) -> bool:
+        return any(getattr(rule, "decompose", None) is not None for rule in self._op_rules.values())
 
     def rewrites(self, model: nn.Module) -> bool:
         """Whether a canonizer of this map rewrites ``model``: :class:`~relprop.canonizers.ExplicitRecurrent` a

@@ -3,8 +3,11 @@
 The convention (as in zennit) is that **the backward pass carries relevance**: while rules are attached to a
 model, the gradient that arrives at the input *is* the relevance. A rule sits at a *site*:
 
-- a module: a forward hook sends the module's output through :class:`_Relay`, whose backward calls
-  ``rule.relevance(module, inputs, output, relevance_out)``;
+- a module: a wrapper around each call of the module (installed as its ``forward`` while the rules are attached)
+  runs it on detached inputs and sends its output through :class:`_Relay`, whose backward calls
+  ``rule.relevance(module, inputs, output, relevance_out)``; a z-rule that declares ``output_denominator`` (Epsilon
+  on a plain Linear or Conv) runs in autograd's own form instead (:func:`_carry`, :func:`_divided`), with no Python
+  in its backward;
 - a functional operation (``x + y``, ``x.mean(1)``, ``F.relu(x)``): :class:`FunctionalGuard`, a
   ``TorchFunctionMode``, sees every call on the relevance path outside ruled modules *before* it runs and gives it
   its rule from the RuleMap through the same relay, with an :class:`~relprop.ops.OpCall` as the site. In-place ops
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -55,7 +59,8 @@ class MergedBatchNorm:
         return f"{type(self.layer).__name__} merged with the batch norm at {self.norm.location}"
 
     def forward(self, x: Tensor) -> Tensor:
-        """The pair's function (the layer without its hooks, then the batch norm)."""
+        """The pair's function (the layer without relprop's wrapper, which passes calls from a rule's backward
+        through, then the batch norm)."""
         result: Tensor = self.norm.forward(self.layer.forward(x))
         return result
 
@@ -148,6 +153,58 @@ def pullback(function: Callable[..., Tensor], inputs: Sequence[Tensor], cotangen
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(leaves, grads))
 
 
+class Structure:
+    """The module tree of a model as one walk found it: every module's name, type and children. Built by
+    :func:`structure`, which returns the same object while the tree does not change, so anything derived from the
+    tree alone (rule assignments, whether it has stock recurrent modules) can be cached on it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        modules = list(model.named_modules())
+        # the root itself is not kept (a cache keyed weakly on the model must not keep it alive)
+        self._walk = tuple((name, None if module is model else module) for name, module in modules)
+        self._shape = tuple((type(module), tuple(module._modules.items())) for _, module in modules)
+        self.facts: dict[str, Any] = {}  # derived from the tree alone, e.g. "stock_recurrent"
+
+    def current(self, model: nn.Module) -> bool:
+        """Whether ``model``'s tree is still this one (no module's children or type changed)."""
+        for (_, module), (kind, children) in zip(self._walk, self._shape):
+            module = model if module is None else module
+            if type(module) is not kind or tuple(module._modules.items()) != children:
+                return False
+        return True
+
+    def named_modules(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        """``list(model.named_modules())`` of the tree."""
+        return [(name, model if module is None else module) for name, module in self._walk]
+
+
+_STRUCTURES: weakref.WeakKeyDictionary[nn.Module, Structure] = weakref.WeakKeyDictionary()
+
+
+def structure(model: nn.Module) -> Structure:
+    """The :class:`Structure` of ``model``, cached per model and walked again only when a module's children or type
+    changed (a module added, removed or replaced anywhere changes its parent's ``_modules``).
+
+    >>> model = nn.Sequential(nn.Linear(2, 2))
+    >>> structure(model) is structure(model), [name for name, _ in structure(model).named_modules(model)]
+    (True, ['', '0'])
+    >>> _ = model.append(nn.ReLU())
+    >>> [name for name, _ in structure(model).named_modules(model)]
+    ['', '0', '1']
+    """
+    cached = _STRUCTURES.get(model)
+    if cached is not None and cached.current(model):
+        return cached
+    walked = Structure(model)
+    _STRUCTURES[model] = walked
+    return walked
+
+
+def named_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``list(model.named_modules())`` through the cached :func:`structure`."""
+    return structure(model).named_modules(model)
+
+
 def root_module(model: nn.Module) -> nn.Module:
     """The module whose sub-modules get rules: the model itself, or the model a wrapper of relprop's runs (the
     explained input through a token embedding, the logits of a Hugging Face output)."""
@@ -210,6 +267,16 @@ def _stale_error(user: str, where: str) -> ExplanationError:
 
 
 # ------------------------------------------------------------------------------------------------ the relay
+class _RuleState(threading.local):
+    """Per thread: how many rule backward passes are running (a rule that re-runs its module, ``site.forward(x)``,
+    runs the module's own forward, not the engine's wrapper around it)."""
+
+    running = 0
+
+
+_RULES = _RuleState()
+
+
 class _Relay(torch.autograd.Function):
     """Identity in the forward pass; in the backward pass, the site's rule turns relevance_out into relevance_in."""
 
@@ -226,8 +293,12 @@ class _Relay(torch.autograd.Function):
         interruption_point()
         output, *saved = ctx.saved_tensors
         tensors = [t.detach() for t in saved]  # rules must not build a graph back into the forward pass
-        with torch.enable_grad():
-            relevance_in = ctx.rule.relevance(ctx.site, tuple(tensors), output, relevance_out)
+        _RULES.running += 1
+        try:
+            with torch.enable_grad():
+                relevance_in = ctx.rule.relevance(ctx.site, tuple(tensors), output, relevance_out)
+        finally:
+            _RULES.running -= 1
         if len(relevance_in) != len(tensors):
             raise ExplanationError(
                 f"rule {type(ctx.rule).__name__} returned {len(relevance_in)} relevances for {_describe(ctx.site)} "
@@ -304,96 +375,191 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _plain(values: Sequence[Any]) -> bool:
     """Whether every tensor in ``values`` is a plain ``torch.Tensor``.
 
-    A rule hook runs inside a ruled module, where the guard passes every call through unchanged (``depth > 0``), so
-    the hook's own calls (detach, the relay) may skip it. Only with torch-function handling off altogether, which
-    would also skip a tensor subclass's ``__torch_function__``: hence for plain tensors only.
+    A rule's wrapper runs inside a ruled module, where the guard passes every call through unchanged
+    (``depth > 0``), so the wrapper's own calls (detach, the relay) may skip it. Only with torch-function handling
+    off altogether, which would also skip a tensor subclass's ``__torch_function__``: hence for plain tensors only.
     """
     return all(type(value) is Tensor for value in values if isinstance(value, Tensor))
 
 
 class _Attachment:
-    """Hooks of one module: capture the inputs before the call, relay the output after it.
+    """A rule on one module: the engine's wrapper around each call of the module.
 
-    The hooks act only in the thread that attached them: another thread's plain forward pass of the same model
-    runs as if they were not there.
+    Installed as the module's ``forward`` (an instance attribute, removed on exit), it runs the module on detached
+    inputs and relays the output, in one call and one ``try``; where that is not possible (a scripted module) the
+    same steps run as a forward pre-hook and a forward hook. It acts only in the thread that attached it: another
+    thread's plain forward pass of the same model runs as if it were not there, and so does a rule that re-runs the
+    module in the backward pass.
     """
 
     def __init__(self, name: str, module: nn.Module, rule: Rule, guard: FunctionalGuard | None) -> None:
         self.name, self.module, self.rule, self.guard = name, module, rule, guard
         self.owner = threading.get_ident()
-        self.stack: list[tuple[Any, ...]] = []
-        self.suspended: list[bool] = []  # per call: whether this call took the guard off the mode stack
+        self.forward: Callable[..., Any] | None = None  # the module's own forward, while installed
+        self.stack: list[tuple[tuple[Any, ...], bool]] = []  # hook mode, per call: the inputs, whether carried
+        self.suspended: list[bool] = []  # hook mode, per call: whether this call took the guard off the mode stack
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
         # read once per attachment, not per call (nn.ReLU sets it on the instance; a class may define it, e.g. as a
         # property)
         self.inplace = _has(module, "inplace") and bool(getattr(module, "inplace"))  # noqa: B009
+        # a z-rule whose relevance is x * J^T (R / d(z)) with z the module's own output: autograd's form (_carry)
+        denominator = getattr(rule, "output_denominator", None)
+        self.denominator: Callable[[Tensor], Tensor] | None = (
+            None if denominator is None or self.inplace else denominator(module))
 
+    # ----------------------------------------------------------------------------------------- the wrapper
+    def install(self) -> bool:
+        """Wrap the module's forward (False, and nothing done, where hooks must do: a scripted module, or a class
+        with its own ``__call__``, which need not call ``forward`` the way ``nn.Module`` does)."""
+        module = self.module
+        if isinstance(module, torch.jit.ScriptModule) or type(module).__call__ is not nn.Module.__call__:
+            return False
+        previous = module.__dict__.get("forward")  # an instance-level forward set by someone else, kept
+        self.forward = previous if previous is not None else module.forward
+        module.__dict__["forward"] = self
+        self.previous = previous
+        return True
+
+    def uninstall(self) -> None:
+        if self.previous is None:
+            self.module.__dict__.pop("forward", None)
+        else:
+            self.module.__dict__["forward"] = self.previous
+        self.forward = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        forward = self.forward
+        assert forward is not None
+        if _RULES.running or threading.get_ident() != self.owner:
+            return forward(*args, **kwargs)
+        # A ruled module's rule accounts for everything inside it, where the guard passes every call through
+        # (depth > 0): the outermost one runs with the guard off the mode stack.
+        guard = self.guard
+        suspended = guard is not None and guard.depth == 0 and guard.suspend()
+        try:
+            quiet = guard is not None and not suspended and _plain(args)
+            if quiet:
+                with torch._C.DisableTorchFunction():  # relprop's own calls here need not pass the guard (_plain)
+                    call_args, carried = self._pre(args)
+            else:
+                call_args, carried = self._pre(args)
+            try:
+                output = forward(*call_args, **kwargs)
+                if call_args is args:  # off the relevance path
+                    return output
+                if quiet and type(output) is Tensor:
+                    with torch._C.DisableTorchFunction():
+                        return self._post(args, carried, output)
+                return self._post(args, carried, output)
+            finally:
+                if guard is not None:
+                    guard.depth -= 1
+        finally:
+            if suspended:
+                assert guard is not None
+                guard.resume()
+
+    # ----------------------------------------------------------------------------------------- the hooks
     def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if threading.get_ident() != self.owner:
             return None
-        # A ruled module's rule accounts for everything inside it, where the guard passes every call through
-        # (depth > 0): the outermost one runs, hooks included, with the guard off the mode stack until its post hook.
         guard = self.guard
         suspended = guard is not None and guard.depth == 0 and guard.suspend()
         self.suspended.append(suspended)
         try:
             if guard is not None and not suspended and _plain(args):
-                with torch._C.DisableTorchFunction():  # relprop's own calls here need not pass the guard (_plain)
-                    return self._pre(module, args)
-            return self._pre(module, args)
+                with torch._C.DisableTorchFunction():
+                    call_args, carried = self._pre(args)
+            else:
+                call_args, carried = self._pre(args)
         except BaseException:
             if self.suspended.pop() and guard is not None:
                 guard.resume()
             raise
+        self.stack.append((args, carried))
+        return None if call_args is args else call_args
 
     def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         if threading.get_ident() != self.owner:
             return None
         suspended = self.suspended.pop()
-        try:
-            if self.guard is not None and not suspended and type(output) is Tensor and _plain(self.stack[-1]):
-                with torch._C.DisableTorchFunction():
-                    return self._post(module, output)
-            return self._post(module, output)
-        finally:
-            if suspended and self.guard is not None:
-                self.guard.resume()
-
-    def _pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        interruption_point()
-        if self.guard is not None:
-            self.guard.depth += 1
-        self.stack.append(args)
-        if not on_path(args):
-            return None
-        where = _stale(args) if self.guard is not None and self.guard._touched else None  # marks exist only then
-        if where is not None:
-            raise _stale_error(f"module '{self.name}' ({type(module).__name__})", where)
-        # the module runs on detached inputs (its own graph is never used: the relay replaces it); a module that
-        # works in place gets copies, so the tensors kept for the backward pass stay intact
-        inplace = self.inplace
-        return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a for a in args)
-
-    def _post(self, module: nn.Module, output: Any) -> Any:
-        original_args = self.stack.pop()
+        original_args, carried = self.stack.pop()
         try:
             if not on_path(original_args):
                 return None
-            if not isinstance(output, Tensor):
-                raise ExplanationError(
-                    f"module '{self.name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
-                    f"{type(self.rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
-                )
-            result = relay(self.rule, module, output, original_args)
-            if isinstance(module, _GATE_MODULES):
-                setattr(result, _GATE, True)
-            if self.merges:
-                setattr(result, _PRODUCER, (self.rule, module, original_args[0]))
-            return result
+            if self.guard is not None and not suspended and type(output) is Tensor and _plain(original_args):
+                with torch._C.DisableTorchFunction():
+                    return self._post(original_args, carried, output)
+            return self._post(original_args, carried, output)
         finally:
             if self.guard is not None:
                 self.guard.depth -= 1
+            if suspended and self.guard is not None:
+                self.guard.resume()
+
+    # ----------------------------------------------------------------------------------------- both
+    def _pre(self, args: tuple[Any, ...]) -> tuple[tuple[Any, ...], bool]:
+        """The inputs the module runs on (``args`` itself when off the relevance path), and whether in autograd's
+        form. Counts the call into the guard's depth (the caller counts it out)."""
+        interruption_point()
+        if self.guard is not None:
+            self.guard.depth += 1
+        try:
+            if not on_path(args):
+                return args, False
+            where = _stale(args) if self.guard is not None and self.guard._touched else None  # marks exist only then
+            if where is not None:
+                raise _stale_error(f"module '{self.name}' ({type(self.module).__name__})", where)
+            if self.denominator is not None and len(args) == 1 and type(args[0]) is Tensor \
+                    and args[0].is_floating_point():
+                return (_carry(args[0]),), True
+            # the module runs on detached inputs (its own graph is never used: the relay replaces it); a module that
+            # works in place gets copies, so the tensors kept for the backward pass stay intact
+            inplace = self.inplace
+            return tuple((a.detach().clone() if inplace else a.detach()) if isinstance(a, Tensor) else a
+                         for a in args), False
+        except BaseException:
+            if self.guard is not None:
+                self.guard.depth -= 1
+            raise
+
+    def _post(self, original_args: tuple[Any, ...], carried: bool, output: Any) -> Any:
+        module = self.module
+        if not isinstance(output, Tensor):
+            raise ExplanationError(
+                f"module '{self.name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
+                f"{type(self.rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
+            )
+        if carried:
+            assert self.denominator is not None
+            _foreign_function(module, original_args)
+            result = mark_path(_divided(output, self.denominator))
+        else:
+            result = relay(self.rule, module, output, original_args)
+        if isinstance(module, _GATE_MODULES):
+            setattr(result, _GATE, True)
+        if self.merges:
+            setattr(result, _PRODUCER, (self.rule, module, original_args[0]))
+        return result
+
+
+def _carry(x: Tensor) -> Tensor:
+    """``x``'s value, with a backward that multiplies by ``x``: ``x + (x - x) * x`` with the first and last ``x``
+    constants (the input side of a z-rule in autograd's form)."""
+    constant = x.detach()
+    return constant.addcmul(x - constant, constant)
+
+
+def _divided(z: Tensor, denominator: Callable[[Tensor], Tensor]) -> Tensor:
+    """``z``'s value, with a backward that divides by ``denominator(z)`` (a constant): ``z + (z - z) / d``.
+
+    With :func:`_carry` on the input of a linear map, the backward pass computes ``x * W^T (R / d(z))``, a z-rule
+    with the layer's own output as denominator (LRP-epsilon), in autograd's own kernels: the division, the layer's
+    transposed map and the product with x, the same operations the rule's Python backward would run.
+    """
+    constant = z.detach()
+    return (z - constant).div(denominator(constant)).add(constant)
 
 
 class _Tripwire:
@@ -419,27 +585,31 @@ def attach_rules(
     *,
     in_region: bool = False,
 ) -> Iterator[None]:
-    """Attach ``(name, module, rule)`` assignments and tripwires; remove every hook on exit, also on error.
+    """Attach ``(name, module, rule)`` assignments (wrappers, or hooks) and tripwires; remove all on exit, also on
+    error.
 
-    The hooks live in a :func:`~relprop.safety.protected` region: the model's lock is held until they are removed
+    They live in a :func:`~relprop.safety.protected` region: the model's lock is held until they are removed
     (explanations of one model from several threads run one after the other), and a Ctrl-C waits for a safe point.
     ``in_region``: the caller holds such a region of ``model`` around the whole ``with`` block already (as
     :meth:`relprop.composites.RuleMap.attached` does), so none is opened again.
     """
-    handles: list[torch.utils.hooks.RemovableHandle] = []
+    undo: list[Callable[[], None]] = []
     with contextlib.nullcontext() if in_region else protected(root_module(model)):
         try:
             for name, module, rule in assignments:
                 attachment = _Attachment(name, module, rule, guard)
-                handles.append(module.register_forward_pre_hook(attachment.pre))
-                handles.append(module.register_forward_hook(attachment.post))
+                if attachment.install():
+                    undo.append(attachment.uninstall)
+                else:
+                    undo.append(module.register_forward_pre_hook(attachment.pre).remove)
+                    undo.append(module.register_forward_hook(attachment.post).remove)
             for name, module, advice in uncovered:
-                handles.append(module.register_forward_pre_hook(_Tripwire(name, module, advice)))
+                undo.append(module.register_forward_pre_hook(_Tripwire(name, module, advice)).remove)
             yield
         finally:
-            while handles:
-                handles[-1].remove()
-                handles.pop()
+            while undo:
+                undo[-1]()
+                undo.pop()
 
 
 def attached_rule(module: nn.Module) -> tuple[Rule | None, bool]:
@@ -453,6 +623,11 @@ def attached_rule(module: nn.Module) -> tuple[Rule | None, bool]:
     me = threading.get_ident()
     rule: Rule | None = None
     other = bool(module._backward_hooks or module._backward_pre_hooks)
+    wrapper = module.__dict__.get("forward")
+    while isinstance(wrapper, _Attachment):  # installed wrappers, the last one outermost
+        if wrapper.owner == me and rule is None:
+            rule = wrapper.rule
+        wrapper = wrapper.forward
     for hook in (*module._forward_pre_hooks.values(), *module._forward_hooks.values()):
         owner = getattr(hook, "__self__", hook)
         if isinstance(owner, (_Attachment, _Tripwire)) and owner.owner != me:

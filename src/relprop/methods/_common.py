@@ -8,7 +8,7 @@ several times over (the path points of integrated gradients, the noisy copies of
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ExplanationError
 
-__all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "one_hot_start", "start_gradient",
-           "start_relevance", "target_score", "gradient_of_target"]
+__all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "logits_of", "one_hot_start",
+           "start_gradient", "start_relevance", "target_score", "gradient_of_target"]
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
@@ -40,6 +40,13 @@ def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
     if target.numel() and (int(target.min()) < 0 or int(target.max()) >= classes):
         raise ExplanationError(f"target out of range: the model has {classes} outputs, got {target.tolist()}")
     return target.to(device=output.device, dtype=torch.long)
+
+
+def logits_of(result: object) -> Tensor | None:
+    """The scores in a model's output that is not a tensor: its ``logits`` (an attribute, as on a Hugging Face
+    ``ModelOutput``, or a mapping entry), None if there is no such tensor."""
+    logits = result.get("logits") if isinstance(result, Mapping) else getattr(result, "logits", None)
+    return logits if isinstance(logits, Tensor) else None
 
 
 def one_hot_start(output: Tensor, target: Tensor, scale: Tensor | None = None) -> Tensor:

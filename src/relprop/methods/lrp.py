@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..composites import RuleMap, get_preset
 from ..core import check_model_output, mark_path, on_path, root_module
 from ..errors import ExplanationError
-from ._common import ClassTarget, OutputSeed, repeated, start_relevance
+from ._common import ClassTarget, OutputSeed, logits_of, repeated, start_relevance
 from ._layers import Records, backward, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
 
@@ -68,10 +68,16 @@ def _explain(
     with rule_map.attached(model) as guard, recorded_layers(model, layers, layer_at) as records, \
             torch.enable_grad():
         with guard:
-            output = model(x)
-        if not isinstance(output, Tensor) or not on_path((output,)):
+            returned = model(x)
+        output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
+        if output is None and not isinstance(returned, Tensor):
             raise ExplanationError(
-                f"{type(root_module(model)).__name__} returned {type(output).__name__} that does not depend on the "
+                f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
+                "pass output= to relprop.explain to select them, e.g. output=lambda result: result[0]"
+            )
+        if output is None or not on_path((output,)):
+            raise ExplanationError(
+                f"{type(root_module(model)).__name__} returned {type(returned).__name__} that does not depend on the "
                 "explained input"
             )
         check_model_output(model, output)

@@ -17,13 +17,14 @@ bounds shared by the batch) are registered separately in :mod:`relprop.rules.ker
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ..core import Site, stabilize
+from ..core import Site, has_relprop_affine, stabilize
 from .affine import FAST_KERNELS, Group, Term, _Affine, _has_negative, _negative, _positive, affine_map
 
 __all__ = ["ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "affine_map"]
@@ -108,6 +109,25 @@ class Epsilon(ZRule):
         if self.epsilon == 0:
             return torch.where(z == 0, torch.ones_like(z), z)
         return stabilize(z, self.epsilon)
+
+    def output_denominator(self, site: Site) -> Callable[[Tensor], Tensor] | None:
+        """The denominator as a function of the site's output, where the relevance is ``x * J^T (R / d(z))``
+        with ``z`` the site's own output and ``J`` its Jacobian: a plain ``nn.Linear``, or a ``nn.ConvNd`` with
+        zero padding, whose bias takes part in ``z``. The engine then runs the site as it is and lets autograd
+        carry ``R / d(z)`` through the layer's own backward (:class:`relprop.core.Attachment`), the same
+        operations as :meth:`relevance` without a Python backward. None elsewhere (subclasses too)."""
+        if type(self) is not Epsilon:
+            return None
+        kind = type(site)
+        if kind is not nn.Linear and not (kind in _ZERO_PADDED and getattr(site, "padding_mode", "") == "zeros"
+                                          and not isinstance(getattr(site, "padding", ""), str)):
+            return None
+        if not self.bias and getattr(site, "bias", None) is not None or has_relprop_affine(site):
+            return None
+        return self.stabilize
+
+_ZERO_PADDED = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
 
 @dataclass(frozen=True)
 class ZPlus(ZRule):

@@ -11,14 +11,13 @@ weights are not there (asking for either raises, naming the cell).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import DataError
 from ..files import atomic_write, read_json, write_json
 from .evaluate import read_evaluation
-from .train import MANIFEST, TrainConfig, read_history, run_finished
+from .train import MANIFEST, TrainConfig, config_differences, read_history, run_finished
 
 __all__ = ["MARKER", "save_record", "restore_record", "is_restored", "check_restored"]
 
@@ -78,9 +77,7 @@ def check_restored(run_dir: str | Path, config: TrainConfig, methods: Sequence[s
     it would need training or an evaluation, and it has no weights for either."""
     run_dir = Path(run_dir)
     source = read_json(run_dir / MARKER).get("record", "?")
-    saved = {**dataclasses.asdict(TrainConfig()), **read_json(run_dir / "config.json")}
-    different = sorted(k for k, v in dataclasses.asdict(config).items()
-                       if k not in ("epochs", "lr", "patience") and saved.get(k) != v)
+    different = sorted(config_differences(run_dir, config))
     results = read_evaluation(run_dir)
     reason = None
     if different:

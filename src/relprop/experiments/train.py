@@ -202,11 +202,17 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
     return saved
 
 
+def config_differences(run_dir: str | Path, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """The fields, other than epochs, lr and patience, in which the saved config of ``run_dir`` differs from
+    ``config``: ``{field: (saved, given)}``."""
+    saved = {**dataclasses.asdict(TrainConfig()), **_read_config(Path(run_dir))}
+    mine = dataclasses.asdict(config)
+    return {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
+
+
 def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
     """Raise if the saved config of ``run_dir`` differs from ``config`` in more than epochs, lr and patience."""
-    saved = {**dataclasses.asdict(TrainConfig()), **_read_config(run_dir)}
-    mine = dataclasses.asdict(config)
-    different = {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
+    different = config_differences(run_dir, config)
     if different:
         raise ConfigError(f"{run_dir} holds a run with another configuration {different}; use another directory")
 

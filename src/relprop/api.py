@@ -240,11 +240,14 @@ def explain(
     _check_input(x)
     call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     spec = METHODS[method]
+    checked = False  # scores and relevance read finite already (then so are the weights checked after the run)
     try:
         own = _own_scores(spec, model, x, target, seed, options)
-        result = None if own is None else own(call)
-        if result is not None and result.output is not None:  # the scores of the method's own forward pass
-            scores, targets = result.output, as_targets(target, result.output)
+        ran = None if own is None else own(call)
+        if ran is not None:  # the scores and classes of the method's own forward pass
+            result, targets, checked = ran
+            assert result.output is not None
+            scores = result.output
         else:
             forward, inputs, scores = _prepared(model, x, call)
             targets = _targets(target, seed, scores)
@@ -255,7 +258,8 @@ def explain(
         except ExplanationError as bad_weights:
             raise bad_weights from error
         raise
-    validate.finite_weights(model, (scores, result.relevance))
+    if not checked:
+        validate.finite_weights(model, (scores, result.relevance))
     details, relevance = dict(result.details), result.relevance
     if not x.is_floating_point():
         details["embedding_relevance"] = relevance
@@ -268,9 +272,9 @@ def _detached(t: Tensor) -> Tensor:
 
 
 def _own_scores(
-    spec: methods._registry.Method, model: nn.Module, x: Tensor, target: object, seed: object,
+    spec: methods._registry.Method, model: nn.Module, x: Tensor, target: int | str | Tensor | None, seed: object,
     options: Mapping[str, Any],
-) -> Callable[[dict[str, Any]], Attribution | None] | None:
+) -> Callable[[dict[str, Any]], tuple[Attribution, Tensor, bool] | None] | None:
     """For one class per sample (or several, for a method taking them at once), with a method whose forward pass
     computes the scores unchanged: the call that runs the method once and takes the scores and classes from its
     forward pass (no plain forward pass first)."""
@@ -280,21 +284,25 @@ def _own_scores(
             not spec.own_scores(model, options):
         return None
 
-    def run(call: dict[str, Any]) -> Attribution | None:
+    def run(call: dict[str, Any]) -> tuple[Attribution, Tensor, bool] | None:
         # the model as it is where nothing is to be passed or selected (the method takes a Hugging Face style
         # output's logits itself: relprop.methods._common.logits_of), else a _Call, which selects any output
         forward, inputs = _forward_module(model, x, call, wrap=any(v is not None for v in call.values()))
+        classes = ClassTarget(target)
         try:
-            result = spec(forward, inputs, ClassTarget(target), **options)  # type: ignore[arg-type]
+            result = spec(forward, inputs, classes, **options)
         except RelpropError:
             raise
         except (RuntimeError, IndexError, TypeError):
             with _wrapped_errors(model, x), torch.no_grad():
                 forward(inputs)  # fails too: the input does not fit the model (an ExplanationError naming it)
             raise
-        if result.output is not None and not validate.finite_sum(result.output):  # (an overflowing sum: a plain pass)
+        if result.output is None:
+            return None
+        finite = validate.finite_sum(result.output, result.relevance)  # one read for the usual case: all finite
+        if not finite and not validate.finite_sum(result.output):  # (an overflowing sum: a plain pass)
             return None  # inf - inf in a relayed identity would read NaN: take the scores of a plain forward pass
-        return result
+        return result, classes.resolved[0] if classes.resolved else as_targets(target, result.output), finite
 
     return run
 

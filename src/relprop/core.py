@@ -118,7 +118,23 @@ def stabilize(z: Tensor, epsilon: float) -> Tensor:
     >>> stabilize(torch.tensor([-2.0, 0.0, 3.0]), 0.5)
     tensor([-2.5000,  0.5000,  3.5000])
     """
-    return z.sign().add_(0.5).sign_().mul_(epsilon).add_(z)  # sign with 0 -> +1, arithmetic kernels only
+    # epsilon with the sign of z + 0.0 (which turns -0.0 into +0.0), then z added: three kernels
+    return torch.copysign(_constant(epsilon, z.dtype), z + 0.0).add_(z)
+
+
+_CONSTANTS: dict[tuple[float, torch.dtype], Tensor] = {}
+
+
+def _constant(value: float, dtype: torch.dtype) -> Tensor:
+    """A 0-dim CPU tensor of ``value`` in ``dtype``, made once (a 0-dim CPU tensor combines with tensors on any
+    device, as a Python number does)."""
+    constant = _CONSTANTS.get((value, dtype))
+    if constant is None:
+        with torch.inference_mode(False):
+            constant = torch.tensor(value, dtype=dtype, device="cpu")
+        if type(constant) is Tensor:  # not a fake or other subclass made under a mode (torch.compile's tracing)
+            constant = _CONSTANTS.setdefault((value, dtype), constant)
+    return constant
 
 
 def _has(value: object, name: str) -> bool:
@@ -559,7 +575,7 @@ def _divided(z: Tensor, denominator: Callable[[Tensor], Tensor]) -> Tensor:
     transposed map and the product with x, the same operations the rule's Python backward would run.
     """
     constant = z.detach()
-    return (z - constant).div(denominator(constant)).add(constant)
+    return constant.addcdiv(z - constant, denominator(constant))
 
 
 class _Tripwire:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import _signal
 import contextlib
 import functools
-import signal
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -92,7 +91,7 @@ class _Region:
 
     def __init__(self, model: nn.Module | None, restore_grad_mode: bool = False) -> None:
         # _signal.getsignal: signal.getsignal's result without its conversion to an enum (a third of a region's cost)
-        self.previous = _signal.getsignal(signal.SIGINT) if _in_main_thread() else None
+        self.previous = _signal.getsignal(_signal.SIGINT) if _in_main_thread() else None
         # None: not the main thread, or a handler not installed from Python (left alone)
         self.outermost = self.previous is not None and self.previous != _MAIN.handler
         self.saved_mode = _MAIN.mode
@@ -105,7 +104,7 @@ class _Region:
         if self.outermost:
             _MAIN.pending = False
             _MAIN.mode = "defer"
-            signal.signal(signal.SIGINT, _MAIN.handler)
+            _signal.signal(_signal.SIGINT, _MAIN.handler)  # without signal.signal's enum conversions
         elif self.previous is not None:
             _MAIN.mode = "defer"
         if self.lock is not None:
@@ -121,7 +120,7 @@ class _Region:
             self.lock.release()
             self.acquired = False
         if self.outermost:
-            signal.signal(signal.SIGINT, self.previous)
+            _signal.signal(_signal.SIGINT, self.previous)
             interruption_point()
         elif self.previous is not None:
             _MAIN.mode = self.saved_mode

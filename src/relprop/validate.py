@@ -58,52 +58,60 @@ def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[s
         return model  # explain's input check names what x must be
     if modules[0][1] is not model:
         modules = named_modules(model)
-    tensors = _tensors(modules)
-    _no_inference_mode(tensors, x)
-    _no_meta_tensors(tensors, x)
-    _eval_mode(model, modules)
-    checked_after = _checked_after(modules) if method in BACKWARD_METHODS else set()
-    _finite_parameters(model, [(name, t) for name, t in tensors if id(t) not in checked_after])
+    tensors, before, suspect, training = _read(modules, method in BACKWARD_METHODS)
+    if suspect or torch.is_inference_mode_enabled() or x.is_inference() or x.is_meta:  # each names the tensors
+        _no_inference_mode(tensors, x)
+        _no_meta_tensors(tensors, x)
+    if training:
+        _eval_mode(model, modules)
+    _finite_parameters(model, before)
     _options(method, options, x)
     return model
 
 
-def _tensors(modules: list[tuple[str, nn.Module]]) -> list[tuple[str, Tensor]]:
-    """Every parameter and buffer once, by its qualified name (as ``named_parameters`` and ``named_buffers``)."""
+def _read(modules: list[tuple[str, nn.Module]], backward: bool) -> tuple[
+        list[tuple[str, Tensor]], list[tuple[str, Tensor]], bool, bool]:
+    """One walk of the model: every parameter and buffer once, by its qualified name (as ``named_parameters`` and
+    ``named_buffers``); those to check for NaN/inf before the explanation; whether any of them is an inference or
+    meta tensor; whether any module is in training mode.
+
+    With ``backward``, the weights and biases of exactly ``nn.Linear`` or ``nn.ConvNd`` layers, and of nothing
+    else (a tensor shared with another module, such as a tied embedding, is checked before), are left to
+    :func:`finite_weights` after the explanation."""
     seen: set[int] = set()
-    tensors = []
-    for prefix, module in modules:
-        for name, t in [*module._parameters.items(), *module._buffers.items()]:
-            if t is not None and id(t) not in seen:
-                seen.add(id(t))
-                tensors.append((f"{prefix}.{name}" if prefix else name, t))
-    return tensors
-
-
-def _checked_after(modules: list[tuple[str, nn.Module]]) -> set[int]:
-    """The ids of the tensors that :func:`finite_weights` checks after the explanation: weights and biases of
-    exactly ``nn.Linear`` or ``nn.ConvNd`` layers, and of nothing else (a tensor shared with another module, such
-    as a tied embedding, is checked before)."""
+    tensors: list[tuple[str, Tensor]] = []
     layer_tensors: set[int] = set()
     elsewhere: set[int] = set()
-    for _, module in modules:
-        layer = type(module) in _CHECKED_AFTER
-        for name, t in [*module._parameters.items(), *module._buffers.items()]:
-            if t is not None:
-                (layer_tensors if layer and name in ("weight", "bias") else elsewhere).add(id(t))
-    return layer_tensors - elsewhere
+    suspect = training = False
+    for prefix, module in modules:
+        training = training or module.training
+        layer = backward and type(module) in _CHECKED_AFTER
+        for store in (module._parameters, module._buffers):
+            for name, t in store.items():
+                if t is None:
+                    continue
+                key = id(t)
+                (layer_tensors if layer and name in ("weight", "bias") else elsewhere).add(key)
+                if key not in seen:
+                    seen.add(key)
+                    tensors.append((f"{prefix}.{name}" if prefix else name, t))
+                    suspect = suspect or t.is_inference() or t.is_meta
+    after = layer_tensors - elsewhere
+    return tensors, [(name, t) for name, t in tensors if id(t) not in after], suspect, training
 
 
-def finite_sum(t: Tensor) -> bool:
-    """Whether the sum of ``t`` is finite: then every entry is (a sum of finite entries that overflows reads False).
+def finite_sum(*tensors: Tensor) -> bool:
+    """Whether the sum of the entries of ``tensors`` is finite: then every entry is (a sum of finite entries that
+    overflows reads False).
 
-    One reduction and one read of the result, where ``torch.isfinite`` adds an element-wise test, an ``all`` and
-    a read.
+    One reduction per tensor and one read of the result, where ``torch.isfinite`` adds an element-wise test, an
+    ``all`` and a read per tensor.
 
-    >>> finite_sum(torch.tensor([1.0, 2.0])), finite_sum(torch.tensor([1.0, float("nan")]))
+    >>> finite_sum(torch.tensor([1.0, 2.0])), finite_sum(torch.tensor([1.0, float("nan")]), torch.ones(2))
     (True, False)
     """
-    total = t.sum().item()
+    sums = [t.sum() for t in tensors]
+    total = sum(sums[1:], sums[0]).item()
     return cmath.isfinite(total) if isinstance(total, complex) else math.isfinite(total)
 
 
@@ -137,7 +145,7 @@ def finite_weights(model: nn.Module, results: Sequence[Tensor] = ()) -> None:
             for t in results
         ):  # a sum is finite only if every entry is (a finite sum that overflows: the scan below, which finds none)
             return
-    _finite_parameters(model, _tensors(named_modules(model)))
+    _finite_parameters(model, _read(named_modules(model), backward=False)[0])
 
 
 def _names(names: list[str]) -> str:

@@ -231,3 +231,25 @@ def test_a_module_working_in_place_gets_a_copy_of_its_input(relu: nn.Module) -> 
     expected = relprop.explain(plain, x, 1, rule_map=RuleMap([(nn.Linear, rules.Epsilon())]))
     assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-12, atol=1e-12)
     assert torch.allclose(explanation.output, plain(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_stabilize_moves_away_from_zero_with_zero_and_minus_zero_counted_positive(dtype: torch.dtype) -> None:
+    from relprop.core import stabilize
+
+    z = torch.tensor([-2.0, -1e-30, -0.0, 0.0, 1e-30, 3.0, float("inf"), -float("inf"), float("nan")], dtype=dtype)
+    literal = torch.tensor([v - 0.5 if v < 0 else v + 0.5 for v in z.tolist()], dtype=torch.float64).to(dtype)
+    got = stabilize(z, 0.5)
+    assert got.dtype == dtype
+    assert torch.equal(got[:-1], literal[:-1])  # the literal computes in float64, then rounds once, as stabilize
+    assert got[-1].isnan()
+
+
+def test_finite_sum_reads_several_tensors_at_once() -> None:
+    from relprop.validate import finite_sum
+
+    ones = torch.ones(3)
+    assert finite_sum(ones, torch.zeros(2, dtype=torch.float64), torch.ones(1, dtype=torch.complex64))
+    assert not finite_sum(ones, torch.tensor([float("inf")]))
+    assert not finite_sum(torch.tensor([float("nan")]), ones)
+    assert not finite_sum(torch.tensor([3e38, 3e38]))  # a finite sum that overflows reads not finite (conservative)

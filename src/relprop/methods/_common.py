@@ -9,7 +9,7 @@ several times over (the path points of integrated gradients, the noisy copies of
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -192,9 +192,15 @@ class ClassTarget:
     """
 
     value: int | str | Tensor | None
+    resolved: list[Tensor] = field(default_factory=list, compare=False, repr=False)  # the first resolution
 
     def resolve(self, output: Tensor) -> Tensor:
-        return as_targets(self.value, output.detach())
+        """The classes against ``output``; the first result is kept in :attr:`resolved`, for the caller that
+        passed this target to a method and needs the classes the method explained."""
+        targets = as_targets(self.value, output.detach())
+        if not self.resolved:
+            self.resolved.append(targets)
+        return targets
 
 
 def start_gradient(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -> Tensor:

@@ -149,7 +149,7 @@ def overhead_parts() -> dict[str, Runner]:
     """Where the MLP's fixed cost goes: each piece of ``explain`` alone, against the plain gradient (first)."""
     from relprop import validate
     from relprop.composites import get_preset
-    from relprop.core import mark_path
+    from relprop.core import _carry, _divided, mark_path, stabilize
     from relprop.methods import lrp
 
     torch.manual_seed(0)
@@ -168,10 +168,25 @@ def overhead_parts() -> dict[str, Runner]:
             output: Tensor = mlp(x.detach().requires_grad_())
         return output
 
+    def autograd_form() -> Tensor:
+        """LRP-epsilon written by hand in the engine's autograd form (relprop.core._carry, _divided) and a
+        pass-through for the ReLUs: the same tensor operations as ``explain``, without its Python."""
+        leaf = x.detach().requires_grad_()
+        hidden = leaf
+        for layer in mlp:
+            if isinstance(layer, nn.Linear):
+                hidden = _divided(layer(_carry(hidden)), lambda z: stabilize(z, 1e-6))
+            else:
+                hidden = layer(hidden.detach()) + (hidden - hidden.detach())
+        start = torch.zeros_like(hidden).scatter(1, torch.tensor([[3]]), hidden.detach()[:, 3:4])
+        (relevance,) = torch.autograd.grad(hidden, leaf, start)
+        return relevance
+
     return {
         "torch gradient": _gradient(mlp, x, 3),
         "plain forward (grad enabled)": plain_forward,
         "hooked forward (rules attached and removed)": hooked_forward,
+        "LRP-epsilon by hand in the autograd form": autograd_form,
         "input and model checks": lambda: validate.explanation_inputs(mlp, x, "lrp", {"preset": "epsilon"}),
         "relprop.methods.lrp": lambda: lrp(mlp, x, torch.tensor([3]), preset="epsilon"),
         "relprop.explain": lambda: relprop.explain(mlp, x, 3, preset="epsilon"),

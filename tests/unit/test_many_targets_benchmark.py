@@ -39,3 +39,9 @@ def test_the_fixed_cost_piece_by_piece(tmp_path: Path) -> None:
     assert list(parts)[0] == "torch gradient" and parts["torch gradient"]["ratio_to_anchor"] == 1.0
     assert {"input and model checks", "relprop.methods.lrp", "relprop.explain"} <= set(parts)
     assert all(row["cpu_ms"] > 0 for row in parts.values())
+
+
+def test_the_hand_written_autograd_form_computes_what_explain_does() -> None:
+    parts = load_benchmark("many_targets").overhead_parts()
+    by_hand = parts["LRP-epsilon by hand in the autograd form"]()
+    assert torch.equal(by_hand, parts["relprop.explain"]().relevance)  # the same operations, bitwise

@@ -575,7 +575,8 @@ def _divided(z: Tensor, denominator: Callable[[Tensor], Tensor]) -> Tensor:
     transposed map and the product with x, the same operations the rule's Python backward would run.
     """
     constant = z.detach()
-    return constant.addcdiv(z - constant, denominator(constant))
+    # (not addcdiv: its backward multiplies by value / d, a reciprocal, where the rule divides by d)
+    return (z - constant).div(denominator(constant)).add(constant)
 
 
 class _Tripwire:

@@ -217,3 +217,17 @@ def test_a_record_without_its_evaluation_is_not_restored(tmp_path: Path) -> None
     assert not restore_record(record, tmp_path / "new")
     assert not (tmp_path / "new").exists()
     assert not restore_record(run, run)  # a directory that holds a run is never overwritten
+
+
+def test_the_thesis_epochs_and_sizes_of_each_architecture() -> None:
+    from relprop.experiments.train import thesis_sizes
+
+    grid = GridConfig()
+    hash(grid)  # hashable, like every grid config
+    assert grid.cell_config("mnist-maj", "rlstm", 0).epochs == 200  # final-models/rlstm-*/result.yaml
+    assert grid.cell_config("fashion-maj", "rlstm", 3).epochs == 200
+    assert grid.cell_config("mnist-maj", "rlstm_sd", 0).epochs == grid.cell_config("mnist-maj", "deep", 0).epochs == 100
+    assert GridConfig(epochs_by_arch={}).cell_config("mnist-maj", "rlstm", 0).epochs == 100
+    assert GridConfig.quick().cell_config("mnist-maj", "rlstm", 0).epochs == 1
+    assert thesis_sizes("rlstm", "fashion-maj") == {"recurrent": 75}
+    assert thesis_sizes("rlstm_sd", "fashion-maj") == thesis_sizes("rlstm", "mnist-maj") == {}

@@ -108,6 +108,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     runs = args.seeds if args.seeds is not None else tuple(range(count))
     config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, runs=runs, folds=args.folds,
                                  train=train_config, evaluation=evaluation)
+    if args.epochs is not None:  # for every cell
+        config = dataclasses.replace(config, epochs_by_arch=())
     results = reproduce(config, args.out, progress=True, collect_only=args.collect, train_only=args.train_only,
                         executor=args.executor, workers=args.workers, address=args.address, records=args.records)
     if args.train_only:
@@ -212,7 +214,7 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     grid.add_argument("--patience", type=positive_int, default=None,
                       help="stop a run after this many epochs without a better validation accuracy (default: 20)")
     grid.add_argument("--epochs", type=positive_int, default=None,
-                      help="most epochs per cell (default: 100, or 1 with --quick)")
+                      help="most epochs per cell (default: the thesis's, 100 or 200 for rlstm; 1 with --quick)")
     grid.add_argument("--batch-size", type=positive_int, default=None, help="batch size (default: 50)")
     grid.add_argument("--lr", type=positive_float, default=None, help="learning rate (default: 2e-4)")
     grid.add_argument("--limit", type=positive_int, default=None,

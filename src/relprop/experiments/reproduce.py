@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,15 +29,18 @@ from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finis
 __all__ = [
     "GridConfig", "reproduce", "run_cell", "collect", "THESIS", "THESIS_FOLDS", "THESIS_SLIDES", "THESIS_RESULT_YAML",
     "GRID_ARCHS",
-    "CONV_ARCHS", "THESIS_RECIPE", "tables",
+    "CONV_ARCHS", "THESIS_RECIPE", "THESIS_EPOCHS", "tables",
 ]
 
 CONV_ARCHS = ("convdeep", "conv+deep", "convrlstm_sd", "conv+rlstm_sd")
 GRID_ARCHS = ("shallow", "deep", "deep_sd", "rlstm", "rlstm_sd", "rgru", *CONV_ARCHS)
 
-# the thesis's training (Adam lr 2e-4, batch 50, keep probability 0.8, up to 100 epochs, best validation
-# checkpoint); relprop stops a run once its validation accuracy has not improved for 20 epochs
+# the thesis's training: Adam lr 2e-4, batch 50, keep probability 0.8, 100 epochs (its final models'
+# result.yaml), its R-LSTM without stationary dropout 200 (THESIS_EPOCHS). The thesis trains a fixed number of
+# epochs and keeps the last; relprop keeps the epoch of the best validation accuracy and stops a run once that has
+# not improved for 20 epochs.
 THESIS_RECIPE = TrainConfig(epochs=100, batch_size=50, lr=2e-4, keep_prob=0.8, patience=20)
+THESIS_EPOCHS: dict[str, int] = {"rlstm": 200}  # final-models/rlstm-*/result.yaml: "epoch: 200" on both datasets
 
 # Chormai 2018, single models: test accuracy and cosine SA / GB / DTD (SPEC's table)
 THESIS: dict[tuple[str, str], dict[str, float]] = {
@@ -101,10 +104,13 @@ class GridConfig:
     folds: int | None = None
     train: TrainConfig = THESIS_RECIPE
     evaluation: EvalConfig = EvalConfig()
+    epochs_by_arch: Mapping[str, int] | tuple[tuple[str, int], ...] = tuple(THESIS_EPOCHS.items())
 
     def __post_init__(self) -> None:
         for name in ("archs", "datasets", "runs"):  # tuples: hashable, comparable and JSON-ready
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        pairs = self.epochs_by_arch.items() if isinstance(self.epochs_by_arch, Mapping) else self.epochs_by_arch
+        object.__setattr__(self, "epochs_by_arch", tuple(sorted((str(a), int(e)) for a, e in pairs)))
         if not self.runs or not self.archs or not self.datasets:
             raise ConfigError("a grid needs at least one architecture, dataset and run")
         if self.folds is not None and not all(0 <= r < self.folds for r in self.runs):
@@ -118,11 +124,18 @@ class GridConfig:
             datasets=datasets,
             train=TrainConfig(epochs=1, limit=2000, eval_limit=500, batch_size=50),
             evaluation=EvalConfig(limit=300, flip_limit=100, flip_steps=10, heatmap_samples=4),
+            epochs_by_arch={},
         )
 
     def cell_config(self, dataset: str, arch: str, run: int) -> TrainConfig:
-        """The training config of one cell."""
-        config = dataclasses.replace(self.train, arch=arch, dataset=dataset, seed=run)
+        """The training config of one cell: ``train``, with the epochs of ``epochs_by_arch`` for its architecture.
+
+        >>> grid = GridConfig()
+        >>> grid.cell_config("mnist-maj", "rlstm", 0).epochs, grid.cell_config("mnist-maj", "deep", 0).epochs
+        (200, 100)
+        """
+        epochs = dict(self.epochs_by_arch).get(arch, self.train.epochs)
+        config = dataclasses.replace(self.train, arch=arch, dataset=dataset, seed=run, epochs=epochs)
         return config if self.folds is None else dataclasses.replace(config, fold=run, folds=self.folds)
 
 

@@ -395,7 +395,8 @@ def test_cell_options_are_one_dataclass_and_misplaced_ones_are_refused() -> None
 
 
 @pytest.mark.parametrize(("arch", "ordinary"), [
-    ("rlstm", True),  # the thesis's rlstm.py: dropout on in_t, the three gates, the candidate and h_t
+    ("rlstm", False),  # the thesis repository's last rlstm.py (359196c): ordinary dropout on in_t and h_t only
+    ("rlstm_full_dropout", True),  # rlstm.py of 7659581: on in_t, the three gates, the candidate and h_t
     ("rgru", True),  # rgru.py: on in_t, both gates, the candidate and h_t
     ("rlstm_sd", False),  # rlstm_persisted_dropout.py: one mask per sequence on in_t and h_t only
     ("convrlstm", False),  # convrlstm.py: ordinary dropout on in_t and h_t only

@@ -87,6 +87,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "conv+deep": _variant(ConvDeep, ConvDeepConfig, lateral=True),
     "rlstm": _variant(RLSTM, RLSTMConfig),
     "rlstm_sd": _variant(RLSTM, RLSTMConfig, stationary=True),
+    "rlstm_full_dropout": _variant(RLSTM, RLSTMConfig, cell_dropout=True),
     "convrlstm": _variant(ConvRLSTM, ConvRLSTMConfig, stationary=False),
     "convrlstm_sd": _variant(ConvRLSTM, ConvRLSTMConfig),
     "conv+rlstm_sd": _variant(ConvRLSTM, ConvRLSTMConfig, lateral=True),

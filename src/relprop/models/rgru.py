@@ -23,7 +23,10 @@ __all__ = ["RGRUConfig", "RGRU"]
 
 @dataclass(frozen=True)
 class RGRUConfig(RLSTMConfig):
-    """Sizes of :class:`RGRU` (input 256, recurrent 72)."""
+    """Sizes of :class:`RGRU` (input 256, recurrent 72); dropout on the gates and the candidate too, as the
+    thesis's ``rgru.py``."""
+
+    cell_dropout: bool = True
 
 
 class RGRU(RLSTM):

@@ -2,9 +2,11 @@
 
 ``in_t = relu(x_t W_in)`` (features -> input), then the :class:`~relprop.models.cells.RLSTMCell` on ``in_t``
 (``c^ = relu([in_t, h_{t-1}] W_c)``, ``c_t = f c_{t-1} + i c^``, ``h_t = o c_t``), and ``y = h_T W_out``.
-rlstm: ordinary dropout on ``in_t``, the three gates, the candidate ``c^`` and ``h_t`` (the thesis's
-``rlstm.py``); rlstm_sd: one mask per sequence on ``in_t`` and ``h_t``, none on the gates or the candidate
-(``rlstm_persisted_dropout.py``). Recurrent size 72 (75 for Fashion-MNIST in the thesis).
+rlstm: ordinary dropout (a new mask at every step) on ``in_t`` and ``h_t`` (the thesis repository's last
+``rlstm.py``, commit 359196c); rlstm_sd: one mask per sequence on the same two (``rlstm_persisted_dropout.py``),
+so that the two differ only in whether the dropout is stationary. rlstm_full_dropout: ordinary dropout on
+``in_t``, the three gates, the candidate ``c^`` and ``h_t`` (an earlier ``rlstm.py``, commit 7659581). Recurrent
+size 72 (the thesis's rlstm: 75 on Fashion-MNIST).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class RLSTMConfig(SequenceConfig):
     input: int = 256
     recurrent: int = 72
     stationary: bool = False
+    cell_dropout: bool = False  # ordinary dropout on the gates and the candidate too (none with stationary dropout)
 
 
 class RLSTM(InputStage):
@@ -39,15 +42,15 @@ class RLSTM(InputStage):
     """
 
     cell_type: ClassVar[type[nn.Module]] = RLSTMCell
-    gate_dropout: ClassVar[bool] = True  # ordinary dropout on the gates (none with stationary dropout)
-    candidate_dropout: ClassVar[bool] = True  # ordinary dropout on the candidate (none with stationary dropout)
+    gate_dropout: ClassVar[bool] = True  # the cell takes dropout on its gates (with ``config.cell_dropout``)
+    candidate_dropout: ClassVar[bool] = True  # and on its candidate
 
     def __init__(self, config: RLSTMConfig = RLSTMConfig(), front: ConvFrontEnd | None = None) -> None:
         super().__init__()
         self.config = config
         self._add_input_stage(config.features, config.input, front)
         options: dict[str, Any] = {"dropout": config.dropout, "stationary": config.stationary}
-        ordinary = 0.0 if config.stationary else config.dropout
+        ordinary = config.dropout if config.cell_dropout and not config.stationary else 0.0
         if self.gate_dropout:
             options["gate_dropout"] = ordinary
         if self.candidate_dropout:

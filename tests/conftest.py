@@ -19,6 +19,7 @@ CI runs everything.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +29,16 @@ from hypothesis import settings
 from torch import nn
 
 torch.set_num_threads(1)  # tiny float64 tensors: threads only add contention on the shared 2-core machine
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _ctrl_c_as_in_a_terminal() -> object:
+    """Python's own SIGINT handler for the session, as in a terminal: a shell starts a background job (``pytest &``
+    in a script) with SIGINT ignored, and the Ctrl-C tests send SIGINT and check that the handler is restored."""
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 settings.register_profile("ci", derandomize=True, deadline=None, max_examples=25, print_blob=True)
 settings.register_profile("dev", deadline=None, max_examples=25)

@@ -8,7 +8,6 @@ The convdeep front end (conv 5x5x24 -> sum-pool -> conv 3x3x32 -> sum-pool, 448 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from .blocks import ConvFrontEnd
 from .rlstm import RLSTM, RLSTMConfig
@@ -22,7 +21,7 @@ class ConvRLSTMConfig(RLSTMConfig):
 
     input: int = 128
     recurrent: int = 96
-    stationary: bool = True
+    stationary: bool = True  # (cell_dropout stays off: convrlstm.py drops out in_t and h_t only, also without)
     channels: tuple[int, int] = (24, 32)
     lateral: bool = False
     pool_factor: float = 2.0
@@ -36,10 +35,6 @@ class ConvRLSTM(RLSTM):
     >>> ConvRLSTM(config)(torch.zeros(2, 12, 16)).shape
     torch.Size([2, 10])
     """
-
-    # the thesis's convrlstm.py drops out in_t and h_t only, also without stationary dropout
-    gate_dropout: ClassVar[bool] = False
-    candidate_dropout: ClassVar[bool] = False
 
     def __init__(self, config: ConvRLSTMConfig = ConvRLSTMConfig()) -> None:
         front = ConvFrontEnd(

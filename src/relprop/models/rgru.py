@@ -38,8 +38,6 @@ class RGRU(RLSTM):
     """
 
     cell_type: ClassVar[type[nn.Module]] = RGRUCell
-    gate_dropout: ClassVar[bool] = True
-    candidate_dropout: ClassVar[bool] = True
 
     def __init__(self, config: RGRUConfig = RGRUConfig()) -> None:
         super().__init__(config)

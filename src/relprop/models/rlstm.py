@@ -42,8 +42,6 @@ class RLSTM(InputStage):
     """
 
     cell_type: ClassVar[type[nn.Module]] = RLSTMCell
-    gate_dropout: ClassVar[bool] = True  # the cell takes dropout on its gates (with ``config.cell_dropout``)
-    candidate_dropout: ClassVar[bool] = True  # and on its candidate
 
     def __init__(self, config: RLSTMConfig = RLSTMConfig(), front: ConvFrontEnd | None = None) -> None:
         super().__init__()
@@ -51,10 +49,7 @@ class RLSTM(InputStage):
         self._add_input_stage(config.features, config.input, front)
         options: dict[str, Any] = {"dropout": config.dropout, "stationary": config.stationary}
         ordinary = config.dropout if config.cell_dropout and not config.stationary else 0.0
-        if self.gate_dropout:
-            options["gate_dropout"] = ordinary
-        if self.candidate_dropout:
-            options["candidate_dropout"] = ordinary
+        options["gate_dropout"] = options["candidate_dropout"] = ordinary  # (0: the cells' default, no dropout)
         self.recurrent = Recurrent(self.cell_type, config.input, config.recurrent, **options)
         self.output = nn.Linear(config.recurrent, config.classes, bias=False)
         init_thesis_(self, config.softplus_bias)

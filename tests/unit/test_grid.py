@@ -3,7 +3,11 @@ of the conclusions against statsmodels (the thesis's own tools) and against thei
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import platform
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +17,7 @@ import pytest
 from relprop.errors import ConfigError
 from relprop.experiments import statistics
 from relprop.experiments.evaluate import EvalConfig, read_samples
-from relprop.experiments.executor import run_tasks
+from relprop.experiments.executor import _ALLOCATOR_ENV, keep_freed_memory, run_tasks
 from relprop.experiments.reproduce import GridConfig, reproduce
 from relprop.experiments.train import TrainConfig, weights_file
 
@@ -36,6 +40,48 @@ def test_run_tasks_yields_every_result_once() -> None:
         list(run_tasks(_square, tasks, executor="dask"))
     with pytest.raises(ConfigError, match="address is for"):
         list(run_tasks(_square, tasks, address="auto"))
+
+
+_GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _free_heap_after_a_block() -> int:
+    """Bytes of free heap that this process's malloc keeps after a 16 MiB tensor is made and freed."""
+    import torch
+
+    mallinfo2 = ctypes.CDLL("libc.so.6").mallinfo2
+    mallinfo2.restype = _Mallinfo2
+    block = torch.ones(4 << 20)  # 16 MiB, beyond glibc's default threshold for its own mmap
+    del block
+    return int(mallinfo2().fordblks)
+
+
+@pytest.mark.skipif(not _GLIBC or os.environ.get("RELPROP_ALLOCATOR") == "default"
+                    or any(name in os.environ for name in _ALLOCATOR_ENV),
+                    reason="glibc's allocator, not set by the environment")
+def test_worker_processes_keep_freed_memory_for_reuse() -> None:
+    # a fresh process serves the block with its own mmap and unmaps it when freed; relprop's workers keep it
+    results = [kept for _, kept in run_tasks(_free_heap_after_a_block, [()] * 2, workers=2, progress=False)]
+    assert all(kept >= 16 << 20 for kept in results), results
+
+
+@pytest.mark.skipif(not _GLIBC, reason="glibc's allocator")
+def test_the_allocator_setting_yields_to_the_users(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in (*_ALLOCATOR_ENV, "RELPROP_ALLOCATOR"):
+        monkeypatch.delenv(name, raising=False)
+    assert keep_freed_memory()
+    with monkeypatch.context() as env:
+        env.setenv("RELPROP_ALLOCATOR", "default")
+        assert not keep_freed_memory()
+    for name in _ALLOCATOR_ENV:
+        with monkeypatch.context() as env:
+            env.setenv(name, "1")
+            assert not keep_freed_memory()
 
 
 def _outcome(root: Path, results: dict[str, Any]) -> dict[str, Any]:

@@ -164,7 +164,11 @@ def shared_options(*, threads: bool) -> Parser:
 
 
 def set_threads(threads: int | None) -> None:
-    """``torch.set_num_threads(threads)`` (imports torch only when asked)."""
+    """``torch.set_num_threads(threads)`` (imports torch only when asked), and glibc's allocator set to keep freed
+    memory (:func:`relprop.experiments.executor.keep_freed_memory`): a command owns its process."""
+    from ..experiments.executor import keep_freed_memory
+
+    keep_freed_memory()
     if threads is not None:
         import torch
 

@@ -9,11 +9,17 @@ picklable (a module-level function and plain data) for the process pool and Ray.
 Ray is optional (``pip install relprop[ray]``): ``executor="ray"`` starts a local Ray instance with
 ``workers`` CPUs, or joins the cluster at ``address`` (e.g. ``"auto"`` or ``"ray://head:10001"``). Each task
 asks for 1 CPU, and for 1 GPU when the driver sees CUDA.
+
+The worker processes that relprop starts (and relprop's command-line commands) also tell glibc's allocator to
+keep freed memory for reuse (:func:`keep_freed_memory`), which trains the convolutional models about 1.3x faster.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -22,9 +28,41 @@ from typing import Any
 from ..errors import ConfigError
 from ..progress import log
 
-__all__ = ["EXECUTORS", "run_tasks"]
+__all__ = ["EXECUTORS", "keep_freed_memory", "run_tasks"]
 
 EXECUTORS = ("local", "ray")
+
+
+# glibc's mallopt options and the environment variables by which a user sets them (or replaces the allocator)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES",
+                  "LD_PRELOAD")
+
+
+def keep_freed_memory() -> bool:
+    """Let glibc's ``malloc`` keep freed memory in this process for reuse; True if it took the settings.
+
+    By default glibc serves a large block (from 128 KiB, a threshold that rises with the blocks freed) with its own
+    ``mmap`` and returns the top of the heap to the kernel once 128 KiB of it is free; PyTorch's CPU tensors come
+    from ``malloc``, so a training step that allocates and frees the same large activations pays page faults on
+    every one of them. With blocks up to 32 MiB taken from the heap, and up to 1 GiB of free heap kept, a
+    convolutional MAJ model trains about 1.3x faster (docs/benchmarks.md); the values are unchanged.
+
+    This is a setting of the whole process, so relprop applies it only in processes it owns: the grid's worker
+    processes and its command-line commands. Nothing is done (False) off Linux, with another C library, with
+    ``RELPROP_ALLOCATOR=default`` in the environment, or when the user set the allocator up: one of
+    ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``GLIBC_TUNABLES`` or
+    ``LD_PRELOAD`` (e.g. jemalloc) is set.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("RELPROP_ALLOCATOR") == "default" \
+            or any(name in os.environ for name in _ALLOCATOR_ENV):
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    settings = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20))
+    return all([mallopt(option, value) == 1 for option, value in settings])  # noqa: C419 (every one is set)
 
 
 def _with_threads(threads: int, function: Callable[..., Any], *task: Any) -> Any:
@@ -32,6 +70,12 @@ def _with_threads(threads: int, function: Callable[..., Any], *task: Any) -> Any
 
     torch.set_num_threads(threads)
     return function(*task)
+
+
+def _worker(threads: int, function: Callable[..., Any], *task: Any) -> Any:
+    """A task in a worker process that relprop started: the allocator setting, the threads, the task."""
+    keep_freed_memory()
+    return _with_threads(threads, function, *task)
 
 
 class _Progress:
@@ -89,7 +133,7 @@ def _pool(function: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], worker
     context = multiprocessing.get_context("spawn")  # no forked torch state; the same on every platform
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending: dict[Future[Any], tuple[Any, ...]] = {
-            pool.submit(_with_threads, threads, function, *task): task for task in tasks
+            pool.submit(_worker, threads, function, *task): task for task in tasks
         }
         try:
             while pending:
@@ -120,7 +164,7 @@ def _ray(function: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], workers
         else:
             ray.init(address=address, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1, num_gpus=1 if torch.cuda.is_available() else 0)(_with_threads)
+        remote = ray.remote(num_cpus=1, num_gpus=1 if torch.cuda.is_available() else 0)(_worker)
         pending = {remote.remote(threads, function, *task): task for task in tasks}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

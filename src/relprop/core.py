@@ -378,7 +378,8 @@ def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Te
     if index is not None:  # relevance passes one input unchanged
         source = inputs[index]
         if output.numel() <= _ARITHMETIC_ROUTE_LIMIT:  # autograd's identity: two cheap ops, no Python backward
-            return mark_path(output.detach() + (source - source.detach()))  # type: ignore[no-any-return]
+            base = output.detach() if output.requires_grad else output  # the module ran on detached inputs
+            return mark_path(base + (source - source.detach()))  # type: ignore[no-any-return]
         return mark_path(_Route.apply(output.detach(), source))  # type: ignore[no-any-return]
     return mark_path(_Relay.apply(rule, site, output.detach(), *inputs))  # type: ignore[no-any-return]
 
@@ -561,10 +562,11 @@ class _Attachment:
 
 
 def _carry(x: Tensor) -> Tensor:
-    """``x``'s value, with a backward that multiplies by ``x``: ``x + (x - x) * x`` with the first and last ``x``
-    constants (the input side of a z-rule in autograd's form)."""
+    """``x``'s value, with a backward that multiplies by ``x``: ``lerp(x, x, x) = x + x * (x - x)`` with the first
+    and last ``x`` constants (the input side of a z-rule in autograd's form). One kernel each way: ``lerp``
+    returns the constant exactly (its step ``x - x`` is zero), and its backward multiplies by the weight."""
     constant = x.detach()
-    return constant.addcmul(x - constant, constant)
+    return torch.lerp(constant, x, constant)
 
 
 def _divided(z: Tensor, denominator: Callable[[Tensor], Tensor]) -> Tensor:

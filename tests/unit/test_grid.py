@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import platform
 import sys
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from relprop.errors import ConfigError
 from relprop.experiments import statistics
 from relprop.experiments.evaluate import EvalConfig, read_samples
-from relprop.experiments.executor import _ALLOCATOR_ENV, keep_freed_memory, run_tasks
+from relprop.experiments.executor import _ALLOCATOR_ENV, allocator_left_to_user, keep_freed_memory, run_tasks
 from relprop.experiments.reproduce import GridConfig, reproduce
 from relprop.experiments.train import TrainConfig, weights_file
 
@@ -61,9 +60,7 @@ def _free_heap_after_a_block() -> int:
     return int(mallinfo2().fordblks)
 
 
-@pytest.mark.skipif(not _GLIBC or os.environ.get("RELPROP_ALLOCATOR") == "default"
-                    or any(name in os.environ for name in _ALLOCATOR_ENV),
-                    reason="glibc's allocator, not set by the environment")
+@pytest.mark.skipif(not _GLIBC or allocator_left_to_user(), reason="glibc's allocator, not set by the environment")
 def test_worker_processes_keep_freed_memory_for_reuse() -> None:
     # a fresh process serves the block with its own mmap and unmaps it when freed; relprop's workers keep it
     results = [kept for _, kept in run_tasks(_free_heap_after_a_block, [()] * 2, workers=2, progress=False)]

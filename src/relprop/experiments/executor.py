@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..progress import log
 
-__all__ = ["EXECUTORS", "keep_freed_memory", "run_tasks"]
+__all__ = ["EXECUTORS", "allocator_left_to_user", "keep_freed_memory", "run_tasks"]
 
 EXECUTORS = ("local", "ray")
 
@@ -37,6 +37,12 @@ EXECUTORS = ("local", "ray")
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 _ALLOCATOR_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "GLIBC_TUNABLES",
                   "LD_PRELOAD")
+
+
+def allocator_left_to_user() -> bool:
+    """Whether the environment chose the allocator's settings: ``RELPROP_ALLOCATOR=default``, or one of glibc's
+    own variables or ``LD_PRELOAD`` set (:func:`keep_freed_memory` then does nothing)."""
+    return os.environ.get("RELPROP_ALLOCATOR") == "default" or any(name in os.environ for name in _ALLOCATOR_ENV)
 
 
 def keep_freed_memory() -> bool:
@@ -54,8 +60,7 @@ def keep_freed_memory() -> bool:
     ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, ``GLIBC_TUNABLES`` or
     ``LD_PRELOAD`` (e.g. jemalloc) is set.
     """
-    if not sys.platform.startswith("linux") or os.environ.get("RELPROP_ALLOCATOR") == "default" \
-            or any(name in os.environ for name in _ALLOCATOR_ENV):
+    if not sys.platform.startswith("linux") or allocator_left_to_user():
         return False
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt

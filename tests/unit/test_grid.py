@@ -105,7 +105,7 @@ def test_a_local_pool_gives_the_serial_results(tmp_path: Path) -> None:
     pooled = reproduce(_TINY_GRID, tmp_path / "pool", progress=False, workers=2)
     assert len(serial["cells"]) == 4
     assert _outcome(tmp_path / "serial", serial) == _outcome(tmp_path / "pool", pooled)
-    for name in ("accuracy", "explanations", "conclusions"):
+    for name in ("accuracy", "explanations", "conclusions", "tukey"):
         assert (tmp_path / "serial" / f"{name}.md").exists()
     assert (tmp_path / "serial" / "figures" / "cosine_digits-maj.png").exists()
 
@@ -189,6 +189,16 @@ def test_conclusions_name_test_statistic_and_verdict() -> None:
     sensitivity = [r for r in rows if r["claim"].startswith("DTD") and r["method"] == "dtd"]
     assert sensitivity[0]["verdict"] == "holds"  # SA varies across runs, not across architectures
     assert all({"test", "p", "verdict"} <= set(r) for r in rows)
+
+    pairs = statistics.pairwise(cells, ["sa", "dtd"])
+    assert len(pairs) == 2 * 2 * 3  # methods x metrics x pairs of three architectures
+    dtd = [r for r in pairs if r["method"] == "dtd" and r["metric"] == "relevance_in_region"]
+    expected = statistics.tukey({a: [0.60 + 0.01 * r for r in range(5)] if a == "shallow" else
+                                 [0.85 + 0.01 * r for r in range(5)] if a == "rlstm" else
+                                 [0.86 + 0.012 * r for r in range(5)] for a in ("shallow", "rlstm", "rlstm_sd")})
+    assert [{k: r[k] for k in expected[0]} for r in dtd] == expected
+    assert {r["pair"]: r["reject at FWER 0.01"] for r in dtd} == {
+        "shallow - rlstm": True, "shallow - rlstm_sd": True, "rlstm - rlstm_sd": False}
 
 
 def test_a_failing_cell_is_listed_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,8 @@ Resumable by run directory: a finished cell is skipped, an interrupted one conti
 epoch, an evaluated one is evaluated again only when its methods changed or it trained on to a new best
 checkpoint. The cells run on an executor (:mod:`relprop.experiments.executor`): serially, in a local process
 pool, or as Ray tasks. Writes ``results.json``, ``accuracy.csv|md``, ``explanations.csv|md``,
-``conclusions.csv|md|json`` and ``figures/`` into the grid directory.
+``conclusions.csv|md|json``, ``tukey.csv|md`` (every pair of architectures) and ``figures/`` into the grid
+directory.
 """
 
 from __future__ import annotations
@@ -227,14 +228,15 @@ def reproduce(
     samples = {(c["dataset"], c["arch"], int(c["replicate"])): {k: v.numpy() for k, v in read_samples(c["run"]).items()}
                for c in collected}
     conclusion_rows = statistics.conclusions(collected, methods, samples)
+    tukey_rows = statistics.pairwise(collected, methods)
     for name, rows in (("accuracy", accuracy_rows), ("explanations", explanation_rows),
-                       ("conclusions", conclusion_rows)):
+                       ("conclusions", conclusion_rows), ("tukey", tukey_rows)):
         atomic_write(root / f"{name}.csv", _to_csv(rows).encode())
         atomic_write(root / f"{name}.md", _to_markdown(rows).encode())
     write_json(root / "conclusions.json", conclusion_rows)
     _figures(root, collected, methods)
     return {"cells": collected, "accuracy": accuracy_rows, "explanations": explanation_rows,
-            "conclusions": conclusion_rows, "missing": missing, "stale": stale, "failed": failed}
+            "conclusions": conclusion_rows, "tukey": tukey_rows, "missing": missing, "stale": stale, "failed": failed}
 
 
 def _method_order(name: str) -> tuple[int, str]:

@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ALPHA", "FWER", "MARGIN", "MeanCI", "mean_ci", "compare", "anova", "tukey", "conclusions", "CLAIMS"]
+__all__ = ["ALPHA", "FWER", "MARGIN", "MeanCI", "mean_ci", "compare", "anova", "tukey", "conclusions", "pairwise",
+           "CLAIMS"]
 
 ALPHA = 0.025  # one-sided, as the thesis's t-tests
 FWER = 0.01  # Tukey HSD, as the thesis
@@ -200,6 +201,24 @@ def conclusions(cells: list[dict[str, Any]], methods: Sequence[str],
                                                 for arch in (better, worse))))
                     rows.append(row)
         rows.extend(_sensitivity(group, dataset, methods))
+    return rows
+
+
+def pairwise(cells: list[dict[str, Any]], methods: Sequence[str]) -> list[dict[str, Any]]:
+    """Tukey's HSD between every pair of architectures, per dataset x method x metric, over the runs' means.
+
+    The thesis's notebook follows its ANOVA with these pairs; the rows name the pair, the mean difference (first
+    minus second), its simultaneous interval at 1 - :data:`FWER` and whether the pair differs at that rate.
+    Architectures with fewer than two runs are left out, as the test needs a variance per group.
+    """
+    rows: list[dict[str, Any]] = []
+    for dataset in sorted({c["dataset"] for c in cells}):
+        group = [c for c in cells if c["dataset"] == dataset]
+        for method in methods:
+            for metric in METRICS:
+                scores = _scores(group, method, metric)
+                rows.extend({"dataset": dataset, "method": method, "metric": metric, **row}
+                            for row in tukey({arch: list(runs.values()) for arch, runs in scores.items()}))
     return rows
 
 

@@ -18,10 +18,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import relprop
 from relprop.errors import ConfigError, DataError
 from relprop.experiments import evaluate as evaluate_module
 from relprop.experiments import train as train_module
 from relprop.experiments.evaluate import EvalConfig, evaluate, read_evaluation
+from relprop.experiments.provenance import code_version
 from relprop.experiments.reproduce import GridConfig, reproduce
 from relprop.experiments.train import (
     MANIFEST,
@@ -59,6 +61,8 @@ def test_resume_at_another_learning_rate(tmp_path: Path) -> None:
     assert history[0] == first[0]
     assert [record["lr"] for record in history] == [2e-3, 5e-4, 5e-4]
     assert lr_schedule(history) == "2e-03 x1, 5e-04 x2"
+    assert {record["code"] for record in history} == {code_version()}  # which code trained each epoch
+    assert code_version().startswith(f"relprop {relprop.__version__}") and "torch " in code_version()
     manifest = read_json(run / MANIFEST)
     state = torch.load(run / manifest["files"]["optimizer"], weights_only=True)
     assert state["param_groups"][0]["lr"] == 5e-4  # the saved Adam state does not bring the old rate back
@@ -226,6 +230,7 @@ def test_evaluation_is_committed_atomically(tmp_path: Path, monkeypatch: pytest.
     run = train(_TINY, tmp_path / "run", progress=False)
     config = EvalConfig(limit=20, flip_limit=10, flip_steps=4, heatmap_samples=1, methods=("sa",))
     first = evaluate(run, config, progress=False)
+    assert first["code"] == code_version()
     calls = {"count": 0}
     original = evaluate_module.write_json
 

@@ -36,6 +36,7 @@ from ..errors import DataError
 from ..files import atomic_write, load_tensors, read_json, write_json
 from ..metrics.batch import Batch
 from ..progress import progress as progress_of
+from .provenance import code_version
 from .train import accuracy, best_epoch, load_run, lr_schedule, read_history
 
 __all__ = [
@@ -139,7 +140,7 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
         "variant": train_config.variant, "epochs": len(history), "schedule": lr_schedule(history),
         "batch_size": train_config.batch_size,
         "checkpoint_epoch": best_epoch(run_dir), "test_samples": len(y),
-        "accuracy": accuracy(model, x, y), "methods": {},
+        "accuracy": accuracy(model, x, y), "code": code_version(), "methods": {},
     }
     samples: dict[str, Tensor] = {}
     heatmaps: dict[str, Tensor] = {}

@@ -4,10 +4,11 @@ A run directory holds ``config.json`` (the :class:`TrainConfig`, written when tr
 checkpoint per finished epoch, committed atomically: the epoch's files are written first under names that carry
 the epoch (``last-0007.safetensors``, ``best-0005.safetensors``, ``optimizer-0007.pt``, ``rng-0007.pt``), then
 the manifest ``checkpoint.json`` names them and holds the history (one record per epoch: loss, accuracies,
-learning rate, seconds). The manifest is the commit: a run killed at any point resumes from the last manifest,
-files it does not name (a later epoch's partial files, temp files) are deleted, and the resumed run is bitwise
-equal to an uninterrupted one (weights, Adam state and every random number generator state are restored; the
-data order of epoch ``e`` comes from a generator seeded with ``seed * 1000 + e``).
+learning rate, seconds, and the code that trained it: :func:`~relprop.experiments.provenance.code_version`). The
+manifest is the commit: a run killed at any point resumes from the last manifest, files it does not name (a later
+epoch's partial files, temp files) are deleted, and the resumed run is bitwise equal to an uninterrupted one
+(weights, Adam state and every random number generator state are restored; the data order of epoch ``e`` comes
+from a generator seeded with ``seed * 1000 + e``).
 
 A finished run is left as it is. Asking a run for more epochs continues it, also at another learning rate.
 With ``patience`` the run stops early once the validation accuracy has not improved for that many epochs (the
@@ -35,6 +36,7 @@ from ..errors import ConfigError, DataError
 from ..files import atomic_write, load_torch, load_weights, read_json, save_weights, schema_of, write_json
 from ..progress import log
 from . import loop
+from .provenance import code_version
 
 __all__ = [
     "TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule", "read_history",
@@ -46,7 +48,7 @@ _EPOCH_FILE = re.compile(r"^(last|best|optimizer|rng)-\d{4,}\.(safetensors|pt)$"
 
 
 _RECORD_SCHEMA = {"epoch": int, "loss": float, "train_accuracy": float, "val_accuracy": float, "lr?": float,
-                  "seconds": float}
+                  "seconds": float, "code?": str}
 _LEGACY_RECORD_SCHEMA = {**{f"{k.rstrip('?')}?": v for k, v in _RECORD_SCHEMA.items()}, "epoch": int,
                          "val_accuracy": float}
 _MANIFEST_SCHEMA = {"epoch": int, "history": [_RECORD_SCHEMA],
@@ -349,9 +351,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
                                  desc=f"{config.arch} epoch {epoch + 1}/{config.epochs}", total=len(indices),
                                  progress=progress)
         val_accuracy = accuracy(model, x_val, y_val)
-        record = {
+        record: dict[str, Any] = {
             "epoch": epoch + 1, "loss": stats.loss, "train_accuracy": stats.accuracy,
             "val_accuracy": val_accuracy, "lr": config.lr, "seconds": time.perf_counter() - started,
+            "code": code_version(),
         }
         if not np.isfinite(record["loss"]):
             raise DataError(f"{config.arch} on {config.dataset}: the loss became {record['loss']} in epoch "

@@ -167,3 +167,62 @@ def test_a_rule_that_cannot_run_batched_falls_back_to_the_repeated_input(make_ml
     assert model.calls == 2  # the batched backward pass failed on the branch: the input repeated per target
     loop = torch.stack([relprop.explain(model, x, c, rule_map=rule_map).relevance for c in range(3)], 1)
     torch.testing.assert_close(together.relevance, loop, atol=1e-12, rtol=1e-12)
+
+
+class _Sizes(nn.Module):
+    """Runs ``model`` and records the batch size of every forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.sizes = model, []
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.sizes.append(x.shape[0])
+        result: Tensor = self.model(x)
+        return result
+
+
+@pytest.mark.parametrize("method", ["gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet"])
+def test_gradient_methods_explain_all_targets_from_one_forward_pass(make_cnn, randn, method: str) -> None:
+    model, x = _Sizes(make_cnn().eval()), randn(2, 2, 8, 8)
+    together = relprop.explain(model, x, "all", method=method)
+    assert model.sizes == [2, 2]  # explain's plain pass for the scores, then the method's: not the input repeated
+    loop = torch.stack([relprop.explain(model, x, c, method=method).relevance for c in range(3)], 1)
+    torch.testing.assert_close(together.relevance, loop, atol=1e-12, rtol=1e-12)
+
+
+class _Branches(torch.autograd.Function):
+    """The identity, whose backward branches on the gradient's values (which torch.func.vmap cannot batch)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad if bool((grad == grad).all()) else grad.nan_to_num()
+
+
+class _WithBranch(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        result: Tensor = self.model(_Branches.apply(x))
+        return result
+
+
+def test_a_backward_that_cannot_run_batched_takes_one_pass_per_target(make_mlp, randn) -> None:
+    model, x = _Sizes(_WithBranch(make_mlp())), randn(3, 6)
+    together = relprop.explain(model, x, "all", method="gradient_x_input", layers=["model.model.0"])
+    assert model.sizes == [3, 3]  # still one forward pass: the k backward passes share its graph
+    for c in range(3):
+        alone = relprop.explain(model, x, c, method="gradient_x_input", layers=["model.model.0"])
+        torch.testing.assert_close(together.relevance[:, c], alone.relevance, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(together.layers["model.model.0"][:, c], alone.layers["model.model.0"],
+                                   atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(together.details["conservation_by_layer"][:, c],
+                                   alone.details["conservation_by_layer"], atol=1e-12, rtol=1e-12)

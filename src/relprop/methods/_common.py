@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError, ExplanationError
 
-__all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "logits_of", "one_hot_start",
-           "start_gradient", "start_relevance", "target_score", "gradient_of_target"]
+__all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "is_several", "target_major",
+           "logits_of", "one_hot_start", "start_gradient", "start_relevance", "target_score", "gradient_of_target"]
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
@@ -177,6 +177,17 @@ def repeated(x: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
 def per_target(value: Tensor, k: int) -> Tensor:
     """(k * batch, ...) in target-major order (copy j of sample i at j * batch + i) -> (batch, k, ...)."""
     return value.reshape(k, value.shape[0] // k, *value.shape[1:]).transpose(0, 1)
+
+
+def is_several(target: object) -> bool:
+    """Whether a method was given several classes per sample: a (batch, k) LongTensor."""
+    return isinstance(target, Tensor) and target.dim() == 2
+
+
+def target_major(value: Tensor) -> Tensor:
+    """(k, batch, ...), one slice per target -> (k * batch, ...) in target-major order, as :func:`per_target`
+    takes it (copy j of sample i at j * batch + i)."""
+    return value.reshape(value.shape[0] * value.shape[1], *value.shape[2:])
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ the path (integrated gradients: the conductance of Dhamdhere et al. 2018).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from ..core import root_module
 from ..errors import ConfigError, ExplanationError
 
-__all__ = ["recorded_layers", "backward", "stacked", "gap_by_layer"]
+__all__ = ["recorded_layers", "backward", "backward_batched", "stacked", "gap_by_layer"]
 
 Records = dict[str, list[Tensor]]
 
@@ -76,21 +77,43 @@ def recorded_layers(model: nn.Module, layers: Sequence[str], at: str = "output")
             handle.remove()
 
 
-def backward(output: Tensor, x: Tensor, start: Tensor, records: Records) -> tuple[Tensor, Records]:
+def backward(
+    output: Tensor, x: Tensor, start: Tensor, records: Records, retain_graph: bool = False
+) -> tuple[Tensor, Records]:
     """The backward pass from ``start`` at ``output``: its value at ``x`` and at every recorded tensor."""
     recorded = [t for values in records.values() for t in values]
     if not output.requires_grad:
         raise _cut()
     if not recorded:
-        (at_x,) = torch.autograd.grad(output, x, start, allow_unused=True)
+        (at_x,) = torch.autograd.grad(output, x, start, allow_unused=True, retain_graph=retain_graph)
         if at_x is None:
             raise _cut()
         return at_x, {name: [] for name in records}
-    at_x, *flat = torch.autograd.grad(output, [x, *recorded], start, allow_unused=True, materialize_grads=True)
+    at_x, *flat = torch.autograd.grad(output, [x, *recorded], start, allow_unused=True, materialize_grads=True,
+                                      retain_graph=retain_graph)
     grads: Records = {}
     for name, values in records.items():
         grads[name], flat = flat[:len(values)], flat[len(values):]
     return at_x, grads
+
+
+def backward_batched(output: Tensor, x: Tensor, starts: Tensor, records: Records) -> tuple[Tensor, Records]:
+    """:func:`backward` from k starts at once (``starts`` (k, *output.shape)): every value with a leading k.
+
+    One backward pass batched by ``torch.func.vmap`` where every function on the way has a batching rule; otherwise
+    (a custom ``autograd.Function`` without one, a backward that branches on values) k passes over the same graph,
+    kept for them. Either way the forward pass ran once.
+    """
+    try:
+        with warnings.catch_warnings():  # an op without a batching rule runs in vmap's own loop: slower, not wrong
+            warnings.filterwarnings("ignore", "There is a performance drop", UserWarning)
+            return torch.func.vmap(lambda start: backward(output, x, start, records, retain_graph=True))(starts)
+    except RuntimeError:  # vmap's refusal (an error of the backward pass itself comes again below)
+        pass
+    passes = [backward(output, x, start, records, retain_graph=True) for start in starts.unbind(0)]
+    at_x = torch.stack([at for at, _ in passes])
+    return at_x, {name: [torch.stack([grads[name][i] for _, grads in passes]) for i in range(len(values))]
+                  for name, values in records.items()}
 
 
 def _cut() -> ExplanationError:

@@ -8,8 +8,16 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ExplanationError
-from ._common import OutputSeed, gradient_of_target, start_gradient, target_score
-from ._layers import Records, backward, gap_by_layer, recorded_layers, stacked
+from ._common import (
+    OutputSeed,
+    gradient_of_target,
+    is_several,
+    one_hot_start,
+    start_gradient,
+    target_major,
+    target_score,
+)
+from ._layers import Records, backward, backward_batched, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
 
 __all__ = [
@@ -23,40 +31,66 @@ Target = Tensor | OutputSeed
 def _gradients(
     model: nn.Module, x: Tensor, target: Target, layers: Sequence[str], at: str
 ) -> tuple[Tensor, Tensor, Records, Records]:
-    """(output, gradient at x, activations and gradients at the named layers) of one forward and backward."""
+    """(output, gradient at x, activations and gradients at the named layers) of one forward and backward.
+
+    For a (batch, k) target the backward pass is batched over the k one-hot starts
+    (:func:`~relprop.methods._layers.backward_batched`), and every gradient is (k, batch, ...).
+    """
     x = x.detach().requires_grad_()
     with recorded_layers(model, layers, at) as records, torch.enable_grad():
         output = model(x)
-        grad, at_layers = backward(output, x, start_gradient(output, target), records)
+        if is_several(target):
+            assert isinstance(target, Tensor)
+            starts = torch.stack([one_hot_start(output, column) for column in target.unbind(1)])
+            grad, at_layers = backward_batched(output, x, starts, records)
+        else:
+            grad, at_layers = backward(output, x, start_gradient(output, target), records)
     return output.detach(), grad, {n: [v.detach() for v in values] for n, values in records.items()}, at_layers
 
 
-@method("gradient")
+def _input_gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
+    """``df/dx``, (batch, k, ...) for a (batch, k) target from one forward pass."""
+    if not is_several(target):
+        return gradient_of_target(model, x, target)
+    return _gradients(model, x, target, (), "output")[1].transpose(0, 1)
+
+
+@method("gradient", several_targets=True)
 def gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     """Plain saliency ``df/dx`` (Simonyan et al. 2014)."""
-    return gradient_of_target(model, x, target)
+    return _input_gradient(model, x, target)
 
 
-@method("sensitivity")
+@method("sensitivity", several_targets=True)
 def sensitivity(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     """Sensitivity analysis ``R_i = (df/dx_i)^2`` (Baehrens et al. 2010)."""
-    return gradient_of_target(model, x, target) ** 2
+    return _input_gradient(model, x, target) ** 2
 
 
-@method("gradient_x_input")
+@method("gradient_x_input", several_targets=True)
 def explain_gradient_x_input(
     model: nn.Module, x: Tensor, target: Target, *, layers: Sequence[str] = (), layer_at: str = "output"
 ) -> Attribution:
     """Gradient x input, also at the named ``layers`` (activation x gradient there), with ``conservation_gap``
     (``sum R`` minus the explained score: the first-order Taylor remainder, zero for a bias-free ReLU network) and
-    ``conservation_by_layer`` against the explained score."""
+    ``conservation_by_layer`` against the explained score. A (batch, k) target gives every result as
+    (batch, k, ...) from one forward pass."""
     output, grad, activations, grads = _gradients(model, x, target, layers, layer_at)
-    at_layers = stacked({n: [a * g for a, g in zip(activations[n], grads[n])] for n in layers})
-    relevance, score = x * grad, target_score(output, target)
-    details = {"conservation_gap": relevance.reshape(len(x), -1).sum(1) - score}
+    if not is_several(target):
+        at_layers = stacked({n: [a * g for a, g in zip(activations[n], grads[n])] for n in layers})
+        relevance, score = x * grad, target_score(output, target)
+        details = {"conservation_gap": relevance.reshape(len(x), -1).sum(1) - score}
+        if layers:
+            details["conservation_by_layer"] = gap_by_layer(at_layers, score)
+        return Attribution(relevance, details, at_layers)
+    assert isinstance(target, Tensor)
+    k = target.shape[1]
+    at_layers = stacked({n: [target_major(a * g) for a, g in zip(activations[n], grads[n])] for n in layers})
+    relevance, score = target_major(x * grad), output.gather(1, target).T.reshape(-1)  # as the repeated input's
+    details = {"conservation_gap": relevance.reshape(len(score), -1).sum(1) - score}
     if layers:
         details["conservation_by_layer"] = gap_by_layer(at_layers, score)
-    return Attribution(relevance, details, at_layers)
+    return Attribution(relevance, details, at_layers).per_target(k)
 
 
 def gradient_x_input(model: nn.Module, x: Tensor, target: Target) -> Tensor:

@@ -12,7 +12,8 @@ from ..core import FunctionalGuard, Site, attach_rules, mark_path, root_module
 from ..errors import ExplanationError
 from ..ops import OpCall
 from ..rules.elementwise import vjp
-from ._common import OutputSeed, start_gradient
+from ._common import OutputSeed, is_several, one_hot_start, start_gradient
+from ._layers import backward_batched
 from ._registry import method
 
 __all__ = ["guided_backprop", "deconvnet"]
@@ -52,7 +53,8 @@ class _ModifiedBackward:
 
 
 def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, rule: _ModifiedBackward) -> Tensor:
-    """The gradient with ``rule`` at every ReLU (and sigmoid), module (``nn.ReLU``) or functional (``F.relu``)."""
+    """The gradient with ``rule`` at every ReLU (and sigmoid), module (``nn.ReLU``) or functional (``F.relu``);
+    (batch, k, ...) for a (batch, k) target, from one forward pass."""
     root = root_module(model)
     kinds: tuple[type[nn.Module], ...] = (nn.ReLU, nn.Sigmoid) if rule.frozen_gates else (nn.ReLU,)
     if rule.frozen_gates:
@@ -69,11 +71,15 @@ def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed,
     with attach_rules(model, modules, guard=guard), torch.enable_grad():
         with guard:
             output = model(x)
+        if is_several(target):
+            assert isinstance(target, Tensor)
+            starts = torch.stack([one_hot_start(output, column) for column in target.unbind(1)])
+            return backward_batched(output, x, starts, {})[0].transpose(0, 1)
         (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
     return grad
 
 
-@method("guided_backprop")
+@method("guided_backprop", several_targets=True)
 def guided_backprop(
     model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, squared: bool = False, gates: str = "gradient"
 ) -> Tensor:
@@ -89,7 +95,7 @@ def guided_backprop(
     return grad**2 if squared else grad
 
 
-@method("deconvnet")
+@method("deconvnet", several_targets=True)
 def deconvnet(model: nn.Module, x: Tensor, target: Tensor | OutputSeed) -> Tensor:
     """Deconvnet attribution (Zeiler & Fergus 2014)."""
     return _modified_gradient(model, x, target, _ModifiedBackward(deconv=True))

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
 import platform
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,60 @@ def test_run_tasks_yields_every_result_once() -> None:
         list(run_tasks(_square, tasks, executor="dask"))
     with pytest.raises(ConfigError, match="address is for"):
         list(run_tasks(_square, tasks, address="auto"))
+
+
+def _children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_pool_workers_end_when_the_grid_process_is_killed() -> None:
+    # a grid killed by a signal to its main process only must not leave workers training on in its run directories
+    script = (
+        "import time\n"
+        "from relprop.experiments.executor import run_tasks\n"
+        "print('started', flush=True)\n"
+        "list(run_tasks(time.sleep, [(120,), (120,)], workers=2, progress=False))\n"
+    )
+    grid = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert grid.stdout is not None and grid.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 60
+        while len(workers := [p for p in _children(grid.pid) if "spawn_main" in _cmdline(p)]) < 2:
+            assert time.monotonic() < deadline, "the pool's workers did not start"
+            time.sleep(0.2)
+        os.kill(grid.pid, signal.SIGKILL)
+        grid.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in workers):
+            assert time.monotonic() < deadline, f"workers {workers} outlived the grid's process"
+            time.sleep(0.2)
+    finally:
+        grid.kill()
+        grid.wait()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 _GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"

@@ -91,6 +91,23 @@ def test_a_bad_config_writes_nothing(tmp_path: Path) -> None:
         train(_TINY, tmp_path / "file", progress=False)
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="the run's lock is a POSIX flock")
+def test_a_run_being_trained_elsewhere_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    run = train(_TINY, tmp_path / "run", progress=False)
+    before = read_json(run / MANIFEST)
+    descriptor = os.open(run, os.O_RDONLY)  # another process training the run holds this lock
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="being trained by another process"):
+            train(dataclasses.replace(_TINY, epochs=3), run, progress=False)
+    finally:
+        os.close(descriptor)
+    assert read_json(run / MANIFEST) == before  # nothing was touched
+    assert len(read_history(train(dataclasses.replace(_TINY, epochs=3), run, progress=False))) == 3  # then resumes
+
+
 def test_best_epoch_and_early_stopping(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="lr > 0"):
         dataclasses.replace(_TINY, lr=0.0)

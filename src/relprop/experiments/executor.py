@@ -11,7 +11,8 @@ Ray is optional (``pip install relprop[ray]``): ``executor="ray"`` starts a loca
 asks for 1 CPU, and for 1 GPU when the driver sees CUDA.
 
 The worker processes that relprop starts (and relprop's command-line commands) also tell glibc's allocator to
-keep freed memory for reuse (:func:`keep_freed_memory`), which trains the convolutional models about 1.3x faster.
+keep freed memory for reuse (:func:`keep_freed_memory`), which trains the convolutional models about 1.3x faster,
+and end when the grid's process is gone (:func:`exit_with_parent`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import ctypes
 import multiprocessing
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -28,7 +30,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..progress import log
 
-__all__ = ["EXECUTORS", "allocator_left_to_user", "keep_freed_memory", "run_tasks"]
+__all__ = ["EXECUTORS", "allocator_left_to_user", "exit_with_parent", "keep_freed_memory", "run_tasks"]
 
 EXECUTORS = ("local", "ray")
 
@@ -75,6 +77,31 @@ def _with_threads(threads: int, function: Callable[..., Any], *task: Any) -> Any
 
     torch.set_num_threads(threads)
     return function(*task)
+
+
+_WATCHED: list[int] = []  # in a pool worker: the pid of the process that started it, once its watch runs
+
+
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In a pool worker: end this process as soon as ``parent``, the process that started it, is gone.
+
+    A grid stopped by a signal that reaches only its main process (``kill PID``) would otherwise leave its workers
+    training on, unseen, and a grid started again would meet them in the same run directories (where the run's
+    lock refuses it: :func:`relprop.experiments.train.train`). A daemon thread compares the parent's pid every
+    ``interval`` seconds and ends the process with status 1 when it is not ``parent`` (also at once, if the parent
+    was gone before the worker got here); training and evaluation commit atomically, so the run resumes from its
+    last committed epoch.
+    """
+    if _WATCHED:
+        return
+    _WATCHED.append(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="relprop-exit-with-parent", daemon=True).start()
 
 
 def _worker(threads: int, function: Callable[..., Any], *task: Any) -> Any:
@@ -136,7 +163,9 @@ def run_tasks(
 def _pool(function: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], workers: int, threads: int,
           display: _Progress) -> Iterator[tuple[tuple[Any, ...], Any]]:
     context = multiprocessing.get_context("spawn")  # no forked torch state; the same on every platform
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    # each worker watches for the grid's process from its start: an idle worker would otherwise wait for work forever
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=exit_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending: dict[Future[Any], tuple[Any, ...]] = {
             pool.submit(_worker, threads, function, *task): task for task in tasks
         }

@@ -17,10 +17,13 @@ best checkpoint is what the thesis evaluates).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import random
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -308,6 +311,42 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is a file, not a run directory")
+    with contextlib.ExitStack() as locks:
+        if run_dir.exists():
+            locks.enter_context(_training_lock(run_dir))
+        return _train(config, run_dir, progress, locks)
+
+
+@contextlib.contextmanager
+def _training_lock(run_dir: Path) -> Iterator[None]:
+    """An exclusive lock on ``run_dir`` while this process trains it.
+
+    A second process that would train the same run (a grid command started twice, a worker of a killed grid
+    still running) is refused with a ConfigError instead of racing this one for the checkpoint files. A ``flock``
+    on the directory, released when the process ends however it ends; where there is none (Windows), no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    descriptor = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{run_dir} is being trained by another process (a grid started twice, or a worker of a stopped "
+                "grid still running); wait for it or stop it, then start again to resume the run"
+            ) from None
+        yield
+    finally:
+        os.close(descriptor)  # (releases the lock)
+
+
+def _train(config: TrainConfig, run_dir: Path, progress: bool, locks: contextlib.ExitStack) -> Path:
+    """:func:`train` holding ``locks``, which holds the run directory's lock once the directory exists."""
+    locked = run_dir.exists()
     manifest = None
     if (run_dir / "config.json").exists():
         _check_same_config(run_dir, config)
@@ -331,6 +370,10 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
     x_val, y_val = val_split.sequences().to(device), val_split.y.to(device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not locked:  # created here (or by another process meanwhile, which then holds it or has left a run)
+        locks.enter_context(_training_lock(run_dir))
+        if (run_dir / "config.json").exists():
+            raise ConfigError(f"another process started a run in {run_dir} meanwhile; start again to resume it")
     write_json(run_dir / "config.json", dataclasses.asdict(config))  # only once the run can start
     best_file: str | None = None
     if manifest is not None:

@@ -215,6 +215,35 @@ class _WithBranch(nn.Module):
         return result
 
 
+@pytest.mark.parametrize(("method", "options", "sizes"), [
+    ("integrated_gradients", {"steps": 4}, [2, 8, 2, 2]),  # scores; the path; f(x) and f(baseline)
+    ("smoothgrad", {"samples": 3}, [2, 6]),  # scores; the noisy copies
+    ("occlusion", {"window": 2}, [2, 2, 32]),  # scores; f(x); 16 windows x 2 samples
+])
+def test_batch_methods_run_their_batch_once_for_all_targets(make_cnn, randn, method: str, options: dict[str, Any],
+                                                             sizes: list[int]) -> None:
+    model, x = _Sizes(make_cnn().eval()), randn(2, 2, 8, 8)
+    together = relprop.explain(model, x, "all", method=method, **options)
+    assert model.sizes == sizes  # not k times the batch
+    for c in range(3):
+        alone = relprop.explain(model, x, c, method=method, **options)
+        torch.testing.assert_close(together.relevance[:, c], alone.relevance, atol=1e-12, rtol=1e-12)
+        for name, value in alone.details.items():
+            torch.testing.assert_close(together.details[name][:, c], value, atol=1e-12, rtol=1e-12)
+
+
+def test_integrated_gradients_at_layers_for_several_targets_equals_the_loop(make_mlp, randn) -> None:
+    model, x = make_mlp(), randn(3, 6)
+    together = relprop.explain(model, x, "all", method="integrated_gradients", steps=5, layers=["0", "2"])
+    for c in range(3):
+        alone = relprop.explain(model, x, c, method="integrated_gradients", steps=5, layers=["0", "2"])
+        torch.testing.assert_close(together.relevance[:, c], alone.relevance, atol=1e-12, rtol=1e-12)
+        for name in ("0", "2"):
+            torch.testing.assert_close(together.layers[name][:, c], alone.layers[name], atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(together.details["conservation_by_layer"][:, c],
+                                   alone.details["conservation_by_layer"], atol=1e-12, rtol=1e-12)
+
+
 def test_a_backward_that_cannot_run_batched_takes_one_pass_per_target(make_mlp, randn) -> None:
     model, x = _Sizes(_WithBranch(make_mlp())), randn(3, 6)
     together = relprop.explain(model, x, "all", method="gradient_x_input", layers=["model.model.0"])

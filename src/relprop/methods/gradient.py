@@ -12,7 +12,6 @@ from ._common import (
     OutputSeed,
     gradient_of_target,
     is_several,
-    one_hot_start,
     start_gradient,
     target_major,
     target_score,
@@ -34,14 +33,15 @@ def _gradients(
     """(output, gradient at x, activations and gradients at the named layers) of one forward and backward.
 
     For a (batch, k) target the backward pass is batched over the k one-hot starts
-    (:func:`~relprop.methods._layers.backward_batched`), and every gradient is (k, batch, ...).
+    (:func:`~relprop.methods._layers.backward_batched`), and every gradient is (k, batch, ...). ``x`` may be the
+    batch repeated (the path points of integrated gradients, SmoothGrad's noisy copies): the starts repeat too.
     """
     x = x.detach().requires_grad_()
     with recorded_layers(model, layers, at) as records, torch.enable_grad():
         output = model(x)
         if is_several(target):
             assert isinstance(target, Tensor)
-            starts = torch.stack([one_hot_start(output, column) for column in target.unbind(1)])
+            starts = torch.stack([start_gradient(output, column) for column in target.unbind(1)])
             grad, at_layers = backward_batched(output, x, starts, records)
         else:
             grad, at_layers = backward(output, x, start_gradient(output, target), records)
@@ -116,7 +116,7 @@ def ig_alphas(steps: int, quadrature: str, like: Tensor) -> tuple[Tensor, Tensor
     raise ExplanationError(f"unknown quadrature '{quadrature}'; valid: right, midpoint, trapezoid")
 
 
-@method("integrated_gradients")
+@method("integrated_gradients", several_targets=True)
 def explain_integrated_gradients(
     model: nn.Module, x: Tensor, target: Target, *, baseline: Tensor | float = 0.0, steps: int = 32,
     quadrature: str = "right", batch_size: int | None = None, layers: Sequence[str] = (), layer_at: str = "output",
@@ -126,7 +126,17 @@ def explain_integrated_gradients(
     At the named ``layers`` it gives the conductance (Dhamdhere et al. 2018), ``sum_k df/da(x_k) (a(x_k) -
     a(x_{k-1}))`` over the path points ``x_k`` (``x_0`` the baseline): at the input it equals IG, and each layer's
     sum equals the input's up to the same quadrature error (``conservation_by_layer``, against ``f(x) - f(x')``).
+    A (batch, k) target gives every result as (batch, k, ...), the path run once (with ``layers``: once per target).
     """
+    if is_several(target) and layers:  # the conductance per target: the path once for each
+        assert isinstance(target, Tensor)
+        runs = [explain_integrated_gradients(model, x, column, baseline=baseline, steps=steps, quadrature=quadrature,
+                                             batch_size=batch_size, layers=layers, layer_at=layer_at)
+                for column in target.unbind(1)]
+        return Attribution(torch.cat([run.relevance for run in runs]),
+                           {name: torch.cat([run.details[name] for run in runs]) for name in runs[0].details},
+                           {name: torch.cat([run.layers[name] for run in runs]) for name in runs[0].layers},
+                           ).per_target(len(runs))
     if layers and quadrature != "right":
         raise ConfigError(f"integrated gradients at layers needs quadrature='right', got {quadrature!r}")
     baseline = torch.as_tensor(baseline).to(x).expand_as(x)
@@ -137,6 +147,15 @@ def explain_integrated_gradients(
     batch = x.shape[0]
     chunk = flat.shape[0] if batch_size is None else max(batch_size // batch, 1) * batch  # whole steps
     parts = [_gradients(model, part, target, layers, layer_at) for part in torch.split(flat, chunk)]
+    if is_several(target):  # gradients (k, points, ...): one relevance per target, target-major
+        assert isinstance(target, Tensor)
+        k = target.shape[1]
+        grads = torch.cat([grad for _, grad, _, _ in parts], 1).reshape(k, *path.shape)
+        relevance = target_major((x - baseline) * (weights.reshape(shape) * grads).sum(1))
+        with torch.no_grad():
+            score, reference = (model(point).gather(1, target).T.reshape(-1) for point in (x, baseline))
+        gap = relevance.reshape(k * batch, -1).sum(1) - (score - reference)
+        return Attribution(relevance, {"completeness_gap": gap}).per_target(k)
     grads = torch.cat([grad for _, grad, _, _ in parts]).reshape(path.shape)
     relevance = (x - baseline) * (weights.reshape(shape) * grads).sum(0)
     with torch.no_grad():
@@ -170,7 +189,7 @@ def integrated_gradients(
     ).relevance
 
 
-@method("smoothgrad")
+@method("smoothgrad", several_targets=True)
 def smoothgrad(
     model: nn.Module, x: Tensor, target: Target, *, noise: float = 0.15, samples: int = 16, seed: int = 0,
     squared: bool = False,
@@ -187,5 +206,9 @@ def smoothgrad(
     generator = torch.Generator(device=x.device).manual_seed(seed)
     eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
     noisy = (x + noise * span * eps).reshape(samples * x.shape[0], *x.shape[1:])  # step-major like IG
+    if is_several(target):  # (batch, k, ...) from one forward pass over the noisy copies
+        assert isinstance(target, Tensor)
+        several = _gradients(model, noisy, target, (), "output")[1].reshape(target.shape[1], samples, *x.shape)
+        return (several**2 if squared else several).mean(1).transpose(0, 1)
     grads = gradient_of_target(model, noisy, target).reshape(samples, *x.shape)
     return (grads**2 if squared else grads).mean(0)

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ExplanationError
-from ._common import OutputSeed, target_score
+from ._common import OutputSeed, is_several, target_score
 from ._registry import method
 
 __all__ = ["occlusion", "default_window"]
@@ -32,7 +32,7 @@ def _progress(done: int, total: int) -> None:
     print(f"occlusion: {done}/{total} windows", file=sys.stderr, flush=True)
 
 
-@method("occlusion")
+@method("occlusion", several_targets=True)
 def occlusion(
     model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, window: int | tuple[int, ...] | None = None,
     stride: int | tuple[int, ...] | None = None, fill: float = 0.0, batch_size: int = 256,
@@ -44,7 +44,8 @@ def occlusion(
     of each dimension, the last one clipped at the border (as Captum's). ``window`` defaults to
     :func:`default_window` (at most 16 windows per dimension), ``stride`` to ``window``. More than ``max_windows``
     windows (each a forward pass per sample) raise a ConfigError instead of running for hours. ``progress`` prints
-    a line per batch of windows to stderr (default: when there are more than 8 batches).
+    a line per batch of windows to stderr (default: when there are more than 8 batches). A (batch, k) target gives
+    (batch, k, ...) from the same occluded forward passes.
 
     >>> model = torch.nn.Linear(4, 2, bias=False)
     >>> x = torch.randn(1, 4); t = torch.tensor([1])
@@ -73,9 +74,18 @@ def occlusion(
     per_chunk = max(batch_size // batch, 1)
     chunks = range(0, len(positions), per_chunk)
     show = len(chunks) > 8 if progress is None else progress
+
+    def scores_of(output: Tensor) -> Tensor:
+        """The explained scores (rows of output, or rows x k for a (batch, k) target)."""
+        if is_several(target):
+            assert isinstance(target, Tensor)
+            return output.gather(1, target.repeat(output.shape[0] // batch, 1))
+        return target_score(output, target)
+
     with torch.no_grad():
-        reference = target_score(model(x), target)
-        total = torch.zeros_like(x)
+        reference = scores_of(model(x))  # (batch,), or (batch, k)
+        per = reference.shape[1:]  # (), or (k,)
+        total = torch.zeros((batch, *per, *dims), dtype=x.dtype, device=x.device)
         count = torch.zeros_like(x[:1])
         for i in chunks:
             chunk = positions[i:i + per_chunk]
@@ -85,10 +95,11 @@ def occlusion(
                 region = tuple(slice(a, a + w) for a, w in zip(start, window))
                 masks[(j, 0) + region] = 1
             occluded = torch.where(masks.bool(), torch.full_like(occluded, fill), occluded)
-            scores = target_score(model(occluded.reshape(-1, *dims)), target)  # window-major: (window j, sample i)
-            drop = (reference.repeat(len(chunk)) - scores).reshape(len(chunk), batch)  # (windows, batch)
-            total += (drop.reshape(len(chunk), batch, *(1,) * len(dims)) * masks).sum(0)
+            scores = scores_of(model(occluded.reshape(-1, *dims)))  # window-major: (window j, sample i)
+            drop = (reference.repeat(len(chunk), *(1,) * len(per)) - scores).reshape(len(chunk), batch, *per)
+            total += (drop.reshape(*drop.shape, *(1,) * len(dims))
+                      * masks.reshape(len(chunk), 1, *(1,) * len(per), *dims)).sum(0)
             count += masks.sum(0)
             if show:
                 _progress(i + len(chunk), len(positions))
-    return total / count.clamp(min=1)
+    return total / count.clamp(min=1).reshape(1, *(1,) * len(per), *dims)

@@ -232,11 +232,12 @@ def test_batch_methods_run_their_batch_once_for_all_targets(make_cnn, randn, met
             torch.testing.assert_close(together.details[name][:, c], value, atol=1e-12, rtol=1e-12)
 
 
-def test_integrated_gradients_at_layers_for_several_targets_equals_the_loop(make_mlp, randn) -> None:
+@pytest.mark.parametrize(("method", "options"), [("integrated_gradients", {"steps": 5}), ("gradient_x_input", {})])
+def test_layers_for_several_targets_equal_the_loop(make_mlp, randn, method: str, options: dict[str, Any]) -> None:
     model, x = make_mlp(), randn(3, 6)
-    together = relprop.explain(model, x, "all", method="integrated_gradients", steps=5, layers=["0", "2"])
+    together = relprop.explain(model, x, "all", method=method, layers=["0", "2"], **options)
     for c in range(3):
-        alone = relprop.explain(model, x, c, method="integrated_gradients", steps=5, layers=["0", "2"])
+        alone = relprop.explain(model, x, c, method=method, layers=["0", "2"], **options)
         torch.testing.assert_close(together.relevance[:, c], alone.relevance, atol=1e-12, rtol=1e-12)
         for name in ("0", "2"):
             torch.testing.assert_close(together.layers[name][:, c], alone.layers[name], atol=1e-12, rtol=1e-12)

@@ -4,13 +4,17 @@
 
 One row per claim, method and comparison: runs per side, the difference of the means with its 95% interval,
 the one-sided p-value of the claim, the effect size and the verdict; then each method's ANOVA across the
-architectures with eta squared. ``METRIC`` defaults to ``relevance_in_region``, the score of the thesis's tests.
+architectures with eta squared; then, from ``tukey.csv`` beside it, how many pairs of architectures Tukey's HSD
+separates per method (with the score capped at tau = 0.8 too). ``METRIC`` defaults to ``relevance_in_region``,
+the score of the thesis's tests.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 
@@ -34,6 +38,18 @@ def main(path: Path, metric: str = "relevance_in_region") -> None:
         if "ANOVA" in row["comparison"]:
             print(f"| {row['method']} | {float(row['statistic']):.1f} | {_p(row['p'])} | "
                   f"{float(row['effect size (eta squared)']):.3f} | {row['verdict']} |")
+    tukey = path.parent / "tukey.csv"
+    if tukey.exists():
+        with tukey.open(newline="") as file:
+            pairs = [row for row in csv.DictReader(file) if row["metric"].startswith(metric)]
+        total = Counter((row["dataset"], row["method"], row["metric"]) for row in pairs)
+        apart = Counter((row["dataset"], row["method"], row["metric"]) for row in pairs
+                        if row["reject at FWER 0.01"] == "True")
+        print()
+        print("| dataset | method | score | pairs of architectures that Tukey's HSD separates at FWER 0.01 |")
+        print("|---|---|---|---:|")
+        for key, count in total.items():
+            print(f"| {key[0]} | {key[1]} | {key[2]} | {apart[key]} of {count} |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ExplanationError
 
 __all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "is_several", "target_major",
-           "logits_of", "one_hot_start", "start_gradient", "start_relevance", "target_score", "gradient_of_target"]
+           "logits_of", "one_hot_start", "start_gradient", "start_gradients", "start_relevance", "target_score",
+           "target_scores", "gradient_of_target"]
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
@@ -223,6 +224,11 @@ def start_gradient(output: Tensor, target: Tensor | OutputSeed | ClassTarget) ->
     return one_hot_start(output, _tiled(target, output.shape[0]))
 
 
+def start_gradients(output: Tensor, targets: Tensor) -> Tensor:
+    """The output gradients of k classes per sample (``targets`` (batch, k)), one per class: (k, *output.shape)."""
+    return torch.stack([start_gradient(output, column) for column in targets.unbind(1)])
+
+
 def start_relevance(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -> Tensor:
     """The output relevance for ``target`` (each sample's target logit, or the seed's)."""
     if isinstance(target, OutputSeed):
@@ -238,6 +244,11 @@ def target_score(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
     if isinstance(target, OutputSeed):
         return target.score(output)
     return output.gather(1, _tiled(target, output.shape[0]).reshape(-1, 1)).squeeze(1)
+
+
+def target_scores(output: Tensor, targets: Tensor) -> Tensor:
+    """The explained scores of k classes per sample (``targets`` (batch, k)), target-major: (k * batch,)."""
+    return output.gather(1, targets).T.reshape(-1)
 
 
 def gradient_of_target(model: nn.Module, x: Tensor, target: Tensor | OutputSeed) -> Tensor:

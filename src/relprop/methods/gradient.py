@@ -13,8 +13,10 @@ from ._common import (
     gradient_of_target,
     is_several,
     start_gradient,
+    start_gradients,
     target_major,
     target_score,
+    target_scores,
 )
 from ._layers import Records, backward, backward_batched, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
@@ -41,8 +43,7 @@ def _gradients(
         output = model(x)
         if is_several(target):
             assert isinstance(target, Tensor)
-            starts = torch.stack([start_gradient(output, column) for column in target.unbind(1)])
-            grad, at_layers = backward_batched(output, x, starts, records)
+            grad, at_layers = backward_batched(output, x, start_gradients(output, target), records)
         else:
             grad, at_layers = backward(output, x, start_gradient(output, target), records)
     return output.detach(), grad, {n: [v.detach() for v in values] for n, values in records.items()}, at_layers
@@ -86,7 +87,7 @@ def explain_gradient_x_input(
     assert isinstance(target, Tensor)
     k = target.shape[1]
     at_layers = stacked({n: [target_major(a * g) for a, g in zip(activations[n], grads[n])] for n in layers})
-    relevance, score = target_major(x * grad), output.gather(1, target).T.reshape(-1)  # as the repeated input's
+    relevance, score = target_major(x * grad), target_scores(output, target)  # as the repeated input's
     details = {"conservation_gap": relevance.reshape(len(score), -1).sum(1) - score}
     if layers:
         details["conservation_by_layer"] = gap_by_layer(at_layers, score)
@@ -153,7 +154,7 @@ def explain_integrated_gradients(
         grads = torch.cat([grad for _, grad, _, _ in parts], 1).reshape(k, *path.shape)
         relevance = target_major((x - baseline) * (weights.reshape(shape) * grads).sum(1))
         with torch.no_grad():
-            score, reference = (model(point).gather(1, target).T.reshape(-1) for point in (x, baseline))
+            score, reference = (target_scores(model(point), target) for point in (x, baseline))
         gap = relevance.reshape(k * batch, -1).sum(1) - (score - reference)
         return Attribution(relevance, {"completeness_gap": gap}).per_target(k)
     grads = torch.cat([grad for _, grad, _, _ in parts]).reshape(path.shape)

@@ -12,7 +12,7 @@ from ..core import FunctionalGuard, Site, attach_rules, mark_path, root_module
 from ..errors import ExplanationError
 from ..ops import OpCall
 from ..rules.elementwise import vjp
-from ._common import OutputSeed, is_several, one_hot_start, start_gradient
+from ._common import OutputSeed, is_several, start_gradient, start_gradients
 from ._layers import backward_batched
 from ._registry import method
 
@@ -73,8 +73,7 @@ def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed,
             output = model(x)
         if is_several(target):
             assert isinstance(target, Tensor)
-            starts = torch.stack([one_hot_start(output, column) for column in target.unbind(1)])
-            return backward_batched(output, x, starts, {})[0].transpose(0, 1)
+            return backward_batched(output, x, start_gradients(output, target), {})[0].transpose(0, 1)
         (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
     return grad
 

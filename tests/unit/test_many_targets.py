@@ -245,6 +245,34 @@ def test_layers_for_several_targets_equal_the_loop(make_mlp, randn, method: str,
                                    alone.details["conservation_by_layer"], atol=1e-12, rtol=1e-12)
 
 
+class _Twice(nn.Module):
+    """The same layer applied twice: two records per named layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.tanh(self.layer(torch.tanh(self.layer(x)))))  # type: ignore[no-any-return]
+
+
+def test_integrated_gradients_at_layers_runs_the_path_once_for_all_targets(randn) -> None:
+    """The conductance of k targets comes from one run of the path, also for a layer called twice."""
+    torch.manual_seed(0)
+    model = _Sizes(_Twice().double())
+    x = randn(2, 4)
+    together = relprop.explain(model, x, "all", method="integrated_gradients", steps=4, layers=["model.layer"])
+    assert model.sizes == [2, 8, 2, 2]  # scores; the path; f(x) and f(baseline)
+    assert together.layers["model.layer"].shape == (2, 3, 2, 4)  # (batch, k, calls, features)
+    for c in range(3):
+        alone = relprop.explain(model, x, c, method="integrated_gradients", steps=4, layers=["model.layer"])
+        torch.testing.assert_close(together.relevance[:, c], alone.relevance, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(together.layers["model.layer"][:, c], alone.layers["model.layer"],
+                                   atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(together.details["conservation_by_layer"][:, c],
+                                   alone.details["conservation_by_layer"], atol=1e-12, rtol=1e-12)
+
+
 def test_a_backward_that_cannot_run_batched_takes_one_pass_per_target(make_mlp, randn) -> None:
     model, x = _Sizes(_WithBranch(make_mlp())), randn(3, 6)
     together = relprop.explain(model, x, "all", method="gradient_x_input", layers=["model.model.0"])

@@ -127,17 +127,8 @@ def explain_integrated_gradients(
     At the named ``layers`` it gives the conductance (Dhamdhere et al. 2018), ``sum_k df/da(x_k) (a(x_k) -
     a(x_{k-1}))`` over the path points ``x_k`` (``x_0`` the baseline): at the input it equals IG, and each layer's
     sum equals the input's up to the same quadrature error (``conservation_by_layer``, against ``f(x) - f(x')``).
-    A (batch, k) target gives every result as (batch, k, ...), the path run once (with ``layers``: once per target).
+    A (batch, k) target gives every result as (batch, k, ...), the path run once for all k.
     """
-    if is_several(target) and layers:  # the conductance per target: the path once for each
-        assert isinstance(target, Tensor)
-        runs = [explain_integrated_gradients(model, x, column, baseline=baseline, steps=steps, quadrature=quadrature,
-                                             batch_size=batch_size, layers=layers, layer_at=layer_at)
-                for column in target.unbind(1)]
-        return Attribution(torch.cat([run.relevance for run in runs]),
-                           {name: torch.cat([run.details[name] for run in runs]) for name in runs[0].details},
-                           {name: torch.cat([run.layers[name] for run in runs]) for name in runs[0].layers},
-                           ).per_target(len(runs))
     if layers and quadrature != "right":
         raise ConfigError(f"integrated gradients at layers needs quadrature='right', got {quadrature!r}")
     baseline = torch.as_tensor(baseline).to(x).expand_as(x)
@@ -148,32 +139,42 @@ def explain_integrated_gradients(
     batch = x.shape[0]
     chunk = flat.shape[0] if batch_size is None else max(batch_size // batch, 1) * batch  # whole steps
     parts = [_gradients(model, part, target, layers, layer_at) for part in torch.split(flat, chunk)]
-    if is_several(target):  # gradients (k, points, ...): one relevance per target, target-major
-        assert isinstance(target, Tensor)
-        k = target.shape[1]
-        grads = torch.cat([grad for _, grad, _, _ in parts], 1).reshape(k, *path.shape)
-        relevance = target_major((x - baseline) * (weights.reshape(shape) * grads).sum(1))
-        with torch.no_grad():
-            score, reference = (target_scores(model(point), target) for point in (x, baseline))
-        gap = relevance.reshape(k * batch, -1).sum(1) - (score - reference)
-        return Attribution(relevance, {"completeness_gap": gap}).per_target(k)
-    grads = torch.cat([grad for _, grad, _, _ in parts]).reshape(path.shape)
-    relevance = (x - baseline) * (weights.reshape(shape) * grads).sum(0)
+    several = is_several(target)
+    k = target.shape[1] if isinstance(target, Tensor) and several else 1
+    lead = (k,) if several else ()  # gradients are (k, points, ...) for k targets, (points, ...) for one
+    grads = torch.cat([grad for _, grad, _, _ in parts], len(lead)).reshape(*lead, *path.shape)
+    relevance = (x - baseline) * (weights.reshape(shape) * grads).sum(len(lead))
+    scores = target_scores if several else target_score
     with torch.no_grad():
-        score = target_score(model(x), target)
+        score = scores(model(x), target)  # type: ignore[arg-type]
         with recorded_layers(model, layers, layer_at) as at_baseline:
-            reference = target_score(model(baseline), target)
-    details = {"completeness_gap": relevance.reshape(batch, -1).sum(1) - (score - reference)}
-    if not layers:
-        return Attribution(relevance, details)
-    conductance = {}
-    for name, start in stacked(at_baseline).items():
-        activations = torch.cat([stacked(a)[name] for _, _, a, _ in parts]).reshape(steps, *start.shape)
-        layer_grads = torch.cat([stacked(g)[name] for _, _, _, g in parts]).reshape(steps, *start.shape)
-        before = torch.cat([start.unsqueeze(0), activations[:-1]])  # a(x_{k-1}), (steps, batch, ...)
-        conductance[name] = (layer_grads * (activations - before)).sum(0)
-    details["conservation_by_layer"] = gap_by_layer(conductance, score - reference)
-    return Attribution(relevance, details, conductance)
+            reference = scores(model(baseline), target)  # type: ignore[arg-type]
+    if several:
+        relevance = target_major(relevance)
+    details = {"completeness_gap": relevance.reshape(k * batch, -1).sum(1) - (score - reference)}
+    if layers:
+        conductance = stacked({name: [_conductance(i, name, parts, start, steps, several)
+                                      for i, start in enumerate(starts)]
+                               for name, starts in at_baseline.items()})
+        details["conservation_by_layer"] = gap_by_layer(conductance, score - reference)
+    else:
+        conductance = {}
+    result = Attribution(relevance, details, conductance)
+    return result.per_target(k) if several else result
+
+
+def _conductance(
+    call: int, name: str, parts: list[tuple[Tensor, Tensor, Records, Records]], start: Tensor, steps: int,
+    several: bool,
+) -> Tensor:
+    """``sum_k df/da(x_k) (a(x_k) - a(x_{k-1}))`` at one call of layer ``name`` (``start``: its value at the
+    baseline, (batch, ...)); (batch, ...), or (k * batch, ...) target-major for k targets."""
+    activations = torch.cat([a[name][call] for _, _, a, _ in parts]).reshape(steps, *start.shape)
+    layer_grads = torch.cat([g[name][call] for _, _, _, g in parts], int(several))  # ([k,] points, ...)
+    layer_grads = layer_grads.reshape(*layer_grads.shape[:int(several)], steps, *start.shape)
+    before = torch.cat([start.unsqueeze(0), activations[:-1]])  # a(x_{k-1}), (steps, batch, ...)
+    value = (layer_grads * (activations - before)).sum(int(several))  # ([k,] batch, ...)
+    return target_major(value) if several else value
 
 
 def integrated_gradients(

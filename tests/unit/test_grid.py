@@ -228,6 +228,9 @@ def test_anova_and_tukey_agree_with_statsmodels() -> None:
         difference, reject = theirs[tuple(sorted((first, second)))]
         assert abs(row["mean difference"]) == pytest.approx(abs(difference), abs=1e-4)
         assert row["reject at FWER 0.01"] == reject
+        assert isinstance(row["p"], float) and 0 < row["p"] <= 1
+    far = statistics.tukey({"a": [0.10 + 0.001 * i for i in range(8)], "b": [0.90 + 0.001 * i for i in range(8)]})
+    assert far[0]["p"] == f"<{statistics.TUKEY_P_FLOOR:g}" and far[0]["reject at FWER 0.01"] is True
 
 
 def test_conclusions_name_test_statistic_and_verdict() -> None:

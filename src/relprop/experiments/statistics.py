@@ -31,6 +31,9 @@ __all__ = ["ALPHA", "FWER", "MARGIN", "MeanCI", "mean_ci", "compare", "anova", "
 ALPHA = 0.025  # one-sided, as the thesis's t-tests
 FWER = 0.01  # Tukey HSD, as the thesis
 MARGIN = 0.03  # equivalence margin on the share of relevance (and on the cosine), fixed before the runs
+# scipy's survival function of the studentized range is 1 - cdf: below about 1e-14 it has no resolution and
+# returns 0, so a Tukey p-value below this is reported as "<1e-14", not as 0
+TUKEY_P_FLOOR = 1e-14
 METRICS = ("relevance_in_region", "relevance_in_region_capped")
 
 # (claim, better architecture, worse architecture): the comparisons each conclusion rests on
@@ -156,7 +159,10 @@ def anova(groups: dict[str, Sequence[float]]) -> dict[str, Any]:
 
 
 def tukey(groups: dict[str, Sequence[float]]) -> list[dict[str, Any]]:
-    """Tukey's HSD over all pairs of architectures at FWER 0.01 (scipy.stats.tukey_hsd)."""
+    """Tukey's HSD over all pairs of architectures at FWER 0.01 (scipy.stats.tukey_hsd).
+
+    ``p`` is a float, or the text ``"<1e-14"`` where it is below :data:`TUKEY_P_FLOOR` (scipy computes it as
+    ``1 - cdf`` and returns 0 there)."""
     from scipy import stats
 
     names = [name for name, values in groups.items() if len(values) >= 2]
@@ -168,10 +174,18 @@ def tukey(groups: dict[str, Sequence[float]]) -> list[dict[str, Any]]:
     for i, first in enumerate(names):
         for j in range(i + 1, len(names)):
             rows.append({"pair": f"{first} - {names[j]}", "mean difference": round(float(result.statistic[i, j]), 4),
-                         "p": float(result.pvalue[i, j]),
+                         "p": _tukey_p(float(result.pvalue[i, j])),
                          "interval": f"[{interval.low[i, j]:+.3f}, {interval.high[i, j]:+.3f}]",
                          "reject at FWER 0.01": bool(result.pvalue[i, j] < FWER)})
     return rows
+
+
+def _tukey_p(p: float) -> float | str:
+    """
+    >>> _tukey_p(0.0), _tukey_p(0.02)
+    ('<1e-14', 0.02)
+    """
+    return p if p >= TUKEY_P_FLOOR else f"<{TUKEY_P_FLOOR:g}"
 
 
 def conclusions(cells: list[dict[str, Any]], methods: Sequence[str],

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["code_version"]
+__all__ = ["code_version", "archive_commit"]
 
 
 def code_version() -> str:
-    """``"relprop 0.1.0 (git 8cd5714), torch 2.14.1, 1 thread"``: the git part only where relprop runs from a
-    git checkout (``-dirty`` if its tracked files under ``src`` differ from the commit)."""
+    """``"relprop 0.1.0 (git 8cd5714), torch 2.14.1, 1 thread"``: the git part where relprop runs from a git
+    checkout (``-dirty`` if its tracked files under ``src`` differ from the commit) or from a ``git archive`` of
+    one (``"archive of git 8cd5714"``, e.g. the snapshot a long grid runs from while the checkout moves on)."""
     threads = torch.get_num_threads()
     return f"{_relprop()}, torch {torch.__version__}, {threads} thread{'s' if threads != 1 else ''}"
 
@@ -29,8 +30,22 @@ def code_version() -> str:
 def _relprop() -> str:
     from .. import __version__
 
-    commit = _git_commit(Path(__file__).resolve().parents[1])
-    return f"relprop {__version__}" + (f" (git {commit})" if commit else "")
+    package = Path(__file__).resolve().parents[1]
+    commit = _git_commit(package)
+    if commit:
+        return f"relprop {__version__} (git {commit})"
+    archived = archive_commit(package / "ARCHIVE_COMMIT")
+    return f"relprop {__version__}" + (f" (archive of git {archived})" if archived else "")
+
+
+def archive_commit(path: Path) -> str | None:
+    """The commit that ``git archive`` wrote into ``path`` (the ``export-subst`` attribute in .gitattributes turns
+    its ``$Format:%h$`` into the short commit); None where it was not archived that way or the file is missing."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return text if text and not text.startswith("$Format") and all(c in "0123456789abcdef" for c in text) else None
 
 
 def _git_commit(package: Path) -> str | None:

@@ -144,11 +144,14 @@ def explain_integrated_gradients(
     lead = (k,) if several else ()  # gradients are (k, points, ...) for k targets, (points, ...) for one
     grads = torch.cat([grad for _, grad, _, _ in parts], len(lead)).reshape(*lead, *path.shape)
     relevance = (x - baseline) * (weights.reshape(shape) * grads).sum(len(lead))
-    scores = target_scores if several else target_score
+
+    def scores(output: Tensor) -> Tensor:  # the explained scores, target-major for k targets
+        return target_scores(output, target) if isinstance(target, Tensor) and several else target_score(output, target)
+
     with torch.no_grad():
-        score = scores(model(x), target)  # type: ignore[arg-type]
+        score = scores(model(x))
         with recorded_layers(model, layers, layer_at) as at_baseline:
-            reference = scores(model(baseline), target)  # type: ignore[arg-type]
+            reference = scores(model(baseline))
     if several:
         relevance = target_major(relevance)
     details = {"completeness_gap": relevance.reshape(k * batch, -1).sum(1) - (score - reference)}

@@ -280,6 +280,9 @@ def test_a_failing_cell_is_listed_and_the_others_go_on(tmp_path: Path, monkeypat
     assert len(results["failed"]) == 1 and "digits-maj/shallow/run0" in results["failed"][0]
     assert [c["arch"] for c in results["cells"]] == ["rlstm_sd"]
     assert results["missing"] == ["digits-maj/shallow/run0"]
+    status = results["training"]["digits-maj/shallow/run0"]  # trained, not evaluated: how far it got
+    assert status["finished"] and status["epochs"] == status["of"] == _TINY_GRID.train.epochs
+    assert 1 <= status["best"] <= status["epochs"] and 0 <= status["best_val_accuracy"] <= 1
 
 
 def test_records_carry_a_grid_to_a_directory_without_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

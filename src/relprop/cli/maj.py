@@ -127,11 +127,25 @@ def _reproduce(args: argparse.Namespace) -> int:
     if results["failed"]:
         print("\nfailed (the other cells went on):\n  " + "\n  ".join(results["failed"]))
     if results["missing"]:
-        print(f"\nnot evaluated yet (left out): {', '.join(results['missing'])}")
+        print(f"\nnot evaluated yet (left out): {', '.join(_with_status(results))}")
     if results["stale"]:
         print(f"trained on since their evaluation (rows show the evaluated epochs): {', '.join(results['stale'])}")
     print(f"\ntables and figures in {args.out}")
     return 0
+
+
+def _with_status(results: dict[str, Any]) -> list[str]:
+    """The missing cells, each with how far it has trained, e.g. "fashion-maj/deep/run2 (epoch 45 of 100, best 40)"."""
+    named = []
+    for name in results["missing"]:
+        status = results.get("training", {}).get(name)
+        if status is None:
+            named.append(name)
+        elif status["finished"]:
+            named.append(f"{name} (trained: {status['epochs']} epochs, best {status['best']}; not evaluated)")
+        else:
+            named.append(f"{name} (epoch {status['epochs']} of {status['of']}, best {status['best']})")
+    return named
 
 
 def _seeds(text: str) -> tuple[int, ...]:

@@ -193,7 +193,8 @@ def reproduce(
 
     With ``collect_only`` nothing is trained or evaluated: the tables cover every cell already evaluated under
     ``root`` (also those of other invocations), ``missing`` lists the cells of ``config`` without an evaluation
-    and ``stale`` the evaluated cells that have trained on since (their rows give the evaluated checkpoint).
+    (``training`` says how far those that began have trained: :func:`training_status`) and ``stale`` the
+    evaluated cells that have trained on since (their rows give the evaluated checkpoint).
     With ``train_only`` the cells are trained and nothing is evaluated or tabulated. With ``records`` cells are
     restored from and recorded to that directory (:mod:`relprop.experiments.records`); ``collect_only``
     restores the recorded cells too.
@@ -219,8 +220,10 @@ def reproduce(
     collected, stale = collect(root)
     done = {(c["dataset"], c["arch"], c["replicate"]) for c in collected}
     missing = [f"{d}/{a}/run{r}" for d, a, r in cells if (d, a, r) not in done]
+    training = {f"{d}/{a}/run{r}": status for d, a, r in cells if (d, a, r) not in done
+                for status in [training_status(_cell_dir(root, d, a, r, config.folds))] if status is not None}
     write_json(root / "results.json", {"config": dataclasses.asdict(config), "cells": collected,
-                                       "missing": missing, "stale": stale, "failed": failed})
+                                       "missing": missing, "training": training, "stale": stale, "failed": failed})
     from . import statistics
 
     methods = sorted({m for c in collected for m in c["methods"]}, key=_method_order)
@@ -236,7 +239,24 @@ def reproduce(
     write_json(root / "conclusions.json", conclusion_rows)
     _figures(root, collected, methods)
     return {"cells": collected, "accuracy": accuracy_rows, "explanations": explanation_rows,
-            "conclusions": conclusion_rows, "tukey": tukey_rows, "missing": missing, "stale": stale, "failed": failed}
+            "conclusions": conclusion_rows, "tukey": tukey_rows, "missing": missing, "training": training,
+            "stale": stale, "failed": failed}
+
+
+def training_status(run_dir: Path) -> dict[str, Any] | None:
+    """How far an unevaluated run has trained: its finished epochs, the best so far, the epochs it may run to and
+    whether it is done (None where it has not finished an epoch).
+
+    >>> training_status(Path("no-such-run")) is None
+    True
+    """
+    history = read_history(run_dir) if (run_dir / "config.json").exists() else []
+    if not history:
+        return None
+    planned = int(read_json(run_dir / "config.json").get("epochs", len(history)))
+    return {"epochs": len(history), "of": planned, "best": best_epoch(run_dir),
+            "best_val_accuracy": max(float(record["val_accuracy"]) for record in history),
+            "finished": run_finished(run_dir)}
 
 
 def _method_order(name: str) -> tuple[int, str]:

@@ -320,6 +320,9 @@ def test_records_carry_a_grid_to_a_directory_without_it(tmp_path: Path, monkeypa
     assert "trained 1 epochs and 2 are asked for" in refused["failed"][0]
     other = dataclasses.replace(grid, runs=(0,), evaluation=dataclasses.replace(grid.evaluation, methods=("sa",)))
     assert "not ['sa']" in reproduce(other, tmp_path / "second", progress=False)["failed"][0]
+    last = dataclasses.replace(grid, runs=(0,), evaluation=dataclasses.replace(grid.evaluation, checkpoint="last"))
+    assert "its best checkpoint was evaluated, not its last" in reproduce(
+        last, tmp_path / "second", progress=False)["failed"][0]
 
 
 def test_a_record_without_its_evaluation_is_not_restored(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 from ..data.maj import DATASETS, VARIANTS
 from ..errors import ConfigError
 from ..experiments.demo import DEMO_DATASETS
+from ..experiments.evaluate import CHECKPOINTS
 from ..experiments.executor import EXECUTORS
 from ..models import ARCHITECTURES
 from .common import (
@@ -85,8 +86,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from ..experiments.evaluate import EvalConfig, evaluate
 
     set_threads(args.threads)
-    results = evaluate(args.run, EvalConfig(methods=args.methods, limit=args.limit, flip_limit=args.flip_limit),
-                       progress=True)
+    results = evaluate(args.run, EvalConfig(methods=args.methods, limit=args.limit, flip_limit=args.flip_limit,
+                                            checkpoint=args.checkpoint), progress=True)
     print(f"accuracy {results['accuracy']:.4f}")
     print_table(_quality_rows(results))
     return 0
@@ -100,7 +101,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     overrides = {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "limit": args.limit,
                  "patience": args.patience}
     train_config = dataclasses.replace(config.train, **{k: v for k, v in overrides.items() if v is not None})
-    evaluation = dataclasses.replace(config.evaluation, methods=args.methods, **(
+    evaluation = dataclasses.replace(config.evaluation, methods=args.methods, checkpoint=args.checkpoint, **(
         {"limit": args.test_limit} if args.test_limit is not None else {}))
     if args.seeds is not None and args.runs is not None:
         raise ConfigError("give --runs N (runs 0..N-1) or --seeds LIST, not both")
@@ -158,6 +159,7 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     archs = sorted(ARCHITECTURES)
     methods = choices_list(_maj_methods(), "method")
     methods_help = "comma-separated from " + ", ".join(_maj_methods())
+    checkpoint_help = "evaluate the weights of the best validation epoch, or of the last epoch trained"
 
     demo = commands.add_parser("demo", parents=[shared], formatter_class=Formatter,
                                help="train an R-LSTM-SD briefly on MAJ sequences, explain it and score the heatmaps",
@@ -199,6 +201,7 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     evaluate.add_argument("--limit", type=positive_int, default=None,
                           help="test sequences (default: all)")
     evaluate.add_argument("--flip-limit", type=positive_int, default=500, help="test sequences used for pixel flipping")
+    evaluate.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help=checkpoint_help)
     evaluate.set_defaults(handler=_evaluate)
 
     grid = commands.add_parser("reproduce", parents=[shared], formatter_class=Formatter,
@@ -236,4 +239,6 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     grid.add_argument("--test-limit", type=positive_int, default=None,
                       help="test sequences per cell (default: all, or 300 with --quick)")
     grid.add_argument("--methods", type=methods, default=_DEFAULT_METHODS, help=methods_help)
+    grid.add_argument("--checkpoint", choices=CHECKPOINTS, default="best", help=checkpoint_help + (
+        "; the thesis's protocol is --checkpoint last with --patience at least --epochs (no early stop)"))
     grid.set_defaults(handler=_reproduce)

@@ -32,7 +32,7 @@ from .. import api, metrics
 from ..data import from_sequence, load_maj
 from ..data.maj import maj_shape
 from ..datasets import explain_dataset
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..files import atomic_write, load_tensors, read_json, write_json
 from ..metrics.batch import Batch
 from ..progress import progress as progress_of
@@ -67,9 +67,14 @@ MAJ_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+CHECKPOINTS = ("best", "last")
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    """What to evaluate: methods (keys of MAJ_METHODS), how many test samples, and the flipping subset."""
+    """What to evaluate: methods (keys of MAJ_METHODS), how many test samples, the flipping subset, and which
+    checkpoint: ``"best"`` (the epoch of the best validation accuracy, relprop's protocol) or ``"last"`` (the last
+    epoch trained, the thesis's: it trained a fixed number of epochs and reported the last)."""
 
     methods: Sequence[str] = ("sa", "gb", "gb_std", "dtd", "lrp_a1.5b0.5")
     limit: int | None = None
@@ -77,6 +82,16 @@ class EvalConfig:
     flip_steps: int = 20
     batch_size: int = 250
     heatmap_samples: int = 6
+    checkpoint: str = "best"
+
+    def __post_init__(self) -> None:
+        if self.checkpoint not in CHECKPOINTS:
+            raise ConfigError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {self.checkpoint!r}")
+
+
+def evaluated_epoch(run_dir: str | Path, checkpoint: str = "best") -> int:
+    """The epoch (1-based) whose weights ``checkpoint`` ("best" or "last") of ``run_dir`` holds now."""
+    return best_epoch(run_dir) if checkpoint == "best" else len(read_history(run_dir))
 
 
 def maj_explanation(model: torch.nn.Module, x: Tensor, y: Tensor, name: str) -> api.Explanation:
@@ -123,13 +138,15 @@ def _summary(values: Tensor) -> dict[str, float]:
 
 
 def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress: bool = True) -> dict[str, Any]:
-    """Evaluate the best checkpoint of ``run_dir``; writes and returns the results."""
+    """Evaluate the checkpoint of ``run_dir`` that ``config.checkpoint`` names (the best, by default); writes and
+    returns the results, which name it (``checkpoint``) and its epoch (``checkpoint_epoch``)."""
     run_dir = Path(run_dir)
-    model, train_config = load_run(run_dir)
+    model, train_config = load_run(run_dir, which=config.checkpoint)
     history = read_history(run_dir)
     bad = [name for name, p in model.state_dict().items() if not bool(p.isfinite().all())]
     if bad:
-        raise DataError(f"{run_dir}: the best checkpoint holds NaN or inf in {', '.join(bad[:3])}; retrain the run")
+        raise DataError(f"{run_dir}: the {config.checkpoint} checkpoint holds NaN or inf in {', '.join(bad[:3])}; "
+                        "retrain the run")
     device = next(model.parameters()).device
     test = load_maj(train_config.dataset, "test", variant=train_config.variant, seed=train_config.data_seed,
                     limit=config.limit, fold=train_config.fold, folds=train_config.folds)
@@ -139,7 +156,8 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
         "run": str(run_dir), "arch": train_config.arch, "dataset": train_config.dataset,
         "variant": train_config.variant, "epochs": len(history), "schedule": lr_schedule(history),
         "batch_size": train_config.batch_size,
-        "checkpoint_epoch": best_epoch(run_dir), "test_samples": len(y),
+        "checkpoint": config.checkpoint, "checkpoint_epoch": evaluated_epoch(run_dir, config.checkpoint),
+        "test_samples": len(y),
         "accuracy": accuracy(model, x, y), "code": code_version(), "methods": {},
     }
     samples: dict[str, Tensor] = {}

@@ -72,9 +72,10 @@ def is_restored(run_dir: str | Path) -> bool:
     return (Path(run_dir) / MARKER).exists()
 
 
-def check_restored(run_dir: str | Path, config: TrainConfig, methods: Sequence[str] | None = None) -> None:
-    """Raise DataError when the restored cell ``run_dir`` does not cover ``config`` and ``methods`` (unless None):
-    it would need training or an evaluation, and it has no weights for either."""
+def check_restored(run_dir: str | Path, config: TrainConfig, methods: Sequence[str] | None = None,
+                   checkpoint: str | None = None) -> None:
+    """Raise DataError when the restored cell ``run_dir`` does not cover ``config``, ``methods`` and the evaluated
+    ``checkpoint`` (each unless None): it would need training or an evaluation, and it has no weights for either."""
     run_dir = Path(run_dir)
     source = read_json(run_dir / MARKER).get("record", "?")
     different = sorted(config_differences(run_dir, config))
@@ -86,6 +87,9 @@ def check_restored(run_dir: str | Path, config: TrainConfig, methods: Sequence[s
         reason = f"it trained {len(read_history(run_dir))} epochs and {config.epochs} are asked for"
     elif methods is not None and (results is None or set(results["methods"]) != set(methods)):
         reason = f"it was evaluated with {sorted(results['methods']) if results else 'nothing'}, not {sorted(methods)}"
+    elif checkpoint is not None and (results is None or results.get("checkpoint", "best") != checkpoint):
+        reason = (f"its {results.get('checkpoint', 'best') if results else 'no'} checkpoint was evaluated, not its "
+                  f"{checkpoint}")
     if reason is not None:
         raise DataError(f"{run_dir} was restored from the record {source}, without weights, and {reason}; "
                         "delete the run directory and its record to train the cell again")

@@ -22,7 +22,7 @@ from typing import Any
 from ..errors import ConfigError, RelpropError
 from ..files import atomic_write, read_json, write_json
 from ..progress import log
-from .evaluate import EvalConfig, evaluate, read_evaluation, read_samples
+from .evaluate import EvalConfig, evaluate, evaluated_epoch, read_evaluation, read_samples
 from .executor import run_tasks
 from .records import check_restored, is_restored, restore_record, save_record
 from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finished, train
@@ -160,15 +160,17 @@ def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, e
         if record_dir is not None:
             restore_record(record_dir, run_dir)
         if is_restored(run_dir):
-            check_restored(run_dir, cell_config, config.evaluation.methods if evaluate_it else None)
+            check_restored(run_dir, cell_config, config.evaluation.methods if evaluate_it else None,
+                           config.evaluation.checkpoint if evaluate_it else None)
             results = read_evaluation(run_dir)
             return None if not evaluate_it or results is None else {**results, **_training(run_dir, run)}
         train(cell_config, run_dir, progress=progress)
         if not evaluate_it:
             return None
         results = read_evaluation(run_dir)
-        methods_changed = results is not None and set(results["methods"]) != set(config.evaluation.methods)
-        if results is None or not _current(results, run_dir) or methods_changed:
+        changed = results is not None and (set(results["methods"]) != set(config.evaluation.methods)
+                                           or results.get("checkpoint", "best") != config.evaluation.checkpoint)
+        if results is None or not _current(results, run_dir) or changed:
             results = evaluate(run_dir, config.evaluation, progress=progress)
         if record_dir is not None:
             save_record(run_dir, record_dir)
@@ -283,8 +285,8 @@ def collect(root: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
 
 
 def _current(results: dict[str, Any], run_dir: Path) -> bool:
-    """Whether an evaluation is of the checkpoint the run's best weights hold now (not trained on since)."""
-    return bool(results.get("checkpoint_epoch") == best_epoch(run_dir))
+    """Whether an evaluation is of the weights its checkpoint (best or last) holds now (not trained on since)."""
+    return bool(results.get("checkpoint_epoch") == evaluated_epoch(run_dir, results.get("checkpoint", "best")))
 
 
 def _training(run_dir: Path, run: int) -> dict[str, Any]:

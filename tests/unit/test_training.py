@@ -259,8 +259,10 @@ def test_evaluating_the_last_checkpoint_as_the_thesis_did(tmp_path: Path) -> Non
     assert best["checkpoint"] == "best" and best["checkpoint_epoch"] == best_epoch(cell)
 
     last_config = dataclasses.replace(config, evaluation=dataclasses.replace(evaluation, checkpoint="last"))
-    last = reproduce(last_config, tmp_path, progress=False)["cells"][0]  # nothing trained, evaluated again
+    grid = reproduce(last_config, tmp_path, progress=False)  # nothing trained, evaluated again
+    last = grid["cells"][0]
     assert last["checkpoint"] == "last" and last["checkpoint_epoch"] == 3
+    assert grid["accuracy"][0]["epochs"] == "3" and grid["accuracy"][0]["evaluated epoch"] == "3 (last)"
     model, _ = load_run(cell, which="last")
     test = load_maj("digits-maj", "test", limit=20)
     assert last["accuracy"] == accuracy(model, test.sequences(), test.y)

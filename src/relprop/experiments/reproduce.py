@@ -312,11 +312,14 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
     for (arch, dataset), group in sorted(groups.items(), key=lambda item: (item[0][1], _arch_order(item[0][0]))):
         thesis, folds, slides = (t.get((arch, dataset), {}) for t in (THESIS, THESIS_FOLDS, THESIS_SLIDES))
         accuracy = mean_ci([c["accuracy"] for c in group])
+        ordered = sorted(group, key=lambda c: c["replicate"])
         minimum = MINIMUM_ACCURACY.get(dataset)
         below = ", ".join(f"run{c['replicate']}" for c in group if minimum is not None and c["accuracy"] < minimum)
         accuracy_rows.append({
             "dataset": dataset, "arch": arch, "runs": len(group),
-            "epochs": "/".join(str(c.get("epochs", "")) for c in sorted(group, key=lambda c: c["replicate"])),
+            "epochs": "/".join(str(c.get("epochs", "")) for c in ordered),
+            "evaluated epoch": "/".join(str(c.get("checkpoint_epoch", "")) for c in ordered)
+            + "".join(sorted({f" ({c.get('checkpoint', 'best')})" for c in ordered})),
             "accuracy": accuracy.text(4), "thesis (result.yaml)": THESIS_RESULT_YAML.get((arch, dataset), ""),
             "thesis (slides, 7 runs)": slides.get("accuracy", ""),
             "minimum": minimum if minimum is not None else "",

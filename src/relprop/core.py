@@ -235,6 +235,7 @@ _PATH = "_relprop_path"  # derived from the explained input
 _GATE = "_relprop_gate"  # output of a sigmoid-like gate
 _PRODUCER = "_relprop_producer"  # (rule, layer, layer input) of a Linear/Conv output, for batch-norm merging
 _STALE = "_relprop_stale"  # changed by an in-place op that relprop ran out of place: where that op ran
+_CONSTANT = "_relprop_constant"  # computed from the path by an op whose rule makes its result a constant: which op
 
 
 def mark_path(value: Any) -> Any:
@@ -274,11 +275,52 @@ def _stale(values: Iterable[Any]) -> str | None:
     return None
 
 
+def _constant_source(values: Iterable[Any]) -> str | None:
+    """Which constant-output op (e.g. "'pow' at model.py:12") computed one of ``values`` from the relevance path."""
+    for value in values:
+        if isinstance(value, Tensor):
+            source = getattr(value, _CONSTANT, None)
+            if source is not None:
+                return str(source)
+        elif isinstance(value, (tuple, list)):
+            source = _constant_source(value)
+            if source is not None:
+                return source
+    return None
+
+
+def _tag_constant(value: Any, source: str) -> Any:
+    """Tag the floating-point tensors in ``value`` as computed from the path by the constant-output op ``source``."""
+    if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex():
+            setattr(value, _CONSTANT, source)
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            _tag_constant(item, source)
+    return value
+
+
 def _stale_error(user: str, where: str) -> ExplanationError:
     return ExplanationError(
         f"{user} uses a tensor that the in-place operation at {where} changed. relprop runs in-place operations on "
         "the relevance path out of place, so the model must go on with their result: write `x = x.relu_()` or "
         "`x = x + y` instead of a bare `x.relu_()` or `x.add_(y)`"
+    )
+
+
+# ops through which a constant computed from the path may act on the path: as a scale (x * rsqrt(var + eps),
+# x / std) or as mixing weights (CP-LRP's attention @ v)
+_SCALING_OPS = (ops.MUL, ops.DIV, ops.MATMUL)
+
+
+def _constant_error(user: str, source: str) -> ExplanationError:
+    return ExplanationError(
+        f"{user} combines the relevance path with the result of {source}, which this rule map treats as a constant "
+        "(no relevance flows through it), so the relevance of that term would be lost without a trace. Such a "
+        "constant may only scale the path, as a normalisation's statistic does (x * rsqrt(var + eps), x / std) or "
+        "attention weights do (weights @ v). If the op is a feature of the model here (e.g. an activation written "
+        "as a formula, x + 0.044715 * x**3), put that computation in an nn.Module and give it a rule "
+        "(rules.Pass() for an element-wise activation), or give the op another rule with rule_map.with_rules(...)"
     )
 
 
@@ -464,7 +506,7 @@ class _Attachment:
             try:
                 output = forward(*call_args, **kwargs)
                 if call_args is args:  # off the relevance path
-                    return output
+                    return _off_path(guard, args, output)
                 if quiet and type(output) is Tensor:
                     with torch._C.DisableTorchFunction():
                         return self._post(args, carried, output)
@@ -504,7 +546,7 @@ class _Attachment:
         original_args, carried = self.stack.pop()
         try:
             if not on_path(original_args):
-                return None
+                return _off_path(self.guard, original_args, output)
             if self.guard is not None and not suspended and type(output) is Tensor and _plain(original_args):
                 with torch._C.DisableTorchFunction():
                     return self._post(original_args, carried, output)
@@ -559,6 +601,17 @@ class _Attachment:
         if self.merges:
             setattr(result, _PRODUCER, (self.rule, module, original_args[0]))
         return result
+
+
+def _off_path(guard: FunctionalGuard | None, args: tuple[Any, ...], output: Any) -> Any:
+    """A ruled module's output off the relevance path: tagged as a constant computed from the path (by a
+    constant-output op, :func:`_constant_source`) where one of its inputs is one, so that a later op adding it to
+    the path is refused."""
+    if guard is not None and guard.constant_sites:
+        source = _constant_source(args)
+        if source is not None:
+            return _tag_constant(output, source)
+    return output
 
 
 def _carry(x: Tensor) -> Tensor:
@@ -681,6 +734,8 @@ class FunctionalGuard(TorchFunctionMode):
         self.depth = 0
         self._by_name = ops_by_name(op_rules) if by_name is None else by_name  # ops declared by the user first
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
+        # the constant-output ops (CP-LRP's softmax, a norm statistic) that took a path tensor in: where they ran
+        self.constant_sites: list[str] = []
 
     def op_of(self, name: str) -> Op | None:
         """The op that a function called ``name`` counts as here (ops the user declared first).
@@ -733,6 +788,10 @@ class FunctionalGuard(TorchFunctionMode):
     ) -> Any:
         kwargs = kwargs or {}
         if self.depth or not (on_path(args) or (kwargs and on_path(kwargs.values()))):
+            if self.constant_sites and not self.depth:  # a constant computed from the path stays one (var + eps)
+                source = _constant_source(args) or (_constant_source(kwargs.values()) if kwargs else None)
+                if source is not None:
+                    return _tag_constant(func(*args, **kwargs), source)
             return func(*args, **kwargs)
         return self._dispatch(func, args, kwargs)
 
@@ -757,11 +816,17 @@ class FunctionalGuard(TorchFunctionMode):
             return self._refuse(func, name, op, args, kwargs)
         if kwargs.get("out") is not None:
             raise ExplanationError(f"'{name}' with out= at {ops.caller_location()}: write the result to a new tensor")
+        if self.constant_sites and op not in _SCALING_OPS:
+            constant = _constant_source(args) or _constant_source(kwargs.values())
+            if constant is not None:
+                raise _constant_error(f"'{name}' at {ops.caller_location()}", constant)
         if getattr(rule, "gradient_is_relevance", False):
             return self._run_as_is(func, name, args, kwargs)
         if getattr(rule, "constant_output", False):  # e.g. CP-LRP's softmax: the result leaves the path
+            source = f"'{name}' at {ops.caller_location()} ({op!r}, rules.{type(rule).__name__})"
+            self.constant_sites.append(source)
             with torch.no_grad():
-                return func(*args, **kwargs)
+                return _tag_constant(func(*args, **kwargs), source)
         decompose = getattr(rule, "decompose", None)
         if decompose is not None:  # a composite function: its inner ops come through this guard again
             with self:
@@ -845,9 +910,14 @@ class FunctionalGuard(TorchFunctionMode):
         if op is None:
             fix = ("express it as an nn.Module with a rule, or declare it: my_op = relprop.ops.Op('my_op', "
                    f"frozenset({{'{name}'}})) and pass RuleMap([(my_op, a_rule)])")
-        elif op in (ops.SOFTMAX, ops.ATTENTION, ops.NORM_STATISTIC):
+        elif op in (ops.SOFTMAX, ops.ATTENTION):
             fix = (f"for attention use preset='attnlrp' (AttnLRP) or preset='cp_lrp' (CP-LRP), or give {op!r} a rule "
                    "with rule_map.with_rules(...)")
+        elif op is ops.NORM_STATISTIC:
+            fix = ("if it computes the statistic of a normalisation (x * rsqrt(mean(x**2) + eps), as in RMSNorm), "
+                   "preset='attnlrp' or 'cp_lrp' hold it constant; if it is a feature of the model (e.g. an "
+                   "activation written as a formula), put it in an nn.Module with a rule (rules.Pass() for an "
+                   "element-wise activation)")
         else:
             fix = f"give it one: RuleMap([({op!r}, rules.Proportional())]) or another rule from relprop.rules"
         return ExplanationError(

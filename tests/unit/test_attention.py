@@ -185,3 +185,58 @@ def test_a_query_that_may_attend_to_no_key_gets_zero_and_no_nan() -> None:
 
     explanation = relprop.explain(Padded().double().eval(), _randn(2, 3, 4, seed=15), method="lrp", preset="attnlrp")
     assert torch.isfinite(explanation.relevance).all()
+
+
+class _Statistic(nn.Module):
+    """A bias-free net where ``h ** 2`` is a norm statistic (``rms``) or a feature of the model (the others)."""
+
+    def __init__(self, use: str) -> None:
+        super().__init__()
+        self.a, self.b, self.c, self.use = nn.Linear(4, 6, bias=False), nn.Linear(6, 2, bias=False), \
+            nn.Linear(6, 2, bias=False), use
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.a(x))
+        if self.use == "added":
+            return self.b(h + 0.1 * h ** 2)  # type: ignore[no-any-return]
+        if self.use == "through a layer":
+            return self.b(h) + self.c(h ** 2)  # type: ignore[no-any-return]
+        if self.use == "concatenated":
+            return self.b(torch.cat([h[:, :3], (h ** 2)[:, 3:]], 1))  # type: ignore[no-any-return]
+        if self.use == "only":
+            return self.b(h ** 2)  # type: ignore[no-any-return]
+        return self.b(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+@pytest.mark.parametrize("use", ["added", "through a layer", "concatenated"])
+def test_a_statistic_held_constant_may_not_join_the_path(preset: str, use: str) -> None:
+    """attnlrp holds x**2 constant, as in RMSNorm's rsqrt(mean(x**2)); used as a feature, the relevance of its
+    term would be lost without a trace, so the op that joins it to the path is refused, naming both."""
+    torch.manual_seed(0)
+    model, x = _Statistic(use).double().eval(), torch.randn(3, 4, dtype=torch.float64)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(relprop.ExplanationError, match=r"combines the relevance path with the result of '(__)?pow"
+                                                       r"(__)?' at .*test_attention.py:\d+ \(ops.NORM_STATISTIC"):
+        relprop.explain(model, x, 0, preset=preset)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert "forward" not in vars(model.b) and not model.b._forward_hooks
+
+
+def test_a_path_that_ends_at_a_statistic_says_so() -> None:
+    model, x = _Statistic("only").double().eval(), torch.randn(3, 4, dtype=torch.float64)
+    with pytest.raises(relprop.ExplanationError, match=r"does not depend on the explained input through any rule: "
+                                                       r"the relevance path ends at '(__)?pow(__)?'"):
+        relprop.explain(model, x, 0, preset="attnlrp")
+    with pytest.raises(relprop.ExplanationError, match="put it in an nn.Module with a rule") as refused:
+        relprop.explain(model, x, 0, preset="epsilon")  # no rule for the statistic: advice that fits it
+    assert "for attention use" not in str(refused.value)
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_a_hand_written_rms_norm_scales_the_path(preset: str) -> None:
+    """x * rsqrt(mean(x**2) + eps) with the statistic constant: a linear map of x, so LRP-epsilon conserves."""
+    torch.manual_seed(0)
+    model, x = _Statistic("rms").double().eval(), torch.randn(3, 4, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 0, preset=preset, epsilon=1e-12, stabilizer=1e-12)
+    torch.testing.assert_close(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=1e-9)

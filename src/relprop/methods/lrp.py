@@ -76,9 +76,13 @@ def _explain(
                 "pass output= to relprop.explain to select them, e.g. output=lambda result: result[0]"
             )
         if output is None or not on_path((output,)):
+            ends = "" if not guard.constant_sites else (
+                f" through any rule: the relevance path ends at {guard.constant_sites[0]}, which this rule map "
+                "treats as a constant (no relevance flows through it); if that op is a feature of the model here, "
+                "put it in an nn.Module with a rule (rules.Pass() for an element-wise activation)")
             raise ExplanationError(
                 f"{type(root_module(model)).__name__} returned {type(returned).__name__} that does not depend on the "
-                "explained input"
+                f"explained input{ends}"
             )
         check_model_output(model, output)
         if isinstance(target, ClassTarget):

@@ -3,7 +3,7 @@ relprop's explanations.
 
 Quantus calls ``explain_func(model=..., inputs=..., targets=..., **explain_func_kwargs)`` with numpy arrays and
 expects numpy attributions shaped like ``inputs``. :func:`explain_func` is that function: the kwargs choose the
-relprop method and its options (``method="lrp"``, ``preset="epsilon_plus"``); Quantus's own ``device`` and
+relprop method and its options (``method="lrp"``, ``preset="epsilon_plus_flat"``); Quantus's own ``device`` and
 ``channel_first`` keywords are accepted and ignored (relprop follows the model's device). :func:`score` runs a
 Quantus metric on relprop tensors and returns a float64 tensor; :class:`QuantusMetric` does it per batch inside
 :func:`relprop.explain_dataset`. relprop does not import Quantus: pass the metric object you built.

@@ -39,3 +39,22 @@ def test_docs_name_no_machine_path_or_private_spec() -> None:
     found = [f"{page.relative_to(_ROOT)}: {match.group(0)}" for page in pages if page.exists()
              for match in re.finditer(r"/work/\S*|\bSPEC\b(?:\.md)?", page.read_text(encoding="utf-8"))]
     assert not found, "\n".join(found)
+
+
+def test_docs_name_only_presets_and_methods_that_exist() -> None:
+    """A preset or method named in a snippet of any page (also those too slow to run here) or a docstring exists:
+    ``preset="epsilon_plus"`` in a copied example would only fail in the reader's hands."""
+    from relprop.composites import PRESETS
+    from relprop.methods import METHODS
+
+    pages = [_ROOT / "README.md", *(_ROOT / "docs").rglob("*.md"), *(_ROOT / "src" / "relprop").rglob("*.py")]
+    pattern = r"""["']?(preset|method)["']?\s*[=:]\s*["']([a-z0-9_]+)["']"""
+    named, registered = set(), {"name"}  # method="name": the placeholder of the how-to's first line
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        named |= {(page.relative_to(_ROOT).as_posix(), kind, value) for kind, value in re.findall(pattern, text)}
+        registered |= set(re.findall(r"""@relprop\.method\(["']([a-z0-9_]+)["']""", text))  # a page's own method
+    assert len({value for _, kind, value in named if kind == "preset"}) >= 5  # the pattern finds them
+    unknown = sorted((page, kind, value) for page, kind, value in named
+                     if value not in (PRESETS if kind == "preset" else {*METHODS, *registered}))
+    assert not unknown, unknown

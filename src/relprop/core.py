@@ -415,6 +415,9 @@ def check_model_output(model: nn.Module, output: Tensor) -> None:
 def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Tensor:
     """``output`` (computed from ``inputs``) on the relevance path, with ``rule`` as its backward."""
     _foreign_function(site, inputs)
+    check = getattr(rule, "check_inputs", None)  # what the rule assumes of its inputs (zB: inside its bounds)
+    if check is not None:
+        check(site, inputs)
     route = getattr(rule, "route", None)
     index = None if route is None else route(site, inputs, output)
     if index is not None:  # relevance passes one input unchanged

@@ -68,8 +68,9 @@ RULES: list[tuple[str, object, Callable[[], object]]] = [
      lambda: zrules.AlphaBeta(alpha=2.0, beta=1.0, stabilizer=STABILIZER)),
     ("alpha1beta0", rules.AlphaBeta(STABILIZER, alpha=1.0, beta=0.0),
      lambda: zrules.AlphaBeta(alpha=1.0, beta=0.0, stabilizer=STABILIZER)),
-    ("zbox", rules.ZBox(STABILIZER, low=-1.0, high=1.0),
-     lambda: zrules.ZBox(low=-1.0, high=1.0, stabilizer=STABILIZER)),
+    # on every layer here, so bounds that hold every layer's input (relprop checks them where each layer runs)
+    ("zbox", rules.ZBox(STABILIZER, low=-4.0, high=4.0),
+     lambda: zrules.ZBox(low=-4.0, high=4.0, stabilizer=STABILIZER)),
     ("gamma", rules.Gamma(STABILIZER, gamma=0.25), lambda: zrules.Gamma(gamma=0.25, stabilizer=STABILIZER)),
     ("flat", rules.Flat(STABILIZER), lambda: zrules.Flat(stabilizer=STABILIZER)),
     # zennit's WSquare squares the bias too; relprop's ignores it unless bias=True

@@ -133,6 +133,26 @@ def test_out_of_domain_options_are_refused(method: str, options: dict[str, objec
         relprop.explain(_cnn(), x, 0, method=method, **options)
 
 
+def test_a_zbox_of_a_rule_map_checks_its_layers_input() -> None:
+    """The bounds of a ZBox given in a RuleMap are checked where the layer runs, on the input it sees."""
+    from relprop import rules
+    from relprop.composites import RuleMap
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double().eval()
+    rule_map = RuleMap([("0", rules.ZBox(low=-1.0, high=1.0)), (nn.Linear, rules.Epsilon())])
+    x = torch.linspace(-2, 2, 12, dtype=torch.float64).reshape(2, 6)
+    with pytest.raises(ConfigError, match=r"the input of Linear\(in_features=6.* lies outside the zB bounds "
+                                          r"\[low, high\] = \[-1.0, 1.0\] \(it spans \[-2, 2\]\)"):
+        relprop.explain(model, x, 0, rule_map=rule_map)
+    assert "forward" not in vars(model[0]) and not model[0]._forward_hooks
+    inside = relprop.explain(model, x / 2, "all", rule_map=rule_map)  # inside: one pass for all targets
+    torch.testing.assert_close(inside.relevance[:, 1], relprop.explain(model, x / 2, 1, rule_map=rule_map).relevance)
+    deeper = RuleMap([("2", rules.ZBox(low=0.0, high=0.1)), (nn.Linear, rules.Epsilon())])  # a ReLU output
+    with pytest.raises(ConfigError, match=r"the input of Linear\(in_features=5"):
+        relprop.explain(model, x / 2, 0, rule_map=deeper)
+
+
 @pytest.mark.parametrize("options", [{"preset": "zplus"}, {"epsilon": 0.1}, {"preset": "dtd", "low": -1.0}])
 def test_options_that_rule_map_would_ignore_are_refused(options: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match=r"rule_map= together with .* would be ignored"):

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..core import Site, has_relprop_affine, stabilize
+from ..errors import ConfigError
 from .affine import FAST_KERNELS, Group, Term, _Affine, _has_negative, _negative, _positive, affine_map
 
 __all__ = ["ZRule", "Epsilon", "ZPlus", "AlphaBeta", "Gamma", "ZBox", "Flat", "WSquare", "affine_map"]
@@ -206,6 +207,20 @@ class ZBox(ZRule):
         if bound.dim() == x.dim() - 1:
             bound = bound.unsqueeze(0)
         return bound.expand_as(x)
+
+    def check_inputs(self, site: object, inputs: tuple[Any, ...]) -> None:
+        """Raise ConfigError when the layer's input lies outside ``[low, high]`` (checked in the forward pass, where
+        the layer runs: the zB rule assumes every input inside its bounds)."""
+        x = inputs[0] if inputs else None
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            return
+        low, high = self._bound(self.low, x.detach()), self._bound(self.high, x.detach())
+        if not bool(((x >= low) & (x <= high)).all()):
+            raise ConfigError(
+                f"the input of {site!r} lies outside the zB bounds [low, high] = [{self.low!r}, {self.high!r}] (it "
+                f"spans [{x.min().item():.4g}, {x.max().item():.4g}]): the zB rule assumes every input inside them; "
+                "give rules.ZBox the range of that input's domain (low=, high=)"
+            )
 
     def groups(self, x: Tensor, weight: Tensor, bias: Tensor | None, output: Tensor) -> list[Group]:
         use_bias = bias is not None and self.bias

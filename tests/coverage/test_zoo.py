@@ -239,6 +239,9 @@ def test_coverage_script_and_page_on_one_model(tmp_path: Path) -> None:
             assert cell["conservation"] <= TOLERANCE, (preset, cell)
     assert set(row["zennit"]["presets"]) == set(coverage.CNN_PRESETS)
     assert row["zennit"]["presets"]["epsilon_plus_flat"]["status"] == "ok"
+    zennit_ab, ours_ab = row["zennit"]["presets"]["alpha2beta1"], row["relprop"]["alpha2beta1"]
+    assert zennit_ab["status"] in ("ok", "returned")  # no verdict where the rule itself need not conserve
+    assert zennit_ab["conservation"] == pytest.approx(ours_ab["conservation"], rel=1e-6)  # the same rules
     assert row["captum"]["status"] in ("ok", "silently wrong", "crash")
 
     doc = tmp_path / "coverage.md"

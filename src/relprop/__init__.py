@@ -29,13 +29,14 @@ from . import (
 )
 from .api import METHODS, Explanation, explain, method
 from .datasets import explain_dataset
-from .errors import ExplanationError
+from .errors import ConfigError, DataError, ExplanationError, RelpropError
 
 if TYPE_CHECKING:
     from . import viz
 
 __all__ = [
-    "explain", "explain_dataset", "Explanation", "ExplanationError", "METHODS", "method",
+    "explain", "explain_dataset", "Explanation", "METHODS", "method",
+    "RelpropError", "ExplanationError", "ConfigError", "DataError",
     "rules", "ops", "composites", "canonizers", "layers", "methods", "metrics", "models", "viz",
     "__version__",
 ]

@@ -234,7 +234,7 @@ def explain(
     torch.Size([5, 2, 4])
     """
     if method not in METHODS:
-        raise ExplanationError(f"unknown method '{method}'; valid methods: {', '.join(sorted(METHODS))}")
+        raise ConfigError(f"unknown method '{method}'; valid methods: {', '.join(sorted(METHODS))}")
     model = validate.explanation_inputs(model, x, method, options)  # before anything runs, but for linear layers'
     # weights, checked with the results (validate.finite_weights)
     _check_input(x)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from . import ops, rules
 from .canonizers import Canonizer, ExplicitRecurrent
 from .core import FunctionalGuard, Rule, attach_rules, named_modules, ops_by_name, root_module, structure
-from .errors import ExplanationError
+from .errors import ConfigError, ExplanationError
 from .layers import GatedProduct, Sum
 from .ops import Op
 from .rules.mixed import Mixed, mixed_split
@@ -339,7 +339,7 @@ def get_preset(name: str, **options: Any) -> RuleMap:
     """
     build = PRESETS.get(name)
     if build is None:
-        raise ExplanationError(f"unknown LRP preset '{name}'; valid presets: {', '.join(sorted(PRESETS))}")
+        raise ConfigError(f"unknown LRP preset '{name}'; valid presets: {', '.join(sorted(PRESETS))}")
     plain = all(isinstance(value, (int, float, str, type(None))) for value in options.values())
     key = (name, build, *sorted(options.items())) if plain else None
     if key is not None and key in _BUILT:
@@ -347,7 +347,7 @@ def get_preset(name: str, **options: Any) -> RuleMap:
     accepted = list(inspect.signature(build).parameters)
     unknown = [option for option in options if option not in accepted]
     if unknown:
-        raise ExplanationError(f"preset '{name}' got unknown options {unknown}; it accepts {accepted}")
+        raise ConfigError(f"preset '{name}' got unknown options {unknown}; it accepts {accepted}")
     rule_map = build(**options)
     if key is not None and len(_BUILT) < 256:
         _BUILT[key] = rule_map
@@ -358,7 +358,7 @@ def _require_bounds(
     name: str, low: float | Tensor | None, high: float | Tensor | None
 ) -> tuple[float | Tensor, float | Tensor]:
     if low is None or high is None:
-        raise ExplanationError(
+        raise ConfigError(
             f"preset '{name}' uses the zB rule on the first layer and needs the input range: pass low= and high= "
             "(e.g. low=-1.0, high=1.0 for pixels scaled to [-1, 1])"
         )

@@ -15,6 +15,7 @@ from relprop import rules
 from relprop.canonizers import MergeBatchNorm
 from relprop.composites import LINEAR_TYPES, PRESETS, RuleMap
 from relprop.core import ExplanationError
+from relprop.errors import ConfigError
 from relprop.layers import Sum
 from relprop.methods import lrp
 
@@ -28,34 +29,34 @@ def x() -> Tensor:
 
 
 def test_unknown_method_lists_valid_names(mlp, x) -> None:
-    with pytest.raises(ExplanationError, match="unknown method 'saliencyy'") as error:
+    with pytest.raises(ConfigError, match="unknown method 'saliencyy'") as error:
         relprop.explain(mlp, x, method="saliencyy")
     for name in relprop.METHODS:
         assert name in str(error.value)
 
 
 def test_unknown_option_lists_accepted_ones(mlp, x) -> None:
-    with pytest.raises(ExplanationError, match="stepz") as error:
+    with pytest.raises(ConfigError, match="stepz") as error:
         relprop.explain(mlp, x, method="integrated_gradients", stepz=3)
     for name in ("baseline", "steps", "quadrature"):
         assert name in str(error.value)
 
 
 def test_unknown_lrp_option_lists_accepted_ones(mlp, x) -> None:
-    with pytest.raises(ExplanationError, match="epsilonn") as error:
+    with pytest.raises(ConfigError, match="epsilonn") as error:
         relprop.explain(mlp, x, method="lrp", preset="epsilon", epsilonn=0.1)
     assert "stabilizer" in str(error.value) and "'epsilon'" in str(error.value).replace("preset 'epsilon'", "")
 
 
 def test_unknown_preset_lists_presets(mlp, x) -> None:
-    with pytest.raises(ExplanationError, match="unknown LRP preset 'epsilon_plus_flatt'") as error:
+    with pytest.raises(ConfigError, match="unknown LRP preset 'epsilon_plus_flatt'") as error:
         relprop.explain(mlp, x, method="lrp", preset="epsilon_plus_flatt")
     for name in PRESETS:
         assert name in str(error.value)
 
 
 def test_preset_with_missing_bounds_says_what_to_pass(cnn) -> None:
-    with pytest.raises(ExplanationError, match="low= and high="):
+    with pytest.raises(ConfigError, match="low= and high="):
         relprop.explain(cnn, torch.zeros(1, 2, 8, 8, dtype=torch.float64), method="lrp", preset="dtd")
 
 

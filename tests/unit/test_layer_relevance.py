@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import relprop
-from relprop.errors import ConfigError, ExplanationError
+from relprop.errors import ConfigError
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 
 
@@ -106,7 +106,7 @@ def test_layer_errors(make_mlp, randn) -> None:
         relprop.explain(model, x, layers="0")
     with pytest.raises(ConfigError, match="layer_at"):
         relprop.explain(model, x, layers=["0"], layer_at="middle")
-    with pytest.raises(ExplanationError, match="method 'gradient' got unknown options"):
+    with pytest.raises(ConfigError, match="method 'gradient' got unknown options"):
         relprop.explain(model, x, method="gradient", layers=["0"])
 
 

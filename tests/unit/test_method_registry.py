@@ -34,7 +34,7 @@ def test_a_user_method_with_details_and_layers(make_mlp, randn) -> None:
         assert explanation.relevance.shape == (2, 3, 6)
         torch.testing.assert_close(explanation.relevance[:, 1], 0.25 * x)
         assert explanation.details["norm"].shape == (2, 3) and explanation.layers["input"].shape == (2, 3, 6)
-        with pytest.raises(relprop.ExplanationError, match=r"unknown options \['factr'\].*\['factor'\]"):
+        with pytest.raises(relprop.ConfigError, match=r"unknown options \['factr'\].*\['factor'\]"):
             relprop.explain(model, x, method="test_half_input", factr=1.0)
     finally:
         del METHODS["test_half_input"]

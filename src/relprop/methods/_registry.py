@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from torch import Tensor, nn
 
-from ..errors import ExplanationError
+from ..errors import ConfigError
 from ._common import per_target
 
 __all__ = ["Attribution", "Method", "METHODS", "method"]
@@ -60,7 +60,7 @@ class Method:
         if self.options is not None:
             unknown = [name for name in options if name not in self.options]
             if unknown:
-                raise ExplanationError(
+                raise ConfigError(
                     f"method '{self.name}' got unknown options {unknown}; it accepts {list(self.options)}"
                 )
         result = self.function(model, x, target, **options)

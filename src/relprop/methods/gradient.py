@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ExplanationError
+from ..errors import ConfigError
 from ._common import (
     OutputSeed,
     gradient_of_target,
@@ -102,7 +102,7 @@ def gradient_x_input(model: nn.Module, x: Tensor, target: Target) -> Tensor:
 def ig_alphas(steps: int, quadrature: str, like: Tensor) -> tuple[Tensor, Tensor]:
     """Points ``alpha_k`` on [0, 1] and their weights for the path integral of integrated gradients."""
     if steps < 1:
-        raise ExplanationError(f"integrated_gradients needs steps >= 1, got {steps}")
+        raise ConfigError(f"integrated_gradients needs steps >= 1, got {steps}")
     k = torch.arange(steps, dtype=like.dtype, device=like.device)
     if quadrature == "right":
         return (k + 1) / steps, torch.full_like(k, 1 / steps)
@@ -110,11 +110,11 @@ def ig_alphas(steps: int, quadrature: str, like: Tensor) -> tuple[Tensor, Tensor
         return (k + 0.5) / steps, torch.full_like(k, 1 / steps)
     if quadrature == "trapezoid":
         if steps < 2:
-            raise ExplanationError("the trapezoid rule needs steps >= 2")
+            raise ConfigError("the trapezoid rule needs steps >= 2")
         weights = torch.full_like(k, 1 / (steps - 1))
         weights[0] = weights[-1] = 0.5 / (steps - 1)
         return k / (steps - 1), weights
-    raise ExplanationError(f"unknown quadrature '{quadrature}'; valid: right, midpoint, trapezoid")
+    raise ConfigError(f"unknown quadrature '{quadrature}'; valid: right, midpoint, trapezoid")
 
 
 @method("integrated_gradients", several_targets=True)
@@ -206,7 +206,7 @@ def smoothgrad(
     result does not depend on the rest of the batch. ``noise=0`` gives the plain gradient.
     """
     if samples < 1:
-        raise ExplanationError(f"smoothgrad needs samples >= 1, got {samples}")
+        raise ConfigError(f"smoothgrad needs samples >= 1, got {samples}")
     span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).reshape(-1, *(1,) * (x.dim() - 1))  # (batch, 1, ...)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)

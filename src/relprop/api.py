@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
-from .methods._common import ClassTarget, OutputSeed, as_targets, logits_of, repeated
+from .methods._common import ClassTarget, OutputSeed, as_targets, logits_of, output_example, repeated
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -131,7 +131,7 @@ class _Call(nn.Module):
             if logits is None:
                 raise ExplanationError(
                     f"{type(self._model).__name__} returns {type(result).__name__}, not a tensor of scores; pass "
-                    "output= to select them, e.g. output=lambda result: result[0]"
+                    "output= to select them, e.g. " + output_example(result)
                 )
             result = logits
         if not isinstance(result, Tensor):
@@ -180,7 +180,19 @@ def _wrapped_errors(model: nn.Module, x: Tensor) -> Iterator[None]:
     except (RuntimeError, IndexError, TypeError) as error:
         raise ExplanationError(
             f"{type(model).__name__} failed on input of shape {tuple(x.shape)} and dtype {x.dtype}: {error}"
+            + _dtype_advice(model, x)
         ) from error
+
+
+def _dtype_advice(model: nn.Module, x: Tensor) -> str:
+    """Where a floating-point x and the model's floating-point parameters differ in dtype: how to match them."""
+    if not x.is_floating_point():
+        return ""
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    if len(dtypes) != 1 or x.dtype in dtypes:
+        return ""
+    (dtype,) = dtypes
+    return f"; the model's parameters are {dtype}: pass x.to({dtype}) (or convert the model with model.to({x.dtype}))"
 
 
 def _targets(target: int | str | Tensor | None, seed: object, scores: Tensor) -> Tensor:

@@ -123,6 +123,7 @@ def test_finite_results_with_finite_weights_pass_unchanged() -> None:
     ("smoothgrad", {"noise": -0.5}, r"noise=-0.5"),
     ("occlusion", {"window": (2, 0, 2)}, r"window=\(2, 0, 2\)"),
     ("occlusion", {"fill": float("inf")}, r"fill=inf"),
+    ("occlusion", {"window": (1, 7, 2)}, r"window \(1, 7, 2\) is larger than x's non-batch shape \(1, 6, 6\)"),
     ("lrp", {"preset": "dtd", "low": 1.0, "high": -1.0}, r"low must not exceed high"),
     ("lrp", {"preset": "dtd", "low": 0.0, "high": 1.0}, r"x lies outside the zB bounds"),
     ("lrp", {"preset": "thesis_dtd"}, r"x lies outside the zB bounds \[low, high\] = \[-1.0, 1.0\]"),  # defaults
@@ -266,3 +267,28 @@ def test_a_custom_function_as_the_last_op_is_refused() -> None:
 
     with pytest.raises(ExplanationError, match="output of LastIsCustom comes from the custom autograd.Function"):
         relprop.explain(LastIsCustom().eval(), torch.randn(2, 4), target=0, method="lrp", preset="epsilon")
+
+
+def test_messages_say_how_to_fix_the_call() -> None:
+    """A dict result, a score vector and a dtype mismatch each get an error that shows the call that works."""
+
+    class _Scores(nn.Module):
+        def __init__(self, kind: str) -> None:
+            super().__init__()
+            self.kind, self.lin = kind, nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> object:
+            scores = self.lin(x)
+            return {"scores": scores} if self.kind == "dict" else scores[:, 0]
+
+    x = torch.randn(2, 4)
+    with pytest.raises(ExplanationError, match=r"output=lambda result: result\['scores'\]"):
+        relprop.explain(_Scores("dict").eval(), x, 0)
+    with pytest.raises(ExplanationError, match=r"got shape \(2,\); .*output=lambda out: out.unsqueeze\(1\)"):
+        relprop.explain(_Scores("vector").eval(), x, 0)
+    fixed = relprop.explain(_Scores("vector").eval(), x, 0, output=lambda out: out.unsqueeze(1))
+    assert fixed.relevance.shape == x.shape
+    with pytest.raises(ExplanationError, match=r"parameters are torch.float32: pass x.to\(torch.float32\)"):
+        relprop.explain(_Scores("dict").eval(), x.double(), 0, output=lambda result: result["scores"])
+    with pytest.raises(ExplanationError, match=r"\(batch, k\), 'all' or None, got 1.0"):
+        relprop.explain(nn.Linear(4, 3).eval(), x, 1.0)  # type: ignore[arg-type]

@@ -17,19 +17,50 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ExplanationError
 
 __all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "is_several", "target_major",
-           "logits_of", "one_hot_start", "start_gradient", "start_gradients", "start_relevance", "target_score",
-           "target_scores", "gradient_of_target"]
+           "logits_of", "one_hot_start", "output_example", "scores_error", "start_gradient", "start_gradients",
+           "start_relevance", "target_score", "target_scores", "gradient_of_target"]
+
+
+def output_example(result: object) -> str:
+    """How to select the scores from a model's non-tensor result, for an error message.
+
+    >>> output_example({"scores": 1}), output_example((1, 2))
+    ("output=lambda result: result['scores']", 'output=lambda result: result[0]')
+    """
+    if isinstance(result, dict) and result:
+        return f"output=lambda result: result[{next(iter(result))!r}]"
+    if isinstance(result, (tuple, list)):
+        return "output=lambda result: result[0]"
+    return "output=lambda result: result.logits (whichever attribute holds the scores)"
+
+
+def scores_error(output: Tensor) -> ExplanationError:
+    """The model's output is not (batch, classes): say how to pick or shape the scores.
+
+    >>> str(scores_error(torch.zeros(4)))[:70]
+    'the model must return (batch, classes) scores, got shape (4,); for one'
+    """
+    shape = tuple(output.shape)
+    if output.dim() == 1:
+        advice = "for one score per sample pass output=lambda out: out.unsqueeze(1) (and target=0)"
+    elif output.dim() > 2:
+        advice = ("pass output= to reduce it to (batch, classes), e.g. output=lambda out: out.flatten(1) for every "
+                  "element, or out.mean((2, 3)) for a per-pixel map")
+    else:
+        advice = "pass output= to select the scores"
+    return ExplanationError(f"the model must return (batch, classes) scores, got shape {shape}; {advice}")
 
 
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
     """Normalise ``target`` to a LongTensor of shape (batch,) checked against ``output`` (batch, classes)."""
     if output.dim() != 2:
-        raise ExplanationError(f"the model must return (batch, classes) scores, got shape {tuple(output.shape)}")
+        raise scores_error(output)
     batch, classes = output.shape
     if target is None:
         return output.argmax(1)
     if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise ExplanationError(f"target must be an int, a LongTensor of shape (batch,) or None, got {target!r}")
+        raise ExplanationError(f"target must be an int, a LongTensor of shape (batch,) or (batch, k), 'all' or None, "
+                               f"got {target!r}")
     if isinstance(target, int):
         if not 0 <= target < classes:
             raise ExplanationError(f"target out of range: the model has {classes} outputs, got {target}")
@@ -149,7 +180,7 @@ def as_targets(target: int | str | Tensor | None, output: Tensor) -> Tensor:
         if target != "all":
             raise ExplanationError(f"target must be an int, a LongTensor, None or 'all', got {target!r}")
         if output.dim() != 2:
-            raise ExplanationError(f"the model must return (batch, classes) scores, got shape {tuple(output.shape)}")
+            raise scores_error(output)
         return torch.arange(output.shape[1], device=output.device).expand(output.shape[0], -1)
     if isinstance(target, Tensor) and target.dim() == 2 and not target.is_floating_point():
         if target.shape[0] != output.shape[0] or target.shape[1] == 0:

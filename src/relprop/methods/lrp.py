@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from ..composites import RuleMap, get_preset
 from ..core import check_model_output, mark_path, on_path, root_module
 from ..errors import ExplanationError
-from ._common import ClassTarget, OutputSeed, logits_of, repeated, start_relevance
+from ._common import ClassTarget, OutputSeed, logits_of, output_example, repeated, start_relevance
 from ._layers import Records, backward, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
 
@@ -73,7 +73,7 @@ def _explain(
         if output is None and not isinstance(returned, Tensor):
             raise ExplanationError(
                 f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
-                "pass output= to relprop.explain to select them, e.g. output=lambda result: result[0]"
+                "pass output= to relprop.explain to select them, e.g. " + output_example(returned)
             )
         if output is None or not on_path((output,)):
             ends = "" if not guard.constant_sites else (

@@ -9,7 +9,7 @@ import sys
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError, ExplanationError
+from ..errors import ConfigError
 from ._common import OutputSeed, is_several, target_score
 from ._registry import method
 
@@ -57,9 +57,14 @@ def occlusion(
     window = (window,) * len(dims) if isinstance(window, int) else tuple(window)
     stride = window if stride is None else ((stride,) * len(dims) if isinstance(stride, int) else tuple(stride))
     if len(window) != len(dims) or len(stride) != len(dims) or min(window + stride) < 1:
-        raise ExplanationError(
+        raise ConfigError(
             f"occlusion window {window} and stride {stride} must be positive with one entry per non-batch "
             f"dimension of x {tuple(dims)}"
+        )
+    if any(w > d for w, d in zip(window, dims)):
+        raise ConfigError(
+            f"occlusion window {window} is larger than x's non-batch shape {tuple(dims)} in some dimension, where "
+            "every position would be occluded at once; use a window of at most the dimension's size"
         )
     starts = [range(0, s * (math.ceil(max(d - w, 0) / s) + 1), s) for d, w, s in zip(dims, window, stride)]
     positions = list(itertools.product(*starts))

@@ -910,7 +910,11 @@ class FunctionalGuard(TorchFunctionMode):
         raise self._error(name, op, f"the RuleMap gives {op!r} no rule")
 
     def _error(self, name: str, op: Op | None, reason: str) -> ExplanationError:
-        if op is None:
+        if op is None and name in _FUSED_CELLS:
+            fix = (f"it is the fused step of nn.{_FUSED_CELLS[name]}, whose gates no rule can see: build the model "
+                   "from relprop.models' cells (LSTMCell, GRUCell, RNNCell, with the LSTM-LRP rules of the presets) "
+                   "or use nn.LSTM, nn.GRU or nn.RNN, which the presets rewrite as explicit cells")
+        elif op is None:
             fix = ("express it as an nn.Module with a rule, or declare it: my_op = relprop.ops.Op('my_op', "
                    f"frozenset({{'{name}'}})) and pass RuleMap([(my_op, a_rule)])")
         elif op in (ops.SOFTMAX, ops.ATTENTION):
@@ -927,6 +931,10 @@ class FunctionalGuard(TorchFunctionMode):
             f"functional operation '{name}' at {ops.caller_location()} is on the relevance path and {reason}: its "
             f"relevance would be a plain gradient; {fix}"
         )
+
+
+# the functions torch's recurrent cell modules call for one step (their gates inside one kernel)
+_FUSED_CELLS = {"lstm_cell": "LSTMCell", "gru_cell": "GRUCell", "rnn_tanh_cell": "RNNCell", "rnn_relu_cell": "RNNCell"}
 
 
 def _has_floating(value: Any) -> bool:

@@ -292,3 +292,18 @@ def test_messages_say_how_to_fix_the_call() -> None:
         relprop.explain(_Scores("dict").eval(), x.double(), 0, output=lambda result: result["scores"])
     with pytest.raises(ExplanationError, match=r"\(batch, k\), 'all' or None, got 1.0"):
         relprop.explain(nn.Linear(4, 3).eval(), x, 1.0)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_a_torch_recurrent_cell_is_refused_pointing_to_relprops_cells(kind: str) -> None:
+    class _Step(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cell, self.out = getattr(nn, kind)(4, 5), nn.Linear(5, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            state = self.cell(x)
+            return self.out(state[0] if isinstance(state, tuple) else state)  # type: ignore[no-any-return]
+
+    with pytest.raises(ExplanationError, match=rf"fused step of nn.{kind}.*relprop.models' cells"):
+        relprop.explain(_Step().eval(), torch.randn(2, 4), 0)

@@ -188,3 +188,20 @@ def test_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert printed.count("+-") == 4  # one row per method
     history = json.loads((tmp_path / "demo" / "checkpoint.json").read_text())["history"]
     assert len(history) == 1 and (tmp_path / "demo" / "evaluation.json").is_file()
+
+
+def test_out_where_the_file_system_refuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           user_error: UserError) -> None:
+    """Permission bits may allow what the file system refuses (/proc, a read-only mount as root): the directory
+    is tried before anything runs, and nothing of the try is left behind."""
+    def refused(*args: object, **kwargs: object) -> str:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("relprop.cli.common.tempfile.mkdtemp", refused)
+    line = user_error(["demo", "--out", str(tmp_path / "demo")])
+    assert "cannot write to" in line and "Read-only file system" in line
+    monkeypatch.undo()
+    from relprop.cli.common import output_dir
+
+    assert output_dir(str(tmp_path / "demo")) == tmp_path / "demo"  # where it works: the probe is gone again
+    assert not list(tmp_path.iterdir())

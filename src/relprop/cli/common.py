@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -113,6 +114,11 @@ def output_dir(text: str) -> Path:
         raise argparse.ArgumentTypeError(f"cannot create {text}: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write to {text}: {existing} is read-only")
+    try:  # the permission bits can say yes where the file system says no (/proc, a read-only mount as root)
+        probe = tempfile.mkdtemp(prefix=".relprop-probe-", dir=existing)
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write to {text}: {error.strerror or error}") from None
+    os.rmdir(probe)
     return path
 
 

@@ -829,7 +829,12 @@ class FunctionalGuard(TorchFunctionMode):
             source = f"'{name}' at {ops.caller_location()} ({op!r}, rules.{type(rule).__name__})"
             self.constant_sites.append(source)
             with torch.no_grad():
-                return _tag_constant(func(*args, **kwargs), source)
+                result = _tag_constant(func(*args, **kwargs), source)
+            if name in ("var_mean", "std_mean") and isinstance(args[0], Tensor):
+                # the spread is the statistic, held constant; the mean is a linear map of x, on the path with the
+                # mean's own rule (x - mean, as layer_norm centres), not a constant
+                return result[0], self._mean_of(args, kwargs)
+            return result
         decompose = getattr(rule, "decompose", None)
         if decompose is not None:  # a composite function: its inner ops come through this guard again
             with self:
@@ -853,6 +858,17 @@ class FunctionalGuard(TorchFunctionMode):
                     setattr(stale, _STALE, call.location)
                     self._touched.append(stale)
         return result
+
+    def _mean_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+        """The mean of ``torch.var_mean`` / ``std_mean``'s call, run through this guard (the mean op's rule).
+
+        Their signatures: ``(input, dim=None, *, correction, keepdim=False)``, ``(input, dim, unbiased,
+        keepdim=False)`` and ``(input, unbiased)``."""
+        x = args[0]
+        dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None)
+        keepdim = bool(kwargs.get("keepdim", args[3] if len(args) > 3 else False))
+        with self:
+            return x.mean() if dim is None else x.mean(dim=dim, keepdim=keepdim)  # type: ignore[no-any-return]
 
     def _apply(self, rule: Rule, call: OpCall) -> Tensor:
         inputs = call.inputs()

@@ -240,3 +240,39 @@ def test_a_hand_written_rms_norm_scales_the_path(preset: str) -> None:
     model, x = _Statistic("rms").double().eval(), torch.randn(3, 4, dtype=torch.float64)
     explanation = relprop.explain(model, x, 0, preset=preset, epsilon=1e-12, stabilizer=1e-12)
     torch.testing.assert_close(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=1e-9)
+
+
+class _ChannelNorm(nn.Module):
+    """A channels-first layer norm as timm's ``_layer_norm_cf`` writes it (``torch.var_mean``), or as
+    ``F.layer_norm`` over permuted channels: the same function."""
+
+    def __init__(self, by_hand: bool) -> None:
+        super().__init__()
+        self.by_hand = by_hand
+        self.conv = nn.Conv2d(2, 4, 3, padding=1, bias=False)
+        self.weight = nn.Parameter(torch.rand(4) + 0.5)
+        self.out = nn.Linear(64, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        if self.by_hand:
+            spread, mean = torch.var_mean(h, dim=1, unbiased=False, keepdim=True)
+            h = (h - mean) * torch.rsqrt(spread + 1e-6) * self.weight[:, None, None]
+        else:
+            h = F.layer_norm(h.permute(0, 2, 3, 1), (4,), self.weight, None, 1e-6).permute(0, 3, 1, 2)
+        return self.out(h.flatten(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_var_mean_holds_the_spread_constant_and_keeps_the_mean_on_the_path(preset: str) -> None:
+    """(x - mean) * rsqrt(var + eps) with var_mean: the spread is the constant statistic, the mean a linear map of x,
+    so the relevance equals F.layer_norm's under the same preset (which holds 1 / sigma constant)."""
+    torch.manual_seed(0)
+    by_hand = _ChannelNorm(by_hand=True).double().eval()
+    library = _ChannelNorm(by_hand=False).double().eval()
+    library.load_state_dict(by_hand.state_dict())
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    ours = relprop.explain(by_hand, x, 0, preset=preset, epsilon=1e-12, stabilizer=1e-12)
+    theirs = relprop.explain(library, x, 0, preset=preset, epsilon=1e-12, stabilizer=1e-12)
+    torch.testing.assert_close(ours.relevance, theirs.relevance, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(ours.relevance.flatten(1).sum(1), ours.score, rtol=1e-9, atol=1e-9)

@@ -25,6 +25,7 @@ Example
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from relprop.api import Explanation, explain
 from relprop.errors import ConfigError, DataError, boundary
-from relprop.metrics.batch import Batch, BatchMetric, ExplainFn, Scores
+from relprop.metrics.batch import Batch, BatchMetric, Scores
 from relprop.store import ResultStore
 
 __all__ = ["DatasetResult", "Method", "explain_dataset"]
@@ -86,56 +87,105 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def _named(metrics: Metrics) -> dict[str, Callable[[Batch], Scores]]:
+def _named(metrics: Metrics) -> tuple[dict[str, Callable[[Batch], Scores]], dict[str, str]]:
+    """name -> score function, and name -> a description of the metric with its settings (for the fingerprint)."""
+    pairs: list[tuple[str, Any]]
     if isinstance(metrics, Mapping):
-        return {name: m.score if hasattr(m, "score") else m for name, m in metrics.items()}
+        pairs = list(metrics.items())
+    else:
+        pairs = []
+        for metric in metrics:
+            if not hasattr(metric, "score"):
+                raise ConfigError(
+                    f"metric {metric!r} has no score(batch) method; pass it in a mapping name -> function, e.g. "
+                    f"metrics={{'{getattr(metric, '__name__', 'mine')}': f}}, or pass an object with score(batch)"
+                )
+            pairs.append((_snake(type(metric).__name__), metric))
     named: dict[str, Callable[[Batch], Scores]] = {}
-    for metric in metrics:
-        name = _snake(type(metric).__name__)
+    described: dict[str, str] = {}
+    for name, metric in pairs:
         if name in named:
             raise ConfigError(f"two metrics are named {name!r}; pass a mapping name -> metric")
-        named[name] = metric.score
-    return named
+        named[name] = metric.score if hasattr(metric, "score") else metric
+        described[name] = _describe(metric)
+    return named, described
 
 
-def _explainers(method: Method, options: Mapping[str, Any]) -> tuple[Callable[..., Explanation], ExplainFn]:
-    """The batch explainer ``f(model, x, target, model_kwargs)`` and the ``explain`` given to the metrics."""
+Explainer = Callable[[nn.Module, Tensor, Any, Any], Explanation]  # (model, x, target, model_kwargs)
+
+
+def _explainer(method: Method, options: Mapping[str, Any]) -> Explainer:
+    """The batch explainer ``f(model, x, target, model_kwargs)``; the metrics explain again through it, with the
+    same batch's ``model_kwargs`` (:func:`_explain_batch`)."""
     if callable(method):
         if options:
             raise ConfigError(f"options {sorted(options)} go to a method name, not to a callable")
         custom = method
 
-        def run_custom(model: nn.Module, x: Tensor, target: Tensor | None, kwargs: Any) -> Explanation:
+        def run_custom(model: nn.Module, x: Tensor, target: Any, kwargs: Any) -> Explanation:
             if kwargs:
                 raise ConfigError("batches with 'model_kwargs' need a method name, not a callable")
             return custom(model, x, target)
 
-        return run_custom, lambda model, x, target: custom(model, x, target).relevance
+        return run_custom
 
-    def run(model: nn.Module, x: Tensor, target: Tensor | None, kwargs: Any) -> Explanation:
+    def run(model: nn.Module, x: Tensor, target: Any, kwargs: Any) -> Explanation:
         return explain(model, x, target, method=method, model_kwargs=kwargs, **options)
 
-    return run, lambda model, x, target: explain(model, x, target, method=method, **options).relevance
+    return run
 
 
 def _describe(value: Any) -> str:
-    """An option as text for the fingerprint; tensors by shape, dtype and a hash of their values."""
+    """An option or metric as text for the fingerprint, the same in every process: tensors by shape, dtype and a
+    hash of their values; dataclasses (rules, a RuleMap, metric configs) by their fields; functions and classes by
+    qualified name; any other object by its type and its public attributes (never a memory address)."""
     if isinstance(value, Tensor):
         digest = hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
         return f"tensor{tuple(value.shape)} {value.dtype} sha256:{digest}"
-    return repr(value)
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_describe(k)}: {_describe(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
+    if dataclasses.is_dataclass(value):
+        fields = ", ".join(f"{f.name}={_describe(getattr(value, f.name))}" for f in dataclasses.fields(value))
+        return f"{type(value).__qualname__}({fields})"
+    public = {k: v for k, v in sorted(vars(value).items()) if not k.startswith("_")} if hasattr(value, "__dict__") \
+        else {}
+    return f"{type(value).__qualname__}({', '.join(f'{k}={_describe(v)}' for k, v in public.items())})"
 
 
-def _fingerprint(method: Method, options: Mapping[str, Any], names: Iterable[str]) -> dict[str, Any]:
+def _model_digest(model: nn.Module) -> str:
+    """The model's type and a digest of its parameters and buffers (names, shapes and exact sums): a store made with
+    other weights is not resumed with these."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        values = tensor.detach().double() if tensor.is_floating_point() else tensor.detach()
+        digest.update(f"{name}{tuple(tensor.shape)}{float(values.sum())}{float((values * values).sum())}".encode())
+    return f"{type(model).__qualname__} sha256:{digest.hexdigest()[:16]}"
+
+
+def _fingerprint(model: nn.Module, method: Method, options: Mapping[str, Any], metrics: Mapping[str, str]
+                 ) -> dict[str, Any]:
     label = method if isinstance(method, str) else getattr(method, "__qualname__", type(method).__name__)
     return {"method": label, "options": {k: _describe(v) for k, v in sorted(options.items())},
-            "metrics": sorted(names)}
+            "metrics": dict(sorted(metrics.items())), "model": _model_digest(model)}
 
 
-def _checksum(x: Tensor) -> list[float]:
-    """Shape and exact float64 sums of a batch: finds a loader that no longer yields the same batches."""
-    values = x.detach().double()
-    return [*map(float, x.shape), float(values.sum()), float((values * values).sum())]
+def _checksum(item: _Item) -> list[float]:
+    """Shapes and exact float64 sums of a batch's x, target and mask: finds a loader that no longer yields the
+    same batches."""
+    sums: list[float] = []
+    for value in (item.x, item.target, item.mask):
+        if isinstance(value, Tensor):
+            values = value.detach().double()
+            sums += [*map(float, value.shape), float(values.sum()), float((values * values).sum())]
+        else:
+            sums.append(-1.0)  # none given (the argmax; no mask)
+    return sums
 
 
 def _as_dict(name: str, scores: Scores, samples: int) -> dict[str, Tensor]:
@@ -188,12 +238,14 @@ def explain_dataset(
     (``Sparseness()`` -> ``"sparseness"``), or a mapping name -> metric or ``f(batch)``. A metric returning a
     mapping ``{"aopc": ..., "curve": ...}`` gives ``"name/aopc"`` and ``"name/curve"``. ``store``: a directory;
     it receives per batch the relevance, target, output, the per-sample details of the explanation and the scores
-    (``"score/<name>"``), and a re-run with the same method, options and metrics resumes it. A callable method is
+    (``"score/<name>"``), and a re-run with the same model, method, options and metrics resumes it (the
+    fingerprint holds a digest of the weights and each metric's settings; each batch's x, targets and mask are
+    checksummed). A callable method is
     identified by its qualified name only: give each configuration of a callable its own store.
     """
-    named = _named(metrics)
-    run, again = _explainers(method, options)
-    shards = None if store is None else ResultStore(store, fingerprint=_fingerprint(method, options, named))
+    named, described = _named(metrics)
+    run = _explainer(method, options)
+    shards = None if store is None else ResultStore(store, fingerprint=_fingerprint(model, method, options, described))
     finished = 0 if shards is None else len(shards.shards)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     reporter = _Progress(total, progress)
@@ -202,10 +254,10 @@ def explain_dataset(
     for index, raw in enumerate(loader):
         item = _unpack(raw, index)
         if shards is not None and index < finished:
-            _check_skipped(shards, index, item.x)
+            _check_skipped(shards, index, item)
             scores = {k.removeprefix("score/"): v for k, v in shards.load(index).items() if k.startswith("score/")}
         else:
-            scores = _explain_batch(model, item, run, again, named, shards)
+            scores = _explain_batch(model, item, run, named, shards)
         for key, value in scores.items():
             collected.setdefault(key, []).append(value)
         samples += len(item.x)
@@ -220,10 +272,14 @@ def explain_dataset(
 
 
 def _explain_batch(
-    model: nn.Module, item: _Item, run: Callable[..., Explanation], again: ExplainFn,
-    named: Mapping[str, Callable[[Batch], Scores]], shards: ResultStore | None,
+    model: nn.Module, item: _Item, run: Explainer, named: Mapping[str, Callable[[Batch], Scores]],
+    shards: ResultStore | None,
 ) -> dict[str, Tensor]:
     explanation = run(model, item.x, item.target, item.model_kwargs)
+
+    def again(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:  # the metrics' explain: this batch's kwargs
+        return run(model, x, target, item.model_kwargs).relevance
+
     batch = Batch(model, item.x, explanation.target, explanation, again, item.mask)
     n = len(item.x)
     scores: dict[str, Tensor] = {}
@@ -234,13 +290,13 @@ def _explain_batch(
                    if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == n}
         shards.append({"relevance": explanation.relevance.detach(), "target": explanation.target,
                        "output": explanation.output.detach(), **details,
-                       **{f"score/{k}": v for k, v in scores.items()}}, checksum=_checksum(item.x))
+                       **{f"score/{k}": v for k, v in scores.items()}}, checksum=_checksum(item))
     return scores
 
 
-def _check_skipped(shards: ResultStore, index: int, x: Tensor) -> None:
-    if shards.shards[index]["checksum"] != _checksum(x):
+def _check_skipped(shards: ResultStore, index: int, item: _Item) -> None:
+    if shards.shards[index]["checksum"] != _checksum(item):
         raise DataError(
-            f"resuming {shards.path}: batch {index} differs from the one stored (the loader must yield the same "
-            "batches in the same order: no shuffling); use a new store directory to start over"
+            f"resuming {shards.path}: batch {index} differs from the one stored (x, target or mask; the loader must "
+            "yield the same batches in the same order: no shuffling); use a new store directory to start over"
         )

@@ -22,6 +22,7 @@ torch.Size([2, 3])
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from relprop.files import atomic_write, read_json, write_json
 __all__ = ["ResultStore"]
 
 _FORMAT = "relprop.explanations"
-_VERSION = 1
+_VERSION = 2  # 2: the fingerprint names the model and the metrics' settings; checksums cover targets and masks
 _MANIFEST = "manifest.json"
 
 
@@ -120,11 +121,32 @@ class ResultStore:
                                            "shards": self.shards, "complete": self.complete})
 
 
+_SHARD = re.compile(r"shard-\d{5}\.safetensors")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     try:
-        data: dict[str, Any] = read_json(path)
+        data: Any = read_json(path)
     except (ValueError, FileNotFoundError) as error:
         raise DataError(str(error)) from None
-    if data.get("format") != _FORMAT or data.get("version") != _VERSION:
-        raise DataError(f"{path} is not a {_FORMAT} version {_VERSION} manifest")
+    if not isinstance(data, dict) or data.get("format") != _FORMAT or data.get("version") != _VERSION:
+        raise DataError(f"{path} is not a {_FORMAT} version {_VERSION} manifest; use a new store directory")
+    shards = data.get("shards")
+    problem = None
+    if not isinstance(data.get("fingerprint"), dict):
+        problem = "its 'fingerprint' is missing or not an object"
+    elif not isinstance(data.get("complete"), bool):
+        problem = "its 'complete' is missing or not true/false"
+    elif not isinstance(shards, list):
+        problem = "its 'shards' is missing or not a list"
+    else:
+        for index, shard in enumerate(shards):
+            if not (isinstance(shard, dict) and isinstance(shard.get("file"), str)
+                    and _SHARD.fullmatch(shard["file"]) and isinstance(shard.get("samples"), int)
+                    and isinstance(shard.get("checksum"), list)):
+                problem = (f"its shard {index} is not {{'file': 'shard-NNNNN.safetensors' in the store, 'samples': "
+                           f"int, 'checksum': list}}: {shard!r}")
+                break
+    if problem is not None:
+        raise DataError(f"{path}: {problem}; the store is damaged, use a new store directory")
     return data

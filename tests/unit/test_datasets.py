@@ -182,3 +182,86 @@ def test_a_torch_dataloader_streams_with_its_length(capsys: pytest.CaptureFixtur
                           for xb, yb in loader])
     assert result.samples == 12 and torch.equal(result.scores["sparseness"], expected)
     assert "3/3 batches" in capsys.readouterr().err
+
+
+def test_a_store_resumes_only_the_same_targets_model_and_metric_settings(tmp_path: Path) -> None:
+    """The fingerprint covers the model's weights and each metric's settings, the batch checksums the targets and
+    masks: none of them changed may give the stored results back as if they were the new run's."""
+    model, batches = build_mlp(), _batches(count=2)
+    flip = {"flip": PixelFlipping(FlipConfig(steps=3, fill=0.0))}
+    relprop.explain_dataset(model, batches, method="gradient", metrics=flip, store=tmp_path / "s", progress=False)
+    with pytest.raises(ConfigError, match="another run"):  # the same metric name, other settings
+        relprop.explain_dataset(model, batches, method="gradient", metrics={"flip": PixelFlipping(
+            FlipConfig(steps=5, fill=0.0))}, store=tmp_path / "s", progress=False)
+    other_targets = [(x, (t + 1) % 3, m) for x, t, m in batches]
+    with pytest.raises(DataError, match="x, target or mask"):
+        relprop.explain_dataset(model, other_targets, method="gradient", metrics=flip, store=tmp_path / "s",
+                                progress=False)
+    retrained = build_mlp()
+    with torch.no_grad():
+        retrained[0].weight[0, 0] += 1.0
+    with pytest.raises(ConfigError, match="another run"):
+        relprop.explain_dataset(retrained, batches, method="gradient", metrics=flip, store=tmp_path / "s",
+                                progress=False)
+    again = relprop.explain_dataset(model, batches, method="gradient", metrics=flip, store=tmp_path / "s",
+                                    progress=False)  # the same run: resumed, every batch from the store
+    assert again.samples == 8
+
+
+def test_a_rule_map_run_resumes(tmp_path: Path) -> None:
+    """A RuleMap (and its rules, canonizers and selectors) is described by its fields, not by object addresses."""
+    from relprop import rules
+    from relprop.composites import RuleMap, get_preset
+
+    model, batches = build_mlp(), _batches(count=2)
+    for name, make in (("map", lambda: RuleMap([(nn.Linear, rules.Epsilon())], first=rules.Flat())),
+                       ("preset", lambda: get_preset("epsilon_plus_flat"))):
+        first = relprop.explain_dataset(model, batches, method="lrp", rule_map=make(), store=tmp_path / name,
+                                        metrics=[Sparseness()], progress=False)
+        again = relprop.explain_dataset(model, batches, method="lrp", rule_map=make(), store=tmp_path / name,
+                                        metrics=[Sparseness()], progress=False)
+        torch.testing.assert_close(again.scores["sparseness"], first.scores["sparseness"], rtol=0, atol=0)
+
+
+class _Masked(nn.Module):
+    """Scores that need the batch's attention mask (a keyword with no default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 3)
+
+    def forward(self, x: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.lin(x * attention_mask)  # type: ignore[no-any-return]
+
+
+def test_metrics_that_explain_again_get_the_batch_model_kwargs() -> None:
+    from relprop.metrics import MaxSensitivity
+
+    torch.manual_seed(0)
+    model = _Masked().double().eval()
+    x = torch.randn(4, 6, dtype=torch.float64)
+    mask = torch.ones(4, 6, dtype=torch.float64)
+    mask[:, 3:] = 0
+    batch = {"x": x, "target": torch.zeros(4, dtype=torch.long), "model_kwargs": {"attention_mask": mask}}
+    result = relprop.explain_dataset(model, [batch], method="gradient", metrics=[MaxSensitivity(samples=2)],
+                                     progress=False)
+    assert result.scores["max_sensitivity"].shape == (4,)
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda m: m.pop("fingerprint"), "'fingerprint' is missing"),
+    (lambda m: m.pop("shards"), "'shards' is missing"),
+    (lambda m: m["shards"][0].update(file="../../outside.safetensors"), "shard 0 is not"),
+])
+def test_a_damaged_manifest_is_a_data_error(tmp_path: Path, damage: object, message: str) -> None:
+    model, batches = build_mlp(), _batches(count=1)
+    relprop.explain_dataset(model, batches, method="gradient", store=tmp_path / "s", progress=False)
+    manifest = tmp_path / "s" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    damage(data)  # type: ignore[operator]
+    manifest.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        ResultStore.open(tmp_path / "s")
+    manifest.write_text("[1, 2]")
+    with pytest.raises(DataError, match="is not a relprop.explanations version"):
+        ResultStore.open(tmp_path / "s")

@@ -121,9 +121,21 @@ def test_report_of_a_run_not_yet_evaluated_recomputes_heatmaps(tiny_run: Path, t
         shutil.copy(tiny_run / name, copy / name)
     page = write_report(copy).read_text(encoding="utf-8")
     images = _assert_self_contained(page)
-    assert "Not evaluated yet" in page and "recomputed from the best checkpoint" in page
+    assert "Not evaluated yet" in page and "recomputed from the evaluated checkpoint" in page
     assert len(images) == 2  # accuracy curve, heatmap grid (input + 4 methods)
     assert page.count("<table") == 2
+
+
+def test_an_evaluation_of_an_older_checkpoint_is_flagged(tiny_run: Path, tmp_path: Path) -> None:
+    """A run that trained on after its evaluation: the page says the table is of another epoch than the heatmaps."""
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert "Out of date" not in page
+    evaluation = json.loads((copy / "evaluation.json").read_text())
+    (copy / "evaluation.json").write_text(json.dumps({**evaluation, "checkpoint_epoch": 7}))
+    page = write_report(copy).read_text(encoding="utf-8")
+    assert "<b>Out of date:</b> this evaluation is of epoch 7" in page and "now holds epoch 1" in page
 
 
 def test_grid_report_has_tables_gallery_and_curves(tiny_grid: Path) -> None:

@@ -25,7 +25,7 @@ import torch
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, read_json
 from ..viz.report import GridSummary, RunSummary, SampleMaps, render
-from .evaluate import MAJ_METHODS, explain_maj, read_evaluation, read_samples
+from .evaluate import MAJ_METHODS, evaluated_epoch, explain_maj, read_evaluation, read_samples
 from .reproduce import GRID_ARCHS, collect, tables
 from .train import MANIFEST, TrainConfig, load_run, maj_shape, read_history
 
@@ -36,8 +36,10 @@ _DEFAULT_METHODS = ("sa", "gb", "dtd", "lrp_a1.5b0.5")  # the thesis' methods, a
 _CONSERVATIVE = frozenset(name for name, (method, _) in MAJ_METHODS.items() if method == "lrp")
 
 
-def sample_maps(run_dir: Path, methods: Sequence[str], count: int = _GALLERY_SAMPLES) -> SampleMaps:
-    """Relevance of the first ``count`` test sequences per method, recomputed from the best checkpoint."""
+def sample_maps(run_dir: Path, methods: Sequence[str], count: int = _GALLERY_SAMPLES, which: str = "best"
+                ) -> SampleMaps:
+    """Relevance of the first ``count`` test sequences per method, recomputed from checkpoint ``which`` (the one
+    the run's evaluation is of: "best" or "last")."""
     from ..data import from_sequence, load_maj
 
     config = TrainConfig(**read_json(run_dir / "config.json"))
@@ -49,7 +51,7 @@ def sample_maps(run_dir: Path, methods: Sequence[str], count: int = _GALLERY_SAM
             f"available: {error}. Set RELPROP_DATA to the folder that holds it (or allow the download), then "
             "run the report again"
         ) from error
-    model, _ = load_run(run_dir)
+    model, _ = load_run(run_dir, which=which)
     device = next(model.parameters()).device
     height = maj_shape(config.dataset, config.variant)["height"]
     x, y = test.sequences().to(device), test.y.to(device)  # (count, steps, features), (count,)
@@ -66,9 +68,12 @@ def run_summary(run_dir: Path) -> RunSummary:
     """Configuration, history, evaluation and heatmaps of one training run."""
     evaluation = read_evaluation(run_dir)
     methods = [m for m in evaluation.get("methods", {}) if m in MAJ_METHODS] if evaluation else []
+    which = str(evaluation.get("checkpoint", "best")) if evaluation else "best"
     return RunSummary(directory=str(run_dir), config=read_json(run_dir / "config.json"),
                       history=read_history(run_dir), evaluation=evaluation,
-                      conservative=_CONSERVATIVE, samples=sample_maps(run_dir, methods or _DEFAULT_METHODS))
+                      conservative=_CONSERVATIVE, samples=sample_maps(run_dir, methods or _DEFAULT_METHODS,
+                                                                      which=which if which == "last" else "best"),
+                      current_epoch=None if evaluation is None else evaluated_epoch(run_dir, which))
 
 
 def _grid_cells(root: Path) -> list[Path]:

@@ -82,7 +82,9 @@ class SampleMaps:
 class RunSummary:
     """One training run: its directory, ``config.json``, ``history.json`` and ``evaluation.json`` (or None).
 
-    ``conservative`` names the methods whose conservation error means something (the LRP family).
+    ``conservative`` names the methods whose conservation error means something (the LRP family);
+    ``current_epoch`` the epoch the evaluated checkpoint (best or last) holds now: where it is not the evaluation's
+    ``checkpoint_epoch``, the run has trained on since its evaluation.
     """
 
     directory: str
@@ -91,6 +93,7 @@ class RunSummary:
     evaluation: Mapping[str, Any] | None
     conservative: frozenset[str]
     samples: SampleMaps
+    current_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -240,7 +243,7 @@ def _gallery(samples: SampleMaps, name: str) -> str:
     figure = _samples_figure(samples, name)
     dpi = int(np.clip(1100 / figure.get_figwidth(), 60, 150))  # about 1100 pixels wide: fills the page
     return _img(_png_bytes(figure, dpi=dpi), f"heatmaps {name}",
-                f"{name}: the first {len(samples.labels)} test sequences, recomputed from the best checkpoint")
+                f"{name}: the first {len(samples.labels)} test sequences, recomputed from the evaluated checkpoint")
 
 
 # --- a single run -------------------------------------------------------------------------------------------
@@ -266,7 +269,14 @@ def _run_sections(run: RunSummary) -> tuple[str, list[tuple[str, str]]]:
         sections.append(("Heatmaps", _HEATMAP_NOTES + _gallery(run.samples, arch)))
         return title, sections
     methods: Mapping[str, Any] = evaluation.get("methods", {})
-    summary = (f"<p>Test accuracy <b>{_fmt(evaluation.get('accuracy'), 4)}</b> on "
+    evaluated = evaluation.get("checkpoint_epoch")
+    stale = ""
+    if run.current_epoch is not None and evaluated != run.current_epoch:
+        stale = (f'<p class="note"><b>Out of date:</b> this evaluation is of epoch {_esc(evaluated)}, but the run has '
+                 f"trained on and its {_esc(evaluation.get('checkpoint', 'best'))} checkpoint now holds epoch "
+                 f"{run.current_epoch}; the heatmaps below are of that newer model. Run <code>relprop evaluate "
+                 f"{_esc(run.directory)}</code> again.</p>")
+    summary = stale + (f"<p>Test accuracy <b>{_fmt(evaluation.get('accuracy'), 4)}</b> on "
                f"{_esc(evaluation.get('test_samples', '?'))} test sequences. Cosine: similarity of the block "
                "relevance to the ground-truth mask (higher is better); AOPC: area over the pixel-flipping curve "
                f"(higher is better). {_REGION_NOTE}</p>")

@@ -18,6 +18,7 @@ from relprop.data.sst import (
     load_glove,
     load_sst,
 )
+from relprop.errors import ConfigError
 from relprop.experiments.text import TextTrainConfig, evaluate_accuracy, load_text_run, train_text
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
 
@@ -175,6 +176,10 @@ def test_tiny_training_run_saves_and_loads(tmp_path: Path) -> None:
     with torch.no_grad():
         assert torch.equal(loaded.model(ids), run.model(ids))
     assert not loaded.model.embedding.weight.requires_grad
+    before = (tmp_path / "run" / "run.json").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a trained text run"):  # nothing is overwritten
+        train_text(config)
+    assert (tmp_path / "run" / "run.json").read_bytes() == before
 
 
 def test_a_corrupt_text_run_gives_one_data_error(tmp_path: Path) -> None:

@@ -128,6 +128,11 @@ def train_text(config: TextTrainConfig) -> TextRun:
     >>> run = train_text(TextTrainConfig(classes=2, epochs=5))  # doctest: +SKIP
     >>> run.test_accuracy, run.best_dev_epoch  # doctest: +SKIP
     """
+    if config.run_dir is not None and (Path(config.run_dir) / _META).exists():
+        raise ConfigError(
+            f"{config.run_dir} already holds a trained text run, which training again would overwrite; pass "
+            "another run directory (--out), or delete that one to train it again"
+        )
     if config.classes not in (5, 2):
         raise ConfigError(f"TextTrainConfig.classes must be 5 or 2, got {config.classes}")
     if config.model not in TEXT_MODELS:

@@ -33,6 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -245,6 +246,8 @@ def explain_dataset(
     """
     named, described = _named(metrics)
     run = _explainer(method, options)
+    if store is not None and Path(store).exists() and not Path(store).is_dir():
+        raise ConfigError(f"store {store} is a file; give a directory (new, or one this run wrote)")
     shards = None if store is None else ResultStore(store, fingerprint=_fingerprint(model, method, options, described))
     finished = 0 if shards is None else len(shards.shards)
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
@@ -263,6 +266,9 @@ def explain_dataset(
         samples += len(item.x)
         seen += 1
         reporter.step()
+    if seen == 0:
+        raise ConfigError("the loader yielded no batch; nothing was explained" + (
+            " and the store is left as it was" if shards is not None else ""))
     if shards is not None:
         if seen < finished:
             raise DataError(f"the loader yielded fewer batches than the store {shards.path} already holds")

@@ -265,3 +265,20 @@ def test_a_damaged_manifest_is_a_data_error(tmp_path: Path, damage: object, mess
     manifest.write_text("[1, 2]")
     with pytest.raises(DataError, match="is not a relprop.explanations version"):
         ResultStore.open(tmp_path / "s")
+
+
+def test_an_empty_loader_or_a_file_as_store_is_refused(tmp_path: Path) -> None:
+    model = build_mlp()
+    with pytest.raises(ConfigError, match="yielded no batch"):
+        relprop.explain_dataset(model, [], method="gradient", store=tmp_path / "s", progress=False)
+    result = relprop.explain_dataset(model, _batches(count=1), method="gradient", store=tmp_path / "s",
+                                     progress=False)  # the store was not marked complete by the empty run
+    assert result.samples == 4
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="is a file"):
+        relprop.explain_dataset(model, _batches(count=1), method="gradient", store=tmp_path / "file",
+                                progress=False)
+    with pytest.raises(ConfigError, match="has no score"):
+        relprop.explain_dataset(model, _batches(count=1), method="gradient",
+                                metrics=[Sparseness(), entropy],  # type: ignore[list-item]
+                                progress=False)

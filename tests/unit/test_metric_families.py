@@ -103,3 +103,28 @@ def test_randomisation_cascades_from_the_output_and_leaves_the_model_alone() -> 
         torch.testing.assert_close(cascading.similarity[:, step], expected)
     identical = ModelRandomisation()(model, x, target, lambda m, x, t: x.clone())  # ignores the model
     torch.testing.assert_close(identical.similarity, torch.ones_like(identical.similarity))
+
+
+def test_metric_settings_and_inputs_are_checked_when_given() -> None:
+    """A bad setting fails when the metric is made, a bad target or non-finite relevance with a clear error."""
+    from relprop.errors import ConfigError, ExplanationError
+    from relprop.metrics import ModelRandomisation, entropy, pixel_flipping, sparseness
+    from relprop.metrics.faithfulness import FlipConfig
+
+    with pytest.raises(ConfigError, match="FlipConfig.steps must be an integer >= 1, got 0"):
+        FlipConfig(steps=0)
+    with pytest.raises(ConfigError, match="FlipConfig.order must be"):
+        FlipConfig(order="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown order 'x'"):
+        ModelRandomisation(order="x")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="unknown similarity"):
+        ModelRandomisation(kind="kendall")  # type: ignore[arg-type]
+    model, x = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), torch.randn(2, 4)
+    with pytest.raises(ExplanationError, match=r"target out of range: the model has 3 outputs, got \[5, 5\]"):
+        pixel_flipping(model, x, torch.randn(2, 4), 5)
+    with pytest.raises(ConfigError, match="steps must be an integer"):
+        pixel_flipping(model, x, torch.randn(2, 4), 0, steps=2.5)
+    for bad in (float("nan"), float("inf")):
+        for metric in (sparseness, entropy):
+            with pytest.raises(ExplanationError, match=r"samples \[1\] holds NaN or infinite"):
+                metric(torch.tensor([[1.0, 2.0, 3.0], [bad, 1.0, 2.0]]))

@@ -59,6 +59,14 @@ class FlipConfig:
     batch_size: int = 256
     progress: bool = False
 
+    def __post_init__(self) -> None:  # checked when made, as the other metric configs are
+        for name in ("steps", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"FlipConfig.{name} must be an integer >= 1, got {value!r}")
+        if self.order not in ("morf", "lerf", "random"):
+            raise ConfigError(f"FlipConfig.order must be 'morf', 'lerf' or 'random', got {self.order!r}")
+
     @boundary("relprop.metrics.FlipConfig.replace")
     def replace(self, **options: Any) -> FlipConfig:
         """A copy with some fields changed; an unknown name raises :class:`~relprop.errors.ConfigError`."""
@@ -125,6 +133,8 @@ def _target_scores(model: Callable[[Tensor], Tensor], x: Tensor, target: Tensor)
         raise ExplanationError(
             f"the model must return (N, classes) or (N,), got shape {tuple(output.shape)}"
         )
+    if bool(((target < 0) | (target >= output.shape[1])).any()):
+        raise ExplanationError(f"target out of range: the model has {output.shape[1]} outputs, got {target.tolist()}")
     return output.gather(1, target[:, None])[:, 0]
 
 

@@ -112,6 +112,12 @@ class ModelRandomisation:
     absolute: bool = False
     higher_is_better: ClassVar[bool] = False
 
+    def __post_init__(self) -> None:  # checked when made, not at the first batch
+        if self.order not in ("cascading", "independent"):
+            raise ConfigError(f"unknown order {self.order!r}; use 'cascading' or 'independent'")
+        if self.kind not in ("spearman", "pearson", "cosine"):
+            raise ConfigError(f"unknown similarity {self.kind!r}; use 'spearman', 'pearson' or 'cosine'")
+
     @boundary("relprop.metrics.ModelRandomisation")
     def __call__(self, model: nn.Module, x: Tensor, target: Tensor, explain: ExplainFn) -> RandomisationResult:
         if self.order not in ("cascading", "independent"):

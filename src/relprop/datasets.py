@@ -212,7 +212,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.update()
         elif self.enabled:
-            due = self.done % max(1, self.total // 10) == 0 if self.total else self.done & (self.done - 1) == 0
+            due = self.done % max(1, -(-self.total // 10)) == 0 if self.total else self.done & (self.done - 1) == 0
             if due and self.done != self.total:
                 self._line()
 

@@ -205,3 +205,12 @@ def test_out_where_the_file_system_refuses(tmp_path: Path, monkeypatch: pytest.M
 
     assert output_dir(str(tmp_path / "demo")) == tmp_path / "demo"  # where it works: the probe is gone again
     assert not list(tmp_path.iterdir())
+
+
+def test_train_on_a_finished_run_says_there_is_nothing_to_do(tiny_run: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from relprop.cli import main
+
+    assert main(["--quiet", "train", "--arch", "rlstm_sd", "--dataset", "digits-maj", "--epochs", "1",
+                 "--limit", "100", "--out", str(tiny_run)]) == 0
+    assert "nothing to train: the run has finished (1 epoch;" in capsys.readouterr().out

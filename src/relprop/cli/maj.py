@@ -71,14 +71,19 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from ..experiments.train import TrainConfig, train
+    from ..experiments.train import TrainConfig, read_history, run_finished, train
 
     set_threads(args.threads)
     config = TrainConfig(arch=args.arch, dataset=args.dataset, variant=args.variant, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, seed=args.seed, limit=args.limit)
     out = args.out or checked(output_dir, f"runs/{args.dataset}-{args.arch.replace('+', 'plus')}-seed{args.seed}",
                               "--out")
-    print(f"run directory: {train(config, out, progress=True)}")
+    done = len(read_history(out)) if run_finished(out, config) else None  # nothing left to train
+    path = train(config, out, progress=True)
+    if done is not None:
+        print(f"nothing to train: the run has finished ({done} epoch{'s' if done != 1 else ''}; pass more --epochs to "
+              "train on)")
+    print(f"run directory: {path}")
     return 0
 
 

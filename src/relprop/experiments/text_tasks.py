@@ -68,9 +68,12 @@ def explain_text(run_dir: str | os.PathLike[str], sentences: Sequence[str],
     from .text import load_text_run
     from .text_explain import explain_sentences, label_names, tokenize
 
+    if not sentences:
+        raise ConfigError("no sentence to explain: give one or more after the run directory, e.g. "
+                          "relprop text explain RUN \"a gripping, funny film\"")
     empty = [s for s in sentences if not tokenize(s)]
-    if empty or not sentences:
-        raise ConfigError(f"sentences without a word cannot be explained: {empty or sentences!r}")
+    if empty:
+        raise ConfigError(f"sentences without a word cannot be explained: {empty!r}")
     run = load_text_run(run_dir)
     check_methods([run], [method], every_run=True)
     return label_names(run.config.classes), explain_sentences(run, sentences, method)

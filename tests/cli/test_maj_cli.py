@@ -100,6 +100,8 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_quiet_and_threads_go_before_or_after_the_command() -> None:
     assert parser().parse_args(["demo", "--quiet"]).quiet
     assert parser().parse_args(["--quiet", "demo"]).quiet
+    assert parser().parse_args(["text", "--quiet", "explain", "RUN"]).quiet  # also between a group and its command
+    assert parser().parse_args(["text", "explain", "RUN", "--quiet"]).quiet
     assert not parser().parse_args(["demo"]).quiet
     assert parser().parse_args(["train"]).threads == 1
     assert parser().parse_args(["reproduce", "--threads", "2"]).threads == 2

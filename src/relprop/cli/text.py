@@ -123,8 +123,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def add_text_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     """Add ``text train|explain|evaluate|report`` to the subcommands of the main parser."""
-    text = commands.add_parser("text", formatter_class=Formatter,
-                               help="sentiment models on the Stanford Sentiment Treebank")
+    text = commands.add_parser("text", parents=[shared_options(threads=False)], formatter_class=Formatter,
+                               help="sentiment models on the Stanford Sentiment Treebank")  # text --quiet explain
     text_commands = text.add_subparsers(dest="text_command", required=True, metavar="COMMAND")
     shared = shared_options(threads=True)
 

@@ -47,13 +47,19 @@ def explain_func(model: nn.Module, inputs: Any, targets: Any, **kwargs: Any) -> 
     """Quantus's ``explain_func`` contract: relprop's relevance of ``targets`` as a numpy array shaped like ``inputs``.
 
     ``kwargs``: ``method`` (default ``"lrp"``) and that method's options for :func:`relprop.explain`.
+    ``targets`` None explains each sample's top class.
     """
     from relprop.api import explain
 
     options = {k: v for k, v in kwargs.items() if k not in _IGNORED}
     method = options.pop("method", "lrp")
     x = _as_input(inputs, model)
-    target = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device).reshape(-1)
+    array = None if targets is None else np.asarray(targets)
+    integral = array is None or np.issubdtype(array.dtype, np.integer) or (
+        np.issubdtype(array.dtype, np.floating) and bool(np.all(np.mod(array, 1) == 0)))  # 3.0 from a float cast
+    if not integral:
+        raise ConfigError(f"targets must be class indices (integers), one per sample, or None; got {targets!r}")
+    target = None if array is None else torch.as_tensor(array, dtype=torch.long, device=x.device).reshape(-1)
     relevance = explain(model, x, target, method=method, **options).relevance.detach()
     return relevance.cpu().numpy()
 

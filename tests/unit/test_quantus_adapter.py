@@ -61,3 +61,20 @@ def test_score_and_dataset_metric_pass_tensors_as_numpy() -> None:
     assert torch.equal(result.scores["fake"], torch.zeros(4, dtype=torch.float64))  # re-explained the same way
     with pytest.raises(ConfigError, match="per layer"):
         score(lambda **_: {"layer": [1.0]}, model, x, target, relevance)
+
+
+def test_explain_func_targets_none_or_class_indices() -> None:
+    import numpy as np
+
+    from relprop import quantus_adapter
+    from relprop.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    top = quantus_adapter.explain_func(model, x, None, method="gradient")  # None: each sample's top class
+    classes = model(torch.as_tensor(x)).argmax(1).numpy()
+    np.testing.assert_array_equal(top, quantus_adapter.explain_func(model, x, classes, method="gradient"))
+    np.testing.assert_array_equal(top, quantus_adapter.explain_func(model, x, classes.astype(float), method="gradient"))
+    with pytest.raises(ConfigError, match="class indices"):
+        quantus_adapter.explain_func(model, x, [0.5, 1.0], method="gradient")

@@ -154,6 +154,10 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         if (action.help and "(default" in action.help) or action.default is None or action.default is False:
             return action.help
+        if isinstance(action, argparse._StoreFalseAction):  # --no-X: on unless given
+            return f"{action.help} (default: off)" if action.help else action.help
+        if isinstance(action.default, (tuple, list)) and action.help:  # as the user would write it: a,b,c
+            return f"{action.help} (default: {','.join(map(str, action.default))})".replace("%", "%%")
         return super()._get_help_string(action)
 
 

@@ -260,33 +260,31 @@ def on_path(values: Iterable[Any]) -> bool:
     return False
 
 
-def _stale(values: Iterable[Any]) -> str | None:
+def _tag_of(values: Iterable[Any], tag: str, bases: bool = False) -> str | None:
+    """The first value of ``tag`` on a tensor in ``values`` (tensors, or lists/tuples of them); with ``bases`` also
+    on the tensor a view was taken of."""
     for value in values:
         if isinstance(value, Tensor):
-            where = getattr(value, _STALE, None)
-            if where is None and value._base is not None:  # a view of a changed tensor, or of its base
-                where = getattr(value._base, _STALE, None)
-            if where is not None:
-                return str(where)
+            found = getattr(value, tag, None)
+            if found is None and bases and value._base is not None:
+                found = getattr(value._base, tag, None)
+            if found is not None:
+                return str(found)
         elif isinstance(value, (tuple, list)):
-            where = _stale(value)
-            if where is not None:
-                return where
+            found = _tag_of(value, tag, bases)
+            if found is not None:
+                return found
     return None
+
+
+def _stale(values: Iterable[Any]) -> str | None:
+    """Where an in-place op changed one of ``values`` (or the tensor it is a view of)."""
+    return _tag_of(values, _STALE, bases=True)
 
 
 def _constant_source(values: Iterable[Any]) -> str | None:
     """Which constant-output op (e.g. "'pow' at model.py:12") computed one of ``values`` from the relevance path."""
-    for value in values:
-        if isinstance(value, Tensor):
-            source = getattr(value, _CONSTANT, None)
-            if source is not None:
-                return str(source)
-        elif isinstance(value, (tuple, list)):
-            source = _constant_source(value)
-            if source is not None:
-                return source
-    return None
+    return _tag_of(values, _CONSTANT)
 
 
 def _tag_constant(value: Any, source: str) -> Any:

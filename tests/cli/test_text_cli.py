@@ -83,7 +83,7 @@ def test_explain_rejects_lstm_lrp_on_the_cnn(runs: dict[str, Path], user_error: 
 def test_text_user_errors(runs: dict[str, Path], tmp_path: Path, user_error: UserError) -> None:
     cnn = str(runs["cnn"])
     assert "without a word" in user_error(["text", "explain", cnn, "  "])
-    assert "without a word" in user_error(["text", "explain", cnn])
+    assert "no sentence to explain" in user_error(["text", "explain", cnn])
     assert "not a run directory" in user_error(["text", "explain", str(tmp_path), "fine"])
     assert "unknown method bogus" in user_error(["text", "report", cnn, "--methods", "bogus"])
     assert "LSTM cells" in user_error(["text", "report", cnn, "--methods", "lstm_epsilon", "--out",

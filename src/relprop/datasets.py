@@ -136,27 +136,28 @@ def _explainer(method: Method, options: Mapping[str, Any]) -> Explainer:
     return run
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, depth: int = 0) -> str:
     """An option or metric as text for the fingerprint, the same in every process: tensors by shape, dtype and a
-    hash of their values; dataclasses (rules, a RuleMap, metric configs) by their fields; functions and classes by
-    qualified name; any other object by its type and its public attributes (never a memory address)."""
+    hash of their values; dataclasses (rules, a RuleMap, relprop's metrics and configs) by their fields; functions,
+    classes and any other object (a Quantus metric, which changes its attributes as it runs) by qualified name;
+    never a memory address. Deeper than a few levels (a cycle), by type."""
     if isinstance(value, Tensor):
         digest = hashlib.sha256(value.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
         return f"tensor{tuple(value.shape)} {value.dtype} sha256:{digest}"
     if isinstance(value, (str, int, float, bool, type(None))):
         return repr(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_describe(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{_describe(k)}: {_describe(v)}" for k, v in value.items()) + "}"
     if isinstance(value, type) or callable(value) and hasattr(value, "__qualname__"):
         return f"{getattr(value, '__module__', '')}.{value.__qualname__}"
-    if dataclasses.is_dataclass(value):
-        fields = ", ".join(f"{f.name}={_describe(getattr(value, f.name))}" for f in dataclasses.fields(value))
-        return f"{type(value).__qualname__}({fields})"
-    public = {k: v for k, v in sorted(vars(value).items()) if not k.startswith("_")} if hasattr(value, "__dict__") \
-        else {}
-    return f"{type(value).__qualname__}({', '.join(f'{k}={_describe(v)}' for k, v in public.items())})"
+    if depth >= 6:
+        return type(value).__qualname__
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_describe(v, depth + 1) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{_describe(k, depth + 1)}: {_describe(v, depth + 1)}" for k, v in value.items()) + "}"
+    if not dataclasses.is_dataclass(value):  # another library's object (a Quantus metric) changes as it runs
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+    fields = ", ".join(f"{f.name}={_describe(getattr(value, f.name), depth + 1)}" for f in dataclasses.fields(value))
+    return f"{type(value).__qualname__}({fields})"
 
 
 def _model_digest(model: nn.Module) -> str:

@@ -282,3 +282,17 @@ def test_an_empty_loader_or_a_file_as_store_is_refused(tmp_path: Path) -> None:
         relprop.explain_dataset(model, _batches(count=1), method="gradient",
                                 metrics=[Sparseness(), entropy],  # type: ignore[list-item]
                                 progress=False)
+
+
+def test_a_store_with_a_quantus_metric_resumes_with_the_same_object(tmp_path: Path) -> None:
+    """Another library's metric is described by its settings, not by the scores it accumulates while it runs."""
+    quantus = pytest.importorskip("quantus")
+    from relprop.quantus_adapter import QuantusMetric
+
+    model, batches = build_mlp(), _batches(count=2)
+    metric = {"sparseness_q": QuantusMetric(quantus.Sparseness(disable_warnings=True))}
+    first = relprop.explain_dataset(model, batches, method="gradient", metrics=metric, store=tmp_path / "s",
+                                    progress=False)
+    again = relprop.explain_dataset(model, batches, method="gradient", metrics=metric, store=tmp_path / "s",
+                                    progress=False)  # the same object, now holding scores: the same run
+    torch.testing.assert_close(again.scores["sparseness_q"], first.scores["sparseness_q"], rtol=0, atol=0)

@@ -252,13 +252,16 @@ def training_status(run_dir: Path) -> dict[str, Any] | None:
     >>> training_status(Path("no-such-run")) is None
     True
     """
-    history = read_history(run_dir) if (run_dir / "config.json").exists() else []
-    if not history:
+    try:
+        history = read_history(run_dir) if (run_dir / "config.json").exists() else []
+        if not history:
+            return None
+        planned = int(read_json(run_dir / "config.json").get("epochs", len(history)))
+        return {"epochs": len(history), "of": planned, "best": best_epoch(run_dir),
+                "best_val_accuracy": max(float(record["val_accuracy"]) for record in history),
+                "finished": run_finished(run_dir)}
+    except RelpropError:  # a damaged run directory: the grid names it when it gets to it; the list only omits it
         return None
-    planned = int(read_json(run_dir / "config.json").get("epochs", len(history)))
-    return {"epochs": len(history), "of": planned, "best": best_epoch(run_dir),
-            "best_val_accuracy": max(float(record["val_accuracy"]) for record in history),
-            "finished": run_finished(run_dir)}
 
 
 def _method_order(name: str) -> tuple[int, str]:

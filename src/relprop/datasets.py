@@ -165,9 +165,14 @@ def _model_digest(model: nn.Module) -> str:
     other weights is not resumed with these."""
     digest = hashlib.sha256(type(model).__qualname__.encode())
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
-        values = tensor.detach().double() if tensor.is_floating_point() else tensor.detach()
-        digest.update(f"{name}{tuple(tensor.shape)}{float(values.sum())}{float((values * values).sum())}".encode())
+        digest.update(f"{name}{_sums(tensor)}".encode())
     return f"{type(model).__qualname__} sha256:{digest.hexdigest()[:16]}"
+
+
+def _sums(tensor: Tensor) -> list[float]:
+    """Shape, and exact float64 sum and sum of squares: what tells one tensor from another here."""
+    values = tensor.detach().double()
+    return [*map(float, tensor.shape), float(values.sum()), float((values * values).sum())]
 
 
 def _fingerprint(model: nn.Module, method: Method, options: Mapping[str, Any], metrics: Mapping[str, str]
@@ -182,11 +187,7 @@ def _checksum(item: _Item) -> list[float]:
     same batches."""
     sums: list[float] = []
     for value in (item.x, item.target, item.mask):
-        if isinstance(value, Tensor):
-            values = value.detach().double()
-            sums += [*map(float, value.shape), float(values.sum()), float((values * values).sum())]
-        else:
-            sums.append(-1.0)  # none given (the argmax; no mask)
+        sums += _sums(value) if isinstance(value, Tensor) else [-1.0]  # -1: none given (the argmax; no mask)
     return sums
 
 

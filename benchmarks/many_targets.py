@@ -8,6 +8,7 @@ every time is also divided by a plain gradient of the same round. Times are the 
     PYTHONPATH=src python benchmarks/many_targets.py                      # all cases, a few minutes
     PYTHONPATH=src python benchmarks/many_targets.py --cases overhead     # batch-1 fixed cost only (any commit)
     PYTHONPATH=src python benchmarks/many_targets.py --cases parts        # the MLP's fixed cost piece by piece
+    PYTHONPATH=src python benchmarks/many_targets.py --cases overhead_mlp # the MLP's pairs of 'overhead' only
 """
 
 from __future__ import annotations
@@ -233,8 +234,9 @@ def run_cases(cases: list[str], repeats: int) -> dict[str, Any]:
             for name, row in results[case].items():
                 print(f"{name:45s} {row['cpu_ms']:8.3f} ms  {row['ratio_to_anchor']:.2f}x gradient", flush=True)
             continue
-        if case == "overhead":
-            pairs = overhead_contenders()
+        if case in ("overhead", "overhead_mlp"):
+            pairs = {name: pair for name, pair in overhead_contenders().items()
+                     if case == "overhead" or name.startswith("mlp:")}
             results[case] = {}
             for name, (anchor, run) in pairs.items():
                 timed = _time({"anchor": anchor, name: run}, repeats * 10, warmup=5)
@@ -261,7 +263,8 @@ def run_cases(cases: list[str], repeats: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="overhead,mlp,cnn,resnet18",
-                        help="comma-separated, also 'parts' (default: %(default)s)")
+                        help="comma-separated, also 'parts' and 'overhead_mlp' (the MLP's pairs of 'overhead') "
+                             "(default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (resnet18: a quarter; overhead: 10x)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result (default: %(default)s)")
     args = parser.parse_args(argv)

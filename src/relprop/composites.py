@@ -20,7 +20,17 @@ from torch import Tensor, nn
 
 from . import ops, rules
 from .canonizers import Canonizer, ExplicitRecurrent
-from .core import FunctionalGuard, Rule, attach_rules, named_modules, ops_by_name, root_module, structure
+from .core import (
+    FunctionalGuard,
+    Rule,
+    SequentialPlan,
+    attach_rules,
+    named_modules,
+    ops_by_name,
+    root_module,
+    sequential_plan,
+    structure,
+)
 from .errors import ConfigError, ExplanationError
 from .layers import GatedProduct, Sum
 from .ops import Op
@@ -176,6 +186,32 @@ class RuleMap:
         assignments, uncovered = self._assign(model)
         self._assigned[model] = (tree, tuple(assignments), tuple(uncovered))
         return assignments, uncovered
+
+    def plan(self, model: nn.Module) -> SequentialPlan | None:
+        """The wrapper-free forward pass of ``model`` under this map (:class:`~relprop.core.SequentialPlan`) where
+        it is an ``nn.Sequential`` of ruled modules that no canonizer rewrites and this call may use it; else None
+        (the general path: wrappers and the op guard).
+
+        Cached per model and keyed on its structure, as :meth:`assign` is; never with predicate selectors.
+
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> get_preset("epsilon").plan(model) is get_preset("epsilon").plan(model) is not None
+        True
+        """
+        if type(model) is not nn.Sequential or self._predicates:
+            return None
+        tree = structure(model)
+        cached = self._plans.get(model)
+        if cached is None or cached[0] is not tree:
+            built = None if self.rewrites(model) else sequential_plan(model, *self.assign(model))
+            cached = self._plans[model] = (tree, built)
+        plan: SequentialPlan | None = cached[1]
+        return plan if plan is not None and plan.usable() else None
+
+    @cached_property
+    def _plans(self) -> weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]]:
+        """Per model: (structure, plan or None) of the last :meth:`plan`."""
+        return weakref.WeakKeyDictionary()
 
     @cached_property
     def _predicates(self) -> bool:

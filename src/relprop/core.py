@@ -39,7 +39,7 @@ from .safety import interruption_point, protected
 
 __all__ = [
     "ExplanationError", "Rule", "Site", "MergedBatchNorm", "stabilize", "attach_rules", "FunctionalGuard",
-    "eval_mode", "mark_path", "on_path", "attached_rule",
+    "eval_mode", "mark_path", "on_path", "attached_rule", "SequentialPlan",
 ]
 
 
@@ -683,6 +683,78 @@ def attach_rules(
             while undo:
                 undo[-1]()
                 undo.pop()
+
+
+class SequentialPlan:
+    """The explained forward pass of an ``nn.Sequential`` whose every child has a rule, without wrappers or the op
+    guard: each child runs through its rule's steps (:meth:`_Attachment._pre`, the module's own ``forward``,
+    :meth:`_Attachment._post`) in order, as the installed wrappers would run them, and nothing is attached to the
+    model. Built by :meth:`relprop.composites.RuleMap.plan` once per model structure.
+
+    ``nn.Sequential.forward`` calls its children one after the other and nothing else, so no functional operation
+    runs outside a ruled module: the op guard would have nothing to see, and the relevance is bitwise that of the
+    general path. A call that hooks, a user-set ``forward`` on a container, or an active torch-function mode could
+    change that: :meth:`usable` sends such a call to the general path.
+    """
+
+    def __init__(self, containers: Sequence[nn.Module], steps: Sequence[tuple[str, nn.Module, Rule]]) -> None:
+        self.containers, self.steps = tuple(containers), tuple(steps)
+        self._modules = (*self.containers, *(module for _, module, _ in self.steps))
+
+    def usable(self) -> bool:
+        """Whether this call may run the plan: no forward or backward hook (global, or on a container or a ruled
+        module), no instance-level ``forward`` on one of them, no torch-function mode, no tracing, and not inside a
+        rule's backward pass."""
+        if _RULES.running or torch._C._len_torch_function_stack() or torch._C._get_tracing_state() is not None:
+            return False
+        hooks = torch.nn.modules.module
+        if (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
+                or hooks._global_backward_pre_hooks):
+            return False
+        for module in self._modules:
+            if (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                    or module._backward_pre_hooks or "forward" in module.__dict__):
+                return False
+        return True
+
+    def __call__(self, x: Tensor) -> Tensor:
+        hidden = x
+        for name, module, rule in self.steps:
+            # what the step reads of its module (bias, padding mode, inplace) is read again on every call, as the
+            # general path attaches afresh on every call
+            step = _Attachment(name, module, rule, None)
+            args = (hidden,)
+            call_args, carried = step._pre(args)
+            hidden = step._post(args, carried, module.forward(*call_args))
+        return hidden
+
+
+def sequential_plan(model: nn.Module, assignments: Sequence[tuple[str, nn.Module, Rule]],
+                    uncovered: Sequence[tuple[str, nn.Module, str]]) -> SequentialPlan | None:
+    """The :class:`SequentialPlan` of ``model`` under ``assignments``, None where the model is not an
+    ``nn.Sequential`` (nested ones included) of modules that each have a rule and are called the way
+    ``nn.Module.__call__`` calls them."""
+    if type(model) is not nn.Sequential or uncovered:
+        return None
+    ruled = {id(module): (name, rule) for name, module, rule in assignments}
+    containers: list[nn.Module] = []
+    steps: list[tuple[str, nn.Module, Rule]] = []
+
+    def walk(sequential: nn.Module) -> bool:
+        containers.append(sequential)
+        for child in sequential._modules.values():
+            if child is None:
+                continue
+            if id(child) in ruled:
+                if isinstance(child, torch.jit.ScriptModule) or type(child).__call__ is not nn.Module.__call__:
+                    return False
+                name, rule = ruled[id(child)]
+                steps.append((name, child, rule))
+            elif type(child) is not nn.Sequential or not walk(child):
+                return False
+        return True
+
+    return SequentialPlan(containers, steps) if walk(model) and steps else None
 
 
 def attached_rule(module: nn.Module) -> tuple[Rule | None, bool]:

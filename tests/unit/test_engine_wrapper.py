@@ -22,9 +22,14 @@ class _DefinitionEpsilon(rules.Epsilon):
     """Epsilon as its readable definition: a subclass gets neither the fast kernel nor autograd's form."""
 
 
+class _Net(nn.Sequential):
+    """A subclass of nn.Sequential runs the general path (wrappers and the op guard); an exact nn.Sequential of
+    ruled modules runs :class:`relprop.core.SequentialPlan` (tests/unit/test_sequential_plan.py)."""
+
+
 def _mlp() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).double().eval()
+    return _Net(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3)).double().eval()
 
 
 def _cnn(bias: bool) -> nn.Module:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -65,10 +66,15 @@ def _explain(
     layer_at: str,
 ) -> Attribution:
     x = mark_path(x.detach().requires_grad_())
-    with rule_map.attached(model) as guard, recorded_layers(model, layers, layer_at) as records, \
-            torch.enable_grad():
-        with guard:
-            returned = model(x)
+    plan = None if layers else rule_map.plan(model)  # an nn.Sequential of ruled modules: no wrappers, no guard
+    with contextlib.nullcontext(None) if plan is not None else rule_map.attached(model) as guard, \
+            recorded_layers(model, layers, layer_at) as records, torch.enable_grad():
+        if guard is None:
+            assert plan is not None
+            returned = plan(x)
+        else:
+            with guard:
+                returned = model(x)
         output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
         if output is None and not isinstance(returned, Tensor):
             raise ExplanationError(
@@ -76,7 +82,7 @@ def _explain(
                 "pass output= to relprop.explain to select them, e.g. " + output_example(returned)
             )
         if output is None or not on_path((output,)):
-            ends = "" if not guard.constant_sites else (
+            ends = "" if guard is None or not guard.constant_sites else (
                 f" through any rule; on the way, {guard.constant_sites[0]} took the relevance path in and gave a "
                 "result this rule map treats as a constant (no relevance flows through it); if that op is a feature "
                 "of the model here, put it in an nn.Module with a rule (rules.Pass() for an element-wise activation)")

@@ -1,0 +1,193 @@
+"""An exact ``nn.Sequential`` of ruled modules runs :class:`relprop.core.SequentialPlan`: no wrappers, no op guard,
+nothing attached to the model. Its relevance must be bitwise that of the general path, and any call that the plan
+could not run as the general path would (hooks, a user's ``forward``, a torch-function mode, layer records) must
+take the general path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+import relprop
+from relprop import rules
+from relprop.composites import RuleMap, get_preset
+from relprop.core import SequentialPlan
+
+
+class _General(nn.Sequential):
+    """The same modules in a subclass of nn.Sequential: the general path (wrappers and the op guard)."""
+
+
+def _mlp(dtype: torch.dtype = torch.float64, inplace: bool = False) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 5), nn.ReLU(inplace=inplace), nn.Sequential(nn.Linear(5, 4), nn.Tanh()),
+        nn.Linear(4, 4, bias=False), nn.Sigmoid(), nn.Linear(4, 3),
+    ).to(dtype).eval()
+
+
+def _conv() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(), nn.Conv2d(3, 4, 3, stride=2),
+                         nn.AdaptiveAvgPool2d(1)).double().eval()
+
+
+def _uses_plan(model: nn.Module, preset: str = "epsilon", **options: Any) -> bool:
+    return get_preset(preset, **options).plan(model) is not None
+
+
+def _both(model: nn.Sequential, x: Tensor, target: object, **options: Any) -> tuple[relprop.Explanation, ...]:
+    """The explanation through the plan and through the general path (the same module objects)."""
+    assert _uses_plan(model, options.get("preset", "epsilon"),
+                      **{k: v for k, v in options.items() if k != "preset"})
+    planned = relprop.explain(model, x, target, **options)
+    general = relprop.explain(_General(*model).eval(), x, target, **options)
+    return planned, general
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "zplus", "alpha2beta1", "epsilon_gamma_box"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("target", [1, "all"])
+def test_the_plan_is_bitwise_the_general_path(preset: str, dtype: torch.dtype, target: object) -> None:
+    options = {"low": -1.0, "high": 1.0} if preset == "epsilon_gamma_box" else {}
+    x = torch.rand(3, 6, dtype=dtype) * 2 - 1
+    planned, general = _both(_mlp(dtype), x, target, preset=preset, **options)
+    assert torch.equal(planned.relevance, general.relevance)
+    assert torch.equal(planned.details["conservation_gap"], general.details["conservation_gap"])
+    assert torch.equal(planned.output, general.output) and torch.equal(planned.target, general.target)
+
+
+def test_the_plan_covers_convolutions_pools_and_in_place_activations() -> None:
+    image = torch.rand(2, 2, 7, 7, dtype=torch.float64) * 2 - 1
+    model = _conv()
+    flat = RuleMap([(nn.Conv2d, rules.Epsilon())])
+    assert flat.plan(model) is not None
+    # the model returns (batch, 4, 1, 1): the scores are selected by a seed of the output's shape
+    seed = torch.zeros(2, 4, 1, 1, dtype=torch.float64)
+    seed[:, 2] = 1.0
+    planned = relprop.explain(model, image, seed=seed, rule_map=flat).relevance
+    general = relprop.explain(_General(*model).eval(), image, seed=seed, rule_map=flat).relevance
+    assert torch.equal(planned, general)
+
+    x = torch.rand(3, 6, dtype=torch.float64) * 2 - 1
+    planned_, general_ = _both(_mlp(inplace=True), x, 2)
+    assert torch.equal(planned_.relevance, general_.relevance)
+
+
+def test_the_plan_reads_its_modules_again_on_every_call() -> None:
+    """What a rule reads of a module (the bias in Epsilon's denominator, ``inplace``) may change without the tree
+    changing; the plan keeps the rule assignment only."""
+    model = _mlp()
+    x = torch.rand(2, 6, dtype=torch.float64) * 2 - 1
+    before = relprop.explain(model, x, 0).relevance
+    model[0].bias = None
+    model[1].inplace = True
+    planned, general = _both(model, x, 0)
+    assert torch.equal(planned.relevance, general.relevance)
+    assert not torch.allclose(planned.relevance, before)  # the layer without its bias
+
+
+def test_the_plan_is_cached_per_structure_and_never_attaches_anything() -> None:
+    model = _mlp()
+    rule_map = get_preset("epsilon")
+    plan = rule_map.plan(model)
+    assert isinstance(plan, SequentialPlan) and rule_map.plan(model) is plan
+    relprop.explain(model, torch.rand(2, 6, dtype=torch.float64), 0)
+    for module in model.modules():
+        assert "forward" not in vars(module) and not module._forward_hooks and not module._forward_pre_hooks
+    model.append(nn.ReLU())
+    replanned = rule_map.plan(model)
+    assert replanned is not None and replanned is not plan and len(replanned.steps) == len(plan.steps) + 1
+
+
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)),  # batch_norm: an op site, merged
+    nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.5), nn.Linear(4, 3)),  # dropout: an op site
+    nn.Sequential(nn.Unflatten(1, (2, 3)), nn.Flatten(), nn.Linear(6, 3)),  # routing ops
+], ids=["batch_norm", "dropout", "flatten"])
+def test_a_module_without_a_rule_of_its_own_takes_the_general_path(model: nn.Sequential) -> None:
+    """Such a module's functional ops get their rules from the op guard, which the plan does not run."""
+    model = model.double().eval()
+    assert not _uses_plan(model)
+    x = torch.rand(2, 6, dtype=torch.float64)
+    assert relprop.explain(model, x, 0).relevance.shape == x.shape
+
+
+def _hooked(kind: str) -> Callable[[nn.Sequential, list[str]], Any]:
+    def on_child(model: nn.Sequential, seen: list[str]) -> Any:
+        return model[2][0].register_forward_hook(lambda *_: seen.append(kind))
+
+    def on_container(model: nn.Sequential, seen: list[str]) -> Any:
+        return model.register_forward_pre_hook(lambda *_: seen.append(kind))
+
+    def everywhere(model: nn.Sequential, seen: list[str]) -> Any:
+        return nn.modules.module.register_module_forward_hook(lambda *_: seen.append(kind))
+
+    def backward(model: nn.Sequential, seen: list[str]) -> Any:
+        return model[0].register_full_backward_hook(lambda *_: seen.append(kind))
+
+    return {"child": on_child, "container": on_container, "global": everywhere, "backward": backward}[kind]
+
+
+@pytest.mark.parametrize("kind", ["child", "container", "global", "backward"])
+def test_a_hook_sends_the_call_to_the_general_path(kind: str) -> None:
+    model = _mlp()
+    x = torch.rand(2, 6, dtype=torch.float64) * 2 - 1
+    want = relprop.explain(model, x, 1).relevance
+    seen: list[str] = []
+    handle = _hooked(kind)(model, seen)
+    try:
+        assert not _uses_plan(model)
+        if kind == "backward":  # the general path refuses it: its Function would carry a plain gradient
+            with pytest.raises(relprop.ExplanationError, match="BackwardHookFunction"):
+                relprop.explain(model, x, 1)
+        else:
+            got = relprop.explain(model, x, 1).relevance
+            assert seen and torch.equal(got, want)
+    finally:
+        handle.remove()
+    assert _uses_plan(model)
+
+
+def test_a_users_forward_a_mode_or_layer_records_send_the_call_to_the_general_path() -> None:
+    model = _mlp()
+    x = torch.rand(2, 6, dtype=torch.float64) * 2 - 1
+    want = relprop.explain(model, x, 1).relevance
+
+    calls: list[int] = []
+    own = model.forward
+    model.forward = lambda h: (calls.append(1), own(h))[1]  # type: ignore[method-assign]
+    assert not _uses_plan(model)
+    assert torch.equal(relprop.explain(model, x, 1).relevance, want) and calls
+    del model.forward
+
+    class Watch(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            self.names.append(getattr(func, "__name__", ""))
+            return func(*args, **(kwargs or {}))
+
+    with Watch() as watch:
+        assert not _uses_plan(model)
+        assert torch.equal(relprop.explain(model, x, 1).relevance, want)
+    assert "linear" in watch.names  # the model ran inside the user's mode
+
+    layered = relprop.explain(model, x, 1, layers=["2.0"])
+    assert torch.equal(layered.relevance, want) and "2.0" in layered.layers
+
+
+def test_predicate_selectors_are_never_planned() -> None:
+    """A predicate may read anything, so its assignment is not cached, and neither is a plan."""
+    model = _mlp()
+    rule_map = RuleMap([(lambda name, module: isinstance(module, nn.Linear), rules.Epsilon())])
+    assert rule_map.plan(model) is None
+    x = torch.rand(2, 6, dtype=torch.float64)
+    assert relprop.explain(model, x, 0, rule_map=rule_map).relevance.shape == x.shape

@@ -147,7 +147,8 @@ def overhead_contenders() -> dict[str, tuple[Runner, Runner]]:
 
 
 def overhead_parts() -> dict[str, Runner]:
-    """Where the MLP's fixed cost goes: each piece of ``explain`` alone, against the plain gradient (first)."""
+    """Where the MLP's fixed cost goes: each piece of ``explain`` alone, against the plain gradient (first); and the
+    same layers in an ``nn.Sequential`` subclass, which takes the general path instead of the SequentialPlan."""
     from relprop import validate
     from relprop.composites import get_preset
     from relprop.core import _carry, _divided, mark_path, stabilize
@@ -183,6 +184,7 @@ def overhead_parts() -> dict[str, Runner]:
         (relevance,) = torch.autograd.grad(hidden, leaf, start)
         return relevance
 
+    general = _Subclassed(*mlp).eval()  # the same layers; not an exact nn.Sequential, so no SequentialPlan
     return {
         "torch gradient": _gradient(mlp, x, 3),
         "plain forward (grad enabled)": plain_forward,
@@ -191,11 +193,18 @@ def overhead_parts() -> dict[str, Runner]:
         "input and model checks": lambda: validate.explanation_inputs(mlp, x, "lrp", {"preset": "epsilon"}),
         "relprop.methods.lrp": lambda: lrp(mlp, x, torch.tensor([3]), preset="epsilon"),
         "relprop.explain": lambda: relprop.explain(mlp, x, 3, preset="epsilon"),
+        "relprop.methods.lrp, general path": lambda: lrp(general, x, torch.tensor([3]), preset="epsilon"),
+        "relprop.explain, general path": lambda: relprop.explain(general, x, 3, preset="epsilon"),
     }
 
 
+class _Subclassed(nn.Sequential):
+    """An nn.Sequential subclass: relprop explains it through the general path (wrappers and the op guard)."""
+
+
 # ---------------------------------------------------------------------------------------------------------- timing
-def _time(runners: dict[str, Runner], repeats: int, warmup: int) -> dict[str, dict[str, float]]:
+def _time(runners: dict[str, Runner], repeats: int, warmup: int, warm: bool = False) -> dict[str, dict[str, float]]:
+    """Round-robin timing; each round starts after ``gc.collect()`` (cold caches) unless ``warm``."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -203,7 +212,8 @@ def _time(runners: dict[str, Runner], repeats: int, warmup: int) -> dict[str, di
     wall: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for round_ in range(repeats):
-        gc.collect()
+        if not warm:
+            gc.collect()
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
             start_cpu, start_wall = time.thread_time(), time.perf_counter()
@@ -225,12 +235,12 @@ def _agreement(model: nn.Module, x: Tensor, preset: str) -> float:
     return float((together - loop).abs().max() / loop.abs().max())
 
 
-def run_cases(cases: list[str], repeats: int) -> dict[str, Any]:
+def run_cases(cases: list[str], repeats: int, warm: bool = False) -> dict[str, Any]:
     results: dict[str, Any] = {}
     builds = {"mlp": (_mlp, (1, 784)), "cnn": (SmallCNN, (1, 1, 28, 28)), "resnet18": (_resnet18, (1, 3, 224, 224))}
     for case in cases:
         if case == "parts":
-            results[case] = _time(overhead_parts(), repeats * 10, warmup=5)
+            results[case] = _time(overhead_parts(), repeats * 10, warmup=5, warm=warm)
             for name, row in results[case].items():
                 print(f"{name:45s} {row['cpu_ms']:8.3f} ms  {row['ratio_to_anchor']:.2f}x gradient", flush=True)
             continue
@@ -239,7 +249,7 @@ def run_cases(cases: list[str], repeats: int) -> dict[str, Any]:
                      if case == "overhead" or name.startswith("mlp:")}
             results[case] = {}
             for name, (anchor, run) in pairs.items():
-                timed = _time({"anchor": anchor, name: run}, repeats * 10, warmup=5)
+                timed = _time({"anchor": anchor, name: run}, repeats * 10, warmup=5, warm=warm)
                 results[case][name] = {"anchor_cpu_ms": timed["anchor"]["cpu_ms"], **timed[name]}
                 print(f"{name:45s} {timed[name]['cpu_ms']:8.2f} ms  {timed[name]['ratio_to_anchor']:.2f}x gradient",
                       flush=True)
@@ -267,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
                              "(default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (resnet18: a quarter; overhead: 10x)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result (default: %(default)s)")
+    parser.add_argument("--warm", action="store_true",
+                        help="overhead and parts: no gc.collect() between rounds (warm caches, as in a loop of calls)")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        results = run_cases(args.cases.split(","), args.repeats)
+        results = run_cases(args.cases.split(","), args.repeats, args.warm)
     finally:
         torch.set_num_threads(threads)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from relprop.errors import ConfigError
 from relprop.metrics.batch import Batch
+from relprop.metrics.localisation import Layout, block_mask
 
 __all__ = ["QuantusMetric", "explain_func", "score"]
 
@@ -89,11 +90,15 @@ class QuantusMetric:
     """A Quantus metric as a dataset metric of :func:`relprop.explain_dataset`; re-explains with the same method.
 
     ``kwargs`` go to each call of the metric (e.g. ``{"batch_size": 256}``); the batch's ``mask`` becomes
-    ``s_batch``. ``higher_is_better`` is read from the metric's ``score_direction`` when it has one.
+    ``s_batch``. Quantus wants that mask shaped like the input; a block mask ``(N, blocks)``, the ground truth of
+    the MAJ data that :class:`~relprop.metrics.BlockCosine` takes, is spread over the input's blocks when
+    ``layout`` (``"sequence"`` or ``"image"``, as in :func:`~relprop.metrics.block_relevance`) says how.
+    ``higher_is_better`` is read from the metric's ``score_direction`` when it has one.
     """
 
     metric: Callable[..., Any]
     kwargs: Mapping[str, Any] = field(default_factory=dict)
+    layout: Layout | None = None
     higher_is_better: ClassVar[bool] = True  # overridden per instance below when Quantus says otherwise
 
     def __post_init__(self) -> None:
@@ -107,6 +112,20 @@ class QuantusMetric:
             return batch.explain(model, x, target).detach().cpu().numpy()
 
         extra: dict[str, Any] = {"explain_func": again, **self.kwargs}
-        if batch.mask is not None:
-            extra.setdefault("s_batch", batch.mask)
+        if batch.mask is not None and "s_batch" not in extra:
+            extra["s_batch"] = self._input_mask(batch.mask, batch.x)
         return score(self.metric, batch.model, batch.x, batch.target, batch.relevance, **extra)
+
+    def _input_mask(self, mask: Tensor, x: Tensor) -> Tensor:
+        """The batch's ground truth shaped like its input, as Quantus wants it."""
+        if mask.shape == x.shape:
+            return mask
+        if mask.dim() == 2 and self.layout is not None:
+            return block_mask(mask, x.shape, layout=self.layout)
+        raise ConfigError(
+            f"{type(self.metric).__name__} needs a ground-truth mask shaped like the input {tuple(x.shape)}, but the "
+            f"batch's mask is {tuple(mask.shape)}"
+            + (": for a block mask (N, blocks) pass QuantusMetric(metric, layout='sequence') (or 'image'), which "
+               "spreads it over the input's blocks" if mask.dim() == 2 else "")
+            + ", or pass s_batch in kwargs"
+        )

@@ -20,6 +20,7 @@ from relprop import quantus_adapter
 from relprop.metrics import (
     MaxSensitivity,
     ModelRandomisation,
+    RelevanceInRegion,
     Sparseness,
     entropy,
     pixel_flipping,
@@ -170,3 +171,23 @@ def test_quantus_metric_inside_explain_dataset() -> None:
     relevance = _explain(model, x, target)
     np.testing.assert_allclose(result.scores["quantus"].numpy(), _shifted_gini(relevance), rtol=0, atol=1e-12)
     np.testing.assert_allclose(result.scores["ours"].numpy(), sparseness(relevance).numpy(), rtol=0, atol=0)
+
+
+def test_quantus_localisation_inside_explain_dataset_with_block_masks() -> None:
+    """The MAJ ground truth is a block mask (N, blocks); QuantusMetric(layout=...) spreads it over the input, as
+    Quantus wants it, and then RelevanceMassAccuracy equals relprop's RelevanceInRegion."""
+    model, (x, target) = _model(), _data()
+    blocks = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 0]])
+    batches = [(x[:3], target[:3], blocks[:3]), (x[3:], target[3:], blocks[3:])]
+    mass = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True)
+    metrics = {"quantus": quantus_adapter.QuantusMetric(mass, layout="image"),
+               "ours": RelevanceInRegion(layout="image")}
+    # sensitivity: non-negative relevance, so every total is positive (relprop scores a non-positive total as 0)
+    result = relprop.explain_dataset(model, batches, method="sensitivity", metrics=metrics, progress=False)
+    _report("RelevanceMassAccuracy through QuantusMetric(layout='image')", result.scores["ours"].numpy(),
+            result.scores["quantus"].numpy())
+    np.testing.assert_allclose(result.scores["quantus"].numpy(), result.scores["ours"].numpy(), rtol=0, atol=1e-12)
+
+    with pytest.raises(relprop.ConfigError, match="layout='sequence'"):
+        relprop.explain_dataset(model, batches, method="sensitivity", progress=False,
+                                metrics={"quantus": quantus_adapter.QuantusMetric(mass)})

@@ -12,6 +12,7 @@ from relprop.metrics import (
     FlipCurve,
     RelevanceInRegion,
     block_cosine,
+    block_mask,
     block_relevance,
     conservation_error,
     pixel_flipping,
@@ -35,6 +36,23 @@ def _relevance_on_blocks(weights: list[list[float]], generator: torch.Generator)
 
 
 # --- localisation ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout, shape", [("sequence", (4, 12, 5)), ("sequence", (4, 6)), ("image", (4, 2, 3, 9)),
+                                           ("image", (4, 9))])
+def test_block_mask_spreads_blocks_in_the_geometry_of_block_relevance(layout: str, shape: tuple[int, ...]) -> None:
+    mask = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    spread = block_mask(mask, shape, layout=layout)  # type: ignore[arg-type]
+    assert spread.shape == shape and set(spread.unique().tolist()) <= {0.0, 1.0}
+    size = spread[0].numel() / 3
+    torch.testing.assert_close(block_relevance(spread, blocks=3, layout=layout), mask * size)  # type: ignore[arg-type]
+
+
+def test_block_mask_refuses_shapes_that_do_not_split() -> None:
+    with pytest.raises(ExplanationError, match="do not split into the mask's 3 equal blocks"):
+        block_mask(torch.ones(2, 3), (2, 10))
+    with pytest.raises(ExplanationError, match=r"a block mask is \(N, blocks\)"):
+        block_mask(torch.ones(2, 3), (3, 9))
 
 
 def test_block_relevance_sums_consecutive_steps() -> None:

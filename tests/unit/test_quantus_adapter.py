@@ -56,9 +56,18 @@ def test_score_and_dataset_metric_pass_tensors_as_numpy() -> None:
     assert isinstance(fake.calls[0]["s_batch"], np.ndarray)
     wrapped = QuantusMetric(fake)
     assert not wrapped.higher_is_better
-    result = relprop.explain_dataset(model, [(x, target, torch.ones(4, 2))], method="gradient",
+    result = relprop.explain_dataset(model, [(x, target, torch.ones(4, 2, 4))], method="gradient",
                                      metrics={"fake": wrapped}, progress=False)
     assert torch.equal(result.scores["fake"], torch.zeros(4, dtype=torch.float64))  # re-explained the same way
+    # a block mask (N, blocks) reaches the metric spread over the input's blocks (steps, here)
+    blocks = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    relprop.explain_dataset(model, [(x, target, blocks)], method="gradient", progress=False,
+                            metrics={"fake": QuantusMetric(fake, layout="sequence")})
+    spread = fake.calls[-1]["s_batch"]
+    assert spread.shape == (4, 2, 4) and np.array_equal(spread[:, :, 0], blocks.numpy())
+    with pytest.raises(ConfigError, match="layout='sequence'"):
+        relprop.explain_dataset(model, [(x, target, blocks)], method="gradient", metrics={"fake": wrapped},
+                                progress=False)
     with pytest.raises(ConfigError, match="per layer"):
         score(lambda **_: {"layer": [1.0]}, model, x, target, relevance)
 

@@ -15,6 +15,7 @@ from relprop.metrics.localisation import (
     BlockCosine,
     RelevanceInRegion,
     block_cosine,
+    block_mask,
     block_relevance,
     relevance_in_region,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RelevanceInRegion",
     "Sparseness",
     "block_cosine",
+    "block_mask",
     "block_relevance",
     "conservation_error",
     "entropy",

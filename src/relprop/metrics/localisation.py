@@ -14,6 +14,7 @@ block vector in both layouts (steps 4b..4b+3 are columns 28b..28b+27).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -23,7 +24,7 @@ from torch import Tensor
 from relprop.errors import ExplanationError
 from relprop.metrics.batch import Batch
 
-__all__ = ["BlockCosine", "RelevanceInRegion", "block_cosine", "block_relevance", "relevance_in_region"]
+__all__ = ["BlockCosine", "RelevanceInRegion", "block_cosine", "block_mask", "block_relevance", "relevance_in_region"]
 
 Layout = Literal["sequence", "image"]
 
@@ -57,6 +58,40 @@ def block_relevance(relevance: Tensor, *, blocks: int = 3, layout: Layout = "seq
             f"layout {layout!r}) do not split into {blocks} equal blocks; check blocks= or layout="
         )
     return per_position.reshape(n, blocks, length // blocks).sum(dim=2)  # (N, blocks)
+
+
+def block_mask(mask: Tensor, shape: Sequence[int], *, layout: Layout = "sequence") -> Tensor:
+    """A block mask ``(N, blocks)`` spread over inputs of ``shape`` ``(N, ...)``: each entry of the input gets its
+    block's value, in the geometry of :func:`block_relevance` (so ``block_relevance(block_mask(m, shape))`` is ``m``
+    times the block size). For metrics that want a ground-truth mask shaped like the input, such as Quantus's.
+
+    Example
+    -------
+    >>> block_mask(torch.tensor([[0.0, 1.0, 0.0]]), (1, 6, 2))[0, :, 0]
+    tensor([0., 0., 1., 1., 0., 0.])
+    >>> block_mask(torch.tensor([[1.0, 0.0]]), (1, 1, 2, 4), layout="image")[0, 0]
+    tensor([[1., 1., 0., 0.],
+            [1., 1., 0., 0.]])
+    """
+    shape = tuple(shape)
+    if mask.ndim != 2 or len(shape) < 2 or mask.shape[0] != shape[0]:
+        raise ExplanationError(
+            f"relprop.metrics.localisation: a block mask is (N, blocks) for inputs (N, ...), got mask "
+            f"{tuple(mask.shape)} for inputs {shape}"
+        )
+    if layout not in ("sequence", "image"):
+        raise ExplanationError(f"relprop.metrics.localisation: unknown layout {layout!r}; use 'sequence' or 'image'")
+    axis = 1 if layout == "sequence" else len(shape) - 1
+    blocks, length = mask.shape[1], shape[axis]
+    if blocks < 1 or length % blocks:
+        raise ExplanationError(
+            f"relprop.metrics.localisation: the {length} {'steps' if layout == 'sequence' else 'columns'} of inputs "
+            f"{shape} (layout {layout!r}) do not split into the mask's {blocks} equal blocks"
+        )
+    per_position = mask.repeat_interleave(length // blocks, dim=1)  # (N, length)
+    view = [shape[0]] + [1] * (len(shape) - 1)
+    view[axis] = length
+    return per_position.reshape(view).expand(shape)
 
 
 def _blocks_and_mask(

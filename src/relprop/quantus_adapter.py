@@ -112,20 +112,21 @@ class QuantusMetric:
             return batch.explain(model, x, target).detach().cpu().numpy()
 
         extra: dict[str, Any] = {"explain_func": again, **self.kwargs}
-        if batch.mask is not None and "s_batch" not in extra:
-            extra["s_batch"] = self._input_mask(batch.mask, batch.x)
-        return score(self.metric, batch.model, batch.x, batch.target, batch.relevance, **extra)
-
-    def _input_mask(self, mask: Tensor, x: Tensor) -> Tensor:
-        """The batch's ground truth shaped like its input, as Quantus wants it."""
-        if mask.shape == x.shape:
-            return mask
-        if mask.dim() == 2 and self.layout is not None:
-            return block_mask(mask, x.shape, layout=self.layout)
-        raise ConfigError(
-            f"{type(self.metric).__name__} needs a ground-truth mask shaped like the input {tuple(x.shape)}, but the "
-            f"batch's mask is {tuple(mask.shape)}"
-            + (": for a block mask (N, blocks) pass QuantusMetric(metric, layout='sequence') (or 'image'), which "
-               "spreads it over the input's blocks" if mask.dim() == 2 else "")
-            + ", or pass s_batch in kwargs"
-        )
+        mask = batch.mask
+        if mask is not None and "s_batch" not in extra:
+            if mask.shape != batch.x.shape and mask.dim() == 2 and self.layout is not None:
+                mask = block_mask(mask, batch.x.shape, layout=self.layout)
+            extra["s_batch"] = mask
+        try:
+            return score(self.metric, batch.model, batch.x, batch.target, batch.relevance, **extra)
+        except AssertionError as error:  # Quantus checks the masks of the metrics that read them
+            given = extra.get("s_batch")
+            if not isinstance(given, Tensor) or given.shape == batch.x.shape:
+                raise
+            raise ConfigError(
+                f"{type(self.metric).__name__} needs a ground-truth mask shaped like the input {tuple(batch.x.shape)}, "
+                f"but the batch's mask is {tuple(given.shape)} (Quantus: {error})"
+                + (": for a block mask (N, blocks) pass QuantusMetric(metric, layout='sequence') (or 'image'), "
+                   "which spreads it over the input's blocks" if given.dim() == 2 else "")
+                + ", or pass s_batch in kwargs"
+            ) from error

@@ -7,7 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import relprop
+from relprop.cli import main
 
 _SRC = str(Path(relprop.__file__).parents[1])
 
@@ -46,3 +49,11 @@ def test_command_modules_import_only_the_shared_module() -> None:
         tree = ast.parse((package / f"{name}.py").read_text())
         siblings = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.level == 1}
         assert siblings <= ({"common"} if name != "common" else set()), (name, siblings)
+
+
+@pytest.mark.parametrize("command, usage", [("evaluate", "[options] RUN\n"), ("report", "[options] RUN [RUN ...]\n")])
+def test_text_usage_shows_run_as_required(command: str, usage: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """RUN is optional to argparse only because of the deprecated --run/--runs options."""
+    with pytest.raises(SystemExit):
+        main(["text", command, "--help"])
+    assert f"usage: relprop text {command} {usage}" in capsys.readouterr().out

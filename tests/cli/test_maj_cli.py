@@ -216,3 +216,11 @@ def test_train_on_a_finished_run_says_there_is_nothing_to_do(tiny_run: Path,
     assert main(["--quiet", "train", "--arch", "rlstm_sd", "--dataset", "digits-maj", "--epochs", "1",
                  "--limit", "100", "--out", str(tiny_run)]) == 0
     assert "nothing to train: the run has finished (1 epoch;" in capsys.readouterr().out
+
+
+def test_demo_into_another_run_fails_before_its_banner(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The directory check comes first: no "training ... then explaining ..." lines above the error."""
+    capsys.readouterr()
+    assert main(["demo", "--dataset", "digits-maj", "--arch", "deep", "--out", str(tiny_run)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "another configuration" in captured.err

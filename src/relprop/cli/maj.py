@@ -53,11 +53,13 @@ def _quality_rows(results: dict[str, Any]) -> list[dict[str, object]]:
 
 def _demo(args: argparse.Namespace) -> int:
     from ..experiments.demo import DemoConfig, demo_configs, run_demo
+    from ..experiments.train import check_same_config
 
     set_threads(args.threads)
     started = time.perf_counter()
     config = DemoConfig(dataset=args.dataset, arch=args.arch, epochs=args.epochs, seed=args.seed)
     train_config, evaluation = demo_configs(config)
+    check_same_config(args.out, train_config)  # another run in --out: say so before the banner
     epochs, threads = train_config.epochs, args.threads
     print(f"training {train_config.arch} on {train_config.dataset} for {epochs} epoch{'s' * (epochs > 1)} -> "
           f"{args.out} ({threads} thread{'s' * (threads > 1)})")

@@ -160,7 +160,7 @@ def add_text_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     explain.set_defaults(handler=_explain)
 
     evaluate = text_commands.add_parser("evaluate", parents=[shared], formatter_class=Formatter,
-                                        help="word-deletion AOPC per method")
+                                        usage="%(prog)s [options] RUN", help="word-deletion AOPC per method")
     evaluate.add_argument("run", type=_text_run, nargs="?", default=None, metavar="RUN",
                           help="run directory (relprop text train)")
     evaluate.add_argument("--run", dest="run_option", type=_text_run, default=None, help=argparse.SUPPRESS)
@@ -176,6 +176,7 @@ def add_text_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     evaluate.set_defaults(handler=_evaluate)
 
     report = text_commands.add_parser("report", parents=[shared], formatter_class=Formatter,
+                                      usage="%(prog)s [options] RUN [RUN ...]",
                                       help="HTML page comparing runs and methods")
     report.add_argument("runs", type=_text_run, nargs="*", metavar="RUN",
                         help="run directories (relprop text train) with the same number of classes")

@@ -43,7 +43,7 @@ from .provenance import code_version
 
 __all__ = [
     "TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule", "read_history",
-    "weights_file", "thesis_sizes",
+    "weights_file", "thesis_sizes", "check_same_config",
 ]
 
 MANIFEST = "checkpoint.json"
@@ -217,8 +217,11 @@ def config_differences(run_dir: str | Path, config: TrainConfig) -> dict[str, tu
     return {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
 
 
-def _check_same_config(run_dir: Path, config: TrainConfig) -> None:
-    """Raise if the saved config of ``run_dir`` differs from ``config`` in more than epochs, lr and patience."""
+def check_same_config(run_dir: str | Path, config: TrainConfig) -> None:
+    """Raise if ``run_dir`` holds a run whose saved config differs from ``config`` in more than epochs, lr and
+    patience (nothing to check where it holds no run yet): the check :func:`train` makes before resuming."""
+    if not (Path(run_dir) / "config.json").exists():
+        return
     different = config_differences(run_dir, config)
     if different:
         raise ConfigError(f"{run_dir} holds a run with another configuration {different}; use another directory")
@@ -349,7 +352,7 @@ def _train(config: TrainConfig, run_dir: Path, progress: bool, locks: contextlib
     locked = run_dir.exists()
     manifest = None
     if (run_dir / "config.json").exists():
-        _check_same_config(run_dir, config)
+        check_same_config(run_dir, config)
         manifest = _manifest(run_dir, legacy=False)
     history: list[dict[str, Any]] = [] if manifest is None else list(manifest["history"])
     if len(history) >= config.epochs or _stopped(history, config.patience):

@@ -400,6 +400,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": command,
         "git": _git(),
         "earlier_commands": [*previous.get("earlier_commands", []), previous["command"]] if kept else [],
+        # the runs whose rows this file keeps (each row names its run by date), with their own machine lines; rows
+        # of runs from before this field have no "run" and are covered by earlier_commands only
+        "earlier_runs": {date: run for date, run in {
+            **previous.get("earlier_runs", {}),
+            **({previous["date"]: {key: previous.get(key) for key in ("command", "git", "machine", "seconds")}}
+               if previous else {}),
+        }.items() if any(row.get("run") == date for row in kept)},
         "machine": {"cpu": cpu_model(), "threads": args.threads, "cores": os.cpu_count(),
                     "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                     **versions(("torchvision", "zennit", "captum"))},
@@ -417,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peers warn about in-place ops and hooks on every model
             for name in _progress(args.models):
-                row = run_model(name, args.presets, peers=not args.no_peers, seed=args.seed)
+                row = {**run_model(name, args.presets, peers=not args.no_peers, seed=args.seed), "run": payload["date"]}
                 payload["models"] = sorted([*payload["models"], row], key=lambda r: str(r["model"]))
                 payload["seconds"] = time.perf_counter() - start
                 write_json(args.out, payload)

@@ -220,6 +220,39 @@ def failures(result: dict[str, Any]) -> list[str]:
     return lines or ["- none"]
 
 
+def _models_of(command: str) -> set[str] | None:
+    """The models a coverage.py command ran: its ``--models`` list, None for all."""
+    words = command.split()
+    if "--models" not in words or words.index("--models") + 1 >= len(words):
+        return None
+    return set(words[words.index("--models") + 1].split(","))
+
+
+def _runs(result: dict[str, Any], versions: str) -> list[str]:
+    """One line per run whose rows the JSON holds: the command above, then the earlier runs that recorded their
+    machine; rows of runs from before rows named their run are counted as such."""
+    named = _models_of(result["command"])  # the rows the command above wrote, also from before rows named runs
+
+    def line(date: str, run: dict[str, Any], what: str) -> str:
+        machine = run["machine"]
+        count = sum(row.get("run") == date or (run is result and "run" not in row
+                                               and (named is None or row["model"] in named))
+                    for row in result["models"])
+        seconds = run.get("seconds") or 0
+        took = f"{seconds / 60:.0f} minutes" if seconds >= 90 else f"{seconds:.0f} s"
+        return (f"{what} of {date}: {machine['threads']} torch thread(s) on {machine['cores']} cores "
+                f"({machine['cpu']}); {took} for its {count} model(s).")
+
+    lines = [line(result["date"], result, "The run above") + f" Versions: {versions}."]
+    for date, run in sorted(result.get("earlier_runs", {}).items()):
+        lines.append(f"- `{run['command']}`: " + line(date, run, "run"))
+    unnamed = sum("run" not in row and named is not None and row["model"] not in named for row in result["models"])
+    if unnamed:
+        lines.append(f"{unnamed} rows come from runs that did not yet record their machine line (the commands above; "
+                     "their machine lines are in the git history of `benchmarks/results/coverage.json`).")
+    return lines
+
+
 def generated(result: dict[str, Any]) -> str:
     machine, settings = result["machine"], result["settings"]
     versions = ", ".join(f"{k} {machine[k]}" for k in ("torch", "torchvision", "zennit", "captum") if k in machine)
@@ -233,8 +266,7 @@ def generated(result: dict[str, Any]) -> str:
         "",
         *([f"Rows of earlier runs merged in: `{'`, `'.join(result['earlier_commands'])}`.", ""]
           if result.get("earlier_commands") else []),
-        f"Run of {result['date']}: {machine['threads']} torch thread(s) on {machine['cores']} cores "
-        f"({machine['cpu']}), {versions}; {result.get('seconds', 0) / 60:.0f} minutes in all.",
+        *_runs(result, versions),
         "",
         "Every model is `zoo.build(name)` (random weights, float64, eval mode) made bias-free by `zoo.bias_free` and "
         "calibrated by `zoo.calibrate` (`benchmarks/zoo.py`): biases, batch-norm means, class tokens and position "

@@ -206,7 +206,7 @@ class RuleMap:
             built = None if self.rewrites(model) else sequential_plan(model, *self.assign(model))
             cached = self._plans[model] = (tree, built)
         plan: SequentialPlan | None = cached[1]
-        return plan if plan is not None and plan.usable() else None
+        return plan if plan is not None and plan.usable(model) else None
 
     @cached_property
     def _plans(self) -> weakref.WeakKeyDictionary[nn.Module, tuple[Any, ...]]:

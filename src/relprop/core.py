@@ -698,20 +698,22 @@ class SequentialPlan:
     """
 
     def __init__(self, containers: Sequence[nn.Module], steps: Sequence[tuple[str, nn.Module, Rule]]) -> None:
+        # the nested containers and the ruled modules, not the model itself: a cache keyed weakly on the model holds
+        # plans, which must not keep it alive
         self.containers, self.steps = tuple(containers), tuple(steps)
         self._modules = (*self.containers, *(module for _, module, _ in self.steps))
 
-    def usable(self) -> bool:
-        """Whether this call may run the plan: no forward or backward hook (global, or on a container or a ruled
-        module), no instance-level ``forward`` on one of them, no torch-function mode, no tracing, and not inside a
-        rule's backward pass."""
+    def usable(self, model: nn.Module) -> bool:
+        """Whether this call of ``model`` may run the plan: no forward or backward hook (global, or on the model, a
+        nested container or a ruled module), no instance-level ``forward`` on one of them, no torch-function mode,
+        no tracing, and not inside a rule's backward pass."""
         if _RULES.running or torch._C._len_torch_function_stack() or torch._C._get_tracing_state() is not None:
             return False
         hooks = torch.nn.modules.module
         if (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
                 or hooks._global_backward_pre_hooks):
             return False
-        for module in self._modules:
+        for module in (model, *self._modules):
             if (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
                     or module._backward_pre_hooks or "forward" in module.__dict__):
                 return False
@@ -741,7 +743,8 @@ def sequential_plan(model: nn.Module, assignments: Sequence[tuple[str, nn.Module
     steps: list[tuple[str, nn.Module, Rule]] = []
 
     def walk(sequential: nn.Module) -> bool:
-        containers.append(sequential)
+        if sequential is not model:
+            containers.append(sequential)
         for child in sequential._modules.values():
             if child is None:
                 continue

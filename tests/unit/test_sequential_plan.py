@@ -5,6 +5,8 @@ take the general path."""
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -103,6 +105,16 @@ def test_the_plan_is_cached_per_structure_and_never_attaches_anything() -> None:
     model.append(nn.ReLU())
     replanned = rule_map.plan(model)
     assert replanned is not None and replanned is not plan and len(replanned.steps) == len(plan.steps) + 1
+
+
+def test_a_cached_plan_does_not_keep_its_model_alive() -> None:
+    model = _mlp()
+    relprop.explain(model, torch.rand(2, 6, dtype=torch.float64), 0)
+    assert get_preset("epsilon").plan(model) is not None
+    gone = weakref.ref(model)
+    del model
+    gc.collect()
+    assert gone() is None
 
 
 @pytest.mark.parametrize("model", [

@@ -9,6 +9,7 @@ every time is also divided by a plain gradient of the same round. Times are the 
     PYTHONPATH=src python benchmarks/many_targets.py --cases overhead     # batch-1 fixed cost only (any commit)
     PYTHONPATH=src python benchmarks/many_targets.py --cases parts        # the MLP's fixed cost piece by piece
     PYTHONPATH=src python benchmarks/many_targets.py --cases overhead_mlp # the MLP's pairs of 'overhead' only
+    PYTHONPATH=src python benchmarks/many_targets.py --cases plan         # SequentialPlan against the general path
 """
 
 from __future__ import annotations
@@ -198,6 +199,26 @@ def overhead_parts() -> dict[str, Runner]:
     }
 
 
+def plan_contenders() -> dict[str, dict[str, Runner]]:
+    """Per model, batch 1: a gradient, ``explain`` through the SequentialPlan and through the general path (the
+    same layers in an ``nn.Sequential`` subclass): the MLP, and SmallCNN's layers as one ``nn.Sequential`` (with
+    ``nn.Flatten``, whose op the plan runs under the op guard)."""
+    torch.manual_seed(0)
+    cnn = SmallCNN()
+    models = {"mlp": (_mlp().eval(), torch.rand(1, 784) * 2 - 1),
+              "cnn": (nn.Sequential(*cnn.features, nn.Flatten(), *cnn.classifier).eval(),
+                      torch.rand(1, 1, 28, 28) * 2 - 1)}
+    contenders = {}
+    for name, (model, x) in models.items():
+        general = _Subclassed(*model).eval()
+        contenders[name] = {
+            "torch gradient": _gradient(model, x, 3),
+            "relprop.explain, SequentialPlan": lambda m=model, x=x: relprop.explain(m, x, 3, preset="epsilon"),
+            "relprop.explain, general path": lambda m=general, x=x: relprop.explain(m, x, 3, preset="epsilon"),
+        }
+    return contenders
+
+
 class _Subclassed(nn.Sequential):
     """An nn.Sequential subclass: relprop explains it through the general path (wrappers and the op guard)."""
 
@@ -244,6 +265,14 @@ def run_cases(cases: list[str], repeats: int, warm: bool = False) -> dict[str, A
             for name, row in results[case].items():
                 print(f"{name:45s} {row['cpu_ms']:8.3f} ms  {row['ratio_to_anchor']:.2f}x gradient", flush=True)
             continue
+        if case == "plan":
+            results[case] = {}
+            for name, runners in plan_contenders().items():
+                results[case][name] = _time(runners, repeats * 10, warmup=5, warm=warm)
+                for contender, row in results[case][name].items():
+                    print(f"{name:4s} {contender:40s} {row['cpu_ms']:8.3f} ms  {row['ratio_to_anchor']:.2f}x gradient",
+                          flush=True)
+            continue
         if case in ("overhead", "overhead_mlp"):
             pairs = {name: pair for name, pair in overhead_contenders().items()
                      if case == "overhead" or name.startswith("mlp:")}
@@ -273,7 +302,8 @@ def run_cases(cases: list[str], repeats: int, warm: bool = False) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="overhead,mlp,cnn,resnet18",
-                        help="comma-separated, also 'parts' and 'overhead_mlp' (the MLP's pairs of 'overhead') "
+                        help="comma-separated, also 'parts', 'plan' (SequentialPlan against the general path) and "
+                             "'overhead_mlp' (the MLP's pairs of 'overhead') "
                              "(default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (resnet18: a quarter; overhead: 10x)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result (default: %(default)s)")

@@ -189,8 +189,9 @@ class RuleMap:
 
     def plan(self, model: nn.Module) -> SequentialPlan | None:
         """The wrapper-free forward pass of ``model`` under this map (:class:`~relprop.core.SequentialPlan`) where
-        it is an ``nn.Sequential`` of ruled modules that no canonizer rewrites and this call may use it; else None
-        (the general path: wrappers and the op guard).
+        it is an ``nn.Sequential`` of ruled modules (and stock ones whose ops have op rules, such as ``Flatten``)
+        that no canonizer rewrites and this call may use it; else None (the general path: wrappers and the op
+        guard). Run it as ``plan(x, rule_map.guard())``.
 
         Cached per model and keyed on its structure, as :meth:`assign` is; never with predicate selectors.
 
@@ -284,9 +285,13 @@ class RuleMap:
                         continue
                 stack.callback(canonizer.apply(model))
             assignments, uncovered = self.assign(model)
-            guard = FunctionalGuard(self._op_rules, by_name=self._op_names)
+            guard = self.guard()
             stack.enter_context(attach_rules(model, assignments, uncovered, guard, in_region=True))
             yield guard
+
+    def guard(self) -> FunctionalGuard:
+        """A fresh op guard with this map's op rules (one per explained forward pass)."""
+        return FunctionalGuard(self._op_rules, by_name=self._op_names)
 
     def keeps_forward_values(self, model: nn.Module) -> bool:
         """Whether ``model``'s forward pass under this map computes the same values as without it.

@@ -685,19 +685,31 @@ def attach_rules(
                 undo.pop()
 
 
-class SequentialPlan:
-    """The explained forward pass of an ``nn.Sequential`` whose every child has a rule, without wrappers or the op
-    guard: each child runs through its rule's steps (:meth:`_Attachment._pre`, the module's own ``forward``,
-    :meth:`_Attachment._post`) in order, as the installed wrappers would run them, and nothing is attached to the
-    model. Built by :meth:`relprop.composites.RuleMap.plan` once per model structure.
+# stock modules without a rule of their own that a SequentialPlan runs under the op guard (their functional ops get
+# the op rules: routing, max pooling, dropout in eval mode, a batch norm merged into the layer before it)
+_PLAN_OP_MODULES: tuple[type, ...] = (
+    nn.Flatten, nn.Unflatten, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.FeatureAlphaDropout, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d,
+    nn.AdaptiveMaxPool3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+)
 
-    ``nn.Sequential.forward`` calls its children one after the other and nothing else, so no functional operation
-    runs outside a ruled module: the op guard would have nothing to see, and the relevance is bitwise that of the
-    general path. A call that hooks, a user-set ``forward`` on a container, or an active torch-function mode could
-    change that: :meth:`usable` sends such a call to the general path.
+
+class SequentialPlan:
+    """The explained forward pass of an ``nn.Sequential`` of ruled modules, without wrappers: each ruled child runs
+    through its rule's steps (:meth:`_Attachment._pre`, the module's own ``forward``, :meth:`_Attachment._post`)
+    in order, as the installed wrappers would run them, with the op guard off; a stock child without a rule of its
+    own (``Flatten``, ``Dropout``, a max pool, a batch norm: ``_PLAN_OP_MODULES``) runs under the op guard, which
+    gives its functional ops their rules. Nothing is attached to the model. Built by
+    :meth:`relprop.composites.RuleMap.plan` once per model structure.
+
+    ``nn.Sequential.forward`` calls its children one after the other and nothing else, so every functional
+    operation runs inside a child, and the relevance is bitwise that of the general path. A call that hooks, a
+    user-set ``forward`` on a container, or an active torch-function mode could change that: :meth:`usable` sends
+    such a call to the general path.
     """
 
-    def __init__(self, containers: Sequence[nn.Module], steps: Sequence[tuple[str, nn.Module, Rule]]) -> None:
+    def __init__(self, containers: Sequence[nn.Module], steps: Sequence[tuple[str, nn.Module, Rule | None]]
+                 ) -> None:
         # the nested containers and the ruled modules, not the model itself: a cache keyed weakly on the model holds
         # plans, which must not keep it alive
         self.containers, self.steps = tuple(containers), tuple(steps)
@@ -719,15 +731,25 @@ class SequentialPlan:
                 return False
         return True
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor, guard: FunctionalGuard) -> Tensor:
+        """Run the plan on ``x``; ``guard`` (a fresh one per call) watches the children without a rule."""
         hidden = x
-        for name, module, rule in self.steps:
-            # what the step reads of its module (bias, padding mode, inplace) is read again on every call, as the
-            # general path attaches afresh on every call
-            step = _Attachment(name, module, rule, None)
-            args = (hidden,)
-            call_args, carried = step._pre(args)
-            hidden = step._post(args, carried, module.forward(*call_args))
+        with guard:  # entered once, as in the general path, and taken off the stack for the ruled children
+            for name, module, rule in self.steps:
+                if rule is None:
+                    hidden = module(hidden)
+                    continue
+                # what the step reads of its module (bias, padding mode, inplace) is read again on every call, as
+                # the general path attaches afresh on every call
+                step = _Attachment(name, module, rule, None)
+                args = (hidden,)
+                suspended = guard.suspend()
+                try:
+                    call_args, carried = step._pre(args)
+                    hidden = step._post(args, carried, module.forward(*call_args))
+                finally:
+                    if suspended:
+                        guard.resume()
         return hidden
 
 
@@ -735,12 +757,12 @@ def sequential_plan(model: nn.Module, assignments: Sequence[tuple[str, nn.Module
                     uncovered: Sequence[tuple[str, nn.Module, str]]) -> SequentialPlan | None:
     """The :class:`SequentialPlan` of ``model`` under ``assignments``, None where the model is not an
     ``nn.Sequential`` (nested ones included) of modules that each have a rule and are called the way
-    ``nn.Module.__call__`` calls them."""
+    ``nn.Module.__call__`` calls them, or are stock modules whose ops the op guard rules (``_PLAN_OP_MODULES``)."""
     if type(model) is not nn.Sequential or uncovered:
         return None
     ruled = {id(module): (name, rule) for name, module, rule in assignments}
     containers: list[nn.Module] = []
-    steps: list[tuple[str, nn.Module, Rule]] = []
+    steps: list[tuple[str, nn.Module, Rule | None]] = []
 
     def walk(sequential: nn.Module) -> bool:
         if sequential is not model:
@@ -753,11 +775,13 @@ def sequential_plan(model: nn.Module, assignments: Sequence[tuple[str, nn.Module
                     return False
                 name, rule = ruled[id(child)]
                 steps.append((name, child, rule))
+            elif type(child) in _PLAN_OP_MODULES:
+                steps.append(("", child, None))
             elif type(child) is not nn.Sequential or not walk(child):
                 return False
         return True
 
-    return SequentialPlan(containers, steps) if walk(model) and steps else None
+    return SequentialPlan(containers, steps) if walk(model) and any(rule for _, _, rule in steps) else None
 
 
 def attached_rule(module: nn.Module) -> tuple[Rule | None, bool]:

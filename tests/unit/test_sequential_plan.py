@@ -117,17 +117,48 @@ def test_a_cached_plan_does_not_keep_its_model_alive() -> None:
     assert gone() is None
 
 
-@pytest.mark.parametrize("model", [
-    nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)),  # batch_norm: an op site, merged
-    nn.Sequential(nn.Linear(6, 4), nn.Dropout(0.5), nn.Linear(4, 3)),  # dropout: an op site
-    nn.Sequential(nn.Unflatten(1, (2, 3)), nn.Flatten(), nn.Linear(6, 3)),  # routing ops
-], ids=["batch_norm", "dropout", "flatten"])
-def test_a_module_without_a_rule_of_its_own_takes_the_general_path(model: nn.Sequential) -> None:
-    """Such a module's functional ops get their rules from the op guard, which the plan does not run."""
-    model = model.double().eval()
+def _cnn() -> nn.Sequential:
+    torch.manual_seed(2)
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.3, inplace=True),
+        nn.Conv2d(4, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Identity(), nn.Linear(4 * 1 * 1, 8),
+        nn.BatchNorm1d(8), nn.ReLU(), nn.Unflatten(1, (2, 4)), nn.Flatten(), nn.Linear(8, 3),
+    ).double()
+    for norm in (model[1], model[10]):  # non-trivial running statistics for the merged batch norms
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "zplus", "alpha2beta1", "epsilon_gamma_box"])
+@pytest.mark.parametrize("target", [1, "all"])
+def test_stock_children_without_a_rule_run_under_the_op_guard(preset: str, target: object) -> None:
+    """Flatten, Unflatten, Identity, Dropout, max pooling and batch norms (merged into the layer before them) have
+    no rule of their own: the plan runs them under the op guard, and the relevance stays bitwise the general path's."""
+    options = {"low": -1.0, "high": 1.0} if preset == "epsilon_gamma_box" else {}
+    image = torch.rand(3, 2, 6, 6, dtype=torch.float64) * 2 - 1
+    planned, general = _both(_cnn(), image, target, preset=preset, **options)
+    assert torch.equal(planned.relevance, general.relevance)
+    assert torch.equal(planned.details["conservation_gap"], general.details["conservation_gap"])
+
+
+def test_the_op_guard_still_refuses_inside_a_plan() -> None:
+    model = _cnn()
+    model[4].train()  # dropout in training mode would randomise the explanation
+    assert _uses_plan(model)
+    with pytest.raises(relprop.ExplanationError, match="dropout in training mode"):
+        relprop.methods.lrp(model, torch.rand(2, 2, 6, 6, dtype=torch.float64), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("child", [nn.LayerNorm(4), nn.Softmax(dim=1), nn.Upsample(scale_factor=1.0)],
+                         ids=["layer_norm", "softmax", "upsample"])
+def test_any_other_child_without_a_rule_takes_the_general_path(child: nn.Module) -> None:
+    """Only the stock modules of _PLAN_OP_MODULES run under the guard inside a plan; any other module without a
+    rule sends the model to the general path (which rules its ops, or refuses them)."""
+    model = nn.Sequential(nn.Linear(6, 4), child, nn.Linear(4, 3)).double().eval()
     assert not _uses_plan(model)
-    x = torch.rand(2, 6, dtype=torch.float64)
-    assert relprop.explain(model, x, 0).relevance.shape == x.shape
 
 
 def _hooked(kind: str) -> Callable[[nn.Sequential, list[str]], Any]:

@@ -71,7 +71,7 @@ def _explain(
             recorded_layers(model, layers, layer_at) as records, torch.enable_grad():
         if guard is None:
             assert plan is not None
-            returned = plan(x)
+            returned = plan(x, rule_map.guard())
         else:
             with guard:
                 returned = model(x)

@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds (resnet18: a quarter; overhead: 10x)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON result (default: %(default)s)")
     parser.add_argument("--warm", action="store_true",
-                        help="overhead and parts: no gc.collect() between rounds (warm caches, as in a loop of calls)")
+                        help="overhead, parts and plan: no gc.collect() between rounds (warm caches, as in a loop of "
+                             "calls)")
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

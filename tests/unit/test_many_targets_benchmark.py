@@ -45,3 +45,15 @@ def test_the_hand_written_autograd_form_computes_what_explain_does() -> None:
     parts = load_benchmark("many_targets").overhead_parts()
     by_hand = parts["LRP-epsilon by hand in the autograd form"]()
     assert torch.equal(by_hand, parts["relprop.explain"]().relevance)  # the same operations, bitwise
+
+
+def test_the_plan_against_the_general_path_warm(tmp_path: Path) -> None:
+    script = load_benchmark("many_targets")
+    out = tmp_path / "plan.json"
+    assert script.main(["--cases", "plan,overhead_mlp", "--repeats", "1", "--warm", "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results["plan"]) == {"mlp", "cnn"}
+    for rows in results["plan"].values():
+        assert list(rows) == ["torch gradient", "relprop.explain, SequentialPlan", "relprop.explain, general path"]
+        assert all(row["cpu_ms"] > 0 for row in rows.values())
+    assert all(name.startswith("mlp:") for name in results["overhead_mlp"])

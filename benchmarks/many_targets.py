@@ -201,8 +201,9 @@ def overhead_parts() -> dict[str, Runner]:
 
 def plan_contenders() -> dict[str, dict[str, Runner]]:
     """Per model, batch 1: a gradient, ``explain`` through the SequentialPlan and through the general path (the
-    same layers in an ``nn.Sequential`` subclass): the MLP, and SmallCNN's layers as one ``nn.Sequential`` (with
-    ``nn.Flatten``, whose op the plan runs under the op guard)."""
+    same layers in an ``nn.Sequential`` subclass): the MLP, whose plan runs without autograd (every child has a
+    rule: ``relprop.core.PlanTrace``), and SmallCNN's layers as one ``nn.Sequential`` (with ``nn.Flatten``; its max
+    pools need the op guard, so its plan runs with autograd)."""
     torch.manual_seed(0)
     cnn = SmallCNN()
     models = {"mlp": (_mlp().eval(), torch.rand(1, 784) * 2 - 1),

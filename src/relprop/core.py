@@ -17,6 +17,10 @@ model, the gradient that arrives at the input *is* the relevance. A rule sits at
 The *relevance path* is every tensor derived from the explained input: such tensors carry a tag, set on the input
 and on the result of every op or ruled module that takes a tagged tensor. Parameters and buffers are off the path,
 so ``x * self.scale`` is a product with a constant, not of two path tensors.
+
+An exact ``nn.Sequential`` of ruled modules needs neither wrappers nor the guard: :class:`SequentialPlan` runs each
+child through its rule's steps; where no child needs the guard at all, :class:`PlanTrace` runs the forward pass
+without autograd and calls each rule's ``relevance`` in reverse order, as the relay's backward would.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from .safety import interruption_point, protected
 
 __all__ = [
     "ExplanationError", "Rule", "Site", "MergedBatchNorm", "stabilize", "attach_rules", "FunctionalGuard",
-    "eval_mode", "mark_path", "on_path", "attached_rule", "SequentialPlan",
+    "eval_mode", "mark_path", "on_path", "attached_rule", "SequentialPlan", "PlanTrace",
 ]
 
 
@@ -705,7 +709,8 @@ class SequentialPlan:
     ``nn.Sequential.forward`` calls its children one after the other and nothing else, so every functional
     operation runs inside a child, and the relevance is bitwise that of the general path. A call that hooks, a
     user-set ``forward`` on a container, or an active torch-function mode could change that: :meth:`usable` sends
-    such a call to the general path.
+    such a call to the general path. Where every child has a rule or passes its input on (a reshape, dropout in eval
+    mode), :meth:`trace` runs the plan without autograd.
     """
 
     def __init__(self, containers: Sequence[nn.Module], steps: Sequence[tuple[str, nn.Module, Rule | None]]
@@ -714,6 +719,8 @@ class SequentialPlan:
         # plans, which must not keep it alive
         self.containers, self.steps = tuple(containers), tuple(steps)
         self._modules = (*self.containers, *(module for _, module, _ in self.steps))
+        # every child has a rule or passes its input on (a reshape, dropout in eval mode): :meth:`trace` can run
+        self.graph_free = all(rule is not None or type(module) in _PASS_ON_MODULES for _, module, rule in self.steps)
 
     def usable(self, model: nn.Module) -> bool:
         """Whether this call of ``model`` may run the plan: no forward or backward hook (global, or on the model, a
@@ -751,6 +758,100 @@ class SequentialPlan:
                     if suspended:
                         guard.resume()
         return hidden
+
+
+    def trace(self, x: Tensor) -> PlanTrace | None:
+        """The forward pass of a graph-free plan on ``x``, without autograd, kept for :meth:`PlanTrace.relevance`;
+        None where the plan cannot run that way on this call (see :class:`PlanTrace`): a child without a rule of its
+        own that does not pass its input on, a dropout in training mode (the op guard refuses it on the other
+        path), a non-float input, or a child that changed its input in place."""
+        if not self.graph_free or not x.is_floating_point():
+            return None
+        records: list[tuple[nn.Module, Rule | None, Tensor, Tensor]] = []
+        hidden = x.detach()
+        with torch.no_grad():
+            for name, module, rule in self.steps:
+                interruption_point()
+                if rule is None:
+                    if module.training and type(module) not in _RESHAPES:
+                        return None
+                    output = module.forward(hidden)
+                else:
+                    # a module that works in place gets a copy (as on the other path), so its input stays intact
+                    inplace = _has(module, "inplace") and bool(getattr(module, "inplace"))  # noqa: B009
+                    check = getattr(rule, "check_inputs", None)  # what the rule assumes of its inputs
+                    if check is not None:
+                        check(module, (hidden,))
+                    version = hidden._version
+                    output = module.forward(hidden.clone() if inplace else hidden)
+                    if hidden._version != version:  # the input, kept for the rule, changed (the other path copies)
+                        return None
+                    if not isinstance(output, Tensor):
+                        raise ExplanationError(
+                            f"module '{name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
+                            f"{type(rule).__name__} needs a single Tensor output; wrap the module or apply a "
+                            "canonizer"
+                        )
+                    route = getattr(rule, "route", None)
+                    if route is not None and route(module, (hidden,), output) == 0:
+                        rule = None  # relevance passes unchanged
+                records.append((module, rule, hidden, output))
+                hidden = output
+        return PlanTrace(records, hidden)
+
+
+# stock modules without a rule whose output is their input's values (reshaped), so that relevance passes them
+# unchanged: a plan made of these and ruled modules runs graph-free (SequentialPlan.trace)
+_RESHAPES: tuple[type, ...] = (nn.Flatten, nn.Unflatten, nn.Identity)
+_PASS_ON_MODULES: tuple[type, ...] = (
+    *_RESHAPES, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
+)
+
+
+class PlanTrace:
+    """A :class:`SequentialPlan`'s forward pass run without autograd, and its backward passes.
+
+    With no op guard needed (every child has a rule, or passes its input on), the backward pass needs no graph:
+    each ruled child's relevance is ``rule.relevance(module, (input,), output, relevance_out)``, called in reverse
+    order as the relay's backward calls it, and a child that passes its input on (a reshape, dropout in eval mode,
+    a rule's route) passes the relevance on, reshaped. A z-rule in autograd's form on the other path (Epsilon on a
+    plain Linear or zero-padded Conv: :func:`_carry`, :func:`_divided`) runs the same operations here in its rule's
+    kernel (the division by the stabilised output, the layer's transposed map, the product with the input), so the
+    relevance is bitwise that of the other path; ``tests/unit/test_sequential_plan.py`` checks it. What autograd
+    costs for each layer (its graph, its engine, the identity nodes of the relayed outputs) is not paid.
+    """
+
+    def __init__(self, records: Sequence[tuple[nn.Module, Rule | None, Tensor, Tensor]], output: Tensor) -> None:
+        self.records, self.output = tuple(records), output
+
+    def relevance(self, start: Tensor) -> Tensor | None:
+        """The relevance at the input for ``start``, the relevance at the output; None where a rule gives the
+        input none. ``start`` may be batched by ``torch.func.vmap`` (several targets in one pass)."""
+        relevance = start
+        _RULES.running += 1  # as in the relay's backward: a rule that runs a module again runs it as it is
+        try:
+            with torch.enable_grad():
+                for module, rule, x, output in reversed(self.records):
+                    interruption_point()
+                    if rule is None:
+                        relevance = relevance.reshape(x.shape)
+                        continue
+                    given = rule.relevance(module, (x,), output, relevance)
+                    if len(given) != 1:
+                        raise ExplanationError(f"rule {type(rule).__name__} returned {len(given)} relevances for "
+                                               f"{_describe(module)} with 1 tensor input")
+                    (value,) = given
+                    if value is None:
+                        return None
+                    if value.shape != x.shape:
+                        raise ExplanationError(
+                            f"rule {type(rule).__name__} returned relevance of shape {tuple(value.shape)} for the "
+                            f"input of {_describe(module)}, which has shape {tuple(x.shape)}"
+                        )
+                    relevance = value.detach().to(x.dtype)  # autograd's cast of a gradient to its input's dtype
+        finally:
+            _RULES.running -= 1
+        return relevance
 
 
 def sequential_plan(model: nn.Module, assignments: Sequence[tuple[str, nn.Module, Rule]],

@@ -1,7 +1,8 @@
 """An exact ``nn.Sequential`` of ruled modules runs :class:`relprop.core.SequentialPlan`: no wrappers, no op guard,
-nothing attached to the model. Its relevance must be bitwise that of the general path, and any call that the plan
-could not run as the general path would (hooks, a user's ``forward``, a torch-function mode, layer records) must
-take the general path."""
+nothing attached to the model; made of ruled modules and reshapes only, it runs without autograd
+(:class:`relprop.core.PlanTrace`). Its relevance must be bitwise that of the general path, and any call that the
+plan could not run as the general path would (hooks, a user's ``forward``, a torch-function mode, layer records)
+must take the general path."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 import relprop
 from relprop import rules
 from relprop.composites import RuleMap, get_preset
-from relprop.core import SequentialPlan
+from relprop.core import PlanTrace, SequentialPlan
 
 
 class _General(nn.Sequential):
@@ -234,3 +235,108 @@ def test_predicate_selectors_are_never_planned() -> None:
     assert rule_map.plan(model) is None
     x = torch.rand(2, 6, dtype=torch.float64)
     assert relprop.explain(model, x, 0, rule_map=rule_map).relevance.shape == x.shape
+
+
+# ------------------------------------------------------------------------------------------------ graph-free plans
+def _traced(model: nn.Sequential, x: Tensor, preset: str = "epsilon", **options: Any) -> bool:
+    """Whether the plan of ``model`` runs graph-free on ``x``."""
+    plan = get_preset(preset, **options).plan(model)
+    return plan is not None and isinstance(plan.trace(x), PlanTrace)
+
+
+def test_ruled_modules_and_reshapes_run_graph_free_and_everything_else_with_autograd() -> None:
+    x = torch.rand(3, 6, dtype=torch.float64) * 2 - 1
+    assert _traced(_mlp(), x) and _traced(_mlp(inplace=True), x)
+    assert _traced(_conv(), torch.rand(2, 2, 7, 7, dtype=torch.float64), "epsilon_plus_flat")
+    image = torch.rand(3, 2, 6, 6, dtype=torch.float64)
+    plan = get_preset("epsilon").plan(_cnn())
+    assert plan is not None and not plan.graph_free and plan.trace(image) is None  # batch norms, max pooling
+
+
+def _reshaped() -> nn.Sequential:
+    """Ruled modules with reshapes and dropout (in eval mode) between them: the stock children that pass their
+    input on."""
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Dropout(0.5), nn.Identity(), nn.Linear(48, 12),
+        nn.ReLU(inplace=True), nn.Unflatten(1, (3, 4)), nn.Flatten(), nn.AlphaDropout(0.2), nn.Linear(12, 3),
+    ).double().eval()
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "zplus", "alpha2beta1", "epsilon_gamma_box"])
+@pytest.mark.parametrize("target", [1, "all"])
+def test_a_graph_free_plan_passes_relevance_through_reshapes_bitwise(preset: str, target: object) -> None:
+    options = {"low": -1.0, "high": 1.0} if preset == "epsilon_gamma_box" else {}
+    image = torch.rand(3, 2, 6, 6, dtype=torch.float64) * 2 - 1
+    assert _traced(_reshaped(), image, preset, **options)
+    planned, general = _both(_reshaped(), image, target, preset=preset, **options)
+    assert torch.equal(planned.relevance, general.relevance)
+    assert torch.equal(planned.details["conservation_gap"], general.details["conservation_gap"])
+    assert torch.equal(planned.output, general.output)
+
+
+def test_dropout_in_training_mode_leaves_the_graph_free_plan_and_is_refused() -> None:
+    model = _reshaped()
+    model[3].train()
+    image = torch.rand(2, 2, 6, 6, dtype=torch.float64)
+    assert _uses_plan(model) and not _traced(model, image)
+    with pytest.raises(relprop.ExplanationError, match="dropout in training mode"):
+        relprop.methods.lrp(model, image, torch.tensor([0, 1]))
+
+
+class _Doubled(nn.Module):
+    """Doubles its input in place (without an ``inplace`` attribute that would say so) and returns it."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mul_(2.0)
+
+
+def test_a_child_that_changes_its_input_in_place_sends_the_call_back_to_autograd() -> None:
+    """The graph-free plan keeps each child's input for its rule; a child that changed it unannounced would corrupt
+    the layer before it (Epsilon's denominator is that layer's output): the call runs with autograd instead, whose
+    relayed outputs are fresh tensors, and the relevance is that of the general path."""
+    rule_map = get_preset("epsilon").with_rules((_Doubled, rules.Pass()))
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), _Doubled(), nn.Linear(5, 3, bias=False)).double().eval()
+    x = torch.rand(3, 6, dtype=torch.float64) * 2 - 1
+    plan = rule_map.plan(model)
+    assert plan is not None and plan.graph_free and plan.trace(x) is None
+    planned = relprop.explain(model, x, 1, rule_map=rule_map)
+    general = relprop.explain(_General(*model).eval(), x, 1, rule_map=rule_map)
+    assert torch.equal(planned.relevance, general.relevance)
+    no_bias = torch.zeros(3, dtype=torch.float64)  # no bias absorbs relevance: conserved
+    assert torch.allclose(planned.details["conservation_gap"], no_bias, atol=1e-5)
+
+
+def test_a_graph_free_plan_checks_the_zb_bounds_as_the_general_path_does() -> None:
+    model = _mlp()
+    x = torch.rand(2, 6, dtype=torch.float64) * 4 - 2  # outside [-1, 1]
+    for explained in (model, _General(*model).eval()):
+        with pytest.raises(relprop.ConfigError, match="outside the zB bounds"):
+            relprop.explain(explained, x, 0, preset="epsilon_gamma_box", low=-1.0, high=1.0)
+
+
+class _Shaped:
+    """A rule that gives the input ``result`` whatever its shape (None or a wrong shape: broken rules)."""
+
+    def __init__(self, result: Callable[[Tensor], Tensor | None]) -> None:
+        self.result = result
+
+    def relevance(self, site: Any, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+                  ) -> tuple[Tensor | None, ...]:
+        return (self.result(inputs[0]),)
+
+
+def test_a_graph_free_plan_names_a_rule_that_returns_the_wrong_relevance() -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double().eval()
+    x = torch.rand(2, 6, dtype=torch.float64)
+    wrong = get_preset("epsilon").with_rules((nn.Tanh, _Shaped(lambda t: t[:, :2])))  # type: ignore[arg-type]
+    assert _traced(model, x) and wrong.plan(model) is not None
+    with pytest.raises(relprop.ExplanationError, match=r"_Shaped returned relevance of shape \(2, 2\) for the input "
+                                                       r"of Tanh, which has shape \(2, 5\)"):
+        relprop.explain(model, x, 0, rule_map=wrong)
+    cut = get_preset("epsilon").with_rules((nn.Tanh, _Shaped(lambda t: None)))  # type: ignore[arg-type]
+    for explained in (model, _General(*model).eval()):
+        with pytest.raises(relprop.ExplanationError, match="no relevance can reach the input"):
+            relprop.explain(explained, x, 0, rule_map=cut)

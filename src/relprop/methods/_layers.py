@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..core import root_module
 from ..errors import ConfigError, ExplanationError
 
-__all__ = ["recorded_layers", "backward", "backward_batched", "stacked", "gap_by_layer"]
+__all__ = ["recorded_layers", "backward", "backward_batched", "stacked", "gap_by_layer", "no_path_error"]
 
 Records = dict[str, list[Tensor]]
 
@@ -83,11 +83,11 @@ def backward(
     """The backward pass from ``start`` at ``output``: its value at ``x`` and at every recorded tensor."""
     recorded = [t for values in records.values() for t in values]
     if not output.requires_grad:
-        raise _cut()
+        raise no_path_error()
     if not recorded:
         (at_x,) = torch.autograd.grad(output, x, start, allow_unused=True, retain_graph=retain_graph)
         if at_x is None:
-            raise _cut()
+            raise no_path_error()
         return at_x, {name: [] for name in records}
     at_x, *flat = torch.autograd.grad(output, [x, *recorded], start, allow_unused=True, materialize_grads=True,
                                       retain_graph=retain_graph)
@@ -116,7 +116,7 @@ def backward_batched(output: Tensor, x: Tensor, starts: Tensor, records: Records
                   for name, values in records.items()}
 
 
-def _cut() -> ExplanationError:
+def no_path_error() -> ExplanationError:
     return ExplanationError(
         "no relevance can reach the input: the rules cut every path from the output to x (e.g. Pass on a module "
         "whose several inputs are all on the relevance path sends everything to the first one; give such a module "

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..composites import RuleMap, get_preset
-from ..core import check_model_output, mark_path, on_path, root_module
+from ..core import PlanTrace, check_model_output, mark_path, on_path, root_module
 from ..errors import ExplanationError
 from ._common import ClassTarget, OutputSeed, logits_of, output_example, repeated, start_relevance
-from ._layers import Records, backward, gap_by_layer, recorded_layers, stacked
+from ._layers import Records, backward, gap_by_layer, no_path_error, recorded_layers, stacked
 from ._registry import Attribution, method
 
 __all__ = ["lrp", "explain_lrp"]
@@ -65,8 +65,11 @@ def _explain(
     model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, rule_map: RuleMap, layers: Sequence[str],
     layer_at: str,
 ) -> Attribution:
-    x = mark_path(x.detach().requires_grad_())
     plan = None if layers else rule_map.plan(model)  # an nn.Sequential of ruled modules: no wrappers, no guard
+    trace = None if plan is None else plan.trace(x)
+    if trace is not None:  # nothing but ruled modules and reshapes: no graph either
+        return _attributed(trace.output, x, target, _graph_free(trace), {})
+    x = mark_path(x.detach().requires_grad_())
     with contextlib.nullcontext(None) if plan is not None else rule_map.attached(model) as guard, \
             recorded_layers(model, layers, layer_at) as records, torch.enable_grad():
         if guard is None:
@@ -91,26 +94,47 @@ def _explain(
                 f"explained input{ends}"
             )
         check_model_output(model, output)
-        if isinstance(target, ClassTarget):
-            target = target.resolve(output)
-        if isinstance(target, Tensor) and target.dim() == 2:
-            return _several(output, x, target, records, bool(layers))
-        start = start_relevance(output, target)
-        relevance, at_layers = backward(output, x, start, records)
+        return _attributed(output, x, target, lambda start: backward(output, x, start, records), records)
+
+
+Propagate = Callable[[Tensor], tuple[Tensor, Records]]
+
+
+def _graph_free(trace: PlanTrace) -> Propagate:
+    """The backward pass of a graph-free plan, as :func:`backward` gives it (no layers are recorded there)."""
+    def propagate(start: Tensor) -> tuple[Tensor, Records]:
+        relevance = trace.relevance(start)
+        if relevance is None:
+            raise no_path_error()
+        return relevance, {}
+
+    return propagate
+
+
+def _attributed(output: Tensor, x: Tensor, target: Tensor | OutputSeed | ClassTarget, propagate: Propagate,
+                records: Records) -> Attribution:
+    """The explanation of ``output`` for ``target``, from ``propagate`` (output relevance -> relevance at ``x`` and
+    at the recorded layers)."""
+    if isinstance(target, ClassTarget):
+        target = target.resolve(output)
+    if isinstance(target, Tensor) and target.dim() == 2:
+        return _several(output, x, target, propagate, bool(records))
+    start = start_relevance(output, target)
+    relevance, at_layers = propagate(start)
     total = start.reshape(len(start), -1).sum(1)
     details = {"conservation_gap": relevance.reshape(len(x), -1).sum(1) - total}
     layer_relevance = stacked(at_layers)
-    if layers:
+    if records:
         details["conservation_by_layer"] = gap_by_layer(layer_relevance, total)
     return Attribution(relevance, details, layer_relevance, output.detach())
 
 
-def _several(output: Tensor, x: Tensor, targets: Tensor, records: Records, by_layer: bool) -> Attribution:
+def _several(output: Tensor, x: Tensor, targets: Tensor, propagate: Propagate, by_layer: bool) -> Attribution:
     """k targets per sample: one backward pass over the (k, batch, classes) seeds, batched by ``torch.func.vmap``."""
     k, batch = targets.shape[1], len(x)
     starts = torch.stack([start_relevance(output, column) for column in targets.unbind(1)])  # (k, batch, classes)
     try:
-        relevance, at_layers = torch.func.vmap(lambda start: backward(output, x, start, records))(starts)
+        relevance, at_layers = torch.func.vmap(propagate)(starts)
     except RuntimeError as error:  # no batching rule, or a rule that branches on relevance values
         raise _Unbatchable(targets) from error
     total = starts.reshape(k * batch, -1).sum(1)  # target-major, as the rest below

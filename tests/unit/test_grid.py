@@ -277,10 +277,10 @@ def test_a_failing_cell_is_listed_and_the_others_go_on(tmp_path: Path, monkeypat
     grid = GridConfig(archs=("shallow", "rlstm_sd"), datasets=("digits-maj",), runs=(0,), train=_TINY_GRID.train,
                       evaluation=_TINY_GRID.evaluation)
     results = reproduce(grid, tmp_path, progress=False)
-    assert len(results["failed"]) == 1 and "digits-maj/shallow/run0" in results["failed"][0]
+    assert len(results["failed"]) == 1 and "digits-maj/shallow/seed0" in results["failed"][0]
     assert [c["arch"] for c in results["cells"]] == ["rlstm_sd"]
-    assert results["missing"] == ["digits-maj/shallow/run0"]
-    status = results["training"]["digits-maj/shallow/run0"]  # trained, not evaluated: how far it got
+    assert results["missing"] == ["digits-maj/shallow/seed0"]
+    status = results["training"]["digits-maj/shallow/seed0"]  # trained, not evaluated: how far it got
     assert status["finished"] and status["epochs"] == status["of"] == _TINY_GRID.train.epochs
     assert 1 <= status["best"] <= status["epochs"] and 0 <= status["best_val_accuracy"] <= 1
 
@@ -316,7 +316,7 @@ def test_records_carry_a_grid_to_a_directory_without_it(tmp_path: Path, monkeypa
     longer = dataclasses.replace(grid, runs=(0,), train=dataclasses.replace(grid.train, epochs=2))
     refused = reproduce(longer, tmp_path / "second", progress=False, records=tmp_path / "records")
     assert len(refused["failed"]) == 1
-    assert "digits-maj/rlstm_sd/run0" in refused["failed"][0] and "restored from the record" in refused["failed"][0]
+    assert "digits-maj/rlstm_sd/seed0" in refused["failed"][0] and "restored from the record" in refused["failed"][0]
     assert "trained 1 epochs and 2 are asked for" in refused["failed"][0]
     other = dataclasses.replace(grid, runs=(0,), evaluation=dataclasses.replace(grid.evaluation, methods=("sa",)))
     assert "not ['sa']" in reproduce(other, tmp_path / "second", progress=False)["failed"][0]

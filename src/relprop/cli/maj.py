@@ -143,7 +143,7 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _with_status(results: dict[str, Any]) -> list[str]:
-    """The missing cells, each with how far it has trained, e.g. "fashion-maj/deep/run2 (epoch 45 of 100, best 40)"."""
+    """The missing cells, each with how far it has trained, e.g. "fashion-maj/deep/seed2 (epoch 45 of 100, best 40)"."""
     named = []
     for name in results["missing"]:
         status = results.get("training", {}).get(name)

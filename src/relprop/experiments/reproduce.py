@@ -141,7 +141,17 @@ class GridConfig:
 
 
 def _cell_dir(root: Path, dataset: str, arch: str, run: int, folds: int | None = None) -> Path:
-    return root / dataset / arch.replace("+", "plus") / (f"fold{run}" if folds is not None else f"seed{run}")
+    return root / dataset / arch.replace("+", "plus") / _replicate(run, folds)
+
+
+def _replicate(run: int, folds: int | None) -> str:
+    """A run's name, as its directory has it: ``seed3``, or ``fold3`` with the cross-validation."""
+    return f"fold{run}" if folds is not None else f"seed{run}"
+
+
+def _label(dataset: str, arch: str, run: int, folds: int | None) -> str:
+    """A cell's name in messages and results, e.g. ``fashion-maj/conv+deep/seed2``."""
+    return f"{dataset}/{arch}/{_replicate(run, folds)}"
 
 
 def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, evaluate_it: bool = True,
@@ -175,7 +185,7 @@ def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, e
         if record_dir is not None:
             save_record(run_dir, record_dir)
     except RelpropError as error:
-        return {"error": f"{dataset}/{arch}/run{run}: {error}"}
+        return {"error": f"{_label(dataset, arch, run, config.folds)}: {error}"}
     return {**results, **_training(run_dir, run)}
 
 
@@ -211,18 +221,21 @@ def reproduce(
     if not collect_only:
         tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local",
                   records) for d, a, r in cells]
+        def label(task: tuple[Any, ...]) -> str:
+            return _label(task[2], task[3], task[4], config.folds)
+
         for _, result in run_tasks(run_cell, tasks, executor=executor, workers=workers, address=address,
-                                   progress=progress, label=lambda task: f"{task[2]}/{task[3]}/run{task[4]}"):
+                                   progress=progress, label=label):
             if result is not None and "error" in result:
                 failed.append(result["error"])
                 log(f"grid: failed {result['error']}")
     if train_only:
-        return {"trained": [f"{d}/{a}/run{r}" for d, a, r in cells if
+        return {"trained": [_label(d, a, r, config.folds) for d, a, r in cells if
                             run_finished(_cell_dir(root, d, a, r, config.folds))], "failed": failed}
     collected, stale = collect(root)
     done = {(c["dataset"], c["arch"], c["replicate"]) for c in collected}
-    missing = [f"{d}/{a}/run{r}" for d, a, r in cells if (d, a, r) not in done]
-    training = {f"{d}/{a}/run{r}": status for d, a, r in cells if (d, a, r) not in done
+    missing = [_label(d, a, r, config.folds) for d, a, r in cells if (d, a, r) not in done]
+    training = {_label(d, a, r, config.folds): status for d, a, r in cells if (d, a, r) not in done
                 for status in [training_status(_cell_dir(root, d, a, r, config.folds))] if status is not None}
     write_json(root / "results.json", {"config": dataclasses.asdict(config), "cells": collected,
                                        "missing": missing, "training": training, "stale": stale, "failed": failed})
@@ -317,7 +330,7 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
         accuracy = mean_ci([c["accuracy"] for c in group])
         ordered = sorted(group, key=lambda c: c["replicate"])
         minimum = MINIMUM_ACCURACY.get(dataset)
-        below = ", ".join(f"run{c['replicate']}" for c in group if minimum is not None and c["accuracy"] < minimum)
+        below = ", ".join(Path(c["run"]).name for c in ordered if minimum is not None and c["accuracy"] < minimum)
         accuracy_rows.append({
             "dataset": dataset, "arch": arch, "runs": len(group),
             "epochs": "/".join(str(c.get("epochs", "")) for c in ordered),

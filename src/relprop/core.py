@@ -759,7 +759,6 @@ class SequentialPlan:
                         guard.resume()
         return hidden
 
-
     def trace(self, x: Tensor) -> PlanTrace | None:
         """The forward pass of a graph-free plan on ``x``, without autograd, kept for :meth:`PlanTrace.relevance`;
         None where the plan cannot run that way on this call (see :class:`PlanTrace`): a child without a rule of its

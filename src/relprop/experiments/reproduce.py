@@ -221,6 +221,7 @@ def reproduce(
     if not collect_only:
         tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local",
                   records) for d, a, r in cells]
+
         def label(task: tuple[Any, ...]) -> str:
             return _label(task[2], task[3], task[4], config.folds)
 

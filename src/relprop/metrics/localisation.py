@@ -29,6 +29,16 @@ __all__ = ["BlockCosine", "RelevanceInRegion", "block_cosine", "block_mask", "bl
 Layout = Literal["sequence", "image"]
 
 
+def _blocked_axis(layout: str, ndim: int) -> tuple[int, str]:
+    """The dimension that ``layout`` splits into blocks, and its name: the steps (dimension 1) of a sequence, the
+    columns (the last dimension) of an image."""
+    if layout == "sequence":
+        return 1, "steps"
+    if layout == "image":
+        return ndim - 1, "columns"
+    raise ExplanationError(f"relprop.metrics.localisation: unknown layout {layout!r}; use 'sequence' or 'image'")
+
+
 def block_relevance(relevance: Tensor, *, blocks: int = 3, layout: Layout = "sequence") -> Tensor:
     """Sum relevance per block: ``(N, ...) -> (N, blocks)``.
 
@@ -42,17 +52,13 @@ def block_relevance(relevance: Tensor, *, blocks: int = 3, layout: Layout = "seq
             f"relprop.metrics.localisation: relevance needs a batch axis, got shape {tuple(relevance.shape)}"
         )
     n = relevance.shape[0]
+    _, axis = _blocked_axis(layout, relevance.ndim)
     if layout == "sequence":
         per_position = relevance.reshape(n, relevance.shape[1], -1).sum(dim=2)  # (N, steps)
-    elif layout == "image":
-        per_position = relevance.reshape(n, -1, relevance.shape[-1]).sum(dim=1)  # (N, W)
     else:
-        raise ExplanationError(
-            f"relprop.metrics.localisation: unknown layout {layout!r}; use 'sequence' or 'image'"
-        )
+        per_position = relevance.reshape(n, -1, relevance.shape[-1]).sum(dim=1)  # (N, W)
     length = per_position.shape[1]
     if blocks < 1 or length % blocks:
-        axis = "steps" if layout == "sequence" else "columns"
         raise ExplanationError(
             f"relprop.metrics.localisation: {length} {axis} (relevance shape {tuple(relevance.shape)}, "
             f"layout {layout!r}) do not split into {blocks} equal blocks; check blocks= or layout="
@@ -79,13 +85,11 @@ def block_mask(mask: Tensor, shape: Sequence[int], *, layout: Layout = "sequence
             f"relprop.metrics.localisation: a block mask is (N, blocks) for inputs (N, ...), got mask "
             f"{tuple(mask.shape)} for inputs {shape}"
         )
-    if layout not in ("sequence", "image"):
-        raise ExplanationError(f"relprop.metrics.localisation: unknown layout {layout!r}; use 'sequence' or 'image'")
-    axis = 1 if layout == "sequence" else len(shape) - 1
+    axis, name = _blocked_axis(layout, len(shape))
     blocks, length = mask.shape[1], shape[axis]
     if blocks < 1 or length % blocks:
         raise ExplanationError(
-            f"relprop.metrics.localisation: the {length} {'steps' if layout == 'sequence' else 'columns'} of inputs "
+            f"relprop.metrics.localisation: the {length} {name} of inputs "
             f"{shape} (layout {layout!r}) do not split into the mask's {blocks} equal blocks"
         )
     per_position = mask.repeat_interleave(length // blocks, dim=1)  # (N, length)

@@ -148,6 +148,20 @@ def _has(value: object, name: str) -> bool:
     return hasattr(type(value), name) or name in getattr(value, "__dict__", ())
 
 
+def _works_in_place(module: nn.Module) -> bool:
+    """Whether ``module`` says it changes its input in place (``inplace``, which nn.ReLU sets on the instance and a
+    class may define, e.g. as a property)."""
+    return _has(module, "inplace") and bool(getattr(module, "inplace"))  # noqa: B009
+
+
+def _not_a_tensor(name: str, module: nn.Module, rule: object, output: object) -> ExplanationError:
+    """The error for a ruled module whose output is not a single tensor."""
+    return ExplanationError(
+        f"module '{name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
+        f"{type(rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
+    )
+
+
 def has_relprop_affine(site: object) -> bool:
     """Whether ``site`` has a ``relprop_affine()`` method (on its class or set on the instance)."""
     return _has(site, "relprop_affine")
@@ -464,9 +478,7 @@ class _Attachment:
         self.suspended: list[bool] = []  # hook mode, per call: whether this call took the guard off the mode stack
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
-        # read once per attachment, not per call (nn.ReLU sets it on the instance; a class may define it, e.g. as a
-        # property)
-        self.inplace = _has(module, "inplace") and bool(getattr(module, "inplace"))  # noqa: B009
+        self.inplace = _works_in_place(module)  # read once per attachment, not per call
         # a z-rule whose relevance is x * J^T (R / d(z)) with z the module's own output: autograd's form (_carry)
         denominator = getattr(rule, "output_denominator", None)
         self.denominator: Callable[[Tensor], Tensor] | None = (
@@ -591,10 +603,7 @@ class _Attachment:
     def _post(self, original_args: tuple[Any, ...], carried: bool, output: Any) -> Any:
         module = self.module
         if not isinstance(output, Tensor):
-            raise ExplanationError(
-                f"module '{self.name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
-                f"{type(self.rule).__name__} needs a single Tensor output; wrap the module or apply a canonizer"
-            )
+            raise _not_a_tensor(self.name, module, self.rule, output)
         if carried:
             assert self.denominator is not None
             _foreign_function(module, original_args)
@@ -777,7 +786,7 @@ class SequentialPlan:
                     output = module.forward(hidden)
                 else:
                     # a module that works in place gets a copy (as on the other path), so its input stays intact
-                    inplace = _has(module, "inplace") and bool(getattr(module, "inplace"))  # noqa: B009
+                    inplace = _works_in_place(module)
                     check = getattr(rule, "check_inputs", None)  # what the rule assumes of its inputs
                     if check is not None:
                         check(module, (hidden,))
@@ -786,11 +795,7 @@ class SequentialPlan:
                     if hidden._version != version:  # the input, kept for the rule, changed (the other path copies)
                         return None
                     if not isinstance(output, Tensor):
-                        raise ExplanationError(
-                            f"module '{name}' ({type(module).__name__}) returns {type(output).__name__}, but rule "
-                            f"{type(rule).__name__} needs a single Tensor output; wrap the module or apply a "
-                            "canonizer"
-                        )
+                        raise _not_a_tensor(name, module, rule, output)
                     route = getattr(rule, "route", None)
                     if route is not None and route(module, (hidden,), output) == 0:
                         rule = None  # relevance passes unchanged

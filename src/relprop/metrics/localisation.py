@@ -52,7 +52,7 @@ def block_relevance(relevance: Tensor, *, blocks: int = 3, layout: Layout = "seq
             f"relprop.metrics.localisation: relevance needs a batch axis, got shape {tuple(relevance.shape)}"
         )
     n = relevance.shape[0]
-    _, axis = _blocked_axis(layout, relevance.ndim)
+    _, name = _blocked_axis(layout, relevance.ndim)
     if layout == "sequence":
         per_position = relevance.reshape(n, relevance.shape[1], -1).sum(dim=2)  # (N, steps)
     else:
@@ -60,7 +60,7 @@ def block_relevance(relevance: Tensor, *, blocks: int = 3, layout: Layout = "seq
     length = per_position.shape[1]
     if blocks < 1 or length % blocks:
         raise ExplanationError(
-            f"relprop.metrics.localisation: {length} {axis} (relevance shape {tuple(relevance.shape)}, "
+            f"relprop.metrics.localisation: {length} {name} (relevance shape {tuple(relevance.shape)}, "
             f"layout {layout!r}) do not split into {blocks} equal blocks; check blocks= or layout="
         )
     return per_position.reshape(n, blocks, length // blocks).sum(dim=2)  # (N, blocks)

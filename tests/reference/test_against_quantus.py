@@ -22,9 +22,11 @@ from relprop.metrics import (
     ModelRandomisation,
     RelevanceInRegion,
     Sparseness,
+    block_mask,
     entropy,
     pixel_flipping,
     relevance_in_region,
+    relevance_on_object,
     sparseness,
 )
 
@@ -145,6 +147,23 @@ def test_relevance_in_region_matches_quantus_relevance_mass() -> None:
     theirs = np.asarray(metric(model=model, x_batch=_numpy(x)[0], y_batch=target.numpy(),
                                a_batch=_numpy(relevance)[0], s_batch=pixels.numpy().astype(np.float64)))
     assert _report("relevance in region vs RelevanceMassAccuracy", ours.numpy(), theirs) < 1e-12
+
+
+def test_relevance_on_object_matches_quantus_relevance_mass_within_the_correct_blocks() -> None:
+    """relevance_on_object is RelevanceMassAccuracy of the positive relevance inside the correct blocks, with the
+    object's pixels in those blocks as the ground-truth mask."""
+    model, (x, target) = _model(), _data()
+    x = torch.where(x > 0, x, torch.zeros_like(x))  # about half the pixels are background (0)
+    relevance = _explain(model, x, target)
+    blocks = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 0]])
+    region = block_mask(blocks, x.shape, layout="image")
+    ours = relevance_on_object(relevance, x, blocks, background=0.0, layout="image")
+    metric = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True)
+    theirs = np.asarray(metric(model=model, x_batch=_numpy(x)[0], y_batch=target.numpy(),
+                               a_batch=_numpy(relevance.clamp(min=0) * region)[0],
+                               s_batch=((x != 0) * region).numpy().astype(np.float64)))
+    assert (ours > 0).all()  # every sample has positive relevance in its correct blocks
+    assert _report("relevance on the object vs RelevanceMassAccuracy", ours.numpy(), theirs) < 1e-12
 
 
 def test_quantus_calls_relprop_as_explain_func() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from relprop.errors import ConfigError
 from relprop.experiments import statistics
@@ -262,6 +263,35 @@ def test_conclusions_name_test_statistic_and_verdict() -> None:
         "shallow - rlstm": True, "shallow - rlstm_sd": True, "rlstm - rlstm_sd": False}
 
 
+def test_the_fine_grained_claim_is_tested_on_the_runs_that_have_the_object_score() -> None:
+    def cell(arch: str, replicate: int, share: float, on_object: float | None) -> dict[str, Any]:
+        scores: dict[str, Any] = {"relevance_in_region": {"mean": share}, "relevance_in_region_capped": {"mean": share}}
+        if on_object is not None:
+            scores["relevance_on_object"] = {"mean": on_object}
+        return {"dataset": "mnist-maj", "arch": arch, "replicate": replicate, "fold": None, "methods": {"dtd": scores}}
+
+    # rlstm_sd seeds 0-4 were evaluated before the object score existed, seeds 5-7 with it
+    cells = [cell("rlstm_sd", r, 0.9, None) for r in range(5)]
+    cells += [cell("rlstm_sd", r, 0.9, 0.40 + 0.01 * (r - 5)) for r in range(5, 8)]
+    cells += [cell("convrlstm_sd", r, 0.9, 0.60 + 0.01 * r) for r in range(3)]
+    cells += [cell("convdeep", r, 0.8, 0.50 + 0.01 * r) for r in range(3)]
+    cells += [cell("deep", r, 0.8, 0.49 + 0.012 * r) for r in range(3)]
+    samples = {("mnist-maj", c["arch"], c["replicate"]): {"dtd/relevance_on_object": np.full(
+        20, c["methods"]["dtd"]["relevance_on_object"]["mean"])} for c in cells
+        if "relevance_on_object" in c["methods"]["dtd"]}
+    rows = [r for r in statistics.conclusions(cells, ["dtd"], samples) if r["claim"].startswith("convolutional")]
+    assert {r["metric"] for r in rows} == {"relevance_on_object"}  # not tested on the coarse scores
+    by_comparison = {r["comparison"]: r for r in rows}
+    assert set(by_comparison) == {"convrlstm_sd > rlstm_sd", "convdeep > deep"}  # no conv+ runs, no rows
+    lstm = by_comparison["convrlstm_sd > rlstm_sd"]
+    assert lstm["n"] == "3/3" and lstm["verdict"] == "holds" and lstm["difference"].startswith("+0.200")
+    assert lstm["wilcoxon p"] < 1e-4 and lstm["median difference"] == pytest.approx(0.2)
+    assert by_comparison["convdeep > deep"]["verdict"] in ("inconclusive", "does not hold")
+    # the coarse claims never read the object score
+    assert all(r["metric"] in statistics.METRICS for r in statistics.conclusions(cells, ["dtd"])
+               if not r["claim"].startswith("convolutional"))
+
+
 def test_a_failing_cell_is_listed_and_the_others_go_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from relprop.errors import DataError
     from relprop.experiments import reproduce as reproduce_module
@@ -323,6 +353,47 @@ def test_records_carry_a_grid_to_a_directory_without_it(tmp_path: Path, monkeypa
     last = dataclasses.replace(grid, runs=(0,), evaluation=dataclasses.replace(grid.evaluation, checkpoint="last"))
     assert "its best checkpoint was evaluated, not its last" in reproduce(
         last, tmp_path / "second", progress=False)["failed"][0]
+
+
+def _strip_object_score(run: Path) -> None:
+    """Make a run's evaluation look like one from before the object score existed."""
+    from relprop.files import read_json, write_json
+
+    results = read_json(run / "evaluation.json")
+    for scores in results["methods"].values():
+        del scores["relevance_on_object"]
+    write_json(run / "evaluation.json", results)
+
+
+def test_an_evaluation_without_the_object_score_is_repeated_where_the_weights_are(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relprop.experiments import reproduce as reproduce_module
+    from relprop.experiments.evaluate import missing_scores, read_evaluation
+
+    grid = GridConfig(archs=("rlstm_sd",), datasets=("digits-maj",), runs=(0,), train=_TINY_GRID.train,
+                      evaluation=_TINY_GRID.evaluation)
+    reproduce(grid, tmp_path / "grid", progress=False, records=tmp_path / "records")
+    run, record = tmp_path / "grid" / "digits-maj" / "rlstm_sd" / "seed0", tmp_path / "records" / "digits-maj" / \
+        "rlstm_sd" / "seed0"
+    before = read_samples(run)
+    _strip_object_score(run)
+    _strip_object_score(record)
+    assert missing_scores(read_evaluation(run)) == [f"{m}/relevance_on_object" for m in ("sa", "gb", "dtd")]
+    again = reproduce(grid, tmp_path / "grid", progress=False, records=tmp_path / "records")
+    assert not missing_scores(again["cells"][0]) and not missing_scores(read_evaluation(record))
+    after = read_samples(run)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    # restored from a record without the score, a cell has no weights to evaluate: it is tabulated as it is
+    _strip_object_score(record)
+
+    def must_not_run(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a recorded cell was trained or evaluated again")
+
+    monkeypatch.setattr(reproduce_module, "evaluate", must_not_run)
+    restored = reproduce(grid, tmp_path / "restored", progress=False, records=tmp_path / "records")
+    assert not restored["failed"] and missing_scores(restored["cells"][0])
+    assert [row["relevance on object"] for row in restored["explanations"]] == ["", "", ""]
 
 
 def test_a_record_without_its_evaluation_is_not_restored(tmp_path: Path) -> None:

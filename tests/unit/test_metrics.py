@@ -11,12 +11,14 @@ from relprop.metrics import (
     BlockCosine,
     FlipCurve,
     RelevanceInRegion,
+    RelevanceOnObject,
     block_cosine,
     block_mask,
     block_relevance,
     conservation_error,
     pixel_flipping,
     relevance_in_region,
+    relevance_on_object,
     word_deletion,
 )
 
@@ -131,6 +133,67 @@ def test_relevance_in_region_known_cases() -> None:
     torch.testing.assert_close(relevance_in_region(relevance, mask2, positive=True), torch.tensor([0.5]))
 
 
+def _literal_on_object(relevance: torch.Tensor, x: torch.Tensor, mask: torch.Tensor, background: float) -> list[float]:
+    """relevance_on_object from its definition, one entry at a time: a MAJ sequence (N, steps, pixels) whose
+    block b is the steps b * steps / blocks ... (b + 1) * steps / blocks - 1."""
+    shares = []
+    for r, xs, m in zip(relevance.tolist(), x.tolist(), mask.tolist()):
+        per_block = len(r) // len(m)
+        on_object = in_region = 0.0
+        for step, (r_step, x_step) in enumerate(zip(r, xs)):
+            if not m[step // per_block]:
+                continue
+            for value, pixel in zip(r_step, x_step):
+                if value > 0:
+                    in_region += value
+                    on_object += value if pixel != background else 0.0
+        shares.append(on_object / in_region if in_region > 0 else 0.0)
+    return shares
+
+
+def test_relevance_on_object_against_its_literal_definition() -> None:
+    generator = torch.Generator().manual_seed(5)
+    relevance = torch.randn(7, 12, 20, generator=generator, dtype=torch.float64)
+    x = torch.rand(7, 12, 20, generator=generator, dtype=torch.float64) * 2 - 1
+    x[x < 0] = -1.0  # about half the pixels are background
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1], [1, 0, 1], [1, 1, 0], [0, 0, 1], [0, 0, 0], [1, 1, 1]])
+    relevance[3, :8] = -relevance[3, :8].abs()  # no positive relevance in the correct blocks: scores 0
+    expected = torch.tensor(_literal_on_object(relevance, x, mask, -1.0), dtype=torch.float64)
+    score = relevance_on_object(relevance, x, mask, background=-1.0)
+    torch.testing.assert_close(score, expected, rtol=1e-12, atol=1e-15)
+    assert score[3] == 0 and score[5] == 0 and bool(((score >= 0) & (score <= 1)).all())
+    torch.testing.assert_close(relevance_on_object(relevance * 1e-5, x, mask, background=-1.0), score)
+    # relevance off the correct blocks, and negative relevance, change nothing
+    moved = relevance.clone()
+    moved[0, 8:] = 100.0
+    moved[0, :8] = torch.where(moved[0, :8] < 0, -50.0, moved[0, :8])
+    assert relevance_on_object(moved, x, mask, background=-1.0)[0] == score[0]
+    # a uniform heatmap scores the share of object pixels in the correct blocks
+    uniform = relevance_on_object(torch.ones_like(x), x, mask, background=-1.0)
+    in_region = block_mask(mask, x.shape) > 0
+    objects = ((x != -1.0) & in_region).flatten(1).sum(1) / in_region.flatten(1).sum(1).clamp(min=1)
+    torch.testing.assert_close(uniform[mask.sum(1) > 0], objects[mask.sum(1) > 0].double())
+    # the image layout gives the same scores
+    torch.testing.assert_close(relevance_on_object(_to_image_n(relevance, 20), _to_image_n(x, 20), mask,
+                                                   background=-1.0, layout="image"), score)
+    # relevance on the object only: 1; on the background only: 0
+    on_object = torch.where(x != -1.0, relevance.abs(), torch.zeros_like(x))
+    assert torch.equal(relevance_on_object(on_object, x, mask, background=-1.0)[[0, 1, 2, 4, 6]],
+                       torch.ones(5, dtype=torch.float64))
+    assert not relevance_on_object(relevance.abs() - on_object, x, mask, background=-1.0).any()
+
+
+def _to_image_n(sequence: torch.Tensor, pixels: int) -> torch.Tensor:
+    """(N, 12, pixels) with each step a (pixels / 2) x 2 strip -> (N, pixels / 2, 24)."""
+    n = sequence.shape[0]
+    return sequence.reshape(n, 12, pixels // 2, 2).permute(0, 2, 1, 3).reshape(n, pixels // 2, 24)
+
+
+def test_relevance_on_object_refuses_an_input_of_another_shape() -> None:
+    with pytest.raises(ExplanationError, match=r"same shape; got relevance \(2, 12, 4\) and x \(2, 12, 5\)"):
+        relevance_on_object(torch.ones(2, 12, 4), torch.ones(2, 12, 5), torch.ones(2, 3))
+
+
 def test_metric_objects_and_directions() -> None:
     relevance = torch.randn(4, 12, 10, generator=torch.Generator().manual_seed(4))
     mask = torch.tensor([[1, 1, 0]] * 4)
@@ -138,7 +201,10 @@ def test_metric_objects_and_directions() -> None:
     torch.testing.assert_close(
         RelevanceInRegion(positive=True)(relevance, mask), relevance_in_region(relevance, mask, positive=True)
     )
-    assert BlockCosine.higher_is_better and RelevanceInRegion.higher_is_better
+    x = torch.rand(4, 12, 10, generator=torch.Generator().manual_seed(5)).round()
+    torch.testing.assert_close(RelevanceOnObject()(relevance, x, mask), relevance_on_object(relevance, x, mask))
+    assert BlockCosine.higher_is_better and RelevanceInRegion.higher_is_better and RelevanceOnObject.higher_is_better
+    assert relevance_on_object.higher_is_better  # type: ignore[attr-defined]
     assert block_cosine.higher_is_better and relevance_in_region.higher_is_better  # type: ignore[attr-defined]
     assert not conservation_error.higher_is_better  # type: ignore[attr-defined]
     assert FlipCurve.higher_is_better and pixel_flipping.higher_is_better  # type: ignore[attr-defined]

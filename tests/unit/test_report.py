@@ -69,14 +69,16 @@ def test_run_report_has_tables_and_images(tiny_run: Path) -> None:
     assert gallery.width >= 1000 and gallery.height > 600  # large enough to read (it was ~130 px per map)
     assert page.count("<table") == 3  # configuration, training history, evaluation
     for text in ("Configuration", "Training", "Evaluation", "Heatmaps", "Pixel flipping", "validation accuracy",
-                 "conservation error", "random order", f"{evaluation['accuracy']:.4f}"):
+                 "conservation error", "relevance on object", "random order", f"{evaluation['accuracy']:.4f}"):
         assert text in page, text
     for method in methods:
         cosine = evaluation["methods"][method]["cosine"]["mean"]
         assert f"<td>{method}</td><td>{cosine:.3f} &plusmn;" in page
         row = re.search(f"<tr><td>{re.escape(method)}</td>(.*?)</tr>", page)
         assert row is not None
-        conservation = re.findall("<td>(.*?)</td>", row.group(1))[2]
+        cells = re.findall("<td>(.*?)</td>", row.group(1))
+        assert cells[2] == f"{evaluation['methods'][method]['relevance_on_object']['mean']:.3f}"
+        conservation = cells[3]
         # SA and GB do not distribute the logit: no conservation error for them, one for the LRP family
         assert (conservation == "&ndash;") == (method in ("sa", "gb")), (method, conservation)
     for explained in ("exceeds 1 when the distractor block holds negative relevance", "logit &le; 0"):

@@ -47,7 +47,9 @@ def _maj_methods() -> tuple[str, ...]:
 
 def _quality_rows(results: dict[str, Any]) -> list[dict[str, object]]:
     return [{"method": m, "cosine to ground truth": f"{s['cosine']['mean']:.3f} +- {s['cosine']['ci95']:.3f}",
-             "relevance in region": f"{s['relevance_in_region']['mean']:.3f}", "AOPC": f"{s['aopc']['mean']:.3f}"}
+             "relevance in region": f"{s['relevance_in_region']['mean']:.3f}",
+             "relevance on object": f"{s['relevance_on_object']['mean']:.3f}" if "relevance_on_object" in s else "",
+             "AOPC": f"{s['aopc']['mean']:.3f}"}
             for m, s in results["methods"].items()]
 
 

@@ -1,6 +1,7 @@
 """Evaluation of a trained MAJ run: accuracy, and for every explanation method the thesis's coarse-grained
-explainability (cosine to the ground-truth block mask), the relevance in the data region, the conservation
-error and a pixel-flipping curve with its AOPC.
+explainability (cosine to the ground-truth block mask), the relevance in the data region, a fine-grained score
+(the share of the correct blocks' positive relevance on the object's pixels rather than their background), the
+conservation error and a pixel-flipping curve with its AOPC.
 
 Protocol (Chormai 2018): relevance starts at the true-class logit clipped at 0 (relevance is linear in its
 start, so samples whose logit is not positive get zero relevance); SA and GB are squared gradients.
@@ -40,11 +41,12 @@ from .provenance import code_version
 from .train import accuracy, best_epoch, load_run, lr_schedule, read_history
 
 __all__ = [
-    "MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj", "maj_explanation", "read_evaluation", "read_samples",
-    "REGION_CAP",
+    "MAJ_METHODS", "EvalConfig", "evaluate", "explain_maj", "maj_explanation", "missing_scores", "read_evaluation",
+    "read_samples", "REGION_CAP",
 ]
 
 REGION_CAP = 0.8  # the thesis's tau: each correct block's share of the relevance counts up to 0.8
+BACKGROUND = -1.0  # an empty pixel of a MAJ sequence (pixels are scaled to [-1, 1])
 # methods whose relevance should sum to the explained score (the conservation error means something)
 _CONSERVATIVE = ("dtd", "lrp")
 
@@ -118,11 +120,22 @@ def _maj_scores(name: str) -> dict[str, Callable[[Batch], Tensor]]:
         "relevance_in_region": lambda b: metrics.relevance_in_region(b.relevance, b.require_mask("region")),
         "relevance_in_region_capped": lambda b: metrics.relevance_in_region(
             b.relevance, b.require_mask("region"), cap=REGION_CAP),
+        # fine-grained: the positive relevance in the correct blocks on the digit or garment, not its background
+        "relevance_on_object": lambda b: metrics.relevance_on_object(
+            b.relevance, b.x, b.require_mask("region"), background=BACKGROUND),
     }
     if name.startswith(_CONSERVATIVE):
         scores["conservation_error"] = lambda b: metrics.conservation_error(
             b.relevance, b.explanation.score.clamp(min=0), absolute=True)
     return scores
+
+
+def missing_scores(results: dict[str, Any]) -> list[str]:
+    """The per-method scores (``"<method>/<score>"``) that this version evaluates and ``results`` lack: an
+    evaluation made before a score was added, which :func:`relprop.experiments.reproduce.run_cell` repeats
+    where the weights are still there."""
+    return [f"{name}/{key}" for name, scores in results.get("methods", {}).items() if name in MAJ_METHODS
+            for key in _maj_scores(name) if key not in scores]
 
 
 def _explain_method(model: torch.nn.Module, x: Tensor, target: Tensor | None, *, name: str) -> api.Explanation:

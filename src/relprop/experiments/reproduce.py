@@ -2,11 +2,12 @@
 evaluated and tabulated next to the thesis, with the statistics of its conclusions.
 
 Resumable by run directory: a finished cell is skipped, an interrupted one continues from its last committed
-epoch, an evaluated one is evaluated again only when its methods changed or it trained on to a new best
-checkpoint. The cells run on an executor (:mod:`relprop.experiments.executor`): serially, in a local process
-pool, or as Ray tasks. Writes ``results.json``, ``accuracy.csv|md``, ``explanations.csv|md``,
-``conclusions.csv|md|json``, ``tukey.csv|md`` (every pair of architectures) and ``figures/`` into the grid
-directory.
+epoch, an evaluated one is evaluated again only when its methods changed, it trained on to a new best
+checkpoint, or its evaluation lacks a score that this version computes and its weights are there (a cell
+restored from a record keeps the scores it was recorded with). The cells run on an executor
+(:mod:`relprop.experiments.executor`): serially, in a local process pool, or as Ray tasks. Writes
+``results.json``, ``accuracy.csv|md``, ``explanations.csv|md``, ``conclusions.csv|md|json``, ``tukey.csv|md``
+(every pair of architectures) and ``figures/`` into the grid directory.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 from ..errors import ConfigError, RelpropError
 from ..files import atomic_write, read_json, write_json
 from ..progress import log
-from .evaluate import EvalConfig, evaluate, evaluated_epoch, read_evaluation, read_samples
+from .evaluate import EvalConfig, evaluate, evaluated_epoch, missing_scores, read_evaluation, read_samples
 from .executor import run_tasks
 from .records import check_restored, is_restored, restore_record, save_record
 from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finished, train
@@ -179,7 +180,8 @@ def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, e
             return None
         results = read_evaluation(run_dir)
         changed = results is not None and (set(results["methods"]) != set(config.evaluation.methods)
-                                           or results.get("checkpoint", "best") != config.evaluation.checkpoint)
+                                           or results.get("checkpoint", "best") != config.evaluation.checkpoint
+                                           or bool(missing_scores(results)))
         if results is None or not _current(results, run_dir) or changed:
             results = evaluate(run_dir, config.evaluation, progress=progress)
         if record_dir is not None:
@@ -351,7 +353,7 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
                                    "cosine": mean_ci([s["cosine"]["mean"] for s in scores]).text(3),
                                    "thesis (single model)": thesis.get(method, ""),
                                    "thesis (10-fold mean)": folds.get(method, "")}
-            for key in ("relevance_in_region", "relevance_in_region_capped"):
+            for key in ("relevance_in_region", "relevance_in_region_capped", "relevance_on_object"):
                 values = [s[key]["mean"] for s in scores if key in s]
                 row[key.replace("_", " ")] = mean_ci(values).text(3) if values else ""
             explanation_rows.append(row)

@@ -12,6 +12,11 @@ HSD at a family-wise error rate of 0.01. Here the same tests run over relprop's 
   share the test set);
 - equivalence (two one-sided tests) within a margin fixed in advance, :data:`MARGIN` = 0.03 on the share.
 
+The thesis judged one conclusion, "convolutional layers help fine-grained explanations", from heatmaps alone.
+It is tested here on a score of relprop's (:data:`FINE`): the share of the correct blocks' positive relevance
+that lies on the object rather than its background, each conv model against the same cell without the conv
+front end. Only runs evaluated with that score count (see :func:`relprop.metrics.relevance_on_object`).
+
 Verdicts: "holds" (one-sided p < :data:`ALPHA` in the claimed direction), "does not hold" (the opposite
 direction is significant, or the two are equivalent within the margin), otherwise "inconclusive".
 """
@@ -26,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ALPHA", "FWER", "MARGIN", "MeanCI", "mean_ci", "compare", "anova", "tukey", "conclusions", "pairwise",
-           "CLAIMS"]
+           "CLAIMS", "FINE", "METRICS"]
 
 ALPHA = 0.025  # one-sided, as the thesis's t-tests
 FWER = 0.01  # Tukey HSD, as the thesis
@@ -34,14 +39,21 @@ MARGIN = 0.03  # equivalence margin on the share of relevance (and on the cosine
 # scipy's survival function of the studentized range is 1 - cdf: below about 1e-14 it has no resolution and
 # returns 0, so a Tukey p-value below this is reported as "<1e-14", not as 0
 TUKEY_P_FLOOR = 1e-14
-METRICS = ("relevance_in_region", "relevance_in_region_capped")
+METRICS = ("relevance_in_region", "relevance_in_region_capped")  # the thesis's scores (coarse-grained)
+FINE = ("relevance_on_object",)  # relprop's fine-grained score: the correct blocks' relevance on the object
 
-# (claim, better architecture, worse architecture): the comparisons each conclusion rests on
-CLAIMS: tuple[tuple[str, str, str], ...] = (
-    *(("deeper and LSTM-type RNNs explain better than the shallow RNN", arch, "shallow")
+# (claim, better architecture, worse architecture, the scores it is tested on): the comparisons each conclusion
+# rests on. The thesis judged "convolutional layers help fine-grained explanations" from heatmaps; here it is
+# tested on the share of the correct blocks' positive relevance that lies on the digit or garment, conv front
+# end against the same cell without it.
+CLAIMS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    *(("deeper and LSTM-type RNNs explain better than the shallow RNN", arch, "shallow", METRICS)
       for arch in ("deep", "convdeep", "rlstm", "rlstm_sd", "rgru", "convrlstm_sd", "conv+rlstm_sd")),
-    ("stationary dropout helps", "rlstm_sd", "rlstm"),
-    ("stationary dropout helps", "deep_sd", "deep"),
+    ("stationary dropout helps", "rlstm_sd", "rlstm", METRICS),
+    ("stationary dropout helps", "deep_sd", "deep", METRICS),
+    *(("convolutional layers help fine-grained explanations", conv, plain, FINE)
+      for conv, plain in (("convdeep", "deep"), ("conv+deep", "deep"), ("convrlstm_sd", "rlstm_sd"),
+                          ("conv+rlstm_sd", "rlstm_sd"))),
 )
 
 
@@ -202,10 +214,10 @@ def conclusions(cells: list[dict[str, Any]], methods: Sequence[str],
         group = [c for c in cells if c["dataset"] == dataset]
         paired = all(c.get("fold") is not None for c in group)
         for method in methods:
-            for metric in METRICS:
+            for metric in (*METRICS, *FINE):
                 scores = _scores(group, method, metric)
-                for claim, better, worse in CLAIMS:
-                    if better not in scores or worse not in scores:
+                for claim, better, worse, tested_on in CLAIMS:
+                    if metric not in tested_on or better not in scores or worse not in scores:
                         continue
                     a, b = _aligned(scores[better], scores[worse], paired)
                     row = {"claim": claim, "dataset": dataset, "method": method, "metric": metric,

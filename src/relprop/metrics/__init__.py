@@ -1,8 +1,9 @@
 """Metrics that score explanations, grouped by category; each records ``higher_is_better``.
 
 Categories: axiomatic (conservation), faithfulness (pixel flipping, word deletion), localisation (block cosine,
-relevance in region), complexity (sparseness, entropy), robustness (max-sensitivity), randomisation (model-parameter
-randomisation test). The classes with a ``score(batch)`` method run inside :func:`relprop.explain_dataset`.
+relevance in region, relevance on the object), complexity (sparseness, entropy), robustness (max-sensitivity),
+randomisation (model-parameter randomisation test). The classes with a ``score(batch)`` method run inside
+:func:`relprop.explain_dataset`.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from relprop.metrics.faithfulness import FlipConfig, FlipCurve, PixelFlipping, p
 from relprop.metrics.localisation import (
     BlockCosine,
     RelevanceInRegion,
+    RelevanceOnObject,
     block_cosine,
     block_mask,
     block_relevance,
     relevance_in_region,
+    relevance_on_object,
 )
 from relprop.metrics.randomisation import ModelRandomisation, RandomisationResult, similarity
 from relprop.metrics.robustness import MaxSensitivity
@@ -35,6 +38,7 @@ __all__ = [
     "PixelFlipping",
     "RandomisationResult",
     "RelevanceInRegion",
+    "RelevanceOnObject",
     "Sparseness",
     "block_cosine",
     "block_mask",
@@ -43,6 +47,7 @@ __all__ = [
     "entropy",
     "pixel_flipping",
     "relevance_in_region",
+    "relevance_on_object",
     "similarity",
     "sparseness",
     "word_deletion",

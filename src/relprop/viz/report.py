@@ -55,7 +55,9 @@ _HEATMAP_NOTES = (
 _REGION_NOTE = (
     "Relevance in region: the summed relevance on the true-class blocks divided by the summed relevance of the "
     "sequence; it exceeds 1 when the distractor block holds negative relevance (LRP-&alpha;&beta; and DTD can "
-    "give it). Conservation error: |sum of relevance &minus; clipped logit|, listed only for the LRP family "
+    "give it). Relevance on object: the share of the true-class blocks' positive relevance that lies on the "
+    "digit's or garment's pixels rather than their background (a fine-grained score). Conservation error: "
+    "|sum of relevance &minus; clipped logit|, listed only for the LRP family "
     "(SA and GB do not distribute the logit, so it means nothing for them)."
 )
 
@@ -280,13 +282,15 @@ def _run_sections(run: RunSummary) -> tuple[str, list[tuple[str, str]]]:
                f"{_esc(evaluation.get('test_samples', '?'))} test sequences. Cosine: similarity of the block "
                "relevance to the ground-truth mask (higher is better); AOPC: area over the pixel-flipping curve "
                f"(higher is better). {_REGION_NOTE}</p>")
-    rows = [(m, _cosine_cell(s), _mean(s, "relevance_in_region"),
-             _mean(s, "conservation_error") if m in run.conservative else None, _mean(s, "aopc"))
-            for m, s in methods.items()]
+    scored: list[tuple[object, ...]] = [
+        (m, _cosine_cell(s), _mean(s, "relevance_in_region"), _mean(s, "relevance_on_object"),
+         _mean(s, "conservation_error") if m in run.conservative else None, _mean(s, "aopc"))
+        for m, s in methods.items()]
     if "random_flip" in evaluation:
-        rows.append(("random order", "", "", "", _mean(evaluation["random_flip"], "aopc")))
+        scored.append(("random order", "", "", "", "", _mean(evaluation["random_flip"], "aopc")))
     sections.append(("Evaluation", summary + _table(
-        ["method", "cosine (mean ± 95% CI)", "relevance in region", "conservation error", "AOPC"], rows)))
+        ["method", "cosine (mean ± 95% CI)", "relevance in region", "relevance on object", "conservation error",
+         "AOPC"], scored)))
     sections.append(("Heatmaps", _HEATMAP_NOTES + _gallery(run.samples, arch)))
     curves = {str(m): _curve(s) for m, s in methods.items()}
     if "random_flip" in evaluation:

@@ -319,10 +319,11 @@ def _training(run_dir: Path, run: int) -> dict[str, Any]:
 def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Accuracy and explanation rows: mean and 95% confidence interval across runs, next to the thesis.
 
-    Explanation rows give, per method, the cosine to the ground truth and the percentage of relevance in the
-    data region (plain and with the per-block cap), each the mean over the runs' test-set means.
+    Explanation rows give, per method, the cosine to the ground truth, the percentage of relevance in the data
+    region (plain and with the per-block cap) and the relevance on the object (from the runs evaluated with it),
+    each the mean over the runs' test-set means.
     """
-    from .statistics import mean_ci
+    from .statistics import FINE, METRICS, mean_ci
 
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for cell in cells:
@@ -353,7 +354,7 @@ def tables(cells: list[dict[str, Any]], methods: Sequence[str]) -> tuple[list[di
                                    "cosine": mean_ci([s["cosine"]["mean"] for s in scores]).text(3),
                                    "thesis (single model)": thesis.get(method, ""),
                                    "thesis (10-fold mean)": folds.get(method, "")}
-            for key in ("relevance_in_region", "relevance_in_region_capped", "relevance_on_object"):
+            for key in (*METRICS, *FINE):  # the scores the conclusions are tested on
                 values = [s[key]["mean"] for s in scores if key in s]
                 row[key.replace("_", " ")] = mean_ci(values).text(3) if values else ""
             explanation_rows.append(row)

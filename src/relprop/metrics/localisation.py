@@ -55,12 +55,9 @@ def block_relevance(relevance: Tensor, *, blocks: int = 3, layout: Layout = "seq
             f"relprop.metrics.localisation: relevance needs a batch axis, got shape {tuple(relevance.shape)}"
         )
     n = relevance.shape[0]
-    _, name = _blocked_axis(layout, relevance.ndim)
-    if layout == "sequence":
-        per_position = relevance.reshape(n, relevance.shape[1], -1).sum(dim=2)  # (N, steps)
-    else:
-        per_position = relevance.reshape(n, -1, relevance.shape[-1]).sum(dim=1)  # (N, W)
-    length = per_position.shape[1]
+    axis, name = _blocked_axis(layout, relevance.ndim)
+    length = relevance.shape[axis]
+    per_position = relevance.movedim(axis, 1).reshape(n, length, -1).sum(dim=2)  # (N, steps or columns)
     if blocks < 1 or length % blocks:
         raise ExplanationError(
             f"relprop.metrics.localisation: {length} {name} (relevance shape {tuple(relevance.shape)}, "

@@ -234,6 +234,13 @@ def test_anova_and_tukey_agree_with_statsmodels() -> None:
     assert far[0]["p"] == f"<{statistics.TUKEY_P_FLOOR:g}" and far[0]["reject at FWER 0.01"] is True
 
 
+def test_every_architecture_of_the_grid_is_tested_against_shallow() -> None:
+    from relprop.experiments.reproduce import GRID_ARCHS
+
+    against_shallow = {better for _, better, worse, _ in statistics.CLAIMS if worse == "shallow"}
+    assert against_shallow == set(GRID_ARCHS) - {"shallow"}
+
+
 def test_conclusions_name_test_statistic_and_verdict() -> None:
     def cell(arch: str, replicate: int, share: float) -> dict[str, Any]:
         scores = {"relevance_in_region": {"mean": share}, "relevance_in_region_capped": {"mean": share - 0.01}}

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["ALPHA", "FWER", "MARGIN", "MeanCI", "mean_ci", "compare", "anova", "tukey", "conclusions", "pairwise",
-           "CLAIMS", "FINE", "METRICS"]
+           "CLAIMS", "DEEPER", "FINE", "METRICS"]
 
 ALPHA = 0.025  # one-sided, as the thesis's t-tests
 FWER = 0.01  # Tukey HSD, as the thesis
@@ -42,13 +42,17 @@ TUKEY_P_FLOOR = 1e-14
 METRICS = ("relevance_in_region", "relevance_in_region_capped")  # the thesis's scores (coarse-grained)
 FINE = ("relevance_on_object",)  # relprop's fine-grained score: the correct blocks' relevance on the object
 
+# Every architecture of the grid but shallow, each tested against shallow as the thesis's notebook tests every
+# architecture it is given against its base.
+DEEPER = ("deep", "deep_sd", "rlstm", "rlstm_sd", "rgru", "convdeep", "conv+deep", "convrlstm_sd", "conv+rlstm_sd")
+
 # (claim, better architecture, worse architecture, the scores it is tested on): the comparisons each conclusion
 # rests on. The thesis judged "convolutional layers help fine-grained explanations" from heatmaps; here it is
 # tested on the share of the correct blocks' positive relevance that lies on the digit or garment, conv front
 # end against the same cell without it.
 CLAIMS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     *(("deeper and LSTM-type RNNs explain better than the shallow RNN", arch, "shallow", METRICS)
-      for arch in ("deep", "convdeep", "rlstm", "rlstm_sd", "rgru", "convrlstm_sd", "conv+rlstm_sd")),
+      for arch in DEEPER),
     ("stationary dropout helps", "rlstm_sd", "rlstm", METRICS),
     ("stationary dropout helps", "deep_sd", "deep", METRICS),
     *(("convolutional layers help fine-grained explanations", conv, plain, FINE)

@@ -2,11 +2,11 @@
 
     python docs/scripts/conclusions_summary.py GRID/conclusions.json [METRIC]
 
-One row per claim, method and comparison: runs per side, the difference of the means with its 95% interval,
-the one-sided p-value of the claim, the effect size and the verdict; then each method's ANOVA across the
-architectures with eta squared; then, from ``tukey.csv`` beside it, how many pairs of architectures Tukey's HSD
-separates per method (with the score capped at tau = 0.8 too). ``METRIC`` defaults to ``relevance_in_region``,
-the score of the thesis's tests.
+One row per claim, method and comparison (led by its dataset when the grid has several): runs per side, the
+difference of the means with its 95% interval, the one-sided p-value of the claim, the effect size and the
+verdict; then each method's ANOVA across the architectures with eta squared; then, from ``tukey.csv`` beside it,
+how many pairs of architectures Tukey's HSD separates per method (with the score capped at tau = 0.8 too).
+``METRIC`` defaults to ``relevance_in_region``, the score of the thesis's tests.
 """
 
 from __future__ import annotations
@@ -24,19 +24,26 @@ def _p(value: object) -> str:
 
 def main(path: Path, metric: str = "relevance_in_region") -> None:
     rows = [row for row in json.loads(path.read_text()) if row["metric"] == metric]
-    print("| claim | method | comparison | runs | difference | p | effect size (d) | verdict |")
-    print("|---|---|---|---|---:|---:|---:|---|")
+    several = len({row["dataset"] for row in rows}) > 1  # then each row says its dataset
+
+    def dataset(row: dict[str, str] | None = None) -> str:
+        if not several:
+            return ""
+        return "| dataset " if row is None else f"| {row['dataset']} "
+
+    print(dataset() + "| claim | method | comparison | runs | difference | p | effect size (d) | verdict |")
+    print("|---" * several + "|---|---|---|---|---:|---:|---:|---|")
     for row in rows:
         if "ANOVA" not in row["comparison"]:
-            print(f"| {row['claim']} | {row['method']} | {row['comparison']} | {row['n']} | {row['difference']} | "
-                  f"{_p(row['p'])} | {row['effect size (d)']} | {row['verdict']} |")
+            print(f"{dataset(row)}| {row['claim']} | {row['method']} | {row['comparison']} | {row['n']} | "
+                  f"{row['difference']} | {_p(row['p'])} | {row['effect size (d)']} | {row['verdict']} |")
     print()
-    print("| method | ANOVA across architectures: F | p | eta squared "
+    print(dataset() + "| method | ANOVA across architectures: F | p | eta squared "
           "| verdict (DTD depends far more on the architecture) |")
-    print("|---|---:|---:|---:|---|")
+    print("|---" * several + "|---|---:|---:|---:|---|")
     for row in rows:
         if "ANOVA" in row["comparison"]:
-            print(f"| {row['method']} | {float(row['statistic']):.1f} | {_p(row['p'])} | "
+            print(f"{dataset(row)}| {row['method']} | {float(row['statistic']):.1f} | {_p(row['p'])} | "
                   f"{float(row['effect size (eta squared)']):.3f} | {row['verdict']} |")
     tukey = path.parent / "tukey.csv"
     if tukey.exists():

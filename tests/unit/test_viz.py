@@ -15,6 +15,7 @@ from relprop.viz import (
     aopc_curves,
     cosine_bars,
     grid,
+    grouped_means,
     heatmap,
     html_page,
     html_sentence,
@@ -213,6 +214,22 @@ def test_cosine_bars_error_bars_are_95_ci() -> None:
     error_segments = [c for c in ax.collections if c.get_segments()]
     (low, high) = error_segments[0].get_segments()[0][:, 1]
     assert (high - low) / 2 == pytest.approx(1.96 * samples.std(ddof=1) / 2.0)
+
+
+def test_grouped_means_intervals_references_and_group_labels() -> None:
+    runs = [0.70, 0.74, 0.78]
+    values = {("deep", "sa"): runs, ("deep", "gb"): [0.8, 0.9], ("conv", "sa"): [0.6]}
+    fig = grouped_means(values, ["deep", "conv"], ["sa", "gb"], references={("deep", "sa"): {"thesis": 0.72}},
+                        group_labels=["deep (3 runs)", "conv (1 run)"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["deep (3 runs)", "conv (1 run)"]
+    assert sorted(round(p.get_height(), 6) for p in ax.patches) == [0.6, 0.74, 0.85]
+    segments = [s for c in ax.collections for s in c.get_segments()]
+    low, high = segments[0][:, 1]  # deep/sa: Student's t with two degrees of freedom
+    assert (high - low) / 2 == pytest.approx(4.302653 * np.std(runs, ddof=1) / np.sqrt(3), rel=1e-6)
+    assert any(line.get_ydata()[0] == 0.72 for line in ax.lines if len(line.get_ydata()))  # the thesis marker
+    with pytest.raises(ConfigError, match="1 group labels for 2 groups"):
+        grouped_means(values, ["deep", "conv"], ["sa"], group_labels=["deep"])
 
 
 # --- text -------------------------------------------------------------------------------------------------

@@ -409,7 +409,9 @@ def _figures(root: Path, cells: list[dict[str, Any]], methods: Sequence[str]) ->
                   for a in archs for m in methods}
         thesis = {(a, m): {"single model": THESIS.get((a, dataset), {}).get(m),
                            "10-fold mean": THESIS_FOLDS.get((a, dataset), {}).get(m)} for a in archs for m in methods}
-        plt.close(viz.grouped_means(cosine, archs, list(methods), references=thesis,
+        runs = {a: sum(c["arch"] == a for c in group) for a in archs}  # one cell per run (seed or fold)
+        labels = [f"{a} ({runs[a]} run{'s' if runs[a] != 1 else ''})" for a in archs]
+        plt.close(viz.grouped_means(cosine, archs, list(methods), references=thesis, group_labels=labels,
                                     path=root / "figures" / f"cosine_{dataset}.png",
                                     title=f"cosine to the ground truth, {dataset} (mean, 95% CI over runs)"))
         curves = {(a, m): [np.asarray(c["methods"][m]["flip_curve"]) for c in group

@@ -151,6 +151,7 @@ def grouped_means(
     members: Sequence[str],
     *,
     references: Mapping[tuple[str, str], Mapping[str, float | None]] | None = None,
+    group_labels: Sequence[str] | None = None,
     path: str | os.PathLike[str] | None = None,
     title: str = "",
     ylabel: str = "mean (95% CI over runs)",
@@ -159,7 +160,10 @@ def grouped_means(
 
     ``values[(group, member)]`` holds one value per run. ``references[(group, member)]`` maps a label (e.g.
     "thesis, single model") to a published value, drawn as a marker on the bar; markers share a legend.
+    ``group_labels`` (one per group) replaces the group names under the axis, e.g. to give each its run count.
     """
+    if group_labels is not None and len(group_labels) != len(groups):
+        raise ConfigError(f"relprop.viz.grouped_means: {len(group_labels)} group labels for {len(groups)} groups")
     from scipy import stats
 
     fig = _new_figure(max(6.0, 1.2 + 0.32 * len(groups) * max(len(members), 1)), 4.2)
@@ -185,7 +189,8 @@ def grouped_means(
         ax.bar(xs, means, width, yerr=halves, capsize=2, label=member)
     for label, marker in marker_of.items():
         ax.plot([], [], marker=marker, color="black", linestyle="none", label=label)
-    ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right")
+    ax.set_xticks(np.arange(len(groups)), list(groups if group_labels is None else group_labels), rotation=30,
+                  ha="right")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)

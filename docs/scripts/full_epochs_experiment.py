@@ -36,7 +36,7 @@ from relprop import metrics
 from relprop.data.maj import load_maj
 from relprop.experiments.evaluate import explain_maj
 from relprop.experiments.records import save_record
-from relprop.experiments.reproduce import GRID_ARCHS, THESIS_RECIPE, GridConfig, run_cell
+from relprop.experiments.reproduce import GRID_ARCHS, THESIS_RECIPE, GridConfig, _cell_dir, run_cell
 from relprop.experiments.train import load_run
 from relprop.files import write_json
 
@@ -62,15 +62,14 @@ def main() -> None:
     parser.add_argument("seed", type=int, nargs="?", default=0)
     parser.add_argument("--arch", default="rgru", choices=GRID_ARCHS)
     parser.add_argument("--epochs", type=int, default=100)
-    parser.add_argument("--dataset", default="mnist-maj", choices=("mnist-maj", "fashion-maj"))
+    parser.add_argument("--dataset", default="mnist-maj", choices=GridConfig.datasets)
     parser.add_argument("--from", dest="source", type=Path, default=None)
     parser.add_argument("--record", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    name = args.arch.replace("+", "plus")  # the grid's directory name
-    run_dir = args.out / args.dataset / name / f"seed{args.seed}"
+    run_dir = _cell_dir(args.out, args.dataset, args.arch, args.seed)  # as the grid names it
     if args.source is not None and not run_dir.exists():
         _copy_training_files(args.source, run_dir)
     grid = GridConfig(archs=(args.arch,), datasets=(args.dataset,), runs=(args.seed,),
@@ -90,7 +89,7 @@ def main() -> None:
     print(f"last: epoch {result['epochs']}, accuracy {accuracy:.4f}, cosine SA/GB/DTD/LRP "
           + "/".join(f"{c:.3f}" for c in cosines))
     if args.record is not None:
-        record_dir = args.record / args.dataset / f"{name}_{args.epochs}_epochs" / f"seed{args.seed}"
+        record_dir = args.record / args.dataset / f"{run_dir.parent.name}_{args.epochs}_epochs" / f"seed{args.seed}"
         save_record(run_dir, record_dir)
         write_json(record_dir / "last_epoch.json", {
             "epoch": result["epochs"], "test_samples": len(y), "accuracy": accuracy,

@@ -46,6 +46,39 @@ def test_run_tasks_yields_every_result_once() -> None:
         list(run_tasks(_square, tasks, address="auto"))
 
 
+def _threads(_: int) -> int:
+    return torch.get_num_threads()
+
+
+def test_every_task_runs_with_the_threads_asked_for() -> None:
+    tasks = [(i,) for i in range(2)]
+    for workers in (1, 2):
+        assert [n for _, n in run_tasks(_threads, tasks, workers=workers, threads=2, progress=False)] == [2, 2]
+        assert [n for _, n in run_tasks(_threads, tasks, workers=workers, progress=False)] == [1, 1]
+
+
+def test_reproduce_passes_the_command_lines_threads_to_the_grid(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``relprop reproduce --threads N`` trains each cell with N threads (the executor's default is 1)."""
+    from relprop.cli import main
+    from relprop.experiments import reproduce as module
+
+    asked: dict[str, Any] = {}
+
+    def fake(config: GridConfig, root: Path, **options: Any) -> dict[str, Any]:
+        asked.update(options)
+        return {"trained": [], "failed": []}
+
+    monkeypatch.setattr(module, "reproduce", fake)
+    threads = torch.get_num_threads()
+    try:
+        assert main(["reproduce", "--train-only", "--quiet", "--threads", "2", "--workers", "3",
+                     "--out", str(tmp_path)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert (asked["threads"], asked["workers"]) == (2, 3)
+
+
 def _children(pid: int) -> list[int]:
     """The pids of ``pid``'s child processes (Linux /proc)."""
     found = []

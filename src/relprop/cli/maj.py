@@ -121,7 +121,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     if args.epochs is not None:  # for every cell
         config = dataclasses.replace(config, epochs_by_arch=())
     results = reproduce(config, args.out, progress=True, collect_only=args.collect, train_only=args.train_only,
-                        executor=args.executor, workers=args.workers, address=args.address, records=args.records)
+                        executor=args.executor, workers=args.workers, threads=args.threads, address=args.address,
+                        records=args.records)
     if args.train_only:
         print(f"{len(results['trained'])} cells trained in {args.out}")
         for failure in results["failed"]:
@@ -231,7 +232,8 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
     grid.add_argument("--executor", choices=EXECUTORS, default="local",
                       help="local: this process or a process pool; ray: Ray tasks (pip install 'relprop[ray]')")
     grid.add_argument("--workers", type=positive_int, default=1,
-                      help="cells trained at once (local processes, or CPUs of a local Ray instance)")
+                      help="cells trained at once (local processes, or tasks of a local Ray instance), each with "
+                           "--threads threads")
     grid.add_argument("--address", default=None, help="address of a running Ray cluster (with --executor ray)")
     grid.add_argument("--records", type=Path, default=None,
                       help="directory of run records (results without weights): cells missing from --out are "

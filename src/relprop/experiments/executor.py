@@ -7,8 +7,8 @@ cores train faster than one 2-thread worker on these small models). ``function``
 picklable (a module-level function and plain data) for the process pool and Ray.
 
 Ray is optional (``pip install relprop[ray]``): ``executor="ray"`` starts a local Ray instance with
-``workers`` CPUs, or joins the cluster at ``address`` (e.g. ``"auto"`` or ``"ray://head:10001"``). Each task
-asks for 1 CPU, and for 1 GPU when the driver sees CUDA.
+``workers * threads`` CPUs, or joins the cluster at ``address`` (e.g. ``"auto"`` or ``"ray://head:10001"``).
+Each task asks for ``threads`` CPUs, and for 1 GPU when the driver sees CUDA.
 
 The worker processes that relprop starts (and relprop's command-line commands) also tell glibc's allocator to
 keep freed memory for reuse (:func:`keep_freed_memory`), which trains the convolutional models about 1.3x faster,
@@ -194,11 +194,11 @@ def _ray(function: Callable[..., Any], tasks: Sequence[tuple[Any, ...]], workers
     started_here = not ray.is_initialized()
     if started_here:
         if address is None:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
     try:
-        remote = ray.remote(num_cpus=1, num_gpus=1 if torch.cuda.is_available() else 0)(_worker)
+        remote = ray.remote(num_cpus=threads, num_gpus=1 if torch.cuda.is_available() else 0)(_worker)
         pending = {remote.remote(threads, function, *task): task for task in tasks}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -204,6 +204,7 @@ def reproduce(
     train_only: bool = False,
     executor: str = "local",
     workers: int = 1,
+    threads: int = 1,
     address: str | None = None,
     records: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -215,7 +216,7 @@ def reproduce(
     evaluated cells that have trained on since (their rows give the evaluated checkpoint).
     With ``train_only`` the cells are trained and nothing is evaluated or tabulated. With ``records`` cells are
     restored from and recorded to that directory (:mod:`relprop.experiments.records`); ``collect_only``
-    restores the recorded cells too.
+    restores the recorded cells too. Each cell trains with ``threads`` torch threads (in each of ``workers``).
     """
     root = Path(root)
     cells = [(d, a, r) for r in config.runs for d in config.datasets for a in config.archs]
@@ -231,8 +232,8 @@ def reproduce(
         def label(task: tuple[Any, ...]) -> str:
             return _label(task[2], task[3], task[4], config.folds)
 
-        for _, result in run_tasks(run_cell, tasks, executor=executor, workers=workers, address=address,
-                                   progress=progress, label=label):
+        for _, result in run_tasks(run_cell, tasks, executor=executor, workers=workers, threads=threads,
+                                   address=address, progress=progress, label=label):
             if result is not None and "error" in result:
                 failed.append(result["error"])
                 log(f"grid: failed {result['error']}")

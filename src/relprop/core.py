@@ -919,8 +919,18 @@ def attached_rule(module: nn.Module) -> tuple[Rule | None, bool]:
 # ------------------------------------------------------------------------------------------------ op sites
 def ops_by_name(op_rules: Mapping[Op, Rule]) -> dict[str, Op]:
     """The op of each function name among the ops of ``op_rules`` (a :class:`FunctionalGuard` looks these up
-    before :func:`relprop.ops.lookup`, so ops declared by the user come first)."""
-    return {name: op for op in op_rules for name in op.names}
+    before :func:`relprop.ops.lookup`, so ops declared by the user come first). Where two ops claim a name, the
+    first in ``op_rules`` has it: a rule map puts its own entries before its base map's.
+
+    >>> own = ops.Op("own", frozenset({"max_pool2d"}))
+    >>> ops_by_name({own: None, ops.MAX: None})["max_pool2d"]
+    ops.OWN
+    """
+    by_name: dict[str, Op] = {}
+    for op in op_rules:
+        for name in op.names:
+            by_name.setdefault(name, op)
+    return by_name
 
 
 class FunctionalGuard(TorchFunctionMode):

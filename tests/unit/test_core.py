@@ -77,6 +77,18 @@ def test_user_declared_op_gets_its_rule() -> None:
     assert explanation.relevance.shape == (4, 6)
 
 
+def test_a_users_op_takes_a_name_from_relprops_own_ops() -> None:
+    """An op the user declares with a function name of one of relprop's ops (here the product) has that name: a rule
+    map's entries come before its base map's, whose product rule refuses two path tensors."""
+    product = ops.Op("product", frozenset({"mul", "__mul__"}))
+    linear = (nn.Linear, rules.Epsilon(epsilon=1e-12))
+    declared = RuleMap([(product, rules.Uniform(1e-12)), linear], stabilizer=1e-12)
+    explanation = relprop.explain(_model("ungated"), _x(), method="lrp", rule_map=declared)
+    builtin = RuleMap([(ops.MUL, rules.Uniform(1e-12)), linear], stabilizer=1e-12)
+    assert torch.equal(explanation.relevance,
+                       relprop.explain(_model("ungated"), _x(), method="lrp", rule_map=builtin).relevance)
+
+
 def test_dot_data_on_the_path_is_refused() -> None:
     with pytest.raises(ExplanationError, match=rf"'.data'.*{HERE}"):
         relprop.explain(_model("data"), _x(), method="lrp")

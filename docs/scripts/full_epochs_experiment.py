@@ -36,7 +36,7 @@ from relprop import metrics
 from relprop.data.maj import load_maj
 from relprop.experiments.evaluate import explain_maj
 from relprop.experiments.records import save_record
-from relprop.experiments.reproduce import GRID_ARCHS, THESIS_RECIPE, GridConfig, _cell_dir, run_cell
+from relprop.experiments.reproduce import GRID_ARCHS, THESIS_RECIPE, GridConfig, cell_dir, run_cell
 from relprop.experiments.train import load_run
 from relprop.files import write_json
 
@@ -69,7 +69,7 @@ def main() -> None:
     torch.set_num_threads(1)
     if args.epochs < 1:
         parser.error(f"--epochs must be at least 1, got {args.epochs}")
-    run_dir = _cell_dir(args.out, args.dataset, args.arch, args.seed)  # as the grid names it
+    run_dir = cell_dir(args.out, args.dataset, args.arch, args.seed)  # as the grid names it
     if args.source is not None and not run_dir.exists():
         _copy_training_files(args.source, run_dir)
     grid = GridConfig(archs=(args.arch,), datasets=(args.dataset,), runs=(args.seed,),

@@ -31,7 +31,7 @@ from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finis
 __all__ = [
     "GridConfig", "reproduce", "run_cell", "collect", "THESIS", "THESIS_FOLDS", "THESIS_SLIDES", "THESIS_RESULT_YAML",
     "GRID_ARCHS",
-    "CONV_ARCHS", "THESIS_RECIPE", "THESIS_EPOCHS", "tables",
+    "CONV_ARCHS", "THESIS_RECIPE", "THESIS_EPOCHS", "tables", "cell_dir",
 ]
 
 CONV_ARCHS = ("convdeep", "conv+deep", "convrlstm_sd", "conv+rlstm_sd")
@@ -145,8 +145,14 @@ class GridConfig:
         return config if self.folds is None else dataclasses.replace(config, fold=run, folds=self.folds)
 
 
-def _cell_dir(root: Path, dataset: str, arch: str, run: int, folds: int | None = None) -> Path:
-    return root / dataset / arch.replace("+", "plus") / _replicate(run, folds)
+def cell_dir(root: str | Path, dataset: str, arch: str, run: int, folds: int | None = None) -> Path:
+    """The run directory of a cell in the grid (or records) directory ``root``, as :func:`reproduce` names it
+    (``+`` in an architecture's name is spelled ``plus``).
+
+    >>> cell_dir("GRID", "mnist-maj", "conv+deep", 2).as_posix()
+    'GRID/mnist-maj/convplusdeep/seed2'
+    """
+    return Path(root) / dataset / arch.replace("+", "plus") / _replicate(run, folds)
 
 
 def _replicate(run: int, folds: int | None) -> str:
@@ -168,8 +174,8 @@ def run_cell(config: GridConfig, root: str, dataset: str, arch: str, run: int, e
     A cell that fails with a :class:`~relprop.errors.RelpropError` (NaN weights, a corrupt file) returns
     ``{"error": message}`` so that the other cells of the grid go on; :func:`reproduce` lists it.
     """
-    run_dir = _cell_dir(Path(root), dataset, arch, run, config.folds)
-    record_dir = None if records is None else _cell_dir(Path(records), dataset, arch, run, config.folds)
+    run_dir = cell_dir(root, dataset, arch, run, config.folds)
+    record_dir = None if records is None else cell_dir(records, dataset, arch, run, config.folds)
     cell_config = config.cell_config(dataset, arch, run)
     try:
         if record_dir is not None:
@@ -224,7 +230,7 @@ def reproduce(
     records = None if records is None else str(records)
     if collect_only and records is not None:
         for d, a, r in cells:
-            restore_record(_cell_dir(Path(records), d, a, r, config.folds), _cell_dir(root, d, a, r, config.folds))
+            restore_record(cell_dir(records, d, a, r, config.folds), cell_dir(root, d, a, r, config.folds))
     if not collect_only:
         tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local",
                   records) for d, a, r in cells]
@@ -239,12 +245,12 @@ def reproduce(
                 log(f"grid: failed {result['error']}")
     if train_only:
         return {"trained": [_label(d, a, r, config.folds) for d, a, r in cells if
-                            run_finished(_cell_dir(root, d, a, r, config.folds))], "failed": failed}
+                            run_finished(cell_dir(root, d, a, r, config.folds))], "failed": failed}
     collected, stale = collect(root)
     done = {(c["dataset"], c["arch"], c["replicate"]) for c in collected}
     missing = [_label(d, a, r, config.folds) for d, a, r in cells if (d, a, r) not in done]
     training = {_label(d, a, r, config.folds): status for d, a, r in cells if (d, a, r) not in done
-                for status in [training_status(_cell_dir(root, d, a, r, config.folds))] if status is not None}
+                for status in [training_status(cell_dir(root, d, a, r, config.folds))] if status is not None}
     write_json(root / "results.json", {"config": dataclasses.asdict(config), "cells": collected,
                                        "missing": missing, "training": training, "stale": stale, "failed": failed})
     from . import statistics

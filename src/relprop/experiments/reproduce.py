@@ -60,7 +60,10 @@ THESIS: dict[tuple[str, str], dict[str, float]] = {
     ("convrlstm_sd", "mnist-maj"): {"accuracy": 0.994, "sa": 0.825, "gb": 0.934, "dtd": 0.922},
     ("convrlstm_sd", "fashion-maj"): {"accuracy": 0.936, "sa": 0.821, "gb": 0.893, "dtd": 0.899},
 }
-# Chormai 2018, means over its 10-fold models (cosine SA / GB / DTD / LRP alpha1.5-beta0.5; SPEC)
+# Chormai 2018, means over several of its models (cosine SA / GB / DTD / LRP alpha1.5-beta0.5), as SPEC quotes
+# them and labels them "10-fold"; which models is not in the thesis repository's readable files: its 10-fold
+# conv+deep predates the fix of the lateral connections, and these conv+deep means are not convdeep's
+# (docs/results.md, "Where the '10-fold means' come from")
 THESIS_FOLDS: dict[tuple[str, str], dict[str, float]] = {
     ("rlstm", "mnist-maj"): {"sa": 0.856, "gb": 0.917, "dtd": 0.917, "lrp_a1.5b0.5": 0.949},
     ("rlstm", "fashion-maj"): {"sa": 0.851, "gb": 0.898, "dtd": 0.894, "lrp_a1.5b0.5": 0.935},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
-from .methods._common import ClassTarget, OutputSeed, as_targets, logits_of, output_example, repeated
+from .methods._common import ClassTarget, OutputSeed, as_target_value, as_targets, logits_of, output_example, repeated
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -219,17 +219,18 @@ def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, tar
 @boundary("relprop.explain")
 @explaining  # the model's lock for the whole call; grad mode restored even after Ctrl-C (relprop.safety)
 def explain(
-    model: nn.Module, x: Tensor, target: int | str | Tensor | None = None, method: str = "lrp", *,
+    model: nn.Module, x: Tensor, target: int | str | Tensor | Sequence[Any] | None = None, method: str = "lrp", *,
     seed: Tensor | Callable[[Tensor], Tensor] | None = None, model_kwargs: Mapping[str, Any] | None = None,
     input_name: str | None = None, output: Callable[[Any], Tensor] | None = None, **options: Any,
 ) -> Explanation:
     """Explain ``model``'s prediction for the batch ``x`` with a registered method.
 
-    ``target`` is an int, a LongTensor of shape (batch,) or None (the argmax); a (batch, k) LongTensor or
-    ``"all"`` explains k classes per sample in one pass (relevance (batch, k, ...)). ``seed`` replaces the target
-    by what the backward pass starts from (:class:`~relprop.methods._common.OutputSeed`): a tensor shaped like
-    the output, or a function of the output such as ``lambda out: out[:, 3] - out[:, 5]``. ``options`` go to the
-    method, e.g. ``preset="epsilon_plus_flat"`` for ``method="lrp"``, ``steps=64`` for integrated gradients,
+    ``target`` is an int, a LongTensor of shape (batch,) (or a list or numpy array of class indices, as Captum
+    takes them) or None (the argmax); a (batch, k) LongTensor (or nested list) or ``"all"`` explains k classes per
+    sample in one pass (relevance (batch, k, ...)). ``seed`` replaces the target by what the backward pass starts
+    from (:class:`~relprop.methods._common.OutputSeed`): a tensor shaped like the output, or a function of the
+    output such as ``lambda out: out[:, 3] - out[:, 5]``. ``options`` go to the method, e.g.
+    ``preset="epsilon_plus_flat"`` for ``method="lrp"``, ``steps=64`` for integrated gradients,
     ``layers=["features.10"]`` (LRP, gradient x input, IG) for the relevance at those modules' outputs
     (``layer_at="input"``: inputs) in ``Explanation.layers``. Integer ``x``
     (token ids) is explained through the model's token embedding (``get_input_embeddings()`` of a Hugging Face
@@ -250,11 +251,12 @@ def explain(
     model = validate.explanation_inputs(model, x, method, options)  # before anything runs, but for linear layers'
     # weights, checked with the results (validate.finite_weights)
     _check_input(x)
+    classes: int | str | Tensor | None = as_target_value(target)  # a list or array as a tensor, a numpy int as int
     call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     spec = METHODS[method]
     checked = False  # scores and relevance read finite already (then so are the weights checked after the run)
     try:
-        own = _own_scores(spec, model, x, target, seed, options)
+        own = _own_scores(spec, model, x, classes, seed, options)
         ran = None if own is None else own(call)
         if ran is not None:  # the scores and classes of the method's own forward pass
             result, targets, checked = ran
@@ -262,7 +264,7 @@ def explain(
             scores = result.output
         else:
             forward, inputs, scores = _prepared(model, x, call)
-            targets = _targets(target, seed, scores)
+            targets = _targets(classes, seed, scores)
             result = _run(spec, forward, inputs, targets, seed, options)
     except Exception as error:
         try:

@@ -86,6 +86,53 @@ def test_good_targets(mlp, x) -> None:
     assert torch.equal(as_int.score, mlp(x)[:, 1].detach())
 
 
+@pytest.mark.parametrize("method", ["gradient", "lrp", "integrated_gradients"])
+def test_targets_as_lists_and_numpy_arrays_are_the_tensor_targets(mlp, x, method: str) -> None:
+    """Classes given as Captum takes them (a list, a numpy array, a numpy integer) explain what the tensor does."""
+    np = pytest.importorskip("numpy")
+    one = relprop.explain(mlp, x, torch.tensor([1, 2]), method=method)
+    for target in ([1, 2], np.array([1, 2]), np.array([1, 2], dtype=np.int32)):
+        same = relprop.explain(mlp, x, target, method=method)
+        assert torch.equal(same.relevance, one.relevance) and torch.equal(same.target, one.target)
+    as_int = relprop.explain(mlp, x, 2, method=method)
+    for target in (np.int64(2), torch.tensor(2)):
+        assert torch.equal(relprop.explain(mlp, x, target, method=method).relevance, as_int.relevance)
+    several = relprop.explain(mlp, x, torch.tensor([[0, 1], [2, 0]]), method=method)
+    assert torch.equal(relprop.explain(mlp, x, [[0, 1], [2, 0]], method=method).relevance, several.relevance)
+
+
+@pytest.mark.parametrize(("target", "pattern"), [
+    ([1.0, 2.0], "integer"),
+    ([0, 1, 2], r"shape \(2,\)"),
+    ([[1], [2, 0]], "int, a LongTensor"),
+    ([0, 3], "out of range"),
+    ((1, 2), "int, a LongTensor"),
+])
+def test_bad_list_targets(mlp, x, target: object, pattern: str) -> None:
+    with pytest.raises(ExplanationError, match=pattern):
+        relprop.explain(mlp, x, target, method="gradient")
+
+
+@pytest.mark.parametrize("function", [relprop.methods.gradient, relprop.methods.guided_backprop, relprop.methods.lrp,
+                                      relprop.methods.integrated_gradients, relprop.methods.smoothgrad])
+def test_building_blocks_check_their_targets(mlp, x, function) -> None:
+    """The methods called directly take an int or a list as well as a LongTensor, and a target that does not fit
+    the batch or the model is an error, not a relevance of zeros (a tensor of 3 classes for 2 samples used to be
+    repeated 0 times) or an indexing error from torch."""
+    def relevance(target: object) -> Tensor:
+        torch.manual_seed(0)  # SmoothGrad's noise
+        result = function(mlp, x, target)
+        return result.relevance if hasattr(result, "relevance") else result
+
+    tensor = relevance(torch.tensor([2, 2]))
+    assert tensor.abs().sum() > 0
+    assert torch.equal(relevance(2), tensor) and torch.equal(relevance([2, 2]), tensor)
+    with pytest.raises(ExplanationError, match="3 classes for a model output of"):
+        relevance(torch.tensor([1, 2, 0]))
+    with pytest.raises(ExplanationError, match="out of range"):
+        relevance(torch.tensor([5, 0]))
+
+
 @pytest.mark.parametrize(("bad", "pattern"), [
     (torch.randn(6, dtype=torch.float64), r"batched.*\(6,\).*unsqueeze"),
     (torch.zeros(0, 6, dtype=torch.float64), "empty batch"),

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError, ExplanationError
 
-__all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "per_target", "is_several", "target_major",
-           "logits_of", "one_hot_start", "output_example", "scores_error", "start_gradient", "start_gradients",
-           "start_relevance", "target_score", "target_scores", "gradient_of_target"]
+__all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "as_target_value", "per_target", "is_several",
+           "target_major", "logits_of", "one_hot_start", "output_example", "scores_error", "start_gradient",
+           "start_gradients", "start_relevance", "target_score", "target_scores", "gradient_of_target"]
 
 
 def output_example(result: object) -> str:
@@ -51,16 +52,43 @@ def scores_error(output: Tensor) -> ExplanationError:
     return ExplanationError(f"the model must return (batch, classes) scores, got shape {shape}; {advice}")
 
 
+def as_target_value(target: Any) -> Any:
+    """A list or numpy array of class indices as a tensor (as Captum takes them), a numpy integer or a 0-d integer
+    tensor as an int; anything else as it is, for the checks of :func:`as_target`.
+
+    >>> import numpy as np
+    >>> as_target_value([1, 2]), as_target_value(np.int64(3)), as_target_value(torch.tensor(4))
+    (tensor([1, 2]), 3, 4)
+    """
+    if isinstance(target, Tensor):
+        return int(target) if target.dim() == 0 and not target.is_floating_point() and not target.is_complex() \
+            and target.dtype != torch.bool else target
+    module = type(target).__module__
+    if module == "numpy" and type(target).__name__.startswith(("int", "uint")):  # a numpy integer scalar
+        return int(target)
+    if isinstance(target, list) or (module == "numpy" and type(target).__name__ == "ndarray"):
+        try:
+            return torch.as_tensor(target)
+        except (TypeError, ValueError, RuntimeError):  # ragged or not numbers: the checks below say what fits
+            return target
+    return target
+
+
 def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
-    """Normalise ``target`` to a LongTensor of shape (batch,) checked against ``output`` (batch, classes)."""
+    """Normalise ``target`` to a LongTensor of shape (batch,) checked against ``output`` (batch, classes).
+
+    ``target`` is an int, an integer tensor (batch,), a list or numpy array of ``batch`` class indices, or None
+    (the argmax).
+    """
     if output.dim() != 2:
         raise scores_error(output)
     batch, classes = output.shape
+    target = as_target_value(target)
     if target is None:
         return output.argmax(1)
     if isinstance(target, bool) or not isinstance(target, (int, Tensor)):
-        raise ExplanationError(f"target must be an int, a LongTensor of shape (batch,) or (batch, k), 'all' or None, "
-                               f"got {target!r}")
+        raise ExplanationError(f"target must be an int, a LongTensor (or list) of shape (batch,) or (batch, k), "
+                               f"'all' or None, got {target!r}")
     if isinstance(target, int):
         if not 0 <= target < classes:
             raise ExplanationError(f"target out of range: the model has {classes} outputs, got {target}")
@@ -176,6 +204,7 @@ def as_targets(target: int | str | Tensor | None, output: Tensor) -> Tensor:
     >>> as_targets("all", torch.zeros(2, 3)).tolist()
     [[0, 1, 2], [0, 1, 2]]
     """
+    target = as_target_value(target)
     if isinstance(target, str):
         if target != "all":
             raise ExplanationError(f"target must be an int, a LongTensor, None or 'all', got {target!r}")
@@ -246,13 +275,33 @@ class ClassTarget:
         return targets
 
 
+def _classes(target: Tensor | ClassTarget | int, output: Tensor) -> Tensor:
+    """The classes of ``target`` for each row of ``output`` (batch, classes), checked: an int, a list or an integer
+    tensor of the explained batch, which a method that runs that batch several times over (IG's path points,
+    SmoothGrad's noisy copies) repeats to the rows of ``output``.
+
+    >>> _classes(torch.tensor([1, 0]), torch.zeros(4, 3)).tolist()
+    [1, 0, 1, 0]
+    """
+    if isinstance(target, ClassTarget):
+        return target.resolve(output)
+    if output.dim() != 2:
+        raise scores_error(output)
+    value = as_target_value(target)
+    rows = output.shape[0]
+    if isinstance(value, Tensor) and value.dim() == 1 and len(value) != rows:
+        if not 0 < len(value) < rows or rows % len(value):
+            raise ExplanationError(f"target has {len(value)} classes for a model output of {rows} rows: give one "
+                                   "class per sample of the explained batch")
+        return _tiled(as_target(value, output[:len(value)]), rows)  # the explained batch, run rows / n times
+    return as_target(value, output)
+
+
 def start_gradient(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -> Tensor:
     """The output gradient for ``target`` (one-hot at each sample's class, or the seed's)."""
     if isinstance(target, OutputSeed):
         return target.gradient(output)
-    if isinstance(target, ClassTarget):
-        target = target.resolve(output)
-    return one_hot_start(output, _tiled(target, output.shape[0]))
+    return one_hot_start(output, _classes(target, output))
 
 
 def start_gradients(output: Tensor, targets: Tensor) -> Tensor:
@@ -264,17 +313,15 @@ def start_relevance(output: Tensor, target: Tensor | OutputSeed | ClassTarget) -
     """The output relevance for ``target`` (each sample's target logit, or the seed's)."""
     if isinstance(target, OutputSeed):
         return target.relevance(output)
-    if isinstance(target, ClassTarget):
-        target = target.resolve(output)
-    target = _tiled(target, output.shape[0])
-    return one_hot_start(output, target, output.detach().gather(1, target.reshape(-1, 1)))
+    classes = _classes(target, output)
+    return one_hot_start(output, classes, output.detach().gather(1, classes.reshape(-1, 1)))
 
 
 def target_score(output: Tensor, target: Tensor | OutputSeed) -> Tensor:
     """The explained score per sample (batch,): the target logit, or the seed's score."""
     if isinstance(target, OutputSeed):
         return target.score(output)
-    return output.gather(1, _tiled(target, output.shape[0]).reshape(-1, 1)).squeeze(1)
+    return output.gather(1, _classes(target, output).reshape(-1, 1)).squeeze(1)
 
 
 def target_scores(output: Tensor, targets: Tensor) -> Tensor:

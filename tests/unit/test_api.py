@@ -91,7 +91,7 @@ def test_targets_as_lists_and_numpy_arrays_are_the_tensor_targets(mlp, x, method
     """Classes given as Captum takes them (a list, a numpy array, a numpy integer) explain what the tensor does."""
     np = pytest.importorskip("numpy")
     one = relprop.explain(mlp, x, torch.tensor([1, 2]), method=method)
-    for target in ([1, 2], np.array([1, 2]), np.array([1, 2], dtype=np.int32)):
+    for target in ([1, 2], np.array([1, 2]), np.array([1, 2], dtype=np.int32), np.array([1, 2], dtype=np.uint8)):
         same = relprop.explain(mlp, x, target, method=method)
         assert torch.equal(same.relevance, one.relevance) and torch.equal(same.target, one.target)
     as_int = relprop.explain(mlp, x, 2, method=method)

@@ -93,7 +93,7 @@ def as_target(target: int | Tensor | None, output: Tensor) -> Tensor:
         if not 0 <= target < classes:
             raise ExplanationError(f"target out of range: the model has {classes} outputs, got {target}")
         return torch.full((batch,), target, dtype=torch.long, device=output.device)
-    if target.dtype not in (torch.int64, torch.int32) or target.shape != (batch,):
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool or target.shape != (batch,):
         raise ExplanationError(
             f"target tensor must be integer with shape ({batch},), got {target.dtype} {tuple(target.shape)}"
         )

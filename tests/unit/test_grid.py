@@ -4,6 +4,7 @@ of the conclusions against statsmodels (the thesis's own tools) and against thei
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import math
 import os
 import platform
@@ -353,6 +354,27 @@ def test_a_failing_cell_is_listed_and_the_others_go_on(tmp_path: Path, monkeypat
     status = results["training"]["digits-maj/shallow/seed0"]  # trained, not evaluated: how far it got
     assert status["finished"] and status["epochs"] == status["of"] == _TINY_GRID.train.epochs
     assert 1 <= status["best"] <= status["epochs"] and 0 <= status["best_val_accuracy"] <= 1
+
+
+def test_a_resumed_grid_goes_on_with_the_runs_it_began_first(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs in progress come before the runs not begun (and the finished ones), in the grid's order otherwise."""
+    from relprop.experiments import reproduce as reproduce_module
+
+    one_epoch = GridConfig(archs=("rlstm_sd",), datasets=("digits-maj",), runs=(1,), train=_TINY_GRID.train,
+                           evaluation=_TINY_GRID.evaluation)
+    reproduce(one_epoch, tmp_path, progress=False, train_only=True)  # seed1 of rlstm_sd: 1 epoch
+    grid = dataclasses.replace(_TINY_GRID, train=dataclasses.replace(_TINY_GRID.train, epochs=2))
+    order: list[tuple[str, str, int]] = []
+
+    def record(function: Any, tasks: list[tuple[Any, ...]], **options: Any) -> list[Any]:
+        order.extend((task[2], task[3], task[4]) for task in tasks)
+        return []
+
+    monkeypatch.setattr(reproduce_module, "run_tasks", record)
+    reproduce(grid, tmp_path, progress=False, train_only=True)
+    assert order == [("digits-maj", "rlstm_sd", 1), ("digits-maj", "shallow", 0), ("digits-maj", "rlstm_sd", 0),
+                     ("digits-maj", "shallow", 1)]
 
 
 def test_records_carry_a_grid_to_a_directory_without_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

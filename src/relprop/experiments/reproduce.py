@@ -254,8 +254,12 @@ def reproduce(
         for d, a, r in cells:
             restore_record(cell_dir(records, d, a, r, config.folds), cell_dir(root, d, a, r, config.folds))
     if not collect_only:
+        # the runs that have begun first, so that a resumed grid finishes what it began before it begins more: the
+        # runs in progress are the nearest to being recorded, and a stop costs the least while they are
+        begun = {cell for cell in cells
+                 if _in_progress(cell_dir(root, *cell, config.folds), config.cell_config(*cell))}
         tasks = [(config, str(root), d, a, r, not train_only, progress and workers == 1 and executor == "local",
-                  records) for d, a, r in cells]
+                  records) for d, a, r in sorted(cells, key=lambda cell: cell not in begun)]
 
         def label(task: tuple[Any, ...]) -> str:
             return _label(task[2], task[3], task[4], config.folds)
@@ -292,6 +296,15 @@ def reproduce(
     return {"cells": collected, "accuracy": accuracy_rows, "explanations": explanation_rows,
             "conclusions": conclusion_rows, "tukey": tukey_rows, "missing": missing, "training": training,
             "stale": stale, "failed": failed}
+
+
+def _in_progress(run_dir: Path, config: TrainConfig) -> bool:
+    """Whether ``run_dir`` holds a run that has trained an epoch or more and has not finished as ``config`` has it
+    (the grid's epochs and patience, which a resumed grid may have changed)."""
+    try:
+        return (run_dir / "config.json").exists() and bool(read_history(run_dir)) and not run_finished(run_dir, config)
+    except RelpropError:  # a damaged run directory: the grid names it when it gets to it
+        return False
 
 
 def training_status(run_dir: Path) -> dict[str, Any] | None:

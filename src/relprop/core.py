@@ -412,6 +412,9 @@ def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
     """Raise if an input on the relevance path comes out of a custom ``torch.autograd.Function``: its own backward
     would carry a plain gradient (it is invisible to the op guard, which sees only the ops inside its forward)."""
     for value in inputs:
+        if isinstance(value, (tuple, list)):  # torch.cat([a, b]), torch.stack(...)
+            _foreign_function(site, tuple(value))
+            continue
         function = getattr(getattr(value, "grad_fn", None), "_forward_cls", None)  # set on custom Functions' nodes
         if function is not None and function not in (_Relay, _Route) and not getattr(
                 function, "carries_relevance", False):  # e.g. relprop.rules.recurrent.FusedRecurrent
@@ -1084,6 +1087,12 @@ class FunctionalGuard(TorchFunctionMode):
 
     def _apply(self, rule: Rule, call: OpCall) -> Tensor:
         inputs = call.inputs()
+        if call.op is ops.DIV and call.kwargs.get("rounding_mode") is not None:
+            raise ExplanationError(
+                f"'{call.name}' with rounding_mode={call.kwargs['rounding_mode']!r} at {call.location} rounds a tensor "
+                "on the relevance path, a step function that no rule explains (as x // y and torch.floor are "
+                "refused); if it computes an index or a count, compute it from x.detach()"
+            )
         if call.op is ops.DROPOUT and call.argument("training"):
             raise ExplanationError(
                 f"dropout in training mode at {call.location} would randomise the explanation: call model.eval() "
@@ -1111,6 +1120,9 @@ class FunctionalGuard(TorchFunctionMode):
         return result
 
     def _run_as_is(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # the op's own backward carries the relevance on: an input from a custom autograd.Function would bring
+        # that Function's plain gradient along unseen (every other site checks its inputs in relay)
+        _foreign_function(f"the input of '{name}' at {ops.caller_location()}", (*args, *kwargs.values()))
         try:
             result = func(*args, **kwargs)
         except RuntimeError as error:

@@ -65,7 +65,8 @@ INTERPOLATE = _op("interpolate", "interpolate upsample upsample_bilinear upsampl
 ACTIVATION = _op("activation", "relu relu_ relu6 hardtanh hardtanh_ hardswish hardswish_ silu silu_ gelu sigmoid "
                                "sigmoid_ tanh tanh_ hardsigmoid hardsigmoid_ leaky_relu leaky_relu_ elu elu_ selu "
                                "selu_ celu celu_ softplus mish mish_ threshold threshold_ clamp clamp_ clip clip_ "
-                               "clamp_min clamp_min_ clamp_max clamp_max_ logsigmoid softsign prelu rrelu")
+                               "clamp_min clamp_min_ clamp_max clamp_max_ logsigmoid log_sigmoid _threshold "
+                               "softsign prelu rrelu")
 BATCH_NORM = _op("batch_norm", "batch_norm")
 LAYER_NORM = _op("layer_norm", "layer_norm")
 GROUP_NORM = _op("group_norm", "group_norm")

@@ -232,6 +232,27 @@ def test_a_custom_autograd_function_on_the_path_is_refused() -> None:
         relprop.explain(_Custom().double().eval(), torch.randn(2, 4, dtype=torch.float64), method="lrp")
 
 
+@pytest.mark.parametrize("then", [lambda t: t.view(2, 5), lambda t: t.clone(), lambda t: t[:, [0, 1, 2, 3, 4]],
+                                  lambda t: torch.cat([t[:, :2], t[:, 2:]], 1),
+                                  lambda t: F.max_pool1d(t[:, None], 1)[:, 0]],
+                         ids=["view", "clone", "index", "cat", "max_pool"])
+def test_a_custom_autograd_function_is_refused_behind_a_routing_op(then) -> None:  # type: ignore[no-untyped-def]
+    """A routing op or max pool runs its own backward, which would carry the Function's plain gradient on: the op
+    checks its inputs as every ruled site does (this relevance summed to 2 f(x), with no error)."""
+    class Behind(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 5, bias=False), nn.Linear(5, 3, bias=False)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(then(_Doubler.apply(torch.relu(self.a(x)))))  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    with pytest.raises(ExplanationError, match=r"the input of '.*' at .* comes from the custom autograd.Function"):
+        relprop.explain(Behind().double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp",
+                        preset="epsilon")
+
+
 def test_writing_data_on_the_path_is_refused() -> None:
     class Writes(nn.Module):
         def __init__(self) -> None:

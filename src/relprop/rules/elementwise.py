@@ -145,8 +145,29 @@ class Uniform:
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        s = relevance_out / stabilize(output, self.stabilizer) / len(inputs)
-        return tuple(x * g for x, g in zip(inputs, vjp(site, inputs, s)))
+        # a term added to the product (addmm's input, F.linear's bias) on the path is a summand, not a factor: it
+        # keeps its share as in a sum, and the product's share is split among the factors only
+        added = _added_term(site)
+        factors = len(inputs) - (added is not None)
+        s = relevance_out / stabilize(output, self.stabilizer)
+        return tuple(x * g / (1 if i == added else max(factors, 1))
+                     for i, (x, g) in enumerate(zip(inputs, vjp(site, inputs, s))))
+
+
+# functional products with a term added to them, and where that term stands (position, keyword)
+_ADDED_TERM = {"addmm": (0, "input"), "baddbmm": (0, "input"), "addbmm": (0, "input"), "linear": (2, "bias")}
+
+
+def _added_term(site: Site) -> int | None:
+    """The index among a product op's path inputs of the term added to the product (``torch.addmm(c, a, b)``'s
+    ``c``, ``F.linear(x, w, b)``'s ``b``), None if that term is not on the path or the site is no such op."""
+    if not isinstance(site, OpCall) or site.name not in _ADDED_TERM:
+        return None
+    position, keyword = _ADDED_TERM[site.name]
+    for index, key in enumerate(site.keys):
+        if key in (position, keyword):
+            return index
+    return None
 
 
 @dataclass(frozen=True)

@@ -1062,7 +1062,8 @@ class FunctionalGuard(TorchFunctionMode):
         )
         if len(keys) == 0:
             raise self._error(name, op, "its relevance-path tensors sit inside a list, where this op's rule cannot "
-                                        "see them")
+                                        "see them", fix="pass them as separate arguments where the function takes "
+                                        "them so (torch.einsum(equation, a, b), not torch.einsum(equation, [a, b]))")
         call = OpCall(op, call_func, call_args, call_kwargs, keys, ops.caller_location())
         call.gates = tuple(bool(getattr(t, _GATE, False)) for t in call.inputs())  # tags are gone by the backward
         result = self._apply(rule, call)
@@ -1149,28 +1150,31 @@ class FunctionalGuard(TorchFunctionMode):
             raise self._error(name, op, "relprop has no rule for it")
         raise self._error(name, op, f"the RuleMap gives {op!r} no rule")
 
-    def _error(self, name: str, op: Op | None, reason: str) -> ExplanationError:
-        if op is None and name in _FUSED_CELLS:
-            fix = (f"it is the fused step of nn.{_FUSED_CELLS[name]}, whose gates no rule can see: build the model "
-                   "from relprop.models' cells (LSTMCell, GRUCell, RNNCell, with the LSTM-LRP rules of the presets) "
-                   "or use nn.LSTM, nn.GRU or nn.RNN, which the presets rewrite as explicit cells")
-        elif op is None:
-            fix = ("express it as an nn.Module with a rule, or declare it: my_op = relprop.ops.Op('my_op', "
-                   f"frozenset({{'{name}'}})) and pass RuleMap([(my_op, a_rule)])")
-        elif op in (ops.SOFTMAX, ops.ATTENTION):
-            fix = (f"for attention use preset='attnlrp' (AttnLRP) or preset='cp_lrp' (CP-LRP), or give {op!r} a rule "
-                   "with rule_map.with_rules(...)")
-        elif op is ops.NORM_STATISTIC:
-            fix = ("if it computes the statistic of a normalisation (x * rsqrt(mean(x**2) + eps), as in RMSNorm), "
-                   "preset='attnlrp' or 'cp_lrp' hold it constant; if it is a feature of the model (e.g. an "
-                   "activation written as a formula), put it in an nn.Module with a rule (rules.Pass() for an "
-                   "element-wise activation)")
-        else:
-            fix = f"give it one: RuleMap([({op!r}, rules.Proportional())]) or another rule from relprop.rules"
+    def _error(self, name: str, op: Op | None, reason: str, fix: str | None = None) -> ExplanationError:
         return ExplanationError(
             f"functional operation '{name}' at {ops.caller_location()} is on the relevance path and {reason}: its "
-            f"relevance would be a plain gradient; {fix}"
+            f"relevance would be a plain gradient; {fix or _fix(name, op)}"
         )
+
+
+def _fix(name: str, op: Op | None) -> str:
+    """What to do about the op ``name`` (``op`` if relprop knows it) that has no rule here."""
+    if op is None and name in _FUSED_CELLS:
+        return (f"it is the fused step of nn.{_FUSED_CELLS[name]}, whose gates no rule can see: build the model from "
+                "relprop.models' cells (LSTMCell, GRUCell, RNNCell, with the LSTM-LRP rules of the presets) or use "
+                "nn.LSTM, nn.GRU or nn.RNN, which the presets rewrite as explicit cells")
+    if op is None:
+        return ("express it as an nn.Module with a rule, or declare it: my_op = relprop.ops.Op('my_op', "
+                f"frozenset({{'{name}'}})) and pass RuleMap([(my_op, a_rule)])")
+    if op in (ops.SOFTMAX, ops.ATTENTION):
+        return (f"for attention use preset='attnlrp' (AttnLRP) or preset='cp_lrp' (CP-LRP), or give {op!r} a rule "
+                "with rule_map.with_rules(...)")
+    if op is ops.NORM_STATISTIC:
+        return ("if it computes the statistic of a normalisation (x * rsqrt(mean(x**2) + eps), as in RMSNorm), "
+                "preset='attnlrp' or 'cp_lrp' hold it constant; if it is a feature of the model (e.g. an "
+                "activation written as a formula), put it in an nn.Module with a rule (rules.Pass() for an "
+                "element-wise activation)")
+    return f"give it one: RuleMap([({op!r}, rules.Proportional())]) or another rule from relprop.rules"
 
 
 # the functions torch's recurrent cell modules call for one step (their gates inside one kernel)

@@ -280,6 +280,28 @@ def test_rounding_division_on_the_path_is_refused(x, op: Any) -> None:
         relprop.explain(_Elementwise(op).double().eval(), x, 0, method="lrp", preset="epsilon")
 
 
+class _Uses(nn.Module):
+    def __init__(self, op: Any) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.op = op
+        self.a, self.b = nn.Linear(6, 4, bias=False), nn.Linear(4, 3, bias=False)
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.op(self, torch.relu(self.a(x))))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("op", "fix"), [
+    (lambda m, h: torch.einsum("bi,ij->bj", [h, m.w]), r"pass them as separate arguments .*einsum\(equation, a, b\)"),
+    (lambda m, h: torch.clamp(h, min=h * 0.5), r"write torch.maximum\(x, y\) or torch.minimum\(x, y\)"),
+    (lambda m, h: h.detach(), r"does not depend on the explained input: a .detach\(\), torch.no_grad\(\)"),
+], ids=["operands_in_a_list", "clamp_to_a_path_bound", "detached"])
+def test_errors_say_what_to_write_instead(x, op: Any, fix: str) -> None:
+    with pytest.raises(ExplanationError, match=fix):
+        relprop.explain(_Uses(op).double().eval(), x, 0, method="lrp", preset="epsilon")
+
+
 def test_functional_residual_equals_sum_module_and_conserves(x) -> None:
     functional = _Residual().double().eval()
     model = _Residual(Sum()).double().eval()

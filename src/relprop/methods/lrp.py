@@ -85,10 +85,11 @@ def _explain(
                 "pass output= to relprop.explain to select them, e.g. " + output_example(returned)
             )
         if output is None or not on_path((output,)):
-            ends = "" if guard is None or not guard.constant_sites else (
+            ends = (": a .detach(), torch.no_grad() or a round trip through numpy or .tolist() on the way cuts it"
+                    if guard is None or not guard.constant_sites else (
                 f" through any rule; on the way, {guard.constant_sites[0]} took the relevance path in and gave a "
                 "result this rule map treats as a constant (no relevance flows through it); if that op is a feature "
-                "of the model here, put it in an nn.Module with a rule (rules.Pass() for an element-wise activation)")
+                "of the model here, put it in an nn.Module with a rule (rules.Pass() for an element-wise activation)"))
             raise ExplanationError(
                 f"{type(root_module(model)).__name__} returned {type(returned).__name__} that does not depend on the "
                 f"explained input{ends}"

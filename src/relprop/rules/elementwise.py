@@ -59,7 +59,10 @@ class Pass:
     ) -> tuple[Tensor | None, ...]:
         if isinstance(site, OpCall):
             if len(inputs) != 1:
-                raise ExplanationError(f"Pass needs one operand on the relevance path, {site!r} has {len(inputs)}")
+                raise ExplanationError(
+                    f"Pass needs one operand on the relevance path, {site!r} has {len(inputs)}: for a bound that is "
+                    "itself on the path (clamp(x, min=y)) write torch.maximum(x, y) or torch.minimum(x, y), which "
+                    "have a rule")
             return (reduce_to(relevance_out, inputs[0].shape),)
         if inputs[0].shape != relevance_out.shape:
             raise ExplanationError(

@@ -12,7 +12,16 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
-from .methods._common import ClassTarget, OutputSeed, as_target_value, as_targets, logits_of, output_example, repeated
+from .methods._common import (
+    ClassTarget,
+    OutputSeed,
+    as_target_value,
+    as_targets,
+    check_batch,
+    logits_of,
+    output_example,
+    repeated,
+)
 from .methods._registry import METHODS, Attribution, method
 from .safety import explaining
 
@@ -264,6 +273,7 @@ def explain(
             scores = result.output
         else:
             forward, inputs, scores = _prepared(model, x, call)
+            check_batch(scores, len(x))
             targets = _targets(classes, seed, scores)
             result = _run(spec, forward, inputs, targets, seed, options)
     except Exception as error:
@@ -302,7 +312,7 @@ def _own_scores(
         # the model as it is where nothing is to be passed or selected (the method takes a Hugging Face style
         # output's logits itself: relprop.methods._common.logits_of), else a _Call, which selects any output
         forward, inputs = _forward_module(model, x, call, wrap=any(v is not None for v in call.values()))
-        classes = ClassTarget(target)
+        classes = ClassTarget(target, batch=len(x))
         try:
             result = spec(forward, inputs, classes, **options)
         except RelpropError:

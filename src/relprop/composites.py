@@ -132,6 +132,25 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     return isinstance(module, selector)  # type: ignore[arg-type]
 
 
+def _check_first_layer(name: str, module: nn.Module, first: Rule) -> None:
+    """Refuse a first-layer rule that would land inside a stock recurrent module rewritten by
+    :class:`ExplicitRecurrent`: there the first linear layer is one step's map of input and state, for one direction
+    of one layer only, so the state would take the input rule (relevance leaking into the initial state) and the
+    other directions and layers another rule."""
+    parts = name.split(".")
+    if ExplicitRecurrent.child_name not in parts:
+        return
+    owner = ".".join(parts[:parts.index(ExplicitRecurrent.child_name)])
+    raise ExplanationError(
+        f"the preset's first-layer rule ({type(first).__name__}) would go to '{name}', a map inside one step of "
+        f"{owner or 'the model'} (one direction of one layer), which relprop rewrites as explicit cells: the other "
+        "directions and layers would get other rules, and the recurrent state the input's rule where the map reads "
+        "it. Use preset='lstm_epsilon' (no first-layer rule), put a layer of your own before the recurrent module, "
+        "give that map a rule by name if you mean it, or build the model from relprop.models (whose first layer "
+        "mixes input and state with one rule each)"
+    )
+
+
 @dataclass(frozen=True)
 class RuleMap:
     """Assigns a rule to every leaf module (by name, then the first layer, then by type) and to every functional op.
@@ -238,6 +257,7 @@ class RuleMap:
             rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
             matched |= {s for s in patterns if _matches(s, name, module)}
             if rule is None and self.first is not None and not first_done and isinstance(module, self.first_types):
+                _check_first_layer(name, module, self.first)
                 rule, first_done = self.first, True
                 if mixed_split(module) is not None:  # pixels and recurrent state in one layer
                     rule = self._mixed(name, module, self.first, entries)

@@ -1159,6 +1159,9 @@ class FunctionalGuard(TorchFunctionMode):
 
 def _fix(name: str, op: Op | None) -> str:
     """What to do about the op ``name`` (``op`` if relprop knows it) that has no rule here."""
+    if op is None and name in ("_pack_padded_sequence", "pack_padded_sequence", "pack_sequence"):
+        return ("relprop explains recurrent modules on padded batches: pass the padded tensor to the recurrent module "
+                "and select each sequence's last valid step, output[torch.arange(batch), lengths - 1]")
     if op is None and name in _FUSED_CELLS:
         return (f"it is the fused step of nn.{_FUSED_CELLS[name]}, whose gates no rule can see: build the model from "
                 "relprop.models' cells (LSTMCell, GRUCell, RNNCell, with the LSTM-LRP rules of the presets) or use "

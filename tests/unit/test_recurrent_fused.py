@@ -13,6 +13,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import relprop
 from relprop import rules
+from relprop.canonizers import ExplicitRecurrent
 from relprop.canonizers import recurrent as canonizer
 from relprop.composites import LINEAR_TYPES, RuleMap, get_preset
 from relprop.errors import ExplanationError
@@ -199,20 +200,26 @@ def test_fused_equals_explicit_cells_under_other_z_rules(name: str, stock: str, 
 
 
 @pytest.mark.parametrize("stock", list(_STOCK))
-def test_fused_under_the_thesis_presets(stock: str, fused_calls: list[int]) -> None:
-    """zB on the first layer's first direction (the first linear map), alpha-beta or z+ everywhere else."""
+def test_fused_under_the_thesis_rules(stock: str, fused_calls: list[int]) -> None:
+    """The thesis presets put zB on the first linear layer, which in a stock module is a map inside one step of
+    one direction of one layer: they refuse it (the other direction would get another rule, and the state the
+    input's). Given that map by name, the rule is the user's choice, and the fused path applies it as the explicit
+    cells do, alpha-beta or z+ everywhere else."""
     model, x = _model({"num_layers": 2, "bidirectional": True}, stock=_STOCK[stock]), _inputs()
     bounds = {"low": -4.0, "high": 4.0}
-    explicit_maps = {
-        "thesis_lrp": RuleMap([(LINEAR_TYPES, _literal(rules.AlphaBeta)(1e-6, alpha=1.5, beta=0.5))],
-                              first=_literal(rules.ZBox)(1e-6, **bounds)),
-        "thesis_dtd": RuleMap([(LINEAR_TYPES, _literal(rules.ZPlus)(1e-6))],
-                              first=_literal(rules.ZBox)(1e-6, **bounds)),
-    }
-    for preset, explicit_map in explicit_maps.items():
-        fused = relprop.explain(model, x, 1, preset=preset, **bounds).relevance
-        explicit = relprop.explain(model, x, 1, rule_map=explicit_map).relevance
-        _assert_relative(fused, explicit, 1e-10)
+    for preset in ("thesis_lrp", "thesis_dtd"):
+        with pytest.raises(ExplanationError, match=r"first-layer rule \(ZBox\) would go to 'lstm\.relprop_explicit"):
+            relprop.explain(model, x, 1, preset=preset, **bounds)
+    undo = ExplicitRecurrent().apply(model)
+    first = next(name for name, module in model.named_modules() if isinstance(module, nn.Linear))
+    undo()
+    for other in (rules.AlphaBeta, rules.ZPlus):
+        options = {"alpha": 1.5, "beta": 0.5} if other is rules.AlphaBeta else {}
+        fused = relprop.explain(model, x, 1, rule_map=RuleMap([(first, rules.ZBox(1e-6, **bounds)),
+                                                                (LINEAR_TYPES, other(1e-6, **options))]))
+        explicit = relprop.explain(model, x, 1, rule_map=RuleMap([(first, _literal(rules.ZBox)(1e-6, **bounds)),
+                                                                   (LINEAR_TYPES, _literal(other)(1e-6, **options))]))
+        _assert_relative(fused.relevance, explicit.relevance, 1e-10)
     assert len(fused_calls) == 2
 
 
@@ -337,6 +344,70 @@ def test_packed_sequences_are_refused(fused_calls: list[int]) -> None:
             get_preset("lstm_epsilon").attached(model) as guard, guard:
         model.lstm(packed)
     assert fused_calls == [] and _hooks(model) == 0
+
+
+class _Reads(nn.Module):
+    """A stock LSTM read at its last step, called in one of the ways a model may call it."""
+
+    def __init__(self, how: str, lstm: nn.LSTM | None = None) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.how = how
+        self.lstm = lstm if lstm is not None else nn.LSTM(4, 5, batch_first=how != "time_major")
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.how == "packed":
+            packed = pack_padded_sequence(x, torch.full((len(x),), x.shape[1]), batch_first=True)
+            return self.head(self.lstm(packed)[1][0][-1])  # type: ignore[no-any-return]
+        if self.how == "keyword":
+            return self.head(self.lstm(input=x)[0][:, -1])  # type: ignore[no-any-return]
+        output = self.lstm(x)[0]
+        return self.head(output[-1] if self.how == "time_major" else output[:, -1])  # type: ignore[no-any-return]
+
+
+def test_packing_inside_the_model_says_to_pad() -> None:
+    with pytest.raises(ExplanationError, match=r"padded batches: pass the padded tensor .* lengths - 1"):
+        relprop.explain(_Reads("packed").double().eval(), _inputs()[..., :4], 1, preset="lstm_epsilon")
+
+
+def test_the_module_called_with_keywords(fused_calls: list[int]) -> None:
+    """``lstm(input=x)``, torch's own name for the argument, runs as ``lstm(x)`` does."""
+    x = _inputs()[..., :4]
+    keyword = relprop.explain(_Reads("keyword").double().eval(), x, 1, preset="lstm_epsilon").relevance
+    positional = relprop.explain(_Reads("batch_first").double().eval(), x, 1, preset="lstm_epsilon").relevance
+    assert len(fused_calls) == 2
+    torch.testing.assert_close(keyword, positional, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("steps", [2, 7])
+@pytest.mark.parametrize("method", ["lrp", "gradient_x_input"])
+def test_time_major_inputs_are_refused_by_their_batch(steps: int, method: str) -> None:
+    """x (steps, batch, features) given to a time-major model: its scores have ``batch`` rows, not len(x) (this
+    failed inside the backward pass with torch's shape error)."""
+    x = _inputs()[..., :4].transpose(0, 1)[:steps]  # (steps, 3, 4)
+    with pytest.raises(ExplanationError, match=f"scores with 3 rows for a batch of {steps} inputs"):
+        relprop.explain(_Reads("time_major").double().eval(), x, 1, method=method)
+
+
+class _Reversed(nn.LSTM):
+    """A subclass of nn.LSTM whose forward reads the sequence backwards."""
+
+    def forward(self, input: Tensor, hx: Any = None) -> Any:  # type: ignore[override]
+        output, state = super().forward(input.flip(1), hx)
+        return output.flip(1), state
+
+
+def test_a_subclass_with_its_own_forward_is_refused() -> None:
+    """The explicit cells would run nn.LSTM's computation instead of the subclass's (the reversed reading was
+    explained as a forward one, with no error)."""
+    model = _Reads("batch_first", _Reversed(4, 5, batch_first=True)).double().eval()
+    x, state = _inputs()[..., :4], {k: v.clone() for k, v in model.state_dict().items()}
+    for preset in ("lstm_epsilon", "epsilon"):
+        with pytest.raises(ExplanationError, match="lstm is a _Reversed, a subclass of nn.LSTM with a forward"):
+            relprop.explain(model, x, 1, preset=preset)
+    assert "forward" not in model.lstm.__dict__ and "relprop_explicit" not in model.lstm._modules
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items()) and _hooks(model) == 0
 
 
 # ---- the user's model ----------------------------------------------------------------------------------------

@@ -292,7 +292,8 @@ def _redirect(module: nn.RNNBase) -> Callable[[], None]:
     owner = threading.get_ident()
     loaded = False
 
-    def forward(x: Any, hx: Any = None) -> tuple[Tensor, Any]:
+    def forward(input: Any, hx: Any = None) -> tuple[Tensor, Any]:  # torch's names: module(input=x, hx=h) works
+        x = input
         if threading.get_ident() != owner:  # another thread's plain forward pass: the stock computation
             return previous(x, hx) if previous is not None else type(module).forward(module, x, hx)  # type: ignore
         if isinstance(x, PackedSequence):
@@ -337,6 +338,16 @@ class ExplicitRecurrent:
     False
     """
 
+    child_name = _CHILD  # the name of the explicit twin, a child of the stock module while applied
+
     def apply(self, model: nn.Module) -> Callable[[], None]:
         stock = [m for m in model.modules() if isinstance(m, _STOCK)]
+        for name, module in model.named_modules():
+            base = next((kind for kind in _STOCK if isinstance(module, kind)), None)
+            if base is not None and type(module).forward is not base.forward:
+                raise ExplanationError(
+                    f"{name or 'the model'} is a {type(module).__name__}, a subclass of nn.{base.__name__} with a "
+                    f"forward of its own, which the explicit cells that explain nn.{base.__name__} would replace: "
+                    f"hold a plain nn.{base.__name__} in a module and do the rest of that forward around it"
+                )
         return apply_all(model, [functools.partial(_redirect, module) for module in stock])

@@ -18,8 +18,9 @@ from torch import Tensor, nn
 from ..errors import ConfigError, ExplanationError
 
 __all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "as_target_value", "per_target", "is_several",
-           "target_major", "logits_of", "one_hot_start", "output_example", "scores_error", "start_gradient",
-           "start_gradients", "start_relevance", "target_score", "target_scores", "gradient_of_target"]
+           "target_major", "check_batch", "logits_of", "one_hot_start", "output_example", "scores_error",
+           "start_gradient", "start_gradients", "start_relevance", "target_score", "target_scores",
+           "gradient_of_target"]
 
 
 def output_example(result: object) -> str:
@@ -251,6 +252,25 @@ def target_major(value: Tensor) -> Tensor:
     return value.reshape(value.shape[0] * value.shape[1], *value.shape[2:])
 
 
+def check_batch(scores: Tensor, batch: int) -> None:
+    """Raise unless the model's scores have one row per explained sample (``batch``, dimension 0 of x).
+
+    >>> check_batch(torch.zeros(4, 3), 2)
+    Traceback (most recent call last):
+    ...
+    relprop.errors.ExplanationError: the model returned scores with 4 rows for a batch of 2 inputs: relprop explains \
+inputs whose dimension 0 is the batch (batch, ...); for a recurrent module that reads (steps, batch, ...) pass \
+x.transpose(0, 1) to a model built with batch_first=True, and give one input as a batch of one (x.unsqueeze(0))
+    """
+    if scores.dim() >= 1 and scores.shape[0] != batch:
+        raise ExplanationError(
+            f"the model returned scores with {scores.shape[0]} rows for a batch of {batch} inputs: relprop explains "
+            "inputs whose dimension 0 is the batch (batch, ...); for a recurrent module that reads (steps, batch, "
+            "...) pass x.transpose(0, 1) to a model built with batch_first=True, and give one input as a batch of "
+            "one (x.unsqueeze(0))"
+        )
+
+
 @dataclass(frozen=True)
 class ClassTarget:
     """The explained classes as :func:`relprop.explain` was given them (an int, a LongTensor (batch,) or None for
@@ -265,10 +285,13 @@ class ClassTarget:
 
     value: int | str | Tensor | None
     resolved: list[Tensor] = field(default_factory=list, compare=False, repr=False)  # the first resolution
+    batch: int | None = None  # the explained batch size, which the scores must have as rows
 
     def resolve(self, output: Tensor) -> Tensor:
         """The classes against ``output``; the first result is kept in :attr:`resolved`, for the caller that
         passed this target to a method and needs the classes the method explained."""
+        if self.batch is not None:
+            check_batch(output, self.batch)
         targets = as_targets(self.value, output.detach())
         if not self.resolved:
             self.resolved.append(targets)

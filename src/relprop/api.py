@@ -184,9 +184,9 @@ def _wrapped_errors(model: nn.Module, x: Tensor) -> Iterator[None]:
     from relprop. Errors in the explained pass keep their type and traceback: they are relprop's to fix."""
     try:
         yield
-    except ExplanationError:
+    except RelpropError:
         raise
-    except (RuntimeError, IndexError, TypeError) as error:
+    except (RuntimeError, IndexError, TypeError, ValueError) as error:  # ValueError: an RNN's dtype check
         raise ExplanationError(
             f"{type(model).__name__} failed on input of shape {tuple(x.shape)} and dtype {x.dtype}: {error}"
             + _dtype_advice(model, x)
@@ -317,7 +317,7 @@ def _own_scores(
             result = spec(forward, inputs, classes, **options)
         except RelpropError:
             raise
-        except (RuntimeError, IndexError, TypeError):
+        except (RuntimeError, IndexError, TypeError, ValueError):
             with _wrapped_errors(model, x), torch.no_grad():
                 forward(inputs)  # fails too: the input does not fit the model (an ExplanationError naming it)
             raise

@@ -390,6 +390,15 @@ def test_time_major_inputs_are_refused_by_their_batch(steps: int, method: str) -
         relprop.explain(_Reads("time_major").double().eval(), x, 1, method=method)
 
 
+@pytest.mark.parametrize("method", ["lrp", "gradient"])
+def test_a_dtype_the_module_refuses_is_an_explanation_error(method: str) -> None:
+    """A stock RNN checks its input's dtype with a ValueError (a Linear raises RuntimeError): both say how to
+    match x and the model."""
+    model = _Reads("batch_first").eval()  # float32
+    with pytest.raises(ExplanationError, match=r"dtype torch.float64.*pass x.to\(torch.float32\)"):
+        relprop.explain(model, _inputs()[..., :4], 1, method=method)
+
+
 class _Reversed(nn.LSTM):
     """A subclass of nn.LSTM whose forward reads the sequence backwards."""
 

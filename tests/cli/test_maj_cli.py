@@ -224,3 +224,55 @@ def test_demo_into_another_run_fails_before_its_banner(tiny_run: Path, capsys: p
     assert main(["demo", "--dataset", "digits-maj", "--arch", "deep", "--out", str(tiny_run)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "another configuration" in captured.err
+
+
+def _copy_run(source: Path, target: Path) -> Path:
+    target.mkdir()
+    for path in source.iterdir():
+        if path.is_file():
+            (target / path.name).write_bytes(path.read_bytes())
+    return target
+
+
+def test_damaged_runs_are_refused_and_nothing_is_lost(tmp_path: Path, tiny_run: Path, user_error: UserError) -> None:
+    """A resume that fails on a damaged checkpoint leaves config.json as it was (it used to say 2 epochs, then
+    fail), and a run directory with checkpoints but no config.json is not swept to start over (without a manifest
+    they are a killed first epoch's, which config.json precedes)."""
+    damaged = _copy_run(tiny_run, tmp_path / "damaged")
+    config = (damaged / "config.json").read_text()
+    (damaged / next(p.name for p in damaged.glob("last-*.safetensors"))).write_bytes(b"not safetensors")
+    train = ["train", "--arch", "rlstm_sd", "--dataset", "digits-maj", "--epochs", "2", "--limit", "100", "--out"]
+    assert "corrupt" in user_error([*train, str(damaged)])
+    assert (damaged / "config.json").read_text() == config
+    run = _copy_run(tiny_run, tmp_path / "without-config")
+    (run / "config.json").unlink()
+    kept = sorted(p.name for p in run.iterdir())
+    line = user_error([*train, str(run)])
+    assert "holds checkpoints" in line and "but no config.json" in line
+    assert sorted(p.name for p in run.iterdir()) == kept
+
+
+def test_a_config_that_is_not_a_mapping_is_one_line(tmp_path: Path, tiny_run: Path, user_error: UserError) -> None:
+    run = _copy_run(tiny_run, tmp_path / "listed")
+    (run / "config.json").write_text("[1]")
+    for argv in (["report", str(run), "--out", str(tmp_path / "report")], ["evaluate", str(run)]):
+        assert "config.json" in user_error(argv)
+    del_arch = _copy_run(tiny_run, tmp_path / "no-arch")
+    saved = json.loads((del_arch / "config.json").read_text())
+    del saved["arch"]
+    (del_arch / "config.json").write_text(json.dumps(saved))
+    assert "arch" in user_error(["evaluate", str(del_arch)])
+
+
+def test_one_fold_and_failed_cells(tmp_path: Path, user_error: UserError, capsys: pytest.CaptureFixture[str],
+                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """--folds 1 is a user error (it was sklearn's ValueError), and a grid whose cells fail exits 1, not 0."""
+    assert "at least 2 folds" in user_error(["reproduce", "--quick", "--archs", "shallow", "--datasets", "digits-maj",
+                                              "--folds", "1", "--out", str(tmp_path / "folds")])
+    from relprop.experiments import reproduce as reproduce_module
+
+    monkeypatch.setattr(reproduce_module, "run_cell", lambda *args: {"error": "digits-maj/shallow/seed0: broken"})
+    capsys.readouterr()
+    code = main(["--quiet", "reproduce", "--quick", "--archs", "shallow", "--datasets", "digits-maj", "--out",
+                 str(tmp_path / "grid")])
+    assert code == 1 and "digits-maj/shallow/seed0: broken" in capsys.readouterr().out

@@ -391,3 +391,15 @@ def test_a_bad_glove_row_names_file_line_and_reason(tmp_path: Path, row: str, re
         load_glove(vocab, path=path, dim=3)
     path.write_text("good 1.0 2.0 3.0\n")
     assert load_glove(vocab, path=path, dim=3).vectors[2].tolist() == [1.0, 2.0, 3.0]
+
+
+def test_a_corrupt_sst_file_is_a_data_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A checksum mismatch raised a plain ValueError, which the CLI showed as a traceback."""
+    from relprop.data.sst import _verified
+    from relprop.errors import DataError
+
+    path = tmp_path / "train.txt"
+    path.write_text("not the treebank")
+    stat = path.stat()
+    with pytest.raises(DataError, match="checksum mismatch .* SOURCE.md"):
+        _verified(path, "0" * 64, stat.st_size, stat.st_mtime_ns)

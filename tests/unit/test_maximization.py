@@ -164,3 +164,11 @@ def test_argument_errors() -> None:
             Maximization(**options)  # type: ignore[arg-type]
     with pytest.raises(ExplanationError, match="do not index"):
         activation_maximization(model, 2, shape=(4,), config=Maximization(steps=1))
+
+
+def test_a_mixture_with_more_components_than_samples_is_a_config_error() -> None:
+    from relprop.errors import ConfigError
+    from relprop.methods.maximization import GaussianMixturePrior
+
+    with pytest.raises(ConfigError, match="mixture of 5 components needs at least 5 samples"):
+        GaussianMixturePrior.fit(torch.randn(3, 4, dtype=torch.float64), k=5)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from relprop.cli import main
-from relprop.errors import ConfigError, DataError
+from relprop.errors import DataError
 from relprop.experiments.reproduce import THESIS_FOLDS
 from relprop.experiments.summary import write_report
 
@@ -110,7 +110,7 @@ def test_a_hostile_config_is_refused_before_anything_renders(tiny_run: Path, tmp
     config = json.loads((copy / "config.json").read_text())
     config["epochs"] = HOSTILE  # the field that once went into the page unescaped
     (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match="epochs must be a positive integer"):
+    with pytest.raises(DataError, match="config.json: field 'epochs' must be int"):
         write_report(copy, tmp_path / "out" / "page.html")
     assert not (tmp_path / "out" / "page.html").exists()
 

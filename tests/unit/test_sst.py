@@ -18,7 +18,7 @@ from relprop.data.sst import (
     load_glove,
     load_sst,
 )
-from relprop.errors import ConfigError
+from relprop.errors import ConfigError, DataError
 from relprop.experiments.text import TextTrainConfig, evaluate_accuracy, load_text_run, train_text
 from relprop.models.text_cnn import TextCNN, TextCNNConfig
 
@@ -83,7 +83,7 @@ def test_missing_data_and_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         load_sst("dev")
     (tmp_path / "sst" / "trees").mkdir(parents=True)
     (tmp_path / "sst" / "trees" / "dev.txt").write_text("(3 (2 A) (3 film))\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="checksum mismatch"):
+    with pytest.raises(DataError, match="checksum mismatch"):
         load_sst("dev")
     monkeypatch.delenv("RELPROP_DATA")
     with pytest.raises(FileNotFoundError, match="RELPROP_DATA"):

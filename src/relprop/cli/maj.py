@@ -114,6 +114,8 @@ def _reproduce(args: argparse.Namespace) -> int:
         {"limit": args.test_limit} if args.test_limit is not None else {}))
     if args.seeds is not None and args.runs is not None:
         raise ConfigError("give --runs N (runs 0..N-1) or --seeds LIST, not both")
+    if args.folds is not None and args.folds < 2:
+        raise ConfigError(f"--folds needs at least 2 folds (the thesis's cross-validation has 10), got {args.folds}")
     count = args.runs if args.runs is not None else (args.folds if args.folds is not None else 1)
     runs = args.seeds if args.seeds is not None else tuple(range(count))
     config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, runs=runs, folds=args.folds,
@@ -142,7 +144,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     if results["stale"]:
         print(f"trained on since their evaluation (rows show the evaluated epochs): {', '.join(results['stale'])}")
     print(f"\ntables and figures in {args.out}")
-    return 0
+    return 1 if results["failed"] else 0
 
 
 def _with_status(results: dict[str, Any]) -> list[str]:

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from relprop.data.idx import SPLIT_SEED, SPLITS, load_images
+from relprop.errors import ConfigError
 
 __all__ = [
     "DATASETS", "VARIANTS", "STEPS_PER_BLOCK", "MajSplit", "to_sequence", "from_sequence", "load_maj", "maj_shape",
@@ -236,8 +237,10 @@ def _cross_validation_split(
 ) -> MajSplit:
     from sklearn.model_selection import StratifiedKFold
 
+    if folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
     if not 0 <= fold < folds:
-        raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+        raise ConfigError(f"fold must be in 0..{folds - 1}, got {fold}")
     parts = [load_maj(dataset, name, variant=variant, seed=seed) for name in SPLITS]
     x, y, mask, block_labels = (torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "mask", "block_labels"))
     merged = MajSplit(x, y, mask, block_labels, steps=parts[0].steps)

@@ -103,7 +103,7 @@ def glove_path() -> Path:
 def _verified(path: Path, expected: str, size: int, mtime_ns: int) -> None:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != expected:
-        raise ValueError(
+        raise DataError(
             f"checksum mismatch for {path}: sha256 {digest}, expected {expected}. The file is corrupt or a "
             "different version; replace it with the one described in SOURCE.md."
         )

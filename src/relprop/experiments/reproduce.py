@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, RelpropError
-from ..files import atomic_write, read_json, write_json
+from ..files import atomic_write, write_json
 from ..progress import log
 from .evaluate import EvalConfig, evaluate, evaluated_epoch, missing_scores, read_evaluation, read_samples
 from .executor import run_tasks
 from .records import check_restored, is_restored, restore_record, save_record
-from .train import TrainConfig, best_epoch, lr_schedule, read_history, run_finished, train
+from .train import TrainConfig, best_epoch, lr_schedule, read_config, read_history, run_finished, train
 
 __all__ = [
     "GridConfig", "reproduce", "run_cell", "collect", "THESIS", "THESIS_FOLDS", "THESIS_SLIDES", "THESIS_RESULT_YAML",
@@ -318,7 +318,7 @@ def training_status(run_dir: Path) -> dict[str, Any] | None:
         history = read_history(run_dir) if (run_dir / "config.json").exists() else []
         if not history:
             return None
-        planned = int(read_json(run_dir / "config.json").get("epochs", len(history)))
+        planned = int(read_config(run_dir).get("epochs", len(history)))
         return {"epochs": len(history), "of": planned, "best": best_epoch(run_dir),
                 "best_val_accuracy": max(float(record["val_accuracy"]) for record in history),
                 "finished": run_finished(run_dir)}
@@ -357,7 +357,7 @@ def _current(results: dict[str, Any], run_dir: Path) -> bool:
 def _training(run_dir: Path, run: int) -> dict[str, Any]:
     """How a cell was trained: replicate (seed or fold number), epochs, learning-rate schedule and batch size."""
     history = read_history(run_dir)
-    config = read_json(run_dir / "config.json")
+    config = read_config(run_dir)
     return {"replicate": run, "seed": config["seed"], "fold": config.get("fold"), "epochs": len(history),
             "schedule": lr_schedule(history), "batch_size": config["batch_size"]}
 

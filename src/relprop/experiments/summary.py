@@ -23,11 +23,11 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..files import atomic_write, read_json
+from ..files import atomic_write
 from ..viz.report import GridSummary, RunSummary, SampleMaps, render
 from .evaluate import MAJ_METHODS, evaluated_epoch, explain_maj, read_evaluation, read_samples
 from .reproduce import GRID_ARCHS, collect, tables
-from .train import MANIFEST, TrainConfig, load_run, maj_shape, read_history
+from .train import MANIFEST, load_run, maj_shape, read_config, read_history, run_config
 
 __all__ = ["grid_summary", "run_summary", "sample_maps", "summarise", "write_report"]
 
@@ -42,7 +42,7 @@ def sample_maps(run_dir: Path, methods: Sequence[str], count: int = _GALLERY_SAM
     the run's evaluation is of: "best" or "last")."""
     from ..data import from_sequence, load_maj
 
-    config = TrainConfig(**read_json(run_dir / "config.json"))
+    config = run_config(run_dir)
     try:
         test = load_maj(config.dataset, "test", variant=config.variant, seed=config.data_seed, limit=count)
     except (DataError, OSError) as error:
@@ -69,7 +69,7 @@ def run_summary(run_dir: Path) -> RunSummary:
     evaluation = read_evaluation(run_dir)
     methods = [m for m in evaluation.get("methods", {}) if m in MAJ_METHODS] if evaluation else []
     which = str(evaluation.get("checkpoint", "best")) if evaluation else "best"
-    return RunSummary(directory=str(run_dir), config=read_json(run_dir / "config.json"),
+    return RunSummary(directory=str(run_dir), config=read_config(run_dir),
                       history=read_history(run_dir), evaluation=evaluation,
                       conservative=_CONSERVATIVE, samples=sample_maps(run_dir, methods or _DEFAULT_METHODS,
                                                                       which=which if which == "last" else "best"),
@@ -88,7 +88,7 @@ def grid_summary(root: Path) -> GridSummary:
     """Cell status, tables next to the thesis, per-sequence cosines and heatmaps of a reproduce grid."""
     status = []
     for cell_dir in _grid_cells(root):
-        config = read_json(cell_dir / "config.json")
+        config = read_config(cell_dir)
         history = read_history(cell_dir)
         status.append((config["dataset"], config["arch"], cell_dir.name, f"{len(history)} / {config['epochs']}",
                        max((h["val_accuracy"] for h in history), default=""),

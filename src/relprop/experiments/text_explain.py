@@ -39,6 +39,7 @@ from relprop import presets_recurrent as _presets_recurrent  # noqa: F401  (regi
 from relprop.api import Explanation
 from relprop.data.sst import SSTExample, Vocabulary
 from relprop.datasets import explain_dataset
+from relprop.errors import ConfigError
 from relprop.experiments.text import TextRun, load_text_run
 from relprop.files import atomic_write, write_json
 from relprop.metrics.batch import Batch
@@ -194,7 +195,7 @@ def explain_sentences(
     pairs = [_as_pair(s) for s in sentences]
     empty = [i for i, (tokens, _) in enumerate(pairs) if not tokens]
     if empty:
-        raise ValueError(f"explain_sentences: sentences {empty} have no tokens; nothing to explain")
+        raise ConfigError(f"explain_sentences: sentences {empty} have no tokens; nothing to explain")
     options = dict(spec.options)
     if spec.pad_baseline:
         options["baseline"] = model.embedding.weight[vocab.pad_id].detach()  # (dim,): the PAD embedding
@@ -434,4 +435,4 @@ def text_report(
         sections.append((heading, html_table(["method", *labels], rows)))
     sections.append(("Word deletion (AOPC)", _aopc_section(loaded, labels)))
     page = html_page(sections, title="relprop: word relevance on the Stanford Sentiment Treebank")
-    return atomic_write(out_path, page.encode("utf-8"))
+    return atomic_write(out_path, page.encode("utf-8", errors="replace"))  # undecodable bytes of an argument

@@ -122,4 +122,8 @@ def report_text_runs(run_dirs: Sequence[str | os.PathLike[str]], out: str | os.P
     check_methods(runs, methods, every_run=False)
     sentences: list[str | SSTExample] = list(extra)
     sentences += sample_examples(runs[0].config.classes, "test", limit=count, seed=seed, max_length=max_length)
+    if not sentences:
+        raise ConfigError("nothing to report: no --sentence, and no test sentence drawn"
+                          + ("" if not count or max_length is None else f" of at most {max_length} tokens")
+                          + (" (--count 0)" if not count else ""))
     return text_report(runs, sentences, out, methods=methods), len(sentences)

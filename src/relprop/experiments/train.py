@@ -43,7 +43,7 @@ from .provenance import code_version
 
 __all__ = [
     "TrainConfig", "train", "load_run", "run_finished", "maj_shape", "best_epoch", "lr_schedule", "read_history",
-    "weights_file", "thesis_sizes", "check_same_config",
+    "weights_file", "thesis_sizes", "check_same_config", "read_config", "run_config",
 ]
 
 MANIFEST = "checkpoint.json"
@@ -101,7 +101,9 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.fold must be in 0..{self.folds - 1}, got {self.fold}")
 
 
-_CONFIG_SCHEMA = {f"{name}?": schema for name, schema in schema_of(TrainConfig).items()}
+# older runs may lack the newer fields; every run has its architecture and dataset
+_CONFIG_SCHEMA = {name if name in ("arch", "dataset") else f"{name}?": schema
+                  for name, schema in schema_of(TrainConfig).items()}
 
 
 def thesis_sizes(arch: str, dataset: str) -> dict[str, int]:
@@ -182,7 +184,7 @@ def run_finished(run_dir: str | Path, config: TrainConfig | None = None) -> bool
     path = Path(run_dir)
     if not (path / "config.json").exists():
         return False
-    saved = {**dataclasses.asdict(TrainConfig()), **_read_config(path)}  # older configs lack newer fields
+    saved = {**dataclasses.asdict(TrainConfig()), **read_config(path)}  # older configs lack newer fields
     epochs, patience = (saved["epochs"], saved["patience"]) if config is None else (config.epochs, config.patience)
     history = read_history(path)
     return len(history) >= epochs or _stopped(history, patience)
@@ -203,16 +205,25 @@ def best_epoch(run_dir: str | Path) -> int:
 _RESUMABLE = ("epochs", "lr", "patience")  # a run may continue for more epochs, at another learning rate
 
 
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    """config.json checked against the TrainConfig fields (older runs may lack the newer ones)."""
-    saved: dict[str, Any] = read_json(run_dir / "config.json", _CONFIG_SCHEMA)
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """A run's config.json, checked against the TrainConfig fields (older runs may lack the newer ones): a file
+    that is not such a mapping raises DataError naming it."""
+    saved: dict[str, Any] = read_json(Path(run_dir) / "config.json", _CONFIG_SCHEMA)
     return saved
+
+
+def run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig of a run directory; a config.json that does not make one raises DataError naming it."""
+    try:
+        return TrainConfig(**read_config(run_dir))
+    except ConfigError as error:
+        raise DataError(f"{Path(run_dir) / 'config.json'}: {error}") from None
 
 
 def config_differences(run_dir: str | Path, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """The fields, other than epochs, lr and patience, in which the saved config of ``run_dir`` differs from
     ``config``: ``{field: (saved, given)}``."""
-    saved = {**dataclasses.asdict(TrainConfig()), **_read_config(Path(run_dir))}
+    saved = {**dataclasses.asdict(TrainConfig()), **read_config(Path(run_dir))}
     mine = dataclasses.asdict(config)
     return {k: (saved.get(k), v) for k, v in mine.items() if k not in _RESUMABLE and saved.get(k) != v}
 
@@ -354,6 +365,15 @@ def _train(config: TrainConfig, run_dir: Path, progress: bool, locks: contextlib
     if (run_dir / "config.json").exists():
         check_same_config(run_dir, config)
         manifest = _manifest(run_dir, legacy=False)
+    if run_dir.is_dir() and not (run_dir / "config.json").exists():
+        # config.json comes first in every run, so these are no killed first epoch's leftovers (those, without a
+        # manifest to commit them, are swept), and a new run here would sweep them away
+        found = sorted(p.name for p in run_dir.iterdir() if _EPOCH_FILE.match(p.name) or p.name == MANIFEST)
+        if found:
+            raise DataError(
+                f"{run_dir} holds checkpoints ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''}) but no "
+                "config.json: restore it to resume the run, or move the checkpoints away to start a new one"
+            )
     history: list[dict[str, Any]] = [] if manifest is None else list(manifest["history"])
     if len(history) >= config.epochs or _stopped(history, config.patience):
         write_json(run_dir / "config.json", dataclasses.asdict(config))  # a finished run may change epochs/lr
@@ -377,13 +397,13 @@ def _train(config: TrainConfig, run_dir: Path, progress: bool, locks: contextlib
         locks.enter_context(_training_lock(run_dir))
         if (run_dir / "config.json").exists():
             raise ConfigError(f"another process started a run in {run_dir} meanwhile; start again to resume it")
-    write_json(run_dir / "config.json", dataclasses.asdict(config))  # only once the run can start
     best_file: str | None = None
     if manifest is not None:
         _load_checkpoint(run_dir, manifest, model, optimizer, device)
         best_file = manifest["files"]["best"]
         for group in optimizer.param_groups:  # the saved state holds the old learning rate
             group["lr"] = config.lr
+    write_json(run_dir / "config.json", dataclasses.asdict(config))  # only once the run can start (or resume)
     _sweep(run_dir, set() if manifest is None else set(manifest["files"].values()))
     best = max((h["val_accuracy"] for h in history), default=-1.0)
 
@@ -417,10 +437,7 @@ def _train(config: TrainConfig, run_dir: Path, progress: bool, locks: contextlib
 def load_run(run_dir: str | Path, *, which: str = "best") -> tuple[nn.Module, TrainConfig]:
     """The trained model of a run directory (eval mode) and its config; ``which`` is "best" or "last"."""
     run_dir = Path(run_dir)
-    try:
-        config = TrainConfig(**_read_config(run_dir))
-    except ConfigError as error:
-        raise DataError(f"{run_dir / 'config.json'}: {error}") from None
+    config = run_config(run_dir)
     model = build_model(config)
     load_weights(model, weights_file(run_dir, which))
     return model.to(_device()).eval(), config

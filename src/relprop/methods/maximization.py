@@ -113,6 +113,9 @@ class GaussianMixturePrior:
         from sklearn.mixture import GaussianMixture
 
         flat = data.detach().reshape(data.shape[0], -1).to(torch.float64)  # (N, D)
+        if not 1 <= k <= len(flat):
+            raise ConfigError(f"a mixture of {k} components needs at least {k} samples to fit, got {len(flat)}: "
+                              "fit on more data or use fewer components")
         mixture = GaussianMixture(
             n_components=k, covariance_type="full", reg_covar=reg_covar, random_state=seed
         )

@@ -212,27 +212,23 @@ class _Residual(nn.Module):
         return self.out(x + branch if self.add is None else self.add(x, branch))
 
 
-class _AddedTerm(nn.Module):
-    """``h + h @ W`` written as a sum, or as one op that adds a path term to a product."""
+class _Uses(nn.Module):
+    """Linear, ReLU, then ``op(self, h)`` (``self.w`` a parameter it may use), then Linear: an op on the path."""
 
-    def __init__(self, form: str) -> None:
+    def __init__(self, op: Any) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.form = form
+        self.op = op
         self.a, self.b = nn.Linear(6, 4, bias=False), nn.Linear(4, 3, bias=False)
         self.w = nn.Parameter(torch.randn(4, 4) / 2)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = torch.relu(self.a(x))
-        if self.form == "sum":
-            y = h + h @ self.w
-        elif self.form == "addmm":
-            y = torch.addmm(h, h, self.w)
-        elif self.form == "linear":
-            y = torch.nn.functional.linear(h, self.w.T, h)
-        else:
-            y = torch.baddbmm(h[:, None], h[:, None], self.w.expand(len(h), 4, 4))[:, 0]
-        return self.b(y)  # type: ignore[no-any-return]
+        return self.b(self.op(self, torch.relu(self.a(x))))  # type: ignore[no-any-return]
+
+
+_ADDED = {"sum": lambda m, h: h + h @ m.w, "addmm": lambda m, h: torch.addmm(h, h, m.w),
+          "linear": lambda m, h: torch.nn.functional.linear(h, m.w.T, h),
+          "baddbmm": lambda m, h: torch.baddbmm(h[:, None], h[:, None], m.w.expand(len(h), 4, 4))[:, 0]}
 
 
 @pytest.mark.parametrize("form", ["addmm", "linear", "baddbmm"])
@@ -240,8 +236,8 @@ class _AddedTerm(nn.Module):
 def test_a_path_term_added_to_a_product_keeps_its_share(x, form: str, preset: str) -> None:
     """``addmm(h, h, W)`` is ``h + h @ W``: the added term is a summand, not a second factor of the product (the
     equal split among the path operands gave each half, and half the relevance was lost)."""
-    sum_form = _AddedTerm("sum").double().eval()
-    fused = _AddedTerm(form).double().eval()
+    sum_form = _Uses(_ADDED["sum"]).double().eval()
+    fused = _Uses(_ADDED[form]).double().eval()
     options = {"epsilon": 1e-12, "stabilizer": 1e-12}
     expected = relprop.explain(sum_form, x, 0, method="lrp", preset=preset, **options)
     got = relprop.explain(fused, x, 0, method="lrp", preset=preset, **options)
@@ -250,23 +246,12 @@ def test_a_path_term_added_to_a_product_keeps_its_share(x, form: str, preset: st
                                rtol=0)
 
 
-class _Elementwise(nn.Module):
-    def __init__(self, op: Any) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.op = op
-        self.a, self.b = nn.Linear(6, 4, bias=False), nn.Linear(4, 3, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(self.op(torch.relu(self.a(x))))  # type: ignore[no-any-return]
-
-
 @pytest.mark.parametrize("op", [torch.nn.functional.logsigmoid, lambda h: torch.nn.functional.threshold(h, 0.1, 0.0),
                                 lambda h: torch.nn.functional.threshold(h, 0.1, 0.0, inplace=True)],
                          ids=["logsigmoid", "threshold", "threshold_inplace"])
 def test_activations_under_their_torch_names_pass_relevance(x, op: Any) -> None:
     """F.logsigmoid and F.threshold call torch's log_sigmoid and _threshold: activations, as the list meant."""
-    model = _Elementwise(op).double().eval()
+    model = _Uses(lambda m, h: op(h)).double().eval()
     explanation = relprop.explain(model, x, 0, method="lrp", preset="epsilon", epsilon=1e-12)
     torch.testing.assert_close(explanation.details["conservation_gap"], torch.zeros(2, dtype=torch.float64),
                                atol=1e-9, rtol=0)
@@ -277,19 +262,7 @@ def test_activations_under_their_torch_names_pass_relevance(x, op: Any) -> None:
 def test_rounding_division_on_the_path_is_refused(x, op: Any) -> None:
     """A step function, as x // 2 is; it used to pass all relevance as a product with a constant."""
     with pytest.raises(ExplanationError, match="rounding_mode=.* rounds a tensor on the relevance path"):
-        relprop.explain(_Elementwise(op).double().eval(), x, 0, method="lrp", preset="epsilon")
-
-
-class _Uses(nn.Module):
-    def __init__(self, op: Any) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.op = op
-        self.a, self.b = nn.Linear(6, 4, bias=False), nn.Linear(4, 3, bias=False)
-        self.w = nn.Parameter(torch.randn(4, 4))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.b(self.op(self, torch.relu(self.a(x))))  # type: ignore[no-any-return]
+        relprop.explain(_Uses(lambda m, h: op(h)).double().eval(), x, 0, method="lrp", preset="epsilon")
 
 
 @pytest.mark.parametrize(("op", "fix"), [

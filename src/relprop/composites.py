@@ -132,7 +132,7 @@ def _matches(selector: Selector, name: str, module: nn.Module) -> bool:
     return isinstance(module, selector)  # type: ignore[arg-type]
 
 
-def _check_first_layer(name: str, module: nn.Module, first: Rule) -> None:
+def _check_first_layer(name: str, first: Rule) -> None:
     """Refuse a first-layer rule that would land inside a stock recurrent module rewritten by
     :class:`ExplicitRecurrent`: there the first linear layer is one step's map of input and state, for one direction
     of one layer only, so the state would take the input rule (relevance leaking into the initial state) and the
@@ -257,7 +257,7 @@ class RuleMap:
             rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
             matched |= {s for s in patterns if _matches(s, name, module)}
             if rule is None and self.first is not None and not first_done and isinstance(module, self.first_types):
-                _check_first_layer(name, module, self.first)
+                _check_first_layer(name, self.first)
                 rule, first_done = self.first, True
                 if mixed_split(module) is not None:  # pixels and recurrent state in one layer
                     rule = self._mixed(name, module, self.first, entries)

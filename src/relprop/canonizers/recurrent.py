@@ -341,10 +341,13 @@ class ExplicitRecurrent:
     child_name = _CHILD  # the name of the explicit twin, a child of the stock module while applied
 
     def apply(self, model: nn.Module) -> Callable[[], None]:
-        stock = [m for m in model.modules() if isinstance(m, _STOCK)]
+        stock = []
         for name, module in model.named_modules():
             base = next((kind for kind in _STOCK if isinstance(module, kind)), None)
-            if base is not None and type(module).forward is not base.forward:
+            if base is None:
+                continue
+            stock.append(module)
+            if type(module).forward is not base.forward:
                 raise ExplanationError(
                     f"{name or 'the model'} is a {type(module).__name__}, a subclass of nn.{base.__name__} with a "
                     f"forward of its own, which the explicit cells that explain nn.{base.__name__} would replace: "

@@ -151,9 +151,9 @@ class Uniform:
         # a term added to the product (addmm's input, F.linear's bias) on the path is a summand, not a factor: it
         # keeps its share as in a sum, and the product's share is split among the factors only
         added = _added_term(site)
-        factors = len(inputs) - (added is not None)
-        s = relevance_out / stabilize(output, self.stabilizer)
-        return tuple(x * g / (1 if i == added else max(factors, 1))
+        factors = max(len(inputs) - (added is not None), 1)
+        s = relevance_out / stabilize(output, self.stabilizer) / factors
+        return tuple(x * g * factors if i == added else x * g
                      for i, (x, g) in enumerate(zip(inputs, vjp(site, inputs, s))))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 import relprop
 from relprop.cli import main
 
+UserError = Callable[[list[str]], str]
 _SRC = str(Path(relprop.__file__).parents[1])
 
 
@@ -57,3 +59,15 @@ def test_text_usage_shows_run_as_required(command: str, usage: str, capsys: pyte
     with pytest.raises(SystemExit):
         main(["text", command, "--help"])
     assert f"usage: relprop text {command} {usage}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    ([], "relprop: error: a COMMAND is required, one of demo, train, "),
+    (["--quiet"], "relprop: error: a COMMAND is required, one of demo, "),
+    (["--bogus"], "relprop: error: unrecognized arguments: --bogus; a COMMAND is required, one of demo, "),
+    (["text"], "relprop text: error: a COMMAND is required, one of train, explain, evaluate, report "),
+    (["text", "--bogus"], "relprop text: error: unrecognized arguments: --bogus; a COMMAND is required, one of "),
+    (["demo", "--bogus"], "relprop: error: unrecognized arguments: --bogus "),
+])
+def test_a_missing_or_unknown_command_is_named(argv: list[str], says: str, user_error: UserError) -> None:
+    assert user_error(argv).startswith(says)

@@ -24,7 +24,9 @@ UserError = Callable[[list[str]], str]
     ["demo", "--epochs", "0"], ["demo", "--threads", "-1"], ["demo", "--arch", "lstm"],
     ["evaluate", ".", "--methods", ""], ["evaluate", ".", "--methods", "sa,bogus"],
     ["reproduce", "--methods", ""], ["reproduce", "--archs", "rlstm,typo"], ["reproduce", "--seeds", "0,-1"],
-    ["reproduce", "--test-limit", "0"], ["reproduce", "--datasets", ","],
+    ["reproduce", "--test-limit", "0"], ["reproduce", "--datasets", ","], ["reproduce", "--seeds", "1,,2"],
+    ["reproduce", "--archs", ",rlstm"], ["reproduce", "--out", ""], ["train", "--out", " "], ["demo", "--out", ""],
+    ["reproduce", "--collect", "--train-only"],
 ])
 def test_bad_values_are_one_line(argv: list[str], user_error: UserError) -> None:
     line = user_error(argv)
@@ -40,6 +42,23 @@ def test_run_and_out_must_be_directories(tmp_path: Path, tiny_run: Path, user_er
     for command in ("demo", "train", "reproduce"):
         assert "is a file" in user_error([command, "--out", str(file)])
         assert "is a file" in user_error([command, "--out", str(file / "below")])
+
+
+def test_records_are_checked_before_anything_trains(tmp_path: Path, user_error: UserError,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "file"
+    file.write_text("not a directory")
+    monkeypatch.setattr("relprop.experiments.reproduce.reproduce",
+                        lambda *args, **kwargs: pytest.fail("the grid ran with bad --records"))
+    grid = ["reproduce", "--out", str(tmp_path / "grid"), "--quick"]
+    assert "is a file" in user_error([*grid, "--records", str(file)])
+    assert f"{file} is a file" in user_error([*grid, "--records", str(file / "below")])
+    assert "does not exist" in user_error([*grid, "--collect", "--records", str(tmp_path / "typo")])
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr("relprop.cli.common.os.access", lambda path, mode: Path(path) != locked)
+    assert "--records: cannot write" in user_error([*grid, "--records", str(locked / "records")])
+    assert not (tmp_path / "grid").exists() and not (locked / "records").exists()
 
 
 @pytest.mark.skipif(os.geteuid() == 0 if hasattr(os, "geteuid") else True,

@@ -5,6 +5,9 @@ before anything runs or is written.
 
 >>> positive_int("3"), positive_float("0.5"), comma("a, b,")
 (3, 0.5, ('a', 'b'))
+>>> comma("1,,2")
+Traceback (most recent call last):
+argparse.ArgumentTypeError: has an empty item between two commas: '1,,2'
 >>> positive_int("0")
 Traceback (most recent call last):
 argparse.ArgumentTypeError: must be a positive integer, got '0'
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,9 +25,9 @@ from typing import NoReturn
 
 from ..errors import ConfigError
 
-__all__ = ["positive_int", "nonnegative_int", "positive_float", "comma", "choices_list", "existing_dir", "run_dir",
-           "output_dir", "output_file", "checked", "shared_options", "Parser", "Formatter", "print_table",
-           "set_threads"]
+__all__ = ["positive_int", "nonnegative_int", "positive_float", "comma", "choices_list", "directory", "existing_dir",
+           "run_dir", "output_dir", "output_file", "checked", "shared_options", "Parser", "Formatter",
+           "print_table", "set_threads"]
 
 
 def _integer(text: str, minimum: int, what: str) -> int:
@@ -58,10 +62,15 @@ def positive_float(text: str) -> float:
 
 
 def comma(text: str) -> tuple[str, ...]:
-    """Comma-separated names, blanks dropped (an empty list is refused)."""
-    names = tuple(t.strip() for t in text.split(",") if t.strip())
+    """Comma-separated names around blanks, one trailing comma allowed; an empty list or an empty item between
+    two commas (``1,,2``: a name left out?) is refused."""
+    names = tuple(t.strip() for t in text.split(","))
+    if names and not names[-1]:
+        names = names[:-1]
     if not names:
         raise argparse.ArgumentTypeError(f"needs at least one comma-separated name, got {text!r}")
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"has an empty item between two commas: {text!r}")
     return names
 
 
@@ -79,9 +88,16 @@ def choices_list(valid: Sequence[str], what: str) -> Callable[[str], tuple[str, 
     return parse
 
 
+def _path(text: str) -> Path:
+    """``Path(text)``, refusing an empty name (which ``Path`` would read as the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"needs a path, got {text!r} (for the current directory, write .)")
+    return Path(text)
+
+
 def existing_dir(text: str) -> Path:
     """A directory that exists."""
-    path = Path(text)
+    path = _path(text)
     if not path.exists():
         raise argparse.ArgumentTypeError(f"{text} does not exist")
     if not path.is_dir():
@@ -102,16 +118,25 @@ def run_dir(marker: str) -> Callable[[str], Path]:
     return parse
 
 
-def output_dir(text: str) -> Path:
-    """A directory to write into: existing and writable, or creatable under a writable existing parent."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+def directory(text: str) -> Path:
+    """A directory that exists or could be created: no file in the way (whether it can be written is checked
+    where it will be: :func:`output_dir`)."""
+    path = _path(text)
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise argparse.ArgumentTypeError(f"cannot create {text}: {existing} is a file")
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory" if existing == path
+                                         else f"{text} cannot be a directory: {existing} is a file")
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """A directory to write into: existing and writable, or creatable under a writable existing parent."""
+    path = directory(text)
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
     if not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write to {text}: {existing} is read-only")
     try:  # the permission bits can say yes where the file system says no (/proc, a read-only mount as root)
@@ -124,7 +149,7 @@ def output_dir(text: str) -> Path:
 
 def output_file(text: str) -> Path:
     """A file to write: not a directory, in a directory that is (or can be created) writable."""
-    path = Path(text)
+    path = _path(text)
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
     output_dir(str(path.parent))
@@ -141,9 +166,25 @@ def checked(parse: Callable[[str], Path], text: str, name: str) -> Path:
 
 
 class Parser(argparse.ArgumentParser):
-    """An argument parser whose errors are one line (the command, the error, where to find help) and exit 2."""
+    """An argument parser whose errors are one line (the command, the error, where to find help) and exit 2.
+
+    A missing command names the commands, and an unknown option given instead of one is named as such (argparse
+    would only say that the command is missing)."""
+
+    argv: tuple[str, ...] = ()  # the arguments this parser was given (a subcommand's: those after it)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        self.argv = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(list(self.argv), namespace)
 
     def error(self, message: str) -> NoReturn:
+        if "required: COMMAND" in message:
+            names = [name for action in self._actions if isinstance(action, argparse._SubParsersAction)
+                     for name in action.choices]
+            unknown = [a for a in self.argv if a.startswith("-") and a != "--quiet"]
+            message = ((f"unrecognized arguments: {' '.join(unknown)}; " if unknown else "")
+                       + f"a COMMAND is required, one of {', '.join(names)}")
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 

@@ -24,6 +24,7 @@ from .common import (
     checked,
     choices_list,
     comma,
+    directory,
     nonnegative_int,
     output_dir,
     positive_float,
@@ -116,6 +117,11 @@ def _reproduce(args: argparse.Namespace) -> int:
         raise ConfigError("give --runs N (runs 0..N-1) or --seeds LIST, not both")
     if args.folds is not None and args.folds < 2:
         raise ConfigError(f"--folds needs at least 2 folds (the thesis's cross-validation has 10), got {args.folds}")
+    if args.records is not None and not (args.collect or args.train_only):  # written after each evaluation
+        checked(output_dir, str(args.records), "--records")
+    elif args.records is not None and not args.records.is_dir():
+        raise ConfigError(f"--records {args.records} does not exist (with --collect or --train-only the records "
+                          "are only read)")
     count = args.runs if args.runs is not None else (args.folds if args.folds is not None else 1)
     runs = args.seeds if args.seeds is not None else tuple(range(count))
     config = dataclasses.replace(config, archs=args.archs or GRID_ARCHS, runs=runs, folds=args.folds,
@@ -220,7 +226,8 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
                                help="the thesis grid of architectures x datasets, with tables (resumable)")
     grid.add_argument("--out", type=output_dir, default=Path("runs/reproduce"), help="grid directory")
     grid.add_argument("--quick", action="store_true", help="smoke-size grid")
-    grid.add_argument("--collect", action="store_true",
+    what = grid.add_mutually_exclusive_group()
+    what.add_argument("--collect", action="store_true",
                       help="train nothing: tabulate the cells already evaluated and list the missing ones")
     grid.add_argument("--archs", type=choices_list(archs, "architecture"), default=None,
                       help="comma-separated architectures (default: the thesis grid)")
@@ -237,10 +244,10 @@ def add_maj_commands(commands: argparse._SubParsersAction[Parser]) -> None:
                       help="cells trained at once (local processes, or tasks of a local Ray instance), each with "
                            "--threads threads")
     grid.add_argument("--address", default=None, help="address of a running Ray cluster (with --executor ray)")
-    grid.add_argument("--records", type=Path, default=None,
+    grid.add_argument("--records", type=directory, default=None,
                       help="directory of run records (results without weights): cells missing from --out are "
                            "restored from it, and every evaluated cell is recorded to it")
-    grid.add_argument("--train-only", action="store_true", help="train the cells; evaluate and tabulate nothing")
+    what.add_argument("--train-only", action="store_true", help="train the cells; evaluate and tabulate nothing")
     grid.add_argument("--patience", type=positive_int, default=None,
                       help="stop a run after this many epochs without a better validation accuracy (default: 20)")
     grid.add_argument("--epochs", type=positive_int, default=None,

@@ -11,6 +11,7 @@ from ..experiments.prototypes import PRIORS
 from .common import (
     Formatter,
     Parser,
+    comma,
     existing_dir,
     nonnegative_int,
     output_dir,
@@ -27,7 +28,7 @@ __all__ = ["add_viz_commands"]
 
 def _classes(text: str) -> tuple[int, ...]:
     try:
-        classes = tuple(int(t) for t in text.split(",") if t.strip())
+        classes = tuple(int(t) for t in comma(text))
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"takes comma-separated class indices such as 0,3,7; got {text!r}") from None

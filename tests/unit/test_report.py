@@ -205,5 +205,7 @@ def test_bad_directory_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(DataError, match="not a directory"):
         write_report(tmp_path / "missing")
     assert main(["report", str(tmp_path)]) == 2
-    assert "neither a run directory" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert error.startswith(f"relprop report: error: {tmp_path} is neither a run directory"), error
+    assert error.count("relprop report:") == 1, error
     assert not (tmp_path / "report.html").exists()

@@ -9,7 +9,7 @@ summary raises a :class:`relprop.errors.DataError` that names the cell and says 
 >>> from pathlib import Path
 >>> summarise(Path("no-such-directory"))  # doctest: +ELLIPSIS
 Traceback (most recent call last):
-relprop.errors.DataError: relprop report: no-such-directory is not a directory; pass a run directory or ...
+relprop.errors.DataError: no-such-directory is not a directory; pass a run directory or ...
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def sample_maps(run_dir: Path, methods: Sequence[str], count: int = _GALLERY_SAM
         test = load_maj(config.dataset, "test", variant=config.variant, seed=config.data_seed, limit=count)
     except (DataError, OSError) as error:
         raise DataError(
-            f"relprop report: the heatmaps of {run_dir} need the test data of {config.dataset}, which is not "
+            f"the heatmaps of {run_dir} need the test data of {config.dataset}, which is not "
             f"available: {error}. Set RELPROP_DATA to the folder that holds it (or allow the download), then "
             "run the report again"
         ) from error
@@ -118,16 +118,15 @@ def grid_summary(root: Path) -> GridSummary:
 def summarise(path: Path) -> RunSummary | GridSummary:
     """The summary of a run directory (``config.json`` + ``checkpoint.json``) or of a reproduce grid."""
     if not path.is_dir():
-        raise DataError(f"relprop report: {path} is not a directory; pass a run directory or a reproduce grid "
-                        "directory")
+        raise DataError(f"{path} is not a directory; pass a run directory or a reproduce grid directory")
     if (path / "config.json").exists() and ((path / MANIFEST).exists() or (path / "history.json").exists()):
         return run_summary(path)
     if _grid_cells(path):
         return grid_summary(path)
     hint = "; it looks like a sentiment run: use `relprop text report`" if (path / "run.json").exists() else ""
-    raise ConfigError(f"relprop report: {path} is neither a run directory (config.json and {MANIFEST}, written "
-                      "by `relprop train`) nor a reproduce grid (<dataset>/<arch>/seed<k>/ run directories, "
-                      f"written by `relprop reproduce`){hint}")
+    raise ConfigError(f"{path} is neither a run directory (config.json and {MANIFEST}, written by `relprop train`) "
+                      "nor a reproduce grid (<dataset>/<arch>/seed<k>/ run directories, written by `relprop "
+                      f"reproduce`){hint}")
 
 
 def write_report(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = None) -> Path:

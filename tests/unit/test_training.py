@@ -299,6 +299,19 @@ def test_evaluation_is_committed_atomically(tmp_path: Path, monkeypatch: pytest.
     assert len(list(run.glob("evaluation_samples*"))) == 1
 
 
+@pytest.mark.parametrize("blocked", ["heatmaps", "evaluation.json", "evaluation.csv"])
+def test_a_file_in_the_way_stops_the_evaluation_before_it_writes(tmp_path: Path, blocked: str) -> None:
+    run = train(_TINY, tmp_path / "run", progress=False)
+    if blocked == "heatmaps":
+        (run / blocked).write_text("a file where the pictures go")
+    else:
+        (run / blocked).mkdir()
+    before = sorted(p.name for p in run.iterdir())
+    with pytest.raises(DataError, match=f"{blocked} is in the way of the evaluation"):
+        evaluate(run, EvalConfig(limit=10, flip_limit=5, flip_steps=2, methods=("sa",)), progress=False)
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
 def test_nan_weights_are_not_evaluated(tmp_path: Path) -> None:
     run = train(_TINY, tmp_path / "run", progress=False)
     weights = _weights(run, "best")

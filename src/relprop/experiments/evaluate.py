@@ -154,6 +154,11 @@ def evaluate(run_dir: str | Path, config: EvalConfig = EvalConfig(), *, progress
     """Evaluate the checkpoint of ``run_dir`` that ``config.checkpoint`` names (the best, by default); writes and
     returns the results, which name it (``checkpoint``) and its epoch (``checkpoint_epoch``)."""
     run_dir = Path(run_dir)
+    for name in ("evaluation.json", "evaluation.csv", "heatmaps"):  # what is written: before the work, not after
+        path = run_dir / name
+        if path.exists() and path.is_dir() != (name == "heatmaps"):
+            raise DataError(f"{path} is in the way of the evaluation (a {'file' if path.is_file() else 'directory'}"
+                            f" where it writes a {'directory' if name == 'heatmaps' else 'file'}); move it away")
     model, train_config = load_run(run_dir, which=config.checkpoint)
     history = read_history(run_dir)
     bad = [name for name, p in model.state_dict().items() if not bool(p.isfinite().all())]

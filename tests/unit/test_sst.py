@@ -182,6 +182,20 @@ def test_tiny_training_run_saves_and_loads(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "run.json").read_bytes() == before
 
 
+def test_maj_and_sentiment_runs_do_not_share_a_directory(tmp_path: Path) -> None:
+    from relprop.experiments.train import TrainConfig, train
+
+    (tmp_path / "maj").mkdir()
+    (tmp_path / "maj" / "config.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a MAJ run"):
+        train_text(TextTrainConfig(run_dir=str(tmp_path / "maj")))
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "run.json").write_text("{}")
+    with pytest.raises(ConfigError, match="holds a sentiment run"):
+        train(TrainConfig(dataset="digits-maj", epochs=1, limit=10), tmp_path / "text", progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["config.json", "maj", "run.json", "text"]
+
+
 def test_a_corrupt_text_run_gives_one_data_error(tmp_path: Path) -> None:
     from relprop.errors import DataError
     from relprop.experiments.text import load_text_run
@@ -195,3 +209,10 @@ def test_a_corrupt_text_run_gives_one_data_error(tmp_path: Path) -> None:
     (tmp_path / "run.json").write_text('{"format": "x", "version": 1}')
     with pytest.raises(DataError, match="run.json: the file misses keys"):
         load_text_run(tmp_path)
+    for model, sizes in (("cnn", {"vocab_size": -3}), ("bilstm", {"vocab_size": 5, "hidden": 0})):
+        meta = {"format": "relprop.text_run", "version": 1, "history": [], "glove_coverage": 1.0,
+                "train_config": {"model": model}, "model_config": sizes,
+                "vocabulary": Vocabulary((Vocabulary.PAD, Vocabulary.UNK, "good")).to_json()}
+        (tmp_path / "run.json").write_text(json.dumps(meta))
+        with pytest.raises(DataError, match="does not describe a text run: invalid .*sizes must be >= 1"):
+            load_text_run(tmp_path)

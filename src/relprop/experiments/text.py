@@ -133,6 +133,9 @@ def train_text(config: TextTrainConfig) -> TextRun:
             f"{config.run_dir} already holds a trained text run, which training again would overwrite; pass "
             "another run directory (--out), or delete that one to train it again"
         )
+    if config.run_dir is not None and (Path(config.run_dir) / "config.json").exists():
+        raise ConfigError(f"{config.run_dir} holds a MAJ run (config.json, written by `relprop train`); pass "
+                          "another run directory (--out) for the sentiment run")
     if config.classes not in (5, 2):
         raise ConfigError(f"TextTrainConfig.classes must be 5 or 2, got {config.classes}")
     if config.model not in TEXT_MODELS:

@@ -325,6 +325,9 @@ def train(config: TrainConfig, run_dir: str | Path, *, progress: bool = True) ->
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is a file, not a run directory")
+    if (run_dir / "run.json").exists():
+        raise ConfigError(f"{run_dir} holds a sentiment run (run.json, written by `relprop text train`); train the "
+                          "MAJ run into another directory")
     with contextlib.ExitStack() as locks:
         if run_dir.exists():
             locks.enter_context(_training_lock(run_dir))

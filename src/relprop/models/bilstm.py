@@ -43,6 +43,11 @@ class BiLSTMConfig:
     freeze_embeddings: bool = True
     pad_id: int = 0
 
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.embedding_dim, self.hidden, self.classes) < 1 or not (
+                0 <= self.pad_id < self.vocab_size):
+            raise ValueError(f"invalid {type(self).__name__}: sizes must be >= 1 and pad_id a token id, got {self}")
+
 
 class BiLSTM(nn.Module):
     """Token ids (batch, time) -> logits (batch, classes), independent of padding.

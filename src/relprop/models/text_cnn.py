@@ -28,6 +28,10 @@ class TextCNNConfig:
     classes: int = 5
     freeze_embeddings: bool = True
 
+    def __post_init__(self) -> None:
+        if min(self.vocab_size, self.embedding_dim, self.filters, self.width, self.classes) < 1:
+            raise ValueError(f"invalid {type(self).__name__}: sizes must be >= 1, got {self}")
+
 
 class TextCNNHead(nn.Module):
     """Embedded sentence (batch, time, dim) -> logits (batch, classes); needs time >= width.

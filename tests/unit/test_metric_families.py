@@ -124,7 +124,79 @@ def test_metric_settings_and_inputs_are_checked_when_given() -> None:
         pixel_flipping(model, x, torch.randn(2, 4), 5)
     with pytest.raises(ConfigError, match="steps must be an integer"):
         pixel_flipping(model, x, torch.randn(2, 4), 0, steps=2.5)
+    for fractional in (0.7, torch.tensor(0.7), torch.tensor([1.0, 0.0]), True):  # was truncated to class 0
+        with pytest.raises(ExplanationError, match="target must be class indices"):
+            pixel_flipping(model, x, torch.randn(2, 4), fractional)
     for bad in (float("nan"), float("inf")):
         for metric in (sparseness, entropy):
             with pytest.raises(ExplanationError, match=r"samples \[1\] holds NaN or infinite"):
                 metric(torch.tensor([[1.0, 2.0, 3.0], [bad, 1.0, 2.0]]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_relevance_is_refused_by_every_metric(bad: float) -> None:
+    """A comparison with NaN is False, so without the check NaN relevance scored the "no evidence" 0 in the
+    localisation metrics and ModelRandomisation, and was ranked first in pixel flipping."""
+    from relprop.errors import ExplanationError
+    from relprop.metrics import block_cosine, pixel_flipping, relevance_in_region, relevance_on_object
+
+    relevance = torch.ones(3, 6, 2, dtype=torch.float64)
+    relevance[2, 1, 0] = bad
+    mask, x = torch.tensor([[1, 1, 0]] * 3), torch.randn(3, 6, 2, dtype=torch.float64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3)).double().eval()
+    calls = {
+        "block_cosine": lambda: block_cosine(relevance, mask),
+        "relevance_in_region": lambda: relevance_in_region(relevance, mask, cap=0.8),
+        "relevance_on_object": lambda: relevance_on_object(relevance, x, mask),
+        "similarity": lambda: similarity(torch.ones_like(relevance), relevance),
+        "pixel_flipping": lambda: pixel_flipping(model, x, relevance, 0, steps=4),
+        "MaxSensitivity": lambda: MaxSensitivity(samples=2)(model, x, torch.zeros(3, dtype=torch.long),
+                                                              lambda m, x, t: relevance),
+        "ModelRandomisation": lambda: ModelRandomisation()(model, x, torch.zeros(3, dtype=torch.long),
+                                                           lambda m, x, t: relevance),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ExplanationError, match=r"samples \[2\] holds NaN or infinite") as caught:
+            call()
+        assert name in str(caught.value), caught.value
+    with pytest.raises(ExplanationError, match=r"mask of samples \[0\]"):
+        relevance_in_region(torch.ones(2, 6, 2), torch.tensor([[bad, 1.0, 0.0], [1.0, 0.0, 0.0]]))
+
+
+def test_degenerate_explanations_get_no_best_score() -> None:
+    """A constant original explanation has nothing to compare under randomisation (NaN, not the best score 0);
+    max-sensitivity relative to a zero explanation is 0 when it stays zero and infinite when it moves."""
+    model = _model()
+    x, target = torch.randn(3, 5, generator=torch.Generator().manual_seed(6), dtype=torch.float64), torch.zeros(3)
+    target = target.long()
+
+    def zero_for_the_first(m: nn.Module, x: Tensor, t: Tensor) -> Tensor:
+        relevance = _grad_x_input(m, x, t)
+        return torch.cat([torch.zeros_like(relevance[:1]), relevance[1:]])
+
+    result = ModelRandomisation(seed=7)(model, x, target, zero_for_the_first)
+    assert result.similarity[0].isnan().all() and not result.similarity[1:].isnan().any()
+    torch.testing.assert_close(result.similarity[1:], ModelRandomisation(seed=7)(model, x, target,
+                                                                                 _grad_x_input).similarity[1:])
+
+    def zero_at_x(m: nn.Module, inputs: Tensor, t: Tensor) -> Tensor:  # zero at x itself, moved elsewhere
+        return torch.zeros_like(inputs) if torch.equal(inputs, x) else inputs - x
+
+    moved = MaxSensitivity(samples=3)(model, x, target, zero_at_x)
+    assert torch.isinf(moved).all() and (moved > 0).all()
+    still = MaxSensitivity(samples=3)(model, x, target, lambda m, inputs, t: torch.zeros_like(inputs))
+    assert torch.equal(still, torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ConfigError, match="samples must be an integer >= 1"):
+        MaxSensitivity(samples=2.5)  # type: ignore[arg-type]
+
+
+def test_pixel_flipping_fractions_are_the_share_removed() -> None:
+    """With more steps than features some points repeat, and the fractions say what was removed."""
+    from relprop.metrics import pixel_flipping
+
+    model = nn.Sequential(nn.Linear(4, 2)).double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    curve = pixel_flipping(model, x, torch.randn(2, 4, dtype=torch.float64), 0, steps=8, fill=0.0)
+    expected = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4], dtype=torch.float64) / 4  # round(j / 2), half to even
+    assert torch.equal(curve.fractions, expected)
+    torch.testing.assert_close(curve.scores[:, 1], curve.scores[:, 0])  # nothing removed at j = 1

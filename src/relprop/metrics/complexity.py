@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from relprop.errors import ExplanationError, boundary
+from relprop.metrics._checks import require_finite
 from relprop.metrics.batch import Batch
 
 __all__ = ["Entropy", "Sparseness", "entropy", "sparseness"]
@@ -30,12 +31,8 @@ def _magnitudes(relevance: Tensor) -> Tensor:
     if relevance.ndim < 2 or relevance.shape[0] == 0:
         raise ExplanationError(f"relevance must be (N, ...) with N >= 1, got "
                                f"shape {tuple(relevance.shape)}")
-    magnitudes = relevance.detach().reshape(relevance.shape[0], -1).abs().double()  # (N, D)
-    if not bool(torch.isfinite(magnitudes).all()):
-        bad = (~torch.isfinite(magnitudes)).any(1).nonzero().flatten().tolist()
-        raise ExplanationError(f"relevance of samples {bad[:10]} holds NaN or infinite values, which have no "
-                               "sparseness or entropy; explain them again (see the explanation's details)")
-    return magnitudes
+    require_finite(relevance)
+    return relevance.detach().reshape(relevance.shape[0], -1).abs().double()  # (N, D)
 
 
 @boundary("relprop.metrics.sparseness")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from relprop.core import eval_mode
 from relprop.errors import ConfigError, ExplanationError, boundary
+from relprop.metrics._checks import require_finite
 from relprop.metrics.batch import Batch
 
 __all__ = ["FlipConfig", "FlipCurve", "PixelFlipping", "pixel_flipping", "word_deletion"]
@@ -29,7 +30,8 @@ Order = Literal["morf", "lerf", "random"]
 class FlipCurve:
     """Perturbation curve of a batch.
 
-    ``fractions`` (steps + 1,): share of features (or groups) removed at each point, from 0 to 1.
+    ``fractions`` (steps + 1,): share of features (or groups) removed at each point, from 0 to 1: ``j / steps``
+    rounded to whole features (with more steps than features some points repeat).
     ``scores`` (N, steps + 1): target-class output after that removal (``scores[:, 0] = f(x)``).
     ``aopc`` (N,): ``1/(L+1) sum_{k=0}^{L} (f(x) - f(x_k))`` over the ``L + 1 = steps + 1`` points
     (Samek et al. 2017); higher means the ordering found the evidence faster.
@@ -176,8 +178,12 @@ def pixel_flipping(
         )
     if steps < 1 or batch_size < 1:
         raise ExplanationError(f"steps and batch_size must be >= 1, got {steps} and {batch_size}")
+    require_finite(relevance)
     n = x.shape[0]
-    target = torch.as_tensor(target, device=x.device, dtype=torch.long)
+    given = torch.as_tensor(target)
+    if given.is_floating_point() or given.is_complex() or given.dtype == torch.bool:
+        raise ExplanationError(f"target must be class indices (integers), got {target!r}")
+    target = given.to(device=x.device, dtype=torch.long)
     if target.shape not in ((), (n,)):
         raise ExplanationError(f"target must be an int or ({n},), got {tuple(target.shape)}")
     target = target.expand(n)  # (N,)
@@ -191,8 +197,9 @@ def pixel_flipping(
     rank.scatter_(1, ranking, torch.arange(count, device=x.device).expand(n, count))  # rank of each group
     element_rank = rank[:, groups].reshape(x.shape)  # removal position of every element
     baseline = _fill(fill, x)
-    fractions = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    removed_counts = torch.round(fractions * count).long().tolist()
+    removed = torch.round(torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64) * count)
+    fractions = removed / max(count, 1)  # the share actually removed (repeats when steps > count)
+    removed_counts = removed.long().tolist()
 
     columns = []
     with torch.no_grad(), eval_mode(model):

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from relprop.errors import ExplanationError
+from relprop.metrics._checks import require_finite
 from relprop.metrics.batch import Batch
 
 __all__ = ["BlockCosine", "RelevanceInRegion", "RelevanceOnObject", "block_cosine", "block_mask", "block_relevance",
@@ -99,9 +100,12 @@ def block_mask(mask: Tensor, shape: Sequence[int], *, layout: Layout = "sequence
 
 
 def _blocks_and_mask(
-    relevance: Tensor, mask: Tensor, blocks: int | None, layout: Layout
+    relevance: Tensor, mask: Tensor, blocks: int | None, layout: Layout, metric: str
 ) -> tuple[Tensor, Tensor]:
-    """Return the block vector and the mask as float tensors of shape (N, blocks), after checking shapes."""
+    """Return the block vector and the mask as float tensors of shape (N, blocks), after checking shapes and
+    values."""
+    require_finite(relevance, where=f"relprop.metrics.{metric}")
+    require_finite(mask, "mask", f"relprop.metrics.{metric}")
     if mask.ndim != 2 or mask.shape[0] != relevance.shape[0]:
         raise ExplanationError(
             f"relprop.metrics.localisation: mask must be (N, blocks) with N = {relevance.shape[0]} "
@@ -132,7 +136,7 @@ def block_cosine(
     >>> block_cosine(torch.tensor([[3.0, 4.0, 0.0]]), torch.tensor([[1, 0, 0]]))
     tensor([0.6000])
     """
-    vector, target = _blocks_and_mask(relevance, mask, blocks, layout)
+    vector, target = _blocks_and_mask(relevance, mask, blocks, layout, "block_cosine")
     denominator = vector.norm(dim=1) * target.norm(dim=1)
     safe = torch.where(denominator > 0, denominator, torch.ones_like(denominator))
     return torch.where(denominator > 0, (vector * target).sum(dim=1) / safe, torch.zeros_like(denominator))
@@ -164,7 +168,7 @@ def relevance_in_region(
     """
     if positive:
         relevance = relevance.clamp(min=0)
-    vector, target = _blocks_and_mask(relevance, mask, blocks, layout)
+    vector, target = _blocks_and_mask(relevance, mask, blocks, layout, "relevance_in_region")
     total = vector.sum(dim=1)
     valid = total > torch.finfo(total.dtype).tiny
     safe = torch.where(valid, total, torch.ones_like(total))
@@ -204,6 +208,8 @@ def relevance_on_object(
             f"relprop.metrics.localisation: relevance_on_object needs the input the relevance explains, of the "
             f"same shape; got relevance {tuple(relevance.shape)} and x {tuple(x.shape)}"
         )
+    require_finite(relevance, where="relprop.metrics.relevance_on_object")
+    require_finite(mask, "mask", "relprop.metrics.relevance_on_object")
     dtype = relevance.dtype if relevance.is_floating_point() else torch.get_default_dtype()
     positive = relevance.to(dtype).clamp(min=0)
     region = block_mask(mask.to(device=positive.device, dtype=dtype) > 0, positive.shape, layout=layout)

@@ -15,7 +15,9 @@ A layer is every module with its own parameters and a ``reset_parameters()`` met
 state is restored afterwards), which is what Quantus's ``MPRT`` does with its ``seed + 1``. The user's model is
 never changed: the test runs on a deep copy. Similarity per sample and layer: Spearman rank correlation of the
 flattened relevance (ties get their average rank, as ``scipy.stats.spearmanr``), Pearson correlation, or cosine;
-with ``absolute=True`` on ``|R|``.
+with ``absolute=True`` on ``|R|``. A sample whose original explanation is constant (all zero, say) scores NaN at
+every layer: there is nothing to compare, and the 0 of a constant row would be the best score (Quantus gives NaN
+too). Relevance with NaN or infinite values is an error.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from relprop.errors import ConfigError, boundary
+from relprop.errors import ConfigError, ExplanationError, boundary
+from relprop.metrics._checks import require_finite
 from relprop.metrics.batch import Batch, ExplainFn
 
 __all__ = ["ModelRandomisation", "RandomisationResult", "similarity"]
@@ -64,6 +67,10 @@ def similarity(a: Tensor, b: Tensor, kind: Similarity = "spearman") -> Tensor:
     >>> similarity(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 20.0, 25.0]])).round(decimals=6)
     tensor([1.], dtype=torch.float64)
     """
+    if a.shape != b.shape:
+        raise ExplanationError(f"the two maps must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    require_finite(a, "first map")
+    require_finite(b, "second map")
     a, b = a.detach().reshape(len(a), -1).double(), b.detach().reshape(len(b), -1).double()  # (N, D)
     if kind == "spearman":
         return _pearson(_ranks(a), _ranks(b))
@@ -126,6 +133,7 @@ class ModelRandomisation:
         if not names:
             raise ConfigError(f"{type(model).__name__} has no layer with parameters to randomise")
         original = self._map(explain(model, x, target))
+        require_finite(original)
         trained = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         randomised = copy.deepcopy(model)
         scores = []
@@ -136,7 +144,12 @@ class ModelRandomisation:
                 torch.manual_seed(self.seed)
                 randomised.get_submodule(name).reset_parameters()  # type: ignore[operator]
             scores.append(similarity(original, self._map(explain(randomised, x, target)), self.kind))
-        return RandomisationResult(tuple(names), torch.stack(scores, dim=1))
+        result = torch.stack(scores, dim=1)  # (N, layers)
+        # a sample whose original explanation is constant (all zero) has nothing to compare: its similarity would
+        # be 0, the best score, for an explainer that ignores the model
+        flat = original.reshape(len(original), -1)
+        constant = (flat == flat[:, :1]).all(dim=1)
+        return RandomisationResult(tuple(names), torch.where(constant[:, None], torch.nan, result))
 
     def _map(self, relevance: Tensor) -> Tensor:
         relevance = relevance.detach()

@@ -2,8 +2,9 @@
 
 Max-sensitivity (Yeh et al. 2019), estimated by Monte-Carlo: draw ``samples`` perturbations ``delta_k`` uniformly
 from the box ``[-radius, radius]^D`` and report, per sample,
-``max_k ||e(x + delta_k) - e(x)||_2 / ||e(x)||_2`` (``relative=True``, as Quantus does by default) or the
-unnormalised ``max_k ||e(x + delta_k) - e(x)||_2``. The target class stays the one explained at ``x``. Lower is
+``max_k ||e(x + delta_k) - e(x)||_2 / ||e(x)||_2`` (``relative=True``, as Quantus does by default; where
+``e(x) = 0`` that is 0 when the explanation stays zero and infinite when it moves) or the unnormalised
+``max_k ||e(x + delta_k) - e(x)||_2``. The target class stays the one explained at ``x``. Lower is
 better. The noise is drawn from a ``torch.Generator`` seeded with ``seed``, in float64, one ``x``-shaped draw per
 sample: ``delta_k = radius * (2 * torch.rand(x.shape) - 1)``, so runs are reproducible and independent of the
 global random state.
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from relprop.errors import ConfigError, boundary
+from relprop.metrics._checks import require_finite
 from relprop.metrics.batch import Batch, ExplainFn
 
 __all__ = ["MaxSensitivity"]
@@ -44,9 +46,10 @@ class MaxSensitivity:
 
     @boundary("relprop.metrics.MaxSensitivity")
     def __post_init__(self) -> None:
-        if self.samples < 1 or not self.radius > 0:
-            raise ConfigError(f"samples must be >= 1 and radius > 0, got {self.samples} and "
-                              f"{self.radius}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1 or not (
+                0 < self.radius < float("inf")):
+            raise ConfigError(f"samples must be an integer >= 1 and radius a finite number > 0, got {self.samples!r} "
+                              f"and {self.radius!r}")
 
     def noise(self, shape: torch.Size) -> list[Tensor]:
         """The ``samples`` perturbations this metric adds, float64 of ``shape`` (the definition, for reference)."""
@@ -60,13 +63,16 @@ class MaxSensitivity:
         if not x.is_floating_point():
             raise ConfigError("it perturbs the input, so x must be a float tensor (embed token ids first)")
         reference = explain(model, x, target).detach().reshape(len(x), -1).double()  # (N, D)
+        require_finite(reference)
         scale = reference.norm(dim=1)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         worst = torch.zeros_like(scale)
         for delta in self.noise(x.shape):
             moved = explain(model, x + delta.to(x), target).detach().reshape(len(x), -1).double()
+            require_finite(moved, "relevance at a perturbed input")
             change = (moved - reference).norm(dim=1)  # (N,)
-            worst = torch.maximum(worst, change / safe if self.relative else change)
+            # relative to a zero explanation: no change is 0, any change is infinitely large
+            relative = torch.where(change > 0, change / scale, torch.zeros_like(change))
+            worst = torch.maximum(worst, relative if self.relative else change)
         return worst
 
     def score(self, batch: Batch) -> Tensor:

@@ -72,9 +72,11 @@ def score(
 
     ``kwargs`` go to the metric's call: ``s_batch`` (a tensor or array: the ground-truth masks of localisation
     metrics), ``explain_func_kwargs`` (the relprop method for metrics that explain again), ``batch_size``...
-    ``explain_func`` defaults to :func:`explain_func`.
+    ``explain_func`` defaults to :func:`explain_func`, and ``channel_first`` to True: relprop's tensors are in the
+    layout the model takes, which Quantus would otherwise guess from the shape (and get wrong for a sequence with
+    more steps than features, or refuse for a square one).
     """
-    arguments: dict[str, Any] = {"explain_func": explain_func, **kwargs}
+    arguments: dict[str, Any] = {"explain_func": explain_func, "channel_first": True, **kwargs}
     if isinstance(arguments.get("s_batch"), Tensor):
         arguments["s_batch"] = arguments["s_batch"].detach().cpu().numpy()
     values = metric(model=model, x_batch=x.detach().cpu().numpy(), y_batch=target.detach().cpu().numpy(),
@@ -93,7 +95,9 @@ class QuantusMetric:
     ``s_batch``. Quantus wants that mask shaped like the input; a block mask ``(N, blocks)``, the ground truth of
     the MAJ data that :class:`~relprop.metrics.BlockCosine` takes, is spread over the input's blocks when
     ``layout`` (``"sequence"`` or ``"image"``, as in :func:`~relprop.metrics.block_relevance`) says how.
-    ``higher_is_better`` is read from the metric's ``score_direction`` when it has one.
+    With ``layout="sequence"`` Quantus sees each sequence ``(steps, features)`` as a one-channel image
+    ``(1, steps, features)`` (it reads axis 1 as channels, and a mask must have one), and the model it calls
+    drops that axis again. ``higher_is_better`` is read from the metric's ``score_direction`` when it has one.
     """
 
     metric: Callable[..., Any]
@@ -106,22 +110,33 @@ class QuantusMetric:
         object.__setattr__(self, "higher_is_better", "lower" not in direction)
 
     def score(self, batch: Batch) -> Tensor:
+        channel = self.layout == "sequence"  # (N, steps, features) goes to Quantus as (N, 1, steps, features)
+
         def again(model: nn.Module, inputs: Any, targets: Any, **_: Any) -> np.ndarray:
+            if isinstance(model, _OneChannel):  # (or a copy of it that Quantus randomised)
+                model, inputs = model.model, np.asarray(inputs)[:, 0]
             x = _as_input(inputs, model)
             target = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=x.device).reshape(-1)
-            return batch.explain(model, x, target).detach().cpu().numpy()
+            relevance = batch.explain(model, x, target).detach().cpu().numpy()
+            return relevance[:, None] if channel else relevance
 
+        if channel and batch.x.dim() != 3:
+            raise ConfigError(f"QuantusMetric(layout='sequence') takes sequences (N, steps, features), got x of "
+                              f"shape {tuple(batch.x.shape)}; for images pass layout='image'")
         extra: dict[str, Any] = {"explain_func": again, **self.kwargs}
         mask = batch.mask
         if mask is not None and "s_batch" not in extra:
             if mask.shape != batch.x.shape and mask.dim() == 2 and self.layout is not None:
                 mask = block_mask(mask, batch.x.shape, layout=self.layout)
-            extra["s_batch"] = mask
+            extra["s_batch"] = mask[:, None] if channel and mask.shape == batch.x.shape else mask
+        model, x, relevance = batch.model, batch.x, batch.relevance
+        if channel:
+            model, x, relevance = _OneChannel(model), x[:, None], relevance[:, None]
         try:
-            return score(self.metric, batch.model, batch.x, batch.target, batch.relevance, **extra)
+            return score(self.metric, model, x, batch.target, relevance, **extra)
         except AssertionError as error:  # Quantus checks the masks of the metrics that read them
             given = extra.get("s_batch")
-            if not isinstance(given, Tensor) or given.shape == batch.x.shape:
+            if not isinstance(given, Tensor) or given.shape == x.shape or "s_batch" not in str(error):
                 raise
             raise ConfigError(
                 f"{type(self.metric).__name__} needs a ground-truth mask shaped like the input {tuple(batch.x.shape)}, "
@@ -130,3 +145,15 @@ class QuantusMetric:
                    "which spreads it over the input's blocks" if given.dim() == 2 else "")
                 + ", or pass s_batch in kwargs"
             ) from error
+
+
+class _OneChannel(nn.Module):
+    """``model`` taking its sequences ``(N, steps, features)`` as one-channel images ``(N, 1, steps, features)``:
+    how :class:`QuantusMetric` shows sequences to Quantus."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x[:, 0])  # type: ignore[no-any-return]

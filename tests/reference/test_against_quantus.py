@@ -210,3 +210,33 @@ def test_quantus_localisation_inside_explain_dataset_with_block_masks() -> None:
     with pytest.raises(relprop.ConfigError, match="layout='sequence'"):
         relprop.explain_dataset(model, batches, method="sensitivity", progress=False,
                                 metrics={"quantus": quantus_adapter.QuantusMetric(mass)})
+
+
+@pytest.mark.parametrize("steps", [3, 12])  # fewer and more steps than features: Quantus must not guess the layout
+def test_quantus_metrics_on_sequences(steps: int) -> None:
+    """MAJ-like sequences (N, steps, features) with block masks: RelevanceMassAccuracy through
+    QuantusMetric(layout='sequence') equals RelevanceInRegion, and PixelFlipping through score() equals relprop's
+    curve (relevance without ties, so both orders are the same)."""
+    torch.manual_seed(0)
+    features = 6
+    model = nn.Sequential(nn.Flatten(), nn.Linear(steps * features, 3)).eval()
+    x, target = torch.randn(N, steps, features), torch.tensor([0, 1, 2, 0, 1, 2])
+    blocks = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 0]])
+    mass = quantus.RelevanceMassAccuracy(abs=False, normalise=False, disable_warnings=True)
+    result = relprop.explain_dataset(model, [(x, target, blocks)], method="sensitivity", progress=False,
+                                     metrics={"quantus": quantus_adapter.QuantusMetric(mass, layout="sequence"),
+                                              "ours": RelevanceInRegion()})
+    assert _report(f"RelevanceMassAccuracy on ({N}, {steps}, {features}) sequences",
+                   result.scores["ours"].numpy(), result.scores["quantus"].numpy()) < 1e-6
+    relevance = relprop.explain(model, x, target, method="gradient_x_input").relevance
+    flips = steps * features // 2
+    metric = quantus.PixelFlipping(features_in_step=2, perturb_baseline=0.0, abs=False, normalise=False,
+                                   disable_warnings=True)
+    theirs = quantus_adapter.score(metric, model, x, target, relevance, softmax=False).numpy()
+    ours = pixel_flipping(model, x, relevance, target, steps=flips, fill=0.0).scores[:, 1:].double().numpy()
+    assert _report(f"pixel flipping on ({N}, {steps}, {features}) sequences", ours, theirs) < 1e-5
+    with pytest.raises(relprop.ConfigError, match="takes sequences"):
+        relprop.explain_dataset(nn.Sequential(nn.Flatten(), nn.Linear(4, 3)).eval(),
+                                [(torch.randn(2, 1, 2, 2), torch.tensor([0, 1]), torch.ones(2, 2))],
+                                method="sensitivity", progress=False,
+                                metrics={"q": quantus_adapter.QuantusMetric(mass, layout="sequence")})

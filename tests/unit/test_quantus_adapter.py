@@ -63,8 +63,9 @@ def test_score_and_dataset_metric_pass_tensors_as_numpy() -> None:
     blocks = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     relprop.explain_dataset(model, [(x, target, blocks)], method="gradient", progress=False,
                             metrics={"fake": QuantusMetric(fake, layout="sequence")})
-    spread = fake.calls[-1]["s_batch"]
-    assert spread.shape == (4, 2, 4) and np.array_equal(spread[:, :, 0], blocks.numpy())
+    spread = fake.calls[-1]["s_batch"]  # Quantus sees one-channel images (N, 1, steps, features)
+    assert spread.shape == (4, 1, 2, 4) and np.array_equal(spread[:, 0, :, 0], blocks.numpy())
+    assert fake.calls[-1]["channel_first"] is True
     # without layout it goes as it is: a metric that does not read it (Sparseness) runs; one that does (Quantus
     # asserts its shape) is tests/reference/test_against_quantus.py's
     relprop.explain_dataset(model, [(x, target, blocks)], method="gradient", metrics={"fake": wrapped},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,8 +113,11 @@ class _Call(nn.Module):
                                 else self._model(z, **kwargs))
         ids = self._tiled(self.ids, batch, repeats)
         seen = []
+        owner = threading.get_ident()
 
-        def replace(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor:
+        def replace(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+            if threading.get_ident() != owner:  # another thread's plain forward pass of the model
+                return None
             embedded = args[0] if args and isinstance(args[0], Tensor) else None
             if embedded is None or embedded.shape != ids.shape or not torch.equal(embedded, ids):
                 raise ExplanationError(

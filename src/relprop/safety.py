@@ -8,11 +8,12 @@ functional-op mode are applied, used and undone there. Two things can break such
   point* (:func:`interruption_point`, called by every rule hook, op dispatch and relay backward) or when the
   outermost region has undone everything. So Ctrl-C still stops a long explanation within one operation, and
   never leaves a change half done.
-- **Other threads.** :func:`model_lock` is a re-entrant lock per model. Every region that changes a model holds
-  its lock from before the first change to after the last undo, and :func:`relprop.explain` (:func:`explaining`)
-  holds it for the whole call, so explanations of one model from several threads run one after the other, each
-  on the unchanged model. Hooks act only for the thread that attached them, so a plain forward pass of the same
-  model in another thread is not affected by them.
+- **Other threads.** :func:`model_lock` is a re-entrant lock per module. Every region that changes a model holds
+  the locks of the model and of every module in it from before the first change to after the last undo, and
+  :func:`relprop.explain` (:func:`explaining`) holds them for the whole call, so explanations of one model (or of
+  two models that share layers) from several threads run one after the other, each on the unchanged model. Hooks
+  act only for the thread that attached them, so a plain forward pass of the same model in another thread is not
+  affected by them.
 
 :func:`explaining` also restores the grad mode, which a Ctrl-C inside ``torch.no_grad()``'s own code can
 otherwise leave switched off.
@@ -56,6 +57,21 @@ def model_lock(model: nn.Module) -> threading.RLock:
     return lock
 
 
+def _tree_locks(model: nn.Module) -> list[threading.RLock]:
+    """The locks a region of ``model`` takes: those of the model and of every module in it, in one global order.
+
+    Two model objects can share modules (``model[:5]``, a wrapper around ``model``), and relprop's rules are
+    installed on the modules: so a region locks each of them, not only the model, and two threads explaining
+    models that share a layer take turns. The order (by ``id``) is the same in every thread, so they never wait on
+    each other in a cycle. Where this thread holds the model's lock already, an outer region holds its modules too.
+    """
+    lock = model_lock(model)
+    if lock._is_owned():  # type: ignore[attr-defined]  # (RLock's own test, in CPython's C and Python versions)
+        return [lock]
+    modules = {id(module): module for module in model.modules()}
+    return [model_lock(modules[key]) for key in sorted(modules)]
+
+
 class _Interrupts:
     """The main thread's Ctrl-C state inside regions: ``mode`` "defer" records an interrupt as ``pending``;
     "raise" (the body of :func:`explaining`) raises it at once and switches to "defer" for the cleanup."""
@@ -96,8 +112,8 @@ class _Region:
         self.outermost = self.previous is not None and self.previous != _MAIN.handler
         self.saved_mode = _MAIN.mode
         self.interruptible = self.outermost or (self.previous is not None and self.saved_mode == "raise")
-        self.lock = None if model is None else model_lock(model)
-        self.acquired = False
+        self.model = model
+        self.acquired: list[threading.RLock] = []
         self.grad_mode = torch.is_grad_enabled() if restore_grad_mode else None
 
     def open(self) -> None:
@@ -107,18 +123,17 @@ class _Region:
             _signal.signal(_signal.SIGINT, _MAIN.handler)  # without signal.signal's enum conversions
         elif self.previous is not None:
             _MAIN.mode = "defer"
-        if self.lock is not None:
-            while not self.acquired:
-                self.acquired = self.lock.acquire(timeout=0.05)
-                if not self.acquired:
+        if self.model is not None:
+            for lock in _tree_locks(self.model):
+                while not lock.acquire(timeout=0.05):
                     interruption_point()
+                self.acquired.append(lock)
 
     def close(self) -> None:
         if self.grad_mode is not None:
             torch.set_grad_enabled(self.grad_mode)
-        if self.acquired and self.lock is not None:
-            self.lock.release()
-            self.acquired = False
+        while self.acquired:
+            self.acquired.pop().release()
         if self.outermost:
             _signal.signal(_signal.SIGINT, self.previous)
             interruption_point()

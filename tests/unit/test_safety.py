@@ -226,3 +226,88 @@ def test_one_model_explained_from_many_threads(case: str) -> None:
     assert all(torch.equal(result, reference) for result in results)
     assert all(torch.equal(output, forward_reference) for output in forwards)
     assert_untouched(model, before)
+
+
+class _Scaled(nn.Module):
+    """A wrapper that shares every layer of the model it wraps (as an input normalisation would)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x * 2.0)  # type: ignore[no-any-return]
+
+
+def _race(explaining: Callable[[], None], serving: Callable[[], None] | None = None) -> None:
+    """Run ``explaining`` in two threads (or once beside ``serving`` looping until it ends); raise their errors."""
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def guarded(work: Callable[[], None], loop: bool) -> None:
+        try:
+            while True:
+                work()
+                if not loop or done.is_set():
+                    return
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            if not loop:
+                done.set()
+
+    threads = [threading.Thread(target=guarded, args=(explaining, False)),
+               threading.Thread(target=guarded, args=(serving, True)) if serving is not None
+               else threading.Thread(target=guarded, args=(explaining, False))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
+def test_two_models_that_share_layers_explained_from_two_threads() -> None:
+    """The rules are installed on the layers, so a lock on each model object was not enough: a model and a wrapper
+    around it explained at once crashed, and could leave relprop's wrappers on the shared layers for good."""
+    model = _cnn()
+    wrapper = _Scaled(model).eval()
+    x = _X["cnn"]
+    before = snapshot(model)
+    references = {id(m): relprop.explain(m, x, 1, method="lrp").relevance for m in (model, wrapper)}
+    turn = iter([model, wrapper])
+    lock = threading.Lock()
+
+    def explaining() -> None:
+        with lock:
+            mine = next(turn)
+        for _ in range(15):
+            assert torch.equal(relprop.explain(mine, x, 1, method="lrp").relevance, references[id(mine)])
+
+    _race(explaining)
+    assert_untouched(model, before)
+
+
+def test_layer_records_and_token_embeddings_ignore_other_threads() -> None:
+    """relprop's recording hooks (layers=) and the hook that feeds an explained embedding act only in the explaining
+    thread: a serving thread's forward passes were recorded as extra calls of the layer (silently stacked into its
+    relevance), and failed with relprop's embedding error."""
+    model, x = _cnn(), _X["cnn"]
+    reference = relprop.explain(model, x, 1, method="lrp", layers=["features.3"])
+    other = torch.randn_like(x)
+
+    def explaining_layers() -> None:
+        for _ in range(30):
+            explanation = relprop.explain(model, x, 1, method="lrp", layers=["features.3"])
+            assert torch.equal(explanation.layers["features.3"], reference.layers["features.3"])
+
+    _race(explaining_layers, lambda: model(other))
+    text = nn.Sequential(nn.Embedding(20, 4), nn.Flatten(), nn.Linear(20, 3)).eval()
+    ids, other_ids = torch.randint(0, 20, (2, 5)), torch.randint(0, 20, (2, 5))
+    with torch.no_grad():
+        served = text(other_ids)
+
+    def serving() -> None:
+        with torch.no_grad():
+            assert torch.equal(text(other_ids), served)
+
+    _race(lambda: [relprop.explain(text, ids, 0, method=m) for m in ("gradient", "lrp") for _ in range(30)], serving)

@@ -9,6 +9,7 @@ the path (integrated gradients: the conductance of Dhamdhere et al. 2018).
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -25,7 +26,13 @@ Records = dict[str, list[Tensor]]
 
 
 def _hooks(name: str, records: Records, at: str) -> Any:
+    """The hook that records layer ``name``'s output (or input) in ``records``, in this thread only: a plain forward
+    pass of the model in another thread is not recorded."""
+    owner = threading.get_ident()
+
     def keep(value: Any, module: nn.Module) -> None:
+        if threading.get_ident() != owner:
+            return
         if not isinstance(value, Tensor):
             raise ExplanationError(
                 f"layer '{name}' ({type(module).__name__}) has {at} of type {type(value).__name__}; relevance at a "

@@ -242,7 +242,8 @@ def explain(
     takes them) or None (the argmax); a (batch, k) LongTensor (or nested list) or ``"all"`` explains k classes per
     sample in one pass (relevance (batch, k, ...)). ``seed`` replaces the target by what the backward pass starts
     from (:class:`~relprop.methods._common.OutputSeed`): a tensor shaped like the output, or a function of the
-    output such as ``lambda out: out[:, 3] - out[:, 5]``. ``options`` go to the method, e.g.
+    output such as ``lambda out: out[:, 3] - out[:, 5]``; an integer ``seed`` is a random seed instead, of a
+    method that draws at random (SmoothGrad's noise). ``options`` go to the method, e.g.
     ``preset="epsilon_plus_flat"`` for ``method="lrp"``, ``steps=64`` for integrated gradients,
     ``layers=["features.10"]`` (LRP, gradient x input, IG) for the relevance at those modules' outputs
     (``layer_at="input"``: inputs) in ``Explanation.layers``. Integer ``x``
@@ -267,6 +268,14 @@ def explain(
     classes: int | str | Tensor | None = as_target_value(target)  # a list or array as a tensor, a numpy int as int
     call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     spec = METHODS[method]
+    if isinstance(seed, int) and not isinstance(seed, bool):  # a method's random seed (SmoothGrad's noise draws)
+        if spec.options is not None and "seed" not in spec.options:
+            raise ConfigError(f"seed= takes an output seed (a tensor shaped like the output, or a function of it); "
+                              f"an integer is a random seed, and method '{method}' draws nothing at random")
+        options, seed = {**options, "seed": seed}, None
+    elif seed is not None and not (isinstance(seed, Tensor) or callable(seed)):
+        raise ConfigError(f"seed= takes an output seed: a tensor shaped like the output or a function of it (or, for "
+                          f"a method that draws at random, an integer); got {type(seed).__name__}")
     checked = False  # scores and relevance read finite already (then so are the weights checked after the run)
     try:
         own = _own_scores(spec, model, x, classes, seed, options)
@@ -322,8 +331,7 @@ def _own_scores(
         except RelpropError:
             raise
         except (RuntimeError, IndexError, TypeError, ValueError):
-            with _wrapped_errors(model, x), torch.no_grad():
-                forward(inputs)  # fails too: the input does not fit the model (an ExplanationError naming it)
+            _plain_pass(forward, inputs, model, x)  # fails too where the input does not fit the model (named)
             raise
         if result.output is None:
             return None
@@ -351,9 +359,24 @@ def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: boo
 def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
     """(the module to explain, its float input, the model's scores): token ids run through the embedding."""
     forward, inputs = _forward_module(model, x, call)
-    with _wrapped_errors(model, x), torch.no_grad():
-        scores = forward(inputs)
-        if not isinstance(scores, Tensor):
-            forward = _Call(model)  # a model output such as a Hugging Face ModelOutput: select its logits
-            scores = forward(inputs)
+    scores = _plain_pass(forward, inputs, model, x)
+    if not isinstance(scores, Tensor):
+        forward = _Call(model)  # a model output such as a Hugging Face ModelOutput: select its logits
+        scores = _plain_pass(forward, inputs, model, x)
     return forward, inputs, scores
+
+
+def _plain_pass(forward: nn.Module, inputs: Tensor, model: nn.Module, x: Tensor) -> Any:
+    """``forward(inputs)`` without gradients, on a copy: a model that writes into its input (an in-place op on it,
+    such as ``nn.ReLU(inplace=True)`` first or ``x.sub_(mean)``) changes the copy, not the caller's tensor, and is
+    refused, since the methods' own passes would see a changed input (or fail on autograd's in-place check)."""
+    probe = inputs.clone()
+    with _wrapped_errors(model, x), torch.no_grad():
+        output = forward(probe)
+    if probe._version != 0:
+        raise ExplanationError(
+            f"{type(model).__name__} changes its input in place (an in-place op such as nn.ReLU(inplace=True) or "
+            "x.sub_(mean) on the tensor it is given): the explanation would see a changed input. Make that op "
+            "out of place (inplace=False, x = x - mean) or pass the model a copy in its forward (x = x.clone())"
+        )
+    return output

@@ -416,6 +416,38 @@ def test_inplace_relu_equals_non_inplace(method: str, options: dict[str, object]
     assert plain.relevance.abs().max() > 0
 
 
+class _Doubling(nn.Module):
+    """Writes into the tensor it is given (an input normalisation done in place)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x.mul_(2.0))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("method", ["gradient", "gradient_x_input", "integrated_gradients", "smoothgrad",
+                                    "guided_backprop", "occlusion"])
+@pytest.mark.parametrize("writer", ["relu_inplace", "mul_"])
+def test_a_model_that_writes_into_its_input_is_refused_and_the_input_kept(method: str, writer: str) -> None:
+    """Such a model changed the caller's x (up to x 4), occlusion explained the changed input without an error, and
+    the gradient methods failed with autograd's in-place error. LRP runs every ruled module on copies: it works."""
+    torch.manual_seed(0)
+    model = (nn.Sequential(nn.ReLU(inplace=True), nn.Linear(4, 3)) if writer == "relu_inplace" else _Doubling())
+    model = model.double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    kept = x.clone()
+    options = {"sliding_window_shapes": (1,)} if method == "occlusion" else {}
+    with pytest.raises(ExplanationError, match="changes its input in place"):
+        relprop.explain(model, x, 0, method=method, **options)
+    assert torch.equal(x, kept)
+    if writer == "relu_inplace":  # the same model with the ReLU out of place: LRP agrees
+        expected = relprop.explain(nn.Sequential(nn.ReLU(), model[1]).eval(), x, 0, method="lrp").relevance
+        assert torch.equal(relprop.explain(model, x, 0, method="lrp").relevance, expected)
+        assert torch.equal(x, kept)
+
+
 # ---------------------------------------------------------------- the scores of the explained forward pass
 
 
@@ -462,3 +494,20 @@ def test_scores_from_a_plain_forward_pass_where_the_explained_one_differs() -> N
         overflow[2].weight.fill_(1.0)
     explanation = relprop.explain(overflow, torch.tensor([[2e38]]), 0, method="lrp")
     assert torch.equal(explanation.output, torch.tensor([[float("inf")]]))
+
+
+def test_an_integer_seed_is_smoothgrads_noise_seed() -> None:
+    """README lists seed among SmoothGrad's options, but explain's output seed took it: with a target it was
+    refused, without one it failed with a TypeError ('int' object is not callable)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    default = relprop.explain(model, x, 1, method="smoothgrad").relevance  # seed 0
+    assert torch.equal(relprop.explain(model, x, 1, method="smoothgrad", seed=0).relevance, default)
+    assert torch.equal(relprop.explain(model, x, method="smoothgrad", seed=0).relevance,
+                       relprop.explain(model, x, method="smoothgrad").relevance)
+    assert not torch.equal(relprop.explain(model, x, 1, method="smoothgrad", seed=3).relevance, default)
+    with pytest.raises(ConfigError, match="method 'gradient' draws nothing at random"):
+        relprop.explain(model, x, 1, method="gradient", seed=3)
+    with pytest.raises(ConfigError, match="got str"):
+        relprop.explain(model, x, method="gradient", seed="3")

@@ -418,6 +418,14 @@ def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
         function = getattr(getattr(value, "grad_fn", None), "_forward_cls", None)  # set on custom Functions' nodes
         if function is not None and function not in (_Relay, _Route) and not getattr(
                 function, "carries_relevance", False):  # e.g. relprop.rules.recurrent.FusedRecurrent
+            if function.__qualname__ == "BackwardHookFunction":  # torch's wrapper of a module's full backward hook
+                raise ExplanationError(
+                    f"{_describe(site) if isinstance(site, str) else 'the input of ' + _describe(site)} passes "
+                    "through a module's full backward hook (register_full_backward_hook or "
+                    "register_full_backward_pre_hook), which would see relevance as a gradient and whose wrapper "
+                    "carries a plain gradient; remove the backward hooks while explaining with rules (the gradient "
+                    "methods run them)"
+                )
             raise ExplanationError(
                 f"{_describe(site) if isinstance(site, str) else 'the input of ' + _describe(site)} comes from the "
                 "custom autograd.Function "

@@ -44,6 +44,26 @@ BACKWARD_METHODS = frozenset({"lrp", "gradient", "sensitivity", "gradient_x_inpu
                               "smoothgrad", "guided_backprop", "deconvnet"})
 
 
+# the methods whose backward pass carries what their rules compute, not a gradient
+RULE_METHODS = frozenset({"lrp", "guided_backprop", "deconvnet"})
+
+
+def _no_backward_hooks(modules: list[tuple[str, nn.Module]]) -> None:
+    """Refuse a model with backward hooks on its modules under a rule method: a hook would see relevance (or a
+    guided signal) as a gradient, and torch's wrapper around a full backward hook carries a plain gradient."""
+    hooked = [name or "(the model)" for name, module in modules if module._backward_hooks or module._backward_pre_hooks]
+    hooks = torch.nn.modules.module
+    if hooks._global_backward_hooks or hooks._global_backward_pre_hooks:  # register_module_full_backward_hook
+        hooked.insert(0, "(every module: a global hook)")
+    if hooked:
+        raise ExplanationError(
+            f"modules {hooked[:5]}{' ...' if len(hooked) > 5 else ''} have backward hooks (register_full_backward_hook "
+            "and the like), which the rules' backward pass would run on relevance as if it were a gradient; remove "
+            "them while explaining (keep the handle that registering returns: handle.remove()); the gradient "
+            "methods run them"
+        )
+
+
 def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[str, Any]) -> nn.Module:
     """Check everything :func:`relprop.explain` is given; returns the module to explain.
 
@@ -64,6 +84,8 @@ def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[s
         _no_meta_tensors(tensors, x)
     if training:
         _eval_mode(model, modules)
+    if method in RULE_METHODS:
+        _no_backward_hooks(modules)
     _finite_parameters(model, before)
     _options(method, options, x)
     return model

@@ -328,3 +328,29 @@ def test_a_torch_recurrent_cell_is_refused_pointing_to_relprops_cells(kind: str)
 
     with pytest.raises(ExplanationError, match=rf"fused step of nn.{kind}.*relprop.models' cells"):
         relprop.explain(_Step().eval(), torch.randn(2, 4), 0)
+
+
+def test_backward_hooks_are_refused_by_the_rule_methods_and_named() -> None:
+    """A user's full backward hook (a gradient logger) made LRP refuse with a message about a custom
+    autograd.Function at '__get__'; the rule methods now name the hooked modules, and the gradient methods run it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
+    x = torch.randn(2, 4)
+    calls = []
+    handle = model[2].register_full_backward_hook(lambda module, grad_in, grad_out: calls.append(1))
+    try:
+        for method in ("lrp", "guided_backprop", "deconvnet"):
+            with pytest.raises(ExplanationError, match=r"modules \['2'\] have backward hooks"):
+                relprop.explain(model, x, 0, method=method)
+        assert not calls
+        relprop.explain(model, x, 0, method="gradient")
+        assert calls == [1]
+    finally:
+        handle.remove()
+    handle = nn.modules.module.register_module_full_backward_hook(lambda module, grad_in, grad_out: None)
+    try:
+        with pytest.raises(ExplanationError, match="every module: a global hook"):
+            relprop.explain(model, x, 0, method="lrp")
+    finally:
+        handle.remove()
+    relprop.explain(model, x, 0, method="lrp")

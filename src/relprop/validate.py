@@ -217,8 +217,8 @@ def _eval_mode(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> None:
     if training:
         kinds = sorted({type(m).__name__ for _, m in modules if m.training})
         raise ExplanationError(
-            f"{type(model).__name__} has {len(training)} modules in training mode ({_names(training)}) of types "
-            f"{_names(kinds)}: dropout would randomise the explanation and batch norm would update its statistics; "
+            f"{type(model).__name__} has {len(training)} module{'s' if len(training) > 1 else ''} in training mode "
+            f"({_names(training)}) of type{'s' if len(kinds) > 1 else ''} {_names(kinds)}: dropout would randomise the explanation and batch norm would update its statistics; "
             "call model.eval() (it sets every sub-module)"
         )
 

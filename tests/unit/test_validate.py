@@ -29,8 +29,14 @@ def test_a_submodule_in_training_mode_is_refused_before_the_model_runs() -> None
     model[1].train()
     statistics = (model[1].running_mean.clone(), model[1].running_var.clone(), model[1].num_batches_tracked.clone())
     for method in ("lrp", "gradient", "integrated_gradients"):
-        with pytest.raises(ExplanationError, match=r"training mode \(1\) of types BatchNorm2d.*model\.eval\(\)"):
+        with pytest.raises(ExplanationError, match=r"has 1 module in training mode \(1\) of type BatchNorm2d.*"
+                                                   r"model\.eval\(\)"):
             relprop.explain(model, _x(), method=method)
+    wrapper = nn.DataParallel(model.eval())  # a wrapper made after eval() is itself in training mode
+    with pytest.raises(ExplanationError, match=r"DataParallel has 1 module in training mode \(DataParallel\) of "
+                                               r"type DataParallel"):
+        relprop.explain(wrapper, _x())
+    relprop.explain(wrapper.eval(), _x())
     assert all(torch.equal(a, b) for a, b in zip(statistics, (model[1].running_mean, model[1].running_var,
                                                              model[1].num_batches_tracked)))
 

@@ -127,13 +127,22 @@ class _Call(nn.Module):
             seen.append(True)
             return z.reshape(output.shape)
 
-        handle = self._embedding.register_forward_hook(replace)
+        # the embedding and those that share its weight: a model may embed through a copy of the module that
+        # get_input_embeddings() returns (T5's encoder calls embed_tokens, tied to shared)
+        weight = getattr(self._embedding, "weight", None)
+        embeddings = [self._embedding, *(m for m in self._model.modules() if m is not self._embedding and
+                                          isinstance(m, nn.Embedding) and weight is not None and m.weight is weight)]
+        handles = [embedding.register_forward_hook(replace) for embedding in embeddings]
         try:
             result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name else self._model(ids, **kwargs)
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
         if not seen:
-            raise ExplanationError("the model's token embedding was not called on the input ids")
+            raise ExplanationError(
+                f"the model's token embedding ({type(self._embedding).__name__}, or one sharing its weight) was not "
+                "called on the input ids; pass the embedded sequence instead: x = the embeddings, with "
+                "input_name='inputs_embeds' for a Hugging Face model")
         return self._select(result)
 
     def _select(self, result: Any) -> Tensor:
@@ -297,6 +306,7 @@ def explain(
         raise
     if not checked:
         validate.finite_weights(model, (scores, result.relevance))
+        validate.finite_results(scores, targets, result.relevance)
     details, relevance = dict(result.details), result.relevance
     if not x.is_floating_point():
         details["embedding_relevance"] = relevance

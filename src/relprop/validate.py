@@ -170,6 +170,32 @@ def finite_weights(model: nn.Module, results: Sequence[Tensor] = ()) -> None:
     _finite_parameters(model, _read(named_modules(model), backward=False)[0])
 
 
+def finite_results(scores: Tensor, targets: Tensor, relevance: Tensor) -> None:
+    """After :func:`finite_weights` found the weights finite: raise an ExplanationError naming the samples whose
+    explained scores (the model's own output at ``targets``, (batch,) or (batch, k); -1 for a seed, whose start the
+    relevance check covers) or relevance hold NaN or infinite values, instead of returning them. Other classes'
+    scores may be infinite (a logit masked with -inf)."""
+    advice = {
+        "scores": "(a plain forward pass gives them too): there is nothing to explain; check those inputs (the "
+                  "float64 attention masks of some Hugging Face models give a padded sample NaN logits: use "
+                  "float32 there)",
+        "relevance": "though the explained scores are finite (an overflow in float16?); explain in float32 or "
+                     "float64, or report it as a bug",
+    }
+    explained = None
+    if scores.dim() == 2 and targets.numel() and bool((targets >= 0).all()):
+        explained = scores.detach().gather(1, targets.reshape(len(scores), -1).to(scores.device))
+    for name, values in (("scores", explained), ("relevance", relevance)):
+        if values is None or not (values.is_floating_point() or values.is_complex()) or values.numel() == 0 \
+                or finite_sum(values):
+            continue
+        bad = (~torch.isfinite(values.detach())).reshape(len(values), -1).any(1).nonzero().flatten().tolist()
+        if bad:
+            what = "the model's explained output" if name == "scores" else "the relevance"
+            listed = f"{bad[:_LIMIT]}{' ...' if len(bad) > _LIMIT else ''}"
+            raise ExplanationError(f"{what} holds NaN or infinite values for samples {listed} {advice[name]}")
+
+
 def _names(names: list[str]) -> str:
     return ", ".join(names[:_LIMIT]) + (f" and {len(names) - _LIMIT} more" if len(names) > _LIMIT else "")
 
@@ -218,8 +244,9 @@ def _eval_mode(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> None:
         kinds = sorted({type(m).__name__ for _, m in modules if m.training})
         raise ExplanationError(
             f"{type(model).__name__} has {len(training)} module{'s' if len(training) > 1 else ''} in training mode "
-            f"({_names(training)}) of type{'s' if len(kinds) > 1 else ''} {_names(kinds)}: dropout would randomise the explanation and batch norm would update its statistics; "
-            "call model.eval() (it sets every sub-module)"
+            f"({_names(training)}) of type{'s' if len(kinds) > 1 else ''} {_names(kinds)}: dropout would randomise "
+            "the explanation and batch norm would update its statistics; call model.eval() (it sets every "
+            "sub-module)"
         )
 
 

@@ -475,6 +475,17 @@ def test_bad_target_for_lrp(mlp, x, target: object, pattern: str) -> None:
         relprop.explain(mlp, x, target, method="lrp")
 
 
+class _Masked(nn.Module):
+    """A class masked out with a score of -inf (as constrained decoding does): the other scores can be explained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.cat([self.linear(x), torch.full((len(x), 1), -float("inf"))], 1)
+
+
 def test_scores_from_a_plain_forward_pass_where_the_explained_one_differs() -> None:
     """A canonizer that rewrites the model (a stock LSTM as explicit cells) rounds differently, and a relayed
     identity turns an overflow (inf) into NaN: there the scores come from a plain forward pass, as the model gives
@@ -492,8 +503,11 @@ def test_scores_from_a_plain_forward_pass_where_the_explained_one_differs() -> N
     with torch.no_grad():
         overflow[0].weight.fill_(2.0)
         overflow[2].weight.fill_(1.0)
-    explanation = relprop.explain(overflow, torch.tensor([[2e38]]), 0, method="lrp")
-    assert torch.equal(explanation.output, torch.tensor([[float("inf")]]))
+    with pytest.raises(ExplanationError, match=r"model's explained output holds NaN or infinite values for "
+                                               r"samples \[0\] \(a plain forward pass gives them too\)"):
+        relprop.explain(overflow, torch.tensor([[2e38]]), 0, method="lrp")  # (it was returned as inf)
+    explanation = relprop.explain(_Masked().eval(), torch.randn(2, 2), 0, method="gradient")
+    assert torch.isfinite(explanation.relevance).all() and torch.isinf(explanation.output[:, 2]).all()
 
 
 def test_an_integer_seed_is_smoothgrads_noise_seed() -> None:

@@ -72,6 +72,27 @@ def test_inputs_embeds_by_keyword_equals_token_ids() -> None:
     assert torch.allclose(by_embeds.relevance, by_ids.details["embedding_relevance"], rtol=1e-10, atol=1e-14)
 
 
+def test_token_ids_reach_an_embedding_tied_to_the_input_embeddings() -> None:
+    """T5's get_input_embeddings() is `shared`, but its encoder embeds through `embed_tokens`, another module with
+    the same weight: token ids failed ("not called on the input ids"); they now equal the inputs_embeds path."""
+    torch.manual_seed(0)
+    config = transformers.T5Config(vocab_size=40, d_model=16, d_kv=8, d_ff=32, num_layers=2, num_heads=2,
+                                   feed_forward_proj="gated-gelu")
+    model = transformers.T5EncoderModel(config).double().eval()
+    assert model.get_input_embeddings() is not model.encoder.embed_tokens
+    ids = torch.randint(3, 40, (2, 6), generator=torch.Generator().manual_seed(1))
+
+    def output(out: object) -> torch.Tensor:
+        return out.last_hidden_state[:, 0, :4]  # type: ignore[attr-defined, no-any-return]
+
+    by_ids = relprop.explain(model, ids, 0, method="lrp", preset="cp_lrp", output=output, **OPTIONS)
+    embeds = model.get_input_embeddings()(ids).detach()
+    by_embeds = relprop.explain(model, embeds, 0, method="lrp", preset="cp_lrp", output=output,
+                                input_name="inputs_embeds", **OPTIONS)
+    assert torch.equal(by_embeds.relevance, by_ids.details["embedding_relevance"])
+    assert by_ids.relevance.abs().sum() > 0
+
+
 def _vision() -> dict[str, Callable[[], nn.Module]]:
     tv = torchvision.models
     return {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Any
 
@@ -525,3 +526,13 @@ def test_an_integer_seed_is_smoothgrads_noise_seed() -> None:
         relprop.explain(model, x, 1, method="gradient", seed=3)
     with pytest.raises(ConfigError, match="got str"):
         relprop.explain(model, x, method="gradient", seed="3")
+
+
+@pytest.mark.parametrize(("shape", "advice"), [((2, 5, 7), "out.logits[:, -1]"), ((2, 3, 4, 4), "out.mean((2, 3))"),
+                                               ((2,), "out.unsqueeze(1)")])
+def test_scores_of_another_shape_get_advice_for_that_shape(shape: tuple[int, ...], advice: str) -> None:
+    """A language model's (batch, positions, vocabulary) logits are told how to pick the next-token scores."""
+    model = (nn.Sequential(nn.Linear(4, 1), nn.Flatten(0)) if len(shape) == 1 else
+             nn.Sequential(nn.Linear(4, math.prod(shape[1:])), nn.Unflatten(1, shape[1:])))
+    with pytest.raises(ExplanationError, match=re.escape(advice)):
+        relprop.explain(model.eval(), torch.randn(2, 4), method="gradient")

@@ -45,6 +45,9 @@ def scores_error(output: Tensor) -> ExplanationError:
     shape = tuple(output.shape)
     if output.dim() == 1:
         advice = "for one score per sample pass output=lambda out: out.unsqueeze(1) (and target=0)"
+    elif output.dim() == 3:  # (batch, positions, vocabulary or features): a language model's logits
+        advice = ("pass output= to reduce it to (batch, classes), e.g. output=lambda out: out.logits[:, -1] for a "
+                  "language model's next-token logits (out[:, -1] for a tensor), or out.flatten(1) for every element")
     elif output.dim() > 2:
         advice = ("pass output= to reduce it to (batch, classes), e.g. output=lambda out: out.flatten(1) for every "
                   "element, or out.mean((2, 3)) for a per-pixel map")

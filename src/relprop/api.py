@@ -377,13 +377,14 @@ def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Mod
 
 
 def _plain_pass(forward: nn.Module, inputs: Tensor, model: nn.Module, x: Tensor) -> Any:
-    """``forward(inputs)`` without gradients, on a copy: a model that writes into its input (an in-place op on it,
-    such as ``nn.ReLU(inplace=True)`` first or ``x.sub_(mean)``) changes the copy, not the caller's tensor, and is
-    refused, since the methods' own passes would see a changed input (or fail on autograd's in-place check)."""
-    probe = inputs.clone()
+    """``forward(inputs)`` without gradients; on a copy where ``inputs`` is the caller's ``x``: a model that writes
+    into its input (an in-place op on it, such as ``nn.ReLU(inplace=True)`` first or ``x.sub_(mean)``) changes the
+    copy, not the caller's tensor, and is refused, since the methods' own passes would see a changed input (or fail
+    on autograd's in-place check). (Token ids are the caller's: the embedded input is relprop's own.)"""
+    probe = inputs.clone() if inputs is x else inputs
     with _wrapped_errors(model, x), torch.no_grad():
         output = forward(probe)
-    if probe._version != 0:
+    if probe is not inputs and probe._version != 0:
         raise ExplanationError(
             f"{type(model).__name__} changes its input in place (an in-place op such as nn.ReLU(inplace=True) or "
             "x.sub_(mean) on the tensor it is given): the explanation would see a changed input. Make that op "

@@ -202,14 +202,16 @@ def smoothgrad(
     """SmoothGrad: the gradient averaged over noisy copies of x (Smilkov et al. 2017).
 
     The noise is Gaussian with standard deviation ``noise * (max(x_i) - min(x_i))`` per sample; ``seed`` makes
-    it reproducible. Every sample of a batch gets the same noise draws (scaled to its own range), so a sample's
-    result does not depend on the rest of the batch. ``noise=0`` gives the plain gradient.
+    it reproducible, with the same draws in every dtype (made in float64). Every sample of a batch gets the same
+    noise draws (scaled to its own range), so a sample's result does not depend on the rest of the batch.
+    ``noise=0`` gives the plain gradient.
     """
     if samples < 1:
         raise ConfigError(f"smoothgrad needs samples >= 1, got {samples}")
     span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).reshape(-1, *(1,) * (x.dim() - 1))  # (batch, 1, ...)
     generator = torch.Generator(device=x.device).manual_seed(seed)
-    eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, device=x.device, dtype=x.dtype)
+    eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, device=x.device,  # drawn in float64: the same
+                      dtype=torch.float64).to(x.dtype)  # noise in every dtype (float32 and float64 results agree)
     noisy = (x + noise * span * eps).reshape(samples * x.shape[0], *x.shape[1:])  # step-major like IG
     if is_several(target):  # (batch, k, ...) from one forward pass over the noisy copies
         assert isinstance(target, Tensor)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from . import ops, rules
@@ -28,6 +29,7 @@ from .core import (
     named_modules,
     ops_by_name,
     root_module,
+    script_module_error,
     sequential_plan,
     structure,
 )
@@ -254,6 +256,8 @@ class RuleMap:
         matched: set[str] = set()
         module: nn.Module
         for name, module in named_modules(model):
+            if isinstance(module, torch.jit.ScriptModule):
+                raise script_module_error(name or type(model).__name__)
             rule = next((r for s, r in self.entries if isinstance(s, str) and _matches(s, name, module)), None)
             matched |= {s for s in patterns if _matches(s, name, module)}
             if rule is None and self.first is not None and not first_done and isinstance(module, self.first_types):

@@ -490,6 +490,8 @@ class _Attachment:
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
         self.inplace = _works_in_place(module)  # read once per attachment, not per call
+        # a Linear/ConvNd subclass with a forward of its own, under a rule that computes with its weight: checked
+        self.stock = _stock_layer(module) if getattr(rule, "reads_weights", False) else None
         # a z-rule whose relevance is x * J^T (R / d(z)) with z the module's own output: autograd's form (_carry)
         denominator = getattr(rule, "output_denominator", None)
         self.denominator: Callable[[Tensor], Tensor] | None = (
@@ -615,6 +617,8 @@ class _Attachment:
         module = self.module
         if not isinstance(output, Tensor):
             raise _not_a_tensor(self.name, module, self.rule, output)
+        if self.stock is not None:
+            _check_stock_layer(self.name, module, self.stock, original_args, output)
         if carried:
             assert self.denominator is not None
             _foreign_function(module, original_args)
@@ -626,6 +630,50 @@ class _Attachment:
         if self.merges:
             setattr(result, _PRODUCER, (self.rule, module, original_args[0]))
         return result
+
+
+def _stock_layer(module: nn.Module) -> type[nn.Module] | None:
+    """The stock class (``nn.Linear``, ``nn.ConvNd``) of a subclass with a ``forward`` of its own (and no
+    ``relprop_affine()``): the z-rules compute with ``module.weight`` and that class's map, which need not be what
+    the subclass computes (weight standardisation, "same" padding computed per call). None otherwise."""
+    if not isinstance(module, _LAYERS) or has_relprop_affine(module) or type(module).__module__.startswith("relprop."):
+        return None
+    base: type[nn.Module] = next(c for c in type(module).__mro__ if c in _LAYERS)
+    return None if type(module).forward is base.forward else base
+
+
+def _check_stock_layer(name: str, module: nn.Module, base: type[nn.Module], args: tuple[Any, ...],
+                       output: Tensor) -> None:
+    """Raise unless ``module``'s output equals its stock class's map of its weight on the same input (timm's
+    ``Linear``, which only adds TorchScript typing, passes; ``StdConv2d`` and ``Conv2dSame`` do not)."""
+    with torch.no_grad():
+        try:
+            expected = base.forward(module, *(a.detach() if isinstance(a, Tensor) else a for a in args))
+        except (RuntimeError, ValueError, TypeError):
+            expected = None
+        value = output.detach()
+        scale = float(value.abs().max()) if value.numel() else 0.0
+        tolerance = 1e-3 if value.element_size() < 4 else 1e-5
+        same = expected is not None and expected.shape == value.shape and bool(
+            torch.allclose(expected, value, rtol=tolerance, atol=tolerance * scale))
+    if not same:
+        raise ExplanationError(
+            f"module '{name}' ({type(module).__name__}) is an nn.{base.__name__} whose own forward computes something "
+            f"else than nn.{base.__name__}'s map of its weight (weight standardisation, padding computed per call, "
+            "...), and the rule would explain that map; replace it by an nn."
+            f"{base.__name__} holding the weight and padding its forward uses (fixed in eval mode), or give it a "
+            "rule of your own by name"
+        )
+
+
+def script_module_error(name: str) -> ExplanationError:
+    """The refusal of a TorchScript module under a method with rules: it takes no hooks and no instance ``forward``,
+    and the op guard cannot see the operations inside it."""
+    return ExplanationError(
+        f"module '{name}' is a TorchScript module (torch.jit.script): relprop can neither attach rules to it nor see "
+        "the operations inside it, so their relevance would be lost or pass as a gradient; explain the original "
+        "Python module (script it after explaining)"
+    )
 
 
 def _off_path(guard: FunctionalGuard | None, args: tuple[Any, ...], output: Any) -> Any:
@@ -807,6 +855,9 @@ class SequentialPlan:
                         return None
                     if not isinstance(output, Tensor):
                         raise _not_a_tensor(name, module, rule, output)
+                    base = _stock_layer(module) if getattr(rule, "reads_weights", False) else None
+                    if base is not None:  # as the other path checks it (_Attachment._post)
+                        _check_stock_layer(name, module, base, (hidden,), output)
                     route = getattr(rule, "route", None)
                     if route is not None and route(module, (hidden,), output) == 0:
                         rule = None  # relevance passes unchanged

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import relprop
-from relprop.errors import ConfigError
+from relprop.errors import ConfigError, ExplanationError
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 
 
@@ -116,3 +116,22 @@ def test_lrp_layers_see_the_ruled_output_not_the_model_changed(make_mlp, randn) 
     relprop.explain(model, x, layers=["2"])
     assert before == {name: len(m._forward_hooks) + len(m._forward_pre_hooks) for name, m in model.named_modules()}
     assert isinstance(model[2], nn.Linear)
+
+
+def test_a_layer_merged_with_its_batch_norm_is_refused_and_the_batch_norm_answers() -> None:
+    """Under the LRP presets a conv that feeds a batch norm is explained with it as one map, so nothing passes its
+    own output: layers=["0"] came back all zeros (materialised), with a conservation gap of -f(x) and no error."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 6 * 6, 3, bias=False)).double().eval()
+    nn.init.zeros_(model[1].bias)
+    model[1].running_mean.uniform_(-1, 1)
+    model[1].running_var.uniform_(0.5, 2)
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    for layers, at in ((["0"], "output"), (["1"], "input")):
+        with pytest.raises(ExplanationError, match="layer '[01]' receives nothing in the backward pass.*batch norm's"):
+            relprop.explain(model, x, 0, method="lrp", preset="epsilon", layers=layers, layer_at=at)
+    explanation = relprop.explain(model, x, 0, method="lrp", preset="epsilon", epsilon=1e-12, layers=["1"])
+    torch.testing.assert_close(explanation.layers["1"].flatten(1).sum(1), explanation.score, rtol=1e-9, atol=0)
+    gradient = relprop.explain(model, x, 0, method="gradient_x_input", layers=["0"])  # no merge: on the path
+    assert gradient.layers["0"].abs().sum() > 0

@@ -292,13 +292,13 @@ def test_layer_records_and_token_embeddings_ignore_other_threads() -> None:
     thread: a serving thread's forward passes were recorded as extra calls of the layer (silently stacked into its
     relevance), and failed with relprop's embedding error."""
     model, x = _cnn(), _X["cnn"]
-    reference = relprop.explain(model, x, 1, method="lrp", layers=["features.3"])
+    reference = relprop.explain(model, x, 1, method="lrp", layers=["features.4"])
     other = torch.randn_like(x)
 
     def explaining_layers() -> None:
         for _ in range(30):
-            explanation = relprop.explain(model, x, 1, method="lrp", layers=["features.3"])
-            assert torch.equal(explanation.layers["features.3"], reference.layers["features.3"])
+            explanation = relprop.explain(model, x, 1, method="lrp", layers=["features.4"])
+            assert torch.equal(explanation.layers["features.4"], reference.layers["features.4"])
 
     _race(explaining_layers, lambda: model(other))
     text = nn.Sequential(nn.Embedding(20, 4), nn.Flatten(), nn.Linear(20, 3)).eval()

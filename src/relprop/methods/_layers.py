@@ -96,11 +96,20 @@ def backward(
         if at_x is None:
             raise no_path_error()
         return at_x, {name: [] for name in records}
-    at_x, *flat = torch.autograd.grad(output, [x, *recorded], start, allow_unused=True, materialize_grads=True,
-                                      retain_graph=retain_graph)
+    at_x, *flat = torch.autograd.grad(output, [x, *recorded], start, allow_unused=True, retain_graph=retain_graph)
+    if at_x is None:
+        raise no_path_error()
     grads: Records = {}
     for name, values in records.items():
-        grads[name], flat = flat[:len(values)], flat[len(values):]
+        got, flat = flat[:len(values)], flat[len(values):]
+        if all(value is None for value in got):  # not one call of the layer is on the way back: no value, not 0
+            raise ExplanationError(
+                f"layer '{name}' receives nothing in the backward pass: its output is not on the way from the "
+                "explained output to the input. Under the LRP presets a convolution or linear layer that feeds a "
+                "batch norm is explained together with it, as one map: ask for the batch norm's output instead "
+                "(e.g. 'bn1' for 'conv1')"
+            )
+        grads[name] = [torch.zeros_like(value) if grad is None else grad for grad, value in zip(got, values)]
     return at_x, grads
 
 

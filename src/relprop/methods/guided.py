@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..core import FunctionalGuard, Site, attach_rules, mark_path, root_module
+from ..core import FunctionalGuard, Site, attach_rules, mark_path, root_module, script_module_error
 from ..errors import ExplanationError
 from ..ops import OpCall
 from ..rules.elementwise import vjp
@@ -65,6 +65,9 @@ def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed,
                 "which the fused kernel hides; build the model with relprop.models.Recurrent or apply "
                 "relprop.canonizers.ExplicitRecurrent, or use gates='gradient'"
             )
+    scripted = next((name for name, m in root.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:  # its ReLUs would keep their gradient, unseen
+        raise script_module_error(scripted or type(root).__name__)
     modules = [(name, m, rule) for name, m in root.named_modules() if isinstance(m, kinds)]
     guard = FunctionalGuard({ops.ACTIVATION: rule}, strict=False)  # every other op keeps its own gradient
     x = mark_path(x.detach().requires_grad_())

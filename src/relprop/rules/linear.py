@@ -41,6 +41,8 @@ class ZRule:
     uniform_inputs: ClassVar[bool] = False
     # a batch norm that a layer with this rule feeds is explained with the layer, as one affine map
     merges_batch_norm: ClassVar[bool] = True
+    # computes with the layer's weight and its stock map (a subclass's own forward is checked against it)
+    reads_weights: ClassVar[bool] = True
 
     def inputs(self, x: Tensor) -> Tensor:
         return x

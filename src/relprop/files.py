@@ -59,7 +59,11 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[IO[bytes]
             if isinstance(data, bytes):
                 file.write(data)
             else:
-                data(file)
+                try:
+                    data(file)
+                except RuntimeError as error:  # torch.save's writer reports a failed write (a full disk) so
+                    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                    raise DataError(f"cannot write {target}: {first} (is the disk full?)") from error
             file.flush()
             os.fsync(file.fileno())
         umask = os.umask(0)
@@ -243,4 +247,7 @@ def load_torch(path: str | os.PathLike[str], map_location: str | torch.device | 
         raise DataError(f"missing file {path}") from None
     except Exception as error:  # pickle.UnpicklingError (refused globals), RuntimeError (bad zip), EOFError ...
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"{path} is corrupt or not a plain tensor checkpoint: {first}") from None
+        if "weights only load failed" in first.lower():  # torch's text goes on to suggest an unsafe load
+            first = "it holds more than tensors and plain values, which relprop never unpickles, or it is damaged"
+        raise DataError(f"{path} is corrupt or not a plain tensor checkpoint ({first}); restore it, or delete the run "
+                        "directory to start the run again") from None

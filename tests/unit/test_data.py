@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import os
+import re
 import shutil
 import urllib.error
 import urllib.request
@@ -147,6 +148,32 @@ def test_download_is_verified_atomic_and_cached(isolated: Path, monkeypatch: pyt
     assert sorted(p.name for p in path.parent.iterdir()) == ["payload.bin"]
 
 
+def test_stale_partial_downloads_are_swept_and_unreadable_files_named(isolated: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download killed midway left its .part file for good; one a day old is swept by the next download. A file
+    that cannot be read (no permission) is a DataError naming it, not a PermissionError."""
+    content = b"payload" * 10
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *args, **kwargs: io.BytesIO(content))
+    cache = isolated / "cache" / "toy"
+    cache.mkdir(parents=True)
+    stale, fresh = cache / ".payload.bin.old.part", cache / ".payload.bin.new.part"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"half")  # another process's download in progress: kept
+    os.utime(stale, (0, 0))
+    resolve_file("toy", "payload.bin", hashlib.sha256(content).hexdigest(), "https://example.invalid/payload.bin")
+    assert sorted(p.name for p in cache.iterdir()) == [".payload.bin.new.part", "payload.bin"]
+    folder = isolated / "data" / "toy"
+    folder.mkdir(parents=True)
+    (folder / "locked.bin").write_bytes(content)
+
+    def denied(path: object, *args: object, **kwargs: object) -> None:  # what a file without read permission gives
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("relprop.data.download.open", denied, raising=False)  # (root reads any file)
+    with pytest.raises(DataError, match="cannot read .*locked.bin: Permission denied"):
+        resolve_file("toy", "locked.bin", hashlib.sha256(content).hexdigest(), None)
+
+
 def test_recompressed_gzip_passes_by_content_md5(isolated: Path, offline: list[str]) -> None:
     raw = _idx_bytes(np.arange(60, dtype=np.uint8).reshape(3, 4, 5))
     folder = isolated / "data" / "toy"
@@ -190,6 +217,19 @@ def test_read_idx_rejects_malformed_files(tmp_path: Path, content: bytes) -> Non
 
 
 # ---------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"limit": -1}, "limit must be an integer >= 0 or None, got -1"), ({"seed": -1}, "seed must be an integer >= 0"),
+    ({"fold": 1.5}, "fold must be an integer >= 0 or None, got 1.5"), ({"fold": 0, "folds": 1}, "folds must be"),
+    ({"split": "training"}, "Unknown split 'training'"),
+])
+def test_load_maj_refuses_bad_arguments_with_a_config_error(options: dict[str, object], message: str) -> None:
+    """They were a ValueError, numpy's or sklearn's message, or a TypeError (fold=1.5)."""
+    from relprop.data import load_maj
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_maj("digits-maj", **options)  # type: ignore[arg-type]
 
 
 def test_split_indices_match_thesis_split() -> None:

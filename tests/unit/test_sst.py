@@ -79,14 +79,14 @@ def test_phrases() -> None:
 
 def test_missing_data_and_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RELPROP_DATA", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=str(tmp_path / "sst" / "trees")):
+    with pytest.raises(DataError, match=str(tmp_path / "sst" / "trees")):
         load_sst("dev")
     (tmp_path / "sst" / "trees").mkdir(parents=True)
     (tmp_path / "sst" / "trees" / "dev.txt").write_text("(3 (2 A) (3 film))\n", encoding="utf-8")
     with pytest.raises(DataError, match="checksum mismatch"):
         load_sst("dev")
     monkeypatch.delenv("RELPROP_DATA")
-    with pytest.raises(FileNotFoundError, match="RELPROP_DATA"):
+    with pytest.raises(DataError, match="RELPROP_DATA"):
         load_sst("dev")
 
 

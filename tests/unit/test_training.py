@@ -4,6 +4,7 @@ grid cells that are re-evaluated when stale."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -310,6 +311,27 @@ def test_a_file_in_the_way_stops_the_evaluation_before_it_writes(tmp_path: Path,
     with pytest.raises(DataError, match=f"{blocked} is in the way of the evaluation"):
         evaluate(run, EvalConfig(limit=10, flip_limit=5, flip_steps=2, methods=("sa",)), progress=False)
     assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_a_checkpoint_that_does_not_agree_with_itself_is_refused(tmp_path: Path) -> None:
+    """A manifest whose epoch, history and file tags disagree (edited, or mixed with another run's) resumed from the
+    wrong epoch without an error; an optimizer state of another model's shapes failed inside Adam's step."""
+    run = train(dataclasses.replace(_TINY, epochs=2), tmp_path / "run", progress=False)
+    manifest = read_json(run / "checkpoint.json")
+    good = json.dumps(manifest)
+    for edit in (lambda m: m.update(epoch=5), lambda m: m["history"].pop(), lambda m: m["history"][0].update(epoch=7),
+                 lambda m: m["files"].update(best="best-0009.safetensors")):
+        changed = json.loads(good)
+        edit(changed)
+        write_json(run / "checkpoint.json", changed)
+        with pytest.raises(DataError, match="does not agree with itself"):
+            train(dataclasses.replace(_TINY, epochs=3), run, progress=False)
+    write_json(run / "checkpoint.json", json.loads(good))
+    other = train(dataclasses.replace(_TINY, epochs=2, recurrent=20), tmp_path / "other", progress=False)
+    optimizer = manifest["files"]["optimizer"]
+    (run / optimizer).write_bytes((other / read_json(other / "checkpoint.json")["files"]["optimizer"]).read_bytes())
+    with pytest.raises(DataError, match="does not fit the run.*another model's"):
+        train(dataclasses.replace(_TINY, epochs=3), run, progress=False)
 
 
 def test_nan_weights_are_not_evaluated(tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ content does not. Results are cached in-process per (path, mtime, size), so repe
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
 import os
 import tempfile
+import time
 import urllib.request
 import zlib
 from dataclasses import dataclass
@@ -127,16 +129,22 @@ def _candidates(dataset: str, filename: str) -> list[Path]:
 
 def _hash_file(path: Path, algorithm: str) -> str:
     digest = hashlib.new(algorithm, usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while block := handle.read(_CHUNK):
-            digest.update(block)
+    try:
+        with open(path, "rb") as handle:
+            while block := handle.read(_CHUNK):
+                digest.update(block)
+    except OSError as error:  # unreadable (permissions), a directory in the file's place ...
+        raise DataError(f"cannot read {path}: {error.strerror or error}; fix its permissions or replace it") from None
     return digest.hexdigest()
 
 
 def _content_md5(path: Path) -> str | None:
     """MD5 of the file's content, decompressed when it is gzip; None when the gzip stream is broken."""
-    with open(path, "rb") as handle:
-        is_gzip = handle.read(2) == b"\x1f\x8b"
+    try:
+        with open(path, "rb") as handle:
+            is_gzip = handle.read(2) == b"\x1f\x8b"
+    except OSError as error:
+        raise DataError(f"cannot read {path}: {error.strerror or error}; fix its permissions or replace it") from None
     if not is_gzip:
         return _hash_file(path, "md5")
     digest = hashlib.md5(usedforsecurity=False)
@@ -201,6 +209,10 @@ def _verify(path: Path, dataset: str, sha256: str | None, md5: str | None, url: 
 def _download(url: str, target: Path, dataset: str, sha256: str | None, md5: str | None) -> None:
     """Download ``url`` to ``target`` atomically; the file appears only once verified."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.*.part"):  # left by a download killed a day ago or more
+        with contextlib.suppress(OSError):
+            if time.time() - stale.stat().st_mtime > 86400:
+                stale.unlink()
     handle, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     tmp = Path(tmp_name)
     try:

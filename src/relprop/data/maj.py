@@ -181,7 +181,7 @@ def _generator(seed: int, dataset: str, variant: str, split: str) -> np.random.G
 
 def _check_name(kind: str, name: str, valid: tuple[str, ...]) -> None:
     if name not in valid:
-        raise ValueError(f"Unknown {kind} {name!r}; valid names: {', '.join(valid)}")
+        raise ConfigError(f"Unknown {kind} {name!r}; valid names: {', '.join(valid)}")
 
 
 def load_maj(
@@ -199,6 +199,9 @@ def load_maj(
     ``fold=k`` gives the thesis's cross-validation split instead of the official one: the train, validation
     and test sequences merged, ``StratifiedKFold(folds, shuffle=True, random_state=seed)`` over their labels,
     fold ``k`` the test set and the other folds split 80/20 into train / validation (permutation seed ``seed``).
+    The folds partition the sequences, not the source images: nearly every test sequence shares an image with a
+    training sequence (the official split shares none), so cross-validation accuracies are not image-disjoint,
+    as the thesis's were not.
 
     Example
     -------
@@ -209,8 +212,10 @@ def load_maj(
     _check_name("dataset", dataset, DATASETS)
     _check_name("split", split, SPLITS)
     _check_name("variant", variant, VARIANTS)
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be None or >= 0, got {limit}")
+    for name, value, least in (("limit", limit, 0), ("seed", seed, 0), ("fold", fold, 0), ("folds", folds, 2)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            optional = " or None" if name in ("limit", "fold") else ""
+            raise ConfigError(f"load_maj: {name} must be an integer >= {least}{optional}, got {value!r}")
     if fold is not None:
         return _cross_validation_split(dataset, split, variant, seed, fold, folds, limit)
     images, labels, max_value = _pool(dataset, split)

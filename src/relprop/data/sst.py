@@ -70,7 +70,7 @@ class SSTExample:
 def _data_root() -> Path:
     root = os.environ.get("RELPROP_DATA")
     if not root:
-        raise FileNotFoundError(
+        raise DataError(
             "RELPROP_DATA is not set: point it at the data folder that holds sst/ and glove-6b-50d-sst/, "
             "e.g. `export RELPROP_DATA=/path/to/data`."
         )
@@ -78,10 +78,10 @@ def _data_root() -> Path:
 
 
 def sst_dir() -> Path:
-    """The treebank folder ``$RELPROP_DATA/sst`` (raises FileNotFoundError with instructions if missing)."""
+    """The treebank folder ``$RELPROP_DATA/sst`` (raises a DataError with instructions if missing)."""
     path = _data_root() / "sst"
     if not (path / "trees").is_dir():
-        raise FileNotFoundError(
+        raise DataError(
             f"SST trees not found: expected {path / 'trees'} with train.txt, dev.txt and test.txt "
             "(Stanford's trainDevTestTrees_PTB.zip, unchanged). Download it there or fix RELPROP_DATA."
         )
@@ -92,7 +92,7 @@ def glove_path() -> Path:
     """The GloVe file ``$RELPROP_DATA/glove-6b-50d-sst/glove.6B.50d.sst-vocab.txt.gz``."""
     path = _data_root() / "glove-6b-50d-sst" / _GLOVE_FILE
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataError(
             f"GloVe vectors not found: expected {path} (GloVe 6B 50d in text format, gzipped; see SOURCE.md "
             "in that folder). Put the file there, fix RELPROP_DATA, or pass path= explicitly."
         )
@@ -110,8 +110,11 @@ def _verified(path: Path, expected: str, size: int, mtime_ns: int) -> None:
 
 
 def _verify(path: Path, expected: str) -> None:
-    stat = path.stat()
-    _verified(path, expected, stat.st_size, stat.st_mtime_ns)
+    try:
+        stat = path.stat()
+        _verified(path, expected, stat.st_size, stat.st_mtime_ns)
+    except OSError as error:  # unreadable (permissions) ...
+        raise DataError(f"cannot read {path}: {error.strerror or error}; fix its permissions or replace it") from None
 
 
 def _unescape(token: str) -> str:
@@ -177,7 +180,7 @@ def load_sst(split: Split, *, classes: Literal[5, 2] = 5, phrases: bool = False)
         raise ValueError(f"phrases=True is for training only; evaluate {split!r} on whole sentences")
     path = sst_dir() / "trees" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataError(
             f"SST split file {path} is missing; restore trees/{split}.txt (see SOURCE.md)"
         )
     _verify(path, _TREE_SHA256[split])
@@ -329,6 +332,8 @@ def glove_words(path: str | os.PathLike[str] | None = None) -> list[str]:
     file = glove_path() if path is None else Path(path)
     if path is None:
         _verify(file, _GLOVE_SHA256)
+    elif not file.is_file():
+        raise DataError(f"GloVe file {file} does not exist (or is not a file); pass the path of the vectors")
     try:
         with gzip.open(file, "rt", encoding="utf-8") if file.suffix == ".gz" else file.open(encoding="utf-8") as handle:
             return [line.partition(" ")[0] for line in handle]
@@ -346,6 +351,8 @@ def load_glove(
     file = glove_path() if path is None else Path(path)
     if path is None:
         _verify(file, _GLOVE_SHA256)
+    elif not file.is_file():
+        raise DataError(f"GloVe file {file} does not exist (or is not a file); pass the path of the vectors")
     generator = torch.Generator().manual_seed(seed)
     vectors = torch.randn((len(vocab), dim), generator=generator) * 0.1  # (V, dim)
     vectors[0] = 0.0

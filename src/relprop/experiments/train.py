@@ -155,6 +155,16 @@ def _manifest(run_dir: Path, *, legacy: bool = True) -> dict[str, Any] | None:
     if not all(_EPOCH_FILE.match(name) for name in manifest["files"].values()):
         raise DataError(f"{path}: field 'files' names files that are not epoch checkpoints of this run "
                         f"({sorted(manifest['files'].values())}); delete the run directory to start again")
+    # the epoch, the history and the files' epoch tags tell one story, or a resume would train from the wrong epoch
+    epoch, history = manifest["epoch"], manifest["history"]
+    tags = {kind: int(name.split("-")[1].split(".")[0]) for kind, name in manifest["files"].items()}
+    best = _best(history) if history else None
+    if (epoch != len(history) or [r["epoch"] for r in history] != list(range(1, epoch + 1))
+            or any(tags[kind] != epoch for kind in ("last", "optimizer", "rng")) or tags["best"] != best):
+        raise DataError(f"{path} does not agree with itself: epoch {epoch}, history epochs "
+                        f"{[r['epoch'] for r in history][:5]}{' ...' if len(history) > 5 else ''} (of "
+                        f"{len(history)}), files {sorted(manifest['files'].values())}; the checkpoint was edited or "
+                        "mixed with another run's: restore it, or delete the run directory to start again")
     return manifest
 
 
@@ -309,6 +319,12 @@ def _load_checkpoint(run_dir: Path, manifest: dict[str, Any], model: nn.Module,
     optimizer_state, rng_state = load_torch(run_dir / files["optimizer"], device), load_torch(run_dir / files["rng"])
     try:
         optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:  # Adam's moments must have their parameters' shapes (load takes any)
+            for parameter in group["params"]:
+                for name, value in optimizer.state.get(parameter, {}).items():
+                    if isinstance(value, Tensor) and value.dim() and value.shape != parameter.shape:
+                        raise ValueError(f"its {name} has shape {tuple(value.shape)} for a parameter of shape "
+                                         f"{tuple(parameter.shape)}: it is another model's")
         _set_rng_state(rng_state)
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
         raise DataError(f"checkpoint of {run_dir} does not fit the run ({files['optimizer']}, {files['rng']}): "

@@ -123,6 +123,10 @@ def test_missing_file_without_network(isolated: Path, offline: list[str]) -> Non
         assert part in message
     assert offline == [spec.url]
     assert not any((isolated / "cache" / "mnist").iterdir())  # no partial download left behind
+    (isolated / "file").write_text("not a folder")
+    os.environ["RELPROP_DATA"] = str(isolated / "file")  # (the fixture's monkeypatch restores it)
+    with pytest.raises(DataError, match=f"RELPROP_DATA is {isolated / 'file'}, which is not a folder"):
+        dataset_file("mnist", LABELS_GZ)
 
 
 def test_download_is_verified_atomic_and_cached(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:

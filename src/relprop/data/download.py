@@ -167,7 +167,9 @@ def _expected(sha256: str | None, md5: str | None) -> str:
 
 
 def _how_to_get(dataset: str, filename: str, url: str | None) -> str:
-    hint = f"set RELPROP_DATA to a folder holding {dataset}/{filename}"
+    root = os.environ.get("RELPROP_DATA")
+    wrong = "" if not root or Path(root).is_dir() else f" (RELPROP_DATA is {root}, which is not a folder)"
+    hint = f"set RELPROP_DATA to a folder holding {dataset}/{filename}{wrong}"
     if url:
         hint += f", or download {url} into {cache_dir(dataset)}/"
     if dataset in _DEBIAN_DIRS:

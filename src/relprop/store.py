@@ -96,9 +96,15 @@ class ResultStore:
         """The tensors of finished shard ``index``."""
         path = self.path / self.shards[index]["file"]
         try:
-            return load_file(str(path))
+            tensors = load_file(str(path))
         except Exception as error:  # safetensors raises its own types for missing or corrupt files
             raise DataError(f"shard {path} of the store is missing or corrupt: {error}") from None
+        rows = {name: int(t.shape[0]) for name, t in tensors.items() if t.dim()}
+        if any(count != self.shards[index]["samples"] for count in rows.values()):
+            raise DataError(f"shard {path} of the store holds {sorted(set(rows.values()))} rows where the manifest "
+                            f"says {self.shards[index]['samples']}: it was replaced or damaged; delete the store to "
+                            "run again")
+        return tensors
 
     def iter_shards(self) -> Iterator[dict[str, Tensor]]:
         """The shards' tensors, one dict per shard, in order."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save
 from torch import Tensor, nn
 
 import relprop
@@ -265,6 +266,17 @@ def test_a_damaged_manifest_is_a_data_error(tmp_path: Path, damage: object, mess
     manifest.write_text("[1, 2]")
     with pytest.raises(DataError, match="is not a relprop.explanations version"):
         ResultStore.open(tmp_path / "s")
+
+
+def test_a_shard_with_other_rows_than_the_manifest_says_is_a_data_error(tmp_path: Path) -> None:
+    """A shard replaced by a shorter one was read as it was: len(store) said 8 while tensor() gave 5 rows."""
+    model, batches = build_mlp(), _batches(count=2)
+    relprop.explain_dataset(model, batches, method="gradient", store=tmp_path / "s", progress=False)
+    store = ResultStore.open(tmp_path / "s")
+    shard = tmp_path / "s" / store.shards[1]["file"]
+    shard.write_bytes(save({name: t[:1] for name, t in store.load(1).items()}))
+    with pytest.raises(DataError, match="holds \\[1\\] rows where the manifest says"):
+        store.tensor("relevance")
 
 
 def test_an_empty_loader_or_a_file_as_store_is_refused(tmp_path: Path) -> None:

@@ -575,6 +575,7 @@ def test_a_layer_subclass_that_computes_another_map_is_refused(preset: str) -> N
                        relprop.explain(stock, x, 0, method="lrp", preset=preset).relevance)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
 def test_a_torchscript_module_is_refused_by_the_rule_methods() -> None:
     """Rules cannot be attached to a ScriptModule (no hooks) and the op guard cannot see inside it: a scripted
     residual branch lost 12% of the relevance without an error."""

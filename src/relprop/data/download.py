@@ -31,7 +31,7 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from ..progress import progress
 
-__all__ = ["DataError", "FileSpec", "KNOWN_FILES", "resolve_file", "dataset_file", "cache_dir"]
+__all__ = ["DataError", "FileSpec", "KNOWN_FILES", "resolve_file", "dataset_file", "cache_dir", "unreadable"]
 
 _DEBIAN_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -134,8 +134,13 @@ def _hash_file(path: Path, algorithm: str) -> str:
             while block := handle.read(_CHUNK):
                 digest.update(block)
     except OSError as error:  # unreadable (permissions), a directory in the file's place ...
-        raise DataError(f"cannot read {path}: {error.strerror or error}; fix its permissions or replace it") from None
+        raise unreadable(path, error) from None
     return digest.hexdigest()
+
+
+def unreadable(path: Path, error: OSError) -> DataError:
+    """The DataError of a data file that exists but cannot be read (its permissions, most often)."""
+    return DataError(f"cannot read {path}: {error.strerror or error}; fix its permissions or replace it")
 
 
 def _content_md5(path: Path) -> str | None:
@@ -144,7 +149,7 @@ def _content_md5(path: Path) -> str | None:
         with open(path, "rb") as handle:
             is_gzip = handle.read(2) == b"\x1f\x8b"
     except OSError as error:
-        raise DataError(f"cannot read {path}: {error.strerror or error}; fix its permissions or replace it") from None
+        raise unreadable(path, error) from None
     if not is_gzip:
         return _hash_file(path, "md5")
     digest = hashlib.md5(usedforsecurity=False)

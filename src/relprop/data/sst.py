@@ -30,6 +30,7 @@ from typing import IO, Any, Literal
 import torch
 
 from ..errors import DataError
+from .download import unreadable
 
 __all__ = [
     "SSTExample",
@@ -114,7 +115,7 @@ def _verify(path: Path, expected: str) -> None:
         stat = path.stat()
         _verified(path, expected, stat.st_size, stat.st_mtime_ns)
     except OSError as error:  # unreadable (permissions) ...
-        raise DataError(f"cannot read {path}: {error.strerror or error}; fix its permissions or replace it") from None
+        raise unreadable(path, error) from None
 
 
 def _unescape(token: str) -> str:
@@ -327,13 +328,20 @@ def _glove_row(file: Path, line: int, word: str, rest: str, dim: int) -> torch.T
     return vector
 
 
+def _glove_file(path: str | os.PathLike[str] | None) -> Path:
+    """The GloVe file to read: ``path``, which must exist, or the checksum-verified :func:`glove_path`."""
+    if path is None:
+        file = glove_path()
+        _verify(file, _GLOVE_SHA256)
+        return file
+    if not Path(path).is_file():
+        raise DataError(f"GloVe file {path} does not exist (or is not a file); pass the path of the vectors")
+    return Path(path)
+
+
 def glove_words(path: str | os.PathLike[str] | None = None) -> list[str]:
     """The words of a GloVe text file in file order (default: the checksum-verified :func:`glove_path`)."""
-    file = glove_path() if path is None else Path(path)
-    if path is None:
-        _verify(file, _GLOVE_SHA256)
-    elif not file.is_file():
-        raise DataError(f"GloVe file {file} does not exist (or is not a file); pass the path of the vectors")
+    file = _glove_file(path)
     try:
         with gzip.open(file, "rt", encoding="utf-8") if file.suffix == ".gz" else file.open(encoding="utf-8") as handle:
             return [line.partition(" ")[0] for line in handle]
@@ -348,11 +356,7 @@ def load_glove(
 
     The default file is checksum-verified. Words are matched lower-cased, as the vocabulary stores them.
     """
-    file = glove_path() if path is None else Path(path)
-    if path is None:
-        _verify(file, _GLOVE_SHA256)
-    elif not file.is_file():
-        raise DataError(f"GloVe file {file} does not exist (or is not a file); pass the path of the vectors")
+    file = _glove_file(path)
     generator = torch.Generator().manual_seed(seed)
     vectors = torch.randn((len(vocab), dim), generator=generator) * 0.1  # (V, dim)
     vectors[0] = 0.0

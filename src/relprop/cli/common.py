@@ -118,13 +118,18 @@ def run_dir(marker: str) -> Callable[[str], Path]:
     return parse
 
 
+def _nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
 def directory(text: str) -> Path:
     """A directory that exists or could be created: no file in the way (whether it can be written is checked
     where it will be: :func:`output_dir`)."""
     path = _path(text)
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a file, not a directory" if existing == path
                                          else f"{text} cannot be a directory: {existing} is a file")
@@ -134,9 +139,7 @@ def directory(text: str) -> Path:
 def output_dir(text: str) -> Path:
     """A directory to write into: existing and writable, or creatable under a writable existing parent."""
     path = directory(text)
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
+    existing = _nearest_existing(path)
     if not os.access(existing, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write to {text}: {existing} is read-only")
     try:  # the permission bits can say yes where the file system says no (/proc, a read-only mount as root)

@@ -86,9 +86,13 @@ class _Call(nn.Module):
             _model=model,  # not a child: rules attach to the model under its own names
             _embedding=embedding, ids=ids, model_kwargs=dict(model_kwargs or {}), input_name=input_name,
             output=output, training=False,
+            # the embedding and those that share its weight: a model may embed through a copy of the module that
+            # get_input_embeddings() returns (T5's encoder calls embed_tokens, tied to shared); found once a call
+            _embeddings=() if embedding is None else _tied(model, embedding),
         )
         self._model: nn.Module
         self._embedding: nn.Module | None
+        self._embeddings: tuple[nn.Module, ...]
         self.batch: int | None
         self.ids: Tensor | None
         self.model_kwargs: dict[str, Any]
@@ -127,12 +131,7 @@ class _Call(nn.Module):
             seen.append(True)
             return z.reshape(output.shape)
 
-        # the embedding and those that share its weight: a model may embed through a copy of the module that
-        # get_input_embeddings() returns (T5's encoder calls embed_tokens, tied to shared)
-        weight = getattr(self._embedding, "weight", None)
-        embeddings = [self._embedding, *(m for m in self._model.modules() if m is not self._embedding and
-                                          isinstance(m, nn.Embedding) and weight is not None and m.weight is weight)]
-        handles = [embedding.register_forward_hook(replace) for embedding in embeddings]
+        handles = [embedding.register_forward_hook(replace) for embedding in self._embeddings]
         try:
             result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name else self._model(ids, **kwargs)
         finally:
@@ -159,6 +158,13 @@ class _Call(nn.Module):
         if not isinstance(result, Tensor):
             raise ExplanationError(f"output= returned {type(result).__name__}, not a tensor of scores")
         return result
+
+
+def _tied(model: nn.Module, embedding: nn.Module) -> tuple[nn.Module, ...]:
+    """``embedding`` and every ``nn.Embedding`` of ``model`` that shares its weight."""
+    weight = getattr(embedding, "weight", None)
+    return (embedding, *(m for m in model.modules() if m is not embedding and isinstance(m, nn.Embedding)
+                         and weight is not None and m.weight is weight))
 
 
 def _find_embedding(model: nn.Module) -> nn.Module:

@@ -242,9 +242,7 @@ def _cross_validation_split(
 ) -> MajSplit:
     from sklearn.model_selection import StratifiedKFold
 
-    if folds < 2:
-        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
-    if not 0 <= fold < folds:
+    if fold >= folds:  # (load_maj checked both are integers, fold >= 0 and folds >= 2)
         raise ConfigError(f"fold must be in 0..{folds - 1}, got {fold}")
     parts = [load_maj(dataset, name, variant=variant, seed=seed) for name in SPLITS]
     x, y, mask, block_labels = (torch.cat([getattr(p, f) for p in parts]) for f in ("x", "y", "mask", "block_labels"))

@@ -173,6 +173,11 @@ def finite_weights(model: nn.Module, results: Sequence[Tensor] = ()) -> bool:
     return False
 
 
+def non_finite_rows(values: Tensor) -> list[int]:
+    """The samples (rows along dimension 0) of ``values`` that hold a NaN or infinite entry."""
+    return (~torch.isfinite(values.detach())).reshape(len(values), -1).any(1).nonzero().flatten().tolist()
+
+
 def finite_results(scores: Tensor, targets: Tensor, relevance: Tensor) -> None:
     """After :func:`finite_weights` found the weights finite: raise an ExplanationError naming the samples whose
     explained scores (the model's own output at ``targets``, (batch,) or (batch, k); -1 for a seed, whose start the
@@ -192,7 +197,7 @@ def finite_results(scores: Tensor, targets: Tensor, relevance: Tensor) -> None:
         if values is None or not (values.is_floating_point() or values.is_complex()) or values.numel() == 0 \
                 or finite_sum(values):
             continue
-        bad = (~torch.isfinite(values.detach())).reshape(len(values), -1).any(1).nonzero().flatten().tolist()
+        bad = non_finite_rows(values)
         if bad:
             what = "the model's explained output" if name == "scores" else "the relevance"
             listed = f"{bad[:_LIMIT]}{' ...' if len(bad) > _LIMIT else ''}"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from relprop.errors import ExplanationError
+from relprop.validate import non_finite_rows
 
 
 def require_finite(values: Tensor, name: str = "relevance", where: str | None = None) -> None:
@@ -15,9 +15,8 @@ def require_finite(values: Tensor, name: str = "relevance", where: str | None = 
     :func:`~relprop.errors.boundary` the boundary does)."""
     if not values.is_floating_point() or values.ndim == 0:
         return
-    finite = torch.isfinite(values.detach()).reshape(values.shape[0], -1).all(dim=1)  # (N,)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten().tolist()
+    bad = non_finite_rows(values)
+    if bad:
         listed = f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
         raise ExplanationError(f"{where + ': ' if where else ''}the {name} of samples {listed} holds NaN or infinite "
                                "values, which have no score; explain them again (see the explanation's details)")

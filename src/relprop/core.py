@@ -16,7 +16,9 @@ model, the gradient that arrives at the input *is* the relevance. A rule sits at
 
 The *relevance path* is every tensor derived from the explained input: such tensors carry a tag, set on the input
 and on the result of every op or ruled module that takes a tagged tensor. Parameters and buffers are off the path,
-so ``x * self.scale`` is a product with a constant, not of two path tensors.
+so ``x * self.scale`` is a product with a constant, not of two path tensors. An untagged tensor whose autograd
+history reaches the path was computed where the guard cannot see (a TorchScript function): an op, the outermost
+ruled module or the model's output that takes one raises (:func:`refuse_hidden`).
 
 An exact ``nn.Sequential`` of ruled modules needs neither wrappers nor the guard: :class:`SequentialPlan` runs each
 child through its rule's steps; where no child needs the guard at all, :class:`PlanTrace` runs the forward pass
@@ -384,6 +386,75 @@ class _Relay(torch.autograd.Function):
         return (None, None, None, *grads)
 
 
+def _hidden_inputs(values: Iterable[Any]) -> Iterator[Tensor]:
+    """The tensors in ``values`` (tensors, or lists/tuples of them) that are off the relevance path by their tags
+    but have an autograd history: they may come from the path by a computation no guard saw."""
+    for value in values:
+        if isinstance(value, Tensor):
+            if value.grad_fn is not None and not getattr(value, _PATH, False):
+                yield value
+        elif isinstance(value, (tuple, list)):
+            yield from _hidden_inputs(value)
+
+
+def _requires_grad(value: Any) -> bool:
+    if isinstance(value, Tensor):
+        return value.requires_grad
+    return isinstance(value, (tuple, list)) and any(_requires_grad(item) for item in value)
+
+
+def _path_node(node: Any) -> bool:
+    """Whether the autograd node ``node`` belongs to the relevance path: a relay, a recurrent layer that carries
+    relevance, or the explained input's own leaf."""
+    function = getattr(node, "_forward_cls", None)
+    if function is not None:
+        return function in (_Relay, _Route) or getattr(function, "carries_relevance", False) is True
+    return getattr(getattr(node, "variable", None), _PATH, False) is True  # AccumulateGrad: a leaf
+
+
+def _hidden_path(tensor: Tensor, off_path: dict[int, Any]) -> bool:
+    """Whether ``tensor``'s autograd history reaches the relevance path. ``off_path`` holds the nodes known to be
+    off it (by id, with the node itself, so that no id is reused while it is held): they are not walked again.
+
+    A tensor that a relay (or a recurrent layer's relevance Function) made itself is relprop's own output, not yet
+    tagged: not hidden."""
+    if _path_node(tensor.grad_fn):
+        return False
+    stack, walked = [tensor.grad_fn], {}
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in off_path or id(node) in walked:
+            continue
+        if _path_node(node):
+            return True
+        walked[id(node)] = node
+        stack.extend(following for following, _ in node.next_functions)
+    off_path.update(walked)
+    return False
+
+
+def refuse_hidden(values: Iterable[Any], user: Callable[[], str], strict: bool = True,
+                  off_path: dict[int, Any] | None = None) -> None:
+    """Raise if a tensor in ``values`` untagged by the guard comes from the relevance path all the same, by code the
+    guard could not see (a TorchScript function); ``user()`` names what takes it. ``off_path``: the autograd nodes
+    already known to be off the path."""
+    off_path = {} if off_path is None else off_path
+    for tensor in _hidden_inputs(values):
+        if _hidden_path(tensor, off_path):
+            raise _hidden_error(user(), strict)
+
+
+def _hidden_error(user: str, strict: bool) -> ExplanationError:
+    consequence = ("its relevance would be a plain gradient, or lost" if strict else
+                   "guided backprop cannot see the ReLUs in it, whose gradient would pass unguided")
+    return ExplanationError(
+        f"{user} is computed from the explained input by code that relprop cannot see: a TorchScript function "
+        f"(torch.jit.script or torch.jit.trace), a C++ extension, or torch functions run with torch-function "
+        f"handling disabled; {consequence}. Run that code as plain PyTorch (remove the @torch.jit.script, or set "
+        "PYTORCH_JIT=0 before importing torch, which makes torch.jit.script return the function itself)"
+    )
+
+
 def _describe(site: Site | str) -> str:
     if isinstance(site, str):
         return site
@@ -592,9 +663,12 @@ class _Attachment:
         """The inputs the module runs on (``args`` itself when off the relevance path), and whether in autograd's
         form. Counts the call into the guard's depth (the caller counts it out)."""
         interruption_point()
-        if self.guard is not None:
-            self.guard.depth += 1
+        guard = self.guard
+        if guard is not None:
+            guard.depth += 1
         try:
+            if guard is not None and guard.depth == 1:  # the outermost ruled module: its inputs are the model's
+                guard.check_hidden(args, lambda: f"an input of module '{self.name}' ({type(self.module).__name__})")
             if not on_path(args):
                 return args, False
             where = _stale(args) if self.guard is not None and self.guard._touched else None  # marks exist only then
@@ -1013,6 +1087,11 @@ class FunctionalGuard(TorchFunctionMode):
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
         # the constant-output ops (CP-LRP's softmax, a norm statistic) that took a path tensor in: where they ran
         self.constant_sites: list[str] = []
+        self._off_path: dict[int, Any] = {}  # autograd nodes known to be off the path (_hidden_path), by id
+
+    def check_hidden(self, values: Iterable[Any], user: Callable[[], str]) -> None:
+        """:func:`refuse_hidden`, with the nodes this guard has already found off the path."""
+        refuse_hidden(values, user, self.strict, self._off_path)
 
     def op_of(self, name: str) -> Op | None:
         """The op that a function called ``name`` counts as here (ops the user declared first).
@@ -1059,18 +1138,28 @@ class FunctionalGuard(TorchFunctionMode):
                 if hasattr(tensor, tag):
                     delattr(tensor, tag)
         self._touched.clear()
+        self._off_path.clear()
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
     ) -> Any:
         kwargs = kwargs or {}
-        if self.depth or not (on_path(args) or (kwargs and on_path(kwargs.values()))):
-            if self.constant_sites and not self.depth:  # a constant computed from the path stays one (var + eps)
+        if self.depth:
+            return func(*args, **kwargs)
+        if not (on_path(args) or (kwargs and on_path(kwargs.values()))):
+            if self.constant_sites:  # a constant computed from the path stays one (var + eps)
                 source = _constant_source(args) or (_constant_source(kwargs.values()) if kwargs else None)
                 if source is not None:
                     return _tag_constant(func(*args, **kwargs), source)
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            if _requires_grad(result):  # a gradient flows through it: its inputs must not hide the path
+                self._check_operands(func, args, kwargs)
+            return result
         return self._dispatch(func, args, kwargs)
+
+    def _check_operands(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.check_hidden((*args, *kwargs.values()),
+                          lambda: f"an input of '{ops.function_name(func)}' at {ops.caller_location()}")
 
     def _dispatch(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         interruption_point()
@@ -1089,8 +1178,10 @@ class FunctionalGuard(TorchFunctionMode):
         rule = None if op is None else self.op_rules.get(op)
         if rule is None or op is None:
             if not self.strict:
+                self._check_operands(func, args, kwargs)
                 return mark_path(func(*args, **kwargs))
             return self._refuse(func, name, op, args, kwargs)
+        self._check_operands(func, args, kwargs)  # the other operands of an op on the path
         if kwargs.get("out") is not None:
             raise ExplanationError(f"'{name}' with out= at {ops.caller_location()}: write the result to a new tensor")
         if self.constant_sites and op not in _SCALING_OPS:

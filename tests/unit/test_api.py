@@ -587,3 +587,62 @@ def test_a_torchscript_module_is_refused_by_the_rule_methods() -> None:
         with pytest.raises(ExplanationError, match="module '2' is a TorchScript module"):
             relprop.explain(model, x, 0, method=method)
     relprop.explain(model, x, 0, method="gradient")  # autograd runs through TorchScript
+
+
+def _doubled_relu(h: torch.Tensor) -> torch.Tensor:
+    return torch.relu(h) * 2.0
+
+
+def _unseen(h: torch.Tensor) -> torch.Tensor:
+    with torch._C.DisableTorchFunction():  # the op guard is a torch-function mode: it sees none of this
+        return _doubled_relu(h)
+
+
+class _HiddenBranch(nn.Module):
+    """A residual block whose branch runs in ``branch``; ``where`` says where its result goes."""
+
+    def __init__(self, branch: Any, where: str) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(4, 4, bias=False), nn.Linear(4, 3, bias=False)  # conserving
+        self.branch, self.where = branch, where
+        self.scale = nn.Parameter(torch.zeros(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.first(x) * self.scale.exp()  # a constant computed from a parameter: off the path, and allowed
+        if self.where == "sum":
+            return self.last(h + self.branch(h))
+        if self.where == "module":
+            return self.last(self.branch(h))
+        if self.where == "output":
+            return self.branch(self.last(h))
+        return self.last(h) + self.branch(self.last(h)).detach()  # declared a constant
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
+@pytest.mark.parametrize("hide", ["script", "trace", "no_torch_function"])
+def test_a_path_computed_where_the_op_guard_cannot_see_is_refused(hide: str) -> None:
+    """A TorchScript function called in forward ran unseen by the op guard: on h + f(h) its result counted as a
+    constant, and LRP-epsilon's conservation gap was 66% of the score in the median sample, without an error."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, dtype=torch.float64)
+    branch = {"script": torch.jit.script(_doubled_relu),
+              "trace": torch.jit.trace(_doubled_relu, torch.randn(2, 4, dtype=torch.float64)),
+              "no_torch_function": _unseen}[hide]
+    line = r" at .*test_api.py:\d+"
+    users = {"sum": (f"an input of 'add'{line}",) * 2,  # what takes the hidden result, under LRP and guided backprop
+             "module": (r"an input of module 'last' \(Linear\)", f"an input of 'linear'{line}"),  # GB rules ReLUs
+             "output": ("the output of _HiddenBranch",) * 2}
+    for where, user in users.items():
+        model = _HiddenBranch(branch, where).double().eval()
+        for method, taker in zip(("lrp", "guided_backprop"), user):
+            with pytest.raises(ExplanationError, match=f"{taker} is computed from the explained input by code that "
+                                                       "relprop cannot see"):
+                relprop.explain(model, x, 0, method=method)
+    seen = _HiddenBranch(_doubled_relu, "sum").double().eval()
+    seen.load_state_dict(model.state_dict())
+    gap = relprop.explain(seen, x, 0, method="lrp", preset="epsilon").details["conservation_gap"]
+    assert gap.abs().max() < 1e-3  # the same model, its branch in plain PyTorch: explained, and conserving
+    model = _HiddenBranch(branch, "detached").double().eval()
+    for method in ("lrp", "guided_backprop"):
+        assert relprop.explain(model, x, 0, method=method).relevance.shape == x.shape

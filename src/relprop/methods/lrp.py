@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ..composites import RuleMap, get_preset
-from ..core import PlanTrace, check_model_output, mark_path, on_path, root_module
+from ..core import PlanTrace, check_model_output, mark_path, on_path, refuse_hidden, root_module
 from ..errors import ExplanationError
 from ._common import ClassTarget, OutputSeed, logits_of, output_example, repeated, start_relevance
 from ._layers import Records, backward, gap_by_layer, no_path_error, recorded_layers, stacked
@@ -84,6 +84,8 @@ def _explain(
                 f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
                 "pass output= to relprop.explain to select them, e.g. " + output_example(returned)
             )
+        if output is not None and not on_path((output,)):
+            refuse_hidden((output,), lambda: f"the output of {type(root_module(model)).__name__}")
         if output is None or not on_path((output,)):
             ends = (": a .detach(), torch.no_grad() or a round trip through numpy or .tolist() on the way cuts it"
                     if guard is None or not guard.constant_sites else (

@@ -497,6 +497,13 @@ def _foreign_function(site: Site | str, inputs: tuple[Any, ...]) -> None:
                     "carries a plain gradient; remove the backward hooks while explaining with rules (the gradient "
                     "methods run them)"
                 )
+            if function.__module__.startswith("torch._functorch."):  # the Function torch.compile's AOT autograd makes
+                raise ExplanationError(
+                    f"{_describe(site) if isinstance(site, str) else 'the input of ' + _describe(site)} comes from "
+                    "code compiled by torch.compile, whose backward would carry a plain gradient, not relevance, and "
+                    "whose operations no rule can see; call the function uncompiled (torch.compile keeps it as "
+                    "compiled._torchdynamo_orig_callable; a compiled module's as module._orig_mod)"
+                )
             raise ExplanationError(
                 f"{_describe(site) if isinstance(site, str) else 'the input of ' + _describe(site)} comes from the "
                 "custom autograd.Function "

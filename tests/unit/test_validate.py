@@ -213,6 +213,26 @@ def test_a_compiled_model_is_explained_through_its_original_module() -> None:
         relprop.explain(wrapper, x, method="lrp")
 
 
+class _CompiledBranch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.branch = torch.compile(lambda h: torch.relu(h) * 2.0, backend="aot_eager")  # no C++ compiler needed
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.first(x)
+        return self.last(h + self.branch(h))  # type: ignore[no-any-return]
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo:UserWarning")  # dynamo traces into the op guard and breaks its graph there
+def test_a_compiled_function_called_in_forward_is_refused_naming_torch_compile() -> None:
+    """Its result comes out of the Function that torch.compile's AOT autograd makes: the error named that Function
+    (torch._functorch...CompiledFunction) as a "custom autograd.Function"; it names torch.compile and the way back."""
+    model = _CompiledBranch().eval()
+    with pytest.raises(ExplanationError, match=r"from code compiled by torch.compile, .*_torchdynamo_orig_callable"):
+        relprop.explain(model, torch.randn(2, 4), 0, method="lrp")
+
+
 class _Doubler(torch.autograd.Function):
     @staticmethod
     def forward(ctx: object, x: Tensor) -> Tensor:

@@ -4,6 +4,7 @@ grid cells that are re-evaluated when stale."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -326,12 +327,38 @@ def test_a_checkpoint_that_does_not_agree_with_itself_is_refused(tmp_path: Path)
         write_json(run / "checkpoint.json", changed)
         with pytest.raises(DataError, match="does not agree with itself"):
             train(dataclasses.replace(_TINY, epochs=3), run, progress=False)
-    write_json(run / "checkpoint.json", json.loads(good))
+    write_json(run / "checkpoint.json", {k: v for k, v in json.loads(good).items() if k != "digests"})  # older code
     other = train(dataclasses.replace(_TINY, epochs=2, recurrent=20), tmp_path / "other", progress=False)
     optimizer = manifest["files"]["optimizer"]
     (run / optimizer).write_bytes((other / read_json(other / "checkpoint.json")["files"]["optimizer"]).read_bytes())
     with pytest.raises(DataError, match="does not fit the run.*another model's"):
         train(dataclasses.replace(_TINY, epochs=3), run, progress=False)
+
+
+def test_a_checkpoint_file_changed_or_replaced_after_its_commit_is_refused(tmp_path: Path) -> None:
+    """Another run's optimizer or RNG state of the same shapes resumed the run without an error, and another run's
+    weights were evaluated as this run's: the manifest keeps each file's SHA-256, checked where the file is read."""
+    run = train(_TINY, tmp_path / "run", progress=False)
+    other = train(dataclasses.replace(_TINY, seed=1), tmp_path / "other", progress=False)
+    manifest = read_json(run / MANIFEST)
+    assert manifest["digests"].keys() == manifest["files"].keys()
+    originals = {kind: (run / name).read_bytes() for kind, name in manifest["files"].items()}
+    more = dataclasses.replace(_TINY, epochs=2)
+    for kind, read in (("optimizer", lambda: train(more, run, progress=False)),
+                       ("rng", lambda: train(more, run, progress=False)),
+                       ("last", lambda: train(more, run, progress=False)),
+                       ("best", lambda: load_run(run)),
+                       ("last", lambda: load_run(run, which="last"))):
+        name = manifest["files"][kind]
+        (run / name).write_bytes((other / read_json(other / MANIFEST)["files"][kind]).read_bytes())
+        with pytest.raises(DataError, match=rf"{name} is not the file .*checkpoint.json committed \(its SHA-256"):
+            read()
+        (run / name).write_bytes(originals[kind])
+    assert read_history(run) == manifest["history"]  # nothing was trained or changed
+    write_json(run / MANIFEST, {k: v for k, v in manifest.items() if k != "digests"})  # a manifest of older code
+    (run / manifest["files"]["rng"]).write_bytes((other / read_json(other / MANIFEST)["files"]["rng"]).read_bytes())
+    train(more, run, progress=False)  # no digest to check: resumed (with the other run's RNG state)
+    assert len(read_history(run)) == 2 and "digests" in read_json(run / MANIFEST)
 
 
 def test_nan_weights_are_not_evaluated(tmp_path: Path) -> None:
@@ -341,6 +368,9 @@ def test_nan_weights_are_not_evaluated(tmp_path: Path) -> None:
     from safetensors.torch import save_file
 
     save_file(weights, str(weights_file(run, "best")))
+    manifest = read_json(run / MANIFEST)  # as if training itself had written the NaN: its digest committed with it
+    manifest["digests"]["best"] = hashlib.sha256((run / manifest["files"]["best"]).read_bytes()).hexdigest()
+    write_json(run / MANIFEST, manifest)
     with pytest.raises(DataError, match="output.weight.*NaN"):
         evaluate(run, EvalConfig(limit=10, flip_limit=5, flip_steps=2, methods=("sa",)), progress=False)
     assert read_evaluation(run) is None

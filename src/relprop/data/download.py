@@ -31,7 +31,9 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from ..progress import progress
 
-__all__ = ["DataError", "FileSpec", "KNOWN_FILES", "resolve_file", "dataset_file", "cache_dir", "unreadable"]
+__all__ = [
+    "DataError", "FileSpec", "KNOWN_FILES", "resolve_file", "dataset_file", "cache_dir", "unreadable", "hash_file",
+]
 
 _DEBIAN_DIRS: dict[str, Path] = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 _MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
@@ -127,7 +129,9 @@ def _candidates(dataset: str, filename: str) -> list[Path]:
     return places
 
 
-def _hash_file(path: Path, algorithm: str) -> str:
+def hash_file(path: Path, algorithm: str) -> str:
+    """The hex digest of the file at ``path`` by ``algorithm`` ("sha256", "md5"), read in chunks; an unreadable
+    file raises DataError."""
     digest = hashlib.new(algorithm, usedforsecurity=False)
     try:
         with open(path, "rb") as handle:
@@ -151,7 +155,7 @@ def _content_md5(path: Path) -> str | None:
     except OSError as error:
         raise unreadable(path, error) from None
     if not is_gzip:
-        return _hash_file(path, "md5")
+        return hash_file(path, "md5")
     digest = hashlib.md5(usedforsecurity=False)
     try:
         with gzip.open(path, "rb") as handle:
@@ -184,7 +188,7 @@ def _how_to_get(dataset: str, filename: str, url: str | None) -> str:
 
 def _mismatch(path: Path, sha256: str | None, md5: str | None) -> str | None:
     """None if ``path`` matches ``sha256`` (exact bytes) or ``md5`` (content), else what was found."""
-    actual_sha = _hash_file(path, "sha256")
+    actual_sha = hash_file(path, "sha256")
     if sha256 is not None and actual_sha == sha256.lower():
         return None
     if md5 is None:

@@ -3,9 +3,11 @@
 A run directory holds ``config.json`` (the :class:`TrainConfig`, written when training starts) and one
 checkpoint per finished epoch, committed atomically: the epoch's files are written first under names that carry
 the epoch (``last-0007.safetensors``, ``best-0005.safetensors``, ``optimizer-0007.pt``, ``rng-0007.pt``), then
-the manifest ``checkpoint.json`` names them and holds the history (one record per epoch: loss, accuracies,
-learning rate, seconds, and the code that trained it: :func:`~relprop.experiments.provenance.code_version`). The
-manifest is the commit: a run killed at any point resumes from the last manifest, files it does not name (a later
+the manifest ``checkpoint.json`` names them with their SHA-256 digests and holds the history (one record per
+epoch: loss, accuracies, learning rate, seconds, and the code that trained it:
+:func:`~relprop.experiments.provenance.code_version`). A file whose digest differs (changed, or another run's copied
+in) is refused where it is read; a manifest of older code without digests is read as it is. The manifest is the
+commit: a run killed at any point resumes from the last manifest, files it does not name (a later
 epoch's partial files, temp files) are deleted, and the resumed run is bitwise equal to an uninterrupted one
 (weights, Adam state and every random number generator state are restored; the data order of epoch ``e`` comes
 from a generator seeded with ``seed * 1000 + e``).
@@ -34,6 +36,7 @@ from torch import Tensor, nn
 
 from .. import models
 from ..data import load_maj
+from ..data.download import hash_file
 from ..data.maj import maj_shape
 from ..errors import ConfigError, DataError
 from ..files import atomic_write, load_torch, load_weights, read_json, save_weights, schema_of, write_json
@@ -54,8 +57,8 @@ _RECORD_SCHEMA = {"epoch": int, "loss": float, "train_accuracy": float, "val_acc
                   "seconds": float, "code?": str}
 _LEGACY_RECORD_SCHEMA = {**{f"{k.rstrip('?')}?": v for k, v in _RECORD_SCHEMA.items()}, "epoch": int,
                          "val_accuracy": float}
-_MANIFEST_SCHEMA = {"epoch": int, "history": [_RECORD_SCHEMA],
-                    "files": {"last": str, "best": str, "optimizer": str, "rng": str}}
+_FILES_SCHEMA = {"last": str, "best": str, "optimizer": str, "rng": str}
+_MANIFEST_SCHEMA = {"epoch": int, "history": [_RECORD_SCHEMA], "files": _FILES_SCHEMA, "digests?": _FILES_SCHEMA}
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,19 @@ def weights_file(run_dir: str | Path, which: str = "best") -> Path:
     manifest = _manifest(Path(run_dir))
     if manifest is None:
         raise DataError(f"{run_dir} has no finished epoch ({MANIFEST} is missing); train it first")
-    return Path(run_dir) / str(manifest["files"][which])
+    return _committed_file(Path(run_dir), manifest, which)
+
+
+def _committed_file(run_dir: Path, manifest: dict[str, Any], kind: str) -> Path:
+    """The file the manifest names as ``kind`` ("last", "best", "optimizer", "rng"), checked against its digest
+    where the manifest has one and the file exists (a missing file is named by whoever reads it)."""
+    path = run_dir / str(manifest["files"][kind])
+    expected = manifest.get("digests", {}).get(kind)
+    if expected is not None and path.is_file() and hash_file(path, "sha256") != expected:
+        raise DataError(f"{path} is not the file {run_dir / MANIFEST} committed (its SHA-256 differs): it was "
+                        "damaged, changed or replaced (e.g. by another run's file) after the run wrote it; restore it, "
+                        "or delete the run directory to start again")
+    return path
 
 
 def _stopped(history: list[dict[str, Any]], patience: int | None) -> bool:
@@ -304,7 +319,8 @@ def _commit(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, h
     atomic_write(run_dir / files["optimizer"], lambda file: torch.save(optimizer.state_dict(), file))
     atomic_write(run_dir / files["rng"], lambda file: torch.save(_rng_state(), file))
     files["best"] = best_file
-    write_json(run_dir / MANIFEST, {"epoch": len(history), "files": files, "history": history})
+    digests = {kind: hash_file(run_dir / name, "sha256") for kind, name in files.items()}
+    write_json(run_dir / MANIFEST, {"epoch": len(history), "files": files, "digests": digests, "history": history})
     _sweep(run_dir, set(files.values()))
     return best_file
 
@@ -312,11 +328,12 @@ def _commit(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, h
 def _load_checkpoint(run_dir: Path, manifest: dict[str, Any], model: nn.Module,
                      optimizer: torch.optim.Optimizer, device: torch.device) -> None:
     files = manifest["files"]
-    load_weights(model, run_dir / files["last"])
+    load_weights(model, _committed_file(run_dir, manifest, "last"))
     for name in ("optimizer", "rng"):
         if not (run_dir / files[name]).exists():
             raise DataError(f"{run_dir / files[name]} named by {run_dir / MANIFEST} is missing")
-    optimizer_state, rng_state = load_torch(run_dir / files["optimizer"], device), load_torch(run_dir / files["rng"])
+    optimizer_state = load_torch(_committed_file(run_dir, manifest, "optimizer"), device)
+    rng_state = load_torch(_committed_file(run_dir, manifest, "rng"))
     try:
         optimizer.load_state_dict(optimizer_state)
         for group in optimizer.param_groups:  # Adam's moments must have their parameters' shapes (load takes any)

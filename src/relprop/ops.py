@@ -74,9 +74,10 @@ RMS_NORM = _op("rms_norm", "rms_norm")
 NORMALIZE = _op("normalize", "normalize")  # x / max(||x||, eps): Swin V2's cosine attention
 DROPOUT = _op("dropout", "dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout alpha_dropout_ "
                          "feature_alpha_dropout feature_alpha_dropout_")
-# Products of matrices (q k^T, attention @ v) and linear maps written as functions (F.linear(x, w), x @ w)
+# Products of matrices (q k^T, attention @ v) and linear maps written as functions (F.linear(x, w), x @ w,
+# F.conv2d(x, w): a fixed blur filter, a convolution whose weight the model computes)
 MATMUL = _op("matmul", "matmul __matmul__ __rmatmul__ mm bmm einsum linear addmm baddbmm addbmm mv dot inner "
-                       "tensordot")
+                       "tensordot conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d")
 SOFTMAX = _op("softmax", "softmax")
 # Attention written as one function: decomposed into its matmuls and softmax, which get their own rules
 ATTENTION = _op("attention", "scaled_dot_product_attention multi_head_attention_forward")

@@ -369,6 +369,53 @@ class Scaled(Net):
         return back(self.l1, x, r_u, setting)  # the products with constants pass all relevance
 
 
+class FunctionalConv(Net):
+    """Convolutions written as functions (ops.MATMUL): ``F.conv2d`` with a fixed filter held in a buffer (a blur, as
+    anti-aliased pooling applies), stride 2, groups 2 and a bias parameter, then ``F.conv_transpose2d`` with a
+    weight parameter. Each is a linear map of the path: LRP-epsilon with the RuleMap stabilizer (Uniform, one
+    factor), the bias a constant term."""
+
+    SHAPE = (2, 4, 4)
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.l1, self.head = nn.Linear(24, 32, bias=bias), nn.Linear(32, 3, bias=bias)
+        blur = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+        self.register_buffer("blur", (blur.outer(blur) / 16).expand(4, 1, 3, 3).clone())
+        self.b = nn.Parameter(torch.zeros(4))
+        self.up = nn.Parameter(torch.zeros(4, 1, 2, 2))  # (in, out / groups, kH, kW)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.l1(x)).view(-1, *self.SHAPE)
+        down = F.conv2d(h, self.blur, self.b, stride=2, padding=1, groups=2)  # (4, 2, 2)
+        up = F.conv_transpose2d(down, self.up, stride=2, groups=2)  # (2, 4, 4)
+        return self.head(F.relu(up).flatten(1))
+
+    def _maps(self) -> tuple[tuple[Tensor, Tensor | None], tuple[Tensor, Tensor | None]]:
+        """The two convolutions as dense (out, in) matrices with their per-position bias (None: no bias)."""
+        conv = nn.Conv2d(2, 4, 3, stride=2, padding=1, groups=2).double()
+        transposed = nn.ConvTranspose2d(4, 2, 2, stride=2, groups=2, bias=False).double()
+        with torch.no_grad():
+            conv.weight.copy_(self.blur)
+            conv.bias.copy_(self.b)
+            transposed.weight.copy_(self.up)
+        dense, dense_bias, _, _ = literal.conv_as_dense(conv, self.SHAPE)
+        eye_in = torch.eye(16, dtype=torch.float64)  # the transposed conv's columns: its response to each input
+        up = transposed(eye_in.view(16, 4, 2, 2)).detach().flatten(1).T
+        return (dense, dense_bias), (up, None)
+
+    def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
+        (down, down_bias), (up, _) = self._maps()
+        h = relu(lin(self.l1, x))
+        d = h @ down.T + down_bias
+        u = d @ up.T
+        r = relu(u)
+        relevance = back(self.head, r, start(lin(self.head, r), target), setting)
+        r_d = literal.epsilon(d, up, None, relevance, setting.stabilizer)
+        r_h = literal.epsilon(h, down, down_bias, r_d, setting.stabilizer)
+        return back(self.l1, x, r_h, setting)
+
+
 # ------------------------------------------------------------------------------------------------ products
 class Product(Net):
     """``la(x) * lb(x)`` (same shape, or broadcast (2, 3) * (2, 1)), or ``la(x) * torch.sigmoid(lb(x))``."""
@@ -716,6 +763,7 @@ CASES: list[Case] = [
                           ("nn.Hardsigmoid", False)]),
     Case("wide-gate", WideGate, 5),
     Case("layer-scale-and-constants", Scaled, 5),
+    Case("functional-conv-and-transposed-conv", FunctionalConv, 24),
     Case("signal-take-all-gated", lambda b: Product("gated", b), 5),
     *(Case(f"uniform-{kind}", lambda b, kind=kind: Product(kind, b), 5, mul="uniform")
       for kind in ("same", "broadcast", "gated")),

@@ -158,7 +158,8 @@ class Uniform:
 
 
 # functional products with a term added to them, and where that term stands (position, keyword)
-_ADDED_TERM = {"addmm": (0, "input"), "baddbmm": (0, "input"), "addbmm": (0, "input"), "linear": (2, "bias")}
+_ADDED_TERM = {"addmm": (0, "input"), "baddbmm": (0, "input"), "addbmm": (0, "input"), "linear": (2, "bias"),
+               **{f"conv{kind}{d}d": (2, "bias") for kind in ("", "_transpose") for d in (1, 2, 3)}}
 
 
 def _added_term(site: Site) -> int | None:

@@ -788,6 +788,56 @@ def _divided(z: Tensor, denominator: Callable[[Tensor], Tensor]) -> Tensor:
     return (z - constant).div(denominator(constant)).add(constant)
 
 
+class _StrayModules:
+    """Rules for leaf modules called in the explained forward pass that are not part of the model (an activation
+    module made per call, a module kept in a plain list): the global forward hooks of :func:`attach_rules`.
+
+    A call outside ruled modules (guard depth 0), in the thread that attached, of a module that ``stray`` gives a
+    rule runs as an attached module's would (:meth:`_Attachment.pre` and :meth:`_Attachment.post`); any other call
+    is left alone, and its functional operations meet the op guard as before.
+    """
+
+    def __init__(self, model: nn.Module, stray: Callable[[nn.Module], Rule | None], guard: FunctionalGuard) -> None:
+        tree = structure(model)
+        known = tree.facts.get("ids")
+        if known is None:
+            known = tree.facts["ids"] = frozenset(id(module) for _, module in tree.named_modules(model))
+        self.known: frozenset[int] = known
+        self.stray, self.guard = stray, guard
+        self.owner = threading.get_ident()
+        self.calls: list[tuple[nn.Module, _Attachment]] = []  # the handled calls under way, innermost last
+
+    def pre(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        if (threading.get_ident() != self.owner or self.guard.depth or _RULES.running or id(module) in self.known
+                or next(iter(module.children()), None) is not None):
+            return None
+        rule = self.stray(module)
+        if rule is None:
+            return None
+        attachment = _Attachment(f"{type(module).__name__} (called in forward, not a module of the model)", module,
+                                 rule, self.guard)
+        replaced = attachment.pre(module, args)
+        self.calls.append((module, attachment))
+        return replaced
+
+    def post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if threading.get_ident() != self.owner or not self.calls or self.calls[-1][0] is not module:
+            return None
+        _, attachment = self.calls.pop()
+        return attachment.post(module, args, output)
+
+
+def global_hooks() -> bool:
+    """Whether a global module hook (``torch.nn.modules.module.register_module_forward_hook`` and the like) other
+    than relprop's own for modules not in the model (:class:`_StrayModules`, which never acts on a model's modules)
+    is registered."""
+    hooks = torch.nn.modules.module
+    return any(not isinstance(getattr(hook, "__self__", None), _StrayModules)
+               for table in (hooks._global_forward_hooks, hooks._global_forward_pre_hooks,
+                             hooks._global_backward_hooks, hooks._global_backward_pre_hooks)
+               for hook in table.values())
+
+
 class _Tripwire:
     """Forward pre-hook on a module that no rule covers: raises as soon as it runs on the relevance path."""
 
@@ -810,9 +860,14 @@ def attach_rules(
     guard: FunctionalGuard | None = None,
     *,
     in_region: bool = False,
+    stray: Callable[[nn.Module], Rule | None] | None = None,
 ) -> Iterator[None]:
     """Attach ``(name, module, rule)`` assignments (wrappers, or hooks) and tripwires; remove all on exit, also on
     error.
+
+    ``stray(module)``: the rule of a module that is not part of ``model`` but is called in its forward pass (made
+    there: ``ACT2FN["gelu_new"](x)`` in Hugging Face heads), None for none; such calls get their rule through
+    global module hooks (:class:`_StrayModules`), in this thread only. Needs ``guard``.
 
     They live in a :func:`~relprop.safety.protected` region: the model's lock is held until they are removed
     (explanations of one model from several threads run one after the other), and a Ctrl-C waits for a safe point.
@@ -831,6 +886,12 @@ def attach_rules(
                     undo.append(module.register_forward_hook(attachment.post).remove)
             for name, module, advice in uncovered:
                 undo.append(module.register_forward_pre_hook(_Tripwire(name, module, advice)).remove)
+            if stray is not None and guard is not None:
+                strays = _StrayModules(root_module(model), stray, guard)
+                hooks = torch.nn.modules.module
+                # (the stub says the hook returns None; torch uses a tuple it returns as the new input)
+                undo.append(hooks.register_module_forward_pre_hook(strays.pre).remove)  # type: ignore[arg-type]
+                undo.append(hooks.register_module_forward_hook(strays.post).remove)
             yield
         finally:
             while undo:
@@ -877,9 +938,7 @@ class SequentialPlan:
         no tracing, and not inside a rule's backward pass."""
         if _RULES.running or torch._C._len_torch_function_stack() or torch._C._get_tracing_state() is not None:
             return False
-        hooks = torch.nn.modules.module
-        if (hooks._global_forward_hooks or hooks._global_forward_pre_hooks or hooks._global_backward_hooks
-                or hooks._global_backward_pre_hooks):
+        if global_hooks():
             return False
         for module in (model, *self._modules):
             if (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks

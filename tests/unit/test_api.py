@@ -15,7 +15,7 @@ import relprop
 from counting import Counting
 from relprop import rules
 from relprop.canonizers import MergeBatchNorm
-from relprop.composites import LINEAR_TYPES, PRESETS, RuleMap
+from relprop.composites import LINEAR_TYPES, PRESETS, RuleMap, get_preset
 from relprop.core import ExplanationError
 from relprop.errors import ConfigError
 from relprop.layers import Sum
@@ -616,6 +616,54 @@ class _HiddenBranch(nn.Module):
         if self.where == "output":
             return self.branch(self.last(h))
         return self.last(h) + self.branch(self.last(h)).detach()  # declared a constant
+
+
+class _NewGelu(nn.Module):
+    """GPT-2's tanh-GELU written as a formula, as Hugging Face's NewGELUActivation: its ops alone have no rule."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+class _StrayHead(nn.Module):
+    """Activation modules that are not part of the model: one made on every call (Hugging Face heads call
+    ``ACT2FN[name](x)``) and one kept in a plain list, with a Linear there too; or all registered (``registered``)."""
+
+    def __init__(self, registered: bool) -> None:
+        super().__init__()
+        self.first, self.last = nn.Linear(4, 6), nn.Linear(6, 3)
+        self.registered = registered
+        if registered:
+            self.made, self.kept, self.middle = nn.Tanh(), _NewGelu(), nn.Linear(6, 6)
+        else:
+            self.plain = [_NewGelu(), nn.Linear(6, 6)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        made = self.made if self.registered else nn.Tanh()
+        kept, middle = (self.kept, self.middle) if self.registered else self.plain
+        return self.last(kept(middle(made(self.first(x)))))
+
+
+def test_modules_called_in_forward_but_not_registered_get_their_rules() -> None:
+    """An activation module made per call is not in the model's tree, so no rule was attached to it: its formula
+    met the op guard (GPT-2's tanh-GELU: refused, big_bird's classification head under attnlrp). Such modules get
+    the rule of their type, as registered ones do."""
+    torch.manual_seed(0)
+    registered = _StrayHead(registered=True).double().eval()
+    stray = _StrayHead(registered=False).double().eval()
+    stray.first, stray.last = registered.first, registered.last
+    stray.plain[1].double().load_state_dict(registered.middle.state_dict())  # .double() does not reach a list
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for preset in ("epsilon", "epsilon_plus_flat", "attnlrp"):
+        rule_map = get_preset(preset).with_rules((_NewGelu, rules.Pass()))  # as a library activation
+        want = relprop.explain(registered, x, 0, method="lrp", rule_map=rule_map).relevance
+        got = relprop.explain(stray, x, 0, method="lrp", rule_map=rule_map).relevance
+        assert torch.equal(got, want), preset
+    hooks = torch.nn.modules.module
+    assert not hooks._global_forward_hooks and not hooks._global_forward_pre_hooks  # removed again
+    for model in (registered, stray):  # without a rule for it, the formula's ops meet the op guard, as before
+        with pytest.raises(ExplanationError, match=r"at .*test_api.py:\d+"):
+            relprop.explain(model, x, 0, method="lrp", preset="epsilon")
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

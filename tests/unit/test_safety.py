@@ -111,6 +111,8 @@ def assert_untouched(model: nn.Module, before: dict[str, Any]) -> None:
     for module in model.modules():
         for hooks in _HOOK_DICTS:
             assert not getattr(module, hooks), f"{type(module).__name__} keeps {hooks}"
+    global_hooks = torch.nn.modules.module
+    assert not global_hooks._global_forward_hooks and not global_hooks._global_forward_pre_hooks, "global hooks left"
     assert torch._C._len_torch_function_stack() == 0, "a torch-function mode was left on the stack"
     assert torch.is_grad_enabled() and not torch.is_inference_mode_enabled(), "the grad mode was left changed"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import ops
-from ..core import FunctionalGuard, attached_rule, on_path
+from ..core import FunctionalGuard, attached_rule, global_hooks, on_path
 from ..errors import ExplanationError
 from ..models.cells import GRUCell, LSTMCell, RNNCell
 from ..models.recurrent import Recurrent
@@ -228,12 +228,6 @@ def _cell_rules(cell: nn.Module, rule_of: Callable[[nn.Module], Rule | None]) ->
 _TWIN_ROUTES = ("__getitem__", "unbind", "stack", "cat", "chunk", "transpose", "unsqueeze", "squeeze")
 
 
-def _global_hooks() -> bool:
-    hooks = torch.nn.modules.module
-    return any(getattr(hooks, name) for name in ("_global_forward_hooks", "_global_forward_pre_hooks",
-                                                 "_global_backward_hooks", "_global_backward_pre_hooks"))
-
-
 def _stock_arguments(module: nn.RNNBase, x: Tensor, hx: Any) -> bool:
     """A padded input (2-D unbatched or 3-D, float32 or float64, not empty) and an initial state (``(h0, c0)``,
     or ``h0``) of the stock shapes and dtype."""
@@ -260,7 +254,7 @@ def _fused_rules(module: nn.RNNBase, twin: Recurrent, x: Any, hx: Any) -> list[R
     if module.training or not isinstance(x, Tensor) or module.proj_size > 0:
         return None
     guard = FunctionalGuard.active()
-    if guard is None or not guard.strict or guard.depth or _global_hooks() or not on_path((x, hx)) \
+    if guard is None or not guard.strict or guard.depth or global_hooks() or not on_path((x, hx)) \
             or not _stock_arguments(module, x, hx):
         return None
     if (any(type(guard.op_rules.get(guard.op_of(name))) is not Route for name in _TWIN_ROUTES)  # type: ignore[arg-type]

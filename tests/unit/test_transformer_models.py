@@ -141,3 +141,17 @@ def test_cnn_presets_refuse_attention_and_point_to_the_transformer_presets() -> 
     model = _vision()["vit"]().double().eval()
     with pytest.raises(relprop.ExplanationError, match="attnlrp"):
         relprop.explain(model, torch.rand(1, 3, 32, 32, dtype=torch.float64), method="lrp", preset="epsilon_plus_flat")
+
+
+@pytest.mark.slow  # torch compiles flex_attention first: about 25 s
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_flex_attention_is_refused_with_a_way_out() -> None:
+    """flex_attention has no rule, and no backward pass on CPU: torch's NotImplementedError came through, with
+    advice (set requires_grad to False) that cannot apply to an explanation."""
+    config = transformers.LlamaConfig(num_key_value_heads=1, max_position_embeddings=32, pad_token_id=0, **COMMON)
+    model = transformers.LlamaForSequenceClassification._from_config(config, attn_implementation="flex_attention")
+    ids, _ = _ids_and_mask(pad=0)  # on the CPU, where flex_attention has no backward pass
+    for options in ({"method": "lrp", "preset": "attnlrp"}, {"method": "lrp", "preset": "cp_lrp"},
+                    {"method": "guided_backprop"}):
+        with pytest.raises(relprop.ExplanationError, match="flex_attention, which no rule .*implementation='sdpa'"):
+            relprop.explain(model.eval(), ids, 0, **options)

@@ -8,7 +8,8 @@ several times over (the path points of integrated gradients, the noisy copies of
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,22 @@ def output_example(result: object) -> str:
     if isinstance(result, (tuple, list)):
         return "output=lambda result: result[0]"
     return "output=lambda result: result.logits (whichever attribute holds the scores)"
+
+
+@contextlib.contextmanager
+def explained_forward() -> Iterator[None]:
+    """Around the explained forward pass of a rule method: torch's refusal of an attention kernel that cannot run
+    with gradients here becomes an ExplanationError with a way out (the plain pass may have run it without them)."""
+    try:
+        yield
+    except NotImplementedError as error:
+        if "FlexAttention" not in str(error):
+            raise
+        raise ExplanationError(
+            f"the model computes attention with flex_attention, which no rule of relprop's covers ({error}); load the "
+            "model with attn_implementation='sdpa' or 'eager' (Hugging Face), or call "
+            "F.scaled_dot_product_attention, which the transformer presets decompose"
+        ) from None
 
 
 def scores_error(output: Tensor) -> ExplanationError:

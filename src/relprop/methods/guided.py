@@ -21,7 +21,7 @@ from ..core import (
 from ..errors import ExplanationError
 from ..ops import OpCall
 from ..rules.elementwise import vjp
-from ._common import OutputSeed, is_several, start_gradient, start_gradients
+from ._common import OutputSeed, explained_forward, is_several, start_gradient, start_gradients
 from ._layers import backward_batched
 from ._registry import method
 
@@ -81,7 +81,7 @@ def _modified_gradient(model: nn.Module, x: Tensor, target: Tensor | OutputSeed,
     guard = FunctionalGuard({ops.ACTIVATION: rule}, strict=False)  # every other op keeps its own gradient
     x = mark_path(x.detach().requires_grad_())
     with attach_rules(model, modules, guard=guard), torch.enable_grad():
-        with guard:
+        with guard, explained_forward():
             output = model(x)
         if not on_path((output,)):
             refuse_hidden((output,), lambda: f"the output of {type(root).__name__}", strict=False)

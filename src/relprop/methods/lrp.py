@@ -12,7 +12,15 @@ from torch import Tensor, nn
 from ..composites import RuleMap, get_preset
 from ..core import PlanTrace, check_model_output, mark_path, on_path, refuse_hidden, root_module
 from ..errors import ExplanationError
-from ._common import ClassTarget, OutputSeed, logits_of, output_example, repeated, start_relevance
+from ._common import (
+    ClassTarget,
+    OutputSeed,
+    explained_forward,
+    logits_of,
+    output_example,
+    repeated,
+    start_relevance,
+)
 from ._layers import Records, backward, gap_by_layer, no_path_error, recorded_layers, stacked
 from ._registry import Attribution, method
 
@@ -76,7 +84,7 @@ def _explain(
             assert plan is not None
             returned = plan(x, rule_map.guard())
         else:
-            with guard:
+            with guard, explained_forward():
                 returned = model(x)
         output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
         if output is None and not isinstance(returned, Tensor):

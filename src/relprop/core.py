@@ -28,6 +28,7 @@ without autograd and calls each rule's ``relevance`` in reverse order, as the re
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -1159,6 +1160,10 @@ class FunctionalGuard(TorchFunctionMode):
         """:func:`refuse_hidden`, with the nodes this guard has already found off the path."""
         refuse_hidden(values, user, self.strict, self._off_path)
 
+    def __enter__(self) -> FunctionalGuard:
+        _opaque_to_dynamo()
+        return super().__enter__()  # type: ignore[no-untyped-call,no-any-return]
+
     def op_of(self, name: str) -> Op | None:
         """The op that a function called ``name`` counts as here (ops the user declared first).
 
@@ -1371,6 +1376,24 @@ class FunctionalGuard(TorchFunctionMode):
             f"functional operation '{name}' at {ops.caller_location()} is on the relevance path and {reason}: its "
             f"relevance would be a plain gradient; {fix or _fix(name, op)}"
         )
+
+
+_DYNAMO_REASON = "relprop's op guard runs compiled code op by op while it explains"
+
+
+def _opaque_to_dynamo() -> None:
+    """Once torch.compile is in use (``torch._dynamo`` imported; it is not imported for this, which would take a
+    second and a half), make :meth:`FunctionalGuard.__torch_function__` a function that dynamo does not trace. A
+    compiled function called in the explained forward pass then runs op by op through the guard, as plain code would
+    (about 1% slower per op), instead of being traced with the guard inlined into a graph whose backward carries a
+    plain gradient."""
+    dynamo = sys.modules.get("torch._dynamo")
+    function = FunctionalGuard.__torch_function__
+    if dynamo is None or getattr(function, "_relprop_opaque", False):
+        return
+    opaque = dynamo.disable(function, reason=_DYNAMO_REASON)
+    opaque._relprop_opaque = True
+    FunctionalGuard.__torch_function__ = opaque  # type: ignore[method-assign]
 
 
 def _fix(name: str, op: Op | None) -> str:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -217,20 +221,80 @@ class _CompiledBranch(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.first, self.last = nn.Linear(4, 4), nn.Linear(4, 3)
-        self.branch = torch.compile(lambda h: torch.relu(h) * 2.0, backend="aot_eager")  # no C++ compiler needed
+        self.plain = lambda h: torch.relu(h) * 2.0
+        self.branch = torch.compile(self.plain, backend="aot_eager")  # no C++ compiler needed
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.first(x)
         return self.last(h + self.branch(h))  # type: ignore[no-any-return]
 
 
-@pytest.mark.filterwarnings("ignore:Dynamo:UserWarning")  # dynamo traces into the op guard and breaks its graph there
-def test_a_compiled_function_called_in_forward_is_refused_naming_torch_compile() -> None:
-    """Its result comes out of the Function that torch.compile's AOT autograd makes: the error named that Function
-    (torch._functorch...CompiledFunction) as a "custom autograd.Function"; it names torch.compile and the way back."""
-    model = _CompiledBranch().eval()
-    with pytest.raises(ExplanationError, match=r"from code compiled by torch.compile, .*_torchdynamo_orig_callable"):
-        relprop.explain(model, torch.randn(2, 4), 0, method="lrp")
+@pytest.fixture
+def fresh_dynamo() -> Iterator[None]:
+    """Each test compiles afresh, and leaves no compiled frame of relprop's code to the next."""
+    dynamo = pytest.importorskip("torch._dynamo")
+    dynamo.reset()
+    yield
+    dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore:Dynamo:UserWarning")
+def test_a_compiled_function_called_in_forward_runs_op_by_op_through_the_guard(fresh_dynamo: None) -> None:
+    """dynamo traced the op guard into the compiled graph, whose backward (the Function AOT autograd makes) carries a
+    plain gradient: relprop refused it, and once dynamo had hit its recompile limit on the guard's code it ran
+    without an error instead. The guard is opaque to dynamo now: the compiled function runs op by op, explained as
+    the plain one."""
+    model = _CompiledBranch().double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    methods = ("lrp", "guided_backprop")
+    compiled, model.branch = model.branch, model.plain
+    wants = {method: relprop.explain(model, x, 0, method=method).relevance for method in methods}
+    model.branch = compiled
+    for cached in (False, True):
+        if cached:
+            model(x)  # compiled and cached by a plain forward pass before the explanation
+        for method in methods:
+            got = relprop.explain(model, x, 0, method=method).relevance
+            torch.testing.assert_close(got, wants[method], rtol=1e-12, atol=1e-14)
+    model.branch = torch.compile(lambda h: torch.tanh(h) * 3.0, backend="aot_eager", fullgraph=True)  # new code
+    with pytest.raises(ExplanationError, match=r"torch.compile\(fullgraph=True\) .*_torchdynamo_orig_callable"):
+        relprop.explain(model, x, 0, method="lrp")
+
+
+_TRACED_GUARD = """
+import warnings, torch, relprop
+from relprop import core
+from torch import nn
+warnings.filterwarnings("ignore")
+core._opaque_to_dynamo = lambda: None  # dynamo traces the guard, as when it is imported after the guard's entry
+
+
+class CompiledBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.first, self.last = nn.Linear(4, 4), nn.Linear(4, 3)
+        self.branch = torch.compile(lambda h: torch.relu(h) * 2.0, backend="aot_eager")
+
+    def forward(self, x):
+        h = self.first(x)
+        return self.last(h + self.branch(h))
+
+
+try:
+    relprop.explain(CompiledBranch().eval(), torch.randn(2, 4), 0, method="lrp")
+except relprop.ExplanationError as error:
+    print(error)
+"""
+
+
+def test_a_compiled_graph_on_the_path_is_refused_naming_torch_compile() -> None:
+    """Where dynamo does trace the guard (imported only after the guard was entered, as when a forward pass compiles
+    its first function), the graph's output comes from the Function AOT autograd makes. The error named it a
+    "custom autograd.Function" (torch._functorch...CompiledFunction); it names torch.compile and the way back. In a
+    process of its own: once the guard is opaque to dynamo, dynamo skips its code for good."""
+    done = subprocess.run([sys.executable, "-c", _TRACED_GUARD], capture_output=True, text=True, timeout=300,
+                          check=True)
+    assert re.search(r"from code compiled by torch.compile, .*_torchdynamo_orig_callable", done.stdout), done.stdout
 
 
 class _Doubler(torch.autograd.Function):

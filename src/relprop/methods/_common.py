@@ -40,11 +40,18 @@ def output_example(result: object) -> str:
 @contextlib.contextmanager
 def explained_forward() -> Iterator[None]:
     """Around the explained forward pass of a rule method: torch's refusal of an attention kernel that cannot run
-    with gradients here becomes an ExplanationError with a way out (the plain pass may have run it without them)."""
+    with gradients here (the plain pass may have run it without them), and dynamo's of a ``fullgraph=True``
+    compiled function that must break at the op guard, become ExplanationErrors with a way out."""
     try:
         yield
-    except NotImplementedError as error:
-        if "FlexAttention" not in str(error):
+    except RuntimeError as error:  # NotImplementedError and dynamo's Unsupported are RuntimeErrors
+        if "relprop's op guard" in str(error):  # core._DYNAMO_REASON: fullgraph=True cannot break at the guard
+            raise ExplanationError(
+                "a function compiled with torch.compile(fullgraph=True) runs in the forward pass: relprop runs "
+                "compiled code op by op through its op guard, which fullgraph forbids; compile it without "
+                "fullgraph=True, or call it uncompiled (torch.compile keeps it as compiled._torchdynamo_orig_callable)"
+            ) from None
+        if not isinstance(error, NotImplementedError) or "FlexAttention" not in str(error):
             raise
         raise ExplanationError(
             f"the model computes attention with flex_attention, which no rule of relprop's covers ({error}); load the "

@@ -537,6 +537,15 @@ def relay(rule: Rule, site: Site, output: Tensor, inputs: tuple[Any, ...]) -> Te
 
 # ------------------------------------------------------------------------------------------------ module sites
 _GATE_MODULES = (nn.Sigmoid, nn.Hardsigmoid)
+# library activation modules (ruled as a whole, their sigmoid unseen inside) that compute a gate: (module, class)
+_LIBRARY_GATES = frozenset({("timm.layers.activations", "Sigmoid"), ("timm.layers.activations", "HardSigmoid"),
+                            ("timm.layers.activations_me", "HardSigmoidMe")})
+
+
+def _gate_module(module: nn.Module) -> bool:
+    """Whether ``module``'s output is a gate: a sigmoid or hard sigmoid module, torch's or a library's."""
+    kind = type(module)
+    return isinstance(module, _GATE_MODULES) or (kind.__module__, kind.__name__) in _LIBRARY_GATES
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
@@ -569,6 +578,7 @@ class _Attachment:
         self.merges = (getattr(rule, "merges_batch_norm", False) and isinstance(module, _LAYERS)
                        and not has_relprop_affine(module))
         self.inplace = _works_in_place(module)  # read once per attachment, not per call
+        self.gate = _gate_module(module)
         # a Linear/ConvNd subclass with a forward of its own, under a rule that computes with its weight: checked
         self.stock = _stock_layer(module) if getattr(rule, "reads_weights", False) else None
         # a z-rule whose relevance is x * J^T (R / d(z)) with z the module's own output: autograd's form (_carry)
@@ -707,7 +717,7 @@ class _Attachment:
             result = mark_path(_divided(output, self.denominator))
         else:
             result = relay(self.rule, module, output, original_args)
-        if isinstance(module, _GATE_MODULES):
+        if self.gate:
             setattr(result, _GATE, True)
         if self.merges:
             setattr(result, _PRODUCER, (self.rule, module, original_args[0]))

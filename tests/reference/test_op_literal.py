@@ -15,6 +15,7 @@ used again. The last three cases were engine bugs when these tests were written:
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ import relprop
 from relprop import ops, rules
 from relprop.composites import LINEAR_TYPES, RuleMap
 
+_TIMM = importlib.util.find_spec("timm") is not None  # library gate modules (timm's Sigmoid, HardSigmoid)
 TOLERANCE = 1e-12
 EPS = 0.01  # epsilon of the z-rules on Linear/Conv layers
 STAB = 0.05  # the RuleMap stabilizer: Proportional, DetachedNorm and the Epsilon of a batch norm's diagonal map
@@ -288,7 +290,12 @@ class Excite(Net):
         self.gate, self.gate_first = gate, gate_first
         self.l1, self.head = nn.Linear(5, 12, bias=bias), nn.Linear(12, 3, bias=bias)
         self.fc = nn.Conv1d(3, 3, 1, bias=bias)
-        self.gate_module = nn.Hardsigmoid() if gate == "nn.Hardsigmoid" else nn.Sigmoid()
+        if gate.startswith("timm."):  # a library's activation module: ruled as a whole, its sigmoid unseen
+            from timm.layers import activations
+
+            self.gate_module = getattr(activations, gate.split(".")[1])()
+        else:
+            self.gate_module = nn.Hardsigmoid() if gate == "nn.Hardsigmoid" else nn.Sigmoid()
 
     def _gate(self, t: Tensor) -> Tensor:
         if self.gate == "torch.sigmoid":
@@ -309,7 +316,7 @@ class Excite(Net):
         h = lin(self.l1, x)  # (batch, 12) = (3, 4) per sample
         q = h @ op_literal.reduction_jacobian((3, 4), (1,), mean=True).T  # (batch, 3)
         t = q @ self.fc.weight.detach()[:, :, 0].T + (0.0 if self.fc.bias is None else self.fc.bias.detach())
-        g = hardsigmoid(t) if "ardsigmoid" in self.gate else sigmoid(t)
+        g = hardsigmoid(t) if "hardsigmoid" in self.gate.lower() else sigmoid(t)
         y = h * (g @ op_literal.broadcast_jacobian((3, 1), (3, 4)).T)
         relevance = back(self.head, y, start(lin(self.head, y), target), setting)
         r_h = op_literal.signal_take_all(relevance, (3, 4), (3, 4))  # the gate gets nothing
@@ -760,7 +767,8 @@ CASES: list[Case] = [
     *(Case(f"excite-{gate}{'-gate-first' if first else ''}", lambda b, g=gate, f=first: Excite(g, f, b), 5)
       for gate, first in [("torch.sigmoid", False), ("torch.sigmoid", True), ("Tensor.sigmoid", False),
                           ("F.hardsigmoid", False), ("nn.Sigmoid", False), ("nn.Sigmoid", True),
-                          ("nn.Hardsigmoid", False)]),
+                          ("nn.Hardsigmoid", False),
+                          *([("timm.Sigmoid", False), ("timm.HardSigmoid", True)] if _TIMM else [])]),
     Case("wide-gate", WideGate, 5),
     Case("layer-scale-and-constants", Scaled, 5),
     Case("functional-conv-and-transposed-conv", FunctionalConv, 24),

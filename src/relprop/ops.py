@@ -30,7 +30,7 @@ from .errors import ExplanationError
 __all__ = [
     "Op", "OpCall", "lookup", "ALL", "ADD", "SUB", "MUL", "DIV", "SUM", "MEAN", "AVG_POOL", "MAX", "INTERPOLATE",
     "ACTIVATION", "BATCH_NORM", "LAYER_NORM", "GROUP_NORM", "RMS_NORM", "DROPOUT", "ROUTE", "CONSTANT", "MATMUL",
-    "SOFTMAX", "ATTENTION", "NORM_STATISTIC", "NORMALIZE",
+    "SOFTMAX", "ATTENTION", "NORM_STATISTIC", "NORMALIZE", "ADDCMUL",
 ]
 
 
@@ -53,7 +53,7 @@ ADD = _op("add", "add add_ __add__ __radd__ __iadd__")
 SUB = _op("sub", "sub sub_ subtract subtract_ rsub __sub__ __rsub__ __isub__ neg neg_ negative __neg__")
 MUL = _op("mul", "mul mul_ multiply multiply_ __mul__ __rmul__ __imul__")
 DIV = _op("div", "div div_ divide divide_ true_divide true_divide_ __truediv__ __itruediv__ __div__ __idiv__")
-SUM = _op("sum", "sum nansum")
+SUM = _op("sum", "sum nansum fold")  # F.fold sums overlapping patches
 MEAN = _op("mean", "mean nanmean")
 AVG_POOL = _op("avg_pool", "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d "
                            "adaptive_avg_pool3d")
@@ -81,8 +81,10 @@ MATMUL = _op("matmul", "matmul __matmul__ __rmatmul__ mm bmm einsum linear addmm
 SOFTMAX = _op("softmax", "softmax")
 # Attention written as one function: decomposed into its matmuls and softmax, which get their own rules
 ATTENTION = _op("attention", "scaled_dot_product_attention multi_head_attention_forward")
-# The statistics a hand-written normalisation divides by (RMSNorm: x * rsqrt(mean(x^2) + eps))
-NORM_STATISTIC = _op("norm_statistic", "rsqrt rsqrt_ sqrt sqrt_ pow pow_ __pow__ square var std var_mean std_mean")
+# The statistics a hand-written normalisation divides by (RMSNorm: x * rsqrt(mean(x^2) + eps); ConvNeXt V2's global
+# response normalisation: x * (||x|| / mean ||x||))
+NORM_STATISTIC = _op("norm_statistic", "rsqrt rsqrt_ sqrt sqrt_ pow pow_ __pow__ square var std var_mean std_mean "
+                                       "norm linalg_vector_norm")
 # Operations whose backward only selects, copies, moves or reshapes values: their own gradient routes relevance.
 ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permute transpose t squeeze unsqueeze
     contiguous clone expand expand_as repeat repeat_interleave tile cat concat concatenate stack hstack vstack dstack
@@ -94,9 +96,12 @@ ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permut
 CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_tensor zeros_like ones_like empty_like "
                            "full_like rand_like randn_like randint_like")
 
+# input + value * tensor1 * tensor2 in one function (timm's affine layers: torch.addcmul(bias, weight, x)): run as
+# its product and sum, each with its own rule
+ADDCMUL = _op("addcmul", "addcmul")
 ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE, ACTIVATION, BATCH_NORM, LAYER_NORM,
                        GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC,
-                       NORMALIZE)
+                       NORMALIZE, ADDCMUL)
 _BY_NAME = {name: op for op in ALL for name in op.names}
 GATE_NAMES = frozenset({"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_"})
 

@@ -250,6 +250,41 @@ class Reduce(Net):
         return op_literal.proportional([(x, jacobian)], 0.0, relevance, setting.stabilizer)[0]
 
 
+class Fold(Net):
+    """``F.fold`` of nine overlapping 2x2 patches (stride 1) of two channels into a 4x4 image: a sum where the
+    patches overlap, so its relevance is proportional (a route would copy it to each patch, and double it)."""
+
+    CHANNELS, KERNEL, SIZE = 2, 2, 4
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.head = nn.Linear(self.CHANNELS * self.SIZE**2, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        patches = x.view(-1, self.CHANNELS * self.KERNEL**2, 9)  # (channel, kernel row, kernel column) x block
+        return self.head(F.fold(patches, self.SIZE, self.KERNEL).flatten(1))
+
+    @classmethod
+    def jacobian(cls) -> Tensor:
+        """(output, input) 0/1 matrix: block (i, j) puts its kernel entry (a, b) of channel c at (c, i + a, j + b)."""
+        k, size, blocks = cls.KERNEL, cls.SIZE, cls.SIZE - cls.KERNEL + 1
+        jacobian = torch.zeros(cls.CHANNELS * size**2, cls.CHANNELS * k * k * blocks**2, dtype=torch.float64)
+        for c in range(cls.CHANNELS):
+            for a in range(k):
+                for b in range(k):
+                    for i in range(blocks):
+                        for j in range(blocks):
+                            row = (c * k + a) * k + b  # the patch tensor's (channel, a, b) row
+                            jacobian[(c * size + i + a) * size + j + b, row * blocks**2 + i * blocks + j] = 1.0
+        return jacobian
+
+    def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
+        jacobian = self.jacobian()
+        y = x @ jacobian.T
+        relevance = back(self.head, y, start(lin(self.head, y), target), setting)
+        return op_literal.proportional([(x, jacobian)], 0.0, relevance, setting.stabilizer)[0]
+
+
 class Pool(Net):
     """Functional average pooling of the input (2, 5, 6)."""
 
@@ -764,6 +799,7 @@ CASES: list[Case] = [
     Case("mean-dims", lambda b: Reduce("mean", (1, 2), False, b), 24),
     Case("torch.mean-last", lambda b: Reduce("torch.mean", (-1,), True, b), 24),
     *(Case(kind, lambda b, kind=kind: Pool(kind, b), 60) for kind in Pool.KINDS),
+    Case("fold-overlapping-patches", Fold, 72),
     *(Case(f"excite-{gate}{'-gate-first' if first else ''}", lambda b, g=gate, f=first: Excite(g, f, b), 5)
       for gate, first in [("torch.sigmoid", False), ("torch.sigmoid", True), ("Tensor.sigmoid", False),
                           ("F.hardsigmoid", False), ("nn.Sigmoid", False), ("nn.Sigmoid", True),
@@ -1089,3 +1125,31 @@ def test_inplace_op_on_a_view_reaches_its_base() -> None:
     with torch.no_grad():
         want = model.literal(x, TARGET, setting)  # type: ignore[operator]
     assert max_relative_error(got, want) <= TOLERANCE
+
+
+class _Affine(nn.Module):
+    """timm's affine layer: ``torch.addcmul(beta, alpha, h, value=0.5)``, or written out (``written``)."""
+
+    def __init__(self, written: bool) -> None:
+        super().__init__()
+        self.written = written
+        self.l1, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
+        self.alpha, self.beta = nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.l1(x))
+        if self.written:
+            return self.head(self.beta + 0.5 * (self.alpha * h))  # type: ignore[no-any-return]
+        return self.head(torch.addcmul(self.beta, self.alpha, h, value=0.5))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "attnlrp"])
+def test_addcmul_runs_as_its_product_and_sum(preset: str) -> None:
+    """torch.addcmul had no rule (timm's resmlp and ConvNeXt V2 were refused); it runs as the ops it is made of, so
+    its relevance is that of the same layer written out."""
+    torch.manual_seed(0)
+    fused, written = _Affine(written=False).double().eval(), _Affine(written=True).double().eval()
+    written.load_state_dict(fused.state_dict())
+    x = torch.randn(BATCH, 5, dtype=torch.float64)
+    want = relprop.explain(written, x, TARGET, method="lrp", preset=preset).relevance
+    assert torch.equal(relprop.explain(fused, x, TARGET, method="lrp", preset=preset).relevance, want)

@@ -242,6 +242,36 @@ def test_a_hand_written_rms_norm_scales_the_path(preset: str) -> None:
     torch.testing.assert_close(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=1e-9)
 
 
+class _ResponseNorm(nn.Module):
+    """ConvNeXt V2's global response normalisation, ``x + gamma * (x * n) + beta`` with ``n = g / mean(g)`` and
+    ``g`` the per-channel L2 norm over the image: by ``torch.norm``, or by hand (``pow``, ``sum``, ``sqrt``)."""
+
+    def __init__(self, by_hand: bool) -> None:
+        super().__init__()
+        self.by_hand = by_hand
+        self.conv, self.head = nn.Conv2d(2, 3, 3, padding=1), nn.Linear(3 * 16, 2)
+        self.gamma, self.beta = nn.Parameter(torch.randn(1, 3, 1, 1)), nn.Parameter(torch.randn(1, 3, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv(x)
+        g = h.pow(2).sum((2, 3), keepdim=True).sqrt() if self.by_hand else torch.norm(h, p=2, dim=(2, 3), keepdim=True)
+        n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
+        return self.head((h + self.gamma * (h * n) + self.beta).flatten(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_a_norm_statistic_by_torch_norm_is_held_constant_as_by_hand(preset: str) -> None:
+    """torch.norm had no rule, so ConvNeXt V2 (timm's GRN) was refused under the transformer presets; it is the
+    statistic of a normalisation, held constant as the same statistic computed by hand is."""
+    torch.manual_seed(0)
+    by_norm = _ResponseNorm(by_hand=False).double().eval()
+    by_hand = _ResponseNorm(by_hand=True).double().eval()
+    by_hand.load_state_dict(by_norm.state_dict())
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    want = relprop.explain(by_hand, x, 0, preset=preset).relevance
+    torch.testing.assert_close(relprop.explain(by_norm, x, 0, preset=preset).relevance, want, rtol=1e-10, atol=1e-12)
+
+
 class _ChannelNorm(nn.Module):
     """A channels-first layer norm as timm's ``_layer_norm_cf`` writes it (``torch.var_mean``), or as
     ``F.layer_norm`` over permuted channels: the same function."""

@@ -105,10 +105,9 @@ def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
         (Sum, proportional),
         (GatedProduct, rules.SignalTakeAll()),
         (AVG_POOLS, proportional),
-        ((ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE), proportional),
+        ((ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE, ops.ADDCMUL), proportional),
         ((ops.MUL, ops.DIV), rules.SignalTakeAll()),
         (ops.MATMUL, rules.Uniform(stabilizer)),
-        (ops.ADDCMUL, rules.Decompose()),  # its product and its sum, each with its rule
         (ops.MAX, rules.WinnerTakeAll()),
         ((ops.ACTIVATION, ops.DROPOUT, ops.NORMALIZE), rules.Pass()),  # normalize: the norm held constant
         (ops.ROUTE, rules.Route()),

@@ -1325,6 +1325,12 @@ class FunctionalGuard(TorchFunctionMode):
                 "on the relevance path, a step function that no rule explains (as x // y and torch.floor are "
                 "refused); if it computes an index or a count, compute it from x.detach()"
             )
+        if call.op is ops.ADDCMUL and {1, "tensor1"} & set(call.keys) and {2, "tensor2"} & set(call.keys):
+            raise ExplanationError(
+                f"'addcmul' at {call.location} multiplies two tensors on the relevance path (tensor1 * tensor2), whose "
+                "relevance a sum's rule would count twice; write it out, input + value * tensor1 * tensor2, so that "
+                "the product gets the product rule"
+            )
         if call.op is ops.DROPOUT and call.argument("training"):
             raise ExplanationError(
                 f"dropout in training mode at {call.location} would randomise the explanation: call model.eval() "

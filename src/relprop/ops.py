@@ -96,8 +96,8 @@ ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permut
 CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_tensor zeros_like ones_like empty_like "
                            "full_like rand_like randn_like randint_like")
 
-# input + value * tensor1 * tensor2 in one function (timm's affine layers: torch.addcmul(bias, weight, x)): run as
-# its product and sum, each with its own rule
+# input + value * tensor1 * tensor2 in one function (timm's affine layers: torch.addcmul(bias, weight, x)), at most
+# one factor on the path: a sum whose terms each take their share
 ADDCMUL = _op("addcmul", "addcmul")
 ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE, ACTIVATION, BATCH_NORM, LAYER_NORM,
                        GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC,

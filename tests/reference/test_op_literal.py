@@ -1128,28 +1128,34 @@ def test_inplace_op_on_a_view_reaches_its_base() -> None:
 
 
 class _Affine(nn.Module):
-    """timm's affine layer: ``torch.addcmul(beta, alpha, h, value=0.5)``, or written out (``written``)."""
+    """timm's affine layer: ``torch.addcmul(beta, alpha, h, value=0.5)``, or written out (``written``); ``squared``
+    multiplies h by itself (two factors on the path)."""
 
-    def __init__(self, written: bool) -> None:
+    def __init__(self, written: bool, squared: bool = False) -> None:
         super().__init__()
-        self.written = written
+        self.written, self.squared = written, squared
         self.l1, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
         self.alpha, self.beta = nn.Parameter(torch.randn(6)), nn.Parameter(torch.randn(6))
 
     def forward(self, x: Tensor) -> Tensor:
         h = F.relu(self.l1(x))
+        factor = h if self.squared else self.alpha
         if self.written:
-            return self.head(self.beta + 0.5 * (self.alpha * h))  # type: ignore[no-any-return]
-        return self.head(torch.addcmul(self.beta, self.alpha, h, value=0.5))  # type: ignore[no-any-return]
+            return self.head(self.beta + 0.5 * (factor * h))  # type: ignore[no-any-return]
+        return self.head(torch.addcmul(self.beta, factor, h, value=0.5))  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "attnlrp"])
-def test_addcmul_runs_as_its_product_and_sum(preset: str) -> None:
-    """torch.addcmul had no rule (timm's resmlp and ConvNeXt V2 were refused); it runs as the ops it is made of, so
-    its relevance is that of the same layer written out."""
+def test_addcmul_is_a_sum_of_its_term_and_its_product(preset: str) -> None:
+    """torch.addcmul had no rule (timm's resmlp and ConvNeXt V2 were refused); with one factor on the path it is a
+    sum of two terms, each its share, as the layer written out gets it; with two it raises, pointing there."""
     torch.manual_seed(0)
     fused, written = _Affine(written=False).double().eval(), _Affine(written=True).double().eval()
     written.load_state_dict(fused.state_dict())
     x = torch.randn(BATCH, 5, dtype=torch.float64)
     want = relprop.explain(written, x, TARGET, method="lrp", preset=preset).relevance
-    assert torch.equal(relprop.explain(fused, x, TARGET, method="lrp", preset=preset).relevance, want)
+    got = relprop.explain(fused, x, TARGET, method="lrp", preset=preset).relevance
+    assert max_relative_error(got, want) <= TOLERANCE
+    squared = _Affine(written=False, squared=True).double().eval()
+    with pytest.raises(relprop.ExplanationError, match=r"'addcmul' at .*test_op_literal.py:\d+ multiplies two "):
+        relprop.explain(squared, x, TARGET, method="lrp", preset=preset)

@@ -146,18 +146,12 @@ def multi_head_attention_forward(
     return (output.squeeze(1) if unbatched else output), None
 
 
-def _addcmul(input: Tensor, tensor1: Tensor, tensor2: Tensor, *, value: float = 1.0) -> Tensor:
-    product = tensor1 * tensor2
-    return input + (product if value == 1 else value * product)
-
-
 @dataclass(frozen=True)
 class Decompose:
-    """Runs a composite function as the ops it is made of, each of which then gets its own rule.
+    """Runs an attention function as the ops it is made of, each of which then gets its own rule.
 
     ``F.scaled_dot_product_attention`` (a fused kernel) runs as :func:`scaled_dot_product_attention`;
-    ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``) as :func:`multi_head_attention_forward`;
-    ``torch.addcmul(input, tensor1, tensor2, value=v)`` as ``input + v * (tensor1 * tensor2)``.
+    ``F.multi_head_attention_forward`` (``nn.MultiheadAttention``) as :func:`multi_head_attention_forward`.
     """
 
     def decompose(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -166,8 +160,6 @@ class Decompose:
             return scaled_dot_product_attention(*args, **kwargs)
         if name == "multi_head_attention_forward":
             return multi_head_attention_forward(*args, **kwargs)
-        if name == "addcmul":
-            return _addcmul(*args, **kwargs)
         raise ExplanationError(f"Decompose has no decomposition of '{name}'")
 
     def relevance(

@@ -1394,7 +1394,9 @@ class FunctionalGuard(TorchFunctionMode):
         )
 
 
-_DYNAMO_REASON = "relprop's op guard runs compiled code op by op while it explains"
+# why the guard is opaque to dynamo: in dynamo's error where fullgraph=True cannot break at the guard (and matched
+# there by relprop.methods._common.explained_forward)
+DYNAMO_REASON = "relprop's op guard runs compiled code op by op while it explains"
 
 
 def _opaque_to_dynamo() -> None:
@@ -1407,7 +1409,7 @@ def _opaque_to_dynamo() -> None:
     function = FunctionalGuard.__torch_function__
     if dynamo is None or getattr(function, "_relprop_opaque", False):
         return
-    opaque = dynamo.disable(function, reason=_DYNAMO_REASON)
+    opaque = dynamo.disable(function, reason=DYNAMO_REASON)
     opaque._relprop_opaque = True
     FunctionalGuard.__torch_function__ = opaque  # type: ignore[method-assign]
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..core import DYNAMO_REASON
 from ..errors import ConfigError, ExplanationError
 
 __all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "as_target_value", "per_target", "is_several",
@@ -45,7 +46,7 @@ def explained_forward() -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:  # NotImplementedError and dynamo's Unsupported are RuntimeErrors
-        if "relprop's op guard" in str(error):  # core._DYNAMO_REASON: fullgraph=True cannot break at the guard
+        if DYNAMO_REASON in str(error):  # the reason the guard gives dynamo: fullgraph=True cannot break there
             raise ExplanationError(
                 "a function compiled with torch.compile(fullgraph=True) runs in the forward pass: relprop runs "
                 "compiled code op by op through its op guard, which fullgraph forbids; compile it without "

@@ -62,8 +62,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | Callable[[IO[bytes]
                 try:
                     data(file)
                 except RuntimeError as error:  # torch.save's writer reports a failed write (a full disk) so
-                    first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                    raise DataError(f"cannot write {target}: {first} (is the disk full?)") from error
+                    raise DataError(f"cannot write {target}: {_first_line(error)} (is the disk full?)") from error
             file.flush()
             os.fsync(file.fileno())
         umask = os.umask(0)
@@ -238,6 +237,12 @@ def load_weights(module: nn.Module, path: str | os.PathLike[str]) -> nn.Module:
     return module
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message, or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def load_torch(path: str | os.PathLike[str], map_location: str | torch.device | None = None) -> Any:
     """``torch.load(path, weights_only=True)`` (no code runs) with one DataError for a missing, corrupt or
     malicious file (e.g. ``optimizer.pt``)."""
@@ -246,7 +251,7 @@ def load_torch(path: str | os.PathLike[str], map_location: str | torch.device | 
     except FileNotFoundError:
         raise DataError(f"missing file {path}") from None
     except Exception as error:  # pickle.UnpicklingError (refused globals), RuntimeError (bad zip), EOFError ...
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = _first_line(error)
         if "weights only load failed" in first.lower():  # torch's text goes on to suggest an unsafe load
             first = "it holds more than tensors and plain values, which relprop never unpickles, or it is damaged"
         raise DataError(f"{path} is corrupt or not a plain tensor checkpoint ({first}); restore it, or delete the run "

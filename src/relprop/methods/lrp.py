@@ -92,7 +92,7 @@ def _explain(
                 f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
                 "pass output= to relprop.explain to select them, e.g. " + output_example(returned)
             )
-        if output is not None and not on_path((output,)):
+        if output is not None:  # (a tagged output is on the path: nothing hidden to find)
             refuse_hidden((output,), lambda: f"the output of {type(root_module(model)).__name__}")
         if output is None or not on_path((output,)):
             ends = (": a .detach(), torch.no_grad() or a round trip through numpy or .tolist() on the way cuts it"

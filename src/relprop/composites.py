@@ -311,15 +311,19 @@ class RuleMap:
             assignments, uncovered = self.assign(model)
             guard = self.guard()
             stack.enter_context(attach_rules(model, assignments, uncovered, guard, in_region=True,
-                                             stray=self._stray_rules()))
+                                             stray=self._stray_rule))
             yield guard
 
-    def _stray_rules(self) -> Callable[[nn.Module], Rule | None]:
+    def _stray_rule(self, module: nn.Module) -> Rule | None:
         """The rule of a module called in the forward pass but not part of the model, by its type or a predicate
         (its name is ""), as :meth:`assign` would give it; None for none."""
-        entries = [(s, r) for s, r in (*self.entries, *_base_entries(self.stabilizer))
-                   if not isinstance(s, str) and not _ops_of(s)]
-        return lambda module: next((r for s, r in entries if _matches(s, "", module)), None)
+        return next((r for s, r in self._module_entries if _matches(s, "", module)), None)
+
+    @cached_property
+    def _module_entries(self) -> tuple[tuple[Selector, Rule], ...]:
+        """The entries, then the base map's, that select modules by type or predicate (not by name, nor ops)."""
+        return tuple((s, r) for s, r in (*self.entries, *_base_entries(self.stabilizer))
+                     if not isinstance(s, str) and not _ops_of(s))
 
     def guard(self) -> FunctionalGuard:
         """A fresh op guard with this map's op rules (one per explained forward pass)."""

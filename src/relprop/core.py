@@ -45,7 +45,7 @@ from .ops import Op, OpCall
 from .safety import interruption_point, protected
 
 __all__ = [
-    "ExplanationError", "Rule", "Site", "MergedBatchNorm", "stabilize", "attach_rules", "FunctionalGuard",
+    "ExplanationError", "Rule", "Site", "MergedBatchNorm", "OwnForward", "stabilize", "attach_rules", "FunctionalGuard",
     "eval_mode", "mark_path", "on_path", "attached_rule", "SequentialPlan", "PlanTrace",
 ]
 
@@ -59,7 +59,7 @@ class MergedBatchNorm:
     and ``b' = a (b - mean) + beta``; the layer's rule explains it. Nothing in the model is modified.
     """
 
-    layer: nn.Module
+    layer: nn.Module | OwnForward
     norm: OpCall
 
     def __repr__(self) -> str:
@@ -72,7 +72,39 @@ class MergedBatchNorm:
         return result
 
 
-Site = nn.Module | OpCall | MergedBatchNorm
+@dataclass(frozen=True, eq=False)
+class OwnForward:
+    """A Linear/Conv subclass explained through its own forward, which computes another linear map of its weight
+    than its stock class does (a rule site): timm's ``Conv2dSame`` pads each input to "same" size first, by an
+    amount it computes per call.
+
+    The engine makes one where that forward, checked on the call's input, is linear in the weight and in the input
+    and adds the bias per output (:func:`_layer_site`). The z-rules then run it with their modified weights in place
+    of the layer's (:meth:`map`). Nothing in the model is modified.
+    """
+
+    layer: nn.Module
+
+    def __repr__(self) -> str:
+        return f"{type(self.layer).__name__} (its own forward)"
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The layer's function (without relprop's wrapper, which passes calls from a rule's backward through)."""
+        result: Tensor = self.layer.forward(x)
+        return result
+
+    def map(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The layer's own forward on ``x`` with ``weight`` and ``bias`` for its parameters. It runs on a shallow
+        copy of the layer, so the layer itself is never changed, not even for a moment in another thread."""
+        layer = self.layer
+        twin = object.__new__(type(layer))
+        twin.__dict__.update(layer.__dict__)
+        twin.__dict__["_parameters"] = {**layer._parameters, "weight": weight, "bias": bias}
+        result: Tensor = type(layer).forward(twin, x)
+        return result
+
+
+Site = nn.Module | OpCall | MergedBatchNorm | OwnForward
 
 
 @runtime_checkable
@@ -709,18 +741,17 @@ class _Attachment:
         module = self.module
         if not isinstance(output, Tensor):
             raise _not_a_tensor(self.name, module, self.rule, output)
-        if self.stock is not None:
-            _check_stock_layer(self.name, module, self.stock, original_args, output)
+        site = module if self.stock is None else _layer_site(self.name, module, self.stock, original_args, output)
         if carried:
             assert self.denominator is not None
             _foreign_function(module, original_args)
             result = mark_path(_divided(output, self.denominator))
         else:
-            result = relay(self.rule, module, output, original_args)
+            result = relay(self.rule, site, output, original_args)
         if self.gate:
             setattr(result, _GATE, True)
         if self.merges:
-            setattr(result, _PRODUCER, (self.rule, module, original_args[0]))
+            setattr(result, _PRODUCER, (self.rule, site, original_args[0]))
         return result
 
 
@@ -734,28 +765,63 @@ def _stock_layer(module: nn.Module) -> type[nn.Module] | None:
     return None if type(module).forward is base.forward else base
 
 
-def _check_stock_layer(name: str, module: nn.Module, base: type[nn.Module], args: tuple[Any, ...],
-                       output: Tensor) -> None:
-    """Raise unless ``module``'s output equals its stock class's map of its weight on the same input (timm's
-    ``Linear``, which only adds TorchScript typing, passes; ``StdConv2d`` and ``Conv2dSame`` do not)."""
+def _layer_site(name: str, module: nn.Module, base: type[nn.Module], args: tuple[Any, ...],
+                output: Tensor) -> Site:
+    """The rule site of a Linear/ConvNd subclass with a forward of its own, checked on one call: the module itself
+    where its output equals its stock class's map of its weight on the same input (timm's ``Linear``, which only
+    adds TorchScript typing); an :class:`OwnForward` where its forward is another map linear in its weight and
+    input that adds its bias per output (timm's ``Conv2dSame``, padding computed per call). Anything else raises
+    (weight standardisation: timm's ``StdConv2d``)."""
+    value = output.detach()
+    inputs = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
     with torch.no_grad():
         try:
-            expected = base.forward(module, *(a.detach() if isinstance(a, Tensor) else a for a in args))
+            stock = base.forward(module, *inputs)
         except (RuntimeError, ValueError, TypeError):
-            expected = None
-        value = output.detach()
-        scale = float(value.abs().max()) if value.numel() else 0.0
-        tolerance = {torch.bfloat16: 1e-2, torch.float16: 1e-3}.get(value.dtype, 1e-5)  # a few units of rounding
-        same = expected is not None and expected.shape == value.shape and bool(
-            torch.allclose(expected, value, rtol=tolerance, atol=tolerance * scale))
-    if not same:
-        raise ExplanationError(
-            f"module '{name}' ({type(module).__name__}) is an nn.{base.__name__} whose own forward computes something "
-            f"else than nn.{base.__name__}'s map of its weight (weight standardisation, padding computed per call, "
-            "...), and the rule would explain that map; replace it by an nn."
-            f"{base.__name__} holding the weight and padding its forward uses (fixed in eval mode), or give it a "
-            "rule of your own by name"
-        )
+            stock = None
+        if stock is not None and _close(stock, value):
+            return module
+        own = OwnForward(module)
+        if len(inputs) == 1 and isinstance(inputs[0], Tensor) and _linear_map(own, inputs[0], value):
+            return own
+    raise ExplanationError(
+        f"module '{name}' ({type(module).__name__}) is an nn.{base.__name__} whose own forward computes something "
+        f"else than nn.{base.__name__}'s map of its weight, and not a map linear in its weight and input either "
+        "(weight standardisation, ...), so no z-rule can explain it; replace it by an nn."
+        f"{base.__name__} holding the weight its forward uses (fixed in eval mode), or give it a rule of your own "
+        "by name"
+    )
+
+
+def _close(computed: Tensor, value: Tensor) -> bool:
+    """Whether ``computed`` equals ``value`` to a few units of rounding (relative to the largest entry)."""
+    scale = float(value.abs().max()) if value.numel() else 0.0
+    tolerance = {torch.bfloat16: 1e-2, torch.float16: 1e-3}.get(value.dtype, 1e-5)
+    return computed.shape == value.shape and bool(
+        torch.allclose(computed, value, rtol=tolerance, atol=tolerance * scale))
+
+
+def _linear_map(own: OwnForward, x: Tensor, output: Tensor) -> bool:
+    """Whether ``own``'s forward, at ``x``, is ``A_W(x) + b`` with ``A_W(x)`` linear in the weight ``W`` (additive:
+    checked against a second, random weight of the same scale) and in ``x`` (odd and homogeneous: ``A_W(-2x) =
+    -2 A_W(x)``, which a ReLU or a square fails), and ``b`` added per output, as the z-rules need."""
+    layer = own.layer
+    parameter, bias_parameter = layer._parameters.get("weight"), layer._parameters.get("bias")
+    if parameter is None:  # not a parameter (a property, say): map() could not replace it
+        return False
+    weight, bias = parameter.detach(), None if bias_parameter is None else bias_parameter.detach()
+    generator = torch.Generator(weight.device).manual_seed(0)
+    other = torch.randn(weight.shape, generator=generator, dtype=weight.dtype, device=weight.device)
+    other = other * weight.abs().mean()
+    try:
+        plain = own.map(x, weight, None)
+        shape = (-1,) if isinstance(layer, nn.Linear) else (-1,) + (1,) * (plain.dim() - 2)
+        pairs = [(plain if bias is None else plain + bias.reshape(shape), output),
+                 (plain + own.map(x, other, None), own.map(x, weight + other, None)),
+                 (own.map(-2 * x, weight, None), -2 * plain)]
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return all(_close(computed, value) for computed, value in pairs)
 
 
 def script_module_error(name: str) -> ExplanationError:
@@ -985,11 +1051,12 @@ class SequentialPlan:
         path), a non-float input, or a child that changed its input in place."""
         if not self.graph_free or not x.is_floating_point():
             return None
-        records: list[tuple[nn.Module, Rule | None, Tensor, Tensor]] = []
+        records: list[tuple[Site, Rule | None, Tensor, Tensor]] = []
         hidden = x.detach()
         with torch.no_grad():
             for name, module, rule in self.steps:
                 interruption_point()
+                site: Site = module
                 if rule is None:
                     if module.training and type(module) not in _RESHAPES:
                         return None
@@ -1008,11 +1075,11 @@ class SequentialPlan:
                         raise _not_a_tensor(name, module, rule, output)
                     base = _stock_layer(module) if getattr(rule, "reads_weights", False) else None
                     if base is not None:  # as the other path checks it (_Attachment._post)
-                        _check_stock_layer(name, module, base, (hidden,), output)
+                        site = _layer_site(name, module, base, (hidden,), output)
                     route = getattr(rule, "route", None)
-                    if route is not None and route(module, (hidden,), output) == 0:
+                    if route is not None and route(site, (hidden,), output) == 0:
                         rule = None  # relevance passes unchanged
-                records.append((module, rule, hidden, output))
+                records.append((site, rule, hidden, output))
                 hidden = output
         return PlanTrace(records, hidden)
 
@@ -1038,7 +1105,7 @@ class PlanTrace:
     costs for each layer (its graph, its engine, the identity nodes of the relayed outputs) is not paid.
     """
 
-    def __init__(self, records: Sequence[tuple[nn.Module, Rule | None, Tensor, Tensor]], output: Tensor) -> None:
+    def __init__(self, records: Sequence[tuple[Site, Rule | None, Tensor, Tensor]], output: Tensor) -> None:
         self.records, self.output = tuple(records), output
 
     def relevance(self, start: Tensor) -> Tensor | None:
@@ -1048,22 +1115,22 @@ class PlanTrace:
         _RULES.running += 1  # as in the relay's backward: a rule that runs a module again runs it as it is
         try:
             with torch.enable_grad():
-                for module, rule, x, output in reversed(self.records):
+                for site, rule, x, output in reversed(self.records):
                     interruption_point()
                     if rule is None:
                         relevance = relevance.reshape(x.shape)
                         continue
-                    given = rule.relevance(module, (x,), output, relevance)
+                    given = rule.relevance(site, (x,), output, relevance)
                     if len(given) != 1:
                         raise ExplanationError(f"rule {type(rule).__name__} returned {len(given)} relevances for "
-                                               f"{_describe(module)} with 1 tensor input")
+                                               f"{_describe(site)} with 1 tensor input")
                     (value,) = given
                     if value is None:
                         return None
                     if value.shape != x.shape:
                         raise ExplanationError(
                             f"rule {type(rule).__name__} returned relevance of shape {tuple(value.shape)} for the "
-                            f"input of {_describe(module)}, which has shape {tuple(x.shape)}"
+                            f"input of {_describe(site)}, which has shape {tuple(x.shape)}"
                         )
                     relevance = value.detach().to(x.dtype)  # autograd's cast of a gradient to its input's dtype
         finally:
@@ -1349,9 +1416,11 @@ class FunctionalGuard(TorchFunctionMode):
             producer = getattr(inputs[0], _PRODUCER, None)
             # fed by a Linear/Conv with a z-rule whose outputs are the norm's channels (dimension 1; a Linear's
             # are its last dimension, so only on 2-D input): explain the pair as one affine map
-            if producer is not None and (not isinstance(producer[1], nn.Linear) or value.dim() == 2):
+            if producer is not None:
                 layer_rule, layer, layer_input = producer
-                return relay(layer_rule, MergedBatchNorm(layer, call), value, (layer_input,))
+                if not isinstance(layer.layer if isinstance(layer, OwnForward) else layer, nn.Linear) or \
+                        value.dim() == 2:
+                    return relay(layer_rule, MergedBatchNorm(layer, call), value, (layer_input,))
         result = relay(rule, call, value, inputs)
         if call.name in ops.GATE_NAMES:
             setattr(result, _GATE, True)

@@ -152,12 +152,14 @@ def _same_padding(kernel: Sequence[int], dilation: Sequence[int]) -> list[tuple[
     return pads
 
 
-def conv_as_dense(conv: nn.Module, in_shape: Sequence[int]) -> tuple[Tensor, Tensor | None, Tensor, tuple[int, ...]]:
+def conv_as_dense(conv: nn.Module, in_shape: Sequence[int], pads: Sequence[tuple[int, int]] | None = None,
+                  ) -> tuple[Tensor, Tensor | None, Tensor, tuple[int, ...]]:
     """Unroll ``conv`` (Conv1d/2d/3d) for one sample of shape (channels, *spatial) into a dense matrix.
 
     Returns ``(weight, bias, connectivity, out_shape)``: weight (out_flat, in_flat), the bias repeated per output
     position, the 0/1 matrix of connected pairs and the output shape (channels, *spatial). Supports stride,
-    dilation, groups, integer/tuple/'same'/'valid' padding and the 'zeros' and 'circular' padding modes.
+    dilation, groups, integer/tuple/'same'/'valid' padding and the 'zeros' and 'circular' padding modes; ``pads``
+    (before, after) per spatial dimension, zeros, replaces the layer's own padding (one computed per call).
     """
     w = conv.weight.detach()
     c_out, c_in_group = w.shape[:2]
@@ -165,7 +167,9 @@ def conv_as_dense(conv: nn.Module, in_shape: Sequence[int]) -> tuple[Tensor, Ten
     dims = len(kernel)
     channels, spatial = in_shape[0], tuple(in_shape[1:])
     stride, dilation = conv.stride, conv.dilation
-    if conv.padding == "same":
+    if pads is not None:
+        pads = list(pads)
+    elif conv.padding == "same":
         pads = _same_padding(kernel, dilation)
     elif conv.padding == "valid":
         pads = [(0, 0)] * dims

@@ -141,6 +141,32 @@ def test_preset_through_explain_matches_zennit(make_cnn) -> None:
     assert max_relative_error(explanation.relevance, want) <= TOLERANCE
 
 
+@pytest.mark.parametrize("preset", ["epsilon_plus_flat", "epsilon_gamma_box"])
+def test_layers_with_their_own_forward_match_zennit(preset: str) -> None:
+    """A convolution that pads per call (timm's ``Conv2dSame``: "same" padding, (0, 1) on both axes here) and a
+    pruned Linear: zennit runs each layer's forward with the rule's weights put into the module; relprop runs the
+    same forward on a copy, the module untouched."""
+    from own_forward import MaskedLinear, SamePerCallConv
+
+    torch.manual_seed(4)
+    model = nn.Sequential(SamePerCallConv(2, 4, 3, stride=2), nn.ReLU(), SamePerCallConv(4, 5, 3), nn.ReLU(),
+                          nn.Flatten(), MaskedLinear(5 * 4 * 4, 3)).double().eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 1:
+                param.copy_(torch.randn(param.shape, dtype=torch.float64) * 0.3)  # signed biases that matter
+    x = torch.rand(4, 2, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
+    target = torch.tensor([2, 0, 1, 1])
+    if preset == "epsilon_plus_flat":
+        composite = zcomposites.EpsilonPlusFlat(epsilon=1e-6, stabilizer=STABILIZER)
+        rule_map = get_preset(preset, epsilon=1e-6, stabilizer=STABILIZER)
+    else:
+        composite = zcomposites.EpsilonGammaBox(low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER)
+        rule_map = get_preset(preset, low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER)
+    assert max_relative_error(lrp(model, x, target, rule_map=rule_map),
+                              zennit_relevance(model, composite, x, target)) <= TOLERANCE
+
+
 # ---------------------------------------------------------------- torchvision ResNets
 
 

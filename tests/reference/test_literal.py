@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from own_forward import MaskedLinear, SamePerCallConv, same_pads
 from relprop import rules
 from relprop.composites import RuleMap
+from relprop.core import OwnForward
 from relprop.layers import Sum
 from relprop.methods import lrp
 
@@ -51,7 +53,18 @@ LAYERS: list[tuple[str, Callable[[bool], nn.Module], tuple[int, ...]]] = [
     ("conv2d-dilation", lambda bias: nn.Conv2d(2, 3, (3, 2), padding=(2, 0), dilation=(2, 1), bias=bias), (2, 7, 5)),
     ("conv1d-wide-pad", lambda bias: nn.Conv1d(2, 3, 3, padding=3, bias=bias), (2, 5)),
     ("conv3d-pad", lambda bias: nn.Conv3d(2, 2, 2, padding=1, bias=bias), (2, 3, 2, 3)),
+    # own forwards (the rules get OwnForward sites): "same" padding computed per call, (0, 1) and (1, 1) here
+    ("conv2d-same-per-call", lambda bias: SamePerCallConv(2, 3, 3, stride=2, bias=bias), (2, 6, 7)),
+    ("conv2d-same-per-call-groups", lambda bias: SamePerCallConv(4, 4, (2, 3), stride=(2, 1), groups=2, bias=bias),
+     (4, 5, 4)),
+    ("linear-masked", lambda bias: MaskedLinear(5, 4, bias=bias), (5,)),
 ]
+
+
+def site(module: nn.Module) -> nn.Module | OwnForward:
+    """The rule site the engine makes of ``module``: a layer with a linear forward of its own is explained
+    through it."""
+    return OwnForward(module) if isinstance(module, (SamePerCallConv, MaskedLinear)) else module
 
 
 _DENSE: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, tuple[Tensor, Tensor | None, Tensor]]] = {}
@@ -60,12 +73,14 @@ _DENSE: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, tuple[Tensor, Tensor 
 def _dense(module: nn.Module, shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None, Tensor]:
     """The layer as a dense matrix (out, in), its bias per output and its connectivity (cached per layer)."""
     if isinstance(module, nn.Linear):
-        weight = module.weight.detach()
+        connectivity = module.mask if isinstance(module, MaskedLinear) else torch.ones_like(module.weight)
         bias = None if module.bias is None else module.bias.detach()
-        return weight, bias, torch.ones_like(weight)
+        return module.weight.detach() * connectivity, bias, connectivity
     key = (id(module), shape)
     if key not in _DENSE or _DENSE[key][0] is not module:
-        weight, bias, connectivity, _ = literal.conv_as_dense(module, shape)
+        pads = (same_pads(shape[1:], module.kernel_size, module.stride, module.dilation)
+                if isinstance(module, SamePerCallConv) else None)
+        weight, bias, connectivity, _ = literal.conv_as_dense(module, shape, pads)
         _DENSE[key] = (module, (weight, bias, connectivity))  # keeps the module alive, so ids stay unique
     return _DENSE[key][1]
 
@@ -158,7 +173,7 @@ def test_rule_matches_twin(rule_id: str, layer_id: str, bias: bool, sign: str) -
     relevance_out = torch.randn(output.shape, generator=generator, dtype=torch.float64)
     if sign == "nonneg-relu-relevance":
         relevance_out = relevance_out * (output > 0)
-    (got,) = rule.relevance(module, (x,), output, relevance_out)  # type: ignore[attr-defined]
+    (got,) = rule.relevance(site(module), (x,), output, relevance_out)  # type: ignore[attr-defined]
     assert got.shape == x.shape
     assert max_relative_error(got, twin(rule, module, x, relevance_out)) <= TOLERANCE
 
@@ -221,6 +236,17 @@ NETWORKS: list[tuple[str, Callable[[bool], nn.Sequential], tuple[int, ...], Rule
                                                      nn.MaxPool2d(2), nn.Flatten(), nn.Linear(18, 3, bias=b)),
      (2, 6, 4), RuleMap([(nn.MaxPool2d, rules.Proportional(1e-6)), (nn.Conv2d, rules.ZPlus()),
                          (nn.Linear, rules.Epsilon(epsilon=0.01))], first=rules.Flat())),
+    # layers whose own forward computes the map: "same" padding per call ((0, 1) and (0, 1), then (1, 1)), pruning
+    ("own-forward-zbox-gamma", lambda b: nn.Sequential(SamePerCallConv(2, 3, 3, stride=2, bias=b), nn.ReLU(),
+                                                       SamePerCallConv(3, 4, 3, bias=b), nn.ReLU(), nn.Flatten(),
+                                                       MaskedLinear(48, 3, bias=b)), (2, 6, 7),
+     RuleMap([(nn.Conv2d, rules.Gamma(gamma=0.25)), (nn.Linear, rules.Epsilon(epsilon=0.01))],
+             first=rules.ZBox(low=-3.0, high=3.0))),
+    ("own-forward-flat-alphabeta", lambda b: nn.Sequential(SamePerCallConv(2, 3, 3, stride=2, bias=b), nn.ReLU(),
+                                                           SamePerCallConv(3, 4, 3, bias=b), nn.ReLU(), nn.Flatten(),
+                                                           MaskedLinear(48, 3, bias=b)), (2, 6, 7),
+     RuleMap([(nn.Conv2d, rules.AlphaBeta(alpha=2.0, beta=1.0)), (nn.Linear, rules.Epsilon(epsilon=0.01))],
+             first=rules.Flat())),
 ]
 
 
@@ -251,6 +277,23 @@ def test_rule_map_matches_composed_twin(network_id: str, bias: bool) -> None:
     model = _seeded_layer(lambda: build(bias), seed=11)
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(3, *shape, generator=generator, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2])
+    got = lrp(model, x, target, rule_map=rule_map)
+    assert max_relative_error(got, _network_twin(model, rule_map, x, target)) <= TOLERANCE
+
+
+class _NotSequential(nn.Sequential):
+    """The same layers outside the Sequential plan (an ``nn.Sequential`` subclass takes the general path)."""
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("network_id", [net[0] for net in NETWORKS if net[0].startswith("own-forward")])
+def test_own_forward_layers_match_the_composed_twin_on_the_general_path(network_id: str, bias: bool) -> None:
+    """timm's ``Conv2dSame`` pads per call, so nn.Conv2d's map is not its map: its own forward is checked to be
+    linear in the weight and the input, and the rules run it with their weights (they were refused before)."""
+    _, build, shape, rule_map = next(net for net in NETWORKS if net[0] == network_id)
+    model = _NotSequential(*_seeded_layer(lambda: build(bias), seed=11))
+    x = torch.randn(3, *shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     target = torch.tensor([0, 1, 2])
     got = lrp(model, x, target, rule_map=rule_map)
     assert max_relative_error(got, _network_twin(model, rule_map, x, target)) <= TOLERANCE

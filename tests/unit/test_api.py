@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
@@ -13,6 +14,7 @@ from torch import Tensor, nn
 
 import relprop
 from counting import Counting
+from own_forward import SamePerCallConv, same_pads
 from relprop import rules
 from relprop.canonizers import MergeBatchNorm
 from relprop.composites import LINEAR_TYPES, PRESETS, RuleMap, get_preset
@@ -573,6 +575,98 @@ def test_a_layer_subclass_that_computes_another_map_is_refused(preset: str) -> N
     stock[3].load_state_dict(model[3].state_dict())
     assert torch.equal(relprop.explain(model, x, 0, method="lrp", preset=preset).relevance,
                        relprop.explain(stock, x, 0, method="lrp", preset=preset).relevance)
+
+
+class _ConvThenReLU(nn.Conv2d):
+    """A forward that adds a nonlinearity: linear in neither the weight nor the input."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.relu(super().forward(x))
+
+
+class _FrozenLinear(nn.Linear):
+    """A forward that computes with a copy of its weight (a buffer), not with the weight the rules would replace."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_buffer("frozen", self.weight.detach().clone() * 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.linear(x, self.frozen, self.bias)
+
+
+@pytest.mark.parametrize("layer", [_ConvThenReLU(3, 4, 3), _FrozenLinear(48, 3, bias=False)],
+                         ids=["relu-inside", "frozen-weight"])
+def test_a_layer_subclass_whose_forward_is_not_linear_in_its_weight_is_refused(layer: nn.Module) -> None:
+    """Only a forward linear in the weight and the input can be run with a rule's weights: others are refused by
+    the check, on both the Sequential plan and the general path."""
+    torch.manual_seed(0)
+    head: list[nn.Module] = [nn.Flatten(), nn.Linear(144, 3)] if isinstance(layer, nn.Conv2d) else [nn.Flatten(),
+                                                                                                     layer]
+    body = [layer, nn.ReLU()] if isinstance(layer, nn.Conv2d) else [nn.Conv2d(3, 3, 3, padding=1), nn.ReLU(),
+                                                                    nn.AvgPool2d(2)]
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    for container in (nn.Sequential, type("General", (nn.Sequential,), {})):
+        model = container(*body, *head).double().eval()
+        with pytest.raises(ExplanationError, match="not a map linear in its weight and input either"):
+            relprop.explain(model, x, 0, method="lrp", preset="epsilon_plus_flat")
+
+
+def _same_per_call_model(padded: bool, seed: int = 0) -> nn.Sequential:
+    """Conv (stride 2, "same" padding (0, 1) per axis on 8 x 8) -> batch norm -> ReLU -> Flatten -> Linear, the
+    padding computed per call (timm's Conv2dSame), or an nn.ZeroPad2d before a stock Conv2d with the same weights."""
+    torch.manual_seed(seed)
+    conv = SamePerCallConv(3, 4, 3, stride=2)
+    norm = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        norm.running_mean.uniform_(-0.5, 0.5), norm.running_var.uniform_(0.5, 1.5), norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.3, 0.3)
+    head = nn.Linear(64, 3)
+    body: list[nn.Module] = [conv]
+    if padded:
+        stock = nn.Conv2d(3, 4, 3, stride=2)
+        stock.load_state_dict(conv.state_dict())
+        pads = same_pads((8, 8), conv.kernel_size, conv.stride, conv.dilation)
+        body = [nn.ZeroPad2d([p for pair in reversed(pads) for p in pair]), stock]
+    return nn.Sequential(*body, norm, nn.ReLU(), nn.Flatten(), head).double().eval()
+
+
+@pytest.mark.parametrize("path", ["plan", "general"])
+@pytest.mark.parametrize("rule", [rules.Epsilon(1e-6), rules.AlphaBeta(alpha=2.0, beta=1.0), rules.ZPlus()],
+                         ids=["epsilon", "alpha2beta1", "zplus"])
+def test_a_convolution_padding_per_call_is_explained_through_its_forward(rule: Any, path: str) -> None:
+    """timm's Conv2dSame (the tf_ EfficientNets and MobileNets) was refused: nn.Conv2d's map of its weight is not
+    its map. Run with the rule's weights, its own forward gives the relevance of a zero-pad module before a stock
+    convolution (zero-padded inputs contribute nothing), also merged with the batch norm it feeds."""
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    rule_map = RuleMap([(nn.Conv2d, rule), (nn.Linear, rules.Epsilon(1e-6))])
+    models = [_same_per_call_model(padded) for padded in (False, True)]
+    if path == "general":
+        models = [type("General", (nn.Sequential,), {})(*model) for model in models]
+    own, padded = (lrp(model, x, torch.tensor([0, 2]), rule_map=rule_map) for model in models)
+    assert torch.allclose(own, padded, rtol=0, atol=1e-12 * float(padded.abs().max()))
+    # the batch norm folded into the layer by hand gives the same heatmap: so the pair was explained as one map
+    conv, norm = models[0][0], models[0][1]
+    folded = copy.deepcopy(models[0][:1] + models[0][2:])
+    scale = norm.weight / (norm.running_var + norm.eps).sqrt()
+    with torch.no_grad():
+        folded[0].weight.mul_(scale[:, None, None, None])
+        folded[0].bias.copy_((conv.bias - norm.running_mean) * scale + norm.bias)
+    merged = lrp(folded, x, torch.tensor([0, 2]), rule_map=rule_map)
+    assert torch.allclose(own, merged, rtol=0, atol=1e-12 * float(merged.abs().max()))
+
+
+def test_a_convolution_padding_per_call_conserves_relevance() -> None:
+    """Bias-free, under epsilon: the heatmap sums to the logit (the padding holds zeros, which take nothing)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(SamePerCallConv(3, 4, 3, stride=2, bias=False), nn.ReLU(),
+                          SamePerCallConv(4, 4, 3, bias=False), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(64, 3, bias=False)).double().eval()
+    x = torch.rand(4, 3, 8, 8, dtype=torch.float64) * 2 - 1
+    logits = model(x).detach()
+    explanation = relprop.explain(model, x, method="lrp", preset="epsilon", epsilon=1e-12)
+    chosen = logits.gather(1, explanation.target[:, None])[:, 0]
+    assert torch.allclose(explanation.relevance.sum((1, 2, 3)), chosen, rtol=1e-9, atol=0)
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")

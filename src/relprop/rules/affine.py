@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from torch.nn import grad as nn_grad
 
 from .. import ops
-from ..core import MergedBatchNorm, Site, batched, has_relprop_affine, pullback
+from ..core import MergedBatchNorm, OwnForward, Site, batched, has_relprop_affine, pullback
 from ..errors import ExplanationError
 from ..ops import OpCall
 
@@ -35,25 +35,30 @@ def _conv_transpose(conv: Any, s: Tensor, weight: Tensor, input_shape: Sequence[
 class _Affine:
     """A linear map ``x -> x W^T + b`` of one site, with its transpose (the vector-Jacobian product).
 
-    Sites: ``nn.Linear``, ``nn.ConvNd``, a module with ``relprop_affine()``, a layer merged with the batch norm it
-    feeds (:class:`~relprop.core.MergedBatchNorm`), or an eval-mode ``batch_norm`` call, a diagonal map
-    ``x -> a x + c`` per channel (dimension 1).
+    Sites: ``nn.Linear``, ``nn.ConvNd``, a module with ``relprop_affine()``, a subclass explained through its own
+    forward (:class:`~relprop.core.OwnForward`), a layer merged with the batch norm it feeds
+    (:class:`~relprop.core.MergedBatchNorm`), or an eval-mode ``batch_norm`` call, a diagonal map ``x -> a x + c``
+    per channel (dimension 1).
     """
 
     kind: str  # "linear", "conv" or "diagonal"
     weight: Tensor
     bias: Tensor | None
+    own: OwnForward | None = None  # the layer's own forward computes the map, with the weights it is given
 
     def __init__(self, site: Site) -> None:
         weight: Tensor
         bias: Tensor | None
         self.module: Any = site  # Linear, ConvNd or a module with relprop_affine(): attributes read dynamically
-        if isinstance(site, MergedBatchNorm):
+        if isinstance(site, OwnForward):
+            layer = _Affine(site.layer)
+            weight, bias, self.module, self.kind, self.own = layer.weight, layer.bias, site.layer, layer.kind, site
+        elif isinstance(site, MergedBatchNorm):
             layer = _Affine(site.layer)
             scale, shift = _batch_norm_affine(site.norm)
             weight = layer.weight * scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1))
             bias = shift if layer.bias is None else layer.bias * scale + shift
-            self.module, self.kind = layer.module, layer.kind
+            self.module, self.kind, self.own = layer.module, layer.kind, layer.own
         elif isinstance(site, OpCall) and site.op is ops.BATCH_NORM:
             weight, bias = _batch_norm_affine(site)
             self.kind = "diagonal"
@@ -74,6 +79,8 @@ class _Affine:
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if self.own is not None:
+            return self.own.map(x, weight, bias)
         if self.kind == "linear":
             return F.linear(x, weight, bias)
         if self.kind == "diagonal":
@@ -84,13 +91,14 @@ class _Affine:
         return result
 
     def transpose(self, s: Tensor, weight: Tensor, x: Tensor) -> Tensor:
-        if self.kind == "linear":
-            return s @ weight
-        if self.kind == "diagonal":
-            return s * weight.reshape((1, -1) + (1,) * (s.dim() - 2))
-        conv = self.module
-        if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
-            return _conv_transpose(conv, s, weight, x.shape)
+        if self.own is None:
+            if self.kind == "linear":
+                return s @ weight
+            if self.kind == "diagonal":
+                return s * weight.reshape((1, -1) + (1,) * (s.dim() - 2))
+            conv = self.module
+            if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
+                return _conv_transpose(conv, s, weight, x.shape)
         (grad,) = pullback(lambda x_: self.forward(x_, weight, None), (x,), s)
         return grad
 
@@ -158,6 +166,8 @@ def _uniform(bound: float | Tensor, x: Tensor) -> bool:
 def _stacked_transpose(affine: _Affine, s: Tensor, first: Tensor, second: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     """``(first^T s, second^T s)``, in one call where the weights can be stacked on the input dimension."""
     module = affine.module
+    if affine.own is not None:  # the layer's own forward: no shortcut
+        return affine.transpose(s, first, x), affine.transpose(s, second, x)
     if affine.kind == "linear":
         first_t, second_t = (s @ torch.cat([first, second], 1)).chunk(2, dim=-1)
         return first_t, second_t

@@ -286,6 +286,7 @@ def root_module(model: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------ the path tags
 _PATH = "_relprop_path"  # derived from the explained input
 _GATE = "_relprop_gate"  # output of a sigmoid-like gate
+_BOUNDS = "_relprop_bounds"  # (low, high) of a bounded function's output (ops.BOUNDED) or a constant affine map of it
 _PRODUCER = "_relprop_producer"  # (rule, layer, layer input) of a Linear/Conv output, for batch-norm merging
 _STALE = "_relprop_stale"  # changed by an in-place op that relprop ran out of place: where that op ran
 _CONSTANT = "_relprop_constant"  # computed from the path by an op whose rule makes its result a constant: which op
@@ -492,6 +493,44 @@ def _describe(site: Site | str) -> str:
     if isinstance(site, str):
         return site
     return repr(site) if not isinstance(site, nn.Module) else type(site).__name__
+
+
+_AFFINE_BY_NAME = {
+    **dict.fromkeys(ops.ADD.names, "add"), **dict.fromkeys(("sub", "sub_", "subtract", "subtract_", "__sub__",
+                                                             "__isub__"), "sub"),
+    **dict.fromkeys(("rsub", "__rsub__"), "rsub"), **dict.fromkeys(ops.MUL.names, "mul"),
+    **dict.fromkeys(ops.DIV.names, "div"),
+}
+
+
+def _output_bounds(call: OpCall) -> tuple[float, float] | None:
+    """The range of an op's output where the op is a bounded function (:data:`relprop.ops.BOUNDED`), or a constant
+    affine map (a Python number added, subtracted, multiplied or divided by) of a bounded tensor; None otherwise."""
+    name = call.name
+    if name in ops.BOUNDED:
+        return ops.BOUNDED[name]
+    kind = _AFFINE_BY_NAME.get(name)
+    if kind is None or call.kwargs or len(call.args) != 2 or len(call.keys) != 1:
+        return None
+    (key,) = call.keys
+    if not isinstance(key, int):
+        return None
+    tensor, number = call.args[key], call.args[1 - key]
+    bounds = getattr(tensor, _BOUNDS, None) or ((0.0, 1.0) if getattr(tensor, _GATE, False) else None)
+    if bounds is None or isinstance(number, bool) or not isinstance(number, (int, float)):
+        return None
+    low, high = bounds
+    if kind == "add":
+        return low + number, high + number
+    if kind == "sub" and key == 0:
+        return low - number, high - number
+    if kind == "rsub" or kind == "sub":  # number - tensor
+        return number - high, number - low
+    if kind == "mul":
+        return min(low * number, high * number), max(low * number, high * number)
+    if kind == "div" and key == 0 and number != 0:
+        return min(low / number, high / number), max(low / number, high / number)
+    return None
 
 
 class _Route(torch.autograd.Function):
@@ -1422,8 +1461,11 @@ class FunctionalGuard(TorchFunctionMode):
                         value.dim() == 2:
                     return relay(layer_rule, MergedBatchNorm(layer, call), value, (layer_input,))
         result = relay(rule, call, value, inputs)
-        if call.name in ops.GATE_NAMES:
-            setattr(result, _GATE, True)
+        bounds = _output_bounds(call)
+        if bounds is not None:
+            setattr(result, _BOUNDS, bounds)
+            if bounds[0] >= 0:  # a factor that can only scale the signal: a gate
+                setattr(result, _GATE, True)
         return result
 
     def _run_as_is(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -1442,8 +1484,11 @@ class FunctionalGuard(TorchFunctionMode):
         if ops.is_inplace_name(name) and isinstance(args[0], Tensor) and not getattr(args[0], _PATH, False):
             mark_path(args[0])  # x[i] = y: x now holds path values
             self._touched.append(args[0])
-        if isinstance(result, Tensor) and isinstance(args[0], Tensor) and getattr(args[0], _GATE, False):
-            setattr(result, _GATE, True)  # a gate reshaped or expanded (gate.view(-1, c, 1, 1)) is still a gate
+        if isinstance(result, Tensor) and isinstance(args[0], Tensor):
+            # a gate reshaped or expanded (gate.view(-1, c, 1, 1)) is still a gate, with the same bounds
+            for tag in (_GATE, _BOUNDS):
+                if hasattr(args[0], tag):
+                    setattr(result, tag, getattr(args[0], tag))
         return mark_path(result)
 
     def _refuse(self, func: Any, name: str, op: Op | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

@@ -66,7 +66,7 @@ ACTIVATION = _op("activation", "relu relu_ relu6 hardtanh hardtanh_ hardswish ha
                                "sigmoid_ tanh tanh_ hardsigmoid hardsigmoid_ leaky_relu leaky_relu_ elu elu_ selu "
                                "selu_ celu celu_ softplus mish mish_ threshold threshold_ clamp clamp_ clip clip_ "
                                "clamp_min clamp_min_ clamp_max clamp_max_ logsigmoid log_sigmoid _threshold "
-                               "softsign prelu rrelu")
+                               "softsign prelu rrelu erf erf_")
 BATCH_NORM = _op("batch_norm", "batch_norm")
 LAYER_NORM = _op("layer_norm", "layer_norm")
 GROUP_NORM = _op("group_norm", "group_norm")
@@ -103,7 +103,12 @@ ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE
                        GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC,
                        NORMALIZE, ADDCMUL)
 _BY_NAME = {name: op for op in ALL for name in op.names}
+# Bounded functions and the range of their output. A bounded output, or a constant affine map of one (``1 + erf(u)``,
+# ``0.5 * (1 + tanh(u))``, ``1 - sigmoid(u)``), that cannot be negative is a gate: a factor that scales the signal
 GATE_NAMES = frozenset({"sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_"})
+BOUNDED: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(GATE_NAMES, (0.0, 1.0)), **dict.fromkeys(("tanh", "tanh_", "erf", "erf_"), (-1.0, 1.0)),
+}
 
 
 def lookup(name: str) -> Op | None:

@@ -479,6 +479,8 @@ class Product(Net):
             y = a * torch.sigmoid(b)
         elif self.kind == "tanh-gate":
             y = a * torch.tanh(b)
+        elif self.kind == "signed-sigmoid":  # 2 sigmoid(b) - 1 can be negative: not a gate
+            y = a * (2 * torch.sigmoid(b) - 1)
         elif self.kind == "divide":
             y = a / b
         else:
@@ -496,6 +498,36 @@ class Product(Net):
             return back(self.la, x, relevance, setting)
         r_a, r_second = op_literal.uniform([(a, eye(6)), (second, j_b)], relevance, setting.mul.stabilizer)
         return back(self.la, x, r_a, setting) + back(self.lb, x, r_second, setting)  # the sigmoid passes
+
+
+class BoundedGates(Net):
+    """Gates written as formulas of bounded functions: GELU with erf (``u * 0.5 * (1 + erf(u / sqrt 2))``, ESM's),
+    a GRU-style mix ``(1 - z) * g + z * v`` with ``z = sigmoid(.)``, and ``0.5 * (1 + tanh(.)) * v``. Each factor
+    built from the bounded function cannot be negative, so it is a gate: the other factor takes all."""
+
+    def __init__(self, bias: bool) -> None:
+        super().__init__()
+        self.l1, self.l2, self.l3 = (nn.Linear(5, 6, bias=bias) for _ in range(3))
+        self.head = nn.Linear(6, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        u, a, v = self.l1(x), self.l2(x), self.l3(x)
+        g = u * 0.5 * (1.0 + torch.erf(u / math.sqrt(2.0)))
+        z = torch.sigmoid(a)
+        return self.head((1 - z) * g + z * v + 0.5 * (1.0 + torch.tanh(a)) * v)
+
+    def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
+        u, a, v = lin(self.l1, x), lin(self.l2, x), lin(self.l3, x)
+        g = u * 0.5 * (1.0 + torch.erf(u / math.sqrt(2.0)))
+        z = sigmoid(a)
+        terms = [(1 - z) * g, z * v, 0.5 * (1.0 + torch.tanh(a)) * v]
+        y = sum(terms)
+        relevance = back(self.head, y, start(lin(self.head, y), target), setting)
+        # the sum's terms take their shares (added left to right: ((1 - z) g + z v) + ...), each all to its signal
+        first, third = op_literal.proportional([(terms[0] + terms[1], eye(6)), (terms[2], eye(6))], 0.0, relevance,
+                                               setting.stabilizer)
+        r_g, r_zv = op_literal.proportional([(terms[0], eye(6)), (terms[1], eye(6))], 0.0, first, setting.stabilizer)
+        return (back(self.l1, x, r_g, setting) + back(self.l3, x, r_zv + third, setting))  # the gates get nothing
 
 
 # ------------------------------------------------------------------------------------------------ DetachedNorm
@@ -809,6 +841,7 @@ CASES: list[Case] = [
     Case("layer-scale-and-constants", Scaled, 5),
     Case("functional-conv-and-transposed-conv", FunctionalConv, 24),
     Case("signal-take-all-gated", lambda b: Product("gated", b), 5),
+    Case("bounded-gates-erf-gelu-complement-tanh", BoundedGates, 5),
     *(Case(f"uniform-{kind}", lambda b, kind=kind: Product(kind, b), 5, mul="uniform")
       for kind in ("same", "broadcast", "gated")),
     *(Case(f"norm-{kind}", lambda b, kind=kind: Norm(kind, b), math.prod(Norm.KINDS[kind][0])) for kind in Norm.KINDS),
@@ -935,6 +968,7 @@ def test_uniform_splits_a_product_in_halves() -> None:
     ("same", "multiplies 2 tensors on the relevance path"),
     ("broadcast", "multiplies 2 tensors on the relevance path"),
     ("tanh-gate", "multiplies 2 tensors on the relevance path"),
+    ("signed-sigmoid", "multiplies 2 tensors on the relevance path"),
     ("divide", "divides by a tensor on the relevance path"),
     ("divide-kwarg", "divides by a tensor on the relevance path"),
 ])

@@ -85,9 +85,10 @@ class SignalTakeAll:
     At a module, the call is ``module(gate, signal)``, as :class:`relprop.layers.GatedProduct` has it. At a
     product op (``x * y``), the gate is the operand that a sigmoid or hard sigmoid produced (squeeze-excitation,
     gating), or a bounded function moved by constants so that it cannot be negative (``1 - sigmoid(a)``, GELU's
-    ``1 + erf(u / sqrt 2)``: :data:`relprop.ops.BOUNDED`); a product with one operand on the relevance path (a constant scale, layer scale, ``x / 2``) passes all
-    relevance to it, which is the same rule with a constant gate. A product of path tensors none of which is a gate
-    goes to ``otherwise`` (e.g. :class:`Uniform`), or raises when there is none.
+    ``1 + erf(u / sqrt 2)``: :data:`relprop.ops.BOUNDED`); a product with one operand on the relevance path (a
+    constant scale, layer scale, ``x / 2``) passes all relevance to it, which is the same rule with a constant gate.
+    A product of path tensors none of which is a gate goes to ``otherwise`` (e.g. :class:`Uniform`), or raises when
+    there is none.
     """
 
     otherwise: Rule | None = None

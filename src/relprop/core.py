@@ -495,6 +495,9 @@ def _describe(site: Site | str) -> str:
     return repr(site) if not isinstance(site, nn.Module) else type(site).__name__
 
 
+# route ops whose result holds its input's values in the same places (a copy, another memory layout, a no-op cast)
+_SAME_VALUES = frozenset({"contiguous", "clone", "to", "type_as", "float", "double", "half", "bfloat16", "cpu",
+                          "cuda"})
 _AFFINE_BY_NAME = {
     **dict.fromkeys(ops.ADD.names, "add"), **dict.fromkeys(("sub", "sub_", "subtract", "subtract_", "__sub__",
                                                              "__isub__"), "sub"),
@@ -1489,6 +1492,10 @@ class FunctionalGuard(TorchFunctionMode):
             for tag in (_GATE, _BOUNDS):
                 if hasattr(args[0], tag):
                     setattr(result, tag, getattr(args[0], tag))
+            # a layer's output copied as it is (conv(x).contiguous()) still feeds its batch norm as the layer's
+            if hasattr(args[0], _PRODUCER) and name in _SAME_VALUES and result.shape == args[0].shape \
+                    and result.dtype == args[0].dtype:
+                setattr(result, _PRODUCER, getattr(args[0], _PRODUCER))
         return mark_path(result)
 
     def _refuse(self, func: Any, name: str, op: Op | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

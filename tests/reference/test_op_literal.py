@@ -639,14 +639,18 @@ class ConvBN(Net):
 
     SHAPE = (2, 4, 3)
 
-    def __init__(self, bias: bool, conv_bias: bool = True) -> None:
+    def __init__(self, bias: bool, conv_bias: bool = True, copy: str = "") -> None:
         super().__init__()
         self.conv = nn.Conv2d(2, 3, 3, padding=1, bias=bias and conv_bias)
         self.bn = nn.BatchNorm2d(3)
         self.head = nn.Linear(36, 3, bias=bias)
+        self.copy = copy  # a copy of the conv's output between the two: "contiguous" or "clone"
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(F.relu(self.bn(self.conv(x.view(-1, *self.SHAPE)))).flatten(1))
+        h = self.conv(x.view(-1, *self.SHAPE))
+        if self.copy:
+            h = getattr(h, self.copy)()
+        return self.head(F.relu(self.bn(h)).flatten(1))
 
     def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
         dense, dense_bias, _, _ = literal.conv_as_dense(self.conv, self.SHAPE)
@@ -849,6 +853,8 @@ CASES: list[Case] = [
     *(Case(f"bn-merged-conv-{rule}", ConvBN, 24, linear=rule) for rule in Z_RULES),
     *(Case(f"bn-merged-conv-without-bias-{rule}", lambda b: ConvBN(b, conv_bias=False), 24, linear=rule)
       for rule in ("epsilon", "zplus")),
+    *(Case(f"bn-merged-conv-after-{copy}-{rule}", lambda b, c=copy: ConvBN(b, copy=c), 24, linear=rule)
+      for copy in ("contiguous", "clone") for rule in ("zplus", "alphabeta")),
     Case("bn-diagonal-input-and-after-relu", FreeBN, 5),
     Case("bn-diagonal-conv-relu-bn", ConvReluBN, 24),
     *(Case(kind, lambda b, kind=kind: Max(kind, b), 48) for kind in Max.KINDS),

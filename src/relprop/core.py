@@ -74,16 +74,22 @@ class MergedBatchNorm:
 
 @dataclass(frozen=True, eq=False)
 class OwnForward:
-    """A Linear/Conv subclass explained through its own forward, which computes another linear map of its weight
-    than its stock class does (a rule site): timm's ``Conv2dSame`` pads each input to "same" size first, by an
-    amount it computes per call.
+    """A Linear/Conv subclass whose own forward computes its map in another way than its stock class (a rule site):
+    timm's ``Conv2dSame`` pads each input to "same" size first, by an amount it computes per call; ``StdConv2d``
+    standardises its weight before the convolution.
 
-    The engine makes one where that forward, checked on the call's input, is linear in the weight and in the input
-    and adds the bias per output (:func:`_layer_site`). The z-rules then run it with their modified weights in place
-    of the layer's (:meth:`map`). Nothing in the model is modified.
+    Such a forward makes one ``F.linear``/``F.convNd`` call. ``weight`` and ``bias`` are what it passed to that call
+    (the layer's effective weight), and the z-rules compute the map with their modified weights put into that call
+    (:meth:`map`). Where the call took the layer's input as it is (``call``: the function, its arguments and keyword
+    arguments), that is the call itself; otherwise the layer's forward runs again with the call's weights replaced.
+    The engine makes one where its checks hold (:func:`_own_forward`): the call's result is the layer's output, and
+    what the forward does to the input before the call is linear. Nothing in the model is modified.
     """
 
     layer: nn.Module
+    weight: Tensor
+    bias: Tensor | None
+    call: tuple[Callable[..., Tensor], list[Any], dict[str, Any]] | None = None
 
     def __repr__(self) -> str:
         return f"{type(self.layer).__name__} (its own forward)"
@@ -94,13 +100,61 @@ class OwnForward:
         return result
 
     def map(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-        """The layer's own forward on ``x`` with ``weight`` and ``bias`` for its parameters. It runs on a shallow
-        copy of the layer, so the layer itself is never changed, not even for a moment in another thread."""
-        layer = self.layer
-        twin = object.__new__(type(layer))
-        twin.__dict__.update(layer.__dict__)
-        twin.__dict__["_parameters"] = {**layer._parameters, "weight": weight, "bias": bias}
-        result: Tensor = type(layer).forward(twin, x)
+        """The layer's map of ``x`` with ``weight`` and ``bias`` in its linear or convolution call."""
+        if self.call is not None:
+            func, values, kwargs = self.call
+            return func(*_replaced(values, kwargs, (x, weight, bias)), **kwargs)
+        with torch._C._EnableTorchFunction(), _LayerCalls((weight, bias)) as calls:
+            result = type(self.layer).forward(self.layer, x)
+        if len(calls.seen) != 1 or calls.seen[0][0] is not result:
+            raise ExplanationError(
+                f"{self!r} made {len(calls.seen)} linear or convolution calls with other weights, or returned "
+                "something else than the call's result; it made one, whose result it returned, when it was checked"
+            )
+        assert isinstance(result, Tensor)
+        return result
+
+
+# the functions a Linear/ConvNd subclass's own forward computes its map with: F.linear(input, weight, bias) and
+# F.convNd(input, weight, bias, stride, padding, dilation, groups)
+_LAYER_FUNCTIONS = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
+_LAYER_SLOTS = (("input", 0), ("weight", 1), ("bias", 2))
+
+
+def _replaced(values: list[Any], kwargs: dict[str, Any], replacements: Sequence[Any]) -> list[Any]:
+    """A layer function's positional arguments with ``replacements`` for (input, weight, bias), or for the last of
+    them where there are fewer; a keyword argument among them is replaced in ``kwargs`` (in place)."""
+    values = list(values)
+    slots = _LAYER_SLOTS[len(_LAYER_SLOTS) - len(replacements):]
+    for (key, position), value in zip(slots, replacements):
+        if key in kwargs or len(values) <= position:
+            kwargs[key] = value
+        else:
+            values[position] = value
+    return values
+
+
+def _layer_argument(values: list[Any], kwargs: dict[str, Any], key: str, position: int, default: Any = None) -> Any:
+    return kwargs[key] if key in kwargs else values[position] if len(values) > position else default
+
+
+class _LayerCalls(TorchFunctionMode):
+    """The ``F.linear``/``F.convNd`` calls of a layer's own forward: each one's (result, function, arguments,
+    keyword arguments) is recorded in ``seen``, and with ``replace`` given, the call runs with that (weight, bias)
+    instead of its own."""
+
+    def __init__(self, replace: tuple[Tensor, Tensor | None] | None = None) -> None:
+        super().__init__()
+        self.replace = replace
+        self.seen: list[tuple[Any, Any, list[Any], dict[str, Any]]] = []
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        kwargs = dict(kwargs or {})
+        if ops.function_name(func) not in _LAYER_FUNCTIONS:
+            return func(*args, **kwargs)
+        values = list(args) if self.replace is None else _replaced(list(args), kwargs, self.replace)
+        result = func(*values, **kwargs)
+        self.seen.append((result, func, values, kwargs))
         return result
 
 
@@ -811,28 +865,47 @@ def _layer_site(name: str, module: nn.Module, base: type[nn.Module], args: tuple
                 output: Tensor) -> Site:
     """The rule site of a Linear/ConvNd subclass with a forward of its own, checked on one call: the module itself
     where its output equals its stock class's map of its weight on the same input (timm's ``Linear``, which only
-    adds TorchScript typing); an :class:`OwnForward` where its forward is another map linear in its weight and
-    input that adds its bias per output (timm's ``Conv2dSame``, padding computed per call). Anything else raises
-    (weight standardisation: timm's ``StdConv2d``)."""
+    adds TorchScript typing); an :class:`OwnForward` where its forward computes the map otherwise (timm's
+    ``Conv2dSame`` pads per call, ``StdConv2d`` standardises its weight). Anything else raises."""
     value = output.detach()
     inputs = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
     with torch.no_grad():
-        try:
+        own = _own_forward(module, inputs[0], value) if len(inputs) == 1 and isinstance(inputs[0], Tensor) else None
+        if own is not None:
+            return module if _stock_call(own, module) else own
+        try:  # a forward that computes the stock map without F.linear/F.convNd (x @ w.T + b, say)
             stock = base.forward(module, *inputs)
         except (RuntimeError, ValueError, TypeError):
             stock = None
         if stock is not None and _close(stock, value):
             return module
-        own = OwnForward(module)
-        if len(inputs) == 1 and isinstance(inputs[0], Tensor) and _linear_map(own, inputs[0], value):
-            return own
     raise ExplanationError(
         f"module '{name}' ({type(module).__name__}) is an nn.{base.__name__} whose own forward computes something "
-        f"else than nn.{base.__name__}'s map of its weight, and not a map linear in its weight and input either "
-        "(weight standardisation, ...), so no z-rule can explain it; replace it by an nn."
-        f"{base.__name__} holding the weight its forward uses (fixed in eval mode), or give it a rule of your own "
+        f"else than nn.{base.__name__}'s map of its weight, and not one F.linear/F.convNd call either, whose result "
+        "it returns, on its input transformed linearly (padded, say), so no z-rule can explain it; replace it by an "
+        f"nn.{base.__name__} holding the weight its forward uses (fixed in eval mode), or give it a rule of your own "
         "by name"
     )
+
+
+def _stock_call(own: OwnForward, module: nn.Module) -> bool:
+    """Whether ``own``'s one call is its stock class's: the layer's input, weight and bias as they are and, for a
+    convolution, the layer's stride, padding, dilation and groups (timm's ``Linear``, which only adds TorchScript
+    typing). Its stock map and fast transposes then serve."""
+    if own.call is None:
+        return False
+    func, values, kwargs = own.call
+    if _layer_argument(values, kwargs, "weight", 1) is not module.weight or _layer_argument(
+            values, kwargs, "bias", 2) is not module.bias:
+        return False
+    if isinstance(module, nn.Linear):
+        return ops.function_name(func) == "linear"
+    params = ((key, _layer_argument(values, kwargs, key, position, default))
+              for key, position, default in (("stride", 3, 1), ("padding", 4, 0), ("dilation", 5, 1), ("groups", 6, 1)))
+    dims = len(module.weight.shape) - 2
+    return ops.function_name(func) == f"conv{dims}d" and getattr(module, "padding_mode", "zeros") == "zeros" and all(
+        (tuple(value) if isinstance(value, (list, tuple)) else value if key == "groups" or isinstance(value, str)
+         else (value,) * dims) == getattr(module, key) for key, value in params)
 
 
 def _close(computed: Tensor, value: Tensor) -> bool:
@@ -843,27 +916,28 @@ def _close(computed: Tensor, value: Tensor) -> bool:
         torch.allclose(computed, value, rtol=tolerance, atol=tolerance * scale))
 
 
-def _linear_map(own: OwnForward, x: Tensor, output: Tensor) -> bool:
-    """Whether ``own``'s forward, at ``x``, is ``A_W(x) + b`` with ``A_W(x)`` linear in the weight ``W`` (additive:
-    checked against a second, random weight of the same scale) and in ``x`` (odd and homogeneous: ``A_W(-2x) =
-    -2 A_W(x)``, which a ReLU or a square fails), and ``b`` added per output, as the z-rules need."""
-    layer = own.layer
-    parameter, bias_parameter = layer._parameters.get("weight"), layer._parameters.get("bias")
-    if parameter is None:  # not a parameter (a property, say): map() could not replace it
-        return False
-    weight, bias = parameter.detach(), None if bias_parameter is None else bias_parameter.detach()
-    generator = torch.Generator(weight.device).manual_seed(0)
-    other = torch.randn(weight.shape, generator=generator, dtype=weight.dtype, device=weight.device)
-    other = other * weight.abs().mean()
+def _own_forward(module: nn.Module, x: Tensor, output: Tensor) -> OwnForward | None:
+    """``module``'s map as its own forward computes it at ``x``, or None where that is not one linear or convolution
+    call whose result the forward returns, on the input as it is or transformed linearly: odd and homogeneous,
+    ``pre(-2x) = -2 pre(x)``, which a ReLU or a square fails (:class:`OwnForward`)."""
     try:
-        plain = own.map(x, weight, None)
-        shape = (-1,) if isinstance(layer, nn.Linear) else (-1,) + (1,) * (plain.dim() - 2)
-        pairs = [(plain if bias is None else plain + bias.reshape(shape), output),
-                 (plain + own.map(x, other, None), own.map(x, weight + other, None)),
-                 (own.map(-2 * x, weight, None), -2 * plain)]
-    except (RuntimeError, ValueError, TypeError):
-        return False
-    return all(_close(computed, value) for computed, value in pairs)
+        with torch._C._EnableTorchFunction(), _LayerCalls() as calls:
+            result = type(module).forward(module, x)
+        if len(calls.seen) != 1 or calls.seen[0][0] is not result or not _close(result, output):
+            return None
+        _, func, values, kwargs = calls.seen[0]
+        weight, bias = (_layer_argument(values, kwargs, key, position) for key, position in _LAYER_SLOTS[1:])
+        if not isinstance(weight, Tensor):
+            return None
+        weight, bias = weight.detach(), None if bias is None else bias.detach()
+        if _layer_argument(values, kwargs, "input", 0) is x:  # the call itself is the map
+            return OwnForward(module, weight, bias, (func, values, kwargs))
+        own = OwnForward(module, weight, bias)
+        plain = result if bias is None else result - bias.reshape(
+            (-1,) if ops.function_name(func) == "linear" else (-1,) + (1,) * (result.dim() - 2))
+        return own if _close(own.map(-2 * x, weight, None), -2 * plain) else None
+    except (RuntimeError, ValueError, TypeError, ExplanationError):
+        return None
 
 
 def script_module_error(name: str) -> ExplanationError:

@@ -254,14 +254,17 @@ def test_coverage_script_and_page_on_one_model(tmp_path: Path) -> None:
     assert "kept" in doc.read_text()  # only the generated block is rewritten
 
 
-@pytest.mark.parametrize("name", ["tf_mobilenetv3_small_minimal_100", "tf_efficientnet_lite0"])
-def test_timm_models_that_pad_per_call_explain_and_conserve(name: str) -> None:
-    """timm's tf_ models pad strided convolutions per call (Conv2dSame), which relprop refused: now their own
-    forward computes the rules' maps. Bias-free float64 copy, epsilon: the heatmap sums to the logit."""
+@pytest.mark.parametrize(("name", "layer"), [("tf_mobilenetv3_small_minimal_100", "Conv2dSame"),
+                                             ("tf_efficientnet_lite0", "Conv2dSame"),
+                                             ("nf_resnet26", "ScaledStdConv2d")])
+def test_timm_models_whose_layers_have_their_own_forward_explain_and_conserve(name: str, layer: str) -> None:
+    """timm's tf_ models pad strided convolutions per call (Conv2dSame), and its NFNets standardise their
+    convolutions' weights (ScaledStdConv2d): relprop refused both; now their own forward computes the rules' maps.
+    Bias-free float64 copy, epsilon: the heatmap sums to the logit."""
     timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     model = zoo.bias_free(timm.create_model(name, pretrained=False, num_classes=5).double().eval())
-    assert any(type(module).__name__ == "Conv2dSame" for module in model.modules())
+    assert any(type(module).__name__ == layer for module in model.modules())
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
     zoo.calibrate(model, x)
     logits = model(x).detach()

@@ -62,9 +62,12 @@ LAYERS: list[tuple[str, Callable[[bool], nn.Module], tuple[int, ...]]] = [
 
 
 def site(module: nn.Module) -> nn.Module | OwnForward:
-    """The rule site the engine makes of ``module``: a layer with a linear forward of its own is explained
-    through it."""
-    return OwnForward(module) if isinstance(module, (SamePerCallConv, MaskedLinear)) else module
+    """The rule site the engine makes of ``module``: a layer whose own forward computes its map is explained
+    through that forward, with the weight it passes to its linear or convolution call."""
+    if not isinstance(module, (SamePerCallConv, MaskedLinear)):
+        return module
+    weight = module.weight.detach() * (module.mask if isinstance(module, MaskedLinear) else 1.0)
+    return OwnForward(module, weight, None if module.bias is None else module.bias.detach())
 
 
 _DENSE: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, tuple[Tensor, Tensor | None, Tensor]]] = {}
@@ -73,9 +76,9 @@ _DENSE: dict[tuple[int, tuple[int, ...]], tuple[nn.Module, tuple[Tensor, Tensor 
 def _dense(module: nn.Module, shape: tuple[int, ...]) -> tuple[Tensor, Tensor | None, Tensor]:
     """The layer as a dense matrix (out, in), its bias per output and its connectivity (cached per layer)."""
     if isinstance(module, nn.Linear):
-        connectivity = module.mask if isinstance(module, MaskedLinear) else torch.ones_like(module.weight)
+        weight = module.weight.detach() * (module.mask if isinstance(module, MaskedLinear) else 1.0)  # effective
         bias = None if module.bias is None else module.bias.detach()
-        return module.weight.detach() * connectivity, bias, connectivity
+        return weight, bias, torch.ones_like(weight)
     key = (id(module), shape)
     if key not in _DENSE or _DENSE[key][0] is not module:
         pads = (same_pads(shape[1:], module.kernel_size, module.stride, module.dilation)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 import relprop
 from counting import Counting
+from own_forward import MaskedLinear, SamePerCallConv
 from relprop import rules
 from relprop.composites import LINEAR_TYPES, RuleMap
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
@@ -59,6 +60,15 @@ def test_mlp_all_targets_equal_the_loop(make_mlp, randn, method: str, options: d
 def test_cnn_chosen_targets_equal_the_loop(make_cnn, randn, method: str, options: dict[str, Any]) -> None:
     targets = torch.tensor([[2, 0], [1, 1]])  # a class may repeat
     _check(make_cnn(), randn(2, 2, 8, 8), targets, method, **options)
+
+
+@pytest.mark.parametrize("preset", ["epsilon_plus_flat", "epsilon_gamma_box", "alpha2beta1"])
+def test_layers_with_their_own_forward_equal_the_loop(randn, preset: str) -> None:
+    """Their rules run the layer's forward with other weights (OwnForward.map), batched over the targets."""
+    model = nn.Sequential(SamePerCallConv(2, 4, 3, stride=2), nn.ReLU(), nn.Flatten(), MaskedLinear(64, 3))
+    model = model.double().eval()
+    options = {"low": -4.0, "high": 4.0} if preset == "epsilon_gamma_box" else {}
+    _check(model, randn(2, 2, 8, 8), "all", "lrp", preset=preset, **options)
 
 
 @pytest.mark.parametrize("preset", ["epsilon_plus_flat", "alpha2beta1"])

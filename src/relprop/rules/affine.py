@@ -17,7 +17,7 @@ from torch.nn import grad as nn_grad
 from .. import ops
 from ..core import MergedBatchNorm, OwnForward, Site, batched, has_relprop_affine, pullback
 from ..errors import ExplanationError
-from ..ops import OpCall
+from ..ops import OpCall, function_name
 
 __all__ = ["affine_map", "Term", "Group", "FAST_KERNELS", "fast_kernel"]
 
@@ -50,9 +50,9 @@ class _Affine:
         weight: Tensor
         bias: Tensor | None
         self.module: Any = site  # Linear, ConvNd or a module with relprop_affine(): attributes read dynamically
-        if isinstance(site, OwnForward):
-            layer = _Affine(site.layer)
-            weight, bias, self.module, self.kind, self.own = layer.weight, layer.bias, site.layer, layer.kind, site
+        if isinstance(site, OwnForward):  # the weight and bias its own forward passes to its linear or conv call
+            weight, bias, self.module, self.own = site.weight, site.bias, site.layer, site
+            self.kind = "linear" if isinstance(site.layer, nn.Linear) else "conv"
         elif isinstance(site, MergedBatchNorm):
             layer = _Affine(site.layer)
             scale, shift = _batch_norm_affine(site.norm)
@@ -99,8 +99,29 @@ class _Affine:
             conv = self.module
             if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
                 return _conv_transpose(conv, s, weight, x.shape)
+        elif self.own.call is not None:  # the layer's one call on its input as it is: that call's transpose
+            fast = _call_transpose(self.own.call, s, weight, x)
+            if fast is not None:
+                return fast
         (grad,) = pullback(lambda x_: self.forward(x_, weight, None), (x,), s)
         return grad
+
+
+def _call_transpose(call: tuple[Any, list[Any], dict[str, Any]], s: Tensor, weight: Tensor, x: Tensor,
+                    ) -> Tensor | None:
+    """``weight^T s`` for one ``F.linear``/``F.convNd`` call with the layer's input as it is (an
+    :class:`~relprop.core.OwnForward`'s), None where its padding is a string ("same")."""
+    func, values, kwargs = call
+    if function_name(func) == "linear":
+        return s @ weight
+    stride, padding, dilation, groups = (kwargs[key] if key in kwargs else values[position] if len(values) > position
+                                         else default for key, position, default in
+                                         (("stride", 3, 1), ("padding", 4, 0), ("dilation", 5, 1), ("groups", 6, 1)))
+    if isinstance(padding, str):
+        return None
+    grad_input: Any = _CONV_INPUT_GRADIENTS[weight.dim() - 2]
+    result: Tensor = grad_input(x.shape, weight, s, stride, padding, dilation, groups)
+    return result
 
 
 def _batch_norm_affine(call: OpCall) -> tuple[Tensor, Tensor]:

@@ -95,10 +95,8 @@ def _zbox(rule: ZBox, affine: _Affine, x: Tensor, output: Tensor, relevance_out:
 
 @fast_kernel(Flat)
 def _flat(rule: Flat, affine: _Affine, x: Tensor, output: Tensor, relevance_out: Tensor) -> Tensor | None:
-    """Every output of the layer has the same all-ones weights: one output channel stands for all of them (not
-    where the layer's own forward computes the map, which may connect each output to other inputs)."""
-    if (rule.bias and affine.bias is not None or affine.kind == "diagonal" or getattr(affine.module, "groups", 1) > 1
-            or affine.own is not None):
+    """Every output of the layer has the same all-ones weights: one output channel stands for all of them."""
+    if rule.bias and affine.bias is not None or affine.kind == "diagonal" or getattr(affine.module, "groups", 1) > 1:
         return None
     ones = affine.weight.new_ones((1, *affine.weight.shape[1:]))
     z = affine.forward(x.new_ones((1, *x.shape[1:])), ones, None)  # receptive-field sizes, (1, 1, ...)

@@ -499,7 +499,7 @@ def _transformer(softmax: Rule, epsilon: float, stabilizer: float) -> RuleMap:
     return RuleMap(
         [(LINEAR_TYPES, rules.Epsilon(epsilon=epsilon)), (ops.MATMUL, uniform),
          (ops.MUL, rules.SignalTakeAll(otherwise=uniform)), (ops.SOFTMAX, softmax), (ops.ATTENTION, rules.Decompose()),
-         (ops.NORM_STATISTIC, rules.Detach())],
+         (ops.NORM_STATISTIC, rules.Detach()), (ops.POWER, rules.Pass())],
         stabilizer=stabilizer,
     )
 

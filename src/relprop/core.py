@@ -552,6 +552,17 @@ def _describe(site: Site | str) -> str:
 # route ops whose result holds its input's values in the same places (a copy, another memory layout, a no-op cast)
 _SAME_VALUES = frozenset({"contiguous", "clone", "to", "type_as", "float", "double", "half", "bfloat16", "cpu",
                           "cuda"})
+def _positive_integer_power(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether a power call raises a path tensor to a positive integer (``torch.square``; ``x ** 2``, ``x.pow(3.0)``):
+    ``ops.POWER``, a product of copies of the tensor, not a norm statistic."""
+    if name.startswith("square"):
+        return True
+    exponent = args[1] if len(args) > 1 else kwargs.get("exponent")
+    return (isinstance(exponent, (int, float)) and not isinstance(exponent, bool) and exponent >= 1
+            and float(exponent).is_integer() and isinstance(args[0] if args else None, Tensor)
+            and bool(getattr(args[0], _PATH, False)))
+
+
 _AFFINE_BY_NAME = {
     **dict.fromkeys(ops.ADD.names, "add"), **dict.fromkeys(("sub", "sub_", "subtract", "subtract_", "__sub__",
                                                              "__isub__"), "sub"),
@@ -1432,6 +1443,8 @@ class FunctionalGuard(TorchFunctionMode):
         if where is not None:
             raise _stale_error(f"'{name}' at {ops.caller_location()}", where)
         op = self.op_of(name)
+        if op is ops.NORM_STATISTIC and name in ops.POWER_NAMES and _positive_integer_power(name, args, kwargs):
+            op = ops.POWER
         if op is ops.CONSTANT:
             return func(*args, **kwargs)
         if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":

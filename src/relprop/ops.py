@@ -85,6 +85,11 @@ ATTENTION = _op("attention", "scaled_dot_product_attention multi_head_attention_
 # response normalisation: x * (||x|| / mean ||x||))
 NORM_STATISTIC = _op("norm_statistic", "rsqrt rsqrt_ sqrt sqrt_ pow pow_ __pow__ square var std var_mean std_mean "
                                        "norm linalg_vector_norm")
+# x ** n, n a positive integer (x.pow(2), torch.square, x ** 3.0): the product of n copies of x, so the uniform
+# product rule passes all of its relevance to x. Resolved from the exponent (FunctionalGuard.op_of_call): the names
+# are NORM_STATISTIC's, which takes every other power (x ** -0.5 in a hand-written norm)
+POWER = _op("power", "")
+POWER_NAMES = frozenset({"pow", "pow_", "__pow__", "square", "square_"})
 # Operations whose backward only selects, copies, moves or reshapes values: their own gradient routes relevance.
 ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permute transpose t squeeze unsqueeze
     contiguous clone expand expand_as repeat repeat_interleave tile cat concat concatenate stack hstack vstack dstack
@@ -101,7 +106,7 @@ CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_ten
 ADDCMUL = _op("addcmul", "addcmul")
 ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE, ACTIVATION, BATCH_NORM, LAYER_NORM,
                        GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC,
-                       NORMALIZE, ADDCMUL)
+                       NORMALIZE, ADDCMUL, POWER)
 _BY_NAME = {name: op for op in ALL for name in op.names}
 # Bounded functions and the range of their output. A bounded output, or a constant affine map of one (``1 + erf(u)``,
 # ``0.5 * (1 + tanh(u))``, ``1 - sigmoid(u)``), that cannot be negative is a gate: a factor that scales the signal

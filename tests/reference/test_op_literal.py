@@ -970,6 +970,70 @@ def test_uniform_splits_a_product_in_halves() -> None:
     assert max_relative_error(got, want) <= TOLERANCE
 
 
+class _StarReLU(nn.Module):
+    """MetaFormer's StarReLU, ``scale * relu(h) ** n + bias`` on ``h = l1(x)``, with the power written as ``form``."""
+
+    FORMS = {"pow": lambda r: r.pow(2), "operator": lambda r: r**2, "square": torch.square,
+             "torch.pow-3.0": lambda r: torch.pow(r, 3.0), "product": lambda r: r * r, "product-3": lambda r: r * r * r}
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.l1, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
+        self.scale, self.bias = nn.Parameter(torch.full((6,), 0.8)), nn.Parameter(torch.full((6,), -0.1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.scale * self.FORMS[self.form](F.relu(self.l1(x))) + self.bias)
+
+
+@pytest.mark.parametrize(("form", "product"), [("pow", "product"), ("operator", "product"), ("square", "product"),
+                                               ("torch.pow-3.0", "product-3")])
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_a_positive_integer_power_is_the_product_of_its_copies(form: str, product: str, preset: str) -> None:
+    """``x ** n`` (n a positive integer) is ``x * ... * x``, whose uniform rule gives x all of the relevance: the
+    transformer presets explain it as that product (to the product rule's stabilizer). It was a norm statistic,
+    held constant, so MetaFormer's StarReLU (caformer, convformer, poolformerv2) was refused: the constant joined
+    the path by ``+ bias``."""
+    torch.manual_seed(0)
+    power, written = _StarReLU(form).double().eval(), _StarReLU(product).double().eval()
+    written.load_state_dict(power.state_dict())
+    x = _input(_case("residual"))
+    got, want = (relprop.explain(m, x, TARGET, method="lrp", preset=preset, stabilizer=1e-15).relevance
+                 for m in (power, written))  # the product rule's stabilizer, which the power does not have, tiny
+    assert max_relative_error(got, want) <= 1e-10
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_gelu_written_as_a_formula_is_gelu(approximate: str) -> None:
+    """ESM's ``u * 0.5 * (1 + erf(u / sqrt 2))`` and GPT-2's ``0.5 * u * (1 + tanh(c (u + 0.044715 u ** 3)))``: the
+    factor built from erf or tanh cannot be negative, so it is a gate and u takes all, as F.gelu passes it."""
+
+    class Formula(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            u = self.l1(x)
+            if approximate == "none":
+                return self.head(u * 0.5 * (1.0 + torch.erf(u / math.sqrt(2.0))))
+            inner = math.sqrt(2.0 / math.pi) * (u + 0.044715 * torch.pow(u, 3.0))
+            return self.head(0.5 * u * (1.0 + torch.tanh(inner)))
+
+    class Stock(Formula):
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(F.gelu(self.l1(x), approximate=approximate))
+
+    torch.manual_seed(0)
+    formula, stock = Formula().double().eval(), Stock().double().eval()
+    stock.load_state_dict(formula.state_dict())
+    x = _input(_case("residual"))
+    assert torch.allclose(formula(x), stock(x), rtol=1e-6 if approximate == "tanh" else 1e-12, atol=0)
+    for preset in ("attnlrp", "cp_lrp"):
+        got, want = (relprop.explain(m, x, TARGET, method="lrp", preset=preset).relevance for m in (formula, stock))
+        assert max_relative_error(got, want) <= 1e-12
+
+
 @pytest.mark.parametrize("kind, message", [
     ("same", "multiplies 2 tensors on the relevance path"),
     ("broadcast", "multiplies 2 tensors on the relevance path"),

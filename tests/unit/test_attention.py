@@ -188,7 +188,8 @@ def test_a_query_that_may_attend_to_no_key_gets_zero_and_no_nan() -> None:
 
 
 class _Statistic(nn.Module):
-    """A bias-free net where ``h ** 2`` is a norm statistic (``rms``) or a feature of the model (the others)."""
+    """A bias-free net where ``h ** 0.5`` is a feature of the model (a norm statistic to the transformer presets),
+    or ``h ** 2`` a norm's statistic (``rms``) or a feature (``squared``: a product of copies of h)."""
 
     def __init__(self, use: str) -> None:
         super().__init__()
@@ -198,20 +199,22 @@ class _Statistic(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = torch.relu(self.a(x))
         if self.use == "added":
-            return self.b(h + 0.1 * h ** 2)  # type: ignore[no-any-return]
+            return self.b(h + 0.1 * h ** 0.5)  # type: ignore[no-any-return]
         if self.use == "through a layer":
-            return self.b(h) + self.c(h ** 2)  # type: ignore[no-any-return]
+            return self.b(h) + self.c(h ** 0.5)  # type: ignore[no-any-return]
         if self.use == "concatenated":
-            return self.b(torch.cat([h[:, :3], (h ** 2)[:, 3:]], 1))  # type: ignore[no-any-return]
+            return self.b(torch.cat([h[:, :3], (h ** 0.5)[:, 3:]], 1))  # type: ignore[no-any-return]
         if self.use == "only":
-            return self.b(h ** 2)  # type: ignore[no-any-return]
+            return self.b(h ** 0.5)  # type: ignore[no-any-return]
+        if self.use == "squared":
+            return self.b(h + 0.1 * h ** 2)  # type: ignore[no-any-return]
         return self.b(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
 @pytest.mark.parametrize("use", ["added", "through a layer", "concatenated"])
 def test_a_statistic_held_constant_may_not_join_the_path(preset: str, use: str) -> None:
-    """attnlrp holds x**2 constant, as in RMSNorm's rsqrt(mean(x**2)); used as a feature, the relevance of its
+    """attnlrp holds x ** 0.5 constant, as in a norm's sqrt(mean(x**2)); used as a feature, the relevance of its
     term would be lost without a trace, so the op that joins it to the path is refused, naming both."""
     torch.manual_seed(0)
     model, x = _Statistic(use).double().eval(), torch.randn(3, 4, dtype=torch.float64)
@@ -231,6 +234,16 @@ def test_a_path_that_ends_at_a_statistic_says_so() -> None:
     with pytest.raises(relprop.ExplanationError, match="put it in an nn.Module with a rule") as refused:
         relprop.explain(model, x, 0, preset="epsilon")  # no rule for the statistic: advice that fits it
     assert "for attention use" not in str(refused.value)
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_a_square_used_as_a_feature_is_explained_and_conserves(preset: str) -> None:
+    """``h + 0.1 * h ** 2``: the square is a product of copies of h (ops.POWER), so all of its relevance goes
+    to h; bias-free, the heatmap sums to the logit."""
+    torch.manual_seed(0)
+    model, x = _Statistic("squared").double().eval(), torch.randn(3, 4, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 0, preset=preset, epsilon=1e-12, stabilizer=1e-12)
+    assert torch.allclose(explanation.relevance.sum(1), model(x)[:, 0].detach(), rtol=1e-9, atol=0)
 
 
 @pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])

@@ -113,18 +113,22 @@ def test_wsquare_bias_convention_differs(make_mlp) -> None:
     assert max_relative_error(relprop_default, zennit_default) > 1e-3
 
 
+def _composite_and_preset(preset: str) -> tuple[object, RuleMap]:
+    """zennit's composite and relprop's preset of the same name, with the same parameters (zB bounds [-1, 1])."""
+    if preset == "epsilon_plus_flat":
+        return (zcomposites.EpsilonPlusFlat(epsilon=1e-6, stabilizer=STABILIZER),
+                get_preset(preset, epsilon=1e-6, stabilizer=STABILIZER))
+    return (zcomposites.EpsilonGammaBox(low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER),
+            get_preset(preset, low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER))
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("kind", MODELS)
 @pytest.mark.parametrize("preset", ["epsilon_plus_flat", "epsilon_gamma_box"])
 def test_composite_matches_zennit(preset: str, kind: str, bias: bool, make_mlp, make_cnn) -> None:
     model, x = _model_and_input(kind, bias, make_mlp, make_cnn)
     target = torch.tensor([2, 0, 1, 1])
-    if preset == "epsilon_plus_flat":
-        composite = zcomposites.EpsilonPlusFlat(epsilon=1e-6, stabilizer=STABILIZER)
-        rule_map = get_preset(preset, epsilon=1e-6, stabilizer=STABILIZER)
-    else:
-        composite = zcomposites.EpsilonGammaBox(low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER)
-        rule_map = get_preset(preset, low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER)
+    composite, rule_map = _composite_and_preset(preset)
     want = zennit_relevance(model, composite, x, target)
     got = lrp(model, x, target, rule_map=rule_map)
     assert max_relative_error(got, want) <= TOLERANCE
@@ -157,12 +161,7 @@ def test_layers_with_their_own_forward_match_zennit(preset: str) -> None:
                 param.copy_(torch.randn(param.shape, dtype=torch.float64) * 0.3)  # signed biases that matter
     x = torch.rand(4, 2, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
     target = torch.tensor([2, 0, 1, 1])
-    if preset == "epsilon_plus_flat":
-        composite = zcomposites.EpsilonPlusFlat(epsilon=1e-6, stabilizer=STABILIZER)
-        rule_map = get_preset(preset, epsilon=1e-6, stabilizer=STABILIZER)
-    else:
-        composite = zcomposites.EpsilonGammaBox(low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER)
-        rule_map = get_preset(preset, low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER)
+    composite, rule_map = _composite_and_preset(preset)
     assert max_relative_error(lrp(model, x, target, rule_map=rule_map),
                               zennit_relevance(model, composite, x, target)) <= TOLERANCE
 

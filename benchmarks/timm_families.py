@@ -3,12 +3,13 @@ why).
 
 timm names its models ``<family><variant>`` (``resnet50``, ``tf_efficientnet_b0``, ``caformer_s18``): the family is
 the name up to its first digit or underscore (with a ``tf_`` prefix kept). For each family the script takes one
-model, the smallest by a simple rule (no "large", "huge", "giant", "xl" or "base" in the name, then the shortest
-name), builds it with random weights and 3 classes (float32, eval mode) and explains class 0 of one image
-(64x64, or the model's own input size where it needs that) under ``epsilon_plus_flat`` and ``attnlrp``. A row holds
+model: of the five shortest names without "large", "huge", "giant", "xl" or "base" in them, the one with the
+fewest parameters. It builds it with random weights and 3 classes (float32, eval mode) and explains class 0 of one
+image (64x64, or the model's own input size where it needs that) under ``epsilon_plus_flat`` and ``attnlrp``. A row holds
 the outcome per preset: ``ok``, ``refused`` with the first line of relprop's ExplanationError, ``crash`` (any other
-exception: a bug in relprop) or ``timeout``; a model that does not build or run at that size in plain PyTorch, or
-has more than 200M parameters, is ``not built`` and left out of the counts. No weights are downloaded.
+exception: a bug in relprop, and the script exits with 1) or ``timeout``; a model that does not build or run at that
+size in plain PyTorch, or has more than 200M parameters, is ``not built`` and left out of the counts. No weights are
+downloaded.
 
     PYTHONPATH=src python benchmarks/timm_families.py --threads 1          # all families, a few minutes
     PYTHONPATH=src python benchmarks/timm_families.py --families resnet,tf_efficientnet --out /tmp/timm.json
@@ -166,7 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     })
     print(f"{len(built)} of {len(rows)} families built; explained: "
           + ", ".join(f"{count} under {preset}" for preset, count in explained.items()) + f"; wrote {args.out}")
-    return 0
+    crashed = [row["family"] for row in built if any(row[preset]["status"] == "crash" for preset in PRESETS)]
+    if crashed:
+        print(f"crashed (a relprop bug): {', '.join(crashed)}")
+    return 1 if crashed else 0
 
 
 if __name__ == "__main__":

@@ -5,11 +5,11 @@ timm names its models ``<family><variant>`` (``resnet50``, ``tf_efficientnet_b0`
 the name up to its first digit or underscore (with a ``tf_`` prefix kept). For each family the script takes one
 model: of the five shortest names without "large", "huge", "giant", "xl" or "base" in them, the one with the
 fewest parameters. It builds it with random weights and 3 classes (float32, eval mode) and explains class 0 of one
-image (64x64, or the model's own input size where it needs that) under ``epsilon_plus_flat`` and ``attnlrp``. A row holds
-the outcome per preset: ``ok``, ``refused`` with the first line of relprop's ExplanationError, ``crash`` (any other
-exception: a bug in relprop, and the script exits with 1) or ``timeout``; a model that does not build or run at that
-size in plain PyTorch, or has more than 200M parameters, is ``not built`` and left out of the counts. No weights are
-downloaded.
+image (64x64, or the model's own input size where it needs that) under ``epsilon_plus_flat`` and ``attnlrp``. A
+row holds the outcome per preset: ``ok``, ``refused`` with the first line of relprop's ExplanationError, ``crash``
+(any other exception: a bug in relprop, and the script exits with 1) or ``timeout``. A model that does not build
+or run at that size in plain PyTorch, or has more than 200M parameters, is ``not built`` and left out of the
+counts. No weights are downloaded.
 
     PYTHONPATH=src python benchmarks/timm_families.py --threads 1          # all families, a few minutes
     PYTHONPATH=src python benchmarks/timm_families.py --families resnet,tf_efficientnet --out /tmp/timm.json

@@ -99,10 +99,20 @@ class OwnForward:
         result: Tensor = self.layer.forward(x)
         return result
 
+    def conv_arguments(self) -> tuple[Any, Any, Any, Any]:
+        """``(stride, padding, dilation, groups)`` of a direct convolution ``call`` (their defaults where not
+        passed)."""
+        assert self.call is not None
+        _, values, kwargs = self.call
+        stride, padding, dilation, groups = (_layer_argument(values, kwargs, key, position, default) for
+                                             key, position, default in _CONV_ARGUMENTS)
+        return stride, padding, dilation, groups
+
     def map(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         """The layer's map of ``x`` with ``weight`` and ``bias`` in its linear or convolution call."""
         if self.call is not None:
             func, values, kwargs = self.call
+            kwargs = dict(kwargs)  # the call's own stay as they were
             return func(*_replaced(values, kwargs, (x, weight, bias)), **kwargs)
         with torch._C._EnableTorchFunction(), _LayerCalls((weight, bias)) as calls:
             result = type(self.layer).forward(self.layer, x)
@@ -119,6 +129,7 @@ class OwnForward:
 # F.convNd(input, weight, bias, stride, padding, dilation, groups)
 _LAYER_FUNCTIONS = frozenset({"linear", "conv1d", "conv2d", "conv3d"})
 _LAYER_SLOTS = (("input", 0), ("weight", 1), ("bias", 2))
+_CONV_ARGUMENTS = (("stride", 3, 1), ("padding", 4, 0), ("dilation", 5, 1), ("groups", 6, 1))  # name, place, default
 
 
 def _replaced(values: list[Any], kwargs: dict[str, Any], replacements: Sequence[Any]) -> list[Any]:
@@ -549,9 +560,11 @@ def _describe(site: Site | str) -> str:
     return repr(site) if not isinstance(site, nn.Module) else type(site).__name__
 
 
-# route ops whose result holds its input's values in the same places (a copy, another memory layout, a no-op cast)
-_SAME_VALUES = frozenset({"contiguous", "clone", "to", "type_as", "float", "double", "half", "bfloat16", "cpu",
-                          "cuda"})
+# route ops whose result holds its input's values in the same places, on the same device (a copy, another memory
+# layout, a cast to the dtype it has)
+_SAME_VALUES = frozenset({"contiguous", "clone", "float", "double", "half", "bfloat16"})
+
+
 def _positive_integer_power(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     """Whether a power call raises a path tensor to a positive integer (``torch.square``; ``x ** 2``, ``x.pow(3.0)``):
     ``ops.POWER``, a product of copies of the tensor, not a norm statistic."""
@@ -911,12 +924,11 @@ def _stock_call(own: OwnForward, module: nn.Module) -> bool:
         return False
     if isinstance(module, nn.Linear):
         return ops.function_name(func) == "linear"
-    params = ((key, _layer_argument(values, kwargs, key, position, default))
-              for key, position, default in (("stride", 3, 1), ("padding", 4, 0), ("dilation", 5, 1), ("groups", 6, 1)))
     dims = len(module.weight.shape) - 2
     return ops.function_name(func) == f"conv{dims}d" and getattr(module, "padding_mode", "zeros") == "zeros" and all(
         (tuple(value) if isinstance(value, (list, tuple)) else value if key == "groups" or isinstance(value, str)
-         else (value,) * dims) == getattr(module, key) for key, value in params)
+         else (value,) * dims) == getattr(module, key)
+        for (key, _, _), value in zip(_CONV_ARGUMENTS, own.conv_arguments()))
 
 
 def _close(computed: Tensor, value: Tensor) -> bool:

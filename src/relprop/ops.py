@@ -86,8 +86,8 @@ ATTENTION = _op("attention", "scaled_dot_product_attention multi_head_attention_
 NORM_STATISTIC = _op("norm_statistic", "rsqrt rsqrt_ sqrt sqrt_ pow pow_ __pow__ square var std var_mean std_mean "
                                        "norm linalg_vector_norm")
 # x ** n, n a positive integer (x.pow(2), torch.square, x ** 3.0): the product of n copies of x, so the uniform
-# product rule passes all of its relevance to x. Resolved from the exponent (FunctionalGuard.op_of_call): the names
-# are NORM_STATISTIC's, which takes every other power (x ** -0.5 in a hand-written norm)
+# product rule passes all of its relevance to x. The op guard tells it from the exponent (the names are
+# NORM_STATISTIC's, which takes every other power: x ** -0.5 in a hand-written norm)
 POWER = _op("power", "")
 POWER_NAMES = frozenset({"pow", "pow_", "__pow__", "square", "square_"})
 # Operations whose backward only selects, copies, moves or reshapes values: their own gradient routes relevance.

@@ -100,23 +100,20 @@ class _Affine:
             if conv.padding_mode == "zeros" and not isinstance(conv.padding, str):
                 return _conv_transpose(conv, s, weight, x.shape)
         elif self.own.call is not None:  # the layer's one call on its input as it is: that call's transpose
-            fast = _call_transpose(self.own.call, s, weight, x)
+            fast = _call_transpose(self.own, s, weight, x)
             if fast is not None:
                 return fast
         (grad,) = pullback(lambda x_: self.forward(x_, weight, None), (x,), s)
         return grad
 
 
-def _call_transpose(call: tuple[Any, list[Any], dict[str, Any]], s: Tensor, weight: Tensor, x: Tensor,
-                    ) -> Tensor | None:
-    """``weight^T s`` for one ``F.linear``/``F.convNd`` call with the layer's input as it is (an
-    :class:`~relprop.core.OwnForward`'s), None where its padding is a string ("same")."""
-    func, values, kwargs = call
-    if function_name(func) == "linear":
+def _call_transpose(own: OwnForward, s: Tensor, weight: Tensor, x: Tensor) -> Tensor | None:
+    """``weight^T s`` for an :class:`~relprop.core.OwnForward`'s one ``F.linear``/``F.convNd`` call on the layer's
+    input as it is, None where its padding is a string ("same")."""
+    assert own.call is not None
+    if function_name(own.call[0]) == "linear":
         return s @ weight
-    stride, padding, dilation, groups = (kwargs[key] if key in kwargs else values[position] if len(values) > position
-                                         else default for key, position, default in
-                                         (("stride", 3, 1), ("padding", 4, 0), ("dilation", 5, 1), ("groups", 6, 1)))
+    stride, padding, dilation, groups = own.conv_arguments()
     if isinstance(padding, str):
         return None
     grad_input: Any = _CONV_INPUT_GRADIENTS[weight.dim() - 2]

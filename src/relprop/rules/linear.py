@@ -41,7 +41,7 @@ class ZRule:
     uniform_inputs: ClassVar[bool] = False
     # a batch norm that a layer with this rule feeds is explained with the layer, as one affine map
     merges_batch_norm: ClassVar[bool] = True
-    # computes with the layer's weight and its stock map (a subclass's own forward is checked against it)
+    # computes with the layer's weight and map (a subclass's own forward is checked: relprop.core.OwnForward)
     reads_weights: ClassVar[bool] = True
 
     def inputs(self, x: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
-"""Layer subclasses whose own forward is another linear map of their weight than the stock class's, as libraries
-write them, for the tests against twins and zennit. relprop explains them through that forward
-(:class:`relprop.core.OwnForward`).
+"""Layer subclasses whose own forward computes their map in another way than the stock class, as libraries write
+them, for the tests against twins, zennit and the loop over targets: a convolution that pads per call (its one
+F.conv2d call takes the padded input) and a pruned Linear (its one F.linear call takes the input as it is and a
+masked weight). relprop explains them through that call (:class:`relprop.core.OwnForward`).
 """
 
 from __future__ import annotations

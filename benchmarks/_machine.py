@@ -6,6 +6,7 @@ import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,3 +43,8 @@ def versions(packages: Sequence[str]) -> dict[str, str]:
         except PackageNotFoundError:
             result[package] = "not installed"
     return result
+
+
+def machine(threads: int, packages: Sequence[str]) -> dict[str, Any]:
+    """The ``"machine"`` entry of a benchmark's JSON: CPU model, torch threads, load average and versions."""
+    return {"cpu": cpu_model(), "threads": threads, "load_average": load_average(), **versions(packages)}

@@ -32,7 +32,7 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model, load_average, versions  # noqa: E402
+from _machine import machine  # noqa: E402
 
 import relprop  # noqa: E402
 from relprop.files import write_json  # noqa: E402
@@ -158,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["hf_families.py", *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"cpu": cpu_model(), "threads": args.threads, "load_average": load_average(),
-                    **versions(["torch", "transformers"])},
+        "machine": machine(args.threads, ["torch", "transformers"]),
         "rows": rows,
     }
     write_json(args.out, result)

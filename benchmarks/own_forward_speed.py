@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model, load_average, versions  # noqa: E402
+from _machine import machine  # noqa: E402
 
 import relprop  # noqa: E402
 from relprop.files import write_json  # noqa: E402
@@ -95,8 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python benchmarks/own_forward_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_json(args.out, {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command.strip(), "machine": {"cpu": cpu_model(), "load_average": load_average(),
-                                                "threads": args.threads, **versions(["timm"])},
+        "command": command.strip(), "machine": machine(args.threads, ["timm"]),
         "size": args.size, "rounds": args.rounds, "rows": rows,
     })
     print(f"wrote {args.out}")

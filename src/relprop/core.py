@@ -114,14 +114,13 @@ class OwnForward:
             func, values, kwargs = self.call
             kwargs = dict(kwargs)  # the call's own stay as they were
             return func(*_replaced(values, kwargs, (x, weight, bias)), **kwargs)
-        with torch._C._EnableTorchFunction(), _LayerCalls((weight, bias)) as calls:
-            result = type(self.layer).forward(self.layer, x)
-        if len(calls.seen) != 1 or calls.seen[0][0] is not result:
+        seen = _one_layer_call(self.layer, x, (weight, bias))
+        if seen is None:
             raise ExplanationError(
-                f"{self!r} made {len(calls.seen)} linear or convolution calls with other weights, or returned "
-                "something else than the call's result; it made one, whose result it returned, when it was checked"
+                f"{self!r} made other than one linear or convolution call with other weights, or returned something "
+                "else than the call's result; it made one, whose result it returned, when it was checked"
             )
-        assert isinstance(result, Tensor)
+        result: Tensor = seen[0]
         return result
 
 
@@ -147,6 +146,16 @@ def _replaced(values: list[Any], kwargs: dict[str, Any], replacements: Sequence[
 
 def _layer_argument(values: list[Any], kwargs: dict[str, Any], key: str, position: int, default: Any = None) -> Any:
     return kwargs[key] if key in kwargs else values[position] if len(values) > position else default
+
+
+def _one_layer_call(layer: nn.Module, x: Tensor, replace: tuple[Tensor, Tensor | None] | None = None,
+                    ) -> tuple[Any, Any, list[Any], dict[str, Any]] | None:
+    """``layer``'s own forward run on ``x`` (with ``replace`` for the weight and bias of its linear or convolution
+    call): that call's (result, function, arguments, keyword arguments) where the forward made exactly one and
+    returned its result, None otherwise."""
+    with torch._C._EnableTorchFunction(), _LayerCalls(replace) as calls:
+        result = type(layer).forward(layer, x)
+    return calls.seen[0] if len(calls.seen) == 1 and calls.seen[0][0] is result else None
 
 
 class _LayerCalls(TorchFunctionMode):
@@ -944,11 +953,10 @@ def _own_forward(module: nn.Module, x: Tensor, output: Tensor) -> OwnForward | N
     call whose result the forward returns, on the input as it is or transformed linearly: odd and homogeneous,
     ``pre(-2x) = -2 pre(x)``, which a ReLU or a square fails (:class:`OwnForward`)."""
     try:
-        with torch._C._EnableTorchFunction(), _LayerCalls() as calls:
-            result = type(module).forward(module, x)
-        if len(calls.seen) != 1 or calls.seen[0][0] is not result or not _close(result, output):
+        seen = _one_layer_call(module, x)
+        if seen is None or not _close(seen[0], output):
             return None
-        _, func, values, kwargs = calls.seen[0]
+        result, func, values, kwargs = seen
         weight, bias = (_layer_argument(values, kwargs, key, position) for key, position in _LAYER_SLOTS[1:])
         if not isinstance(weight, Tensor):
             return None

@@ -428,10 +428,52 @@ def _tag_constant(value: Any, source: str) -> Any:
 
 def _stale_error(user: str, where: str) -> ExplanationError:
     return ExplanationError(
-        f"{user} uses a tensor that the in-place operation at {where} changed. relprop runs in-place operations on "
-        "the relevance path out of place, so the model must go on with their result: write `x = x.relu_()` or "
-        "`x = x + y` instead of a bare `x.relu_()` or `x.add_(y)`"
+        f"{user} uses a tensor that the in-place operation at {where} changed in a way relprop cannot follow. "
+        "relprop runs an in-place operation on the relevance path out of place and gives the result to the tensor "
+        "it was called on, not to the tensors sharing its memory (a view of it, the tensor it is a view of), nor "
+        "to a tensor subclass or a constant: write the change out of place, e.g. "
+        "`h = torch.cat([2 * h[:, :3], h[:, 3:]], 1)` for `h[:, :3].mul_(2)`"
     )
+
+
+_SWAP = getattr(torch._C, "_swap_tensor_impl", None)  # torch >= 2.3: what torch.utils.swap_tensors does inside
+
+
+def _can_rebind(held: Any) -> bool:
+    """Whether :func:`_rebind` can give the tensor object ``held`` a new value: a plain tensor on the relevance path
+    with an autograd history (not the explained input itself, nor a parameter, buffer or constant), no weak
+    references."""
+    return (_SWAP is not None and type(held) is Tensor and held.grad_fn is not None and getattr(held, _PATH, False)
+            and not weakref.getweakrefs(held))
+
+
+def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: str) -> Tensor:
+    """What an in-place op on ``held`` that relprop computed out of place as ``value`` returns.
+
+    The model goes on with the object it holds, ``held`` (``out.mul_(gain)`` whose result is dropped,
+    ``x[i] = y``, a module that works in place): where :func:`_can_rebind` allows, that object takes ``value``'s
+    tensor, with its value and autograd history (the rule's relay), as the in-place op would have given it, and
+    ``value``'s object the old tensor, which the rules saved for the backward pass keep intact. The old tensor and
+    the tensor ``held`` is a view of (which the op would have changed too) are tagged stale: a later use of them
+    (through another view) is refused. Where it cannot (a tensor subclass, no history), ``held`` is tagged stale and
+    ``value`` returned, as before. ``touched``: the guard's list of tagged tensors (untagged on exit), None for no
+    tags."""
+    base = held._base
+    stale: tuple[Tensor | None, ...]
+    if (_can_rebind(held) and type(value) is Tensor and value.shape == held.shape and value.dtype == held.dtype
+            and value.device == held.device and not weakref.getweakrefs(value)):
+        assert _SWAP is not None
+        _SWAP(held, value)
+        held.__dict__, value.__dict__ = value.__dict__, held.__dict__  # the tags go with their values
+        result, stale = held, (value, base)
+    else:
+        result, stale = value, (held, base)
+    if touched is not None:
+        for tensor in stale:
+            if tensor is not None:
+                setattr(tensor, _STALE, where)
+                touched.append(tensor)
+    return result
 
 
 # ops through which a constant computed from the path may act on the path: as a scale (x * rsqrt(var + eps),
@@ -789,8 +831,8 @@ class _Attachment:
                     return _off_path(guard, args, output)
                 if quiet and type(output) is Tensor:
                     with torch._C.DisableTorchFunction():
-                        return self._post(args, carried, output)
-                return self._post(args, carried, output)
+                        return self._post(args, carried, output, call_args)
+                return self._post(args, carried, output, call_args)
             finally:
                 if guard is not None:
                     guard.depth -= 1
@@ -829,8 +871,8 @@ class _Attachment:
                 return _off_path(self.guard, original_args, output)
             if self.guard is not None and not suspended and type(output) is Tensor and _plain(original_args):
                 with torch._C.DisableTorchFunction():
-                    return self._post(original_args, carried, output)
-            return self._post(original_args, carried, output)
+                    return self._post(original_args, carried, output, args)
+            return self._post(original_args, carried, output, args)
         finally:
             if self.guard is not None:
                 self.guard.depth -= 1
@@ -866,7 +908,9 @@ class _Attachment:
                 self.guard.depth -= 1
             raise
 
-    def _post(self, original_args: tuple[Any, ...], carried: bool, output: Any) -> Any:
+    def _post(self, original_args: tuple[Any, ...], carried: bool, output: Any, ran: tuple[Any, ...]) -> Any:
+        """The module's ``output`` on the relevance path, relayed with its rule; ``ran``: the inputs the module ran
+        on (:meth:`_pre`)."""
         module = self.module
         if not isinstance(output, Tensor):
             raise _not_a_tensor(self.name, module, self.rule, output)
@@ -881,6 +925,12 @@ class _Attachment:
             setattr(result, _GATE, True)
         if self.merges:
             setattr(result, _PRODUCER, (self.rule, site, original_args[0]))
+        if self.inplace and ran and output is ran[0] and isinstance(original_args[0], Tensor):
+            # it wrote its output into its input (nn.ReLU(inplace=True)), here a copy: the model's input tensor
+            # takes the output, as it would have without relprop (a bare `self.relu(h)` goes on with h)
+            guard = self.guard
+            return _rebind(original_args[0], result, None if guard is None else guard._touched,
+                           f"module '{self.name}' ({type(module).__name__})")
         return result
 
 
@@ -1185,7 +1235,7 @@ class SequentialPlan:
                 suspended = guard.suspend()
                 try:
                     call_args, carried = step._pre(args)
-                    hidden = step._post(args, carried, module.forward(*call_args))
+                    hidden = step._post(args, carried, module.forward(*call_args), call_args)
                 finally:
                     if suspended:
                         guard.resume()
@@ -1514,12 +1564,8 @@ class FunctionalGuard(TorchFunctionMode):
         call = OpCall(op, call_func, call_args, call_kwargs, keys, ops.caller_location())
         call.gates = tuple(bool(getattr(t, _GATE, False)) for t in call.inputs())  # tags are gone by the backward
         result = self._apply(rule, call)
-        if twin is not None and isinstance(args[0], Tensor):
-            # the model must go on with the result, not with the old tensor, nor the tensor it is a view of
-            for stale in (args[0], args[0]._base):
-                if stale is not None:
-                    setattr(stale, _STALE, call.location)
-                    self._touched.append(stale)
+        if twin is not None and isinstance(args[0], Tensor):  # an in-place op, run out of place
+            return _rebind(args[0], result, self._touched, call.location)
         return result
 
     def _mean_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
@@ -1587,10 +1633,17 @@ class FunctionalGuard(TorchFunctionMode):
         except RuntimeError as error:
             if "inplace" not in str(error):
                 raise
-            raise ExplanationError(
-                f"in-place '{name}' at {ops.caller_location()} modifies the output of a ruled module or op, which "
-                "autograd cannot rewrite; write it out of place (e.g. torch.where or a new tensor)"
-            ) from error
+            if not (ops.is_inplace_name(name) and _can_rebind(args[0])):
+                raise ExplanationError(
+                    f"in-place '{name}' at {ops.caller_location()} modifies the output of a ruled module or op, "
+                    "which autograd cannot rewrite; write it out of place (e.g. torch.where or a new tensor)"
+                ) from error
+            # the output of a ruled site (a view its relay made, which autograd keeps from in-place changes):
+            # the op changes a copy, which the model's tensor object then holds (x[i] = y into attention scores)
+            copy = mark_path(args[0].clone())
+            result = func(copy, *args[1:], **kwargs)
+            changed = _rebind(args[0], copy, self._touched, ops.caller_location())
+            result = changed if result is copy else result
         if ops.is_inplace_name(name) and isinstance(args[0], Tensor) and not getattr(args[0], _PATH, False):
             mark_path(args[0])  # x[i] = y: x now holds path values
             self._touched.append(args[0])

@@ -6,11 +6,11 @@ Every model below computes its forward with FUNCTIONAL operations (``x + y``, ``
 at the target logit. ``relprop.explain(..., method="lrp", rule_map=...)`` must agree with it to 1e-12 (max |diff| /
 max |R|). The stabilizers differ on purpose (z-rules EPS, RuleMap STAB, Uniform UNI) so a rule that took the wrong
 one would show. The bias-free variants check conservation: with every epsilon 1e-12 the input relevance sums to the
-target logit (relative 1e-9). Then the refusals (ExplanationError): products that no product rule explains,
-unknown ops (naming the op and the line of this file that called it) and a bare in-place op whose old tensor is
-used again. The last three cases were engine bugs when these tests were written: a gate reshaped after its sigmoid
-(was refused), a batch norm after a Linear on a sequence (was merged on the wrong axis) and an in-place op on a view
-(its base went on unchanged).
+target logit (relative 1e-9). Then the refusals (ExplanationError): products that no product rule explains, and
+unknown ops (naming the op and the line of this file that called it). A bare in-place op whose result is dropped
+(``h.relu_()``, ``h[:, 0] = y``) has its twin too: the model goes on with the tensor it holds. The last three cases
+were engine bugs when these tests were written: a gate reshaped after its sigmoid (was refused), a batch norm after
+a Linear on a sequence (was merged on the wrong axis) and an in-place op on a view (its base went on unchanged).
 """
 
 from __future__ import annotations
@@ -813,6 +813,53 @@ class Block(Net):
         return r_x + back(self.l1, x, back(self.l2, r1, r_o2, setting), setting)
 
 
+class Bare(Net):
+    """An in-place op on the relevance path whose result is dropped: the model goes on with the tensor object it
+    holds, which the op changed (refused before relprop gave that object the op's result)."""
+
+    KINDS = ("add_-then-module", "relu_-then-op", "F.relu-inplace-then-route", "setitem-into-layer-output")
+
+    def __init__(self, kind: str, bias: bool) -> None:
+        super().__init__()
+        self.kind = kind
+        self.l1, self.l2, self.head = nn.Linear(5, 6, bias=bias), nn.Linear(5, 6, bias=bias), nn.Linear(6, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.l1(x)
+        if self.kind == "add_-then-module":
+            h.add_(self.l2(x))
+            return self.head(h)
+        if self.kind == "relu_-then-op":
+            h.relu_()
+            return self.head(h * 2.0)
+        if self.kind == "setitem-into-layer-output":
+            h[:, 0] = h[:, 1] * 2.0
+            return self.head(h)
+        F.relu(h, inplace=True)
+        return self.head(torch.cat([h[:, :3], h[:, 3:]], 1))
+
+    def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
+        h = lin(self.l1, x)
+        if self.kind == "add_-then-module":
+            h2 = lin(self.l2, x)
+            t = h + h2
+            relevance = back(self.head, t, start(lin(self.head, t), target), setting)
+            r_h, r_h2 = op_literal.proportional([(h, eye(6)), (h2, eye(6))], 0.0, relevance, setting.stabilizer)
+            return back(self.l1, x, r_h, setting) + back(self.l2, x, r_h2, setting)
+        if self.kind == "setitem-into-layer-output":
+            t = h.clone()
+            t[:, 0] = 2.0 * h[:, 1]
+            relevance = back(self.head, t, start(lin(self.head, t), target), setting)
+            r_h = relevance.clone()
+            r_h[:, 0] = 0.0  # overwritten: its old value reaches nothing
+            r_h[:, 1] += relevance[:, 0]  # the product with a constant passes all relevance
+            return back(self.l1, x, r_h, setting)
+        r = relu(h)
+        t = 2.0 * r if self.kind == "relu_-then-op" else r  # the product with a constant passes all relevance
+        relevance = back(self.head, t, start(lin(self.head, t), target), setting)
+        return back(self.l1, x, relevance, setting)
+
+
 # ------------------------------------------------------------------------------------------------ the cases
 @dataclass(frozen=True)
 class Case:
@@ -862,6 +909,7 @@ CASES: list[Case] = [
     Case("route-lossy", lambda b: Routes(True, b), 5, conservative=False),
     Case("inplace-block", lambda b: Block(True, b), 6),
     Case("out-of-place-block", lambda b: Block(False, b), 6),
+    *(Case(f"bare-{kind}", lambda b, kind=kind: Bare(kind, b), 5) for kind in Bare.KINDS),
 ]
 
 
@@ -1047,34 +1095,6 @@ def test_signal_take_all_refuses(kind: str, message: str) -> None:
     model = _build(Case(kind, lambda b: Product(kind, b), 5), bias=True)
     with pytest.raises(relprop.ExplanationError, match=message):
         _explain(model, _input(_case("residual")), make_setting())
-
-
-class Bare(Net):
-    """An in-place op whose result is dropped, the old tensor used afterwards."""
-
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-        self.l1, self.l2, self.head = nn.Linear(5, 6), nn.Linear(5, 6), nn.Linear(6, 3)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.l1(x)
-        if self.kind == "add_-then-module":
-            h.add_(self.l2(x))
-            return self.head(h)
-        if self.kind == "relu_-then-op":
-            h.relu_()
-            return self.head(h * 2.0)
-        F.relu(h, inplace=True)
-        return self.head(torch.cat([h[:, :3], h[:, 3:]], 1))
-
-
-@pytest.mark.parametrize("kind", ["add_-then-module", "relu_-then-op", "F.relu-inplace-then-route"])
-def test_bare_inplace_op_raises(kind: str) -> None:
-    model = Bare(kind).double().eval()
-    with pytest.raises(relprop.ExplanationError, match="in-place") as error:
-        _explain(model, _input(_case("residual")), make_setting())
-    assert f"{__file__}:" in str(error.value)
 
 
 class Unknown(Net):

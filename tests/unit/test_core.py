@@ -39,7 +39,7 @@ class _Functional(nn.Module):
         elif self.tail == "dropout":
             h = F.dropout(h, 0.5)  # training=True by default: random
         elif self.tail == "bare-inplace":
-            h.relu_()  # the result is not used: h is stale
+            h.relu_()  # the result is not used: h itself changes
             h = h * 2
         elif self.tail == "ungated":
             h = h * self.lin(x)
@@ -99,9 +99,117 @@ def test_functional_dropout_in_training_mode_is_refused() -> None:
         relprop.explain(_model("dropout"), _x(), method="lrp")
 
 
-def test_bare_inplace_statement_whose_result_is_dropped_is_refused() -> None:
-    with pytest.raises(ExplanationError, match=rf"in-place operation at {HERE}:\d+"):
-        relprop.explain(_model("bare-inplace"), _x(), method="lrp")
+class _InPlace(nn.Module):
+    """Linear -> an in-place form chosen by ``form`` (or, with ``written_out``, the same computation out of place)
+    -> Linear; no biases. The model goes on with the tensor object it holds."""
+
+    def __init__(self, form: str, written_out: bool = False) -> None:
+        super().__init__()
+        self.form, self.written_out = form, written_out
+        self.lin, self.side, self.out = (nn.Linear(6, 6, bias=False), nn.Linear(6, 6, bias=False),
+                                         nn.Linear(6, 3, bias=False))
+        self.act = nn.ReLU(inplace=not written_out)
+        self.gain = nn.Parameter(torch.rand(6) + 0.5)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.lin(x)
+        if self.form == "bare":  # the result of the in-place op is dropped
+            if self.written_out:
+                h = h.relu()
+            else:
+                h.relu_()
+        elif self.form == "alias":  # another name for the same tensor object sees the change
+            kept = h
+            if self.written_out:
+                kept = h = h * self.gain
+            else:
+                h.mul_(self.gain)
+            h = kept
+        elif self.form == "functional":
+            if self.written_out:
+                h = F.relu(h)
+            else:
+                F.relu(h, inplace=True)
+        elif self.form == "module":  # nn.ReLU(inplace=True) called as a statement
+            if self.written_out:
+                h = self.act(h)
+            else:
+                self.act(h)
+        elif self.form == "setitem":  # into a ruled layer's output
+            if self.written_out:
+                h = torch.cat([h[:, 1:2] * 2, h[:, 1:]], dim=1)
+            else:
+                h[:, 0] = h[:, 1] * 2
+        elif self.form == "residual":  # x += y, with the tensor kept under another name first
+            kept = h
+            if self.written_out:
+                kept = h = h + self.side(x)
+            else:
+                h += self.side(x)
+            h = kept.relu()
+        return self.out(h)
+
+
+_FORMS = ["bare", "alias", "functional", "module", "setitem", "residual"]
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "attnlrp"])
+@pytest.mark.parametrize("form", _FORMS)
+def test_an_in_place_op_changes_the_tensor_object_the_model_holds(form: str, preset: str) -> None:
+    """An in-place op on the relevance path runs out of place under its rule, and the tensor object the model holds
+    then takes the result, as in the model's own forward pass: the explanation equals that of the same model
+    written out of place, bit for bit, its scores are the model's, and (no biases) it conserves."""
+    torch.manual_seed(0)
+    model = _InPlace(form).double().eval()
+    written_out = _InPlace(form, written_out=True).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    x = _x()
+    options: dict[str, Any] = {"epsilon": 1e-12, "stabilizer": 1e-12} if preset == "epsilon" else {}
+    explanation = relprop.explain(model, x, method="lrp", preset=preset, **options)
+    expected = relprop.explain(written_out, x, method="lrp", preset=preset, **options)
+    assert torch.equal(explanation.output, model(x).detach())
+    assert torch.equal(explanation.output, expected.output)
+    assert torch.equal(explanation.relevance, expected.relevance)
+    if preset == "epsilon":
+        assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=0)
+    assert not any(name.startswith("_relprop") for name in x.__dict__)
+
+
+def test_the_bare_inplace_module_call_was_silently_wrong() -> None:
+    """The defect this mends: nn.ReLU(inplace=True) called as a statement ran on a copy, and the model went on with
+    the unchanged tensor, so relprop explained another function than the model's (its scores differed)."""
+    torch.manual_seed(0)
+    model = _InPlace("module").double().eval()
+    explanation = relprop.explain(model, _x(), method="lrp")
+    without_relu = F.linear(model.lin(_x()), model.out.weight).detach()
+    assert not torch.allclose(explanation.output, without_relu)
+    assert torch.equal(explanation.output, model(_x()).detach())
+
+
+def test_a_tensor_changed_through_an_in_place_op_on_its_view_is_refused() -> None:
+    """``h[:, :3].mul_(2)`` changes ``h`` too; relprop computes it out of place, so ``h`` keeps its old values: a
+    later use of ``h`` is refused, naming the in-place op's line."""
+
+    class ViewWrite(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.out = nn.Linear(6, 6, bias=False), nn.Linear(6, 3, bias=False)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.lin(x)
+            h[:, :3].mul_(2.0)
+            return self.out(h)  # type: ignore[no-any-return]
+
+    with pytest.raises(ExplanationError, match=rf"module 'out' \(Linear\) uses a tensor that the in-place "
+                                               rf"operation at {HERE}:\d+ changed in a way.*a view of it"):
+        relprop.explain(ViewWrite().double().eval(), _x(), method="lrp")
+
+
+def test_bare_inplace_statement_is_explained_as_the_model_computes_it() -> None:
+    """The tail ``h.relu_(); h = h * 2`` (the result of relu_ dropped) was refused as a use of a stale tensor."""
+    model = _model("bare-inplace")
+    explanation = relprop.explain(model, _x(), method="lrp", preset="epsilon")
+    assert torch.equal(explanation.output, model(_x()).detach())
 
 
 def test_product_of_two_path_tensors_needs_a_gate_or_a_rule() -> None:

@@ -498,7 +498,8 @@ def _transformer(softmax: Rule, epsilon: float, stabilizer: float) -> RuleMap:
     uniform = rules.Uniform(stabilizer)
     return RuleMap(
         [(LINEAR_TYPES, rules.Epsilon(epsilon=epsilon)), (ops.MATMUL, uniform),
-         (ops.MUL, rules.SignalTakeAll(otherwise=uniform)), (ops.SOFTMAX, softmax), (ops.ATTENTION, rules.Decompose()),
+         (ops.MUL, rules.SignalTakeAll(otherwise=uniform)), (ops.DIV, rules.SignalTakeAll(constant_divisor=True)),
+         (ops.SOFTMAX, softmax), (ops.ATTENTION, rules.Decompose()),
          (ops.NORM_STATISTIC, rules.Detach()), (ops.POWER, rules.Pass())],
         stabilizer=stabilizer,
     )
@@ -507,7 +508,8 @@ def _transformer(softmax: Rule, epsilon: float, stabilizer: float) -> RuleMap:
 @preset("attnlrp")
 def _attnlrp(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
     """AttnLRP (Achtibat et al. 2024): epsilon on linear maps, the uniform rule on products of path tensors (q k^T,
-    attention @ v, gated MLPs), AttnLRP's softmax rule, the identity on activations and normalisations."""
+    attention @ v, gated MLPs), AttnLRP's softmax rule, the identity on activations and normalisations (a division
+    by a path tensor, ``attn / attn.sum(-1, keepdim=True)``, holds the divisor constant)."""
     return _transformer(rules.Softmax(), epsilon, stabilizer)
 
 

@@ -52,11 +52,14 @@ class Setting:
     linear: Any
     stabilizer: float
     mul: Any = None
+    div: Any = None
 
     def rule_map(self) -> RuleMap:
         entries: list[tuple[Any, Any]] = [(LINEAR_TYPES, self.linear)]
         if self.mul is not None:
             entries.append((ops.MUL, self.mul))
+        if self.div is not None:
+            entries.append((ops.DIV, self.div))
         return RuleMap(entries, stabilizer=self.stabilizer)
 
 
@@ -498,6 +501,82 @@ class Product(Net):
             return back(self.la, x, relevance, setting)
         r_a, r_second = op_literal.uniform([(a, eye(6)), (second, j_b)], relevance, setting.mul.stabilizer)
         return back(self.la, x, r_a, setting) + back(self.lb, x, r_second, setting)  # the sigmoid passes
+
+
+class Normalised(Net):
+    """A division by a tensor on the relevance path, which the transformer presets read as a normaliser and hold
+    constant (``SignalTakeAll(constant_divisor=True)``): ``q / (q.sum(-1, keepdim=True) + 1)`` with ``q =
+    relu(la(x))`` (ConViT's ``attn /= attn.sum(-1)``, also written in place), or ``la(x) / (relu(lb(x)) + 1)`` (a
+    linear attention's denominator, by operator or ``torch.div(a, other=d)``). The numerator takes all relevance."""
+
+    KINDS = ("sum", "sum-in-place", "other-branch", "torch.div-other")
+
+    def __init__(self, kind: str, bias: bool) -> None:
+        super().__init__()
+        self.kind = kind
+        self.la, self.lb, self.head = nn.Linear(5, 6, bias=bias), nn.Linear(5, 6, bias=bias), nn.Linear(6, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a = self.la(x)
+        if self.kind == "sum":
+            q = F.relu(a)
+            return self.head(q / (q.sum(-1, keepdim=True) + 1.0))
+        if self.kind == "sum-in-place":
+            q = F.relu(a)
+            q /= q.sum(-1, keepdim=True) + 1.0
+            return self.head(q)
+        d = F.relu(self.lb(x)) + 1.0
+        return self.head(a / d if self.kind == "other-branch" else torch.div(a, other=d))
+
+    def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
+        a = lin(self.la, x)
+        if self.kind.startswith("sum"):
+            q = relu(a)
+            n = q / (q.sum(-1, keepdim=True) + 1.0)
+        else:
+            n = a / (relu(lin(self.lb, x)) + 1.0)
+        relevance = back(self.head, n, start(lin(self.head, n), target), setting)
+        return back(self.la, x, relevance, setting)  # the numerator takes all; the ReLU passes it
+
+
+_HELD = rules.SignalTakeAll(constant_divisor=True)
+
+
+@pytest.mark.parametrize("kind", Normalised.KINDS)
+def test_a_division_by_a_path_tensor_holds_the_divisor_constant(kind: str) -> None:
+    """Twin to 1e-12 with the divisor held constant; bias-free, every epsilon 1e-12, the relevance sums to the
+    target logit (the divisor's branch gets none, so none is lost); the transformer presets do the same."""
+    model = _build(Case(kind, lambda b: Normalised(kind, b), 5), bias=True)
+    x = _input(_case("residual"))
+    setting = Setting(rules.Epsilon(epsilon=EPS), STAB, div=_HELD)
+    explanation = _explain(model, x, setting)
+    with torch.no_grad():
+        want = model.literal(x, TARGET, setting)  # type: ignore[operator]
+    assert max_relative_error(explanation.relevance, want) <= TOLERANCE
+    assert torch.equal(explanation.output, model(x).detach())
+    free = _build(Case(kind, lambda b: Normalised(kind, b), 5), bias=False)
+    tiny = _explain(free, x, Setting(rules.Epsilon(epsilon=TINY), TINY, div=_HELD))
+    logit = free(x).detach().gather(1, TARGET[:, None])[:, 0]
+    assert torch.allclose(tiny.relevance.sum(1), logit, rtol=1e-9, atol=0)
+    for preset in ("attnlrp", "cp_lrp"):
+        attnlrp = relprop.explain(model, x, TARGET, method="lrp", preset=preset, epsilon=EPS)
+        with torch.no_grad():
+            expected = model.literal(x, TARGET, Setting(rules.Epsilon(epsilon=EPS), 1e-6))  # type: ignore[operator]
+        assert max_relative_error(attnlrp.relevance, expected) <= TOLERANCE
+
+
+def test_a_reciprocal_of_a_path_tensor_is_refused_with_the_divisor_held() -> None:
+    class Reciprocal(Net):
+        def __init__(self) -> None:
+            super().__init__()
+            self.la, self.head = nn.Linear(5, 6), nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(torch.div(2.0, F.relu(self.la(x)) + 1.0))  # type: ignore[no-any-return]
+
+    with pytest.raises(relprop.ExplanationError, match=r"divides a constant by a tensor on the relevance path"):
+        _explain(Reciprocal().double().eval(), _input(_case("residual")),
+                 Setting(rules.Epsilon(epsilon=EPS), STAB, div=_HELD))
 
 
 class BoundedGates(Net):

@@ -89,9 +89,16 @@ class SignalTakeAll:
     constant scale, layer scale, ``x / 2``) passes all relevance to it, which is the same rule with a constant gate.
     A product of path tensors none of which is a gate goes to ``otherwise`` (e.g. :class:`Uniform`), or raises when
     there is none.
+
+    A division by a tensor on the relevance path raises, unless ``constant_divisor``: then the divisor is held
+    constant and the numerator takes all relevance, ``R_a = R`` in ``a / b``. That is the transformer presets'
+    reading of a normaliser written out (``attn / attn.sum(-1, keepdim=True)``, a linear attention's
+    ``(v k^T q) / (1 k^T q)``), as they hold the statistics of layer and RMS norms constant; a constant divided by a
+    path tensor (a reciprocal, with no numerator to take the relevance) still raises.
     """
 
     otherwise: Rule | None = None
+    constant_divisor: bool = False
 
     def _signal(self, site: Site, count: int) -> int | None:
         if not isinstance(site, OpCall):
@@ -99,10 +106,19 @@ class SignalTakeAll:
                 raise ExplanationError(f"SignalTakeAll needs module(gate, signal), got {count} inputs")
             return 1
         if site.op is ops.DIV and any(key not in (0, "input") for key in site.keys):
-            raise ExplanationError(
-                f"{site!r} divides by a tensor on the relevance path, which no product rule explains; express it as "
-                "a module with a rule of its own, or detach the divisor if it is meant as a constant"
-            )
+            if not self.constant_divisor:
+                raise ExplanationError(
+                    f"{site!r} divides by a tensor on the relevance path, which no product rule explains; for a "
+                    "normaliser (x / x.sum(-1, keepdim=True)) use preset='attnlrp' or 'cp_lrp', which hold the "
+                    "divisor constant, or give ops.DIV rules.SignalTakeAll(constant_divisor=True); otherwise express "
+                    "it as a module with a rule of its own, or detach the divisor if it is meant as a constant"
+                )
+            if site.keys[0] not in (0, "input"):
+                raise ExplanationError(
+                    f"{site!r} divides a constant by a tensor on the relevance path (a reciprocal), which leaves no "
+                    "numerator on the path to take the relevance; express it as a module with a rule of its own"
+                )
+            return 0  # the numerator; the divisor is held constant
         if count == 1:
             return 0
         signals = [i for i, gate in enumerate(site.gates) if not gate]

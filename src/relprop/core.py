@@ -925,7 +925,7 @@ class _Attachment:
             setattr(result, _GATE, True)
         if self.merges:
             setattr(result, _PRODUCER, (self.rule, site, original_args[0]))
-        if self.inplace and ran and output is ran[0] and isinstance(original_args[0], Tensor):
+        if self.inplace and ran and output is ran[0] and getattr(original_args[0], _PATH, False):
             # it wrote its output into its input (nn.ReLU(inplace=True)), here a copy: the model's input tensor
             # takes the output, as it would have without relprop (a bare `self.relu(h)` goes on with h)
             guard = self.guard

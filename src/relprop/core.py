@@ -444,7 +444,7 @@ def _can_rebind(held: Any) -> bool:
     with an autograd history (not the explained input itself, nor a parameter, buffer or constant), no weak
     references."""
     return (_SWAP is not None and type(held) is Tensor and held.grad_fn is not None and getattr(held, _PATH, False)
-            and not weakref.getweakrefs(held))
+            and not weakref.getweakrefcount(held))
 
 
 def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: str) -> Tensor:
@@ -461,7 +461,7 @@ def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: st
     base = held._base
     stale: tuple[Tensor | None, ...]
     if (_can_rebind(held) and type(value) is Tensor and value.shape == held.shape and value.dtype == held.dtype
-            and value.device == held.device and not weakref.getweakrefs(value)):
+            and value.device == held.device and not weakref.getweakrefcount(value)):
         assert _SWAP is not None
         _SWAP(held, value)
         held.__dict__, value.__dict__ = value.__dict__, held.__dict__  # the tags go with their values
@@ -1101,6 +1101,111 @@ class _StrayModules:
         return attachment.post(module, args, output)
 
 
+class _ForwardContext:
+    """The ``ctx`` a custom ``autograd.Function``'s forward gets when relprop runs it as plain code
+    (:class:`_CustomFunctions`): what it saves for its backward is dropped (its backward never runs), the outputs it
+    marks non-differentiable are kept, and ``needs_input_grad`` says which inputs require a gradient."""
+
+    def __init__(self, args: tuple[Any, ...]) -> None:
+        self.needs_input_grad = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+        self.non_differentiable: list[Tensor] = []
+
+    def save_for_backward(self, *tensors: Any) -> None:
+        pass
+
+    def save_for_forward(self, *tensors: Any) -> None:
+        pass
+
+    def mark_dirty(self, *tensors: Any) -> None:
+        pass  # the in-place ops that made them dirty met the op guard, which gave their results to these tensors
+
+    def mark_non_differentiable(self, *tensors: Any) -> None:
+        self.non_differentiable.extend(tensors)
+
+    def set_materialize_grads(self, value: bool) -> None:
+        pass
+
+
+class _CustomFunctions:
+    """A user's custom ``torch.autograd.Function`` on the relevance path, explained through its forward.
+
+    Its backward is a gradient (often a hand-written one), never relevance, so relprop does not use it: while the
+    model is explained (in the thread that attached, outside ruled modules), ``Function.apply`` runs the function's
+    ``forward`` as plain code, whose operations meet the op guard and get their rules, and the custom node is never
+    made (BLOOM's ``GeLUFunction``, whose forward is the tanh GELU written out). An output that the forward computed
+    where the guard cannot follow (under ``torch.no_grad``, detached, in a C++ extension) raises. torch's own
+    Functions (a full backward hook's wrapper, torch.compile's) and relprop's keep ``apply`` and meet the checks of
+    :func:`_foreign_function`. ``Function.apply`` is one class attribute for all threads: it is replaced while any
+    explanation runs and a per-thread stack says which guard, if any, acts on a call.
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _original: dict[str, Any] = {}  # "apply": torch's own (a classmethod object), while replaced
+    _active = threading.local()  # .handlers: this thread's instances, innermost last
+
+    def __init__(self, guard: FunctionalGuard) -> None:
+        self.guard = guard
+
+    def install(self) -> Callable[[], None]:
+        """Make ``Function.apply`` consult this thread's handlers; the returned function undoes it."""
+        cls = type(self)
+        with cls._lock:
+            if cls._users == 0:
+                cls._original["apply"] = torch.autograd.Function.__dict__["apply"]
+                torch.autograd.Function.apply = classmethod(_apply_function)
+            cls._users += 1
+        handlers = cls._active.__dict__.setdefault("handlers", [])
+        handlers.append(self)
+
+        def uninstall() -> None:
+            handlers.remove(self)
+            with cls._lock:
+                cls._users -= 1
+                if cls._users == 0:
+                    torch.autograd.Function.apply = cls._original.pop("apply")
+
+        return uninstall
+
+    def apply(self, function: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        original = _CustomFunctions._original["apply"].__get__(None, function)
+        if (self.guard.depth or _RULES.running or function.__module__.startswith(("torch.", "relprop."))
+                or getattr(function, "carries_relevance", False) or torch._C._are_functorch_transforms_active()
+                or not (on_path(args) or on_path(kwargs.values()))):
+            return original(*args, **kwargs)
+        name = f"{function.__module__}.{function.__qualname__}"
+        where = ops.caller_location()
+        context = _ForwardContext(args)
+        if function.setup_context is not torch.autograd.Function.setup_context:  # type: ignore[attr-defined]
+            output = function.forward(*args, **kwargs)  # type: ignore[attr-defined]
+        else:
+            output = function.forward(context, *args, **kwargs)  # type: ignore[attr-defined]
+        kept = {id(t) for t in context.non_differentiable}
+        for value in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()) and \
+                    id(value) not in kept and not (getattr(value, _PATH, False) and value.requires_grad):
+                raise ExplanationError(
+                    f"the custom autograd.Function {name} at {where}: relprop explains such a function through the "
+                    "operations of its forward (its backward is a gradient, not relevance), but this forward computes "
+                    "an output where the op guard cannot follow (under torch.no_grad, detached, or in compiled code "
+                    "such as a C++ extension); write the forward in torch operations, or put the function in an "
+                    "nn.Module and give the module a rule (rules.Pass() for an element-wise activation)"
+                )
+        if kept:
+            detached = [v.detach() if isinstance(v, Tensor) and id(v) in kept else v
+                        for v in (output if isinstance(output, (tuple, list)) else (output,))]
+            return type(output)(detached) if isinstance(output, (tuple, list)) else detached[0]
+        return output
+
+
+def _apply_function(function: type, *args: Any, **kwargs: Any) -> Any:
+    """``torch.autograd.Function.apply`` while relprop explains (:class:`_CustomFunctions`)."""
+    handlers = getattr(_CustomFunctions._active, "handlers", None)
+    if handlers:
+        return handlers[-1].apply(function, args, kwargs)
+    return _CustomFunctions._original["apply"].__get__(None, function)(*args, **kwargs)
+
+
 def global_hooks() -> bool:
     """Whether a global module hook (``torch.nn.modules.module.register_module_forward_hook`` and the like) other
     than relprop's own for modules not in the model (:class:`_StrayModules`, which never acts on a model's modules)
@@ -1160,6 +1265,8 @@ def attach_rules(
                     undo.append(module.register_forward_hook(attachment.post).remove)
             for name, module, advice in uncovered:
                 undo.append(module.register_forward_pre_hook(_Tripwire(name, module, advice)).remove)
+            if guard is not None:
+                undo.append(_CustomFunctions(guard).install())
             if stray is not None and guard is not None:
                 strays = _StrayModules(root_module(model), stray, guard)
                 hooks = torch.nn.modules.module

@@ -298,28 +298,179 @@ def test_a_compiled_graph_on_the_path_is_refused_naming_torch_compile() -> None:
 
 
 class _Doubler(torch.autograd.Function):
+    """``2 x`` with a backward that is not its derivative: relprop must never use it."""
+
     @staticmethod
     def forward(ctx: object, x: Tensor) -> Tensor:
         return x * 2
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
-        return grad * 2
+        return grad * 5
+
+
+_DOUBLED = _Doubler.apply  # bound before any explanation: calls through it bypass relprop (as a library's alias)
 
 
 class _Custom(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, written_out: bool = False) -> None:
         super().__init__()
+        self.written_out = written_out
         self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.b(_Doubler.apply(self.a(x)))
+        h = self.a(x)
+        return self.b(h * 2 if self.written_out else _Doubler.apply(h))  # type: ignore[no-any-return]
 
 
-def test_a_custom_autograd_function_on_the_path_is_refused() -> None:
+@pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "attnlrp"])
+def test_a_custom_autograd_function_is_explained_through_its_forward(preset: str) -> None:
+    """Its backward (here not even the derivative) is not relevance: its forward's operations get their rules, and
+    the heatmap is that of the same model with the forward written out; ``Function.apply`` is torch's again after."""
+    apply = torch.autograd.Function.__dict__["apply"]
     torch.manual_seed(0)
-    with pytest.raises(ExplanationError, match=r"custom autograd.Function .*_Doubler"):
-        relprop.explain(_Custom().double().eval(), torch.randn(2, 4, dtype=torch.float64), method="lrp")
+    model, written_out = _Custom().double().eval(), _Custom(written_out=True).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    x = torch.randn(2, 4, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 0, method="lrp", preset=preset)
+    expected = relprop.explain(written_out, x, 0, method="lrp", preset=preset)
+    assert torch.equal(explanation.relevance, expected.relevance)
+    assert torch.equal(explanation.output, model(x).detach())
+    assert torch.autograd.Function.__dict__["apply"] is apply
+    gradient = relprop.explain(model, x, 0, method="gradient").relevance  # the gradient methods use its backward
+    assert torch.allclose(gradient, 2.5 * relprop.explain(written_out, x, 0, method="gradient").relevance)
+
+
+class _SetupContext(torch.autograd.Function):
+    """``(x * sigmoid(x), argmax)`` in the setup_context form, the index marked non-differentiable, a scale kept."""
+
+    @staticmethod
+    def forward(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+        return x * torch.sigmoid(x) * scale, x.argmax(-1)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        ctx.save_for_backward(inputs[0])
+        ctx.mark_non_differentiable(output[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None]:
+        return grad * 0, None
+
+
+class _Swish(torch.autograd.Function):
+    """``x * sigmoid(x)``, ctx-style, saving its input and reading ``needs_input_grad``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        if ctx.needs_input_grad[0]:
+            ctx.save_for_backward(x)
+        return x * torch.sigmoid(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return grad * 0
+
+
+def test_custom_functions_in_both_forms_equal_their_forward_written_out() -> None:
+    class Swishes(nn.Module):
+        def __init__(self, written_out: bool) -> None:
+            super().__init__()
+            self.written_out = written_out
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.a(x)
+            if self.written_out:
+                h = self.b(h * torch.sigmoid(h) * 0.5)
+                return self.c(h * torch.sigmoid(h))  # type: ignore[no-any-return]
+            h, index = _SetupContext.apply(h, 0.5)
+            assert not index.is_floating_point()
+            return self.c(_Swish.apply(self.b(h)))  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    model, written_out = Swishes(False).double().eval(), Swishes(True).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    x = torch.randn(3, 4, dtype=torch.float64)
+    for preset in ("epsilon", "attnlrp"):  # the sigmoid is a gate: the signal takes all
+        got = relprop.explain(model, x, 1, method="lrp", preset=preset).relevance
+        assert torch.equal(got, relprop.explain(written_out, x, 1, method="lrp", preset=preset).relevance)
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_bloom_gelu_a_custom_function_explains_as_the_tanh_gelu(preset: str) -> None:
+    """BLOOM's ``BloomGelu`` calls ``GeLUFunction.apply`` (Megatron's hand-written backward): the Hugging Face bloom
+    family was refused. Its forward is the tanh GELU written out, whose tanh factor is a gate, so the MLP's input
+    takes all, as ``F.gelu(approximate="tanh")`` passes it (its constants are rounded: 1e-6)."""
+    bloom = pytest.importorskip("transformers.models.bloom.modeling_bloom")
+
+    class Mlp(nn.Module):
+        def __init__(self, act: nn.Module) -> None:
+            super().__init__()
+            self.up, self.act, self.down = nn.Linear(4, 8), act, nn.Linear(8, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.down(self.act(self.up(x)))  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    model, stock = Mlp(bloom.BloomGelu()).double().eval(), Mlp(nn.GELU(approximate="tanh")).double().eval()
+    stock.load_state_dict(model.state_dict())
+    x = torch.randn(3, 4, dtype=torch.float64)
+    got = relprop.explain(model, x, 0, method="lrp", preset=preset).relevance
+    want = relprop.explain(stock, x, 0, method="lrp", preset=preset).relevance
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-9 * float(want.abs().max()))
+
+
+def test_a_custom_function_whose_forward_the_guard_cannot_follow_is_refused() -> None:
+    class NoGrad(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Tensor) -> Tensor:
+            with torch.no_grad():
+                return x * 2
+
+        @staticmethod
+        def backward(ctx: Any, grad: Tensor) -> Tensor:
+            return grad * 2
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.b(NoGrad.apply(self.a(x)))  # type: ignore[no-any-return]
+
+    apply = torch.autograd.Function.__dict__["apply"]
+    with pytest.raises(ExplanationError, match=r"custom autograd.Function .*NoGrad at .*test_validate.py:\d+: .*"
+                                               r"under torch.no_grad"):
+        relprop.explain(Model().double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
+    assert torch.autograd.Function.__dict__["apply"] is apply
+
+
+def test_another_threads_custom_function_keeps_its_own_backward() -> None:
+    """``Function.apply`` is one attribute for all threads: during an explanation, a call in another thread makes
+    the custom node as always."""
+    import threading
+
+    nodes: list[str] = []
+
+    class Spawning(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            def elsewhere() -> None:
+                y = _Doubler.apply(torch.ones(2, requires_grad=True))
+                nodes.append(type(y.grad_fn).__name__)
+
+            thread = threading.Thread(target=elsewhere)
+            thread.start()
+            thread.join()
+            return self.a(x)  # type: ignore[no-any-return]
+
+    relprop.explain(Spawning().double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
+    assert nodes == ["_DoublerBackward"]
 
 
 @pytest.mark.parametrize("then", [lambda t: t.view(2, 5), lambda t: t.clone(), lambda t: t[:, [0, 1, 2, 3, 4]],
@@ -327,15 +478,16 @@ def test_a_custom_autograd_function_on_the_path_is_refused() -> None:
                                   lambda t: F.max_pool1d(t[:, None], 1)[:, 0]],
                          ids=["view", "clone", "index", "cat", "max_pool"])
 def test_a_custom_autograd_function_is_refused_behind_a_routing_op(then) -> None:  # type: ignore[no-untyped-def]
-    """A routing op or max pool runs its own backward, which would carry the Function's plain gradient on: the op
-    checks its inputs as every ruled site does (this relevance summed to 2 f(x), with no error)."""
+    """A custom Function whose ``apply`` was bound before the explanation (``_DOUBLED``) makes its own node, whose
+    backward is a gradient. A routing op or max pool runs its own backward, which would carry it on: the op checks
+    its inputs as every ruled site does (this relevance summed to 2 f(x), with no error)."""
     class Behind(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a, self.b = nn.Linear(4, 5, bias=False), nn.Linear(5, 3, bias=False)
 
         def forward(self, x: Tensor) -> Tensor:
-            return self.b(then(_Doubler.apply(torch.relu(self.a(x)))))  # type: ignore[no-any-return]
+            return self.b(then(_DOUBLED(torch.relu(self.a(x)))))  # type: ignore[no-any-return]
 
     torch.manual_seed(0)
     with pytest.raises(ExplanationError, match=r"the input of '.*' at .* comes from the custom autograd.Function"):
@@ -359,14 +511,7 @@ def test_writing_data_on_the_path_is_refused() -> None:
 
 
 def test_a_custom_function_as_the_last_op_is_refused() -> None:
-    class Doubling(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-            return 2 * x
-
-        @staticmethod
-        def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-            return 2 * grad
+    """Through an ``apply`` bound before the explanation, which makes the Function's own node."""
 
     class LastIsCustom(torch.nn.Module):
         def __init__(self) -> None:
@@ -374,9 +519,9 @@ def test_a_custom_function_as_the_last_op_is_refused() -> None:
             self.linear = torch.nn.Linear(4, 3)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return Doubling.apply(self.linear(x))  # type: ignore[no-any-return]
+            return _DOUBLED(self.linear(x))  # type: ignore[no-any-return]
 
-    with pytest.raises(ExplanationError, match="output of LastIsCustom comes from the custom autograd.Function"):
+    with pytest.raises(ExplanationError, match="LastIsCustom comes from the custom autograd.Function .*_Doubler"):
         relprop.explain(LastIsCustom().eval(), torch.randn(2, 4), target=0, method="lrp", preset="epsilon")
 
 

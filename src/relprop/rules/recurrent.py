@@ -504,6 +504,9 @@ class FusedRecurrent(torch.autograd.Function):
         return (None, relevance, *(torch.cat(parts) for parts in zip(*initial, strict=True)))
 
 
+_fused_apply = FusedRecurrent.apply  # torch's, bound once (the explained forward pass's would hand it back)
+
+
 def fused_recurrent(module: nn.RNNBase, x: Tensor, hx: Any, rules: Sequence[Rules]) -> tuple[Tensor, Any]:
     """``module(x, hx)`` as the stock module returns it, with :class:`FusedRecurrent`'s relevance in the backward
     pass.
@@ -525,7 +528,7 @@ def fused_recurrent(module: nn.RNNBase, x: Tensor, hx: Any, rules: Sequence[Rule
             zeros = x.new_zeros(module.num_layers * (2 if module.bidirectional else 1), x.shape[0],
                                 module.hidden_size)
             states = (zeros, zeros) if lstm else (zeros,)
-        output, *finals = FusedRecurrent.apply(_layers(_KINDS[module.mode], module, rules), x, *states)
+        output, *finals = _fused_apply(_layers(_KINDS[module.mode], module, rules), x, *states)
         if unbatched:
             output, finals = output.squeeze(0), [f.squeeze(1) for f in finals]
         elif not module.batch_first:

@@ -1129,6 +1129,12 @@ class _ForwardContext:
     def set_materialize_grads(self, value: bool) -> None:
         pass
 
+    def __getattr__(self, name: str) -> Any:  # what the forward reads but did not set
+        raise AttributeError(
+            f"the forward of a custom autograd.Function reads ctx.{name}, which the context relprop gives it while "
+            "explaining does not have (it runs the forward as plain code, without the Function's node)"
+        )
+
 
 class _CustomFunctions:
     """A user's custom ``torch.autograd.Function`` on the relevance path, explained through its forward.
@@ -1182,6 +1188,7 @@ class _CustomFunctions:
         context = _ForwardContext(args)
         if function.setup_context is not torch.autograd.Function.setup_context:  # type: ignore[attr-defined]
             output = function.forward(*args, **kwargs)  # type: ignore[attr-defined]
+            function.setup_context(context, args, output)  # type: ignore[attr-defined]  # what it marks
         else:
             output = function.forward(context, *args, **kwargs)  # type: ignore[attr-defined]
         kept = {id(t) for t in context.non_differentiable}

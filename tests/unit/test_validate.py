@@ -342,19 +342,20 @@ def test_a_custom_autograd_function_is_explained_through_its_forward(preset: str
 
 
 class _SetupContext(torch.autograd.Function):
-    """``(x * sigmoid(x), argmax)`` in the setup_context form, the index marked non-differentiable, a scale kept."""
+    """``(x * sigmoid(x) * scale, 3 x, argmax)`` in the setup_context form, ``3 x`` and the index marked
+    non-differentiable (constants for the rest of the model)."""
 
     @staticmethod
-    def forward(x: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-        return x * torch.sigmoid(x) * scale, x.argmax(-1)
+    def forward(x: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        return x * torch.sigmoid(x) * scale, x * 3.0, x.argmax(-1)
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
         ctx.save_for_backward(inputs[0])
-        ctx.mark_non_differentiable(output[1])
+        ctx.mark_non_differentiable(output[1], output[2])
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor, _: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor, _: Tensor, __: Tensor) -> tuple[Tensor, None]:
         return grad * 0, None
 
 
@@ -382,11 +383,11 @@ def test_custom_functions_in_both_forms_equal_their_forward_written_out() -> Non
         def forward(self, x: Tensor) -> Tensor:
             h = self.a(x)
             if self.written_out:
-                h = self.b(h * torch.sigmoid(h) * 0.5)
+                h = self.b(h * torch.sigmoid(h) * 0.5 + (h * 3.0).detach())
                 return self.c(h * torch.sigmoid(h))  # type: ignore[no-any-return]
-            h, index = _SetupContext.apply(h, 0.5)
-            assert not index.is_floating_point()
-            return self.c(_Swish.apply(self.b(h)))  # type: ignore[no-any-return]
+            h, constant, index = _SetupContext.apply(h, 0.5)
+            assert not index.is_floating_point() and not constant.requires_grad
+            return self.c(_Swish.apply(self.b(h + constant)))  # type: ignore[no-any-return]
 
     torch.manual_seed(0)
     model, written_out = Swishes(False).double().eval(), Swishes(True).double().eval()
@@ -445,6 +446,28 @@ def test_a_custom_function_whose_forward_the_guard_cannot_follow_is_refused() ->
                                                r"under torch.no_grad"):
         relprop.explain(Model().double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
     assert torch.autograd.Function.__dict__["apply"] is apply
+
+
+def test_a_custom_forward_reading_what_the_context_lacks_gets_a_clear_attribute_error() -> None:
+    class Reads(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Tensor) -> Tensor:
+            return x * 2 if ctx.generator_state is None else x
+
+        @staticmethod
+        def backward(ctx: Any, grad: Tensor) -> Tensor:
+            return grad * 2
+
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return Reads.apply(self.a(x))  # type: ignore[no-any-return]
+
+    with pytest.raises(AttributeError, match=r"reads ctx.generator_state, which the context relprop gives it"):
+        relprop.explain(Model().double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
 
 
 def test_another_threads_custom_function_keeps_its_own_backward() -> None:

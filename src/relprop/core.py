@@ -648,7 +648,7 @@ def _output_bounds(call: OpCall) -> tuple[float, float] | None:
     if not isinstance(key, int):
         return None
     tensor, number = call.args[key], call.args[1 - key]
-    bounds = getattr(tensor, _BOUNDS, None) or ((0.0, 1.0) if getattr(tensor, _GATE, False) else None)
+    bounds = _bounds_of(tensor)
     if bounds is None or isinstance(number, bool) or not isinstance(number, (int, float)):
         return None
     low, high = bounds
@@ -663,6 +663,42 @@ def _output_bounds(call: OpCall) -> tuple[float, float] | None:
     if kind == "div" and key == 0 and number != 0:
         return min(low / number, high / number), max(low / number, high / number)
     return None
+
+
+def _bounds_of(tensor: Any) -> tuple[float, float] | None:
+    """The range a tag gives ``tensor``'s values: its bounds, (0, 1) for a gate module's output, else None."""
+    return getattr(tensor, _BOUNDS, None) or ((0.0, 1.0) if getattr(tensor, _GATE, False) else None)
+
+
+# routing ops that bring in values of their own: where each takes them from ((position, keyword), default)
+_NEW_VALUES: dict[str, tuple[tuple[int, str], Any]] = {
+    **dict.fromkeys(("masked_fill", "masked_fill_"), ((2, "value"), None)),
+    **dict.fromkeys(("where",), ((2, "other"), None)),  # Tensor.where(self, condition, other)
+    **dict.fromkeys(("__setitem__",), ((2, "value"), None)),
+    **dict.fromkeys(("pad",), ((3, "value"), 0.0)),  # F.pad(input, pad, mode, value): constant mode only
+}
+
+
+def _bounds_after(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float] | None:
+    """The range of the values of a routing op's result whose first argument is bounded (:func:`_bounds_of`): the
+    same for a view, reshape, copy or selection; widened by a number or a bounded tensor that ``masked_fill``,
+    ``where``, ``x[i] = y`` or ``pad`` bring in; None where what they bring in is unknown."""
+    bounds = _bounds_of(args[0])
+    if bounds is None or name not in _NEW_VALUES:
+        return bounds
+    (position, keyword), default = _NEW_VALUES[name]
+    if name == "pad" and kwargs.get("mode", args[2] if len(args) > 2 else "constant") != "constant":
+        return bounds  # reflect, replicate, circular: the input's own values
+    value = kwargs.get(keyword, args[position] if len(args) > position else default)
+    if value is None:
+        value = 0.0 if name == "pad" else None
+    if isinstance(value, Tensor):
+        value = _bounds_of(value) or (float(value) if value.numel() == 1 and not getattr(value, _PATH, False)
+                                      else None)
+    if isinstance(value, bool) or value is None:
+        return None
+    low, high = value if isinstance(value, tuple) else (float(value), float(value))
+    return min(bounds[0], low), max(bounds[1], high)
 
 
 class _Route(torch.autograd.Function):
@@ -1746,6 +1782,10 @@ class FunctionalGuard(TorchFunctionMode):
         # the op's own backward carries the relevance on: an input from a custom autograd.Function would bring
         # that Function's plain gradient along unseen (every other site checks its inputs in relay)
         _foreign_function(f"the input of '{name}' at {ops.caller_location()}", (*args, *kwargs.values()))
+        # a gate reshaped or expanded (gate.view(-1, c, 1, 1)) is still a gate, with the same bounds; a value
+        # brought in (gate.masked_fill(mask, -1.0)) widens them, and an unknown one leaves no bounds
+        bounded = isinstance(args[0], Tensor) and (hasattr(args[0], _BOUNDS) or hasattr(args[0], _GATE))
+        bounds = _bounds_after(name, args, kwargs) if bounded else None
         try:
             result = func(*args, **kwargs)
         except RuntimeError as error:
@@ -1765,11 +1805,17 @@ class FunctionalGuard(TorchFunctionMode):
         if ops.is_inplace_name(name) and isinstance(args[0], Tensor) and not getattr(args[0], _PATH, False):
             mark_path(args[0])  # x[i] = y: x now holds path values
             self._touched.append(args[0])
+        if bounded:
+            for target in {id(t): t for t in (result, args[0] if ops.is_inplace_name(name) else None)
+                           if isinstance(t, Tensor)}.values():
+                for tag in (_GATE, _BOUNDS):
+                    if tag in target.__dict__:
+                        delattr(target, tag)
+                if bounds is not None:
+                    setattr(target, _BOUNDS, bounds)
+                    if bounds[0] >= 0:
+                        setattr(target, _GATE, True)
         if isinstance(result, Tensor) and isinstance(args[0], Tensor):
-            # a gate reshaped or expanded (gate.view(-1, c, 1, 1)) is still a gate, with the same bounds
-            for tag in (_GATE, _BOUNDS):
-                if hasattr(args[0], tag):
-                    setattr(result, tag, getattr(args[0], tag))
             # a layer's output copied as it is (conv(x).contiguous()) still feeds its batch norm as the layer's
             if hasattr(args[0], _PRODUCER) and name in _SAME_VALUES and result.shape == args[0].shape \
                     and result.dtype == args[0].dtype:

@@ -373,3 +373,46 @@ def test_finite_sum_reads_several_tensors_at_once() -> None:
     assert not finite_sum(ones, torch.tensor([float("inf")]))
     assert not finite_sum(torch.tensor([float("nan")]), ones)
     assert not finite_sum(torch.tensor([3e38, 3e38]))  # a finite sum that overflows reads not finite (conservative)
+
+
+class _FilledGate(nn.Module):
+    """``x * g`` with ``g = sigmoid(.)`` changed by a routing op that brings in values of its own (``fill``)."""
+
+    FILLS = {
+        "view": lambda g: g.view(-1, 6),
+        "masked_fill-0": lambda g: g.masked_fill(g > 0.7, 0.0),
+        "masked_fill--1": lambda g: g.masked_fill(g > 0.7, -1.0),
+        "masked_fill-2": lambda g: g.masked_fill(g > 0.7, 2.0),
+        "where-0.5": lambda g: g.where(g > 0.3, 0.5),
+        "where-path": lambda g: g.where(g > 0.3, g - 1.0),
+        "pad-0": lambda g: F.pad(g, (1, 0))[:, :6],
+        "pad--1": lambda g: F.pad(g, (1, 0), value=-1.0)[:, :6],
+        "setitem--3": lambda g: g.__setitem__((slice(None), 0), -3.0) or g,
+    }
+
+    def __init__(self, fill: str) -> None:
+        super().__init__()
+        self.fill = fill
+        self.a, self.b, self.out = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.b(x))
+        return self.out(self.a(x) * self.FILLS[self.fill](gate))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("fill", "gate"), [
+    ("view", True), ("masked_fill-0", True), ("masked_fill--1", False), ("masked_fill-2", True),
+    ("where-0.5", True), ("where-path", False), ("pad-0", True), ("pad--1", False), ("setitem--3", False),
+])
+def test_a_gate_stays_one_only_while_its_values_cannot_be_negative(fill: str, gate: bool) -> None:
+    """A routing op keeps a gate's range; one that brings in a value widens it (``masked_fill``, ``where``, ``pad``,
+    ``x[i] = v``), and a factor that can then be negative is a signal, whose product with another signal the CNN
+    presets refuse. The gate tag passed through masked_fill unchanged before (a factor filled with -1 was a gate)."""
+    torch.manual_seed(0)
+    model = _FilledGate(fill).double().eval()
+    if gate:
+        explanation = relprop.explain(model, _x(), method="lrp", preset="epsilon")
+        assert torch.equal(explanation.output, model(_x()).detach())
+    else:
+        with pytest.raises(ExplanationError, match=r"multiplies 2 tensors on the relevance path and 0 of them"):
+            relprop.explain(model, _x(), method="lrp", preset="epsilon")

@@ -96,7 +96,7 @@ ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permut
     split split_with_sizes tensor_split chunk unbind __getitem__ __setitem__ narrow select index_select gather
     take_along_dim flip fliplr flipud roll rot90 movedim moveaxis swapaxes swapdims to float double half bfloat16
     type type_as cpu cuda __get__ unfold pad pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
-    where masked_fill topk sort diagonal tril triu""")
+    where masked_fill masked_fill_ topk sort diagonal tril triu""")
 # Operations whose result is a constant (no relevance flows through it).
 CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_tensor zeros_like ones_like empty_like "
                            "full_like rand_like randn_like randint_like")

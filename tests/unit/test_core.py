@@ -416,3 +416,37 @@ def test_a_gate_stays_one_only_while_its_values_cannot_be_negative(fill: str, ga
     else:
         with pytest.raises(ExplanationError, match=r"multiplies 2 tensors on the relevance path and 0 of them"):
             relprop.explain(model, _x(), method="lrp", preset="epsilon")
+
+
+class _MaskedScores(nn.Module):
+    """Self-attention over 4 tokens whose scores are masked causally, in place (``scores.masked_fill_(mask, -inf)``,
+    the result dropped, as much attention code writes it) or out of place."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.q, self.k, self.v, self.out = (nn.Linear(6, 6, bias=False) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.view(-1, 4, 6)
+        scores = self.q(h) @ self.k(h).transpose(1, 2)
+        mask = torch.ones(4, 4, dtype=torch.bool).triu(1)
+        if self.in_place:
+            scores.masked_fill_(mask, float("-inf"))
+        else:
+            scores = scores.masked_fill(mask, float("-inf"))
+        return self.out(torch.softmax(scores, -1) @ self.v(h)).sum(1)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_attention_scores_masked_in_place_equal_the_out_of_place_mask(preset: str) -> None:
+    """``masked_fill_`` had no rule (only ``masked_fill``); it routes now, and its result goes to the scores the
+    model holds."""
+    torch.manual_seed(0)
+    model, written_out = _MaskedScores(True).double().eval(), _MaskedScores(False).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    x = torch.randn(2, 24, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 0, method="lrp", preset=preset)
+    expected = relprop.explain(written_out, x, 0, method="lrp", preset=preset)
+    assert torch.equal(explanation.output, model(x).detach())
+    assert torch.equal(explanation.relevance, expected.relevance)

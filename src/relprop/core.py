@@ -361,7 +361,10 @@ def root_module(model: nn.Module) -> nn.Module:
 _PATH = "_relprop_path"  # derived from the explained input
 _GATE = "_relprop_gate"  # output of a sigmoid-like gate
 _BOUNDS = "_relprop_bounds"  # (low, high) of a bounded function's output (ops.BOUNDED) or a constant affine map of it
-_PRODUCER = "_relprop_producer"  # (rule, layer, layer input) of a Linear/Conv output, for batch-norm merging
+# (rule, layer, layer input, its tensor's address) of a Linear/Conv output, for batch-norm merging: the address
+# (_cdata) tells whether an in-place op gave the input object another tensor (_rebind) since the layer ran
+_PRODUCER = "_relprop_producer"
+_PREVIOUS = "_relprop_previous"  # on a tensor object _rebind gave a new tensor: the object holding its old one
 _STALE = "_relprop_stale"  # changed by an in-place op that relprop ran out of place: where that op ran
 _CONSTANT = "_relprop_constant"  # computed from the path by an op whose rule makes its result a constant: which op
 
@@ -466,6 +469,9 @@ def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: st
         _SWAP(held, value)
         held.__dict__, value.__dict__ = value.__dict__, held.__dict__  # the tags go with their values
         result, stale = held, (value, base)
+        if touched is not None:
+            setattr(held, _PREVIOUS, value)  # for a batch norm merged with a layer that ran on the old tensor
+            touched.append(held)
     else:
         result, stale = value, (held, base)
     if touched is not None:
@@ -474,6 +480,15 @@ def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: st
                 setattr(tensor, _STALE, where)
                 touched.append(tensor)
     return result
+
+
+def _as_it_was(tensor: Tensor, address: int) -> Tensor | None:
+    """The object holding the tensor at ``address`` (``_cdata``) that ``tensor``'s object held before in-place ops
+    gave it new ones (:func:`_rebind`), None if it is not known."""
+    found: Tensor | None = tensor
+    while found is not None and found._cdata != address:
+        found = getattr(found, _PREVIOUS, None)
+    return found
 
 
 # ops through which a constant computed from the path may act on the path: as a scale (x * rsqrt(var + eps),
@@ -964,7 +979,7 @@ class _Attachment:
         if self.gate:
             setattr(result, _GATE, True)
         if self.merges:
-            setattr(result, _PRODUCER, (self.rule, site, original_args[0]))
+            setattr(result, _PRODUCER, (self.rule, site, original_args[0], original_args[0]._cdata))
         if self.inplace and ran and output is ran[0] and getattr(original_args[0], _PATH, False):
             # it wrote its output into its input (nn.ReLU(inplace=True)), here a copy: the model's input tensor
             # takes the output, as it would have without relprop (a bare `self.relu(h)` goes on with h)
@@ -1633,7 +1648,7 @@ class FunctionalGuard(TorchFunctionMode):
         for mode in reversed(above):
             torch._C._push_on_torch_function_stack(mode)
         for tensor in self._touched:  # e.g. a buffer that an in-place op wrote path values into
-            for tag in (_PATH, _STALE):
+            for tag in (_PATH, _STALE, _PREVIOUS):
                 if hasattr(tensor, tag):
                     delattr(tensor, tag)
         self._touched.clear()
@@ -1765,8 +1780,9 @@ class FunctionalGuard(TorchFunctionMode):
             producer = getattr(inputs[0], _PRODUCER, None)
             # fed by a Linear/Conv with a z-rule whose outputs are the norm's channels (dimension 1; a Linear's
             # are its last dimension, so only on 2-D input): explain the pair as one affine map
-            if producer is not None:
-                layer_rule, layer, layer_input = producer
+            layer_input = None if producer is None else _as_it_was(producer[2], producer[3])
+            if producer is not None and layer_input is not None:
+                layer_rule, layer = producer[:2]
                 if not isinstance(layer.layer if isinstance(layer, OwnForward) else layer, nn.Linear) or \
                         value.dim() == 2:
                     return relay(layer_rule, MergedBatchNorm(layer, call), value, (layer_input,))

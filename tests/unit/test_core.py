@@ -450,3 +450,39 @@ def test_attention_scores_masked_in_place_equal_the_out_of_place_mask(preset: st
     expected = relprop.explain(written_out, x, 0, method="lrp", preset=preset)
     assert torch.equal(explanation.output, model(x).detach())
     assert torch.equal(explanation.relevance, expected.relevance)
+
+
+class _InputChangedAfterTheLayer(nn.Module):
+    """``y = conv(h)``, then ``h.mul_(2)`` (or ``h = h * 2``), then ``bn(y) + h``: the batch norm merges with the
+    convolution, which ran on the old ``h``."""
+
+    def __init__(self, bare: bool) -> None:
+        super().__init__()
+        self.bare = bare
+        self.lin, self.conv, self.bn, self.head = nn.Linear(4, 6), nn.Conv1d(6, 6, 1), nn.BatchNorm1d(6), \
+            nn.Linear(18, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.lin(x).transpose(1, 2).contiguous()
+        y = self.conv(h)
+        if self.bare:
+            h.mul_(2.0)
+        else:
+            h = h * 2.0
+        return self.head((self.bn(y) + h).flatten(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["epsilon_plus_flat", "alpha2beta1", "zplus"])
+def test_a_batch_norm_merges_with_its_layer_as_it_ran_when_the_layers_input_changed_in_place_since(
+        preset: str) -> None:
+    """The merged pair's rule takes the layer's input: the tensor the layer ran on, not the one an in-place op gave
+    the same object afterwards (which it took, for a commit: another heatmap than the out-of-place form's)."""
+    torch.manual_seed(0)
+    model, written_out = _InputChangedAfterTheLayer(True).double().eval(), \
+        _InputChangedAfterTheLayer(False).double().eval()
+    model.bn.running_mean.uniform_(-1.0, 1.0)
+    written_out.load_state_dict(model.state_dict())
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 0, method="lrp", preset=preset)
+    assert torch.equal(explanation.relevance, relprop.explain(written_out, x, 0, method="lrp", preset=preset).relevance)
+    assert torch.equal(explanation.output, model(x).detach())

@@ -135,3 +135,41 @@ def test_a_layer_merged_with_its_batch_norm_is_refused_and_the_batch_norm_answer
     torch.testing.assert_close(explanation.layers["1"].flatten(1).sum(1), explanation.score, rtol=1e-9, atol=0)
     gradient = relprop.explain(model, x, 0, method="gradient_x_input", layers=["0"])  # no merge: on the path
     assert gradient.layers["0"].abs().sum() > 0
+
+
+class _Block(nn.Module):
+    """``out = bn(conv(x)); out += x`` (torchvision's residual add, in place) or ``out = out + x``, then a head."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.conv, self.bn, self.act = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2), nn.ReLU(inplace=in_place)
+        self.head = nn.Linear(2 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn(self.conv(x))
+        if self.in_place:
+            out += x
+        else:
+            out = out + x
+        return self.head(self.act(out).flatten(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("at", ["output", "input"])
+def test_a_recorded_tensor_changed_in_place_afterwards_keeps_its_own_relevance(at: str) -> None:
+    """An in-place op on the relevance path gives its result to the tensor object the model holds; a layer's
+    recorded output is handed to the model as an alias, so ``out += x`` after the batch norm does not turn the batch
+    norm's relevance into that of the sum (it did, for a commit), and an in-place ReLU leaves its recorded input."""
+    torch.manual_seed(0)
+    model, written_out = _Block(True).double().eval(), _Block(False).double().eval()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    written_out.load_state_dict(model.state_dict())
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    layers = ["bn", "act"] if at == "output" else ["act", "head"]  # (the batch norm's input is merged into it)
+    got = relprop.explain(model, x, 1, layers=layers, layer_at=at)
+    want = relprop.explain(written_out, x, 1, layers=layers, layer_at=at)
+    assert torch.equal(got.relevance, want.relevance)
+    for name in layers:
+        assert torch.equal(got.layers[name], want.layers[name])
+    if at == "output":  # the sum's rule shares the relevance between the batch norm and x
+        assert not torch.equal(got.layers["bn"], got.layers["act"])

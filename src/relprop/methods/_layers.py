@@ -40,13 +40,28 @@ def _hooks(name: str, records: Records, at: str) -> Any:
             )
         records[name].append(value)
 
-    def output_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def output_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         keep(output, module)
+        return _alias(output) if threading.get_ident() == owner else None
 
-    def input_hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+    def input_hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
         keep(args[0] if args else None, module)
+        return (_alias(args[0]), *args[1:]) if threading.get_ident() == owner else None
 
     return output_hook if at == "output" else input_hook
+
+
+def _alias(value: Tensor) -> Tensor:
+    """A new tensor object for the model to go on with in place of the recorded ``value``: the same values and tags,
+    a view whose backward passes into ``value`` unchanged. An in-place operation later in the forward pass gives its
+    result to the object the model holds (``out += identity`` after a recorded batch norm), which then is not the
+    recorded one, whose relevance stays that of the layer's own output."""
+    if type(value) is not Tensor or not value.requires_grad:
+        return value
+    with torch._C.DisableTorchFunction():
+        alias = value.view_as(value)
+    alias.__dict__.update(value.__dict__)
+    return alias
 
 
 @contextlib.contextmanager

@@ -422,6 +422,18 @@ def test_bloom_gelu_a_custom_function_explains_as_the_tanh_gelu(preset: str) -> 
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-9 * float(want.abs().max()))
 
 
+class _Around(nn.Module):
+    """``b(function.apply(a(x)))``: a custom autograd.Function between two layers."""
+
+    def __init__(self, function: type[torch.autograd.Function]) -> None:
+        super().__init__()
+        self.function = function
+        self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(self.function.apply(self.a(x)))  # type: ignore[no-any-return]
+
+
 def test_a_custom_function_whose_forward_the_guard_cannot_follow_is_refused() -> None:
     class NoGrad(torch.autograd.Function):
         @staticmethod
@@ -433,18 +445,10 @@ def test_a_custom_function_whose_forward_the_guard_cannot_follow_is_refused() ->
         def backward(ctx: Any, grad: Tensor) -> Tensor:
             return grad * 2
 
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a, self.b = nn.Linear(4, 5), nn.Linear(5, 3)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.b(NoGrad.apply(self.a(x)))  # type: ignore[no-any-return]
-
     apply = torch.autograd.Function.__dict__["apply"]
     with pytest.raises(ExplanationError, match=r"custom autograd.Function .*NoGrad at .*test_validate.py:\d+: .*"
                                                r"under torch.no_grad"):
-        relprop.explain(Model().double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
+        relprop.explain(_Around(NoGrad).double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
     assert torch.autograd.Function.__dict__["apply"] is apply
 
 
@@ -458,16 +462,8 @@ def test_a_custom_forward_reading_what_the_context_lacks_gets_a_clear_attribute_
         def backward(ctx: Any, grad: Tensor) -> Tensor:
             return grad * 2
 
-    class Model(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Linear(4, 3)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return Reads.apply(self.a(x))  # type: ignore[no-any-return]
-
     with pytest.raises(AttributeError, match=r"reads ctx.generator_state, which the context relprop gives it"):
-        relprop.explain(Model().double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
+        relprop.explain(_Around(Reads).double().eval(), torch.randn(2, 4, dtype=torch.float64), 0, method="lrp")
 
 
 def test_another_threads_custom_function_keeps_its_own_backward() -> None:

@@ -1202,7 +1202,7 @@ class _CustomFunctions:
 
     _lock = threading.Lock()
     _users = 0
-    _original: dict[str, Any] = {}  # "apply": torch's own (a classmethod object), while replaced
+    _original: dict[str, Any] = {}  # "apply": torch's own (a classmethod object), kept once read
     _active = threading.local()  # .handlers: this thread's instances, innermost last
 
     def __init__(self, guard: FunctionalGuard) -> None:
@@ -1213,6 +1213,7 @@ class _CustomFunctions:
         cls = type(self)
         with cls._lock:
             if cls._users == 0:
+                # (kept after the last explanation ends: another thread may be inside _apply_function still)
                 cls._original["apply"] = torch.autograd.Function.__dict__["apply"]
                 torch.autograd.Function.apply = classmethod(_apply_function)
             cls._users += 1
@@ -1224,7 +1225,7 @@ class _CustomFunctions:
             with cls._lock:
                 cls._users -= 1
                 if cls._users == 0:
-                    torch.autograd.Function.apply = cls._original.pop("apply")
+                    torch.autograd.Function.apply = cls._original["apply"]
 
         return uninstall
 
@@ -1253,11 +1254,12 @@ class _CustomFunctions:
                     "such as a C++ extension); write the forward in torch operations, or put the function in an "
                     "nn.Module and give the module a rule (rules.Pass() for an element-wise activation)"
                 )
-        if kept:
-            detached = [v.detach() if isinstance(v, Tensor) and id(v) in kept else v
-                        for v in (output if isinstance(output, (tuple, list)) else (output,))]
-            return type(output)(detached) if isinstance(output, (tuple, list)) else detached[0]
-        return output
+        if not kept:
+            return output
+        if isinstance(output, Tensor):
+            return output.detach() if id(output) in kept else output
+        detached = [v.detach() if isinstance(v, Tensor) and id(v) in kept else v for v in output]
+        return detached if isinstance(output, list) else tuple(detached)
 
 
 def _apply_function(function: type, *args: Any, **kwargs: Any) -> Any:

@@ -698,6 +698,9 @@ def _bounds_after(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> t
     """The range of the values of a routing op's result whose first argument is bounded (:func:`_bounds_of`): the
     same for a view, reshape, copy or selection; widened by a number or a bounded tensor that ``masked_fill``,
     ``where``, ``x[i] = y`` or ``pad`` bring in; None where what they bring in is unknown."""
+    if name == "where" and isinstance(args[0], Tensor) and args[0].dtype == torch.bool:
+        # torch.where(condition, input, other): the input's range, widened by the other's
+        args = (kwargs.get("input", args[1] if len(args) > 1 else None), args[0], *args[2:])
     bounds = _bounds_of(args[0])
     if bounds is None or name not in _NEW_VALUES:
         return bounds
@@ -1802,8 +1805,8 @@ class FunctionalGuard(TorchFunctionMode):
         _foreign_function(f"the input of '{name}' at {ops.caller_location()}", (*args, *kwargs.values()))
         # a gate reshaped or expanded (gate.view(-1, c, 1, 1)) is still a gate, with the same bounds; a value
         # brought in (gate.masked_fill(mask, -1.0)) widens them, and an unknown one leaves no bounds
-        bounded = isinstance(args[0], Tensor) and (hasattr(args[0], _BOUNDS) or hasattr(args[0], _GATE))
-        bounds = _bounds_after(name, args, kwargs) if bounded else None
+        bounds = _bounds_after(name, args, kwargs) if isinstance(args[0], Tensor) else None
+        bounded = bounds is not None or hasattr(args[0], _BOUNDS) or hasattr(args[0], _GATE)
         try:
             result = func(*args, **kwargs)
         except RuntimeError as error:

@@ -388,6 +388,8 @@ class _FilledGate(nn.Module):
         "pad-0": lambda g: F.pad(g, (1, 0))[:, :6],
         "pad--1": lambda g: F.pad(g, (1, 0), value=-1.0)[:, :6],
         "setitem--3": lambda g: g.__setitem__((slice(None), 0), -3.0) or g,
+        "torch.where-0": lambda g: torch.where(g > 0.3, g, 0.0),
+        "torch.where-path": lambda g: torch.where(g > 0.3, g, g - 1.0),
     }
 
     def __init__(self, fill: str) -> None:
@@ -403,6 +405,7 @@ class _FilledGate(nn.Module):
 @pytest.mark.parametrize(("fill", "gate"), [
     ("view", True), ("masked_fill-0", True), ("masked_fill--1", False), ("masked_fill-2", True),
     ("where-0.5", True), ("where-path", False), ("pad-0", True), ("pad--1", False), ("setitem--3", False),
+    ("torch.where-0", True), ("torch.where-path", False),
 ])
 def test_a_gate_stays_one_only_while_its_values_cannot_be_negative(fill: str, gate: bool) -> None:
     """A routing op keeps a gate's range; one that brings in a value widens it (``masked_fill``, ``where``, ``pad``,

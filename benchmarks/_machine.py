@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["cpu_model", "load_average", "versions"]
+__all__ = ["cpu_model", "load_average", "versions", "machine", "torch_threads"]
 
 
 def cpu_model() -> str:
@@ -48,3 +49,14 @@ def versions(packages: Sequence[str]) -> dict[str, str]:
 def machine(threads: int, packages: Sequence[str]) -> dict[str, Any]:
     """The ``"machine"`` entry of a benchmark's JSON: CPU model, torch threads, load average and versions."""
     return {"cpu": cpu_model(), "threads": threads, "load_average": load_average(), **versions(packages)}
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch on ``threads`` threads inside the block, the previous number again after it (also after an error)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -32,7 +32,7 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import machine, torch_threads  # noqa: E402
 
 import relprop  # noqa: E402
 from relprop.files import write_json  # noqa: E402
@@ -138,23 +138,18 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(families) - set(FAMILIES))
     if unknown:
         parser.error(f"unknown families {unknown}; known: {sorted(FAMILIES)}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     rows = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for family in tqdm(families, desc="families", disable=None):
-                try:
-                    model, x = build(family)
-                    model(x)
-                except Exception as error:  # a config this transformers version does not take: not relprop's
-                    rows.append({"family": family, "build_error": f"{type(error).__name__}: {error}"[:300]})
-                    continue
-                rows.append({"family": family, "kind": FAMILIES[family][0], "input": list(x.shape),
-                             **{preset: outcome(model, x, preset) for preset in PRESETS}})
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(args.threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for family in tqdm(families, desc="families", disable=None):
+            try:
+                model, x = build(family)
+                model(x)
+            except Exception as error:  # a config this transformers version does not take: not relprop's
+                rows.append({"family": family, "build_error": f"{type(error).__name__}: {error}"[:300]})
+                continue
+            rows.append({"family": family, "kind": FAMILIES[family][0], "input": list(x.shape),
+                         **{preset: outcome(model, x, preset) for preset in PRESETS}})
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["hf_families.py", *(argv if argv is not None else sys.argv[1:])]),

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import machine, torch_threads  # noqa: E402
 
 import relprop  # noqa: E402
 from relprop.files import write_json  # noqa: E402
@@ -81,17 +81,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         layers = dict(MODELS)
         rows = []
         for name in tqdm(args.models.split(","), desc="models", disable=None):
             rows.append({**measure(name, args.size, args.rounds), "own_forward_layers": layers.get(name, "?")})
             tqdm.write(f"{name:22s} gradient {rows[-1]['gradient_ms']:7.1f} ms  lrp {rows[-1]['lrp_ms']:7.1f} ms  "
                        f"{rows[-1]['ratio_median']:.2f}x")
-    finally:
-        torch.set_num_threads(threads)
     command = "python benchmarks/own_forward_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_json(args.out, {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

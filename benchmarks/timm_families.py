@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine  # noqa: E402
+from _machine import machine, torch_threads  # noqa: E402
 
 import relprop  # noqa: E402
 from relprop.files import write_json  # noqa: E402
@@ -146,16 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [key for key in chosen if key not in known]
     if unknown:
         parser.error(f"unknown families: {', '.join(unknown)}")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
     rows = []
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            for key in tqdm(chosen, desc="families", disable=None):
-                rows.append({"family": key, **run(known[key], args.timeout)})
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(args.threads), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for key in tqdm(chosen, desc="families", disable=None):
+            rows.append({"family": key, **run(known[key], args.timeout)})
     built = [row for row in rows if row.get("status") != "not built"]
     explained = {preset: sum(row[preset]["status"] == "ok" for row in built) for preset in PRESETS}
     command = "python benchmarks/timm_families.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -1805,8 +1805,9 @@ class FunctionalGuard(TorchFunctionMode):
         _foreign_function(f"the input of '{name}' at {ops.caller_location()}", (*args, *kwargs.values()))
         # a gate reshaped or expanded (gate.view(-1, c, 1, 1)) is still a gate, with the same bounds; a value
         # brought in (gate.masked_fill(mask, -1.0)) widens them, and an unknown one leaves no bounds
-        bounds = _bounds_after(name, args, kwargs) if isinstance(args[0], Tensor) else None
-        bounded = bounds is not None or hasattr(args[0], _BOUNDS) or hasattr(args[0], _GATE)
+        bounded = isinstance(args[0], Tensor) and (  # (torch.where's first argument is its condition)
+            hasattr(args[0], _BOUNDS) or hasattr(args[0], _GATE) or name == "where")
+        bounds = _bounds_after(name, args, kwargs) if bounded else None
         try:
             result = func(*args, **kwargs)
         except RuntimeError as error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
+from ._ids import CHANGED, IdRoutes
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
 from .methods._common import (
     ClassTarget,
@@ -118,22 +121,26 @@ class _Call(nn.Module):
         ids = self._tiled(self.ids, batch, repeats)
         seen = []
         owner = threading.get_ident()
+        routes = IdRoutes(ids) if self._model in _REARRANGING else None  # only where needed: it sees every op
 
         def replace(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
             if threading.get_ident() != owner:  # another thread's plain forward pass of the model
                 return None
             embedded = args[0] if args and isinstance(args[0], Tensor) else None
-            if embedded is None or embedded.shape != ids.shape or not torch.equal(embedded, ids):
-                raise ExplanationError(
-                    f"the embedding {module} does not embed the model's input ids directly; relprop explains integer "
-                    "inputs through the token embedding applied to them"
-                )
-            seen.append(True)
-            return z.reshape(output.shape)
+            positions = None if embedded is None or routes is None else routes.positions(embedded)
+            if embedded is ids or positions is None and embedded is not None and embedded.shape == ids.shape \
+                    and torch.equal(embedded, ids):
+                seen.append(True)
+                return z.reshape(output.shape)
+            if routes is None:
+                raise _Rearranged(f"{module} embeds other ids than the input's: explain again, following them")
+            return _embedded_at(module, positions, z.reshape(ids.numel(), -1), output, seen)
 
         handles = [embedding.register_forward_hook(replace) for embedding in self._embeddings]
         try:
-            result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name else self._model(ids, **kwargs)
+            with routes if routes is not None else contextlib.nullcontext():
+                result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name \
+                    else self._model(ids, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -158,6 +165,38 @@ class _Call(nn.Module):
         if not isinstance(result, Tensor):
             raise ExplanationError(f"output= returned {type(result).__name__}, not a tensor of scores")
         return result
+
+
+# Models seen to embed a rearrangement of their input ids (XLNet's time-major ids, BART's shifted decoder ids):
+# explained with the ids followed (relprop._ids), which costs a Python call per op of the forward pass; other models
+# run without. A model found to need it on its first explanation is explained again (explain), from the start.
+_REARRANGING: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+class _Rearranged(ExplanationError):
+    """An embedding of other ids than the input's, in a forward pass that did not follow them."""
+
+
+def _embedded_at(module: nn.Module, positions: Tensor | None, z: Tensor, output: Tensor, seen: list[bool]) -> Tensor:
+    """What an embedding of a rearrangement of the input ids returns: the explained embedded input ``z`` (one row
+    per input id) at the ``positions`` its ids came from, its own ``output`` at constant ids (a start token)."""
+    if positions is None:
+        raise ExplanationError(
+            f"the embedding {module} embeds neither the model's input ids nor a rearrangement of them; relprop "
+            "explains integer inputs through the token embedding applied to them (followed through indexing, "
+            "transposes, reshapes, cat, masked_fill, torch.where and copies)")
+    if bool((positions == CHANGED).any()):
+        raise ExplanationError(
+            f"the embedding {module} embeds ids that the model computed from its input ids by an operation that "
+            "changes them (not only moves them, e.g. ids + 1 or an in-place op on them); relprop explains integer "
+            "inputs through the embedding of the ids themselves: pass the embedded sequence instead (x = the "
+            "embeddings, with input_name='inputs_embeds' for a Hugging Face model)")
+    taken = positions >= 0
+    if not bool(taken.any()):
+        return output  # only constants (a decoder's start token alone): nothing of the input
+    seen.append(True)
+    rows = z.index_select(0, positions.clamp(min=0).reshape(-1)).reshape(output.shape)
+    return rows if bool(taken.all()) else torch.where(taken.unsqueeze(-1), rows, output)
 
 
 def _tied(model: nn.Module, embedding: nn.Module) -> tuple[nn.Module, ...]:
@@ -264,9 +303,11 @@ def explain(
     (``layer_at="input"``: inputs) in ``Explanation.layers``. Integer ``x``
     (token ids) is explained through the model's token embedding (``get_input_embeddings()`` of a Hugging Face
     model, else its one ``nn.Embedding``): relevance per token, and per embedding dimension in
-    ``details["embedding_relevance"]``. ``model_kwargs`` go with every call of the model (``attention_mask``);
-    ``input_name`` passes ``x`` by keyword (``input_name="inputs_embeds"``); ``output`` selects the scores from
-    what the model returns (default: the tensor itself, else its ``logits``).
+    ``details["embedding_relevance"]``; where the model embeds the ids rearranged (transposed, shifted behind a
+    start token), each token's relevance adds up its uses (:mod:`relprop._ids`). ``model_kwargs`` go with every
+    call of the model (``attention_mask``); ``input_name`` passes ``x`` by keyword
+    (``input_name="inputs_embeds"``); ``output`` selects the scores from what the model returns (default: the
+    tensor itself, else its ``logits``).
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
     >>> explanation = explain(model, torch.randn(5, 4), target=1, method="gradient_x_input")
@@ -293,17 +334,24 @@ def explain(
                           f"a method that draws at random, an integer); got {type(seed).__name__}")
     checked = False  # scores and relevance read finite already (then so are the weights checked after the run)
     try:
-        own = _own_scores(spec, model, x, classes, seed, options)
-        ran = None if own is None else own(call)
-        if ran is not None:  # the scores and classes of the method's own forward pass
-            result, targets, checked = ran
-            assert result.output is not None
-            scores = result.output
-        else:
-            forward, inputs, scores = _prepared(model, x, call)
-            check_batch(scores, len(x))
-            targets = _targets(classes, seed, scores)
-            result = _run(spec, forward, inputs, targets, seed, options)
+        for attempt in range(2):
+            try:
+                own = _own_scores(spec, model, x, classes, seed, options)
+                ran = None if own is None else own(call)
+                if ran is not None:  # the scores and classes of the method's own forward pass
+                    result, targets, checked = ran
+                    assert result.output is not None
+                    scores = result.output
+                else:
+                    forward, inputs, scores = _prepared(model, x, call)
+                    check_batch(scores, len(x))
+                    targets = _targets(classes, seed, scores)
+                    result = _run(spec, forward, inputs, targets, seed, options)
+                break
+            except _Rearranged:  # the model embeds rearranged ids: once more, following them (hooks all undone)
+                if attempt or model in _REARRANGING:
+                    raise
+                _REARRANGING.add(model)
     except Exception as error:
         try:
             validate.finite_weights(model)  # the weights checked after the run (relprop.validate) may be the cause

@@ -1714,12 +1714,18 @@ class FunctionalGuard(TorchFunctionMode):
         if getattr(rule, "constant_output", False):  # e.g. CP-LRP's softmax: the result leaves the path
             source = f"'{name}' at {ops.caller_location()} ({op!r}, rules.{type(rule).__name__})"
             self.constant_sites.append(source)
+            # an in-place op (d.rsqrt_()) runs out of place: in place, the path tensor would take the constant's
+            # value and stay on the path (a product with it then read as one of two path factors)
+            twin = ops.out_of_place(func, args, kwargs)
+            call_func, call_args, call_kwargs = twin if twin is not None else (func, args, kwargs)
             with torch.no_grad():
-                result = _tag_constant(func(*args, **kwargs), source)
+                result = _tag_constant(call_func(*call_args, **call_kwargs), source)
             if name in ("var_mean", "std_mean") and isinstance(args[0], Tensor):
                 # the spread is the statistic, held constant; the mean is a linear map of x, on the path with the
                 # mean's own rule (x - mean, as layer_norm centres), not a constant
                 return result[0], self._mean_of(args, kwargs)
+            if twin is not None and isinstance(args[0], Tensor) and isinstance(result, Tensor):
+                return _rebind(args[0], result, self._touched, ops.caller_location())  # the model's object holds it
             return result
         decompose = getattr(rule, "decompose", None)
         if decompose is not None:  # a composite function: its inner ops come through this guard again

@@ -82,9 +82,9 @@ SOFTMAX = _op("softmax", "softmax")
 # Attention written as one function: decomposed into its matmuls and softmax, which get their own rules
 ATTENTION = _op("attention", "scaled_dot_product_attention multi_head_attention_forward")
 # The statistics a hand-written normalisation divides by (RMSNorm: x * rsqrt(mean(x^2) + eps); ConvNeXt V2's global
-# response normalisation: x * (||x|| / mean ||x||))
+# response normalisation: x * (||x|| / mean ||x||); Nystromformer's 1 / max(sum(k)) * k^T)
 NORM_STATISTIC = _op("norm_statistic", "rsqrt rsqrt_ sqrt sqrt_ pow pow_ __pow__ square var std var_mean std_mean "
-                                       "norm linalg_vector_norm")
+                                       "norm linalg_vector_norm reciprocal reciprocal_ __rdiv__ __rtruediv__")
 # x ** n, n a positive integer (x.pow(2), torch.square, x ** 3.0): the product of n copies of x, so the uniform
 # product rule passes all of its relevance to x. The op guard tells it from the exponent (the names are
 # NORM_STATISTIC's, which takes every other power: x ** -0.5 in a hand-written norm)

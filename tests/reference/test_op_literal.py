@@ -579,6 +579,63 @@ def test_a_reciprocal_of_a_path_tensor_is_refused_with_the_divisor_held() -> Non
                  Setting(rules.Epsilon(epsilon=EPS), STAB, div=_HELD))
 
 
+class Reciprocal(Net):
+    """A normaliser written with a reciprocal or an in-place statistic: ``(1 / d) * q`` (Nystromformer's ``1 /
+    max(sum(k)) * k^T``), ``q * torch.reciprocal(d)``, ``d.reciprocal_()`` as a statement, ``q * d.rsqrt_()``, with
+    ``q = relu(la(x))`` and ``d = q.sum(-1) + 1``. The transformer presets hold the statistic constant, as they
+    hold a divisor: q takes all relevance. (The in-place forms ran in place under ``no_grad``: ``d`` stayed on the
+    path with the statistic's value, and the product split its relevance with it; on a ruled op's output autograd
+    raised.)"""
+
+    KINDS = ("rdiv", "reciprocal", "reciprocal-statement", "rsqrt-in-place")
+
+    def __init__(self, kind: str, bias: bool) -> None:
+        super().__init__()
+        self.kind = kind
+        self.la, self.head = nn.Linear(5, 6, bias=bias), nn.Linear(6, 3, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        q = F.relu(self.la(x))
+        d = q.sum(-1, keepdim=True) + 1.0
+        if self.kind == "rdiv":
+            n = (1 / d) * q
+        elif self.kind == "reciprocal":
+            n = q * torch.reciprocal(d)
+        elif self.kind == "reciprocal-statement":
+            d.reciprocal_()
+            n = q * d
+        else:
+            n = q * d.rsqrt_()
+        return self.head(n)  # type: ignore[no-any-return]
+
+    def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
+        q = relu(lin(self.la, x))
+        d = q.sum(-1, keepdim=True) + 1.0
+        n = q * d.rsqrt() if self.kind == "rsqrt-in-place" else q / d
+        relevance = back(self.head, n, start(lin(self.head, n), target), setting)
+        return back(self.la, x, relevance, setting)  # the statistic holds none; the ReLU passes it
+
+
+@pytest.mark.parametrize("kind", Reciprocal.KINDS)
+def test_a_reciprocal_statistic_is_held_constant_by_the_transformer_presets(kind: str) -> None:
+    """Twin to 1e-12 under attnlrp and cp_lrp; bias-free with every epsilon 1e-12 the relevance sums to the target
+    logit; the CNN presets refuse the statistic (they have no rule that holds it)."""
+    model = _build(Case(kind, lambda b: Reciprocal(kind, b), 5), bias=True)
+    x = _input(_case("residual"))
+    with torch.no_grad():
+        expected = model.literal(x, TARGET, Setting(rules.Epsilon(epsilon=EPS), 1e-6))  # type: ignore[operator]
+    for preset in ("attnlrp", "cp_lrp"):
+        explanation = relprop.explain(model, x, TARGET, method="lrp", preset=preset, epsilon=EPS)
+        assert max_relative_error(explanation.relevance, expected) <= TOLERANCE
+        assert torch.equal(explanation.output, model(x).detach())
+    free = _build(Case(kind, lambda b: Reciprocal(kind, b), 5), bias=False)
+    tiny = relprop.explain(free, x, TARGET, method="lrp", preset="attnlrp", epsilon=TINY, stabilizer=TINY)
+    logit = free(x).detach().gather(1, TARGET[:, None])[:, 0]
+    assert torch.allclose(tiny.relevance.sum(1), logit, rtol=1e-9, atol=0)
+    with pytest.raises(relprop.ExplanationError, match="NORM_STATISTIC"):
+        relprop.explain(model, x, TARGET, method="lrp", preset="epsilon")
+
+
 class BoundedGates(Net):
     """Gates written as formulas of bounded functions: GELU with erf (``u * 0.5 * (1 + erf(u / sqrt 2))``, ESM's),
     a GRU-style mix ``(1 - z) * g + z * v`` with ``z = sigmoid(.)``, and ``0.5 * (1 + tanh(.)) * v``. Each factor

@@ -116,7 +116,9 @@ class SignalTakeAll:
             if site.keys[0] not in (0, "input"):
                 raise ExplanationError(
                     f"{site!r} divides a constant by a tensor on the relevance path (a reciprocal), which leaves no "
-                    "numerator on the path to take the relevance; express it as a module with a rule of its own"
+                    "numerator on the path to take the relevance; if it is a normaliser's statistic that scales the "
+                    "path (1 / d * x), write torch.reciprocal(d) or 1 / d, which the transformer presets hold "
+                    "constant (ops.NORM_STATISTIC), else express it as a module with a rule of its own"
                 )
             return 0  # the numerator; the divisor is held constant
         if count == 1:

@@ -41,9 +41,9 @@ _MOVING = ops.ROUTE.names - {"sort", "topk", "tril", "triu"} | {"copy_", "detach
 # Operations whose result holds none of the ids' values (ids.new_zeros(...), torch.full_like(ids, 2)): constants
 _FRESH = ops.CONSTANT.names - {"detach"}
 _SEQUENCES = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"})
-# Where an op's data arguments are, other than its first (its values, moved; a filled value is a constant)
-_VALUE_AT = {"masked_fill": 2, "masked_fill_": 2, "__setitem__": 2, "pad": 3, "copy_": 1}
-_DATA_KEYS = frozenset({"input", "other", "value", "tensors", "src"})
+# Where an op's data arguments are, other than its first: the values it brings in (a filled number is a constant)
+_VALUE_AT = {**{name: at for name, ((at, _), _) in ops.NEW_VALUES.items() if name != "where"}, "copy_": 1}
+_DATA_KEYS = frozenset({"input", "other", "value", "tensors", "src", "source"})
 
 
 def _is_ids(value: Any) -> bool:

@@ -450,7 +450,7 @@ def _can_rebind(held: Any) -> bool:
             and not weakref.getweakrefcount(held))
 
 
-def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: str) -> Tensor:
+def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: str, reshaped: bool = False) -> Tensor:
     """What an in-place op on ``held`` that relprop computed out of place as ``value`` returns.
 
     The model goes on with the object it holds, ``held`` (``out.mul_(gain)`` whose result is dropped,
@@ -460,11 +460,12 @@ def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: st
     the tensor ``held`` is a view of (which the op would have changed too) are tagged stale: a later use of them
     (through another view) is refused. Where it cannot (a tensor subclass, no history), ``held`` is tagged stale and
     ``value`` returned, as before. ``touched``: the guard's list of tagged tensors (untagged on exit), None for no
-    tags."""
-    base = held._base
+    tags. ``reshaped``: an in-place view op (``h.unsqueeze_(1)``), which gives ``held`` another shape and changes no
+    values (so the tensor ``held`` is a view of stays valid)."""
+    base = None if reshaped else held._base
     stale: tuple[Tensor | None, ...]
-    if (_can_rebind(held) and type(value) is Tensor and value.shape == held.shape and value.dtype == held.dtype
-            and value.device == held.device and not weakref.getweakrefcount(value)):
+    if (_can_rebind(held) and type(value) is Tensor and (reshaped or value.shape == held.shape)
+            and value.dtype == held.dtype and value.device == held.device and not weakref.getweakrefcount(value)):
         assert _SWAP is not None
         _SWAP(held, value)
         held.__dict__, value.__dict__ = value.__dict__, held.__dict__  # the tags go with their values
@@ -685,26 +686,18 @@ def _bounds_of(tensor: Any) -> tuple[float, float] | None:
     return getattr(tensor, _BOUNDS, None) or ((0.0, 1.0) if getattr(tensor, _GATE, False) else None)
 
 
-# routing ops that bring in values of their own: where each takes them from ((position, keyword), default)
-_NEW_VALUES: dict[str, tuple[tuple[int, str], Any]] = {
-    **dict.fromkeys(("masked_fill", "masked_fill_"), ((2, "value"), None)),
-    **dict.fromkeys(("where",), ((2, "other"), None)),  # Tensor.where(self, condition, other)
-    **dict.fromkeys(("__setitem__",), ((2, "value"), None)),
-    **dict.fromkeys(("pad",), ((3, "value"), 0.0)),  # F.pad(input, pad, mode, value): constant mode only
-}
-
-
 def _bounds_after(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float] | None:
     """The range of the values of a routing op's result whose first argument is bounded (:func:`_bounds_of`): the
     same for a view, reshape, copy or selection; widened by a number or a bounded tensor that ``masked_fill``,
-    ``where``, ``x[i] = y`` or ``pad`` bring in; None where what they bring in is unknown."""
+    ``where``, ``x[i] = y``, ``pad``, ``index_fill`` or ``masked_scatter`` bring in (:data:`relprop.ops.NEW_VALUES`);
+    None where what they bring in is unknown."""
     if name == "where" and isinstance(args[0], Tensor) and args[0].dtype == torch.bool:
         # torch.where(condition, input, other): the input's range, widened by the other's
         args = (kwargs.get("input", args[1] if len(args) > 1 else None), args[0], *args[2:])
     bounds = _bounds_of(args[0])
-    if bounds is None or name not in _NEW_VALUES:
+    if bounds is None or name not in ops.NEW_VALUES:
         return bounds
-    (position, keyword), default = _NEW_VALUES[name]
+    (position, keyword), default = ops.NEW_VALUES[name]
     if name == "pad" and kwargs.get("mode", args[2] if len(args) > 2 else "constant") != "constant":
         return bounds  # reflect, replicate, circular: the input's own values
     value = kwargs.get(keyword, args[position] if len(args) > position else default)
@@ -1745,7 +1738,7 @@ class FunctionalGuard(TorchFunctionMode):
         call.gates = tuple(bool(getattr(t, _GATE, False)) for t in call.inputs())  # tags are gone by the backward
         result = self._apply(rule, call)
         if twin is not None and isinstance(args[0], Tensor):  # an in-place op, run out of place
-            return _rebind(args[0], result, self._touched, call.location)
+            return _rebind(args[0], result, self._touched, call.location, reshaped=name in ops.INPLACE_VIEWS)
         return result
 
     def _mean_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
@@ -1828,7 +1821,7 @@ class FunctionalGuard(TorchFunctionMode):
             # the op changes a copy, which the model's tensor object then holds (x[i] = y into attention scores)
             copy = mark_path(args[0].clone())
             result = func(copy, *args[1:], **kwargs)
-            changed = _rebind(args[0], copy, self._touched, ops.caller_location())
+            changed = _rebind(args[0], copy, self._touched, ops.caller_location(), reshaped=name in ops.INPLACE_VIEWS)
             result = changed if result is copy else result
         if ops.is_inplace_name(name) and isinstance(args[0], Tensor) and not getattr(args[0], _PATH, False):
             mark_path(args[0])  # x[i] = y: x now holds path values

@@ -96,7 +96,19 @@ ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permut
     split split_with_sizes tensor_split chunk unbind __getitem__ __setitem__ narrow select index_select gather
     take_along_dim flip fliplr flipud roll rot90 movedim moveaxis swapaxes swapdims to float double half bfloat16
     type type_as cpu cuda __get__ unfold pad pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
-    where masked_fill masked_fill_ topk sort diagonal tril triu""")
+    where masked_fill masked_fill_ topk sort diagonal tril triu index_fill index_fill_ masked_scatter masked_scatter_
+    unsqueeze_ squeeze_ t_ transpose_ swapdims_ swapaxes_""")
+# In-place routing ops that change the shape of the tensor they are called on, not its values
+INPLACE_VIEWS = frozenset({"unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_"})
+# Routing ops that bring in values of their own: where each takes them from ((position, keyword), default)
+NEW_VALUES: dict[str, tuple[tuple[int, str], Any]] = {
+    **dict.fromkeys(("masked_fill", "masked_fill_"), ((2, "value"), None)),
+    **dict.fromkeys(("where",), ((2, "other"), None)),  # Tensor.where(self, condition, other)
+    **dict.fromkeys(("__setitem__",), ((2, "value"), None)),
+    **dict.fromkeys(("pad",), ((3, "value"), 0.0)),  # F.pad(input, pad, mode, value): constant mode only
+    **dict.fromkeys(("index_fill", "index_fill_"), ((3, "value"), None)),  # x.index_fill(dim, index, value)
+    **dict.fromkeys(("masked_scatter", "masked_scatter_"), ((2, "source"), None)),  # x.masked_scatter(mask, source)
+}
 # Operations whose result is a constant (no relevance flows through it).
 CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_tensor zeros_like ones_like empty_like "
                            "full_like rand_like randn_like randint_like")

@@ -147,10 +147,22 @@ class _InPlace(nn.Module):
             else:
                 h += self.side(x)
             h = kept.relu()
+        elif self.form == "view":  # in-place view ops as statements: the shape changes, no value does
+            if self.written_out:
+                h = h.unsqueeze(1).transpose(1, 2).squeeze(2)
+            else:
+                h.unsqueeze_(1)
+                h.transpose_(1, 2)
+                h.squeeze_(2)
+        elif self.form == "index-fill":  # a constant written at some positions
+            if self.written_out:
+                h = torch.cat([h[:, :2], torch.zeros_like(h[:, 2:3]), h[:, 3:]], dim=1)
+            else:
+                h.index_fill_(1, torch.tensor([2]), 0.0)
         return self.out(h)
 
 
-_FORMS = ["bare", "alias", "functional", "module", "setitem", "residual"]
+_FORMS = ["bare", "alias", "functional", "module", "setitem", "residual", "view", "index-fill"]
 
 
 @pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "attnlrp"])
@@ -390,6 +402,10 @@ class _FilledGate(nn.Module):
         "setitem--3": lambda g: g.__setitem__((slice(None), 0), -3.0) or g,
         "torch.where-0": lambda g: torch.where(g > 0.3, g, 0.0),
         "torch.where-path": lambda g: torch.where(g > 0.3, g, g - 1.0),
+        "index_fill-0": lambda g: g.index_fill(1, torch.tensor([0, 2]), 0.0),
+        "index_fill--1": lambda g: g.index_fill(1, torch.tensor([0, 2]), -1.0),
+        "masked_scatter-gate": lambda g: g.masked_scatter(g > 0.5, g.flip(1)),
+        "masked_scatter-path": lambda g: g.masked_scatter(g > 0.5, g - 1.0),
     }
 
     def __init__(self, fill: str) -> None:
@@ -405,12 +421,14 @@ class _FilledGate(nn.Module):
 @pytest.mark.parametrize(("fill", "gate"), [
     ("view", True), ("masked_fill-0", True), ("masked_fill--1", False), ("masked_fill-2", True),
     ("where-0.5", True), ("where-path", False), ("pad-0", True), ("pad--1", False), ("setitem--3", False),
-    ("torch.where-0", True), ("torch.where-path", False),
+    ("torch.where-0", True), ("torch.where-path", False), ("index_fill-0", True), ("index_fill--1", False),
+    ("masked_scatter-gate", True), ("masked_scatter-path", False),
 ])
 def test_a_gate_stays_one_only_while_its_values_cannot_be_negative(fill: str, gate: bool) -> None:
     """A routing op keeps a gate's range; one that brings in a value widens it (``masked_fill``, ``where``, ``pad``,
-    ``x[i] = v``), and a factor that can then be negative is a signal, whose product with another signal the CNN
-    presets refuse. The gate tag passed through masked_fill unchanged before (a factor filled with -1 was a gate)."""
+    ``x[i] = v``, ``index_fill``, ``masked_scatter``), and a factor that can then be negative is a signal, whose
+    product with another signal the CNN presets refuse. The gate tag passed through masked_fill unchanged before (a
+    factor filled with -1 was a gate)."""
     torch.manual_seed(0)
     model = _FilledGate(fill).double().eval()
     if gate:

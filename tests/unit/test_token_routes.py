@@ -46,8 +46,11 @@ def _changed_view(ids: Tensor) -> Tensor:
     (lambda ids: ids + 1, [[X, X, X], [X, X, X]]),
     (lambda ids: torch.cat([torch.full_like(ids[:, :1], 2), ids.detach()[:, 1:]], 1), [[C, 1, 2], [C, 4, 5]]),
     (lambda ids: ids.clone()[:, :2].fill_(4), [[C, C], [C, C]]),
+    (lambda ids: ids.index_fill(1, torch.tensor([0]), 3), [[C, 1, 2], [C, 4, 5]]),
+    (lambda ids: ids.clone().t_(), [[0, 3], [1, 4], [2, 5]]),
 ], ids=["transposed", "shifted", "where", "tensor-where", "pad", "casts-flip", "gather", "cat-constant",
-        "split-expand", "view-changed-in-place", "cumsum", "plus-one", "full-like-detach", "filled"])
+        "split-expand", "view-changed-in-place", "cumsum", "plus-one", "full-like-detach", "filled", "index-fill",
+        "transposed-in-place"])
 def test_position_maps_follow_the_ids(form: Callable[[Tensor], Tensor], expected: list[list[int]]) -> None:
     with IdRoutes(IDS) as routes:
         result = form(IDS)

@@ -184,7 +184,9 @@ def _embedded_at(module: nn.Module, positions: Tensor | None, z: Tensor, output:
         raise ExplanationError(
             f"the embedding {module} embeds neither the model's input ids nor a rearrangement of them; relprop "
             "explains integer inputs through the token embedding applied to them (followed through indexing, "
-            "transposes, reshapes, cat, masked_fill, torch.where and copies)")
+            "transposes, reshapes, cat, masked_fill, torch.where and copies). Ids passed another way are not the "
+            "explained input: pass their embeddings instead (decoder_inputs_embeds=embedding(decoder_input_ids) "
+            "in model_kwargs for a Hugging Face encoder-decoder), which then count as constants")
     if bool((positions == CHANGED).any()):
         raise ExplanationError(
             f"the embedding {module} embeds ids that the model computed from its input ids by an operation that "

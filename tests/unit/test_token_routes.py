@@ -205,6 +205,30 @@ def test_bart_ids_equal_its_encoder_and_decoder_embeds(preset: str) -> None:
     assert by_ids.relevance.abs().sum() > 0
 
 
+def test_decoder_ids_passed_by_keyword_are_refused_and_their_embeddings_explain() -> None:
+    """Decoder ids given in model_kwargs are not the explained input: refused, with what to pass instead; given as
+    decoder_inputs_embeds they are constants, and the relevance is the encoder tokens'."""
+    torch.manual_seed(0)
+    config = transformers.BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
+                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                     decoder_ffn_dim=32, max_position_embeddings=32)
+    model = transformers.BartModel(config).double().eval()
+    ids = torch.randint(4, 40, (2, 6), generator=torch.Generator().manual_seed(1))
+    decoder_ids = torch.randint(4, 40, (2, 3), generator=torch.Generator().manual_seed(2))
+
+    def output(out: object) -> Tensor:
+        return out.last_hidden_state[:, -1, :3]  # type: ignore[attr-defined, no-any-return]
+
+    with pytest.raises(relprop.ExplanationError, match="decoder_inputs_embeds=embedding"):
+        relprop.explain(model, ids, 0, method="lrp", preset="cp_lrp", output=output,
+                        model_kwargs={"decoder_input_ids": decoder_ids})
+    embeds = model.get_input_embeddings()(decoder_ids).detach()
+    explanation = relprop.explain(model, ids, 0, method="lrp", preset="cp_lrp", output=output,
+                                  model_kwargs={"decoder_inputs_embeds": embeds})
+    assert torch.equal(explanation.output, output(model(ids, decoder_inputs_embeds=embeds)).detach())
+    assert explanation.relevance.shape == ids.shape and explanation.relevance.abs().sum() > 0
+
+
 def test_xlnet_time_major_ids_equal_its_inputs_embeds() -> None:
     torch.manual_seed(0)
     config = transformers.XLNetConfig(vocab_size=40, d_model=16, n_layer=2, n_head=2, d_inner=32, num_labels=3)

@@ -112,7 +112,7 @@ def _base_entries(stabilizer: float) -> list[tuple[Selector, Rule]]:
         ((ops.ACTIVATION, ops.DROPOUT, ops.NORMALIZE), rules.Pass()),  # normalize: the norm held constant
         (ops.ROUTE, rules.Route()),
         (ops.BATCH_NORM, rules.Epsilon(epsilon=stabilizer)),
-        ((ops.LAYER_NORM, ops.GROUP_NORM, ops.RMS_NORM), rules.DetachedNorm(stabilizer)),
+        ((ops.LAYER_NORM, ops.GROUP_NORM, ops.INSTANCE_NORM, ops.RMS_NORM), rules.DetachedNorm(stabilizer)),
     ]
 
 

@@ -29,8 +29,8 @@ from .errors import ExplanationError
 
 __all__ = [
     "Op", "OpCall", "lookup", "ALL", "ADD", "SUB", "MUL", "DIV", "SUM", "MEAN", "AVG_POOL", "MAX", "INTERPOLATE",
-    "ACTIVATION", "BATCH_NORM", "LAYER_NORM", "GROUP_NORM", "RMS_NORM", "DROPOUT", "ROUTE", "CONSTANT", "MATMUL",
-    "SOFTMAX", "ATTENTION", "NORM_STATISTIC", "NORMALIZE", "ADDCMUL",
+    "ACTIVATION", "BATCH_NORM", "LAYER_NORM", "GROUP_NORM", "INSTANCE_NORM", "RMS_NORM", "DROPOUT", "ROUTE",
+    "CONSTANT", "MATMUL", "SOFTMAX", "ATTENTION", "NORM_STATISTIC", "NORMALIZE", "ADDCMUL",
 ]
 
 
@@ -70,6 +70,7 @@ ACTIVATION = _op("activation", "relu relu_ relu6 hardtanh hardtanh_ hardswish ha
 BATCH_NORM = _op("batch_norm", "batch_norm")
 LAYER_NORM = _op("layer_norm", "layer_norm")
 GROUP_NORM = _op("group_norm", "group_norm")
+INSTANCE_NORM = _op("instance_norm", "instance_norm")  # nn.InstanceNormNd: a group norm with a group per channel
 RMS_NORM = _op("rms_norm", "rms_norm")
 NORMALIZE = _op("normalize", "normalize")  # x / max(||x||, eps): Swin V2's cosine attention
 DROPOUT = _op("dropout", "dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout alpha_dropout_ "
@@ -117,8 +118,8 @@ CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_ten
 # one factor on the path: a sum whose terms each take their share
 ADDCMUL = _op("addcmul", "addcmul")
 ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE, ACTIVATION, BATCH_NORM, LAYER_NORM,
-                       GROUP_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION, NORM_STATISTIC,
-                       NORMALIZE, ADDCMUL, POWER)
+                       GROUP_NORM, INSTANCE_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION,
+                       NORM_STATISTIC, NORMALIZE, ADDCMUL, POWER)
 _BY_NAME = {name: op for op in ALL for name in op.names}
 # Bounded functions and the range of their output. A bounded output, or a constant affine map of one (``1 + erf(u)``,
 # ``0.5 * (1 + tanh(u))``, ``1 - sigmoid(u)``), that cannot be negative is a gate: a factor that scales the signal

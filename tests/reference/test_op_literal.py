@@ -668,7 +668,7 @@ class BoundedGates(Net):
 
 # ------------------------------------------------------------------------------------------------ DetachedNorm
 class Norm(Net):
-    """A layer, group or RMS norm (functional or module) of the input itself."""
+    """A layer, group, instance or RMS norm (functional or module) of the input itself."""
 
     KINDS = {  # kind: (one input's shape, normalised block size or groups)
         "F.layer_norm": ((2, 6), 6),
@@ -676,6 +676,8 @@ class Norm(Net):
         "nn.LayerNorm": ((2, 6), 6),
         "F.group_norm": ((4, 3, 2), 2),
         "nn.GroupNorm": ((4, 3, 2), 2),
+        "nn.InstanceNorm2d": ((4, 3, 2), 4),  # a group per channel
+        "nn.InstanceNorm2d-running": ((4, 3, 2), 4),  # track_running_stats in eval mode: a diagonal affine map
         "nn.RMSNorm": ((2, 6), 6),
         "F.rms_norm": ((2, 6), 12),
     }
@@ -701,6 +703,8 @@ class Norm(Net):
             self.norm = nn.LayerNorm(6, eps=1e-4, bias=bias)
         elif kind == "nn.GroupNorm":
             self.norm = nn.GroupNorm(2, 4, eps=1e-3)  # its bias is drawn zero for the bias-free variant
+        elif kind.startswith("nn.InstanceNorm2d"):
+            self.norm = nn.InstanceNorm2d(4, eps=1e-3, affine=True, track_running_stats=kind.endswith("running"))
         else:
             self.norm = nn.RMSNorm(6)  # eps=None: the dtype's machine epsilon
 
@@ -733,10 +737,16 @@ class Norm(Net):
     def literal(self, x: Tensor, target: Tensor, setting: Setting) -> Tensor:
         weight, bias = self._affine()
         numel = math.prod(self.shape)
-        if "group" in self.kind.lower():
+        per_channel = numel // self.shape[0]
+        if self.kind == "nn.InstanceNorm2d-running":  # (x - mean) / sqrt(var + eps) * w + b, per channel
+            assert self.norm is not None and weight is not None and bias is not None
+            scale, shift = op_literal.batch_norm_affine(self.norm.running_mean, self.norm.running_var, weight, bias,
+                                                        self.eps())
+            jacobians = [torch.diag(scale.repeat_interleave(per_channel)) for _ in range(len(x))]
+            flat_bias = shift.repeat_interleave(per_channel)
+        elif "group" in self.kind.lower() or "instance" in self.kind.lower():
             jacobians = [op_literal.group_norm_jacobian(x[b], self.shape, self.size, weight, self.eps())
                          for b in range(len(x))]
-            per_channel = numel // self.shape[0]
             flat_bias = None if bias is None else torch.stack([bias[i // per_channel] for i in range(numel)])
         else:
             flat_weight = None if weight is None else weight.reshape(-1)
@@ -1067,8 +1077,8 @@ def _build(case: Case, bias: bool, seed: int = 0) -> nn.Module:
                 param.copy_(draw(*param.shape) / param[0].numel() ** 0.5)
             else:
                 param.copy_(draw(*param.shape))  # norm weights, layer scales: signed
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        for module in model.modules():  # batch norms, instance norms with running statistics
+            if isinstance(module, nn.modules.batchnorm._NormBase) and module.running_mean is not None:
                 module.running_mean.copy_(0.5 * draw(module.num_features) if bias else torch.zeros(module.num_features))
                 module.running_var.copy_(0.5 + torch.rand(module.num_features, generator=generator,
                                                           dtype=torch.float64))

@@ -28,7 +28,8 @@ __all__ = ["DetachedNorm"]
 
 @dataclass(frozen=True)
 class DetachedNorm:
-    """Epsilon-LRP through ``layer_norm``, ``group_norm`` or ``rms_norm`` with the scale ``1 / sigma`` held constant.
+    """Epsilon-LRP through ``layer_norm``, ``group_norm``, ``instance_norm`` or ``rms_norm`` with the scale
+    ``1 / sigma`` held constant (an ``instance_norm`` with running statistics is a diagonal affine map: epsilon on it).
 
     >>> import torch.nn.functional as F
     >>> from relprop import ops
@@ -45,10 +46,11 @@ class DetachedNorm:
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
-        if not isinstance(site, OpCall) or site.op not in (ops.LAYER_NORM, ops.GROUP_NORM, ops.RMS_NORM):
+        if not isinstance(site, OpCall) or site.op not in (ops.LAYER_NORM, ops.GROUP_NORM, ops.INSTANCE_NORM,
+                                                           ops.RMS_NORM):
             raise ExplanationError(
-                f"DetachedNorm explains layer_norm, group_norm and rms_norm calls, not {site!r}; norm modules need "
-                "no rule of their own (their functional call gets this one)"
+                f"DetachedNorm explains layer_norm, group_norm, instance_norm and rms_norm calls, not {site!r}; norm "
+                "modules need no rule of their own (their functional call gets this one)"
             )
         if len(inputs) != 1:
             raise ExplanationError(f"DetachedNorm needs the normalised tensor alone on the relevance path: {site!r}")
@@ -56,8 +58,14 @@ class DetachedNorm:
         g = relevance_out / stabilize(output, self.epsilon)
         weight = site.argument("weight")
         eps = site.argument("eps")
-        if site.op is ops.GROUP_NORM:
-            groups = int(site.argument("num_groups"))
+        if site.op is ops.INSTANCE_NORM and not site.argument("use_input_stats"):
+            # running statistics (track_running_stats, eval mode): a diagonal affine map, as a batch norm in eval
+            scale = (site.argument("running_var").detach() + eps).rsqrt()
+            if weight is not None:
+                scale = scale * weight.detach()
+            return (x * g * scale.reshape((1, -1) + (1,) * (x.dim() - 2)),)
+        if site.op in (ops.GROUP_NORM, ops.INSTANCE_NORM):  # instance_norm: a group per channel
+            groups = int(site.argument("num_groups")) if site.op is ops.GROUP_NORM else x.shape[1]
             if weight is not None:
                 g = g * weight.detach().reshape((1, -1) + (1,) * (x.dim() - 2))
             grouped = x.reshape(x.shape[0], groups, -1)  # (batch, groups, channels per group * spatial)

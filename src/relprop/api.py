@@ -211,9 +211,12 @@ def _tied(model: nn.Module, embedding: nn.Module) -> tuple[nn.Module, ...]:
 def _find_embedding(model: nn.Module) -> nn.Module:
     """The token embedding: ``model.get_input_embeddings()`` (Hugging Face), else the model's one nn.Embedding."""
     getter = getattr(model, "get_input_embeddings", None)
-    if callable(getter) and isinstance(getter(), nn.Module):
-        embedding: nn.Module = getter()
-        return embedding
+    try:
+        found = getter() if callable(getter) else None
+    except NotImplementedError:  # a Hugging Face model without one (CANINE hashes characters into several)
+        found = None
+    if isinstance(found, nn.Module):
+        return found
     embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     if len(embeddings) != 1:
         raise ExplanationError(
@@ -416,6 +419,11 @@ def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: boo
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():
             inputs = embedding(x)
+        if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
+            raise ExplanationError(
+                f"the token embedding {type(embedding).__name__} returns {type(inputs).__name__}, not a tensor of "
+                "embedding vectors (a quantised embedding returns its scale too); pass the embedded sequence "
+                "instead: x = the embeddings, with input_name='inputs_embeds' for a Hugging Face model")
         return _Call(model, embedding=embedding, ids=x, **call), inputs
     if wrap or any(v is not None for v in call.values()):
         return _Call(model, batch=len(x), **call), x

@@ -1577,6 +1577,38 @@ def ops_by_name(op_rules: Mapping[Op, Rule]) -> dict[str, Op]:
     return by_name
 
 
+def _operands_unpacked(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                       ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """``torch.einsum(equation, [a, b])``, the old interface, as ``torch.einsum(equation, a, b)``: the operands
+    where the rule sees them (CvT's attention)."""
+    if len(args) == 2 and isinstance(args[1], (list, tuple)):
+        return func, (args[0], *args[1]), kwargs
+    return func, args, kwargs
+
+
+def _templated(target: Any, attributes: Callable[[Tensor], dict[str, Any]]) -> Callable[..., Any]:
+    """``x.type_as(t)``, ``x.view_as(t)`` ... as the op on ``x`` alone (``x.to(dtype=t.dtype, ...)``): ``t`` lends
+    its dtype or shape, not its values, so it is no operand (a constant's template, or a path tensor as a constant's
+    template, would otherwise read as an operand of the op)."""
+
+    def rewrite(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+        if len(args) != 2 or kwargs or not isinstance(args[1], Tensor):
+            return func, args, kwargs
+        return target, (args[0],), attributes(args[1])
+
+    return rewrite
+
+
+_REWRITES: dict[Any, Callable[..., tuple[Any, tuple[Any, ...], dict[str, Any]]]] = {
+    torch.functional.einsum: _operands_unpacked,
+    Tensor.type_as: _templated(Tensor.to, lambda t: {"dtype": t.dtype, "device": t.device}),
+    Tensor.view_as: _templated(Tensor.view, lambda t: {"size": t.shape}),
+    Tensor.reshape_as: _templated(Tensor.reshape, lambda t: {"shape": t.shape}),
+    Tensor.expand_as: _templated(Tensor.expand, lambda t: {"size": t.shape}),
+}
+
+
 class FunctionalGuard(TorchFunctionMode):
     """Gives every functional operation on the relevance path outside ruled modules its rule, before it runs.
 
@@ -1658,6 +1690,9 @@ class FunctionalGuard(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.depth:
             return func(*args, **kwargs)
+        rewrite = _REWRITES.get(func)
+        if rewrite is not None:
+            func, args, kwargs = rewrite(func, args, kwargs)
         if not (on_path(args) or (kwargs and on_path(kwargs.values()))):
             if self.constant_sites:  # a constant computed from the path stays one (var + eps)
                 source = _constant_source(args) or (_constant_source(kwargs.values()) if kwargs else None)
@@ -1733,7 +1768,7 @@ class FunctionalGuard(TorchFunctionMode):
         if len(keys) == 0:
             raise self._error(name, op, "its relevance-path tensors sit inside a list, where this op's rule cannot "
                                         "see them", fix="pass them as separate arguments where the function takes "
-                                        "them so (torch.einsum(equation, a, b), not torch.einsum(equation, [a, b]))")
+                                        "them so (f(a, b), not f([a, b])), or give the op a rule that reads the list")
         call = OpCall(op, call_func, call_args, call_kwargs, keys, ops.caller_location())
         call.gates = tuple(bool(getattr(t, _GATE, False)) for t in call.inputs())  # tags are gone by the backward
         result = self._apply(rule, call)

@@ -507,3 +507,46 @@ def test_a_batch_norm_merges_with_its_layer_as_it_ran_when_the_layers_input_chan
     explanation = relprop.explain(model, x, 0, method="lrp", preset=preset)
     assert torch.equal(explanation.relevance, relprop.explain(written_out, x, 0, method="lrp", preset=preset).relevance)
     assert torch.equal(explanation.output, model(x).detach())
+
+
+class _Attention(nn.Module):
+    """Self-attention over 4 tokens written with the old einsum interface (operands in a list, CvT's) or with a
+    template op on the softmax output (``softmax(s.float()).type_as(s)``, XLM's), or plainly (``plain``)."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.q, self.k, self.v = (nn.Linear(6, 6) for _ in range(3))
+        self.out = nn.Linear(24, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x.view(-1, 4, 6)
+        q, k, v = self.q(h), self.k(h), self.v(h)
+        if self.form == "einsum-list":
+            scores = torch.einsum("bik,bjk->bij", [q, k])
+        else:
+            scores = torch.einsum("bik,bjk->bij", q, k)
+        weights = scores.softmax(-1)
+        if self.form == "templates":
+            weights = weights.type_as(scores).view_as(scores).reshape_as(scores).expand_as(scores)
+        context = torch.einsum("bij,bjk->bik", [weights, v]) if self.form == "einsum-list" else weights @ v
+        return self.out(context.flatten(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+@pytest.mark.parametrize("form", ["einsum-list", "templates"])
+def test_einsum_operands_in_a_list_and_template_ops_explain_as_the_plain_forms(form: str, preset: str) -> None:
+    """``torch.einsum(eq, [a, b])`` was refused (the operands in a list, where no rule saw them), and under cp_lrp
+    ``weights.type_as(scores)`` (the weights a constant, the scores lending their dtype) read as an op joining a
+    constant to the path. The operands are unpacked and a template lends only its dtype or shape: bit for bit the
+    plain forms."""
+    torch.manual_seed(0)
+    model = _Attention(form).double().eval()
+    plain = _Attention("plain").double().eval()
+    plain.load_state_dict(model.state_dict())
+    x = torch.randn(2, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    explanation = relprop.explain(model, x, 0, method="lrp", preset=preset)
+    expected = relprop.explain(plain, x, 0, method="lrp", preset=preset)
+    assert torch.equal(explanation.output, model(x).detach())
+    assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-12, atol=1e-15)
+    assert explanation.relevance.abs().sum() > 0

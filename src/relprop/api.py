@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
@@ -123,20 +124,28 @@ class _Call(nn.Module):
         owner = threading.get_ident()
         routes = IdRoutes(ids) if self._model in _REARRANGING else None  # only where needed: it sees every op
 
-        def replace(module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+        def replace(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor
+                    ) -> Tensor | None:
             if threading.get_ident() != owner:  # another thread's plain forward pass of the model
                 return None
             embedded = args[0] if args and isinstance(args[0], Tensor) else None
             positions = None if embedded is None or routes is None else routes.positions(embedded)
+            bag = isinstance(module, nn.EmbeddingBag)
             if embedded is ids or positions is None and embedded is not None and embedded.shape == ids.shape \
                     and torch.equal(embedded, ids):
                 seen.append(True)
-                return z.reshape(output.shape)
-            if routes is None:
+                vectors = z.reshape(*ids.shape, -1) if bag else z.reshape(output.shape)
+            elif routes is None:
                 raise _Rearranged(f"{module} embeds other ids than the input's: explain again, following them")
-            return _embedded_at(module, positions, z.reshape(ids.numel(), -1), output, seen)
+            else:
+                token_output = _token_vectors(module, embedded) if bag and embedded is not None else output
+                vectors = _embedded_at(module, positions, z.reshape(ids.numel(), -1), token_output, seen)
+            if bag:
+                assert embedded is not None and isinstance(module, nn.EmbeddingBag)
+                return _bag(module, embedded, vectors, args, kwargs)
+            return vectors
 
-        handles = [embedding.register_forward_hook(replace) for embedding in self._embeddings]
+        handles = [embedding.register_forward_hook(replace, with_kwargs=True) for embedding in self._embeddings]
         try:
             with routes if routes is not None else contextlib.nullcontext():
                 result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name \
@@ -209,7 +218,8 @@ def _tied(model: nn.Module, embedding: nn.Module) -> tuple[nn.Module, ...]:
 
 
 def _find_embedding(model: nn.Module) -> nn.Module:
-    """The token embedding: ``model.get_input_embeddings()`` (Hugging Face), else the model's one nn.Embedding."""
+    """The token embedding: ``model.get_input_embeddings()`` (Hugging Face), else the model's one nn.Embedding or
+    nn.EmbeddingBag."""
     getter = getattr(model, "get_input_embeddings", None)
     try:
         found = getter() if callable(getter) else None
@@ -217,13 +227,41 @@ def _find_embedding(model: nn.Module) -> nn.Module:
         found = None
     if isinstance(found, nn.Module):
         return found
-    embeddings = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    embeddings = [m for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
     if len(embeddings) != 1:
         raise ExplanationError(
             f"integer inputs are explained through the model's token embedding, but the model has {len(embeddings)} "
-            "nn.Embedding modules and no get_input_embeddings(); pass float inputs (the embedded sequence) instead"
+            "nn.Embedding (or nn.EmbeddingBag) modules and no get_input_embeddings(); pass float inputs (the "
+            "embedded sequence) instead"
         )
     return embeddings[0]
+
+
+def _token_vectors(embedding: nn.Module, ids: Tensor) -> Any:
+    """The embedding vector of each token: the embedding's output, or for an ``nn.EmbeddingBag`` (which reduces
+    them per bag) its rows looked up one per token."""
+    if isinstance(embedding, nn.EmbeddingBag):
+        return F.embedding(ids, embedding.weight, embedding.padding_idx)
+    return embedding(ids)
+
+
+def _bag(bag: nn.EmbeddingBag, ids: Tensor, vectors: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]
+         ) -> Tensor:
+    """What ``bag(ids, ...)`` returns, computed from the token vectors ``vectors`` (batch, tokens, dim) by ops that
+    have rules: each row of ``ids`` one bag, padding left out, reduced by the bag's mode."""
+    offsets = kwargs.get("offsets", args[1] if len(args) > 1 else None)
+    weights = kwargs.get("per_sample_weights", args[2] if len(args) > 2 else None)
+    if offsets is not None or ids.dim() != 2 or bag.max_norm is not None:
+        raise ExplanationError(
+            f"{bag} is called with offsets, on {ids.dim()}-D ids or with max_norm; relprop explains an EmbeddingBag "
+            "on a 2-D batch of ids, one bag per row (padded with padding_idx), without max_norm")
+    keep = torch.ones_like(ids, dtype=torch.bool) if bag.padding_idx is None else ids != bag.padding_idx
+    if bag.mode == "max":
+        taken = vectors.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(1)
+        return torch.where(keep.any(1, keepdim=True), taken, torch.zeros_like(taken))  # an empty bag: zeros
+    scale = keep.to(vectors.dtype) if weights is None else keep.to(vectors.dtype) * weights
+    summed = (vectors * scale.unsqueeze(-1)).sum(1)
+    return summed if bag.mode == "sum" else summed / keep.sum(1, keepdim=True).clamp(min=1).to(vectors.dtype)
 
 
 def _check_input(x: Any) -> None:
@@ -307,7 +345,7 @@ def explain(
     ``layers=["features.10"]`` (LRP, gradient x input, IG) for the relevance at those modules' outputs
     (``layer_at="input"``: inputs) in ``Explanation.layers``. Integer ``x``
     (token ids) is explained through the model's token embedding (``get_input_embeddings()`` of a Hugging Face
-    model, else its one ``nn.Embedding``): relevance per token, and per embedding dimension in
+    model, else its one ``nn.Embedding`` or ``nn.EmbeddingBag``): relevance per token, and per embedding dimension in
     ``details["embedding_relevance"]``; where the model embeds the ids rearranged (transposed, shifted behind a
     start token), each token's relevance adds up its uses (:mod:`relprop._ids`). ``model_kwargs`` go with every
     call of the model (``attention_mask``); ``input_name`` passes ``x`` by keyword
@@ -418,7 +456,7 @@ def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: boo
     if not x.is_floating_point():
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():
-            inputs = embedding(x)
+            inputs = _token_vectors(embedding, x)
         if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
             raise ExplanationError(
                 f"the token embedding {type(embedding).__name__} returns {type(inputs).__name__}, not a tensor of "

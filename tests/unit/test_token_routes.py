@@ -240,3 +240,89 @@ def test_xlnet_time_major_ids_equal_its_inputs_embeds() -> None:
                                 input_name="inputs_embeds", **OPTIONS)
     assert torch.allclose(by_ids.details["embedding_relevance"], by_embeds.relevance, rtol=1e-9, atol=1e-12)
     assert by_ids.relevance.shape == ids.shape and by_ids.relevance.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- nn.EmbeddingBag
+
+class _Bag(nn.Module):
+    """nn.EmbeddingBag (one bag per row, padding 0) -> Linear, as PyTorch's text classification tutorial builds
+    it; or (``twin``) the same written with nn.Embedding and the reduction spelled out."""
+
+    def __init__(self, mode: str, twin: bool = False, weighted: bool = False) -> None:
+        super().__init__()
+        self.mode, self.twin, self.weighted = mode, twin, weighted
+        self.embedding: nn.Module = nn.Embedding(12, 5, padding_idx=0) if twin else \
+            nn.EmbeddingBag(12, 5, mode=mode, padding_idx=0)
+        self.out = nn.Linear(5, 3, bias=False)
+        self.register_buffer("weights", torch.linspace(0.5, 1.5, 4, dtype=torch.float64).expand(2, 4).clone())
+
+    def forward(self, ids: Tensor) -> Tensor:
+        weights = self.weights if self.weighted else None
+        if not self.twin:
+            return self.out(self.embedding(ids, per_sample_weights=weights))  # type: ignore[no-any-return]
+        vectors = self.embedding(ids)
+        keep = (ids != 0).to(vectors.dtype)
+        if self.mode == "max":
+            reduced = vectors.masked_fill(keep.unsqueeze(-1) == 0, float("-inf")).amax(1)
+        else:
+            scale = keep if weights is None else keep * weights
+            reduced = (vectors * scale.unsqueeze(-1)).sum(1)
+            if self.mode == "mean":
+                reduced = reduced / keep.sum(1, keepdim=True)
+        return self.out(reduced)  # type: ignore[no-any-return]
+
+
+BAGS = torch.tensor([[3, 5, 0, 7], [11, 2, 2, 0]])
+
+
+@pytest.mark.parametrize(("mode", "weighted"), [("mean", False), ("sum", False), ("sum", True), ("max", False)])
+@pytest.mark.parametrize("method", ["lrp", "gradient_x_input"])
+def test_an_embedding_bag_explains_per_token_as_its_reduction_written_out(mode: str, weighted: bool,
+                                                                            method: str) -> None:
+    """Each token's relevance is that of its row of the bag's weight; padding gets none; bit for bit the model
+    written with nn.Embedding and the reduction spelled out (no biases: LRP conserves in mean and sum mode)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _Bag(mode, weighted=weighted).double().eval()
+    twin = _Bag(mode, twin=True, weighted=weighted).double().eval()
+    twin.load_state_dict(model.state_dict())
+    explanation = relprop.explain(model, BAGS, 1, method=method)
+    expected = relprop.explain(twin, BAGS, 1, method=method)
+    assert torch.equal(explanation.output, model(BAGS).detach())
+    assert torch.allclose(explanation.output, twin(BAGS).detach(), rtol=1e-12, atol=1e-15)
+    assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-12, atol=1e-15)
+    assert bool((explanation.relevance[BAGS == 0] == 0).all()) and explanation.relevance.abs().sum() > 0
+    if method == "lrp" and mode != "max":
+        tiny = relprop.explain(model, BAGS, 1, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+        assert torch.allclose(tiny.relevance.sum(1), tiny.score, rtol=1e-9, atol=0)
+
+
+def test_an_embedding_bag_with_offsets_is_refused() -> None:
+    class Offsets(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bag, self.out = nn.EmbeddingBag(12, 5), nn.Linear(5, 3)
+
+        def forward(self, ids: Tensor) -> Tensor:
+            return self.out(self.bag(ids.flatten(), torch.arange(0, ids.numel(), ids.shape[1])))  # type: ignore
+
+    with pytest.raises(relprop.ExplanationError, match="one bag per row"):
+        relprop.explain(Offsets().eval(), BAGS)
+
+
+def test_an_embedding_bag_of_rearranged_ids_takes_their_tokens() -> None:
+    """A bag of the ids reversed holds the same tokens (a mean does not see their order): the same relevance."""
+
+    class Flipped(_Bag):
+        def forward(self, ids: Tensor) -> Tensor:
+            return super().forward(ids.flip(1))
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = _Bag("mean").double().eval()
+    flipped = Flipped("mean").double().eval()
+    flipped.load_state_dict(model.state_dict())
+    explanation = relprop.explain(flipped, BAGS, 1, method="lrp")
+    expected = relprop.explain(model, BAGS, 1, method="lrp")
+    assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-12, atol=1e-15)
+    assert flipped in api._REARRANGING

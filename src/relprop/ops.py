@@ -72,7 +72,9 @@ LAYER_NORM = _op("layer_norm", "layer_norm")
 GROUP_NORM = _op("group_norm", "group_norm")
 INSTANCE_NORM = _op("instance_norm", "instance_norm")  # nn.InstanceNormNd: a group norm with a group per channel
 RMS_NORM = _op("rms_norm", "rms_norm")
-NORMALIZE = _op("normalize", "normalize")  # x / max(||x||, eps): Swin V2's cosine attention
+# x / max(||x||, eps) (Swin V2's cosine attention); x / (k + alpha * mean of x^2 over nearby channels)^beta (local
+# response normalisation, AlexNet's era): a division by a statistic, held constant
+NORMALIZE = _op("normalize", "normalize local_response_norm")
 DROPOUT = _op("dropout", "dropout dropout_ dropout1d dropout2d dropout3d alpha_dropout alpha_dropout_ "
                          "feature_alpha_dropout feature_alpha_dropout_")
 # Products of matrices (q k^T, attention @ v) and linear maps written as functions (F.linear(x, w), x @ w,

@@ -550,3 +550,39 @@ def test_einsum_operands_in_a_list_and_template_ops_explain_as_the_plain_forms(f
     assert torch.equal(explanation.output, model(x).detach())
     assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-12, atol=1e-15)
     assert explanation.relevance.abs().sum() > 0
+
+
+class _ResponseNormalised(nn.Module):
+    """Conv1d -> ReLU -> local response normalisation -> Linear, no biases; or (``twin``) the normalisation written
+    out, ``h / d`` with the denominator ``d = (k + alpha * mean over a window of channels of h^2)^beta`` detached."""
+
+    def __init__(self, twin: bool) -> None:
+        super().__init__()
+        self.twin = twin
+        self.conv, self.out = nn.Conv1d(2, 5, 3, bias=False), nn.Linear(5 * 6, 3, bias=False)
+        self.norm = nn.LocalResponseNorm(3, alpha=0.5, beta=0.75, k=1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.conv(x.view(-1, 2, 8)))
+        if not self.twin:
+            return self.out(self.norm(h).flatten(1))  # type: ignore[no-any-return]
+        square = F.pad(h.detach().pow(2).unsqueeze(1), (0, 0, 1, 1))  # the window of 3 channels around each
+        d = F.avg_pool2d(square, (3, 1), stride=1).squeeze(1).mul(0.5).add(1.0).pow(0.75)
+        return self.out((h / d).flatten(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["epsilon", "epsilon_plus_flat", "attnlrp"])
+def test_local_response_normalisation_holds_its_denominator_constant(preset: str) -> None:
+    """``nn.LocalResponseNorm`` was refused; it divides by a statistic of the path, which the rule holds constant
+    (as F.normalize's norm): R_x = R, the twin with the denominator detached (1e-12), conserving without biases."""
+    torch.manual_seed(0)
+    model, twin = _ResponseNormalised(False).double().eval(), _ResponseNormalised(True).double().eval()
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(3, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    options: dict[str, Any] = {"epsilon": 1e-12, "stabilizer": 1e-12} if preset == "epsilon" else {}
+    explanation = relprop.explain(model, x, 0, method="lrp", preset=preset, **options)
+    expected = relprop.explain(twin, x, 0, method="lrp", preset=preset, **options)
+    assert torch.allclose(explanation.output, twin(x).detach(), rtol=1e-12, atol=0)
+    assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-10, atol=1e-14)
+    if preset == "epsilon":
+        assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=0)

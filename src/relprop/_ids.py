@@ -144,7 +144,12 @@ class IdRoutes(TorchFunctionMode):
                     mapped[i] = mapped_value
                 else:
                     kwargs = {**kwargs, i: mapped_value}
-            moved = func(*mapped, **kwargs)
+            try:
+                moved = func(*mapped, **kwargs)
+            except (RuntimeError, TypeError, ValueError, IndexError):  # a form the maps cannot take: changed ids
+                for value in (args[0],) if inplace else _outputs(result):
+                    self._mark(value, CHANGED)
+                return
         if inplace:
             return  # the op changed the target's map (a view of its base's map, if it is a view) alike
         for value, positions in zip(_outputs(result), _outputs(moved)):

@@ -61,6 +61,27 @@ def test_position_maps_follow_the_ids(form: Callable[[Tensor], Tensor], expected
     assert routes.positions(result) is None  # the maps are dropped on exit
 
 
+def test_a_moving_op_the_maps_cannot_follow_changes_the_ids() -> None:
+    """Where running the op on the maps fails (a form of it they cannot take), its results, or in place its target,
+    count as changed: an embedding of them is refused, never given stale positions."""
+
+    def fussy(t: Tensor) -> Tensor:  # takes the ids (all >= 5), not their positions
+        if bool((t < 5).any()):
+            raise RuntimeError("not a position map")
+        return t.flip(1)
+
+    def fussy_(t: Tensor) -> Tensor:
+        t.copy_(fussy(t))
+        return t
+
+    fussy.__name__, fussy_.__name__ = "flip", "masked_fill_"  # moving ops, by name
+    with IdRoutes(IDS) as routes:
+        moved = routes.__torch_function__(fussy, (), (IDS,))
+        target = IDS.clone()
+        routes.__torch_function__(fussy_, (), (target,))
+        assert routes.positions(moved).eq(X).all() and routes.positions(target).eq(X).all()  # type: ignore[union-attr]
+
+
 def test_an_id_used_as_an_index_or_mask_maps_nothing() -> None:
     table = torch.arange(20) * 3
     with IdRoutes(IDS) as routes:

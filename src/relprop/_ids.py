@@ -28,6 +28,7 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from . import ops
+from .core import remove_mode
 
 CONSTANT = -1  # an id that is none of the input's: a start token, padding
 CHANGED = -2  # an id computed from the input's by an operation that does not merely move it
@@ -78,14 +79,7 @@ class IdRoutes(TorchFunctionMode):
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        above = []  # off the stack wherever it is, every other mode kept in its place
-        while torch._C._len_torch_function_stack():
-            mode = torch._C._pop_torch_function_stack()
-            if mode is self:
-                break
-            above.append(mode)
-        for mode in reversed(above):
-            torch._C._push_on_torch_function_stack(mode)
+        remove_mode(self)
         self._maps.clear()
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: tuple[Any, ...] = (),

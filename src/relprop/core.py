@@ -1609,6 +1609,19 @@ _REWRITES: dict[Any, Callable[..., tuple[Any, tuple[Any, ...], dict[str, Any]]]]
 }
 
 
+def remove_mode(mode: TorchFunctionMode) -> None:
+    """Take ``mode`` off the torch-function mode stack wherever it is, every other mode kept in its place (nothing
+    done if it is not there)."""
+    above = []
+    while torch._C._len_torch_function_stack():
+        top = torch._C._pop_torch_function_stack()
+        if top is mode:
+            break
+        above.append(top)
+    for top in reversed(above):
+        torch._C._push_on_torch_function_stack(top)
+
+
 class FunctionalGuard(TorchFunctionMode):
     """Gives every functional operation on the relevance path outside ruled modules its rule, before it runs.
 
@@ -1667,16 +1680,9 @@ class FunctionalGuard(TorchFunctionMode):
         torch._C._push_on_torch_function_stack(self)
 
     def __exit__(self, *exc_info: Any) -> None:
-        # pop this guard from the stack wherever it is (a module that failed while the guard was suspended left it
-        # off the stack; a mode that failed to exit may sit above it), keeping every other mode in its place
-        above = []
-        while torch._C._len_torch_function_stack():
-            mode = torch._C._pop_torch_function_stack()
-            if mode is self:
-                break
-            above.append(mode)
-        for mode in reversed(above):
-            torch._C._push_on_torch_function_stack(mode)
+        # off the stack wherever it is (a module that failed while the guard was suspended left it off the stack; a
+        # mode that failed to exit may sit above it)
+        remove_mode(self)
         for tensor in self._touched:  # e.g. a buffer that an in-place op wrote path values into
             for tag in (_PATH, _STALE, _PREVIOUS):
                 if hasattr(tensor, tag):

@@ -194,19 +194,27 @@ transformers = pytest.importorskip("transformers")
 OPTIONS = {"epsilon": 1e-9, "stabilizer": 1e-9}
 
 
-@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
-def test_bart_ids_equal_its_encoder_and_decoder_embeds(preset: str) -> None:
-    """BART embeds the ids in its encoder and, shifted right behind its decoder start token, in its decoder: token
-    ids give the relevance of the same model given both embedded sequences, built from one (``by_embeds``)."""
+def _bart() -> tuple[nn.Module, Tensor]:
+    """A tiny BartModel (float64, eval) and a batch of 2 x 6 token ids."""
     torch.manual_seed(0)
     config = transformers.BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
                                      encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
                                      decoder_ffn_dim=32, max_position_embeddings=32)
-    model = transformers.BartModel(config).double().eval()
     ids = torch.randint(4, 40, (2, 6), generator=torch.Generator().manual_seed(1))
+    return transformers.BartModel(config).double().eval(), ids
 
-    def output(out: object) -> Tensor:
-        return out.last_hidden_state[:, -1, :3]  # type: ignore[attr-defined, no-any-return]
+
+def _last_state(out: object) -> Tensor:
+    """The scores explained: 3 features of the decoder's last hidden state."""
+    return out.last_hidden_state[:, -1, :3]  # type: ignore[attr-defined, no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_bart_ids_equal_its_encoder_and_decoder_embeds(preset: str) -> None:
+    """BART embeds the ids in its encoder and, shifted right behind its decoder start token, in its decoder: token
+    ids give the relevance of the same model given both embedded sequences, built from one (``by_embeds``)."""
+    model, ids = _bart()
+    config, output = model.config, _last_state
 
     class Embeds(nn.Module):
         def __init__(self) -> None:
@@ -229,16 +237,9 @@ def test_bart_ids_equal_its_encoder_and_decoder_embeds(preset: str) -> None:
 def test_decoder_ids_passed_by_keyword_are_refused_and_their_embeddings_explain() -> None:
     """Decoder ids given in model_kwargs are not the explained input: refused, with what to pass instead; given as
     decoder_inputs_embeds they are constants, and the relevance is the encoder tokens'."""
-    torch.manual_seed(0)
-    config = transformers.BartConfig(vocab_size=40, d_model=16, encoder_layers=1, decoder_layers=1,
-                                     encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
-                                     decoder_ffn_dim=32, max_position_embeddings=32)
-    model = transformers.BartModel(config).double().eval()
-    ids = torch.randint(4, 40, (2, 6), generator=torch.Generator().manual_seed(1))
+    model, ids = _bart()
     decoder_ids = torch.randint(4, 40, (2, 3), generator=torch.Generator().manual_seed(2))
-
-    def output(out: object) -> Tensor:
-        return out.last_hidden_state[:, -1, :3]  # type: ignore[attr-defined, no-any-return]
+    output = _last_state
 
     with pytest.raises(relprop.ExplanationError, match="decoder_inputs_embeds=embedding"):
         relprop.explain(model, ids, 0, method="lrp", preset="cp_lrp", output=output,

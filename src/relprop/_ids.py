@@ -41,7 +41,6 @@ _CASTS = frozenset({"to", "float", "double", "half", "bfloat16", "type", "type_a
 _MOVING = ops.ROUTE.names - {"sort", "topk", "tril", "triu"} | {"copy_", "detach"} | _CASTS
 # Operations whose result holds none of the ids' values (ids.new_zeros(...), torch.full_like(ids, 2)): constants
 _FRESH = ops.CONSTANT.names - {"detach"}
-_SEQUENCES = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "dstack"})
 # Where an op's data arguments are, other than its first: the values it brings in (a filled number is a constant)
 _VALUE_AT = {**{name: at for name, ((at, _), _) in ops.NEW_VALUES.items() if name != "where"}, "copy_": 1}
 _DATA_KEYS = frozenset({"input", "other", "value", "tensors", "src", "source"})

@@ -178,8 +178,7 @@ class IdRoutes(TorchFunctionMode):
 def _data_at(name: str, args: tuple[Any, ...]) -> frozenset[int]:
     """The positions of an op's data arguments: the values it moves (not an index, a mask, a dim or a size)."""
     if name == "where":  # torch.where(condition, input, other) or Tensor.where(self, condition, other)
-        condition_first = bool(args) and isinstance(args[0], Tensor) and args[0].dtype is torch.bool
-        return frozenset({1, 2} if condition_first else {0, 2})
+        return frozenset({1, 2} if ops.condition_first(args) else {0, 2})
     return frozenset({0, _VALUE_AT[name]} if name in _VALUE_AT else {0})
 
 

@@ -686,12 +686,21 @@ def _bounds_of(tensor: Any) -> tuple[float, float] | None:
     return getattr(tensor, _BOUNDS, None) or ((0.0, 1.0) if getattr(tensor, _GATE, False) else None)
 
 
+def _tag_bounds(tensor: Tensor, bounds: tuple[float, float] | None) -> None:
+    """Give ``tensor`` the range of its values, where known; one that cannot be negative makes it a gate (a factor
+    that can only scale the signal)."""
+    if bounds is not None:
+        setattr(tensor, _BOUNDS, bounds)
+        if bounds[0] >= 0:
+            setattr(tensor, _GATE, True)
+
+
 def _bounds_after(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[float, float] | None:
     """The range of the values of a routing op's result whose first argument is bounded (:func:`_bounds_of`): the
     same for a view, reshape, copy or selection; widened by a number or a bounded tensor that ``masked_fill``,
     ``where``, ``x[i] = y``, ``pad``, ``index_fill`` or ``masked_scatter`` bring in (:data:`relprop.ops.NEW_VALUES`);
     None where what they bring in is unknown."""
-    if name == "where" and isinstance(args[0], Tensor) and args[0].dtype == torch.bool:
+    if name == "where" and ops.condition_first(args):
         # torch.where(condition, input, other): the input's range, widened by the other's
         args = (kwargs.get("input", args[1] if len(args) > 1 else None), args[0], *args[2:])
     bounds = _bounds_of(args[0])
@@ -1832,11 +1841,7 @@ class FunctionalGuard(TorchFunctionMode):
                         value.dim() == 2:
                     return relay(layer_rule, MergedBatchNorm(layer, call), value, (layer_input,))
         result = relay(rule, call, value, inputs)
-        bounds = _output_bounds(call)
-        if bounds is not None:
-            setattr(result, _BOUNDS, bounds)
-            if bounds[0] >= 0:  # a factor that can only scale the signal: a gate
-                setattr(result, _GATE, True)
+        _tag_bounds(result, _output_bounds(call))
         return result
 
     def _run_as_is(self, func: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -1873,10 +1878,7 @@ class FunctionalGuard(TorchFunctionMode):
                 for tag in (_GATE, _BOUNDS):
                     if tag in target.__dict__:
                         delattr(target, tag)
-                if bounds is not None:
-                    setattr(target, _BOUNDS, bounds)
-                    if bounds[0] >= 0:
-                        setattr(target, _GATE, True)
+                _tag_bounds(target, bounds)
         if isinstance(result, Tensor) and isinstance(args[0], Tensor):
             # a layer's output copied as it is (conv(x).contiguous()) still feeds its batch norm as the layer's
             if hasattr(args[0], _PRODUCER) and name in _SAME_VALUES and result.shape == args[0].shape \

@@ -141,6 +141,12 @@ def function_name(func: Any) -> str:
     return str(getattr(func, "__name__", repr(func)))
 
 
+def condition_first(args: tuple[Any, ...]) -> bool:
+    """Whether a ``where`` call is ``torch.where(condition, input, other)`` (its first argument a boolean tensor),
+    not ``Tensor.where(self, condition, other)``."""
+    return bool(args) and isinstance(args[0], Tensor) and args[0].dtype == torch.bool
+
+
 def is_inplace_name(name: str) -> bool:
     """Tensor methods ``add_``, operators ``__iadd__`` and ``x[i] = y`` modify their first argument."""
     return ((name.endswith("_") and not name.startswith("_")) or (name.startswith("__i") and name.endswith("__"))

@@ -375,26 +375,14 @@ def explain(
     elif seed is not None and not (isinstance(seed, Tensor) or callable(seed)):
         raise ConfigError(f"seed= takes an output seed: a tensor shaped like the output or a function of it (or, for "
                           f"a method that draws at random, an integer); got {type(seed).__name__}")
-    checked = False  # scores and relevance read finite already (then so are the weights checked after the run)
     try:
-        for attempt in range(2):
-            try:
-                own = _own_scores(spec, model, x, classes, seed, options)
-                ran = None if own is None else own(call)
-                if ran is not None:  # the scores and classes of the method's own forward pass
-                    result, targets, checked = ran
-                    assert result.output is not None
-                    scores = result.output
-                else:
-                    forward, inputs, scores = _prepared(model, x, call)
-                    check_batch(scores, len(x))
-                    targets = _targets(classes, seed, scores)
-                    result = _run(spec, forward, inputs, targets, seed, options)
-                break
-            except _Rearranged:  # the model embeds rearranged ids: once more, following them (hooks all undone)
-                if attempt or model in _REARRANGING:
-                    raise
-                _REARRANGING.add(model)
+        try:
+            result, targets, scores, checked = _attempt(spec, model, x, classes, seed, options, call)
+        except _Rearranged:  # the model embeds rearranged ids: once more, following them (hooks all undone)
+            if model in _REARRANGING:
+                raise
+            _REARRANGING.add(model)
+            result, targets, scores, checked = _attempt(spec, model, x, classes, seed, options, call)
     except Exception as error:
         try:
             validate.finite_weights(model)  # the weights checked after the run (relprop.validate) may be the cause
@@ -409,6 +397,24 @@ def explain(
         details["embedding_relevance"] = relevance
         relevance = relevance.sum(-1)
     return Explanation(_detached(relevance), _detached(scores), targets, method, details, dict(result.layers))
+
+
+def _attempt(
+    spec: methods._registry.Method, model: nn.Module, x: Tensor, classes: int | str | Tensor | None, seed: object,
+    options: Mapping[str, Any], call: dict[str, Any],
+) -> tuple[Attribution, Tensor, Tensor, bool]:
+    """Run the method once: (its result, the explained classes, the scores, whether scores and relevance read
+    finite already; then so are the weights checked after the run)."""
+    own = _own_scores(spec, model, x, classes, seed, options)
+    ran = None if own is None else own(call)
+    if ran is not None:  # the scores and classes of the method's own forward pass
+        result, targets, checked = ran
+        assert result.output is not None
+        return result, targets, result.output, checked
+    forward, inputs, scores = _prepared(model, x, call)
+    check_batch(scores, len(x))
+    targets = _targets(classes, seed, scores)
+    return _run(spec, forward, inputs, targets, seed, options), targets, scores, False
 
 
 def _detached(t: Tensor) -> Tensor:

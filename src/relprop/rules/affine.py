@@ -55,12 +55,12 @@ class _Affine:
             self.kind = "linear" if isinstance(site.layer, nn.Linear) else "conv"
         elif isinstance(site, MergedBatchNorm):
             layer = _Affine(site.layer)
-            scale, shift = _batch_norm_affine(site.norm)
+            scale, shift = batch_norm_affine(site.norm)
             weight = layer.weight * scale.reshape((-1,) + (1,) * (layer.weight.dim() - 1))
             bias = shift if layer.bias is None else layer.bias * scale + shift
             self.module, self.kind, self.own = layer.module, layer.kind, layer.own
         elif isinstance(site, OpCall) and site.op is ops.BATCH_NORM:
-            weight, bias = _batch_norm_affine(site)
+            weight, bias = batch_norm_affine(site)
             self.kind = "diagonal"
         elif has_relprop_affine(site):
             weight, bias = getattr(site, "relprop_affine")()  # noqa: B009  (typed access for mypy)
@@ -121,8 +121,9 @@ def _call_transpose(own: OwnForward, s: Tensor, weight: Tensor, x: Tensor) -> Te
     return result
 
 
-def _batch_norm_affine(call: OpCall) -> tuple[Tensor, Tensor]:
-    """``(a, c)`` of an eval-mode batch norm ``y = a x + c``: ``a = gamma / sqrt(var + eps)``, ``c = beta - a mean``."""
+def batch_norm_affine(call: OpCall) -> tuple[Tensor, Tensor]:
+    """``(a, c)`` of an eval-mode batch norm ``y = a x + c``: ``a = gamma / sqrt(var + eps)``, ``c = beta - a mean``
+    (also of an instance norm with running statistics: the arguments have the same names)."""
     mean, var = call.argument("running_mean"), call.argument("running_var")
     gamma, beta = call.argument("weight"), call.argument("bias")
     scale = (var + call.argument("eps")).rsqrt()

@@ -22,6 +22,7 @@ from .. import ops
 from ..core import Site, stabilize
 from ..errors import ExplanationError
 from ..ops import OpCall
+from .affine import batch_norm_affine
 
 __all__ = ["DetachedNorm"]
 
@@ -60,9 +61,7 @@ class DetachedNorm:
         eps = site.argument("eps")
         if site.op is ops.INSTANCE_NORM and not site.argument("use_input_stats"):
             # running statistics (track_running_stats, eval mode): a diagonal affine map, as a batch norm in eval
-            scale = (site.argument("running_var").detach() + eps).rsqrt()
-            if weight is not None:
-                scale = scale * weight.detach()
+            scale, _ = batch_norm_affine(site)
             return (x * g * scale.reshape((1, -1) + (1,) * (x.dim() - 2)),)
         if site.op in (ops.GROUP_NORM, ops.INSTANCE_NORM):  # instance_norm: a group per channel
             groups = int(site.argument("num_groups")) if site.op is ops.GROUP_NORM else x.shape[1]

@@ -26,8 +26,11 @@ from captum.attr import (  # noqa: E402
     LRP,
     Deconvolution,
     GuidedBackprop,
+    GuidedGradCam,
     InputXGradient,
     IntegratedGradients,
+    LayerAttribution,
+    LayerGradCam,
     NoiseTunnel,
     Occlusion,
     Saliency,
@@ -118,6 +121,32 @@ def test_gradient_family_matches_captum(name: str, kind: str) -> None:
     else:
         want = Deconvolution(model).attribute(x, target=target)
         got = relprop.explain(model, x, target, method="deconvnet").relevance
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["cnn-avg", "cnn-max"])
+@pytest.mark.parametrize("layer", ["conv1", "relu2"])
+@pytest.mark.parametrize("relu", [True, False])
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
+def test_grad_cam_matches_captum(kind: str, layer: str, relu: bool, upsample: str) -> None:
+    model, x = _model(kind), _input(kind)
+    target = torch.tensor([0, 1, 2, 1])
+    module = getattr(model, layer)
+    cam = LayerGradCam(model, module).attribute(x, target=target, relu_attributions=relu)  # (batch, 1, h, w)
+    want = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode=upsample)
+    got = relprop.explain(model, x, target, method="grad_cam", layer=layer, relu=relu, upsample=upsample)
+    assert max_relative_error(got.details["cam"], cam[:, 0]) <= TOLERANCE
+    assert max_relative_error(got.relevance.sum(1, keepdim=True), want) <= TOLERANCE  # channels share the map
+    torch.testing.assert_close(got.relevance[:, 0], got.relevance[:, 1])
+
+
+@pytest.mark.parametrize("kind", ["cnn-avg", "cnn-max"])
+@pytest.mark.parametrize("upsample", ["bilinear", "nearest"])
+def test_guided_grad_cam_matches_captum(kind: str, upsample: str) -> None:
+    model, x = _model(kind), _input(kind)
+    target = torch.tensor([0, 1, 2, 1])
+    want = GuidedGradCam(model, model.conv2).attribute(x, target=target, interpolate_mode=upsample)
+    got = relprop.explain(model, x, target, method="guided_grad_cam", layer="conv2", upsample=upsample).relevance
     assert max_relative_error(got, want) <= TOLERANCE
 
 

@@ -16,6 +16,7 @@ from relprop import models, rules
 from relprop.canonizers import ExplicitRecurrent, explicit_twin
 from relprop.composites import LINEAR_TYPES, RuleMap, get_preset
 from relprop.core import ExplanationError
+from relprop.errors import ConfigError
 from relprop.models.blocks import MixedLinear, SumPool2d, init_thesis_
 from relprop.models.cells import StationaryDropout
 from relprop.rules.mixed import Mixed
@@ -171,6 +172,11 @@ def test_every_method_on_every_thesis_architecture_leaves_no_hook(name: str) -> 
     with torch.no_grad():
         reference = model(x)
     for method in relprop.METHODS:
+        if method in ("grad_cam", "guided_grad_cam"):  # they need layer=, a feature map laid out as the input
+            with pytest.raises(ConfigError, match="needs layer="):
+                relprop.explain(model, x, method=method)
+            assert _hooks(model) == 0, method
+            continue
         explanation = relprop.explain(model, x, method=method, **_METHOD_OPTIONS.get(method, {}))
         assert explanation.relevance.shape == x.shape, method
         assert torch.isfinite(explanation.relevance).all(), method

@@ -1639,11 +1639,12 @@ class FunctionalGuard(TorchFunctionMode):
     so its plain gradient flows. ``depth > 0`` inside ruled modules, whose own rule accounts for their operations.
     """
 
-    def __init__(self, op_rules: Mapping[Op, Rule], strict: bool = True, by_name: Mapping[str, Op] | None = None
-                 ) -> None:
+    def __init__(self, op_rules: Mapping[Op, Rule], strict: bool = True, by_name: Mapping[str, Op] | None = None,
+                 refusal: Callable[[str, Op | None], tuple[str, str]] | None = None) -> None:
         super().__init__()
         self.op_rules = op_rules
         self.strict = strict
+        self.refusal = refusal  # (why, what to do) for an op without a rule, from a method other than LRP
         self.depth = 0
         self._by_name = ops_by_name(op_rules) if by_name is None else by_name  # ops declared by the user first
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
@@ -1892,6 +1893,8 @@ class FunctionalGuard(TorchFunctionMode):
             result = func(*args, **kwargs)
             if not _has_floating(result):
                 return result
+        if self.refusal is not None:
+            raise self._error(name, op, *self.refusal(name, op))
         if op is None:
             raise self._error(name, op, "relprop has no rule for it")
         raise self._error(name, op, f"the RuleMap gives {op!r} no rule")

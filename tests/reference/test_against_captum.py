@@ -25,6 +25,7 @@ captum = pytest.importorskip("captum")
 from captum.attr import (  # noqa: E402
     LRP,
     Deconvolution,
+    DeepLift,
     GuidedBackprop,
     GuidedGradCam,
     InputXGradient,
@@ -47,6 +48,7 @@ pytestmark = [
     pytest.mark.reference,
     pytest.mark.filterwarnings("ignore:Input Tensor 0 did not already require"),
     pytest.mark.filterwarnings("ignore:Setting backward hooks on ReLU activations"),
+    pytest.mark.filterwarnings("ignore:Setting forward, backward hooks and attributes on non-linear"),
 ]
 
 TOLERANCE = 1e-6
@@ -148,6 +150,49 @@ def test_guided_grad_cam_matches_captum(kind: str, upsample: str) -> None:
     want = GuidedGradCam(model, model.conv2).attribute(x, target=target, interpolate_mode=upsample)
     got = relprop.explain(model, x, target, method="guided_grad_cam", layer="conv2", upsample=upsample).relevance
     assert max_relative_error(got, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn-avg", "mlp-tanh-sigmoid"])
+@pytest.mark.parametrize("baseline", ["zero", "random"])
+def test_deeplift_matches_captum(kind: str, baseline: str) -> None:
+    if kind == "mlp-tanh-sigmoid":
+        layers = (nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 10), nn.Sigmoid(), nn.Linear(10, 3))
+        model = _seeded(nn.Sequential(*layers), 0)
+        x = _input("mlp")
+    else:
+        model, x = _model(kind), _input(kind)
+    reference = torch.zeros_like(x) if baseline == "zero" else 0.3 * _input(kind.split("-")[0], seed=5)
+    target = torch.tensor([0, 1, 2, 1])
+    want, delta = DeepLift(model).attribute(x, target=target, baselines=reference, return_convergence_delta=True)
+    got = relprop.explain(model, x, target, method="deeplift", baseline=reference)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+    torch.testing.assert_close(got.details["summation_gap"], delta.detach(), rtol=0, atol=1e-10)  # both ~0
+
+
+class _FunctionalReLU(nn.Module):
+    """_CNN with its first ReLU functional (torch.relu in the forward)."""
+
+    def __init__(self, pool: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.pool = nn.Conv2d(2, 4, 3, padding=1), pool
+        self.conv2, self.relu2 = nn.Conv2d(4, 5, 3), nn.ReLU()
+        self.fc = nn.Linear(5 * 2 * 2, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.relu2(self.conv2(self.pool(torch.relu(self.conv1(x))))).flatten(1))
+
+
+@pytest.mark.parametrize("kind", ["cnn-max", "functional-relu"])
+def test_deeplift_sums_to_delta_where_captum_does_not(kind: str) -> None:
+    """Captum's DeepLift rescales activation modules only, so a functional ReLU passes its plain gradient; and on
+    _CNN's max pooling its result does not sum to f(x) - f(x') either. relprop's gap is rounding."""
+    model = _model("cnn-max") if kind == "cnn-max" else _seeded(_FunctionalReLU(nn.AvgPool2d(2)), 0)
+    x, reference = _input("cnn-max"), 0.3 * _input("cnn-max", seed=5)
+    target = torch.tensor([0, 1, 2, 1])
+    _, delta = DeepLift(model).attribute(x, target=target, baselines=reference, return_convergence_delta=True)
+    got = relprop.explain(model, x, target, method="deeplift", baseline=reference)
+    assert float(delta.abs().max()) > 1e-2
+    assert float(got.details["summation_gap"].abs().max()) < 1e-12
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn-avg"])

@@ -27,6 +27,7 @@ METHODS: list[tuple[str, dict[str, Any]]] = [
     ("smoothgrad", {"samples": 3}),
     ("guided_backprop", {}),
     ("occlusion", {"window": 2}),
+    ("deeplift", {"baseline": 0.1}),
 ]
 
 

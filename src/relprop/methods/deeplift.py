@@ -1,0 +1,256 @@
+"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017, "Learning important features through propagating
+activation differences"), op by op.
+
+DeepLIFT explains the difference ``f(x) - f(x')`` from a reference input ``x'``. It runs the gradient's backward
+pass with each non-linearity's derivative replaced by its secant between the two inputs, ``(g(a) - g(a')) /
+(a - a')`` (the Rescale rule; the derivative where the two nearly agree), and multiplies the result by ``x - x'``.
+Linear maps keep their gradient. Where those are the only ops, the attributions sum to ``f(x) - f(x')`` exactly
+(summation to delta).
+
+Every op on the way gets its rule by data flow through relprop's op guard, functional or not (``F.relu``,
+``x * gate``): Captum's DeepLift sees only activation modules and passes the plain gradient through functional
+ones. A product of two tensors that both depend on x (``x * torch.sigmoid(x)``, ``q @ k``) splits its difference
+exactly: ``ab - a'b' = (a - a')(b + b')/2 + (a + a')/2 (b - b')``. Max pooling and other maxima and minima of one
+tensor split their difference between the input's winner and the reference's, as Captum's rule for max-pooling
+modules does. Normalisations, softmax, divisions by a tensor on the path and maxima of two such tensors have no
+DeepLIFT rule here and are refused, naming the op.
+
+The input and the reference run as one batch of twice the size, the reference second, as Captum does; every
+tensor on the way must keep the batch in dimension 0, which each non-linearity checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..composites import ACTIVATIONS, _library_activation
+from ..core import (
+    FunctionalGuard,
+    Rule,
+    Site,
+    attach_rules,
+    mark_path,
+    pullback,
+    refuse_hidden,
+    root_module,
+    script_module_error,
+)
+from ..errors import ExplanationError
+from ..ops import OpCall
+from ..rules import Route
+from ..rules.elementwise import _added_term, vjp
+from ._common import (
+    OutputSeed,
+    explained_forward,
+    is_several,
+    start_gradient,
+    start_gradients,
+    target_score,
+    target_scores,
+)
+from ._layers import backward_batched
+from ._registry import Attribution, method
+
+__all__ = ["deeplift"]
+
+TOLERANCE = 1e-10  # |a - a'| below it: the derivative at a instead of the secant (Captum's eps)
+_LINEAR = (ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE, ops.DROPOUT, ops.BATCH_NORM,
+           ops.ROUTE)
+
+
+def _halves(tensor: Tensor, batch: int, site: Site) -> tuple[Tensor, Tensor]:
+    """The input's and the reference's part of a tensor on the way: the two halves of dimension 0, which holds the
+    batch of 2 * ``batch`` (times any dimension folded into it, the batch outermost: (batch * steps, ...))."""
+    if tensor.dim() == 0 or tensor.shape[0] == 0 or tensor.shape[0] % (2 * batch):
+        where = site if isinstance(site, OpCall) else type(site).__name__
+        raise ExplanationError(
+            f"DeepLIFT runs the input and the reference as one batch, but at {where} a tensor on the way has shape "
+            f"{tuple(tensor.shape)}, not the batch ({2 * batch}) in dimension 0: the model moves the batch "
+            "elsewhere (a time-major layout); explain it with a batch-first layout")
+    half = tensor.shape[0] // 2
+    return tensor[:half], tensor[half:]
+
+
+def _mean_of_halves(tensor: Tensor, batch: int, site: Site) -> Tensor:
+    first, second = _halves(tensor, batch, site)
+    return (first + second) / 2
+
+
+def _twice(half: Tensor) -> Tensor:
+    return torch.cat([half, half])
+
+
+def _gradient(site: Site, a: Tensor, grad_output: Tensor) -> Tensor:
+    """The plain vector-Jacobian product of an element-wise site (a module may work in place: on a copy)."""
+    if isinstance(site, OpCall):
+        return vjp(site, (a,), grad_output)[0]
+    return pullback(lambda t: site.forward(t.clone()), (a,), grad_output)[0]
+
+
+def _refusal(name: str, op: ops.Op | None) -> tuple[str, str]:
+    """Why an op without a DeepLIFT rule is refused, and what to do."""
+    what = "relprop has no rule for it" if op is None else f"DeepLIFT has no rule for {op!r} here"
+    return what, ("DeepLIFT here covers linear maps, element-wise activations (Rescale), products of two tensors "
+                  "and max pooling; explain this model with method='lrp' (a transformer: preset='attnlrp'), "
+                  "'integrated_gradients' or 'gradient_x_input'")
+
+
+@dataclass(frozen=True)
+class _Rescale:
+    """The Rescale rule at an element-wise non-linearity ``y = g(a)``: the backward pass multiplies by
+    ``(g(a) - g(a')) / (a - a')`` (by ``g'(a)`` where ``|a - a'| < TOLERANCE``), for both halves of the batch."""
+
+    batch: int
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if len(inputs) != 1 or inputs[0].shape != output.shape:
+            raise ExplanationError(
+                f"DeepLIFT's Rescale rule needs an element-wise function of one tensor on the way; {site!r} has "
+                f"{len(inputs)} such inputs of shapes {[tuple(t.shape) for t in inputs]} for an output of shape "
+                f"{tuple(output.shape)}")
+        (a,) = inputs
+        a_x, a_ref = _halves(a, self.batch, site)
+        y_x, y_ref = _halves(output, self.batch, site)
+        delta = a_x - a_ref
+        apart = delta.abs() >= TOLERANCE
+        secant = _twice((y_x - y_ref) / torch.where(apart, delta, torch.ones_like(delta)))
+        rescaled = relevance_out * secant
+        if bool(apart.all()):
+            return (rescaled,)
+        return (torch.where(_twice(apart), rescaled, _gradient(site, a, relevance_out)),)
+
+
+@dataclass(frozen=True)
+class _Product:
+    """A product: with one factor on the way a linear map (its gradient); with two, the gradient of each factor
+    taken at the mean of the other's two values, ``(b + b') / 2``, which splits ``ab - a'b'`` exactly. A term added
+    to the product (``addmm``'s input, a bias) keeps its gradient. A division by a tensor on the way is refused."""
+
+    batch: int
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if isinstance(site, OpCall) and site.op is ops.DIV and ({1, "other"} & set(site.keys)):
+            raise ExplanationError(
+                f"DeepLIFT has no rule here for a division by a tensor on the way ({site!r}); if the divisor is a "
+                "statistic meant as a constant, compute it from x.detach()")
+        added = _added_term(site)
+        factors = [i for i in range(len(inputs)) if i != added]
+        if len(factors) <= 1:
+            return vjp(site, inputs, relevance_out)
+        if len(factors) > 2:
+            raise ExplanationError(
+                f"DeepLIFT splits a product of two tensors on the way; {site!r} multiplies {len(factors)} of them: "
+                "write it as products of two")
+        means = [_twice(_mean_of_halves(t, self.batch, site)) for t in inputs]
+        grads = list(vjp(site, inputs, relevance_out))  # the added term's (if any) is its plain gradient
+        for i in factors:
+            (other,) = (j for j in factors if j != i)
+            at_mean = tuple(means[j] if j == other else t for j, t in enumerate(inputs))
+            grads[i] = vjp(site, at_mean, relevance_out)[i]
+        return tuple(grads)
+
+
+@dataclass(frozen=True)
+class _Extremum:
+    """Max pooling and other maxima (minima) of one tensor on the way, split exactly as Captum splits max pooling:
+    with ``m = max(y, y')``, ``m - y'`` goes to where the input's own maximum is and ``y - m`` to where the
+    reference's is, each divided by ``a - a'`` there; their sum is ``y - y'``."""
+
+    batch: int
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if len(inputs) != 1:
+            raise ExplanationError(
+                f"DeepLIFT has no rule here for a maximum or minimum of {len(inputs)} tensors on the way ({site!r}); "
+                "explain this model with method='lrp' or 'integrated_gradients'")
+        (a,) = inputs
+        a_x, a_ref = _halves(a, self.batch, site)
+        y_x, y_ref = _halves(output, self.batch, site)
+        g = _halves(relevance_out, self.batch, site)[0]
+        minimum = isinstance(site, OpCall) and site.name in ("min", "amin", "minimum", "fmin")
+        cross = torch.minimum(y_x, y_ref) if minimum else torch.maximum(y_x, y_ref)
+        routed = vjp(site, inputs, torch.cat([g * (cross - y_ref), g * (y_x - cross)]))[0]  # to each half's winner
+        share = sum(_halves(routed, self.batch, site))  # both winners' shares, at their places in the input
+        delta = a_x - a_ref
+        apart = delta.abs() >= TOLERANCE
+        multiplier = share / torch.where(apart, delta, torch.ones_like(delta))
+        if not bool(apart.all()):
+            multiplier = torch.where(apart, multiplier, _halves(vjp(site, inputs, relevance_out)[0], self.batch,
+                                                                 site)[0])
+        return (torch.cat([multiplier, torch.zeros_like(multiplier)]),)
+
+
+def _activation_module(name: str, module: nn.Module) -> bool:
+    return isinstance(module, ACTIVATIONS) or _library_activation(name, module)
+
+
+@method("deeplift", several_targets=True)
+def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseline: Tensor | float = 0.0
+             ) -> Attribution:
+    """DeepLIFT-Rescale against the reference input ``baseline`` (a number, or a tensor that broadcasts to x's
+    shape), with ``details["summation_gap"]``: ``sum R - (f(x) - f(x'))`` per sample, zero up to rounding
+    (an activation whose input differs from the reference's by less than 1e-10 takes its derivative there instead
+    of the secant). See :mod:`relprop.methods.deeplift`."""
+    root = root_module(model)
+    scripted = next((name for name, m in root.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
+    if scripted is not None:  # its activations would keep their gradient, unseen
+        raise script_module_error(scripted or type(root).__name__)
+    reference = torch.as_tensor(baseline).to(x).expand_as(x)  # (its shape and values: relprop.validate)
+    batch = len(x)
+    both = mark_path(torch.cat([x.detach(), reference]).requires_grad_())
+    rescale, product = _Rescale(batch), _Product(batch)
+    op_rules: dict[ops.Op, Rule] = {**{op: Route() for op in _LINEAR}, ops.ACTIVATION: rescale,
+                                    ops.MUL: product, ops.DIV: product, ops.MATMUL: product,
+                                    ops.MAX: _Extremum(batch)}
+    guard = FunctionalGuard(op_rules, refusal=_refusal)
+    modules = [(name, m, rescale) for name, m in root.named_modules() if _activation_module(name, m)]
+    with attach_rules(model, modules, guard=guard), torch.enable_grad():
+        with guard, explained_forward():
+            output = model(both)
+        refuse_hidden((output,), lambda: f"the output of {type(root).__name__}")
+        if output.dim() == 0 or output.shape[0] != 2 * batch:
+            raise ExplanationError(f"the model returned shape {tuple(output.shape)} for a batch of {2 * batch}")
+        if is_several(target):  # (batch, k): one backward pass per class, batched, over the same forward pass
+            assert isinstance(target, Tensor)
+            starts = start_gradients(output[:batch], target)
+            grads = backward_batched(output, both, torch.cat([starts, torch.zeros_like(starts)], 1), {})[0]
+            relevance = (x - reference) * grads[:, :batch]  # (k, batch, ...)
+            scores = output.detach()
+            delta = (target_scores(scores[:batch], target) - target_scores(scores[batch:], target)).reshape(
+                len(relevance), batch)  # (k, batch), target-major as the relevance
+            gap = _checked_gap(relevance.reshape(delta.numel(), -1), delta.reshape(-1)).reshape(delta.shape)
+            return Attribution(relevance.transpose(0, 1), {"summation_gap": gap.T})
+        start = start_gradient(output[:batch], target)
+        (grad,) = torch.autograd.grad(output, both, torch.cat([start, torch.zeros_like(start)]))
+    relevance = (x - reference) * grad[:batch]
+    scores = output.detach()
+    delta = target_score(scores[:batch], target) - target_score(scores[batch:], target)
+    return Attribution(relevance, {"summation_gap": _checked_gap(relevance.reshape(batch, -1), delta)})
+
+
+def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
+    """``sum R - delta`` per row of ``relevance`` (rows, features); an ExplanationError where it is not rounding.
+
+    Every rule here sums to delta exactly, up to the derivative taken where an activation's two inputs nearly
+    agree; a gap above 1e-3 of the scale means the halves of a tensor on the way were not the input's and the
+    reference's (a batch folded with another dimension outermost, (steps * batch, ...))."""
+    gap = relevance.sum(1) - delta
+    scale = relevance.abs().sum(1) + delta.abs()
+    if bool((gap.abs() > 1e-3 * scale).any()):
+        worst = int((gap.abs() / scale.clamp(min=torch.finfo(scale.dtype).tiny)).argmax())
+        raise ExplanationError(
+            f"DeepLIFT's attributions do not sum to f(x) - f(x') (gap {float(gap[worst]):.3g} against "
+            f"{float(delta[worst]):.3g}): the input and the reference run as one batch, split in halves of dimension "
+            "0 at every non-linearity, and the model has folded another dimension outside the batch there (a "
+            "time-major (steps * batch, ...) layout); explain it with the batch outermost")
+    return gap

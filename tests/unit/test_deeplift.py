@@ -1,0 +1,191 @@
+"""DeepLIFT-Rescale: against a literal twin written from its formula, for summation to delta on models whose ops are
+functional, and its refusals. (Against Captum's DeepLift: tests/reference/test_against_captum.py.)"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import relprop
+from relprop import ExplanationError
+from relprop.errors import ConfigError
+
+
+def _randn(*shape: int, seed: int = 0) -> Tensor:
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _literal(layers: list[nn.Linear], activations: list[str], x: Tensor, ref: Tensor, target: int) -> Tensor:
+    """DeepLIFT-Rescale on an MLP written out: each activation's multiplier is its secant (g(z) - g(z')) / (z - z'),
+    and the input's multipliers are the chain of W^T and those secants from the target's output down."""
+    functions = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
+    a, a_ref, secants = x, ref, []
+    for layer, name in zip(layers[:-1], activations):
+        z, z_ref = layer(a), layer(a_ref)
+        g = functions[name]
+        secants.append((g(z) - g(z_ref)) / (z - z_ref))
+        a, a_ref = g(z), g(z_ref)
+    multiplier = layers[-1].weight[target].expand(len(x), -1)
+    for layer, secant in zip(reversed(layers[:-1]), reversed(secants)):
+        multiplier = (multiplier * secant) @ layer.weight
+    return (x - ref) * multiplier
+
+
+@pytest.mark.parametrize("baseline", ["zero", "random"])
+def test_deeplift_is_the_formula_on_an_mlp(baseline: str) -> None:
+    torch.manual_seed(0)
+    layers = [nn.Linear(6, 9), nn.Linear(9, 7), nn.Linear(7, 5), nn.Linear(5, 3)]
+    activations = ["relu", "tanh", "sigmoid"]
+    model = nn.Sequential(layers[0], nn.ReLU(), layers[1], nn.Tanh(), layers[2], nn.Sigmoid(), layers[3])
+    model = model.double().eval()
+    x = _randn(4, 6)
+    ref = torch.zeros_like(x) if baseline == "zero" else 0.5 * _randn(4, 6, seed=1)
+    with torch.no_grad():
+        want = _literal(list(model[::2]), activations, x, ref, target=2)
+    explanation = relprop.explain(model, x, 2, method="deeplift", baseline=ref)
+    torch.testing.assert_close(explanation.relevance, want, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        delta = model(x)[:, 2] - model(ref)[:, 2]
+    torch.testing.assert_close(explanation.relevance.sum(1), delta, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(explanation.details["summation_gap"], torch.zeros(4, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+
+
+class _Functional(nn.Module):
+    """Every op functional: ReLU, a residual sum, a gate x * sigmoid(x), max pooling, a minimum with a constant, a
+    product of two feature maps and a max over channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(2, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 4 * 4 + 4 * 4, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.relu(self.conv1(x))
+        h = h + self.conv2(h)  # residual
+        h = h * torch.sigmoid(h)  # SiLU written out: two factors on the way
+        h = F.max_pool2d(h, 2)
+        h = torch.minimum(h, torch.tensor(1.5, dtype=h.dtype))
+        pair = h[:, :2] * h[:, 2:]  # a product of two tensors on the way
+        top = h.amax(1)  # a max over channels
+        return self.head(torch.cat([h.flatten(1), pair.flatten(1) + top.flatten(1).repeat(1, 2)], 1)[:, :80])
+
+
+@pytest.mark.parametrize("baseline", ["zero", "random"])
+def test_summation_to_delta_through_functional_ops(baseline: str) -> None:
+    torch.manual_seed(0)
+    model = _Functional().double().eval()
+    x = _randn(3, 2, 8, 8)
+    ref = torch.zeros_like(x) if baseline == "zero" else 0.3 * _randn(3, 2, 8, 8, seed=2)
+    explanation = relprop.explain(model, x, "all", method="deeplift", baseline=ref)
+    with torch.no_grad():
+        delta = model(x) - model(ref)
+    assert explanation.relevance.shape == (3, 3, 2, 8, 8)
+    torch.testing.assert_close(explanation.relevance.flatten(2).sum(2), delta, rtol=1e-9, atol=1e-12)
+    assert float(explanation.details["summation_gap"].abs().max()) < 1e-9 * float(delta.abs().max())
+    gradient = relprop.explain(model, x, "all", method="gradient").relevance
+    assert not torch.allclose(explanation.relevance, (x - ref).unsqueeze(1) * gradient)  # not the plain gradient
+
+
+def test_several_targets_equal_the_loop_and_a_seed_is_linear() -> None:
+    torch.manual_seed(1)
+    model = _Functional().double().eval()
+    x = _randn(2, 2, 8, 8, seed=3)
+    every = relprop.explain(model, x, "all", method="deeplift")
+    for k in range(3):
+        torch.testing.assert_close(every.relevance[:, k], relprop.explain(model, x, k, method="deeplift").relevance)
+    contrast = relprop.explain(model, x, seed=lambda out: out[:, 0] - out[:, 2], method="deeplift")
+    torch.testing.assert_close(contrast.relevance, every.relevance[:, 0] - every.relevance[:, 2])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "densenet121"])
+def test_torchvision_models_sum_to_delta(name: str) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(num_classes=4).double().eval()
+    with torch.no_grad():  # activations far above the 1e-10 below which the derivative replaces the secant
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.mul_(3.0)
+    x, ref = _randn(2, 3, 64, 64), 0.2 * _randn(2, 3, 64, 64, seed=4)
+    explanation = relprop.explain(model, x, method="deeplift", baseline=ref)
+    with torch.no_grad():
+        delta = (model(x) - model(ref)).gather(1, explanation.target.reshape(-1, 1))[:, 0]
+    assert bool((delta.abs() > 1e-3).all())
+    torch.testing.assert_close(explanation.relevance.flatten(1).sum(1), delta, rtol=1e-8, atol=0)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class _Refused(nn.Module):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.linear = kind, nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear(x)
+        if self.kind == "layer_norm":
+            return F.layer_norm(h, (4,))
+        if self.kind == "softmax":
+            return h.softmax(-1)
+        if self.kind == "divide":
+            return h / (h * h + 1)
+        if self.kind == "maximum":
+            return torch.maximum(h, x)
+        return F.relu(h.unsqueeze(1).transpose(0, 1)).transpose(0, 1)[:, 0]  # the batch in dimension 1
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    ("layer_norm", r"'layer_norm' .* DeepLIFT has no rule for ops.LAYER_NORM here.*method='lrp'"),
+    ("softmax", r"'softmax' .* DeepLIFT has no rule for ops.SOFTMAX"),
+    ("divide", r"division by a tensor on the way"),
+    ("maximum", r"maximum or minimum of 2 tensors on the way"),
+    ("time_major", r"shape \(1, 6, 4\), not the batch \(6\) in dimension 0"),
+])
+def test_ops_without_a_deeplift_rule_are_refused(kind: str, message: str) -> None:
+    model = _Refused(kind).double().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ExplanationError, match=message):
+        relprop.explain(model, _randn(3, 4), 0, method="deeplift")
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+class _Folded(nn.Module):
+    """A ReLU over the batch folded with the steps: (batch * steps, ...) batch outermost, or steps outermost."""
+
+    def __init__(self, batch_outermost: bool) -> None:
+        super().__init__()
+        self.batch_outermost, self.linear, self.head = batch_outermost, nn.Linear(4, 4), nn.Linear(12, 2)
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (batch, 3 steps, 4)
+        h = self.linear(x)
+        if self.batch_outermost:
+            return self.head(F.relu(h.reshape(-1, 4)).reshape(len(x), 12))
+        folded = F.relu(h.transpose(0, 1).reshape(-1, 4))  # (steps * batch, 4)
+        return self.head(folded.reshape(3, len(x), 4).transpose(0, 1).reshape(len(x), 12))
+
+
+def test_a_folded_batch_is_explained_batch_outermost_and_refused_otherwise() -> None:
+    torch.manual_seed(0)
+    outer, inner = _Folded(True).double().eval(), _Folded(False).double().eval()
+    inner.load_state_dict(outer.state_dict())
+    x, ref = _randn(2, 3, 4), 0.5 * _randn(2, 3, 4, seed=6)
+    explanation = relprop.explain(outer, x, 1, method="deeplift", baseline=ref)
+    assert float(explanation.details["summation_gap"].abs().max()) < 1e-12
+    with torch.no_grad():  # the same function
+        torch.testing.assert_close(outer(x), inner(x))
+    with pytest.raises(ExplanationError, match=r"do not sum to f\(x\) - f\(x'\).*time-major"):
+        relprop.explain(inner, x, 1, method="deeplift", baseline=ref)
+
+
+def test_a_bad_baseline_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    x = _randn(2, 4)
+    with pytest.raises(ConfigError, match=r"baseline of shape \(3,\) does not broadcast to x's shape \(2, 4\)"):
+        relprop.explain(model, x, 0, method="deeplift", baseline=torch.zeros(3))
+    with pytest.raises(ConfigError, match="baseline contains NaN"):
+        relprop.explain(model, x, 0, method="deeplift", baseline=torch.full((4,), float("nan")))
+    one = relprop.explain(model, x, 0, method="deeplift", baseline=torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(one.relevance, relprop.explain(model, x, 0, method="deeplift", baseline=1.0).relevance)

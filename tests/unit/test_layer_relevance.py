@@ -173,3 +173,30 @@ def test_a_recorded_tensor_changed_in_place_afterwards_keeps_its_own_relevance(a
         assert torch.equal(got.layers[name], want.layers[name])
     if at == "output":  # the sum's rule shares the relevance between the batch norm and x
         assert not torch.equal(got.layers["bn"], got.layers["act"])
+
+
+@pytest.mark.parametrize(("method", "options", "at"), [
+    ("gradient_x_input", {}, "output"), ("gradient_x_input", {}, "input"),
+    ("integrated_gradients", {"steps": 3}, "output"), ("integrated_gradients", {"steps": 3}, "input"),
+    ("grad_cam", {"layer": "bn", "relu": False}, "output"),
+])
+def test_gradient_methods_keep_a_recorded_tensor_that_the_model_changes_in_place(
+        method: str, options: dict[str, object], at: str) -> None:
+    """Without the op guard, ``out += x`` and an in-place ReLU run in place: the model goes on with a copy of each
+    recorded tensor, so the layer keeps its own values and gradient (before that, the batch norm's record read
+    the sum's values)."""
+    torch.manual_seed(0)
+    model, written_out = _Block(True).double().eval(), _Block(False).double().eval()
+    model.bn.running_mean.uniform_(-0.5, 0.5)
+    written_out.load_state_dict(model.state_dict())
+    x = torch.randn(2, 2, 6, 6, dtype=torch.float64)
+    if method == "grad_cam":  # (a layer's output)
+        got, want = (relprop.explain(m, x, 1, method=method, **options) for m in (model, written_out))
+        torch.testing.assert_close(got.details["cam"], want.details["cam"], rtol=0, atol=0)
+        return
+    layers = ["bn", "act"] if at == "output" else ["act", "head"]
+    got, want = (relprop.explain(m, x, 1, method=method, layers=layers, layer_at=at, **options)
+                 for m in (model, written_out))
+    torch.testing.assert_close(got.relevance, want.relevance, rtol=0, atol=0)
+    for name in layers:
+        torch.testing.assert_close(got.layers[name], want.layers[name], rtol=0, atol=0)

@@ -25,10 +25,12 @@ __all__ = ["recorded_layers", "backward", "backward_batched", "stacked", "gap_by
 Records = dict[str, list[Tensor]]
 
 
-def _hooks(name: str, records: Records, at: str) -> Any:
+def _hooks(name: str, records: Records, at: str, copies: bool = False) -> Any:
     """The hook that records layer ``name``'s output (or input) in ``records``, in this thread only: a plain forward
-    pass of the model in another thread is not recorded."""
+    pass of the model in another thread is not recorded. ``copies``: the model goes on with a copy (see
+    :func:`recorded_layers`) instead of an alias."""
     owner = threading.get_ident()
+    go_on = _copy if copies else _alias
 
     def keep(value: Any, module: nn.Module) -> None:
         if threading.get_ident() != owner:
@@ -42,11 +44,11 @@ def _hooks(name: str, records: Records, at: str) -> Any:
 
     def output_hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
         keep(output, module)
-        return _alias(output) if threading.get_ident() == owner else None
+        return go_on(output) if threading.get_ident() == owner else None
 
     def input_hook(module: nn.Module, args: tuple[Any, ...]) -> Any:
         keep(args[0] if args else None, module)
-        return (_alias(args[0]), *args[1:]) if threading.get_ident() == owner else None
+        return (go_on(args[0]), *args[1:]) if threading.get_ident() == owner else None
 
     return output_hook if at == "output" else input_hook
 
@@ -64,12 +66,22 @@ def _alias(value: Tensor) -> Tensor:
     return alias
 
 
+def _copy(value: Tensor) -> Tensor:
+    """A copy of the recorded ``value`` for the model to go on with, without relprop's op guard: an in-place
+    operation later in the forward pass (``F.relu(features, inplace=True)`` after DenseNet's last batch norm)
+    changes the copy, and the recorded tensor keeps the layer's values and its own gradient."""
+    return value.clone() if value.requires_grad else value
+
+
 @contextlib.contextmanager
-def recorded_layers(model: nn.Module, layers: Sequence[str], at: str = "output") -> Iterator[Records]:
+def recorded_layers(model: nn.Module, layers: Sequence[str], at: str = "output", copies: bool = False
+                    ) -> Iterator[Records]:
     """Record the tensor at the output (``at="output"``) or first input (``"input"``) of each named module.
 
     Enter it *after* attaching rules: the output hook then sees the relayed output, and the input pre-hook runs
-    before the rule's own. A module called several times (a recurrent cell) gets one record per call.
+    before the rule's own. A module called several times (a recurrent cell) gets one record per call. With
+    ``copies`` (for a plain forward pass, which runs in-place operations in place) the model goes on with a copy
+    of each recorded tensor, so that the record keeps the values the layer gave.
     """
     if isinstance(layers, str):
         raise ConfigError(f"layers must be a list of module names, got the string {layers!r}; write [{layers!r}]")
@@ -89,7 +101,7 @@ def recorded_layers(model: nn.Module, layers: Sequence[str], at: str = "output")
     handles = []
     try:
         for name in layers:
-            hook = _hooks(name, records, at)
+            hook = _hooks(name, records, at, copies)
             module = modules[name]
             handles.append(module.register_forward_hook(hook) if at == "output"
                            else module.register_forward_pre_hook(hook, prepend=True))

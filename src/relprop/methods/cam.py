@@ -56,7 +56,7 @@ def class_activation_map(model: nn.Module, x: Tensor, target: Tensor | OutputSee
             "Grad-CAM weighs the channels of a feature map (batch, channels, *spatial), so name a convolutional "
             "layer or block (for a transformer, method='lrp' with preset='attnlrp' explains every token)")
     x = x.detach().requires_grad_()
-    with recorded_layers(model, [layer]) as records, torch.enable_grad():
+    with recorded_layers(model, [layer], copies=True) as records, torch.enable_grad():
         output = model(x)
         values = records[layer]
         if len(values) != 1:

@@ -39,7 +39,7 @@ def _gradients(
     batch repeated (the path points of integrated gradients, SmoothGrad's noisy copies): the starts repeat too.
     """
     x = x.detach().requires_grad_()
-    with recorded_layers(model, layers, at) as records, torch.enable_grad():
+    with recorded_layers(model, layers, at, copies=True) as records, torch.enable_grad():
         output = model(x)
         if is_several(target):
             assert isinstance(target, Tensor)
@@ -150,7 +150,7 @@ def explain_integrated_gradients(
 
     with torch.no_grad():
         score = scores(model(x))
-        with recorded_layers(model, layers, layer_at) as at_baseline:
+        with recorded_layers(model, layers, layer_at, copies=True) as at_baseline:
             reference = scores(model(baseline))
     if several:
         relevance = target_major(relevance)

@@ -189,3 +189,14 @@ def test_a_bad_baseline_is_refused() -> None:
         relprop.explain(model, x, 0, method="deeplift", baseline=torch.full((4,), float("nan")))
     one = relprop.explain(model, x, 0, method="deeplift", baseline=torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(one.relevance, relprop.explain(model, x, 0, method="deeplift", baseline=1.0).relevance)
+
+
+def test_a_model_with_a_backward_hook_is_refused() -> None:
+    """A backward hook would see DeepLIFT's multipliers as a gradient."""
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    handle = model[1].register_full_backward_hook(lambda module, grad_in, grad_out: None)
+    try:
+        with pytest.raises(ExplanationError, match=r"have backward hooks"):
+            relprop.explain(model, _randn(2, 4), 0, method="deeplift")
+    finally:
+        handle.remove()

@@ -67,6 +67,7 @@ _SLOW = (  # node-id prefixes of tests that take seconds each (pytest --duration
     "tests/cli/",  # trains sentiment models
     "tests/unit/test_zoo_speed_smoke.py", "tests/unit/test_benchmark_smoke.py",  # run the benchmark scripts
     "tests/unit/test_own_forward_speed_smoke.py", "tests/unit/test_timm_families_smoke.py",
+    "tests/unit/test_methods_speed_smoke.py",
     "tests/unit/test_report.py", "tests/unit/test_report_browser.py",  # train runs and grids, headless Chromium
     "tests/unit/test_prototypes_cli.py", "tests/unit/test_training.py", "tests/unit/test_sst.py",
     "tests/unit/test_docs.py::test_code_blocks_run",  # each page in a fresh interpreter

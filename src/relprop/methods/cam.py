@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..core import root_module
 from ..errors import ConfigError, ExplanationError
-from ._common import OutputSeed, start_gradient
+from ._common import ClassTarget, OutputSeed, start_gradient
 from ._layers import recorded_layers
 from ._registry import Attribution, method
 from .guided import guided_backprop
@@ -39,10 +39,10 @@ def _layer_hint(model: nn.Module) -> str:
     return f"e.g. layer={convolutions[-1]!r}, the last convolution, or the block around it"
 
 
-def class_activation_map(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, layer: str,
-                         relu: bool = True) -> Tensor:
-    """The Grad-CAM map at ``layer``'s resolution, (batch, *spatial), from one forward and one backward pass to the
-    layer (not to the input).
+def class_activation_map(model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, layer: str,
+                         relu: bool = True) -> tuple[Tensor, Tensor]:
+    """The Grad-CAM map at ``layer``'s resolution, (batch, *spatial), and the model's scores, from one forward pass
+    and one backward pass to the layer (not to the input).
 
     ``layer`` names a module whose output is a feature map with channels in dimension 1. ``relu=False`` keeps the
     negative part (Captum's ``LayerGradCam`` default).
@@ -77,7 +77,7 @@ def class_activation_map(model: nn.Module, x: Tensor, target: Tensor | OutputSee
     spatial = tuple(range(2, activation.dim()))
     weights = grad.mean(spatial, keepdim=True)  # alpha_k: one weight per sample and channel
     cam = (weights * activation.detach()).sum(1)
-    return cam.clamp(min=0) if relu else cam
+    return (cam.clamp(min=0) if relu else cam), output.detach()
 
 
 def _upsampled(cam: Tensor, x: Tensor, layer: str, upsample: str) -> Tensor:
@@ -96,8 +96,13 @@ def _upsampled(cam: Tensor, x: Tensor, layer: str, upsample: str) -> Tensor:
     return F.interpolate(cam.unsqueeze(1), size=x.shape[2:], mode=mode, **corners)
 
 
-@method("grad_cam")
-def grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, layer: str | None = None,
+def _own_scores(model: nn.Module, options: object) -> bool:
+    """The forward pass of the maps is the model's own (the recorded layer goes on unchanged)."""
+    return True
+
+
+@method("grad_cam", own_scores=_own_scores)
+def grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, *, layer: str | None = None,
              relu: bool = True, upsample: str = "linear") -> Attribution:
     """Grad-CAM (Selvaraju et al. 2017) at the module named ``layer``, brought to the input's size.
 
@@ -108,19 +113,21 @@ def grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, layer:
     """
     if layer is None:
         raise ConfigError(f"grad_cam needs layer=, the module whose feature map it weighs ({_layer_hint(model)})")
-    cam = class_activation_map(model, x, target, layer, relu)
+    cam, scores = class_activation_map(model, x, target, layer, relu)
     upsampled = _upsampled(cam, x, layer, upsample)
-    return Attribution((upsampled / x.shape[1]).expand_as(x).contiguous(), {"cam": cam})
+    return Attribution((upsampled / x.shape[1]).expand_as(x).contiguous(), {"cam": cam}, output=scores)
 
 
-@method("guided_grad_cam")
-def guided_grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, layer: str | None = None,
+@method("guided_grad_cam", own_scores=_own_scores)
+def guided_grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, *, layer: str | None = None,
                     upsample: str = "linear") -> Attribution:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times the Grad-CAM map at ``layer``
     brought to the input's size (the same map in every channel), with the map in ``details["cam"]``."""
     if layer is None:
         raise ConfigError(f"guided_grad_cam needs layer=, the module whose feature map it weighs "
                           f"({_layer_hint(model)})")
-    cam = class_activation_map(model, x, target, layer)
+    cam, scores = class_activation_map(model, x, target, layer)
+    if isinstance(target, ClassTarget):  # the classes the map explains, for guided backprop's pass too
+        target = target.resolve(scores)
     upsampled = _upsampled(cam, x, layer, upsample)
-    return Attribution(guided_backprop(model, x, target) * upsampled, {"cam": cam})
+    return Attribution(guided_backprop(model, x, target) * upsampled, {"cam": cam}, output=scores)

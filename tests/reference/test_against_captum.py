@@ -26,6 +26,7 @@ from captum.attr import (  # noqa: E402
     LRP,
     Deconvolution,
     DeepLift,
+    DeepLiftShap,
     GuidedBackprop,
     GuidedGradCam,
     InputXGradient,
@@ -167,6 +168,18 @@ def test_deeplift_matches_captum(kind: str, baseline: str) -> None:
     got = relprop.explain(model, x, target, method="deeplift", baseline=reference)
     assert max_relative_error(got.relevance, want) <= TOLERANCE
     torch.testing.assert_close(got.details["summation_gap"], delta.detach(), rtol=0, atol=1e-10)  # both ~0
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn-avg"])
+def test_deeplift_shap_matches_captum(kind: str) -> None:
+    model, x = _model(kind), _input(kind)
+    references = 0.3 * _input(kind, seed=6)[:3]  # (3, ...): each sample against each
+    target = torch.tensor([0, 1, 2, 1])
+    want, delta = DeepLiftShap(model).attribute(x, baselines=references, target=target,
+                                                return_convergence_delta=True)
+    got = relprop.explain(model, x, target, method="deeplift_shap", baselines=references)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+    assert float(delta.abs().max()) < 1e-10 and float(got.details["summation_gap"].abs().max()) < 1e-10
 
 
 class _FunctionalReLU(nn.Module):

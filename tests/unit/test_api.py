@@ -567,6 +567,23 @@ def test_an_integer_seed_is_smoothgrads_noise_seed() -> None:
         relprop.explain(model, x, method="gradient", seed="3")
 
 
+def test_vargrad_is_the_variance_of_smoothgrads_gradients() -> None:
+    """Over the same noisy copies (the same seed): Var g = E[g^2] - E[g]^2, the squared variant minus the square of
+    the plain one; for k targets at once as for each alone."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    options = {"method": "smoothgrad", "seed": 5, "samples": 6}
+    variance = relprop.explain(model, x, 1, vargrad=True, **options).relevance
+    mean, mean_square = (relprop.explain(model, x, 1, squared=s, **options).relevance for s in (False, True))
+    torch.testing.assert_close(variance, mean_square - mean**2, rtol=1e-9, atol=1e-14)
+    assert bool((variance > 0).all())
+    every = relprop.explain(model, x, "all", vargrad=True, **options).relevance
+    torch.testing.assert_close(every[:, 1], variance)
+    with pytest.raises(ConfigError, match="squared=True .* or vargrad=True .* not both"):
+        relprop.explain(model, x, 1, squared=True, vargrad=True, **options)
+
+
 @pytest.mark.parametrize(("shape", "advice"), [((2, 5, 7), "out.logits[:, -1]"), ((2, 3, 4, 4), "out.mean((2, 3))"),
                                                ((2,), "out.unsqueeze(1)")])
 def test_scores_of_another_shape_get_advice_for_that_shape(shape: tuple[int, ...], advice: str) -> None:

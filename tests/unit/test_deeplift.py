@@ -200,3 +200,34 @@ def test_a_model_with_a_backward_hook_is_refused() -> None:
             relprop.explain(model, _randn(2, 4), 0, method="deeplift")
     finally:
         handle.remove()
+
+
+def test_deeplift_shap_is_the_mean_over_the_references() -> None:
+    torch.manual_seed(0)
+    model = _Functional().double().eval()
+    x, references = _randn(2, 2, 8, 8), 0.3 * _randn(4, 2, 8, 8, seed=7)
+    got = relprop.explain(model, x, 1, method="deeplift_shap", baselines=references)
+    each = [relprop.explain(model, x, 1, method="deeplift", baseline=b).relevance for b in references]
+    torch.testing.assert_close(got.relevance, torch.stack(each).mean(0), rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        delta = model(x)[:, 1] - model(references)[:, 1].mean()
+    torch.testing.assert_close(got.relevance.flatten(1).sum(1), delta, rtol=1e-9, atol=1e-12)
+    chunked = relprop.explain(model, x, 1, method="deeplift_shap", baselines=references, batch_size=4)
+    torch.testing.assert_close(chunked.relevance, got.relevance, rtol=1e-12, atol=1e-14)
+    contrast = relprop.explain(model, x, seed=lambda out: out[:, 1] - out[:, 0], method="deeplift_shap",
+                               baselines=references)
+    zero = relprop.explain(model, x, 0, method="deeplift_shap", baselines=references)
+    torch.testing.assert_close(contrast.relevance, got.relevance - zero.relevance, rtol=1e-9, atol=1e-12)
+
+
+def test_deeplift_shap_options_are_checked() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    x = _randn(2, 4)
+    with pytest.raises(ConfigError, match="needs baselines="):
+        relprop.explain(model, x, 0, method="deeplift_shap")
+    with pytest.raises(ConfigError, match=r"baselines must have shape \(n, 4\)"):
+        relprop.explain(model, x, 0, method="deeplift_shap", baselines=torch.zeros(3, 5))
+    with pytest.raises(ConfigError, match="baselines contain NaN"):
+        relprop.explain(model, x, 0, method="deeplift_shap", baselines=torch.full((2, 4), float("inf")))
+    with pytest.raises(ConfigError, match="option batch_size=0 must be a positive integer"):
+        relprop.explain(model, x, 0, method="deeplift_shap", baselines=torch.zeros(2, 4), batch_size=0)

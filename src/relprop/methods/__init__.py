@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ._registry import METHODS, Attribution, method
 from .cam import grad_cam, guided_grad_cam
-from .deeplift import deeplift
+from .deeplift import deeplift, deeplift_shap
 from .gradient import gradient, gradient_x_input, integrated_gradients, sensitivity, smoothgrad
 from .guided import deconvnet, guided_backprop
 from .lrp import lrp
@@ -15,5 +15,6 @@ from .perturbation import occlusion
 
 __all__ = [
     "gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet", "integrated_gradients",
-    "smoothgrad", "occlusion", "lrp", "grad_cam", "guided_grad_cam", "deeplift", "METHODS", "Attribution", "method",
+    "smoothgrad", "occlusion", "lrp", "grad_cam", "guided_grad_cam", "deeplift", "deeplift_shap", "METHODS",
+    "Attribution", "method",
 ]

@@ -39,7 +39,7 @@ from ..core import (
     root_module,
     script_module_error,
 )
-from ..errors import ExplanationError
+from ..errors import ConfigError, ExplanationError
 from ..ops import OpCall
 from ..rules import Route
 from ..rules.elementwise import _added_term, vjp
@@ -55,7 +55,7 @@ from ._common import (
 from ._layers import backward_batched
 from ._registry import Attribution, method
 
-__all__ = ["deeplift"]
+__all__ = ["deeplift", "deeplift_shap"]
 
 TOLERANCE = 1e-10  # |a - a'| below it: the derivative at a instead of the secant (Captum's eps)
 _LINEAR = (ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE, ops.DROPOUT, ops.BATCH_NORM,
@@ -254,3 +254,34 @@ def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
             "0 at every non-linearity, and the model has folded another dimension outside the batch there (a "
             "time-major (steps * batch, ...) layout); explain it with the batch outermost")
     return gap
+
+
+@method("deeplift_shap")
+def deeplift_shap(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baselines: Tensor | None = None,
+                  batch_size: int | None = None) -> Attribution:
+    """DeepLIFT averaged over a set of reference inputs (Lundberg and Lee 2017's DeepSHAP, Captum's
+    ``DeepLiftShap``): ``baselines`` (n, *x.shape[1:]), e.g. samples of the training data; every sample is explained
+    against each of them (as one batch of n times the size, or chunks of ``batch_size`` pairs) and the results
+    averaged. ``details["summation_gap"]``: ``sum R - (f(x) - mean_j f(b_j))``, rounding."""
+    if not isinstance(baselines, Tensor):
+        raise ConfigError("deeplift_shap needs baselines=, a tensor of reference inputs (n, *x.shape[1:]), e.g. a "
+                          "few training samples")
+    if baselines.shape[1:] != x.shape[1:] or len(baselines) == 0:
+        raise ConfigError(f"baselines must have shape (n, {', '.join(map(str, x.shape[1:]))}) with n >= 1, one "
+                          f"reference input per row, got {tuple(baselines.shape)}")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
+    references = baselines.to(x)
+    n, batch = len(references), len(x)
+    if not bool(torch.isfinite(references).all()):
+        raise ConfigError("baselines contain NaN or infinite values")
+    per_chunk = n if batch_size is None else max(batch_size // batch, 1)  # whole copies of the batch per chunk
+    relevance, gaps = torch.zeros_like(x), torch.zeros(batch, dtype=x.dtype, device=x.device)
+    for start in range(0, n, per_chunk):
+        chunk = references[start:start + per_chunk]  # copy-major: copy j of sample i at j * batch + i
+        tiled = x.repeat(len(chunk), *(1,) * (x.dim() - 1))
+        reference = chunk.repeat_interleave(batch, 0)
+        result = deeplift(model, tiled, target, baseline=reference)
+        relevance += result.relevance.reshape(len(chunk), *x.shape).sum(0)
+        gaps += result.details["summation_gap"].reshape(len(chunk), batch).sum(0)
+    return Attribution(relevance / n, {"summation_gap": gaps / n})

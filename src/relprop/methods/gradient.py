@@ -197,9 +197,11 @@ def integrated_gradients(
 @method("smoothgrad", several_targets=True)
 def smoothgrad(
     model: nn.Module, x: Tensor, target: Target, *, noise: float = 0.15, samples: int = 16, seed: int = 0,
-    squared: bool = False,
+    squared: bool = False, vargrad: bool = False,
 ) -> Tensor:
-    """SmoothGrad: the gradient averaged over noisy copies of x (Smilkov et al. 2017).
+    """SmoothGrad: the gradient averaged over noisy copies of x (Smilkov et al. 2017); ``squared=True`` averages
+    its square (Captum's ``smoothgrad_sq``), ``vargrad=True`` gives its variance over the copies instead (VarGrad,
+    Adebayo et al. 2018; Captum's ``vargrad``).
 
     The noise is Gaussian with standard deviation ``noise * (max(x_i) - min(x_i))`` per sample; ``seed`` makes
     it reproducible, with the same draws in every dtype (made in float64). Every sample of a batch gets the same
@@ -208,6 +210,9 @@ def smoothgrad(
     """
     if samples < 1:
         raise ConfigError(f"smoothgrad needs samples >= 1, got {samples}")
+    if squared and vargrad:
+        raise ConfigError("smoothgrad takes squared=True (the mean of the squared gradients) or vargrad=True (their "
+                          "variance), not both")
     span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).reshape(-1, *(1,) * (x.dim() - 1))  # (batch, 1, ...)
     generator = torch.Generator(device=x.device).manual_seed(seed)
     eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, device=x.device,  # drawn in float64: the same
@@ -216,6 +221,13 @@ def smoothgrad(
     if is_several(target):  # (batch, k, ...) from one forward pass over the noisy copies
         assert isinstance(target, Tensor)
         several = _gradients(model, noisy, target, (), "output")[1].reshape(target.shape[1], samples, *x.shape)
-        return (several**2 if squared else several).mean(1).transpose(0, 1)
+        return _over_copies(several, 1, squared, vargrad).transpose(0, 1)
     grads = gradient_of_target(model, noisy, target).reshape(samples, *x.shape)
-    return (grads**2 if squared else grads).mean(0)
+    return _over_copies(grads, 0, squared, vargrad)
+
+
+def _over_copies(grads: Tensor, dim: int, squared: bool, vargrad: bool) -> Tensor:
+    """The mean over the noisy copies (dimension ``dim``) of the gradients, of their squares, or their variance."""
+    if vargrad:
+        return grads.var(dim, correction=0)
+    return (grads**2 if squared else grads).mean(dim)

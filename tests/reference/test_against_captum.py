@@ -27,6 +27,7 @@ from captum.attr import (  # noqa: E402
     Deconvolution,
     DeepLift,
     DeepLiftShap,
+    FeatureAblation,
     GuidedBackprop,
     GuidedGradCam,
     InputXGradient,
@@ -36,6 +37,7 @@ from captum.attr import (  # noqa: E402
     NoiseTunnel,
     Occlusion,
     Saliency,
+    ShapleyValues,
 )
 from captum.attr._utils.lrp_rules import Alpha1_Beta0_Rule, EpsilonRule, GammaRule  # noqa: E402
 
@@ -180,6 +182,35 @@ def test_deeplift_shap_matches_captum(kind: str) -> None:
     got = relprop.explain(model, x, target, method="deeplift_shap", baselines=references)
     assert max_relative_error(got.relevance, want) <= TOLERANCE
     assert float(delta.abs().max()) < 1e-10 and float(got.details["summation_gap"].abs().max()) < 1e-10
+
+
+def _quadrant_mask(channels: bool) -> Tensor:
+    """Groups of _CNN's 8x8 input: its 4 quadrants (shared by both channels), or quadrant x channel (8 groups)."""
+    mask = torch.zeros(1, 1, 8, 8, dtype=torch.long)
+    mask[..., :4, 4:], mask[..., 4:, :4], mask[..., 4:, 4:] = 1, 2, 3
+    return mask + 4 * torch.arange(2).reshape(1, 2, 1, 1) if channels else mask
+
+
+@pytest.mark.parametrize("mask", ["none", "quadrants"])
+@pytest.mark.parametrize("baseline", [0.0, 0.5])
+def test_feature_ablation_matches_captum(mask: str, baseline: float) -> None:
+    model, x = _model("cnn-max"), _input("cnn-max")
+    target = torch.tensor([0, 1, 2, 1])
+    groups = None if mask == "none" else _quadrant_mask(channels=True)
+    want = FeatureAblation(model).attribute(x, target=target, baselines=baseline, feature_mask=groups)
+    got = relprop.explain(model, x, target, method="feature_ablation", baseline=baseline, feature_mask=groups)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("baseline", [0.0, 0.5])
+def test_exact_shapley_values_match_captum(baseline: float) -> None:
+    """Captum's ShapleyValues runs every order of the 4 groups; relprop every coalition (the same values)."""
+    model, x = _model("cnn-max"), _input("cnn-max")
+    target = torch.tensor([0, 1, 2, 1])
+    groups = _quadrant_mask(channels=False)
+    want = ShapleyValues(model).attribute(x, target=target, baselines=baseline, feature_mask=groups)
+    got = relprop.explain(model, x, target, method="shapley_values", baseline=baseline, feature_mask=groups)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
 
 
 class _FunctionalReLU(nn.Module):

@@ -6,6 +6,7 @@ Each registers itself for :func:`relprop.explain` with ``@method("name")`` where
 from __future__ import annotations
 
 from ._registry import METHODS, Attribution, method
+from .ablation import feature_ablation, shapley_values
 from .cam import grad_cam, guided_grad_cam
 from .deeplift import deeplift, deeplift_shap
 from .gradient import gradient, gradient_x_input, integrated_gradients, sensitivity, smoothgrad
@@ -15,6 +16,7 @@ from .perturbation import occlusion
 
 __all__ = [
     "gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet", "integrated_gradients",
-    "smoothgrad", "occlusion", "lrp", "grad_cam", "guided_grad_cam", "deeplift", "deeplift_shap", "METHODS",
+    "smoothgrad", "occlusion", "lrp", "grad_cam", "guided_grad_cam", "deeplift", "deeplift_shap", "feature_ablation",
+    "shapley_values", "METHODS",
     "Attribution", "method",
 ]

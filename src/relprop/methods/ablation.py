@@ -1,0 +1,183 @@
+"""Attributions by removing groups of input features: feature ablation and Shapley values (exact, or sampled over
+permutations), on groups given by a feature mask (superpixels, tokens, channels; by default every element alone).
+
+A group is removed by setting its elements to the ``baseline``. Every element of a group gets the group's value,
+as in Captum's ``FeatureAblation``, ``ShapleyValues`` and ``ShapleyValueSampling``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ._common import OutputSeed, target_score
+from ._registry import Attribution, method
+
+__all__ = ["feature_ablation", "shapley_values"]
+
+_EXACT_GROUPS = 12  # exact Shapley values up to 2^12 coalitions per sample
+
+
+def _groups(feature_mask: Tensor | None, x: Tensor) -> tuple[Tensor, int]:
+    """The group index in [0, G) of every element of x (a LongTensor of x's shape) and G."""
+    if feature_mask is None:
+        index = torch.arange(x[0].numel(), device=x.device).reshape(x.shape[1:])
+        return index.expand_as(x), x[0].numel()
+    if not isinstance(feature_mask, Tensor) or feature_mask.is_floating_point() or feature_mask.is_complex():
+        raise ConfigError("feature_mask must be an integer tensor of group ids that broadcasts to x's shape, e.g. a "
+                          "superpixel id per pixel (h, w) as (1, 1, h, w)")
+    try:
+        mask = feature_mask.to(x.device).expand_as(x)
+    except RuntimeError:
+        raise ConfigError(f"feature_mask of shape {tuple(feature_mask.shape)} does not broadcast to x's shape "
+                          f"{tuple(x.shape)}") from None
+    _, index = torch.unique(mask, return_inverse=True)
+    return index.reshape(x.shape), int(index.max()) + 1
+
+
+def _baseline(baseline: Tensor | float, x: Tensor) -> Tensor:
+    return torch.as_tensor(baseline).to(x).expand_as(x)  # (its shape and values: relprop.validate)
+
+
+def _progress(name: str, done: int, total: int) -> None:
+    print(f"{name}: {done}/{total} forward passes of the batch", file=sys.stderr, flush=True)
+
+
+def _scores(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, present: Callable[[int, int], Tensor],
+            total: int, groups: Tensor, reference: Tensor, batch_size: int, name: str, progress: bool | None
+            ) -> Tensor:
+    """The target scores of x with only the groups in each row of ``present(start, stop)`` (rows start..stop-1 of
+    a (total, G) boolean table, made a chunk at a time) kept, the others at the reference: (total, batch), batched
+    by ``batch_size`` inputs per forward pass."""
+    batch = len(x)
+    per_chunk = max(batch_size // batch, 1)
+    chunks = range(0, total, per_chunk)
+    show = len(chunks) > 8 if progress is None else progress
+    rows = []
+    with torch.no_grad():
+        for i in chunks:
+            part = present(i, min(i + per_chunk, total))  # (c, G): which groups each copy keeps
+            keep = part[:, groups]  # (c, batch, ...): per element, whether its group is kept
+            inputs = torch.where(keep, x.unsqueeze(0), reference.unsqueeze(0)).reshape(-1, *x.shape[1:])
+            rows.append(target_score(model(inputs), target).reshape(len(part), batch))
+            if show:
+                _progress(name, i + len(part), total)
+    return torch.cat(rows)
+
+
+def _spread(values: Tensor, groups: Tensor) -> Tensor:
+    """Per-group values (batch, G) onto every element of its group: x's shape."""
+    return values.gather(1, groups.reshape(len(groups), -1)).reshape(groups.shape)
+
+
+def _too_many(name: str, evaluations: int, batch: int, limit: int, advice: str) -> ConfigError:
+    return ConfigError(f"{name} needs {evaluations} forward passes of the batch ({evaluations * batch} inputs), more "
+                       f"than max_evaluations={limit}; {advice}, or raise max_evaluations")
+
+
+@method("feature_ablation")
+def feature_ablation(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, feature_mask: Tensor | None = None,
+    baseline: Tensor | float = 0.0, batch_size: int = 256, max_evaluations: int = 20_000,
+    progress: bool | None = None,
+) -> Attribution:
+    """Feature ablation: each group's ``f(x) - f(x with the group at the baseline)``, on every element of the group.
+
+    ``feature_mask``: integer group ids broadcasting to x's shape (default: every element alone); ``baseline``: a
+    number or a tensor broadcasting to x. One forward pass of the batch per group, ``batch_size`` inputs at a time.
+    """
+    groups, count = _groups(feature_mask, x)
+    if count > max_evaluations:
+        raise _too_many("feature_ablation", count, len(x), max_evaluations, "group the features with feature_mask")
+    reference = _baseline(baseline, x)
+    with torch.no_grad():
+        full = target_score(model(x), target)
+    def all_but_one(start: int, stop: int) -> Tensor:  # row g: every group but g
+        ablated = torch.arange(start, stop, device=x.device).unsqueeze(1)
+        return ablated != torch.arange(count, device=x.device)
+
+    drops = full.unsqueeze(0) - _scores(model, x, target, all_but_one, count, groups, reference, batch_size,
+                                        "feature_ablation", progress)
+    return Attribution(_spread(drops.T, groups))
+
+
+def _coalitions(count: int, device: torch.device, start: int = 0, stop: int | None = None) -> Tensor:
+    """Subsets start..stop-1 of ``count`` groups (default: all) as rows of booleans, row s holding the bits of s."""
+    bits = torch.arange(count, device=device)
+    subsets = torch.arange(start, 2**count if stop is None else stop, device=device)
+    return (subsets.unsqueeze(1) >> bits) & 1 == 1
+
+
+def _exact(values: Tensor, count: int) -> Tensor:
+    """Shapley values (batch, G) from the values of every coalition ``values`` (2^G, batch), by the subset formula
+    phi_g = sum over S without g of |S|! (G - |S| - 1)! / G! (v(S + g) - v(S))."""
+    subsets = _coalitions(count, values.device)
+    sizes = subsets.sum(1)
+    weight = torch.tensor([math.factorial(s) * math.factorial(count - s - 1) / math.factorial(count)
+                           for s in range(count)], dtype=values.dtype, device=values.device)
+    phi = torch.zeros(values.shape[1], count, dtype=values.dtype, device=values.device)
+    index = torch.arange(2**count, device=values.device)
+    for g in range(count):
+        without = ~subsets[:, g]
+        phi[:, g] = (weight[sizes[without]].unsqueeze(1)
+                     * (values[index[without] | (1 << g)] - values[index[without]])).sum(0)
+    return phi
+
+
+def _first_of(rank: Tensor) -> Callable[[int, int], Tensor]:
+    """Rows start..stop-1 of the (G + 1, G) table whose row k keeps the first k groups of the order that ranks group
+    g at ``rank[g]`` (the others at the baseline)."""
+    return lambda start, stop: rank < torch.arange(start, stop, device=rank.device).unsqueeze(1)
+
+
+def _permutations(count: int, samples: int, seed: int, device: torch.device) -> Iterator[Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(samples):
+        yield torch.randperm(count, generator=generator).to(device)
+
+
+@method("shapley_values")
+def shapley_values(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, feature_mask: Tensor | None = None,
+    baseline: Tensor | float = 0.0, samples: int | None = None, seed: int = 0, batch_size: int = 256,
+    max_evaluations: int = 20_000, progress: bool | None = None,
+) -> Attribution:
+    """Shapley values of the feature groups (Shapley 1953; Strumbelj and Kononenko 2014 for the sampling).
+
+    The value of a set of groups is the target score with those groups kept and the others at ``baseline``. With
+    ``samples=None``, exact: every coalition (2^G forward passes of the batch, G <= 12 groups). With
+    ``samples=N``: the mean over N random orders of the groups (``seed``) of each group's marginal contribution as
+    it is added (N (G + 1) forward passes), as Captum's ``ShapleyValueSampling``. Either way the values sum to
+    ``f(x) - f(baseline)`` (``details["efficiency_gap"]``, rounding).
+    """
+    groups, count = _groups(feature_mask, x)
+    reference = _baseline(baseline, x)
+    def run(present: Callable[[int, int], Tensor], total: int) -> Tensor:
+        return _scores(model, x, target, present, total, groups, reference, batch_size, "shapley_values", progress)
+
+    if samples is None:
+        if count > _EXACT_GROUPS:
+            raise ConfigError(f"exact Shapley values of {count} groups need 2^{count} forward passes; group the "
+                              f"features with feature_mask (at most {_EXACT_GROUPS} groups) or pass samples=N to "
+                              "sample N orders of the groups")
+        values = run(lambda start, stop: _coalitions(count, x.device, start, stop), 2**count)  # (2^G, batch)
+        phi = _exact(values, count)
+    else:
+        if samples < 1:
+            raise ConfigError(f"shapley_values needs samples >= 1 (or None for the exact values), got {samples}")
+        if samples * (count + 1) > max_evaluations:
+            raise _too_many("shapley_values", samples * (count + 1), len(x), max_evaluations,
+                            "group the features with feature_mask or take fewer samples")
+        phi = torch.zeros(len(x), count, dtype=x.dtype, device=x.device)
+        for order in _permutations(count, samples, seed, x.device):
+            rank = torch.empty_like(order)
+            rank[order] = torch.arange(count, device=x.device)
+            values = run(_first_of(rank), count + 1)
+            phi[:, order] += (values[1:] - values[:-1]).T  # group order[k] is added at step k + 1
+        phi /= samples
+    return Attribution(_spread(phi, groups), {"efficiency_gap": phi.sum(1) - (values[-1] - values[0])})

@@ -1,0 +1,115 @@
+"""Feature ablation and Shapley values: against literal twins written from their definitions, their properties
+(efficiency, linearity in the explained score, per-sample groups) and their errors. (Against Captum's
+FeatureAblation and ShapleyValues: tests/reference/test_against_captum.py.)"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+import relprop
+from relprop.errors import ConfigError
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
+    return model.double().eval()
+
+
+def _x(seed: int = 1) -> Tensor:
+    return torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _quadrants() -> Tensor:
+    """4 groups: the quadrants of the 4x4 image, shared by both channels."""
+    mask = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    mask[..., :2, 2:], mask[..., 2:, :2], mask[..., 2:, 2:] = 1, 2, 3
+    return mask
+
+
+def _value(model: nn.Module, x: Tensor, mask: Tensor, kept: set[int], baseline: float, target: int) -> Tensor:
+    """The target score with the groups in ``kept`` as in x and every other element at the baseline."""
+    keep = torch.zeros_like(x, dtype=torch.bool)
+    for g in kept:
+        keep |= (mask == g).expand_as(x)
+    with torch.no_grad():
+        return model(torch.where(keep, x, torch.full_like(x, baseline)))[:, target]
+
+
+def test_feature_ablation_is_the_drop_per_group() -> None:
+    model, x, mask = _model(), _x(), _quadrants()
+    got = relprop.explain(model, x, 2, method="feature_ablation", feature_mask=mask, baseline=0.5).relevance
+    full = _value(model, x, mask, {0, 1, 2, 3}, 0.5, 2)
+    want = torch.zeros_like(x)
+    for g in range(4):
+        drop = full - _value(model, x, mask, {0, 1, 2, 3} - {g}, 0.5, 2)
+        want += drop.reshape(-1, 1, 1, 1) * (mask == g)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    every = relprop.explain(model, x, 2, method="feature_ablation", baseline=0.5)  # every element alone
+    assert len(torch.unique(every.relevance[0])) > 16
+
+
+def test_exact_shapley_values_are_the_mean_over_every_order() -> None:
+    model, x, mask = _model(), _x(), _quadrants()
+    got = relprop.explain(model, x, 1, method="shapley_values", feature_mask=mask)
+    phi = torch.zeros(len(x), 4, dtype=torch.float64)
+    for order in itertools.permutations(range(4)):
+        for k, g in enumerate(order):
+            before = set(order[:k])
+            phi[:, g] += _value(model, x, mask, before | {g}, 0.0, 1) - _value(model, x, mask, before, 0.0, 1)
+    phi /= math.factorial(4)
+    want = torch.zeros_like(x) + sum(phi[:, g].reshape(-1, 1, 1, 1) * (mask == g) for g in range(4))
+    torch.testing.assert_close(got.relevance, want, rtol=1e-12, atol=1e-14)
+    assert float(got.details["efficiency_gap"].abs().max()) < 1e-13
+
+
+def test_sampled_shapley_values_are_efficient_and_approach_the_exact_ones() -> None:
+    model, x, mask = _model(), _x(), _quadrants()
+    exact = relprop.explain(model, x, 0, method="shapley_values", feature_mask=mask).relevance
+    sampled = relprop.explain(model, x, 0, method="shapley_values", feature_mask=mask, samples=400)
+    assert float(sampled.details["efficiency_gap"].abs().max()) < 1e-13  # every order sums to f(x) - f(baseline)
+    assert float((sampled.relevance - exact).abs().max()) < 0.05 * float(exact.abs().max())
+    again = relprop.explain(model, x, 0, method="shapley_values", feature_mask=mask, samples=400)
+    assert torch.equal(again.relevance, sampled.relevance)
+    other = relprop.explain(model, x, 0, method="shapley_values", feature_mask=mask, samples=400, seed=1)
+    assert not torch.equal(other.relevance, sampled.relevance)
+    chunked = relprop.explain(model, x, 0, method="shapley_values", feature_mask=mask, samples=400, batch_size=4)
+    torch.testing.assert_close(chunked.relevance, sampled.relevance, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["feature_ablation", "shapley_values"])
+def test_a_seed_and_per_sample_groups(name: str) -> None:
+    model, x = _model(), _x()
+    mask = _quadrants().repeat(3, 1, 1, 1)
+    mask[1] = (mask[1] + 1) % 4  # sample 1: other ids on the same regions; sample 2: two groups only
+    mask[2] = torch.arange(16).reshape(1, 4, 4) % 2
+    together = relprop.explain(model, x, 2, method=name, feature_mask=mask).relevance
+    for i in range(3):
+        alone = relprop.explain(model, x[i:i + 1], 2, method=name, feature_mask=mask[i:i + 1]).relevance
+        torch.testing.assert_close(together[i:i + 1], alone, rtol=1e-12, atol=1e-14)
+    ones, twos = (relprop.explain(model, x, t, method=name, feature_mask=mask).relevance for t in (1, 2))
+    contrast = relprop.explain(model, x, seed=lambda out: out[:, 2] - out[:, 1], method=name, feature_mask=mask)
+    torch.testing.assert_close(contrast.relevance, twos - ones, rtol=1e-10, atol=1e-13)
+
+
+def test_errors_say_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+    model, x = _model(), _x()
+    with pytest.raises(ConfigError, match="feature_mask must be an integer tensor"):
+        relprop.explain(model, x, 0, method="feature_ablation", feature_mask=torch.zeros(4, 4))
+    with pytest.raises(ConfigError, match=r"feature_mask of shape \(3, 4\) does not broadcast"):
+        relprop.explain(model, x, 0, method="feature_ablation", feature_mask=torch.zeros(3, 4, dtype=torch.long))
+    with pytest.raises(ConfigError, match="needs 32 forward passes .* more than max_evaluations=10"):
+        relprop.explain(model, x, 0, method="feature_ablation", max_evaluations=10)
+    with pytest.raises(ConfigError, match="exact Shapley values of 32 groups need 2\\^32 forward passes"):
+        relprop.explain(model, x, 0, method="shapley_values")
+    with pytest.raises(ConfigError, match="option samples=0 must be a positive integer"):
+        relprop.explain(model, x, 0, method="shapley_values", feature_mask=_quadrants(), samples=0)
+    with pytest.raises(ConfigError, match=r"needs 3300 forward passes"):
+        relprop.explain(model, x, 0, method="shapley_values", samples=100, max_evaluations=1000)
+    relprop.explain(model, x, 0, method="shapley_values", feature_mask=_quadrants(), progress=True, batch_size=12)
+    assert "shapley_values: 16/16 forward passes of the batch" in capsys.readouterr().err

@@ -232,6 +232,9 @@ def test_smoothgrad_without_noise_is_gradient(make_cnn, seed: int, samples: int)
 # ---------------------------------------------------------------- batch independence
 
 
+_QUADRANTS = (torch.arange(8).reshape(1, 1, 8, 1) // 4) * 2 + torch.arange(8).reshape(1, 1, 1, 8) // 4  # 4 groups
+
+
 def _options(method: str) -> list[tuple[str, dict[str, Any]]]:
     if method == "lrp":
         bounds = {"low": -3.0, "high": 3.0}
@@ -240,6 +243,10 @@ def _options(method: str) -> list[tuple[str, dict[str, Any]]]:
     extra: dict[str, dict[str, Any]] = {
         "integrated_gradients": {"steps": 6, "baseline": 0.1}, "smoothgrad": {"noise": 0.0, "samples": 3},
         "occlusion": {"window": (1, 3, 3), "stride": 2},
+        "grad_cam": {"layer": "2"}, "guided_grad_cam": {"layer": "2"},  # a (batch, 4, h, w) map in both models
+        "deeplift_shap": {"baselines": torch.linspace(-0.5, 0.5, 2 * 2 * 8 * 8, dtype=torch.float64)
+                          .reshape(2, 2, 8, 8)},
+        "feature_ablation": {"feature_mask": _QUADRANTS}, "shapley_values": {"feature_mask": _QUADRANTS},
     }
     return [(method, extra.get(method, {}))]
 

@@ -247,6 +247,8 @@ def _options(method: str) -> list[tuple[str, dict[str, Any]]]:
         "deeplift_shap": {"baselines": torch.linspace(-0.5, 0.5, 2 * 2 * 8 * 8, dtype=torch.float64)
                           .reshape(2, 2, 8, 8)},
         "feature_ablation": {"feature_mask": _QUADRANTS}, "shapley_values": {"feature_mask": _QUADRANTS},
+        "gradient_shap": {"baselines": torch.linspace(-0.5, 0.5, 2 * 2 * 8 * 8, dtype=torch.float64)
+                          .reshape(2, 2, 8, 8), "samples": 3},
     }
     return [(method, extra.get(method, {}))]
 

@@ -22,7 +22,7 @@ from ._layers import Records, backward, backward_batched, gap_by_layer, recorded
 from ._registry import Attribution, method
 
 __all__ = [
-    "gradient", "sensitivity", "gradient_x_input", "integrated_gradients", "smoothgrad", "ig_alphas",
+    "gradient", "sensitivity", "gradient_x_input", "integrated_gradients", "smoothgrad", "gradient_shap", "ig_alphas",
     "explain_gradient_x_input", "explain_integrated_gradients",
 ]
 
@@ -231,3 +231,43 @@ def _over_copies(grads: Tensor, dim: int, squared: bool, vargrad: bool) -> Tenso
     if vargrad:
         return grads.var(dim, correction=0)
     return (grads**2 if squared else grads).mean(dim)
+
+
+@method("gradient_shap", several_targets=True)
+def gradient_shap(
+    model: nn.Module, x: Tensor, target: Target, *, baselines: Tensor | None = None, samples: int = 16,
+    noise: float = 0.0, seed: int = 0,
+) -> Tensor:
+    """GradientSHAP (Lundberg and Lee 2017; Captum's ``GradientShap``): expected gradients over references.
+
+    Each of ``samples`` draws picks a reference ``b`` from ``baselines`` (n, *x.shape[1:]) and a point ``a`` in
+    [0, 1) at random, adds Gaussian noise of standard deviation ``noise`` to x (``x~``) and takes ``(x~ - b)
+    df/dx`` at ``b + a (x~ - b)``; the result is the mean over the draws. Its sum approaches ``f(x) - E f(b)`` as
+    the draws grow. ``seed`` makes it reproducible, with the same draws in every dtype (one CPU generator seeded
+    with it draws the references' indices, then the points, then the noise, in float64); every sample of a batch
+    gets the same draws (so a sample's result does not depend on the rest of the batch), and all run as one batch.
+    """
+    if not isinstance(baselines, Tensor):
+        raise ConfigError("gradient_shap needs baselines=, a tensor of reference inputs (n, *x.shape[1:]), e.g. a "
+                          "few training samples")
+    if baselines.shape[1:] != x.shape[1:] or len(baselines) == 0:
+        raise ConfigError(f"baselines must have shape (n, {', '.join(map(str, x.shape[1:]))}) with n >= 1, one "
+                          f"reference input per row, got {tuple(baselines.shape)}")
+    if not bool(torch.isfinite(baselines).all()):
+        raise ConfigError("baselines contain NaN or infinite values")
+    if samples < 1:
+        raise ConfigError(f"gradient_shap needs samples >= 1, got {samples}")
+    generator = torch.Generator().manual_seed(seed)  # drawn on the CPU in float64: the same draws everywhere
+    chosen = torch.randint(len(baselines), (samples,), generator=generator)
+    alphas = torch.rand(samples, generator=generator, dtype=torch.float64).to(x)
+    eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, dtype=torch.float64).to(x)
+    shape = (samples,) + (1,) * x.dim()
+    references = baselines.to(x)[chosen.to(x.device)].unsqueeze(1)  # (samples, 1, ...)
+    noisy = x.unsqueeze(0) + noise * eps  # (samples, batch, ...)
+    points = (references + alphas.reshape(shape) * (noisy - references)).reshape(-1, *x.shape[1:])
+    if is_several(target):  # (batch, k, ...) from one forward pass over the points
+        assert isinstance(target, Tensor)
+        grads = _gradients(model, points, target, (), "output")[1].reshape(target.shape[1], *noisy.shape)
+        return ((noisy - references).unsqueeze(0) * grads).mean(1).transpose(0, 1)
+    grads = gradient_of_target(model, points, target).reshape(noisy.shape)
+    return ((noisy - references) * grads).mean(0)

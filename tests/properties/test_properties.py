@@ -247,6 +247,7 @@ def _options(method: str) -> list[tuple[str, dict[str, Any]]]:
         "deeplift_shap": {"baselines": torch.linspace(-0.5, 0.5, 2 * 2 * 8 * 8, dtype=torch.float64)
                           .reshape(2, 2, 8, 8)},
         "feature_ablation": {"feature_mask": _QUADRANTS}, "shapley_values": {"feature_mask": _QUADRANTS},
+        "kernel_shap": {"feature_mask": _QUADRANTS}, "lime": {"feature_mask": _QUADRANTS, "samples": 32},
         "gradient_shap": {"baselines": torch.linspace(-0.5, 0.5, 2 * 2 * 8 * 8, dtype=torch.float64)
                           .reshape(2, 2, 8, 8), "samples": 3},
     }

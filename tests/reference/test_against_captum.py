@@ -33,6 +33,7 @@ from captum.attr import (  # noqa: E402
     GuidedGradCam,
     InputXGradient,
     IntegratedGradients,
+    KernelShap,
     LayerAttribution,
     LayerGradCam,
     NoiseTunnel,
@@ -212,6 +213,23 @@ def test_exact_shapley_values_match_captum(baseline: float) -> None:
     want = ShapleyValues(model).attribute(x, target=target, baselines=baseline, feature_mask=groups)
     got = relprop.explain(model, x, target, method="shapley_values", baseline=baseline, feature_mask=groups)
     assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
+@pytest.mark.filterwarnings("ignore:You are providing multiple inputs for Lime")  # Captum fits each sample alone
+def test_kernel_shap_matches_captums_exact_shapley_values() -> None:
+    """Over every coalition relprop's KernelSHAP is the Shapley values (to Captum's float32 accumulation); sampled,
+    it and Captum's KernelShap (2000 coalitions each, their own draws) estimate them to a few percent."""
+    model, x = _model("cnn-max"), _input("cnn-max")
+    target = torch.tensor([0, 1, 2, 1])
+    groups = _quadrant_mask(channels=True)  # 8 groups
+    exact = ShapleyValues(model).attribute(x, target=target, feature_mask=_quadrant_mask(channels=False))
+    every = relprop.explain(model, x, target, method="kernel_shap", feature_mask=_quadrant_mask(channels=False))
+    assert max_relative_error(every.relevance, exact) <= TOLERANCE
+    exact = relprop.explain(model, x, target, method="shapley_values", feature_mask=groups).relevance
+    torch.manual_seed(0)
+    theirs = KernelShap(model).attribute(x, target=target, feature_mask=groups, n_samples=2000)
+    ours = relprop.explain(model, x, target, method="kernel_shap", feature_mask=groups, samples=2000).relevance
+    assert max_relative_error(theirs, exact) < 0.08 and max_relative_error(ours, exact) < 0.08
 
 
 def test_gradient_shap_agrees_with_captum_in_expectation() -> None:

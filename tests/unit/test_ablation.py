@@ -113,3 +113,67 @@ def test_errors_say_what_to_do(capsys: pytest.CaptureFixture[str]) -> None:
         relprop.explain(model, x, 0, method="shapley_values", samples=100, max_evaluations=1000)
     relprop.explain(model, x, 0, method="shapley_values", feature_mask=_quadrants(), progress=True, batch_size=12)
     assert "shapley_values: 16/16 forward passes of the batch" in capsys.readouterr().err
+
+
+def test_kernel_shap_over_every_coalition_is_exact_and_sampled_approaches_it() -> None:
+    """Lundberg and Lee's theorem: the Shapley kernel's weighted fit over every coalition gives the Shapley values."""
+    model, x, mask = _model(), _x(), _quadrants()
+    exact = relprop.explain(model, x, 1, method="shapley_values", feature_mask=mask).relevance
+    every = relprop.explain(model, x, 1, method="kernel_shap", feature_mask=mask).relevance
+    torch.testing.assert_close(every, exact, rtol=1e-10, atol=1e-13)
+    sampled = relprop.explain(model, x, 1, method="kernel_shap", feature_mask=mask, samples=3000).relevance
+    assert float((sampled - exact).abs().max()) < 0.05 * float(exact.abs().max())
+    with torch.no_grad():
+        delta = model(x)[:, 1] - model(torch.zeros_like(x))[:, 1]
+    torch.testing.assert_close(sampled.sum((1, 2, 3)) / 8, delta, rtol=1e-10, atol=1e-13)  # 8 elements per group
+    again = relprop.explain(model, x, 1, method="kernel_shap", feature_mask=mask, samples=3000).relevance
+    assert torch.equal(again, sampled)
+
+
+def test_lime_recovers_a_linear_model_and_is_a_weighted_fit() -> None:
+    torch.manual_seed(0)
+    linear = nn.Sequential(nn.Flatten(), nn.Linear(32, 3)).double().eval()
+    x, mask = _x(), _quadrants()
+    got = relprop.explain(linear, x, 2, method="lime", feature_mask=mask, samples=64)
+    contributions = (linear[1].weight[2].reshape(2, 4, 4) * x).unsqueeze(1)  # w_i x_i, summed per group
+    want = torch.zeros_like(x)
+    for g in range(4):
+        want += (contributions * (mask == g)).sum((1, 2, 3, 4)).reshape(-1, 1, 1, 1) * (mask == g)
+    torch.testing.assert_close(got.relevance, want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got.details["intercept"], linear[1].bias[2].expand(3), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got.details["r2"], torch.ones(3, dtype=torch.float64), rtol=0, atol=1e-9)
+    shrunk = relprop.explain(linear, x, 2, method="lime", feature_mask=mask, samples=64, ridge=10.0).relevance
+    assert float(shrunk.abs().sum()) < float(got.relevance.abs().sum())
+
+
+def test_lime_on_a_nonlinear_model_is_the_literal_weighted_least_squares() -> None:
+    model, x, mask = _model(), _x(), _quadrants()
+    got = relprop.explain(model, x, 0, method="lime", feature_mask=mask, samples=40, seed=3, kernel_width=0.5)
+    z = torch.rand(40, 4, generator=torch.Generator().manual_seed(3)) < 0.5  # the same draws
+    z[0] = True
+    rows, weights = [], []
+    for coalition in z:
+        kept = {g for g in range(4) if coalition[g]}
+        rows.append(_value(model, x, mask, kept, 0.0, 0))
+        cosine = len(kept) / (math.sqrt(len(kept)) * 2) if kept else 0.0
+        weights.append(math.exp(-((1 - cosine) ** 2) / 0.25))
+    values, w = torch.stack(rows), torch.tensor(weights, dtype=torch.float64)
+    design = torch.cat([torch.ones(40, 1, dtype=torch.float64), z.double()], 1)
+    solution = torch.linalg.solve(design.T @ (w[:, None] * design), design.T @ (w[:, None] * values))
+    want = torch.zeros_like(x) + sum(solution[1 + g].reshape(-1, 1, 1, 1) * (mask == g) for g in range(4))
+    torch.testing.assert_close(got.relevance, want, rtol=1e-8, atol=1e-11)
+    torch.testing.assert_close(got.details["intercept"], solution[0], rtol=1e-8, atol=1e-11)
+
+
+def test_kernel_shap_and_lime_errors() -> None:
+    model, x = _model(), _x()
+    with pytest.raises(ConfigError, match="needs at least 2 feature groups"):
+        relprop.explain(model, x, 0, method="kernel_shap", feature_mask=torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ConfigError, match=r"every coalition of 32 groups needs 2\^32"):
+        relprop.explain(model, x, 0, method="kernel_shap")
+    with pytest.raises(ConfigError, match="needs 500 forward passes .* more than max_evaluations=100"):
+        relprop.explain(model, x, 0, method="kernel_shap", samples=500, max_evaluations=100)
+    with pytest.raises(ConfigError, match="lime needs kernel_width > 0"):
+        relprop.explain(model, x, 0, method="lime", kernel_width=0.0)
+    with pytest.raises(ConfigError, match="needs 500 forward passes"):
+        relprop.explain(model, x, 0, method="lime", samples=500, max_evaluations=100)

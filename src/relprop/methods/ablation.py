@@ -1,8 +1,13 @@
-"""Attributions by removing groups of input features: feature ablation and Shapley values (exact, or sampled over
-permutations), on groups given by a feature mask (superpixels, tokens, channels; by default every element alone).
+"""Attributions by removing groups of input features: feature ablation, Shapley values (exact, or sampled over
+permutations), KernelSHAP and LIME (a weighted linear model of the scores of random coalitions), on groups given by
+a feature mask (superpixels, tokens, channels; by default every element alone).
 
 A group is removed by setting its elements to the ``baseline``. Every element of a group gets the group's value,
-as in Captum's ``FeatureAblation``, ``ShapleyValues`` and ``ShapleyValueSampling``.
+as in Captum's ``FeatureAblation``, ``ShapleyValues``, ``ShapleyValueSampling``, ``KernelShap`` and ``Lime``. The
+groups are the mask's ids over the whole batch, and a batch shares its random draws; a sample whose mask lacks an
+id has a group without elements there, which changes nothing: its value is 0 for feature ablation and exact
+Shapley values, while the fits of the sampled KernelSHAP and LIME give it a small value of their noise (so there a
+sample's result depends on the ids of the rest of its batch).
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from ..errors import ConfigError
 from ._common import OutputSeed, target_score
 from ._registry import Attribution, method
 
-__all__ = ["feature_ablation", "shapley_values"]
+__all__ = ["feature_ablation", "shapley_values", "kernel_shap", "lime"]
 
 _EXACT_GROUPS = 12  # exact Shapley values up to 2^12 coalitions per sample
 
@@ -44,8 +49,13 @@ def _baseline(baseline: Tensor | float, x: Tensor) -> Tensor:
     return torch.as_tensor(baseline).to(x).expand_as(x)  # (its shape and values: relprop.validate)
 
 
-def _progress(name: str, done: int, total: int) -> None:
-    print(f"{name}: {done}/{total} forward passes of the batch", file=sys.stderr, flush=True)
+def _progress(name: str, done: int, total: int, unit: str = "forward passes of the batch") -> None:
+    print(f"{name}: {done}/{total} {unit}", file=sys.stderr, flush=True)
+
+
+def _deciles(count: int) -> set[int]:
+    """The indices (0-based) of ``count`` steps after which a tenth more is done, and the last."""
+    return {math.ceil(count * k / 10) - 1 for k in range(1, 11)} - {-1}
 
 
 def _scores(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, present: Callable[[int, int], Tensor],
@@ -58,6 +68,7 @@ def _scores(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, present: C
     per_chunk = max(batch_size // batch, 1)
     chunks = range(0, total, per_chunk)
     show = len(chunks) > 8 if progress is None else progress
+    lines = _deciles(len(chunks))  # a line per tenth of the work
     rows = []
     with torch.no_grad():
         for i in chunks:
@@ -65,7 +76,7 @@ def _scores(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, present: C
             keep = part[:, groups]  # (c, batch, ...): per element, whether its group is kept
             inputs = torch.where(keep, x.unsqueeze(0), reference.unsqueeze(0)).reshape(-1, *x.shape[1:])
             rows.append(target_score(model(inputs), target).reshape(len(part), batch))
-            if show:
+            if show and i // per_chunk in lines:
                 _progress(name, i + len(part), total)
     return torch.cat(rows)
 
@@ -174,10 +185,125 @@ def shapley_values(
             raise _too_many("shapley_values", samples * (count + 1), len(x), max_evaluations,
                             "group the features with feature_mask or take fewer samples")
         phi = torch.zeros(len(x), count, dtype=x.dtype, device=x.device)
-        for order in _permutations(count, samples, seed, x.device):
+        per_order = max(batch_size // len(x), 1)
+        show = samples * math.ceil((count + 1) / per_order) > 8 if progress is None else progress
+        lines = _deciles(samples)
+        for n, order in enumerate(_permutations(count, samples, seed, x.device)):
             rank = torch.empty_like(order)
             rank[order] = torch.arange(count, device=x.device)
-            values = run(_first_of(rank), count + 1)
+            values = _scores(model, x, target, _first_of(rank), count + 1, groups, reference, batch_size,
+                             "shapley_values", False)
+            if show and n in lines:
+                _progress("shapley_values", n + 1, samples, "orders of the groups")
             phi[:, order] += (values[1:] - values[:-1]).T  # group order[k] is added at step k + 1
         phi /= samples
     return Attribution(_spread(phi, groups), {"efficiency_gap": phi.sum(1) - (values[-1] - values[0])})
+
+
+def _kernel_coalitions(count: int, samples: int, generator: torch.Generator) -> Tensor:
+    """``samples`` coalitions drawn from the Shapley kernel: a size k in 1..G-1 with probability proportional to
+    (G - 1) / (k (G - k)), then k groups uniformly: (samples, G) booleans."""
+    sizes = torch.arange(1, count, dtype=torch.float64)
+    size = torch.multinomial((count - 1) / (sizes * (count - sizes)), samples, replacement=True,
+                             generator=generator) + 1
+    order = torch.rand(samples, count, generator=generator).argsort(1)
+    return order < size.unsqueeze(1)  # the first k of a random order
+
+
+def _constrained_fit(z: Tensor, values: Tensor, weights: Tensor, empty: Tensor, full: Tensor) -> Tensor:
+    """The weighted least-squares coefficients (batch, G) of ``values - empty ~ z phi`` with ``sum phi = full -
+    empty`` (the constraint eliminates the last coefficient): z (S, G) booleans, values (S, batch), weights (S,)."""
+    delta = full - empty  # (batch,)
+    zf = z.to(values.dtype)
+    last = zf[:, -1:]
+    design = zf[:, :-1] - last  # (S, G - 1)
+    target = values - empty.unsqueeze(0) - last * delta.unsqueeze(0)  # (S, batch)
+    root = weights.sqrt().unsqueeze(1)
+    head = torch.linalg.pinv(root * design) @ (root * target)  # (G - 1, batch); the least-norm one if rank-deficient
+    return torch.cat([head, (delta - head.sum(0)).unsqueeze(0)]).T
+
+
+@method("kernel_shap")
+def kernel_shap(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, feature_mask: Tensor | None = None,
+    baseline: Tensor | float = 0.0, samples: int | None = None, seed: int = 0, batch_size: int = 256,
+    max_evaluations: int = 20_000, progress: bool | None = None,
+) -> Attribution:
+    """KernelSHAP (Lundberg and Lee 2017; Captum's ``KernelShap``): Shapley values of the feature groups as the
+    weighted least-squares fit of the scores of coalitions (groups kept, the others at ``baseline``), with the
+    Shapley kernel's weights and the values summing to ``f(x) - f(baseline)`` exactly.
+
+    ``samples=N`` draws N coalitions from the kernel (``seed``) and fits them with equal weights; ``samples=None``
+    fits every coalition with the kernel's weights (at most 12 groups), which gives the exact Shapley values.
+    """
+    groups, count = _groups(feature_mask, x)
+    if count < 2:
+        raise ConfigError(f"kernel_shap needs at least 2 feature groups, got {count}")
+    reference = _baseline(baseline, x)
+
+    def run(present: Callable[[int, int], Tensor], total: int) -> Tensor:
+        return _scores(model, x, target, present, total, groups, reference, batch_size, "kernel_shap", progress)
+
+    ends = run(lambda start, stop: torch.arange(start, stop, device=x.device).unsqueeze(1).expand(-1, count) == 1, 2)
+    empty, full = ends[0], ends[1]
+    if samples is None:
+        if count > _EXACT_GROUPS:
+            raise ConfigError(f"kernel_shap over every coalition of {count} groups needs 2^{count} forward passes; "
+                              f"group the features with feature_mask (at most {_EXACT_GROUPS} groups) or pass "
+                              "samples=N")
+        z = _coalitions(count, x.device)[1:-1]  # every coalition but the empty and the full one
+        sizes = z.sum(1).to(torch.float64)
+        weights = (count - 1) / (torch.tensor([math.comb(count, int(k)) for k in sizes], dtype=torch.float64)
+                                 * sizes * (count - sizes))
+    else:
+        if samples < 1:
+            raise ConfigError(f"kernel_shap needs samples >= 1 (or None for every coalition), got {samples}")
+        if samples > max_evaluations:
+            raise _too_many("kernel_shap", samples, len(x), max_evaluations, "take fewer samples")
+        z = _kernel_coalitions(count, samples, torch.Generator().manual_seed(seed)).to(x.device)
+        weights = torch.ones(samples, dtype=torch.float64)
+    values = run(lambda start, stop: z[start:stop], len(z))
+    phi = _constrained_fit(z, values, weights.to(values), empty, full)
+    return Attribution(_spread(phi, groups))
+
+
+@method("lime")
+def lime(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, feature_mask: Tensor | None = None,
+    baseline: Tensor | float = 0.0, samples: int = 256, kernel_width: float = 0.25, ridge: float = 0.0,
+    seed: int = 0, batch_size: int = 256, max_evaluations: int = 20_000, progress: bool | None = None,
+) -> Attribution:
+    """LIME (Ribeiro et al. 2016): the coefficients of a weighted linear model of the target score over which
+    feature groups are kept (the others at ``baseline``), fitted to ``samples`` random coalitions (each group kept
+    with probability 1/2, ``seed``) weighted by ``exp(-d^2 / kernel_width^2)``, ``d`` the cosine distance of a
+    coalition to the full one (LIME's kernel for images and text), with an intercept and an optional ridge penalty
+    ``ridge`` on the coefficients. Every element of a group gets the group's coefficient; ``details["intercept"]``
+    and ``details["r2"]`` (the weighted fit's coefficient of determination) per sample.
+    """
+    groups, count = _groups(feature_mask, x)
+    if samples < 1:
+        raise ConfigError(f"lime needs samples >= 1, got {samples}")
+    if samples > max_evaluations:
+        raise _too_many("lime", samples, len(x), max_evaluations, "take fewer samples")
+    if not kernel_width > 0:
+        raise ConfigError(f"lime needs kernel_width > 0, got {kernel_width}")
+    reference = _baseline(baseline, x)
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.rand(samples, count, generator=generator) < 0.5
+    z[0] = True  # the input itself, as LIME's first sample
+    values = _scores(model, x, target, lambda start, stop: z[start:stop].to(x.device), samples, groups, reference,
+                     batch_size, "lime", progress)  # (S, batch)
+    zf = z.to(device=x.device, dtype=values.dtype)
+    cosine = zf.sum(1) / (zf.norm(dim=1) * math.sqrt(count)).clamp(min=torch.finfo(values.dtype).tiny)
+    weights = torch.exp(-((1 - cosine) ** 2) / kernel_width**2)  # (S,)
+    design = torch.cat([torch.ones_like(zf[:, :1]), zf], 1)  # (S, 1 + G): intercept first
+    gram = design.T @ (weights.unsqueeze(1) * design)
+    penalty = torch.full((count + 1,), ridge, dtype=values.dtype, device=x.device)
+    penalty[0] = 0  # the intercept is not penalised
+    solution = torch.linalg.pinv(gram + torch.diag(penalty)) @ (design.T @ (weights.unsqueeze(1) * values))
+    fitted = design @ solution  # (S, batch)
+    mean = (weights.unsqueeze(1) * values).sum(0) / weights.sum()
+    residual = (weights.unsqueeze(1) * (values - fitted) ** 2).sum(0)
+    spread = (weights.unsqueeze(1) * (values - mean) ** 2).sum(0)
+    r2 = 1 - residual / spread.clamp(min=torch.finfo(values.dtype).tiny)
+    return Attribution(_spread(solution[1:].T, groups), {"intercept": solution[0], "r2": r2})

@@ -35,6 +35,7 @@ from captum.attr import (  # noqa: E402
     IntegratedGradients,
     KernelShap,
     LayerAttribution,
+    LayerDeepLift,
     LayerGradCam,
     NoiseTunnel,
     Occlusion,
@@ -242,6 +243,19 @@ def test_gradient_shap_agrees_with_captum_in_expectation() -> None:
     want = GradientShap(model).attribute(x, baselines=references, target=target, n_samples=2000)
     got = relprop.explain(model, x, target, method="gradient_shap", baselines=references, samples=2000)
     assert max_relative_error(got.relevance, want) < 0.05
+
+
+@pytest.mark.parametrize(("layer", "at_input"), [("conv2", False), ("relu1", False), ("conv2", True)])
+def test_deeplift_at_a_layer_matches_captums_layer_deeplift(layer: str, at_input: bool) -> None:
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    reference = 0.3 * _input("cnn", seed=5)
+    target = torch.tensor([0, 1, 2, 1])
+    want = LayerDeepLift(model, getattr(model, layer)).attribute(x, target=target, baselines=reference,
+                                                                  attribute_to_layer_input=at_input)
+    got = relprop.explain(model, x, target, method="deeplift", baseline=reference, layers=[layer],
+                          layer_at="input" if at_input else "output")
+    assert max_relative_error(got.layers[layer], want) <= TOLERANCE
+    assert float(got.details["summation_by_layer"].abs().max()) < 1e-12  # each layer sums to f(x) - f(x')
 
 
 class _FunctionalReLU(nn.Module):

@@ -231,3 +231,18 @@ def test_deeplift_shap_options_are_checked() -> None:
         relprop.explain(model, x, 0, method="deeplift_shap", baselines=torch.full((2, 4), float("inf")))
     with pytest.raises(ConfigError, match="option batch_size=0 must be a positive integer"):
         relprop.explain(model, x, 0, method="deeplift_shap", baselines=torch.zeros(2, 4), batch_size=0)
+
+
+def test_layers_sum_to_delta_for_one_and_several_targets() -> None:
+    torch.manual_seed(0)
+    model = _Functional().double().eval()
+    x, ref = _randn(2, 2, 8, 8), 0.3 * _randn(2, 2, 8, 8, seed=8)
+    one = relprop.explain(model, x, 1, method="deeplift", baseline=ref, layers=["conv1", "conv2"])
+    assert one.layers["conv1"].shape == (2, 4, 8, 8)
+    gaps = one.details["summation_by_layer"]  # conv1 is on every path, conv2 beside the residual: only a part
+    assert float(gaps[:, 0].abs().max()) < 1e-12 and float(gaps[:, 1].abs().min()) > 1e-3
+    every = relprop.explain(model, x, "all", method="deeplift", baseline=ref, layers=["conv1", "conv2"])
+    assert every.layers["conv2"].shape == (2, 3, 4, 8, 8)
+    torch.testing.assert_close(every.layers["conv2"][:, 1], one.layers["conv2"])
+    torch.testing.assert_close(every.relevance[:, 1], one.relevance)
+    assert every.details["summation_by_layer"].shape == (2, 3, 2)

@@ -152,10 +152,18 @@ for _name in models.ARCHITECTURES:
     elif _name != "shallow":
         _SMALL[_name].update(recurrent=5)
 
+_PAIRS_OF_STEPS = (torch.arange(STEPS) // 2).reshape(1, STEPS, 1)  # 6 feature groups
+_REFERENCES = torch.linspace(-0.5, 0.5, 2 * STEPS * 16, dtype=torch.float64).reshape(2, STEPS, 16)
 _METHOD_OPTIONS: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"steps": 3},
     "smoothgrad": {"samples": 2},
     "occlusion": {"window": (3, 16)},
+    "shapley_values": {"feature_mask": _PAIRS_OF_STEPS},
+    "kernel_shap": {"feature_mask": _PAIRS_OF_STEPS},
+    "lime": {"feature_mask": _PAIRS_OF_STEPS, "samples": 16},
+    "feature_ablation": {"feature_mask": _PAIRS_OF_STEPS},
+    "deeplift_shap": {"baselines": _REFERENCES},
+    "gradient_shap": {"baselines": _REFERENCES, "samples": 2},
 }
 
 

@@ -21,6 +21,7 @@ tensor on the way must keep the batch in dimension 0, which each non-linearity c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +50,11 @@ from ._common import (
     is_several,
     start_gradient,
     start_gradients,
+    target_major,
     target_score,
     target_scores,
 )
-from ._layers import backward_batched
+from ._layers import backward, backward_batched, gap_by_layer, recorded_layers, stacked
 from ._registry import Attribution, method
 
 __all__ = ["deeplift", "deeplift_shap"]
@@ -195,12 +197,17 @@ def _activation_module(name: str, module: nn.Module) -> bool:
 
 
 @method("deeplift", several_targets=True)
-def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseline: Tensor | float = 0.0
-             ) -> Attribution:
+def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseline: Tensor | float = 0.0,
+             layers: Sequence[str] = (), layer_at: str = "output") -> Attribution:
     """DeepLIFT-Rescale against the reference input ``baseline`` (a number, or a tensor that broadcasts to x's
     shape), with ``details["summation_gap"]``: ``sum R - (f(x) - f(x'))`` per sample, zero up to rounding
     (an activation whose input differs from the reference's by less than 1e-10 takes its derivative there instead
-    of the secant). See :mod:`relprop.methods.deeplift`."""
+    of the secant). At the modules named in ``layers`` (their outputs, or inputs with ``layer_at="input"``) the
+    attributions of their values, ``(a - a') m`` with ``m`` the multipliers there (Captum's ``LayerDeepLift``), in
+    ``Explanation.layers``, and ``details["summation_by_layer"]``, each layer's ``sum - (f(x) - f(x'))`` (zero
+    for a layer that every path from the input to the output passes through, not for one beside a residual). A
+    (batch, k) target gives every result as (batch, k, ...) from one forward pass. See
+    :mod:`relprop.methods.deeplift`."""
     root = root_module(model)
     scripted = next((name for name, m in root.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
     if scripted is not None:  # its activations would keep their gradient, unseen
@@ -214,28 +221,45 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
                                     ops.MAX: _Extremum(batch)}
     guard = FunctionalGuard(op_rules, refusal=_refusal)
     modules = [(name, m, rescale) for name, m in root.named_modules() if _activation_module(name, m)]
-    with attach_rules(model, modules, guard=guard), torch.enable_grad():
+    several = is_several(target)
+    with attach_rules(model, modules, guard=guard), recorded_layers(model, layers, layer_at) as records, \
+            torch.enable_grad():
         with guard, explained_forward():
             output = model(both)
         refuse_hidden((output,), lambda: f"the output of {type(root).__name__}")
         if output.dim() == 0 or output.shape[0] != 2 * batch:
             raise ExplanationError(f"the model returned shape {tuple(output.shape)} for a batch of {2 * batch}")
-        if is_several(target):  # (batch, k): one backward pass per class, batched, over the same forward pass
+        if several:  # (batch, k): one backward pass per class, batched, over the same forward pass
             assert isinstance(target, Tensor)
             starts = start_gradients(output[:batch], target)
-            grads = backward_batched(output, both, torch.cat([starts, torch.zeros_like(starts)], 1), {})[0]
-            relevance = (x - reference) * grads[:, :batch]  # (k, batch, ...)
-            scores = output.detach()
-            delta = (target_scores(scores[:batch], target) - target_scores(scores[batch:], target)).reshape(
-                len(relevance), batch)  # (k, batch), target-major as the relevance
-            gap = _checked_gap(relevance.reshape(delta.numel(), -1), delta.reshape(-1)).reshape(delta.shape)
-            return Attribution(relevance.transpose(0, 1), {"summation_gap": gap.T})
-        start = start_gradient(output[:batch], target)
-        (grad,) = torch.autograd.grad(output, both, torch.cat([start, torch.zeros_like(start)]))
-    relevance = (x - reference) * grad[:batch]
+            grad, at_layers = backward_batched(output, both, torch.cat([starts, torch.zeros_like(starts)], 1),
+                                               records)  # every value (k, ...)
+        else:
+            start = start_gradient(output[:batch], target)
+            grad, at_layers = backward(output, both, torch.cat([start, torch.zeros_like(start)]), records)
     scores = output.detach()
-    delta = target_score(scores[:batch], target) - target_score(scores[batch:], target)
-    return Attribution(relevance, {"summation_gap": _checked_gap(relevance.reshape(batch, -1), delta)})
+    if several:
+        assert isinstance(target, Tensor)
+        delta = target_scores(scores[:batch], target) - target_scores(scores[batch:], target)  # (k * batch,)
+    else:
+        delta = target_score(scores[:batch], target) - target_score(scores[batch:], target)
+
+    def attributed(value: Tensor, multipliers: Tensor) -> Tensor:
+        """(value - its reference) times the multipliers of the input's half; target-major for k targets."""
+        first, second = value.detach().chunk(2)
+        if not several:
+            return (first - second) * multipliers.chunk(2)[0]
+        return target_major((first - second).unsqueeze(0) * multipliers.chunk(2, dim=1)[0])
+
+    relevance = attributed(both, grad)
+    gap = _checked_gap(relevance.reshape(len(delta), -1), delta)
+    layer_relevance = stacked({name: [attributed(v, m) for v, m in zip(records[name], at_layers[name])]
+                               for name in layers})
+    details = {"summation_gap": gap}
+    if layers:
+        details["summation_by_layer"] = gap_by_layer(layer_relevance, delta)
+    result = Attribution(relevance, details, layer_relevance)
+    return result.per_target(target.shape[1]) if several and isinstance(target, Tensor) else result
 
 
 def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:

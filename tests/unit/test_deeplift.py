@@ -198,6 +198,8 @@ def test_a_model_with_a_backward_hook_is_refused() -> None:
     try:
         with pytest.raises(ExplanationError, match=r"have backward hooks"):
             relprop.explain(model, _randn(2, 4), 0, method="deeplift")
+        with pytest.raises(ExplanationError, match=r"have backward hooks"):
+            relprop.explain(model, _randn(2, 4), 0, method="deeplift_shap", baselines=_randn(2, 4))
     finally:
         handle.remove()
 

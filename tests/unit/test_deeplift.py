@@ -248,3 +248,17 @@ def test_layers_sum_to_delta_for_one_and_several_targets() -> None:
     torch.testing.assert_close(every.layers["conv2"][:, 1], one.layers["conv2"])
     torch.testing.assert_close(every.relevance[:, 1], one.relevance)
     assert every.details["summation_by_layer"].shape == (2, 3, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_half_precision_is_explained_and_its_rounding_not_taken_for_a_folded_batch(dtype: torch.dtype) -> None:
+    """The summation check allows 16 units of the last place in float16 and bfloat16 (it refused bfloat16 once)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 3)).to(dtype).eval()
+    x = torch.randn(4, 40, dtype=dtype)
+    explanation = relprop.explain(model, x, 0, method="deeplift", baseline=0.1)
+    assert explanation.relevance.dtype == dtype
+    with torch.no_grad():
+        delta = (model(x) - model(torch.full_like(x, 0.1)))[:, 0].double()
+    gap = (explanation.relevance.double().sum(1) - delta).abs()
+    assert float(gap.max()) < 64 * torch.finfo(dtype).eps * float(explanation.relevance.double().abs().sum(1).max())

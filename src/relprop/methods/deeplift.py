@@ -266,11 +266,14 @@ def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
     """``sum R - delta`` per row of ``relevance`` (rows, features); an ExplanationError where it is not rounding.
 
     Every rule here sums to delta exactly, up to the derivative taken where an activation's two inputs nearly
-    agree; a gap above 1e-3 of the scale means the halves of a tensor on the way were not the input's and the
-    reference's (a batch folded with another dimension outermost, (steps * batch, ...))."""
+    agree, and rounding; a gap above 1e-3 of the scale (16 units of the last place in float16 and bfloat16) means
+    the halves of a tensor on the way were not the input's and the reference's (a batch folded with another
+    dimension outermost, (steps * batch, ...))."""
     gap = relevance.sum(1) - delta
-    scale = relevance.abs().sum(1) + delta.abs()
-    if bool((gap.abs() > 1e-3 * scale).any()):
+    wide = relevance.double()  # the check itself summed without the dtype's rounding
+    scale = wide.abs().sum(1) + delta.double().abs()
+    limit = max(1e-3, 16 * torch.finfo(relevance.dtype).eps)
+    if bool(((wide.sum(1) - delta.double()).abs() > limit * scale).any()):
         worst = int((gap.abs() / scale.clamp(min=torch.finfo(scale.dtype).tiny)).argmax())
         raise ExplanationError(
             f"DeepLIFT's attributions do not sum to f(x) - f(x') (gap {float(gap[worst]):.3g} against "

@@ -137,3 +137,25 @@ def test_a_map_with_other_spatial_dimensions_than_the_input_is_refused() -> None
     x = torch.randn(2, 5, dtype=torch.float64)
     with pytest.raises(ConfigError, match=r"1 spatial dimension\(s\) and the input shape \(2, 5\)"):
         relprop.explain(model, x, 0, method="grad_cam", layer="2")
+
+
+class _Dict(nn.Module):
+    """The CNN returning a mapping, as Hugging Face models return a ModelOutput: its logits, or no logits at all."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__()
+        self.key, self.net = key, _cnn()
+
+    def forward(self, x: Tensor) -> dict[str, Tensor]:
+        return {self.key: self.net(x)}
+
+
+@pytest.mark.parametrize("method", ["grad_cam", "guided_grad_cam"])
+def test_a_model_returning_its_logits_in_a_mapping(method: str) -> None:
+    x = _input()
+    plain = relprop.explain(_cnn(), x, method=method, layer="3")
+    wrapped = relprop.explain(_Dict("logits").eval(), x, method=method, layer="net.3")
+    torch.testing.assert_close(wrapped.relevance, plain.relevance)
+    assert torch.equal(wrapped.target, plain.target)
+    with pytest.raises(ExplanationError, match=r"returns dict, not a tensor of scores; pass output="):
+        relprop.explain(_Dict("scores").eval(), x, method=method, layer="net.3")

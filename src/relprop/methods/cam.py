@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..core import root_module
 from ..errors import ConfigError, ExplanationError
-from ._common import ClassTarget, OutputSeed, start_gradient
+from ._common import ClassTarget, OutputSeed, logits_of, output_example, start_gradient
 from ._layers import recorded_layers
 from ._registry import Attribution, method
 from .guided import guided_backprop
@@ -57,7 +57,12 @@ def class_activation_map(model: nn.Module, x: Tensor, target: Tensor | OutputSee
             "layer or block (for a transformer, method='lrp' with preset='attnlrp' explains every token)")
     x = x.detach().requires_grad_()
     with recorded_layers(model, [layer], copies=True) as records, torch.enable_grad():
-        output = model(x)
+        returned = model(x)
+        output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
+        if output is None:
+            raise ExplanationError(
+                f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
+                "pass output= to relprop.explain to select them, e.g. " + output_example(returned))
         values = records[layer]
         if len(values) != 1:
             raise ExplanationError(
@@ -118,16 +123,14 @@ def grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTar
     return Attribution((upsampled / x.shape[1]).expand_as(x).contiguous(), {"cam": cam}, output=scores)
 
 
-@method("guided_grad_cam", own_scores=_own_scores)
-def guided_grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed | ClassTarget, *, layer: str | None = None,
+@method("guided_grad_cam")
+def guided_grad_cam(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, layer: str | None = None,
                     upsample: str = "linear") -> Attribution:
     """Guided Grad-CAM (Selvaraju et al. 2017): guided backpropagation times the Grad-CAM map at ``layer``
     brought to the input's size (the same map in every channel), with the map in ``details["cam"]``."""
     if layer is None:
         raise ConfigError(f"guided_grad_cam needs layer=, the module whose feature map it weighs "
                           f"({_layer_hint(model)})")
-    cam, scores = class_activation_map(model, x, target, layer)
-    if isinstance(target, ClassTarget):  # the classes the map explains, for guided backprop's pass too
-        target = target.resolve(scores)
+    cam, _ = class_activation_map(model, x, target, layer)
     upsampled = _upsampled(cam, x, layer, upsample)
-    return Attribution(guided_backprop(model, x, target) * upsampled, {"cam": cam}, output=scores)
+    return Attribution(guided_backprop(model, x, target) * upsampled, {"cam": cam})

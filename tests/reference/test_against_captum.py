@@ -258,6 +258,29 @@ def test_deeplift_at_a_layer_matches_captums_layer_deeplift(layer: str, at_input
     assert float(got.details["summation_by_layer"].abs().max()) < 1e-12  # each layer sums to f(x) - f(x')
 
 
+def test_deeplift_on_a_stock_lstm_sums_to_delta_where_captum_does_not() -> None:
+    """Captum's DeepLift sees no gate inside nn.LSTM's fused kernel and passes its gradient: 27% of f(x) - f(x')
+    missing here, without a warning. relprop runs the module as explicit cells, whose products split exactly."""
+
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lstm, self.out = nn.LSTM(16, 32, batch_first=True), nn.Linear(32, 10)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(self.lstm(x)[0][:, -1])
+
+    torch.manual_seed(0)
+    model = Classifier().double().eval()
+    x, target = torch.randn(4, 12, 16, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    _, delta = DeepLift(model).attribute(x, target=target, return_convergence_delta=True)
+    with torch.no_grad():
+        difference = (model(x) - model(torch.zeros_like(x))).gather(1, target.reshape(-1, 1))[:, 0]
+    got = relprop.explain(model, x, target, method="deeplift")
+    assert float((delta.abs() / difference.abs()).max()) > 0.1
+    assert float(got.details["summation_gap"].abs().max()) < 1e-12
+
+
 class _FunctionalReLU(nn.Module):
     """_CNN with its first ReLU functional (torch.relu in the forward)."""
 

@@ -262,3 +262,31 @@ def test_half_precision_is_explained_and_its_rounding_not_taken_for_a_folded_bat
         delta = (model(x) - model(torch.full_like(x, 0.1)))[:, 0].double()
     gap = (explanation.relevance.double().sum(1) - delta).abs()
     assert float(gap.max()) < 64 * torch.finfo(dtype).eps * float(explanation.relevance.double().abs().sum(1).max())
+
+
+class _Stock(nn.Module):
+    """A classifier on a stock recurrent module (2 layers, bidirectional), scoring the last step."""
+
+    def __init__(self, kind: type[nn.RNNBase]) -> None:
+        super().__init__()
+        self.rnn = kind(5, 6, num_layers=2, bidirectional=True, batch_first=True)
+        self.out = nn.Linear(12, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        output, _ = self.rnn(x)
+        return self.out(output[:, -1])
+
+
+@pytest.mark.parametrize("kind", [nn.LSTM, nn.GRU, nn.RNN])
+def test_stock_recurrent_modules_run_as_explicit_cells_and_sum_to_delta(kind: type[nn.RNNBase]) -> None:
+    torch.manual_seed(0)
+    model = _Stock(kind).double().eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, ref = _randn(3, 7, 5), 0.2 * _randn(3, 7, 5, seed=9)
+    explanation = relprop.explain(model, x, "all", method="deeplift", baseline=ref)
+    with torch.no_grad():
+        delta = model(x) - model(ref)
+    torch.testing.assert_close(explanation.relevance.flatten(2).sum(2), delta, rtol=1e-9, atol=1e-12)
+    assert [name for name, _ in model.named_children()] == ["rnn", "out"]  # the twin is gone
+    assert "forward" not in model.rnn.__dict__
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

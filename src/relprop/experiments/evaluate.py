@@ -64,6 +64,7 @@ MAJ_METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "lrp_eps": ("lrp", {"preset": "lstm_epsilon", "epsilon": 1e-3}),
     "gxi": ("gradient_x_input", {}),
     "ig": ("integrated_gradients", {"baseline": -1.0, "steps": 32}),
+    "deeplift": ("deeplift", {"baseline": -1.0}),  # the empty sequence, as IG's baseline
     "smoothgrad": ("smoothgrad", {"noise": 0.1, "samples": 16}),
     "deconvnet": ("deconvnet", {}),
 }

@@ -21,6 +21,7 @@ tensor on the way must keep the batch in dimension 0, which each non-linearity c
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
+from ..canonizers import ExplicitRecurrent
 from ..composites import ACTIVATIONS, _library_activation
 from ..core import (
     FunctionalGuard,
@@ -44,6 +46,7 @@ from ..errors import ConfigError, ExplanationError
 from ..ops import OpCall
 from ..rules import Route
 from ..rules.elementwise import _added_term, vjp
+from ..safety import protected
 from ._common import (
     OutputSeed,
     explained_forward,
@@ -220,10 +223,14 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
                                     ops.MUL: product, ops.DIV: product, ops.MATMUL: product,
                                     ops.MAX: _Extremum(batch)}
     guard = FunctionalGuard(op_rules, refusal=_refusal)
-    modules = [(name, m, rescale) for name, m in root.named_modules() if _activation_module(name, m)]
     several = is_several(target)
-    with attach_rules(model, modules, guard=guard), recorded_layers(model, layers, layer_at) as records, \
-            torch.enable_grad():
+    with protected(root), contextlib.ExitStack() as stack:  # the model's lock; Ctrl-C waits for a safe point
+        # stock nn.LSTM / nn.GRU / nn.RNN run as explicit cells, whose gates and products get the rules below
+        stack.callback(ExplicitRecurrent().apply(root))
+        modules = [(name, m, rescale) for name, m in root.named_modules() if _activation_module(name, m)]
+        stack.enter_context(attach_rules(model, modules, guard=guard, in_region=True))
+        records = stack.enter_context(recorded_layers(model, layers, layer_at))
+        stack.enter_context(torch.enable_grad())
         with guard, explained_forward():
             output = model(both)
         refuse_hidden((output,), lambda: f"the output of {type(root).__name__}")

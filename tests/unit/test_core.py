@@ -586,3 +586,30 @@ def test_local_response_normalisation_holds_its_denominator_constant(preset: str
     assert torch.allclose(explanation.relevance, expected.relevance, rtol=1e-10, atol=1e-14)
     if preset == "epsilon":
         assert torch.allclose(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=0)
+
+
+class _Windows(nn.Module):
+    """Overlapping windows of a hidden layer (width 4, stride 2), as Longformer's sliding chunks read them: by
+    ``as_strided`` or by ``unfold``, the same values."""
+
+    def __init__(self, strided: bool) -> None:
+        super().__init__()
+        self.strided = strided
+        self.inner, self.outer = nn.Linear(6, 16, bias=False), nn.Linear(7, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inner(x)
+        windows = h.as_strided((len(h), 7, 4), (16, 2, 1)) if self.strided else h.unfold(1, 4, 2)
+        return self.outer(torch.relu(windows).sum(2))
+
+
+def test_as_strided_routes_relevance_as_unfold_does_and_conserves_it() -> None:
+    """Elements read by two windows get the relevance of both (as_strided's own backward sums them)."""
+    torch.manual_seed(0)
+    strided, unfolded = _Windows(True).double().eval(), _Windows(False).double().eval()
+    unfolded.load_state_dict(strided.state_dict())
+    x = torch.randn(3, 6, dtype=torch.float64)
+    got = relprop.explain(strided, x, 1, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    want = relprop.explain(unfolded, x, 1, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+    torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got.relevance.sum(1), got.score, rtol=1e-9, atol=1e-12)

@@ -1609,8 +1609,22 @@ def _templated(target: Any, attributes: Callable[[Tensor], dict[str, Any]]) -> C
     return rewrite
 
 
+def _to_template(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+                 ) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+    """``x.to(t)`` (``x.to(tensor=t, non_blocking=..., copy=...)``) as ``x.to(dtype=t.dtype, device=t.device, ...)``:
+    as for ``type_as``, ``t`` lends its dtype and device, so a constant cast to a path tensor's stays a constant
+    (it was an operand, and with it the constant went on the path: a product with it then read as two factors)."""
+    other = args[1] if len(args) > 1 and isinstance(args[1], Tensor) else kwargs.get("tensor")
+    if not isinstance(other, Tensor) or len(args) < 1:
+        return func, args, kwargs
+    rest = {key: value for key, value in kwargs.items() if key != "tensor"}
+    flags = dict(zip(("non_blocking", "copy"), args[2:]))  # x.to(t, non_blocking, copy)
+    return func, (args[0],), {"dtype": other.dtype, "device": other.device, **flags, **rest}
+
+
 _REWRITES: dict[Any, Callable[..., tuple[Any, tuple[Any, ...], dict[str, Any]]]] = {
     torch.functional.einsum: _operands_unpacked,
+    Tensor.to: _to_template,
     Tensor.type_as: _templated(Tensor.to, lambda t: {"dtype": t.dtype, "device": t.device}),
     Tensor.view_as: _templated(Tensor.view, lambda t: {"size": t.shape}),
     Tensor.reshape_as: _templated(Tensor.reshape, lambda t: {"shape": t.shape}),

@@ -613,3 +613,35 @@ def test_as_strided_routes_relevance_as_unfold_does_and_conserves_it() -> None:
     want = relprop.explain(unfolded, x, 1, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
     torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(got.relevance.sum(1), got.score, rtol=1e-9, atol=1e-12)
+
+
+class _CastConstant(nn.Module):
+    """A constant cast to a path tensor's dtype and device, ``scale.to(h)``, then multiplied with it."""
+
+    def __init__(self, form: str) -> None:
+        super().__init__()
+        self.form = form
+        self.inner, self.outer = nn.Linear(4, 4, bias=False), nn.Linear(4, 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.inner(x)
+        scale = torch.arange(1.0, 5.0)
+        if self.form == "positional":
+            scale = scale.to(h)
+        elif self.form == "keyword":
+            scale = scale.to(tensor=h, non_blocking=False)
+        else:
+            scale = scale.to(h, False, True)  # non_blocking, copy
+        return self.outer(h * scale)
+
+
+@pytest.mark.parametrize("form", ["positional", "keyword", "flags"])
+@pytest.mark.parametrize("preset", ["attnlrp", "epsilon"])
+def test_a_constant_cast_to_a_path_tensor_stays_a_constant(form: str, preset: str) -> None:
+    """``t.to(h)`` lends h's dtype and device only. It made h an operand, so the constant went on the path and
+    the product read as two factors: the transformer presets' uniform rule halved the relevance, silently."""
+    torch.manual_seed(0)
+    model = _CastConstant(form).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 0, method="lrp", preset=preset, epsilon=1e-12, stabilizer=1e-12)
+    torch.testing.assert_close(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=1e-11)

@@ -500,6 +500,9 @@ def _transformer(softmax: Rule, epsilon: float, stabilizer: float) -> RuleMap:
         [(LINEAR_TYPES, rules.Epsilon(epsilon=epsilon)), (ops.MATMUL, uniform),
          (ops.MUL, rules.SignalTakeAll(otherwise=uniform)), (ops.DIV, rules.SignalTakeAll(constant_divisor=True)),
          (ops.SOFTMAX, softmax), (ops.ATTENTION, rules.Decompose()),
+         # FNet's token mixing, as its matrix products (a decomposition: other rounding than torch.fft's, so under
+         # the CNN presets, whose forward pass keeps the model's values to the bit, it is refused)
+         (ops.FOURIER, rules.Fourier()),
          (ops.NORM_STATISTIC, rules.Detach()), (ops.POWER, rules.Pass())],
         stabilizer=stabilizer,
     )

@@ -1952,6 +1952,10 @@ def _fix(name: str, op: Op | None) -> str:
     if op is None:
         return ("express it as an nn.Module with a rule, or declare it: my_op = relprop.ops.Op('my_op', "
                 f"frozenset({{'{name}'}})) and pass RuleMap([(my_op, a_rule)])")
+    if op is ops.FOURIER:
+        return ("preset='attnlrp' or 'cp_lrp' run it as its products with cosine and sine matrices (a decomposition "
+                "with other rounding, which the CNN presets leave out); or add it to yours: "
+                "rule_map.with_rules((ops.FOURIER, rules.Fourier()))")
     if op in (ops.SOFTMAX, ops.ATTENTION):
         return (f"for attention use preset='attnlrp' (AttnLRP) or preset='cp_lrp' (CP-LRP), or give {op!r} a rule "
                 "with rule_map.with_rules(...)")

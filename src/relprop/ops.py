@@ -100,7 +100,7 @@ ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permut
     take_along_dim flip fliplr flipud roll rot90 movedim moveaxis swapaxes swapdims to float double half bfloat16
     type type_as cpu cuda __get__ unfold pad pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
     where masked_fill masked_fill_ topk sort diagonal tril triu index_fill index_fill_ masked_scatter masked_scatter_
-    unsqueeze_ squeeze_ t_ transpose_ swapdims_ swapaxes_ as_strided""")
+    unsqueeze_ squeeze_ t_ transpose_ swapdims_ swapaxes_ as_strided complex""")
 # In-place routing ops that change the shape of the tensor they are called on, not its values
 INPLACE_VIEWS = frozenset({"unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_"})
 # Routing ops that bring in values of their own: where each takes them from ((position, keyword), default)
@@ -119,9 +119,10 @@ CONSTANT = _op("constant", "detach new_zeros new_ones new_full new_empty new_ten
 # input + value * tensor1 * tensor2 in one function (timm's affine layers: torch.addcmul(bias, weight, x)), at most
 # one factor on the path: a sum whose terms each take their share
 ADDCMUL = _op("addcmul", "addcmul")
+FOURIER = _op("fourier", "fft_fft fft_fft2 fft_fftn fft_rfft fft_rfft2 fft_rfftn")  # of a real tensor
 ALL: tuple[Op, ...] = (ADD, SUB, MUL, DIV, SUM, MEAN, AVG_POOL, MAX, INTERPOLATE, ACTIVATION, BATCH_NORM, LAYER_NORM,
                        GROUP_NORM, INSTANCE_NORM, RMS_NORM, DROPOUT, ROUTE, CONSTANT, MATMUL, SOFTMAX, ATTENTION,
-                       NORM_STATISTIC, NORMALIZE, ADDCMUL, POWER)
+                       NORM_STATISTIC, NORMALIZE, ADDCMUL, POWER, FOURIER)
 _BY_NAME = {name: op for op in ALL for name in op.names}
 # Bounded functions and the range of their output. A bounded output, or a constant affine map of one (``1 + erf(u)``,
 # ``0.5 * (1 + tanh(u))``, ``1 - sigmoid(u)``), that cannot be negative is a gate: a factor that scales the signal

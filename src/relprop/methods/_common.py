@@ -22,7 +22,7 @@ from ..errors import ConfigError, ExplanationError
 __all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "as_target_value", "per_target", "is_several",
            "target_major", "check_batch", "logits_of", "one_hot_start", "output_example", "scores_error",
            "start_gradient", "start_gradients", "start_relevance", "target_score", "target_scores",
-           "gradient_of_target"]
+           "gradient_of_target", "reference_inputs"]
 
 
 def output_example(result: object) -> str:
@@ -387,3 +387,17 @@ def gradient_of_target(model: nn.Module, x: Tensor, target: Tensor | OutputSeed)
         output = model(x)
         (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
     return grad
+
+
+def reference_inputs(baselines: object, x: Tensor, method: str) -> Tensor:
+    """The ``baselines`` option of a method that averages over reference inputs (DeepSHAP, GradientSHAP), checked:
+    a finite tensor (n, *x.shape[1:]) with n >= 1, in x's dtype and device."""
+    if not isinstance(baselines, Tensor):
+        raise ConfigError(f"{method} needs baselines=, a tensor of reference inputs (n, *x.shape[1:]), e.g. a few "
+                          "training samples")
+    if baselines.shape[1:] != x.shape[1:] or len(baselines) == 0:
+        raise ConfigError(f"baselines must have shape (n, {', '.join(map(str, x.shape[1:]))}) with n >= 1, one "
+                          f"reference input per row, got {tuple(baselines.shape)}")
+    if not bool(torch.isfinite(baselines).all()):
+        raise ConfigError("baselines contain NaN or infinite values")
+    return baselines.to(x)

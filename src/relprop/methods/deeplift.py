@@ -51,6 +51,7 @@ from ._common import (
     OutputSeed,
     explained_forward,
     is_several,
+    reference_inputs,
     start_gradient,
     start_gradients,
     target_major,
@@ -297,18 +298,10 @@ def deeplift_shap(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, b
     ``DeepLiftShap``): ``baselines`` (n, *x.shape[1:]), e.g. samples of the training data; every sample is explained
     against each of them (as one batch of n times the size, or chunks of ``batch_size`` pairs) and the results
     averaged. ``details["summation_gap"]``: ``sum R - (f(x) - mean_j f(b_j))``, rounding."""
-    if not isinstance(baselines, Tensor):
-        raise ConfigError("deeplift_shap needs baselines=, a tensor of reference inputs (n, *x.shape[1:]), e.g. a "
-                          "few training samples")
-    if baselines.shape[1:] != x.shape[1:] or len(baselines) == 0:
-        raise ConfigError(f"baselines must have shape (n, {', '.join(map(str, x.shape[1:]))}) with n >= 1, one "
-                          f"reference input per row, got {tuple(baselines.shape)}")
+    references = reference_inputs(baselines, x, "deeplift_shap")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
-    references = baselines.to(x)
     n, batch = len(references), len(x)
-    if not bool(torch.isfinite(references).all()):
-        raise ConfigError("baselines contain NaN or infinite values")
     per_chunk = n if batch_size is None else max(batch_size // batch, 1)  # whole copies of the batch per chunk
     relevance, gaps = torch.zeros_like(x), torch.zeros(batch, dtype=x.dtype, device=x.device)
     for start in range(0, n, per_chunk):

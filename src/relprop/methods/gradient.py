@@ -12,6 +12,7 @@ from ._common import (
     OutputSeed,
     gradient_of_target,
     is_several,
+    reference_inputs,
     start_gradient,
     start_gradients,
     target_major,
@@ -247,22 +248,15 @@ def gradient_shap(
     with it draws the references' indices, then the points, then the noise, in float64); every sample of a batch
     gets the same draws (so a sample's result does not depend on the rest of the batch), and all run as one batch.
     """
-    if not isinstance(baselines, Tensor):
-        raise ConfigError("gradient_shap needs baselines=, a tensor of reference inputs (n, *x.shape[1:]), e.g. a "
-                          "few training samples")
-    if baselines.shape[1:] != x.shape[1:] or len(baselines) == 0:
-        raise ConfigError(f"baselines must have shape (n, {', '.join(map(str, x.shape[1:]))}) with n >= 1, one "
-                          f"reference input per row, got {tuple(baselines.shape)}")
-    if not bool(torch.isfinite(baselines).all()):
-        raise ConfigError("baselines contain NaN or infinite values")
+    pool = reference_inputs(baselines, x, "gradient_shap")
     if samples < 1:
         raise ConfigError(f"gradient_shap needs samples >= 1, got {samples}")
     generator = torch.Generator().manual_seed(seed)  # drawn on the CPU in float64: the same draws everywhere
-    chosen = torch.randint(len(baselines), (samples,), generator=generator)
+    chosen = torch.randint(len(pool), (samples,), generator=generator)
     alphas = torch.rand(samples, generator=generator, dtype=torch.float64).to(x)
     eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, dtype=torch.float64).to(x)
     shape = (samples,) + (1,) * x.dim()
-    references = baselines.to(x)[chosen.to(x.device)].unsqueeze(1)  # (samples, 1, ...)
+    references = pool[chosen.to(x.device)].unsqueeze(1)  # (samples, 1, ...)
     noisy = x.unsqueeze(0) + noise * eps  # (samples, batch, ...)
     points = (references + alphas.reshape(shape) * (noisy - references)).reshape(-1, *x.shape[1:])
     if is_several(target):  # (batch, k, ...) from one forward pass over the points

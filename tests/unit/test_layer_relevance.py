@@ -177,7 +177,8 @@ def test_a_recorded_tensor_changed_in_place_afterwards_keeps_its_own_relevance(a
 
 @pytest.mark.parametrize(("method", "options", "at"), [
     ("gradient_x_input", {}, "output"), ("gradient_x_input", {}, "input"),
-    ("integrated_gradients", {"steps": 3}, "output"), ("integrated_gradients", {"steps": 3}, "input"),
+    ("integrated_gradients", {"steps": 3, "baseline": 0.5}, "output"),
+    ("integrated_gradients", {"steps": 3, "baseline": 0.5}, "input"),  # (the baseline's records changed too)
     ("grad_cam", {"layer": "bn", "relu": False}, "output"),
 ])
 def test_gradient_methods_keep_a_recorded_tensor_that_the_model_changes_in_place(

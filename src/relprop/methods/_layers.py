@@ -69,8 +69,9 @@ def _alias(value: Tensor) -> Tensor:
 def _copy(value: Tensor) -> Tensor:
     """A copy of the recorded ``value`` for the model to go on with, without relprop's op guard: an in-place
     operation later in the forward pass (``F.relu(features, inplace=True)`` after DenseNet's last batch norm)
-    changes the copy, and the recorded tensor keeps the layer's values and its own gradient."""
-    return value.clone() if value.requires_grad else value
+    changes the copy, and the recorded tensor keeps the layer's values and its own gradient (also without
+    gradients: integrated gradients records the layers at the baseline under ``torch.no_grad()``)."""
+    return value.clone()
 
 
 @contextlib.contextmanager

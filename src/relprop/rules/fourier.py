@@ -45,9 +45,7 @@ def _matrices(n: int, half: bool, scale: float, like: Tensor) -> tuple[Tensor, T
     k = torch.arange(rows, dtype=torch.float64).unsqueeze(1)
     j = torch.arange(n, dtype=torch.float64).unsqueeze(0)
     angle = 2 * math.pi * ((k * j) % n) / n  # reduced mod n: exact angles for large products
-    # (not .to(like): the path tensor among its arguments would put them on the relevance path)
-    return ((scale * torch.cos(angle)).to(device=like.device, dtype=like.dtype),
-            (scale * torch.sin(angle)).to(device=like.device, dtype=like.dtype))
+    return (scale * torch.cos(angle)).to(like), (scale * torch.sin(angle)).to(like)
 
 
 def _dims(name: str, x: Tensor, dim: Any) -> list[int]:

@@ -86,6 +86,13 @@ def _mean_of_halves(tensor: Tensor, batch: int, site: Site) -> Tensor:
     return (first + second) / 2
 
 
+def _apart(delta: Tensor) -> tuple[Tensor, Tensor]:
+    """Where the input and the reference differ by at least TOLERANCE, and ``delta`` with 1 elsewhere (a safe
+    divisor: there the derivative replaces the quotient)."""
+    apart = delta.abs() >= TOLERANCE
+    return apart, torch.where(apart, delta, torch.ones_like(delta))
+
+
 def _twice(half: Tensor) -> Tensor:
     return torch.cat([half, half])
 
@@ -124,8 +131,8 @@ class _Rescale:
         a_x, a_ref = _halves(a, self.batch, site)
         y_x, y_ref = _halves(output, self.batch, site)
         delta = a_x - a_ref
-        apart = delta.abs() >= TOLERANCE
-        secant = _twice((y_x - y_ref) / torch.where(apart, delta, torch.ones_like(delta)))
+        apart, divisor = _apart(delta)
+        secant = _twice((y_x - y_ref) / divisor)
         rescaled = relevance_out * secant
         if bool(apart.all()):
             return (rescaled,)
@@ -188,8 +195,8 @@ class _Extremum:
         routed = vjp(site, inputs, torch.cat([g * (cross - y_ref), g * (y_x - cross)]))[0]  # to each half's winner
         share = sum(_halves(routed, self.batch, site))  # both winners' shares, at their places in the input
         delta = a_x - a_ref
-        apart = delta.abs() >= TOLERANCE
-        multiplier = share / torch.where(apart, delta, torch.ones_like(delta))
+        apart, divisor = _apart(delta)
+        multiplier = share / divisor
         if not bool(apart.all()):
             multiplier = torch.where(apart, multiplier, _halves(vjp(site, inputs, relevance_out)[0], self.batch,
                                                                  site)[0])

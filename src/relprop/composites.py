@@ -480,6 +480,40 @@ def _epsilon_plus_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleM
     )
 
 
+@preset("epsilon_plus")
+def _epsilon_plus(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
+    """zennit's EpsilonPlus: z+ on convolutions, epsilon on dense layers (no first-layer rule)."""
+    return RuleMap([(CONV_TYPES, rules.ZPlus(stabilizer)), (nn.Linear, rules.Epsilon(epsilon=epsilon))],
+                   stabilizer=stabilizer)
+
+
+@preset("epsilon_alpha2beta1")
+def _epsilon_alpha2beta1(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
+    """zennit's EpsilonAlpha2Beta1: alpha=2, beta=1 on convolutions, epsilon on dense layers."""
+    return RuleMap(
+        [(CONV_TYPES, rules.AlphaBeta(stabilizer, alpha=2.0, beta=1.0)), (nn.Linear, rules.Epsilon(epsilon=epsilon))],
+        stabilizer=stabilizer,
+    )
+
+
+@preset("epsilon_alpha2beta1_flat")
+def _epsilon_alpha2beta1_flat(epsilon: float = 1e-6, stabilizer: float = 1e-6) -> RuleMap:
+    """zennit's EpsilonAlpha2Beta1Flat: as ``epsilon_alpha2beta1``, and flat on the first linear layer."""
+    return RuleMap(
+        [(CONV_TYPES, rules.AlphaBeta(stabilizer, alpha=2.0, beta=1.0)), (nn.Linear, rules.Epsilon(epsilon=epsilon))],
+        first=rules.Flat(stabilizer), stabilizer=stabilizer,
+    )
+
+
+@preset("excitation_backprop")
+def _excitation_backprop(stabilizer: float = 1e-6) -> RuleMap:
+    """zennit's ExcitationBackprop composite: z+ on every linear layer, sums and average pools proportional; the
+    ``zplus`` preset under the name zennit's users know. (zennit's composite leaves activations their gradient,
+    relprop passes them; on ReLU networks the two agree, as z+ gives no relevance to a zero activation.) Zhang et
+    al.'s (2016) marginal winning probabilities are these z+ relevances on layers without biases."""
+    return _zplus(stabilizer)
+
+
 @preset("epsilon_gamma_box")
 def _epsilon_gamma_box(
     low: float | Tensor | None = None, high: float | Tensor | None = None, epsilon: float = 1e-6,

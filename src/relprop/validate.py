@@ -41,12 +41,13 @@ _CHECKED_AFTER = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # Methods whose relevance is a backward pass through every layer between the input and the scores (the others,
 # occlusion, read only the scores, where a ReLU of -inf could hide an infinite weight: checked before for them)
 BACKWARD_METHODS = frozenset({"lrp", "gradient", "sensitivity", "gradient_x_input", "integrated_gradients",
-                              "smoothgrad", "guided_backprop", "deconvnet", "deeplift", "deeplift_shap",
-                              "gradient_shap", "grad_cam", "guided_grad_cam"})
+                              "smoothgrad", "guided_backprop", "deconvnet", "beta_smooth", "deeplift",
+                              "deeplift_shap", "gradient_shap", "grad_cam", "guided_grad_cam"})
 
 
 # the methods whose backward pass carries what their rules compute, not a gradient
-RULE_METHODS = frozenset({"lrp", "guided_backprop", "deconvnet", "deeplift", "deeplift_shap", "guided_grad_cam"})
+RULE_METHODS = frozenset({"lrp", "guided_backprop", "deconvnet", "beta_smooth", "deeplift", "deeplift_shap",
+                          "guided_grad_cam"})
 
 
 def _no_backward_hooks(modules: list[tuple[str, nn.Module]]) -> None:

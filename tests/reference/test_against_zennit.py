@@ -113,18 +113,35 @@ def test_wsquare_bias_convention_differs(make_mlp) -> None:
     assert max_relative_error(relprop_default, zennit_default) > 1e-3
 
 
-def _composite_and_preset(preset: str) -> tuple[object, RuleMap]:
-    """zennit's composite and relprop's preset of the same name, with the same parameters (zB bounds [-1, 1])."""
-    if preset == "epsilon_plus_flat":
-        return (zcomposites.EpsilonPlusFlat(epsilon=1e-6, stabilizer=STABILIZER),
-                get_preset(preset, epsilon=1e-6, stabilizer=STABILIZER))
-    return (zcomposites.EpsilonGammaBox(low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER),
-            get_preset(preset, low=-1.0, high=1.0, epsilon=1e-6, gamma=0.25, stabilizer=STABILIZER))
+# relprop preset -> zennit composite of the same rules
+COMPOSITES: dict[str, Callable[..., object]] = {
+    "epsilon_plus_flat": zcomposites.EpsilonPlusFlat,
+    "epsilon_plus": zcomposites.EpsilonPlus,
+    "epsilon_alpha2beta1": zcomposites.EpsilonAlpha2Beta1,
+    "epsilon_alpha2beta1_flat": zcomposites.EpsilonAlpha2Beta1Flat,
+    "epsilon_gamma_box": zcomposites.EpsilonGammaBox,
+    "excitation_backprop": zcomposites.ExcitationBackprop,
+}
+
+
+def _options(preset: str) -> dict[str, float]:
+    """The parameters both sides take (zB bounds [-1, 1])."""
+    options = {"stabilizer": STABILIZER}
+    if preset != "excitation_backprop":
+        options["epsilon"] = 1e-6
+    if preset == "epsilon_gamma_box":
+        options |= {"low": -1.0, "high": 1.0, "gamma": 0.25}
+    return options
+
+
+def _composite_and_preset(preset: str, **zennit_options: object) -> tuple[object, RuleMap]:
+    """zennit's composite and relprop's preset of the same name, with the same parameters."""
+    return COMPOSITES[preset](**_options(preset), **zennit_options), get_preset(preset, **_options(preset))
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("kind", MODELS)
-@pytest.mark.parametrize("preset", ["epsilon_plus_flat", "epsilon_gamma_box"])
+@pytest.mark.parametrize("preset", list(COMPOSITES))
 def test_composite_matches_zennit(preset: str, kind: str, bias: bool, make_mlp, make_cnn) -> None:
     model, x = _model_and_input(kind, bias, make_mlp, make_cnn)
     target = torch.tensor([2, 0, 1, 1])
@@ -197,8 +214,11 @@ def _resnet(name: str) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-@pytest.mark.parametrize("preset", ["epsilon_plus_flat", "epsilon_gamma_box"])
+@pytest.mark.parametrize(
+    ("name", "preset"),
+    [("resnet18", preset) for preset in COMPOSITES] + [("resnet50", "epsilon_plus_flat"),
+                                                       ("resnet50", "epsilon_gamma_box")],
+)
 def test_torchvision_resnet_matches_zennit(name: str, preset: str) -> None:
     """relprop explains the stock torchvision ResNet as it is (functional ``out += identity``, batch norms merged by
     data flow); zennit needs its ResNetCanonizer, which rewrites the blocks and merges the batch norms."""
@@ -207,8 +227,6 @@ def test_torchvision_resnet_matches_zennit(name: str, preset: str) -> None:
     model = _resnet(name)
     x = torch.rand(2, 3, 48, 48, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 2 - 1
     target = model(x).argmax(1)
-    options = {"low": -1.0, "high": 1.0} if preset == "epsilon_gamma_box" else {}
-    ours = lrp(model, x, target, preset=preset, **options)
-    composite = (zcomposites.EpsilonPlusFlat(canonizers=[ResNetCanonizer()]) if preset == "epsilon_plus_flat"
-                 else zcomposites.EpsilonGammaBox(low=-1.0, high=1.0, canonizers=[ResNetCanonizer()]))
+    composite, rule_map = _composite_and_preset(preset, canonizers=[ResNetCanonizer()])
+    ours = lrp(model, x, target, rule_map=rule_map)
     assert max_relative_error(ours, zennit_relevance(model, composite, x, target)) <= TOLERANCE

@@ -10,12 +10,13 @@ from .ablation import feature_ablation, kernel_shap, lime, shapley_values
 from .cam import grad_cam, guided_grad_cam
 from .deeplift import deeplift, deeplift_shap
 from .gradient import gradient, gradient_shap, gradient_x_input, integrated_gradients, sensitivity, smoothgrad
-from .guided import deconvnet, guided_backprop
+from .guided import beta_smooth, deconvnet, guided_backprop
 from .lrp import lrp
 from .perturbation import occlusion
 
 __all__ = [
-    "gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet", "integrated_gradients",
+    "gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet", "beta_smooth",
+    "integrated_gradients",
     "smoothgrad", "gradient_shap", "occlusion", "feature_ablation", "shapley_values", "kernel_shap",
     "lime", "lrp", "deeplift",
     "deeplift_shap", "grad_cam", "guided_grad_cam", "METHODS", "Attribution", "method",

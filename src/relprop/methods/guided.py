@@ -17,14 +17,14 @@ from ..core import (
     root_module,
     script_module_error,
 )
-from ..errors import ExplanationError
+from ..errors import ConfigError, ExplanationError
 from ..ops import OpCall
 from ..rules.elementwise import vjp
 from ._common import OutputSeed, explained_forward, is_several, start_gradient, start_gradients
 from ._layers import backward_batched
 from ._registry import method
 
-__all__ = ["guided_backprop", "deconvnet"]
+__all__ = ["guided_backprop", "deconvnet", "beta_smooth"]
 
 _RELU_NAMES = frozenset({"relu", "relu_"})
 _SIGMOID_NAMES = frozenset({"sigmoid", "sigmoid_"})
@@ -37,16 +37,18 @@ def _is(site: Site, module_type: type[nn.Module], names: frozenset[str]) -> bool
 
 @dataclass(frozen=True)
 class _ModifiedBackward:
-    """Backward through ReLUs modified (guided or deconvnet), through sigmoids zero when gates are frozen.
+    """Backward through ReLUs modified (guided, deconvnet or smoothed), through sigmoids zero when gates are frozen.
 
     Guided (Springenberg et al. 2015): only positive gradient passes, and only where the ReLU's input was
     positive. Deconvnet (Zeiler & Fergus 2014): a ReLU of the gradient, whatever the forward activation.
+    Smoothed (``beta``; Dombrowski et al. 2019): the ReLU's derivative becomes softplus's, ``sigmoid(beta x)``.
     Frozen gates (Chormai 2018): every sigmoid (an LSTM's or GRU's gates, the GRU's complement ``1 - z``)
     passes no gradient, so the gates act as constants. Every other activation keeps its gradient.
     """
 
     deconv: bool = False
     frozen_gates: bool = False
+    beta: float | None = None
 
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
@@ -55,6 +57,8 @@ class _ModifiedBackward:
             return (torch.zeros_like(inputs[0]),)
         if not _is(site, nn.ReLU, _RELU_NAMES):
             return vjp(site, inputs, relevance_out)
+        if self.beta is not None:
+            return (torch.sigmoid(self.beta * inputs[0]).to(relevance_out) * relevance_out,)
         if self.deconv:
             return (relevance_out.clamp(min=0),)
         return (relevance_out.clamp(min=0) * (inputs[0] > 0).to(relevance_out),)
@@ -110,3 +114,13 @@ def guided_backprop(
 def deconvnet(model: nn.Module, x: Tensor, target: Tensor | OutputSeed) -> Tensor:
     """Deconvnet attribution (Zeiler & Fergus 2014)."""
     return _modified_gradient(model, x, target, _ModifiedBackward(deconv=True))
+
+
+@method("beta_smooth", several_targets=True)
+def beta_smooth(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, beta: float = 10.0) -> Tensor:
+    """The gradient with every ReLU's derivative smoothed to ``sigmoid(beta * input)``, the derivative of
+    ``softplus(beta * input) / beta`` (Dombrowski et al. 2019), as zennit's BetaSmooth composite: the forward pass
+    is the model's own, only the backward pass is smoothed. Large ``beta`` approaches the plain gradient."""
+    if not 0 < beta < float("inf"):
+        raise ConfigError(f"option beta={beta!r} must be a finite number > 0")
+    return _modified_gradient(model, x, target, _ModifiedBackward(beta=float(beta)))

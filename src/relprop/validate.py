@@ -42,12 +42,13 @@ _CHECKED_AFTER = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # occlusion, read only the scores, where a ReLU of -inf could hide an infinite weight: checked before for them)
 BACKWARD_METHODS = frozenset({"lrp", "gradient", "sensitivity", "gradient_x_input", "integrated_gradients",
                               "smoothgrad", "guided_backprop", "deconvnet", "beta_smooth", "deeplift",
-                              "deeplift_shap", "gradient_shap", "grad_cam", "guided_grad_cam"})
+                              "deeplift_shap", "gradient_shap", "grad_cam", "guided_grad_cam", "pattern_net",
+                              "pattern_attribution"})
 
 
 # the methods whose backward pass carries what their rules compute, not a gradient
 RULE_METHODS = frozenset({"lrp", "guided_backprop", "deconvnet", "beta_smooth", "deeplift", "deeplift_shap",
-                          "guided_grad_cam"})
+                          "guided_grad_cam", "pattern_net", "pattern_attribution"})
 
 
 def _no_backward_hooks(modules: list[tuple[str, nn.Module]]) -> None:

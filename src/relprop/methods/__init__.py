@@ -12,12 +12,13 @@ from .deeplift import deeplift, deeplift_shap
 from .gradient import gradient, gradient_shap, gradient_x_input, integrated_gradients, sensitivity, smoothgrad
 from .guided import beta_smooth, deconvnet, guided_backprop
 from .lrp import lrp
+from .pattern import Patterns, learn_patterns, pattern_attribution, pattern_net
 from .perturbation import occlusion
 
 __all__ = [
     "gradient", "sensitivity", "gradient_x_input", "guided_backprop", "deconvnet", "beta_smooth",
     "integrated_gradients",
     "smoothgrad", "gradient_shap", "occlusion", "feature_ablation", "shapley_values", "kernel_shap",
-    "lime", "lrp", "deeplift",
+    "lime", "lrp", "deeplift", "pattern_net", "pattern_attribution", "learn_patterns", "Patterns",
     "deeplift_shap", "grad_cam", "guided_grad_cam", "METHODS", "Attribution", "method",
 ]

@@ -35,8 +35,10 @@ from captum.attr import (  # noqa: E402
     IntegratedGradients,
     KernelShap,
     LayerAttribution,
+    LayerConductance,
     LayerDeepLift,
     LayerGradCam,
+    LayerGradientXActivation,
     NoiseTunnel,
     Occlusion,
     Saliency,
@@ -256,6 +258,34 @@ def test_deeplift_at_a_layer_matches_captums_layer_deeplift(layer: str, at_input
                           layer_at="input" if at_input else "output")
     assert max_relative_error(got.layers[layer], want) <= TOLERANCE
     assert float(got.details["summation_by_layer"].abs().max()) < 1e-12  # each layer sums to f(x) - f(x')
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradient_x_input_at_a_layer_matches_captums_layer_gradient_x_activation(kind: str) -> None:
+    model, x = _model(kind), _input(kind)
+    target = torch.tensor([0, 1, 2, 1])
+    names = ["2", "3"] if kind == "mlp" else ["conv2", "relu1"]
+    got = relprop.explain(model, x, target, method="gradient_x_input", layers=names)
+    for name in names:
+        want = LayerGradientXActivation(model, model.get_submodule(name)).attribute(x, target=target)
+        assert max_relative_error(got.layers[name], want) <= TOLERANCE
+
+
+def test_integrated_gradients_at_a_layer_is_captums_layer_conductance_in_the_limit() -> None:
+    """Conductance at a ReLU with a tanh after it. Both sum ``df/da (a(x_k) - a(x_{k-1}))`` along the path, relprop
+    with the gradient at each step's end and Captum at its start, so they differ at first order in 1 / steps:
+    relprop's moves by 2e-4 from 4000 to 16000 steps, and Captum's Riemann sum converges to it (its error shrinks
+    6-fold from 600 to 4800 steps). (Captum's Gauss-Legendre rule converges slowly here: the ReLU's kinks along
+    the path are not smooth.)"""
+    model, x = _model("mlp"), _input("mlp")
+    model[3] = nn.Tanh().eval()
+    target = torch.tensor([0, 1, 2, 1])
+    got = relprop.explain(model, x, target, method="integrated_gradients", layers=["1"], steps=16000, baseline=0.0)
+    errors = [max_relative_error(got.layers["1"], LayerConductance(model, model[1]).attribute(
+        x, target=target, n_steps=steps, method="riemann_right")) for steps in (600, 4800)]
+    assert errors[1] < 5e-4 and errors[0] / errors[1] > 5
+    coarse = relprop.explain(model, x, target, method="integrated_gradients", layers=["1"], steps=4000, baseline=0.0)
+    assert max_relative_error(coarse.layers["1"], got.layers["1"]) < 5e-4
 
 
 def test_deeplift_on_a_stock_lstm_sums_to_delta_where_captum_does_not() -> None:

@@ -21,6 +21,7 @@ from relprop import rules
 from relprop.canonizers import MergeBatchNorm
 from relprop.composites import PRESETS
 from relprop.core import ExplanationError
+from relprop.methods import learn_patterns
 
 seeds = st.integers(0, 2**16)
 sizes = st.tuples(st.integers(2, 8), st.integers(3, 10), st.integers(3, 10), st.integers(2, 4))  # in, h1, h2, out
@@ -250,15 +251,30 @@ def _options(method: str) -> list[tuple[str, dict[str, Any]]]:
         "kernel_shap": {"feature_mask": _QUADRANTS}, "lime": {"feature_mask": _QUADRANTS, "samples": 32},
         "gradient_shap": {"baselines": torch.linspace(-0.5, 0.5, 2 * 2 * 8 * 8, dtype=torch.float64)
                           .reshape(2, 2, 8, 8), "samples": 3},
+        "pattern_net": {"patterns": _LEARNED}, "pattern_attribution": {"patterns": _LEARNED},
     }
     return [(method, extra.get(method, {}))]
+
+
+_LEARNED = "learned from the model explained"  # pattern methods: by learn_patterns, in the test
+
+
+def _for(model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+    """The options with patterns learned from ``model`` (on 64 inputs in [-1, 1]) where they are asked for."""
+    if options.get("patterns") is not _LEARNED:
+        return options
+    data = torch.rand(64, 2, 8, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * 2 - 1
+    return {**options, "patterns": learn_patterns(model, data, show_progress=False)}
 
 
 CASES = [case for name in sorted(relprop.METHODS) for case in [(name, *c) for c in _options(name)]]
 
 
 @pytest.mark.parametrize(("method", "case_id", "options"), CASES, ids=[c[1] for c in CASES])
-def test_batch_independence(cnn, method: str, case_id: str, options: dict[str, Any]) -> None:
+def test_batch_independence(cnn, make_cnn, method: str, case_id: str, options: dict[str, Any]) -> None:
+    if options.get("patterns") is _LEARNED:  # average pooling has no pattern: max pooling
+        cnn = make_cnn(pool="max")
+    options = _for(cnn, options)
     x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 - 1
     target = torch.tensor([2, 0, 1])
     batched = relprop.explain(cnn, x, target, method=method, **options).relevance
@@ -327,12 +343,13 @@ class _Boom(nn.ReLU):
         return super().forward(x)
 
 
-def _with_batchnorm(boom: nn.Module | None = None) -> nn.Sequential:
+def _with_batchnorm(boom: nn.Module | None = None, batch_norm: bool = True) -> nn.Sequential:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         norm = nn.BatchNorm2d(4)
         norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2), norm.weight.data.uniform_(0.5, 2)
-        model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), norm, nn.ReLU(), boom or nn.Identity(),
+        model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, bias=False), norm if batch_norm else nn.Identity(),
+                              nn.ReLU(), boom or nn.Identity(),
                               nn.MaxPool2d(2), nn.Flatten(), nn.Linear(64, 3))
     return model.double().eval()
 
@@ -340,13 +357,15 @@ def _with_batchnorm(boom: nn.Module | None = None) -> nn.Sequential:
 @pytest.mark.parametrize(("method", "case_id", "options"), CASES, ids=[c[1] for c in CASES])
 def test_no_side_effects_after_success_and_failure(method: str, case_id: str, options: dict[str, Any]) -> None:
     x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 2 - 1
-    model = _with_batchnorm()
+    batch_norm = options.get("patterns") is not _LEARNED  # a batch norm has no pattern: the model without it
+    model = _with_batchnorm(batch_norm=batch_norm)
+    options = _for(model, options)  # (the same names and weights in the failing model below)
     before = _snapshot(model)
     relprop.explain(model, x, method=method, **options)
     _assert_untouched(model, before)
 
     boom = _Boom()
-    failing = _with_batchnorm(boom)
+    failing = _with_batchnorm(boom, batch_norm=batch_norm)
     before = _snapshot(failing)
     with pytest.raises(RuntimeError, match="boom"):  # the model's own error, with its own type and traceback
         relprop.explain(failing, x, method=method, **options)

@@ -264,6 +264,37 @@ def _bag(bag: nn.EmbeddingBag, ids: Tensor, vectors: Tensor, args: tuple[Any, ..
     return summed if bag.mode == "sum" else summed / keep.sum(1, keepdim=True).clamp(min=1).to(vectors.dtype)
 
 
+def _embedded_references(model: nn.Module, x: Tensor, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``baseline`` (broadcasting to x) or ``baselines`` (n, tokens) given as token ids, for token-id inputs: their
+    vectors from the same embedding, as Captum's LayerIntegratedGradients takes reference token ids. Float
+    references are vectors of the embedding space already (0: the zero vector)."""
+    given = {name: options[name] for name in ("baseline", "baselines")
+             if isinstance(options.get(name), Tensor) and not options[name].is_floating_point()}
+    if not given:
+        return dict(options)
+    embedding = _find_embedding(model)
+    size = getattr(embedding, "num_embeddings", None)
+    vectors = {}
+    for name, ids in given.items():
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ConfigError(f"option {name} of dtype {ids.dtype}: give reference token ids (int64) or embedding "
+                              "vectors (float)")
+        if name == "baseline":
+            try:
+                torch.broadcast_shapes(ids.shape, x.shape)  # type: ignore[no-untyped-call]
+            except RuntimeError:
+                raise ConfigError(f"option baseline holds token ids of shape {tuple(ids.shape)}, which do not "
+                                  f"broadcast to x's {tuple(x.shape)}") from None
+        elif ids.dim() != x.dim() or ids.shape[1:] != x.shape[1:]:
+            raise ConfigError(f"option baselines holds token ids of shape {tuple(ids.shape)}; reference sequences "
+                              f"shaped (n, {', '.join(map(str, x.shape[1:]))}) are needed, one per row")
+        if ids.numel() and (int(ids.min()) < 0 or (size is not None and int(ids.max()) >= size)):
+            raise ConfigError(f"option {name} holds token ids outside the embedding's vocabulary [0, {size})")
+        with torch.no_grad():
+            vectors[name] = _token_vectors(embedding, ids.to(x.device)).detach()
+    return {**options, **vectors}
+
+
 def _check_input(x: Any) -> None:
     if not isinstance(x, Tensor):
         raise ExplanationError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -364,6 +395,8 @@ def explain(
     model = validate.explanation_inputs(model, x, method, options)  # before anything runs, but for linear layers'
     # weights, checked with the results (validate.finite_weights)
     _check_input(x)
+    if not x.is_floating_point():
+        options = _embedded_references(model, x, options)
     classes: int | str | Tensor | None = as_target_value(target)  # a list or array as a tensor, a numpy int as int
     call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     spec = METHODS[method]

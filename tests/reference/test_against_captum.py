@@ -545,3 +545,55 @@ def test_functional_residual_breaks_captum_and_relprop_conserves(kind: str) -> N
     explanation = relprop.explain(fixed, x, target, method="lrp", preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
     assert torch.allclose(explanation.relevance.sum(1), score, rtol=1e-8, atol=0)
     assert torch.equal(functional.relevance, explanation.relevance)
+
+
+# ---------------------------------------------------------------- token ids
+
+
+def _bert() -> nn.Module:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=3)
+    return transformers.BertForSequenceClassification(config).double().eval()
+
+
+@pytest.mark.parametrize("reference", ["ids", "vectors"])
+def test_integrated_gradients_on_token_ids_is_captums_layer_integrated_gradients(reference: str) -> None:
+    """IG on token ids runs in the word-embedding space, as Captum's LayerIntegratedGradients at the word
+    embedding; the reference tokens ([MASK]-like id 7 at every position) go in as ids or as their vectors."""
+    from captum.attr import LayerIntegratedGradients
+
+    model = _bert()
+    ids = torch.randint(1, 50, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    reference_ids = torch.full_like(ids, 7)
+    words = model.bert.embeddings.word_embeddings
+    baseline = reference_ids if reference == "ids" else words(reference_ids).detach()
+    got = relprop.explain(model, ids, 1, method="integrated_gradients", steps=32, baseline=baseline,
+                          model_kwargs={"attention_mask": mask})
+    want = LayerIntegratedGradients(lambda i: model(i, attention_mask=mask).logits, words).attribute(
+        ids, baselines=reference_ids, target=1, n_steps=32, method="riemann_right")
+    assert max_relative_error(got.details["embedding_relevance"], want) <= TOLERANCE
+    torch.testing.assert_close(got.relevance, want.sum(-1), rtol=1e-9, atol=1e-12)
+
+
+def test_token_id_references_of_integrated_gradients_and_gradient_shap_are_their_embeddings() -> None:
+    model = _bert()
+    ids = torch.randint(1, 50, (2, 9), generator=torch.Generator().manual_seed(3))
+    words = model.bert.embeddings.word_embeddings
+    kwargs = {"model_kwargs": {"attention_mask": torch.ones_like(ids)}}
+    references = torch.randint(1, 50, (3, 9), generator=torch.Generator().manual_seed(4))
+    for method, name, value in [("integrated_gradients", "baseline", references[:1]),
+                                ("gradient_shap", "baselines", references)]:
+        extra = {"samples": 4, "seed": 0} if method == "gradient_shap" else {}
+        by_ids = relprop.explain(model, ids, 1, method=method, **{name: value}, **extra, **kwargs)
+        by_vectors = relprop.explain(model, ids, 1, method=method, **{name: words(value).detach()}, **extra,
+                                     **kwargs)
+        torch.testing.assert_close(by_ids.relevance, by_vectors.relevance, rtol=0, atol=0)
+    with pytest.raises(relprop.ConfigError, match="outside the embedding's vocabulary"):
+        relprop.explain(model, ids, 1, method="integrated_gradients", baseline=torch.full_like(ids, 50), **kwargs)
+    with pytest.raises(relprop.ConfigError, match="do not broadcast"):
+        relprop.explain(model, ids, 1, method="integrated_gradients", baseline=ids[:, :4], **kwargs)
+    with pytest.raises(relprop.ConfigError, match=r"reference sequences shaped \(n, 9\)"):
+        relprop.explain(model, ids, 1, method="gradient_shap", baselines=references[:, :4], **kwargs)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -226,7 +226,9 @@ def learn_patterns(
     with protected(root), torch.no_grad():
         handles = [module.register_forward_hook(record(name)) for name, module in layers]
         try:
-            for batch in progress(_batches(data, batch_size), desc="learning patterns", enabled=show_progress):
+            total = len(data) if isinstance(data, Sized) and not isinstance(data, Tensor) else None  # a DataLoader
+            for batch in progress(_batches(data, batch_size), desc="learning patterns", total=total,
+                                  enabled=show_progress):
                 if not isinstance(batch, Tensor) or not batch.is_floating_point():
                     raise DataError(f"learn_patterns needs batches of floating-point inputs, got "
                                     f"{type(batch).__name__ if not isinstance(batch, Tensor) else batch.dtype}")

@@ -81,16 +81,18 @@ def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[s
         return model  # explain's input check names what x must be
     if modules[0][1] is not model:
         modules = named_modules(model)
-    tensors, before, suspect, training = _read(modules, method in BACKWARD_METHODS)
+    inner = options.get("of", "gradient") if method == "smoothgrad" else method  # what runs: smoothgrad's of=
+    inner = inner if isinstance(inner, str) else method  # (not a name: smoothgrad refuses it)
+    tensors, before, suspect, training = _read(modules, method in BACKWARD_METHODS and inner in BACKWARD_METHODS)
     if suspect or torch.is_inference_mode_enabled() or x.is_inference() or x.is_meta:  # each names the tensors
         _no_inference_mode(tensors, x)
         _no_meta_tensors(tensors, x)
     if training:
         _eval_mode(model, modules)
-    if method in RULE_METHODS:
+    if method in RULE_METHODS or inner in RULE_METHODS:
         _no_backward_hooks(modules)
     _finite_parameters(model, before)
-    _options(method, options, x)
+    method_options(method, options, x)
     return model
 
 
@@ -281,7 +283,8 @@ def _finite_parameters(model: nn.Module, tensors: list[tuple[str, Tensor]]) -> N
         )
 
 
-def _options(method: str, options: Mapping[str, Any], x: Tensor) -> None:
+def method_options(method: str, options: Mapping[str, Any], x: Tensor) -> None:
+    """Check the values of the options common to several methods (numbers, baselines, LRP's preset options)."""
     for name in _NON_NEGATIVE:
         if name in options:
             _number(name, options[name], minimum=0.0)

@@ -375,6 +375,23 @@ def test_smoothgrad_without_noise_matches_captum(kind: str) -> None:
     assert max_relative_error(got, want) <= TOLERANCE
 
 
+@pytest.mark.parametrize("nt_type", ["smoothgrad", "smoothgrad_sq", "vargrad"])
+def test_noise_tunnel_around_integrated_gradients_without_noise_matches_captum(nt_type: str) -> None:
+    model, x = _model("cnn-max", seed=4), _input("cnn-max")
+    target = torch.tensor([1, 1, 0, 2])
+    reference = 0.2 * _input("cnn-max", seed=6)  # one per sample: repeated for the copies, as Captum does
+    want = NoiseTunnel(IntegratedGradients(model)).attribute(
+        x, nt_type=nt_type, nt_samples=3, stdevs=0.0, target=target, baselines=reference, n_steps=12,
+        method="riemann_right")
+    got = relprop.explain(model, x, target, method="smoothgrad", noise=0.0, samples=3, of="integrated_gradients",
+                          of_options={"steps": 12, "baseline": reference}, squared=nt_type == "smoothgrad_sq",
+                          vargrad=nt_type == "vargrad").relevance
+    if nt_type == "vargrad":  # the same copies: no variance on either side
+        assert float(got.abs().max()) == 0 and float(want.abs().max()) < 1e-12
+    else:
+        assert max_relative_error(got, want) <= TOLERANCE
+
+
 @pytest.mark.parametrize(("kind", "window", "stride"), [
     ("mlp", (2,), (2,)), ("mlp", (3,), (1,)), ("mlp", (4,), (3,)), ("cnn-avg", (1, 3, 3), (1, 1, 1)),
     ("cnn-max", (2, 4, 4), (2, 2, 2)), ("cnn-avg", (1, 3, 3), (1, 2, 2)),

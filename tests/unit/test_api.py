@@ -843,3 +843,45 @@ def test_a_path_computed_where_the_op_guard_cannot_see_is_refused(hide: str) -> 
     model = _HiddenBranch(branch, "detached").double().eval()
     for method in ("lrp", "guided_backprop"):
         assert relprop.explain(model, x, 0, method=method).relevance.shape == x.shape
+
+
+@pytest.mark.parametrize(("of", "of_options"), [
+    ("integrated_gradients", {"steps": 8, "baseline": 0.1}), ("lrp", {"preset": "epsilon_plus_flat"}),
+    ("guided_backprop", {}),
+])
+def test_smoothgrad_of_another_method_is_its_mean_over_the_same_noisy_copies(of: str, of_options: dict) -> None:
+    """The literal twin: the method on each noisy copy by itself (the copies drawn as smoothgrad draws them)."""
+    from relprop.methods.gradient import noisy_copies
+
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3)).double().eval()
+    x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    target = torch.tensor([0, 2, 1])
+    options = {"noise": 0.2, "samples": 4, "seed": 3}
+    got = relprop.explain(model, x, target, method="smoothgrad", of=of, of_options=of_options, **options)
+    copies = noisy_copies(x, 0.2, 4, 3).reshape(4, *x.shape)
+    each = torch.stack([relprop.explain(model, copy, target, method=of, **of_options).relevance for copy in copies])
+    torch.testing.assert_close(got.relevance, each.mean(0), rtol=1e-10, atol=1e-13)
+    squared = relprop.explain(model, x, target, method="smoothgrad", of=of, of_options=of_options, squared=True,
+                              **options)
+    torch.testing.assert_close(squared.relevance, (each**2).mean(0), rtol=1e-10, atol=1e-13)
+    several = relprop.explain(model, x, torch.tensor([[0, 1]] * 3), method="smoothgrad", of=of,
+                              of_options=of_options, **options)
+    torch.testing.assert_close(several.relevance[:, 0], relprop.explain(
+        model, x, 0, method="smoothgrad", of=of, of_options=of_options, **options).relevance)
+    assert (got.relevance - relprop.explain(model, x, target, method=of, **of_options).relevance).abs().max() > 0
+
+
+def test_smoothgrad_of_refuses_what_it_cannot_smooth() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
+    x = torch.rand(2, 4, dtype=torch.float64)
+    for of, of_options, message in [("smoothgrad", {}, "takes another method"), ("nope", {}, "takes another method"),
+                                    (["lrp"], {}, "takes another method"),
+                                    ("gradient_x_input", {"layers": ["0"]}, "cannot ask for layers"),
+                                    ("integrated_gradients", {"steps": 0}, "steps=0 must be a positive integer")]:
+        with pytest.raises(ConfigError, match=message):
+            relprop.explain(model, x, 0, method="smoothgrad", of=of, of_options=of_options)
+    model[0].register_full_backward_hook(lambda *args: None)
+    with pytest.raises(ExplanationError, match="backward hook"):
+        relprop.explain(model, x, 0, method="smoothgrad", of="lrp")
+    relprop.explain(model, x, 0, method="smoothgrad")  # the gradient's is fine with it

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -198,11 +199,16 @@ def integrated_gradients(
 @method("smoothgrad", several_targets=True)
 def smoothgrad(
     model: nn.Module, x: Tensor, target: Target, *, noise: float = 0.15, samples: int = 16, seed: int = 0,
-    squared: bool = False, vargrad: bool = False,
+    squared: bool = False, vargrad: bool = False, of: str = "gradient", of_options: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """SmoothGrad: the gradient averaged over noisy copies of x (Smilkov et al. 2017); ``squared=True`` averages
     its square (Captum's ``smoothgrad_sq``), ``vargrad=True`` gives its variance over the copies instead (VarGrad,
     Adebayo et al. 2018; Captum's ``vargrad``).
+
+    ``of`` smooths another method the same way (Captum's ``NoiseTunnel`` around it), with its options in
+    ``of_options``: ``of="integrated_gradients", of_options={"steps": 16}`` averages IG over the noisy copies,
+    ``of="lrp", of_options={"preset": "epsilon_plus_flat"}`` LRP. All copies run as one batch of the method; a
+    ``baseline`` shaped like x is repeated for them.
 
     The noise is Gaussian with standard deviation ``noise * (max(x_i) - min(x_i))`` per sample; ``seed`` makes
     it reproducible, with the same draws in every dtype (made in float64). Every sample of a batch gets the same
@@ -214,17 +220,50 @@ def smoothgrad(
     if squared and vargrad:
         raise ConfigError("smoothgrad takes squared=True (the mean of the squared gradients) or vargrad=True (their "
                           "variance), not both")
-    span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).reshape(-1, *(1,) * (x.dim() - 1))  # (batch, 1, ...)
-    generator = torch.Generator(device=x.device).manual_seed(seed)
-    eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, device=x.device,  # drawn in float64: the same
-                      dtype=torch.float64).to(x.dtype)  # noise in every dtype (float32 and float64 results agree)
-    noisy = (x + noise * span * eps).reshape(samples * x.shape[0], *x.shape[1:])  # step-major like IG
+    if of != "gradient" or of_options:
+        return _noise_tunnel(model, x, target, of, dict(of_options or {}), noise, samples, seed, squared, vargrad)
+    noisy = noisy_copies(x, noise, samples, seed)
     if is_several(target):  # (batch, k, ...) from one forward pass over the noisy copies
         assert isinstance(target, Tensor)
         several = _gradients(model, noisy, target, (), "output")[1].reshape(target.shape[1], samples, *x.shape)
         return _over_copies(several, 1, squared, vargrad).transpose(0, 1)
     grads = gradient_of_target(model, noisy, target).reshape(samples, *x.shape)
     return _over_copies(grads, 0, squared, vargrad)
+
+
+def noisy_copies(x: Tensor, noise: float, samples: int, seed: int) -> Tensor:
+    """``samples`` copies of x with Gaussian noise of standard deviation ``noise * (max - min)`` of each sample,
+    copy-major (samples * batch, ...); every sample gets the same draws (made in float64, so every dtype too)."""
+    span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).reshape(-1, *(1,) * (x.dim() - 1))  # (batch, 1, ...)
+    generator = torch.Generator(device=x.device).manual_seed(seed)
+    eps = torch.randn((samples, 1, *x.shape[1:]), generator=generator, device=x.device,  # drawn in float64: the same
+                      dtype=torch.float64).to(x.dtype)  # noise in every dtype (float32 and float64 results agree)
+    return (x + noise * span * eps).reshape(samples * x.shape[0], *x.shape[1:])  # step-major like IG
+
+
+def _noise_tunnel(model: nn.Module, x: Tensor, target: Target, of: str, options: dict[str, Any], noise: float,
+                  samples: int, seed: int, squared: bool, vargrad: bool) -> Tensor:
+    """Method ``of`` over the noisy copies of x, one batch, reduced over the copies as SmoothGrad's gradients."""
+    from .. import validate
+    from ._registry import METHODS
+
+    spec = METHODS.get(of) if isinstance(of, str) else None
+    if spec is None or of == "smoothgrad":
+        raise ConfigError(f"smoothgrad's of= takes another method, one of {sorted(set(METHODS) - {'smoothgrad'})}; "
+                          f"got {of!r}")
+    if "layers" in options:
+        raise ConfigError("smoothgrad smooths the input's attributions; of_options cannot ask for layers")
+    if is_several(target):  # one class at a time: the inner method's batch is the noisy copies already
+        assert isinstance(target, Tensor)
+        return torch.stack([_noise_tunnel(model, x, column, of, options, noise, samples, seed, squared, vargrad)
+                            for column in target.unbind(1)], 1)
+    noisy = noisy_copies(x, noise, samples, seed)
+    baseline = options.get("baseline")
+    if isinstance(baseline, Tensor) and baseline.dim() == x.dim() and baseline.shape[0] == x.shape[0] > 1:
+        options["baseline"] = baseline.repeat(samples, *(1,) * (x.dim() - 1))  # one per copy, copy-major
+    validate.method_options(of, options, noisy)
+    relevance = spec(model, noisy, target, **options).relevance
+    return _over_copies(relevance.reshape(samples, *x.shape), 0, squared, vargrad)
 
 
 def _over_copies(grads: Tensor, dim: int, squared: bool, vargrad: bool) -> Tensor:

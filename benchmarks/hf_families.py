@@ -112,7 +112,17 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "dinov2_with_registers": ("vision", {"image_size": 32, "patch_size": 8, "hidden_size": 32,
                                          "num_hidden_layers": 2, "num_attention_heads": 4}),
     "hiera": ("vision", {}), "swiftformer": ("vision", {}),
+    # added 2026-12-05: mixtures of experts (a router's top-k weights times each chosen expert's output, the
+    # experts' outputs added into their tokens' rows with index_add_)
+    "mixtral": ("text", {"num_key_value_heads": 2, "num_local_experts": 4, "num_experts_per_tok": 2}),
+    "qwen2_moe": ("text", {"num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2,
+                           "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16}),
+    "qwen3_moe": ("text", {"num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2,
+                           "moe_intermediate_size": 16, "head_dim": 8}),
 }
+# their experts run one by one (transformers' "eager" experts): torch's grouped matrix product, the default, takes
+# no float64 (float32 models explain through it too: tests/unit/test_moe.py)
+_EAGER_EXPERTS = frozenset({"mixtral", "qwen2_moe", "qwen3_moe"})
 
 
 def build(family: str) -> tuple[nn.Module, Tensor]:
@@ -126,7 +136,8 @@ def build(family: str) -> tuple[nn.Module, Tensor]:
     heads = (transformers.AutoModelForSequenceClassification if kind == "text"
              else transformers.AutoModelForImageClassification)
     torch.manual_seed(sum(map(ord, family)))
-    model = heads.from_config(config).double().eval()
+    options = {"experts_implementation": "eager"} if family in _EAGER_EXPERTS else {}
+    model = heads.from_config(config, **options).double().eval()
     with torch.no_grad():  # Hugging Face starts some heads and norm scales at zero: the scores would be constants
         for name, parameter in model.named_parameters():
             if name.endswith("weight") and not parameter.any():

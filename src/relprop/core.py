@@ -366,6 +366,14 @@ _BOUNDS = "_relprop_bounds"  # (low, high) of a bounded function's output (ops.B
 _PRODUCER = "_relprop_producer"
 _PREVIOUS = "_relprop_previous"  # on a tensor object _rebind gave a new tensor: the object holding its old one
 _STALE = "_relprop_stale"  # changed by an in-place op that relprop ran out of place: where that op ran
+# made during the explained forward pass by a constructor (torch.zeros, h.new_zeros, zeros_like): a new tensor object
+# that nothing outside holds, which an in-place op on the path may give a path value (a mixture of experts adds each
+# expert's output into such zeros with index_add_)
+_FRESH = "_relprop_fresh"
+_CONSTRUCTORS = frozenset({torch.zeros, torch.ones, torch.empty, torch.full, torch.zeros_like, torch.ones_like,
+                           torch.empty_like, torch.full_like})
+_CONSTRUCTOR_NAMES = frozenset({"zeros", "ones", "empty", "full", "zeros_like", "ones_like", "empty_like",
+                                "full_like", "new_zeros", "new_ones", "new_empty", "new_full"})
 _CONSTANT = "_relprop_constant"  # computed from the path by an op whose rule makes its result a constant: which op
 
 
@@ -446,8 +454,11 @@ def _can_rebind(held: Any) -> bool:
     """Whether :func:`_rebind` can give the tensor object ``held`` a new value: a plain tensor on the relevance path
     with an autograd history (not the explained input itself, nor a parameter, buffer or constant), no weak
     references."""
-    return (_SWAP is not None and type(held) is Tensor and held.grad_fn is not None and getattr(held, _PATH, False)
-            and not weakref.getweakrefcount(held))
+    if _SWAP is None or type(held) is not Tensor or weakref.getweakrefcount(held):
+        return False
+    if getattr(held, _FRESH, False):  # made in this forward pass, holding no gradient: nothing else holds it
+        return not held.requires_grad
+    return held.grad_fn is not None and getattr(held, _PATH, False)
 
 
 def _rebind(held: Tensor, value: Tensor, touched: list[Tensor] | None, where: str, reshaped: bool = False) -> Tensor:
@@ -1662,6 +1673,7 @@ class FunctionalGuard(TorchFunctionMode):
         self.depth = 0
         self._by_name = ops_by_name(op_rules) if by_name is None else by_name  # ops declared by the user first
         self._touched: list[Tensor] = []  # tensors from before an in-place op that got a tag: untagged on exit
+        self._fresh: list[Tensor] = []  # tensors made by a constructor in the forward pass (_FRESH): untagged on exit
         # the constant-output ops (CP-LRP's softmax, a norm statistic) that took a path tensor in: where they ran
         self.constant_sites: list[str] = []
         self._off_path: dict[int, Any] = {}  # autograd nodes known to be off the path (_hidden_path), by id
@@ -1707,11 +1719,12 @@ class FunctionalGuard(TorchFunctionMode):
         # off the stack wherever it is (a module that failed while the guard was suspended left it off the stack; a
         # mode that failed to exit may sit above it)
         remove_mode(self)
-        for tensor in self._touched:  # e.g. a buffer that an in-place op wrote path values into
-            for tag in (_PATH, _STALE, _PREVIOUS):
+        for tensor in self._touched + self._fresh:  # e.g. a buffer that an in-place op wrote path values into
+            for tag in (_PATH, _STALE, _PREVIOUS, _FRESH):
                 if hasattr(tensor, tag):
                     delattr(tensor, tag)
         self._touched.clear()
+        self._fresh.clear()
         self._off_path.clear()
 
     def __torch_function__(
@@ -1729,10 +1742,19 @@ class FunctionalGuard(TorchFunctionMode):
                 if source is not None:
                     return _tag_constant(func(*args, **kwargs), source)
             result = func(*args, **kwargs)
+            if func in _CONSTRUCTORS:
+                return self._made(result)
             if _requires_grad(result):  # a gradient flows through it: its inputs must not hide the path
                 self._check_operands(func, args, kwargs)
             return result
         return self._dispatch(func, args, kwargs)
+
+    def _made(self, result: Any) -> Any:
+        """Tag a tensor that a constructor made in the forward pass as fresh (:data:`_FRESH`)."""
+        if type(result) is Tensor and not result.requires_grad:
+            setattr(result, _FRESH, True)
+            self._fresh.append(result)
+        return result
 
     def _check_operands(self, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.check_hidden((*args, *kwargs.values()),
@@ -1748,7 +1770,8 @@ class FunctionalGuard(TorchFunctionMode):
         if op is ops.NORM_STATISTIC and name in ops.POWER_NAMES and _positive_integer_power(name, args, kwargs):
             op = ops.POWER
         if op is ops.CONSTANT:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            return self._made(result) if name in _CONSTRUCTOR_NAMES else result
         if name == "__get__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":
             raise ExplanationError(
                 f"'.data' of a tensor on the relevance path at {ops.caller_location()} cuts the relevance; use the "

@@ -53,7 +53,8 @@ ADD = _op("add", "add add_ __add__ __radd__ __iadd__")
 SUB = _op("sub", "sub sub_ subtract subtract_ rsub __sub__ __rsub__ __isub__ neg neg_ negative __neg__")
 MUL = _op("mul", "mul mul_ multiply multiply_ __mul__ __rmul__ __imul__")
 DIV = _op("div", "div div_ divide divide_ true_divide true_divide_ __truediv__ __itruediv__ __div__ __idiv__")
-SUM = _op("sum", "sum nansum fold")  # F.fold sums overlapping patches
+SUM = _op("sum", "sum nansum fold index_add index_add_ scatter_add scatter_add_")  # F.fold sums overlapping patches;
+# index_add and scatter_add sum rows into places (a mixture of experts adds each expert's output to its tokens)
 MEAN = _op("mean", "mean nanmean")
 AVG_POOL = _op("avg_pool", "avg_pool1d avg_pool2d avg_pool3d adaptive_avg_pool1d adaptive_avg_pool2d "
                            "adaptive_avg_pool3d")
@@ -80,7 +81,8 @@ DROPOUT = _op("dropout", "dropout dropout_ dropout1d dropout2d dropout3d alpha_d
 # Products of matrices (q k^T, attention @ v) and linear maps written as functions (F.linear(x, w), x @ w,
 # F.conv2d(x, w): a fixed blur filter, a convolution whose weight the model computes)
 MATMUL = _op("matmul", "matmul __matmul__ __rmatmul__ mm bmm einsum linear addmm baddbmm addbmm mv dot inner "
-                       "tensordot conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d")
+                       "tensordot conv1d conv2d conv3d conv_transpose1d conv_transpose2d conv_transpose3d "
+                       "_grouped_mm grouped_mm")  # (grouped: mixture-of-experts layers, one weight per group)
 SOFTMAX = _op("softmax", "softmax")
 # Attention written as one function: decomposed into its matmuls and softmax, which get their own rules
 ATTENTION = _op("attention", "scaled_dot_product_attention multi_head_attention_forward")

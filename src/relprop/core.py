@@ -371,7 +371,8 @@ _STALE = "_relprop_stale"  # changed by an in-place op that relprop ran out of p
 # expert's output into such zeros with index_add_)
 _FRESH = "_relprop_fresh"
 _CONSTRUCTORS = frozenset({torch.zeros, torch.ones, torch.empty, torch.full, torch.zeros_like, torch.ones_like,
-                           torch.empty_like, torch.full_like})
+                           torch.empty_like, torch.full_like, Tensor.new_zeros, Tensor.new_ones, Tensor.new_empty,
+                           Tensor.new_full})
 _CONSTRUCTOR_NAMES = frozenset({"zeros", "ones", "empty", "full", "zeros_like", "ones_like", "empty_like",
                                 "full_like", "new_zeros", "new_ones", "new_empty", "new_full"})
 _CONSTANT = "_relprop_constant"  # computed from the path by an op whose rule makes its result a constant: which op

@@ -32,8 +32,11 @@ class _IntoPlaces(nn.Module):
         h = torch.relu(self.first(x))  # (batch, 6, 3)
         if self.how == "index_add_":  # into zeros made here, in place
             out = torch.zeros(len(h), 4, 3, dtype=h.dtype).index_add_(1, TOKENS, h)
-        elif self.how == "new_zeros":
+        elif self.how == "new_zeros":  # made from a tensor on the path
             out = h.new_zeros(len(h), 4, 3)
+            out.index_add_(1, TOKENS, h)
+        elif self.how == "weight.new_zeros":  # made from a parameter
+            out = self.first.weight.new_zeros(len(h), 4, 3)
             out.index_add_(1, TOKENS, h)
         elif self.how == "index_add":
             out = torch.zeros(len(h), 4, 3, dtype=h.dtype).index_add(1, TOKENS, h, alpha=0.5)
@@ -51,7 +54,7 @@ def _model(how: str) -> nn.Module:
     return model
 
 
-@pytest.mark.parametrize("how", ["index_add_", "new_zeros", "index_add", "scatter_add_"])
+@pytest.mark.parametrize("how", ["index_add_", "new_zeros", "weight.new_zeros", "index_add", "scatter_add_"])
 @pytest.mark.parametrize("preset", ["epsilon", "attnlrp"])
 def test_sums_into_places_are_sums(how: str, preset: str) -> None:
     x = torch.randn(3, 6, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))

@@ -235,6 +235,43 @@ def test_kernel_shap_matches_captums_exact_shapley_values() -> None:
     assert max_relative_error(theirs, exact) < 0.08 and max_relative_error(ours, exact) < 0.08
 
 
+@pytest.mark.parametrize("ridge", [0.0, 0.5])
+def test_lime_matches_captums_lime_given_the_same_coalitions_kernel_and_fit(ridge: float) -> None:
+    """Captum's Lime takes its sampler, kernel and linear model as arguments: given relprop's coalitions (drawn as
+    relprop draws them, the full coalition first), LIME's cosine kernel and a weighted least-squares fit with an
+    intercept (a ridge one with the same penalty), the two agree. (Captum's defaults differ: its own draws, and a
+    Lasso.)"""
+    sklearn_models = pytest.importorskip("captum._utils.models.linear_model")
+    from captum.attr import Lime
+
+    model, x = _model("cnn-max"), _input("cnn-max")
+    target = torch.tensor([0, 1, 2, 1])
+    groups = _quadrant_mask(channels=True)  # 8 groups
+    samples, width = 300, 0.25
+    generator = torch.Generator().manual_seed(0)
+    coalitions = torch.rand(samples, 8, generator=generator) < 0.5
+    coalitions[0] = True
+    got = relprop.explain(model, x, target, method="lime", feature_mask=groups, samples=samples, ridge=ridge,
+                          kernel_width=width)
+
+    def kernel(original: Tensor, perturbed: Tensor, coalition: Tensor, **kwargs: object) -> float:
+        kept = coalition.double().flatten()
+        cosine = kept.sum() / (kept.norm() * 8**0.5)
+        return float(torch.exp(-((1 - cosine) ** 2) / width**2))
+
+    errors = []
+    for i in range(len(x)):
+        draws = iter(coalitions.long())
+        fit = (sklearn_models.SkLearnLinearRegression() if ridge == 0
+               else sklearn_models.SkLearnRidge(alpha=ridge))
+        lime = Lime(model, interpretable_model=fit, similarity_func=kernel,
+                    perturb_func=lambda original, draws=draws, **kwargs: next(draws).unsqueeze(0))
+        want = lime.attribute(x[i:i + 1], target=int(target[i]), feature_mask=groups, n_samples=samples,
+                              baselines=0.0)
+        errors.append(max_relative_error(got.relevance[i:i + 1], want))
+    assert max(errors) < 1e-5
+
+
 def test_gradient_shap_agrees_with_captum_in_expectation() -> None:
     """Both draw at random (their own generators), so they agree as Monte Carlo estimates of the same expectation:
     with 2000 draws each, to a few percent of the largest attribution (measured 2.3%; the gap shrinks as 1/sqrt)."""

@@ -329,8 +329,8 @@ def _baseline(baseline: Any, x: Tensor) -> None:
 
 
 def _lrp_options(options: Mapping[str, Any], x: Tensor) -> None:
-    if options.get("rule_map") is not None:
-        ignored = sorted(name for name in options if name != "rule_map")
+    if options.get("rule_map") is not None:  # (layers= and layer_at= are the method's own: they go with it)
+        ignored = sorted(name for name in options if name not in ("rule_map", "layers", "layer_at"))
         if ignored:
             raise ConfigError(
                 f"lrp got rule_map= together with {ignored}, which only configure a preset and would be ignored; "

@@ -485,6 +485,28 @@ def test_lrp_epsilon_matches_captum(kind: str, bias: bool) -> None:
     assert max_relative_error(got, want) <= TOLERANCE
 
 
+@pytest.mark.parametrize("at_input", [False, True], ids=["output", "input"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_lrp_at_layers_matches_captums_layer_lrp(kind: str, at_input: bool) -> None:
+    """``layers=`` with a rule map of one's own (epsilon 1e-9, as Captum's default rule) against ``LayerLRP``, at
+    each linear layer's output or input (Captum's LayerLRP needs a layer with a rule)."""
+    from captum.attr import LayerLRP
+
+    model, x = _model(kind, True, seed=6), _input(kind)
+    target = torch.tensor([0, 1, 2, 1])
+    names = ["0", "2"] if kind == "mlp" else ["conv1", "conv2"]
+    rule_map = RuleMap([(LINEAR_TYPES, rules.Epsilon(epsilon=1e-9)), (nn.AvgPool2d, rules.Proportional(1e-9))])
+    got = relprop.explain(model, x, target, method="lrp", rule_map=rule_map, layers=names,
+                          layer_at="input" if at_input else "output")
+    for name in names:
+        for module in model.modules():
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                module.rule = EpsilonRule(epsilon=1e-9)  # type: ignore[assignment]
+        want = LayerLRP(model, model.get_submodule(name)).attribute(x, target=target,
+                                                                    attribute_to_layer_input=at_input)
+        assert max_relative_error(got.layers[name], want) <= TOLERANCE
+
+
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("rule_id", ["gamma", "alpha1beta0"])

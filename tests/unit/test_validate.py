@@ -170,6 +170,14 @@ def test_options_that_rule_map_would_ignore_are_refused(options: dict[str, objec
         relprop.explain(_cnn(), _x(), method="lrp", rule_map=get_preset("epsilon"), **options)
 
 
+def test_layers_go_with_a_rule_map() -> None:
+    """``layers=`` and ``layer_at=`` are the method's own options, not a preset's: a rule map takes them."""
+    model, x = _cnn(), _x()
+    explanation = relprop.explain(model, x, 0, method="lrp", rule_map=get_preset("epsilon"), layers=["0"],
+                                  layer_at="input")
+    torch.testing.assert_close(explanation.layers["0"], explanation.relevance)  # the first layer's input is x
+
+
 class _Pair(nn.Module):
     def __init__(self, kind: str) -> None:
         super().__init__()

@@ -88,7 +88,7 @@ def explanation_inputs(model: nn.Module, x: Any, method: str, options: Mapping[s
         _no_inference_mode(tensors, x)
         _no_meta_tensors(tensors, x)
     if training:
-        _eval_mode(model, modules)
+        refuse_training_mode(model, modules)
     if method in RULE_METHODS or inner in RULE_METHODS:
         _no_backward_hooks(modules)
     _finite_parameters(model, before)
@@ -251,7 +251,9 @@ def _no_meta_tensors(tensors: list[tuple[str, Tensor]], x: Tensor) -> None:
         )
 
 
-def _eval_mode(model: nn.Module, modules: list[tuple[str, nn.Module]]) -> None:
+def refuse_training_mode(model: nn.Module, modules: list[tuple[str, nn.Module]] | None = None) -> None:
+    """Refuse a model with a module in training mode (``modules``: its named modules, if already walked)."""
+    modules = named_modules(model) if modules is None else modules
     training = [name or type(model).__name__ for name, m in modules if m.training]
     if training:
         kinds = sorted({type(m).__name__ for _, m in modules if m.training})

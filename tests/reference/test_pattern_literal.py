@@ -182,9 +182,11 @@ def test_the_model_is_left_as_it_was() -> None:
     model, data = _cnn(), _data(50)
     before = {name: value.clone() for name, value in model.state_dict().items()}
     model.train()
-    patterns = learn_patterns(model, data, show_progress=False)
+    with pytest.raises(ExplanationError, match=r"training mode .* call model.eval\(\)"):
+        learn_patterns(model, data, show_progress=False)
     assert model.training  # its mode untouched
     model.eval()
+    patterns = learn_patterns(model, data, show_progress=False)
     with pytest.raises(DataError, match="NaN"):
         learn_patterns(model, torch.full((2, 2, 8, 8), float("nan"), dtype=torch.float64), show_progress=False)
     relprop.explain(model, data[:2], 1, method="pattern_attribution", patterns=patterns)
@@ -203,7 +205,8 @@ def test_changed_weights_missing_layers_and_foreign_patterns_are_refused() -> No
     partial = Patterns({k: v for k, v in patterns.items() if k != "3"}, "relu", 100)
     with pytest.raises(ExplanationError, match="layer '3' .* the patterns have none"):
         relprop.explain(model, data[:2], 1, method="pattern_net", patterns=partial)
-    other = learn_patterns(nn.Sequential(nn.Flatten(), nn.Linear(128, 4)).double(), data, show_progress=False)
+    other = learn_patterns(nn.Sequential(nn.Flatten(), nn.Linear(128, 4)).double().eval(), data,
+                           show_progress=False)
     with pytest.raises(ExplanationError, match="the pattern of layer '1' has shape"):
         relprop.explain(nn.Sequential(nn.Flatten(), nn.Linear(128, 3)).double().eval(), data[:2], 1,
                         method="pattern_net", patterns=Patterns({"1": other["1"]}, "relu", 1))

@@ -258,6 +258,7 @@ def _noise_tunnel(model: nn.Module, x: Tensor, target: Target, of: str, options:
         return torch.stack([_noise_tunnel(model, x, column, of, options, noise, samples, seed, squared, vargrad)
                             for column in target.unbind(1)], 1)
     noisy = noisy_copies(x, noise, samples, seed)
+    options = dict(options)  # (each class's call repeats the caller's baseline itself)
     baseline = options.get("baseline")
     if isinstance(baseline, Tensor) and baseline.dim() == x.dim() and baseline.shape[0] == x.shape[0] > 1:
         options["baseline"] = baseline.repeat(samples, *(1,) * (x.dim() - 1))  # one per copy, copy-major

@@ -7,9 +7,8 @@ direction of the input that carries the signal the neuron detects, estimated fro
 
 with the covariances over the examples where the neuron's output is positive (``kind="relu"``, the two-component
 estimator's positive part, for layers followed by a ReLU; a layer whose output is the model's output, which no ReLU
-follows, takes all examples) or over all examples (``kind="linear"``). For a
-convolution each output position is an example and x its receptive field. :func:`learn_patterns` computes them in
-one pass over the data.
+follows, takes all examples) or over all examples (``kind="linear"``). For a convolution each output position is an
+example and x its receptive field. :func:`learn_patterns` computes them in one pass over the data.
 
 - **PatternNet** reconstructs the signal: the gradient with every layer's weights replaced by its patterns (ReLUs
   and max pooling keep their gradient, gating the backward pass as in the forward pass).
@@ -203,13 +202,17 @@ def learn_patterns(
     of a tuple, its first element is the input). ``kind="relu"`` estimates from the examples where each neuron's
     output is positive (for layers followed by a ReLU, the PatternNet paper's choice; the layer whose output the
     model returns from all), ``"linear"`` from all.
-    The model runs as it is (its train/eval mode untouched) without gradients; nothing of it is changed.
+    The model runs in eval mode (a model in training mode is refused) without gradients; nothing of it is
+    changed.
     """
     if kind not in KINDS:
         raise ConfigError(f"option kind={kind!r} must be one of {KINDS}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"option batch_size={batch_size!r} must be an integer >= 1")
     root = root_module(model)
+    from ..validate import refuse_training_mode
+
+    refuse_training_mode(root)  # dropout would randomise the statistics, a training batch norm update its own
     layers = _layers(root)
     if not layers:
         raise ConfigError(f"{type(root).__name__} has no nn.Linear or nn.Conv1d/2d/3d layer to learn patterns for")

@@ -325,6 +325,20 @@ def test_integrated_gradients_at_a_layer_is_captums_layer_conductance_in_the_lim
     assert max_relative_error(coarse.layers["1"], got.layers["1"]) < 5e-4
 
 
+@pytest.mark.parametrize(("layer", "at_input"), [("conv2", False), ("relu1", False), ("conv2", True)])
+def test_deeplift_shap_at_a_layer_matches_captums_layer_deeplift_shap(layer: str, at_input: bool) -> None:
+    from captum.attr import LayerDeepLiftShap
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    references = 0.3 * torch.randn(3, 2, 8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 1])
+    want = LayerDeepLiftShap(model, getattr(model, layer)).attribute(x, baselines=references, target=target,
+                                                                      attribute_to_layer_input=at_input)
+    got = relprop.explain(model, x, target, method="deeplift_shap", baselines=references, layers=[layer],
+                          layer_at="input" if at_input else "output", batch_size=8)  # two chunks of references
+    assert max_relative_error(got.layers[layer], want) <= TOLERANCE
+
+
 def test_deeplift_on_a_stock_lstm_sums_to_delta_where_captum_does_not() -> None:
     """Captum's DeepLift sees no gate inside nn.LSTM's fused kernel and passes its gradient: 27% of f(x) - f(x')
     missing here, without a warning. relprop runs the module as explicit cells, whose products split exactly."""

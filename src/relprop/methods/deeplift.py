@@ -300,22 +300,28 @@ def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
 
 @method("deeplift_shap")
 def deeplift_shap(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baselines: Tensor | None = None,
-                  batch_size: int | None = None) -> Attribution:
+                  batch_size: int | None = None, layers: Sequence[str] = (), layer_at: str = "output") -> Attribution:
     """DeepLIFT averaged over a set of reference inputs (Lundberg and Lee 2017's DeepSHAP, Captum's
     ``DeepLiftShap``): ``baselines`` (n, *x.shape[1:]), e.g. samples of the training data; every sample is explained
     against each of them (as one batch of n times the size, or chunks of ``batch_size`` pairs) and the results
-    averaged. ``details["summation_gap"]``: ``sum R - (f(x) - mean_j f(b_j))``, rounding."""
+    averaged. ``details["summation_gap"]``: ``sum R - (f(x) - mean_j f(b_j))``, rounding. At the modules named in
+    ``layers`` the attributions of their outputs (inputs with ``layer_at="input"``) averaged the same way, in
+    ``Explanation.layers`` (Captum's ``LayerDeepLiftShap``)."""
     references = reference_inputs(baselines, x, "deeplift_shap")
     if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
     n, batch = len(references), len(x)
     per_chunk = n if batch_size is None else max(batch_size // batch, 1)  # whole copies of the batch per chunk
     relevance, gaps = torch.zeros_like(x), torch.zeros(batch, dtype=x.dtype, device=x.device)
+    at_layers: dict[str, Tensor] = {}
     for start in range(0, n, per_chunk):
         chunk = references[start:start + per_chunk]  # copy-major: copy j of sample i at j * batch + i
         tiled = x.repeat(len(chunk), *(1,) * (x.dim() - 1))
         reference = chunk.repeat_interleave(batch, 0)
-        result = deeplift(model, tiled, target, baseline=reference)
+        result = deeplift(model, tiled, target, baseline=reference, layers=layers, layer_at=layer_at)
         relevance += result.relevance.reshape(len(chunk), *x.shape).sum(0)
         gaps += result.details["summation_gap"].reshape(len(chunk), batch).sum(0)
-    return Attribution(relevance / n, {"summation_gap": gaps / n})
+        for name, value in result.layers.items():
+            summed = value.reshape(len(chunk), batch, *value.shape[1:]).sum(0)
+            at_layers[name] = summed if name not in at_layers else at_layers[name] + summed
+    return Attribution(relevance / n, {"summation_gap": gaps / n}, {name: v / n for name, v in at_layers.items()})

@@ -17,6 +17,7 @@ from relprop.canonizers import ExplicitRecurrent, explicit_twin
 from relprop.composites import LINEAR_TYPES, RuleMap, get_preset
 from relprop.core import ExplanationError
 from relprop.errors import ConfigError
+from relprop.methods import learn_patterns
 from relprop.models.blocks import MixedLinear, SumPool2d, init_thesis_
 from relprop.models.cells import StationaryDropout
 from relprop.rules.mixed import Mixed
@@ -183,6 +184,17 @@ def test_every_method_on_every_thesis_architecture_leaves_no_hook(name: str) -> 
         if method in ("grad_cam", "guided_grad_cam"):  # they need layer=, a feature map laid out as the input
             with pytest.raises(ConfigError, match="needs layer="):
                 relprop.explain(model, x, method=method)
+            assert _hooks(model) == 0, method
+            continue
+        if method in ("pattern_net", "pattern_attribution"):  # they need patterns learned for the model
+            with pytest.raises(ConfigError, match="need patterns="):
+                relprop.explain(model, x, method=method)
+            patterns = learn_patterns(model, x, show_progress=False)
+            assert _hooks(model) == 0, method
+            try:  # explained, or refused at an op that has no pattern (a gate's product, a norm)
+                relprop.explain(model, x, method=method, patterns=patterns)
+            except ExplanationError as error:
+                assert "PatternNet" in str(error), error
             assert _hooks(model) == 0, method
             continue
         explanation = relprop.explain(model, x, method=method, **_METHOD_OPTIONS.get(method, {}))

@@ -368,7 +368,10 @@ def _refusal(name: str, op: ops.Op | None) -> tuple[str, str]:
                   "the patterns again, or explain this model with method='lrp' or 'integrated_gradients'")
 
 
-def _check(root: nn.Module, patterns: Patterns) -> None:
+def _check(root: nn.Module, patterns: Patterns | None) -> None:
+    if patterns is None:
+        raise ConfigError("PatternNet and PatternAttribution need patterns= learned for this model: patterns = "
+                          "relprop.methods.learn_patterns(model, data) (e.g. a batch of training inputs)")
     if not isinstance(patterns, Patterns):
         raise ConfigError(f"option patterns must be relprop.methods.Patterns (from learn_patterns or Patterns.load), "
                           f"got {type(patterns).__name__}")
@@ -388,13 +391,14 @@ def _check(root: nn.Module, patterns: Patterns) -> None:
                 "those the patterns were learned for (the model was trained or changed since); learn them again")
 
 
-def _backward(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, patterns: Patterns,
+def _backward(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, patterns: Patterns | None,
               attribution: bool) -> Tensor:
     root = root_module(model)
     scripted = next((name for name, m in root.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
     if scripted is not None:
         raise script_module_error(scripted or type(root).__name__)
     _check(root, patterns)
+    assert patterns is not None
     modules: list[tuple[str, nn.Module, Any]] = []
     for name, module in _layers(root):
         if name not in patterns:
@@ -422,14 +426,16 @@ def _backward(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, patterns
 
 
 @method("pattern_net", several_targets=True)
-def pattern_net(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, patterns: Patterns) -> Tensor:
+def pattern_net(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, patterns: Patterns | None = None
+                ) -> Tensor:
     """PatternNet (Kindermans et al. 2018): the signal in x that the target's score detects, the backward pass
     from the score with every layer's weights replaced by its learned pattern (:func:`learn_patterns`)."""
     return _backward(model, x, target, patterns, attribution=False)
 
 
 @method("pattern_attribution", several_targets=True)
-def pattern_attribution(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, patterns: Patterns) -> Tensor:
+def pattern_attribution(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *,
+                        patterns: Patterns | None = None) -> Tensor:
     """PatternAttribution (Kindermans et al. 2018): the backward pass from the target's score with every layer's
     weights replaced by ``w * a``, its weights times its learned pattern (:func:`learn_patterns`)."""
     return _backward(model, x, target, patterns, attribution=True)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
-from collections.abc import Iterator, Sequence
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["cpu_model", "load_average", "versions", "machine", "torch_threads"]
+__all__ = ["cpu_model", "load_average", "versions", "machine", "torch_threads", "rotating_rounds"]
 
 
 def cpu_model() -> str:
@@ -60,3 +62,19 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(previous)
+
+
+def rotating_rounds(contenders: Mapping[str, Callable[[], Any]], rounds: int) -> dict[str, dict[str, float]]:
+    """Time each contender once per round as process CPU time, the order rotating from round to round (so that no
+    contender always runs after the same other one). ``{"ms": median ms, "ratio_median": median per-round ratio to
+    the contender named "gradient"}``, the ratios for every other contender."""
+    times: dict[str, list[float]] = {key: [] for key in contenders}
+    order = list(contenders)
+    for round_ in range(rounds):
+        for key in order[round_ % len(order):] + order[:round_ % len(order)]:
+            start = time.process_time()
+            contenders[key]()
+            times[key].append(time.process_time() - start)
+    return {"ms": {key: 1e3 * statistics.median(values) for key, values in times.items()},
+            "ratio_median": {key: statistics.median(b / a for a, b in zip(times["gradient"], values))
+                             for key, values in times.items() if key != "gradient"}}

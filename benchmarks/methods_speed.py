@@ -26,9 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: shared mach
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -39,7 +37,7 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine, torch_threads  # noqa: E402
+from _machine import machine, rotating_rounds, torch_threads  # noqa: E402
 
 import relprop  # noqa: E402
 from relprop.files import write_json  # noqa: E402
@@ -47,12 +45,6 @@ from relprop.files import write_json  # noqa: E402
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "methods_speed.json"
 LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "vgg11": "features.18", "mobilenet_v3_large": "features.16",
           "efficientnet_b0": "features.8", "densenet121": "features.norm5"}
-
-
-def _cpu_seconds(run: Callable[[], Any]) -> float:
-    start = time.process_time()
-    run()
-    return time.process_time() - start
 
 
 def _relative(got: Tensor, want: Tensor) -> float:
@@ -118,14 +110,7 @@ def measure(name: str, size: int, batch: int, rounds: int) -> dict[str, Any]:
     cam = relprop_grad_cam()
     row.setdefault("relative_difference_to_captum", {})["grad_cam"] = _relative(
         cam.relevance.sum(1, keepdim=True), captum_grad_cam())
-    times: dict[str, list[float]] = {key: [] for key in contenders}
-    order = list(contenders)
-    for round_ in range(rounds):
-        for key in order[round_ % len(order):] + order[:round_ % len(order)]:
-            times[key].append(_cpu_seconds(contenders[key]))
-    return {**row, "ms": {key: 1e3 * statistics.median(values) for key, values in times.items()},
-            "ratio_median": {key: statistics.median(b / a for a, b in zip(times["gradient"], values))
-                             for key, values in times.items() if key != "gradient"}}
+    return {**row, **rotating_rounds(contenders, rounds)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -373,8 +373,8 @@ _FRESH = "_relprop_fresh"
 _CONSTRUCTORS = frozenset({torch.zeros, torch.ones, torch.empty, torch.full, torch.zeros_like, torch.ones_like,
                            torch.empty_like, torch.full_like, Tensor.new_zeros, Tensor.new_ones, Tensor.new_empty,
                            Tensor.new_full})
-_CONSTRUCTOR_NAMES = frozenset({"zeros", "ones", "empty", "full", "zeros_like", "ones_like", "empty_like",
-                                "full_like", "new_zeros", "new_ones", "new_empty", "new_full"})
+_CONSTRUCTOR_NAMES = frozenset({"zeros_like", "ones_like", "empty_like", "full_like", "new_zeros", "new_ones",
+                                "new_empty", "new_full"})  # of the ops.CONSTANT names: those that make a tensor
 _CONSTANT = "_relprop_constant"  # computed from the path by an op whose rule makes its result a constant: which op
 
 

@@ -885,3 +885,46 @@ def test_smoothgrad_of_refuses_what_it_cannot_smooth() -> None:
     with pytest.raises(ExplanationError, match="backward hook"):
         relprop.explain(model, x, 0, method="smoothgrad", of="lrp")
     relprop.explain(model, x, 0, method="smoothgrad")  # the gradient's is fine with it
+
+
+@pytest.mark.parametrize("at", ["output", "input"])
+def test_gradient_shap_at_a_layer_matches_its_literal_twin(at: str) -> None:
+    """``(a(x~) - a(b)) df/da`` at ``b + alpha (x~ - b)``, averaged over the same draws (one generator: the
+    references' indices, the points, the noise), each draw run by itself with a hook at the layer."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 4 * 4, 3)).double().eval()
+    x = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    pool = torch.rand(4, 2, 8, 8, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 0.3
+    samples, noise, target = 5, 0.1, torch.tensor([0, 2, 1])
+    got = relprop.explain(model, x, target, method="gradient_shap", baselines=pool, samples=samples, noise=noise,
+                          seed=4, layers=["1"], layer_at=at)
+    generator = torch.Generator().manual_seed(4)
+    chosen = torch.randint(len(pool), (samples,), generator=generator)
+    alphas = torch.rand(samples, generator=generator, dtype=torch.float64)
+    eps = torch.randn((samples, 1, 2, 8, 8), generator=generator, dtype=torch.float64)
+
+    def at_layer(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        seen: list[Tensor] = []
+        if at == "output":
+            handle = model[1].register_forward_hook(lambda m, a, out: seen.append(out))
+        else:
+            handle = model[1].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        try:
+            output = model(inputs)
+        finally:
+            handle.remove()
+        return seen[0], output
+
+    total = torch.zeros(3, 4, 8, 8, dtype=torch.float64)
+    for s in range(samples):
+        reference, noisy = pool[chosen[s]].expand_as(x), x + noise * eps[s]
+        point = (reference + alphas[s] * (noisy - reference)).requires_grad_()
+        value, output = at_layer(point)
+        (grad,) = torch.autograd.grad(output.gather(1, target[:, None]).sum(), value)
+        with torch.no_grad():
+            total += (at_layer(noisy)[0] - at_layer(reference)[0]) * grad
+    torch.testing.assert_close(got.layers["1"], total / samples, rtol=1e-12, atol=1e-14)
+    plain = relprop.explain(model, x, target, method="gradient_shap", baselines=pool, samples=samples, noise=noise,
+                            seed=4)
+    torch.testing.assert_close(got.relevance, plain.relevance, rtol=0, atol=0)  # the same draws at the input

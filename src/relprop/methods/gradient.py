@@ -277,8 +277,8 @@ def _over_copies(grads: Tensor, dim: int, squared: bool, vargrad: bool) -> Tenso
 @method("gradient_shap", several_targets=True)
 def gradient_shap(
     model: nn.Module, x: Tensor, target: Target, *, baselines: Tensor | None = None, samples: int = 16,
-    noise: float = 0.0, seed: int = 0,
-) -> Tensor:
+    noise: float = 0.0, seed: int = 0, layers: Sequence[str] = (), layer_at: str = "output",
+) -> Attribution:
     """GradientSHAP (Lundberg and Lee 2017; Captum's ``GradientShap``): expected gradients over references.
 
     Each of ``samples`` draws picks a reference ``b`` from ``baselines`` (n, *x.shape[1:]) and a point ``a`` in
@@ -287,6 +287,9 @@ def gradient_shap(
     the draws grow. ``seed`` makes it reproducible, with the same draws in every dtype (one CPU generator seeded
     with it draws the references' indices, then the points, then the noise, in float64); every sample of a batch
     gets the same draws (so a sample's result does not depend on the rest of the batch), and all run as one batch.
+    At the modules named in ``layers`` (their outputs, or inputs with ``layer_at="input"``) the same draws give
+    ``(a(x~) - a(b)) df/da`` at ``b + a (x~ - b)``, averaged (Captum's ``LayerGradientShap``), in
+    ``Explanation.layers``; that costs two forward passes more, at the noisy inputs and at the references.
     """
     pool = reference_inputs(baselines, x, "gradient_shap")
     if samples < 1:
@@ -299,9 +302,29 @@ def gradient_shap(
     references = pool[chosen.to(x.device)].unsqueeze(1)  # (samples, 1, ...)
     noisy = x.unsqueeze(0) + noise * eps  # (samples, batch, ...)
     points = (references + alphas.reshape(shape) * (noisy - references)).reshape(-1, *x.shape[1:])
-    if is_several(target):  # (batch, k, ...) from one forward pass over the points
-        assert isinstance(target, Tensor)
-        grads = _gradients(model, points, target, (), "output")[1].reshape(target.shape[1], *noisy.shape)
-        return ((noisy - references).unsqueeze(0) * grads).mean(1).transpose(0, 1)
-    grads = gradient_of_target(model, points, target).reshape(noisy.shape)
-    return ((noisy - references) * grads).mean(0)
+    several = is_several(target)
+    if several or layers:  # (batch, k, ...) from one forward pass over the points
+        _, grad, _, layer_grads = _gradients(model, points, target, layers, layer_at)
+    else:
+        grad, layer_grads = gradient_of_target(model, points, target), {}
+    k = target.shape[1] if several and isinstance(target, Tensor) else None
+    relevance = _expected((noisy - references).reshape(points.shape), grad, samples, k)
+    if not layers:
+        return Attribution(relevance)
+    ends = []  # the layers' values at the noisy inputs and at the references, drawn as the points were
+    for inputs in (noisy, references.expand_as(noisy)):
+        with torch.no_grad(), recorded_layers(model, layers, layer_at, copies=True) as records:
+            model(inputs.reshape(-1, *x.shape[1:]))
+        ends.append(records)
+    at_layers = stacked({name: [_expected(end - start, g, samples, k) for end, start, g in
+                                zip(ends[0][name], ends[1][name], layer_grads[name])] for name in layers})
+    return Attribution(relevance, {}, at_layers)
+
+
+def _expected(difference: Tensor, grad: Tensor, samples: int, k: int | None) -> Tensor:
+    """The mean over the draws of ``difference * grad``: both (samples * batch, ...), draw-major (the gradient
+    (k, samples * batch, ...) for k classes); (batch, ...) or (batch, k, ...)."""
+    if k is None:
+        return (difference * grad).reshape(samples, -1, *grad.shape[1:]).mean(0)
+    product = (difference.unsqueeze(0) * grad).reshape(k, samples, -1, *grad.shape[2:]).mean(1)
+    return product.transpose(0, 1)

@@ -928,3 +928,25 @@ def test_gradient_shap_at_a_layer_matches_its_literal_twin(at: str) -> None:
     plain = relprop.explain(model, x, target, method="gradient_shap", baselines=pool, samples=samples, noise=noise,
                             seed=4)
     torch.testing.assert_close(got.relevance, plain.relevance, rtol=0, atol=0)  # the same draws at the input
+
+
+def test_gradient_shap_at_a_module_that_runs_twice_gives_each_class_its_calls() -> None:
+    """(batch, k, calls, ...) for k classes, as gradient x input gives it; each class as its own explanation."""
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.head(torch.relu(self.shared(torch.relu(self.shared(x)))))  # type: ignore[no-any-return]
+
+    torch.manual_seed(0)
+    model = Twice().double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    options = {"method": "gradient_shap", "baselines": torch.randn(3, 4, dtype=torch.float64) * 0.1, "samples": 4,
+               "layers": ["shared"]}
+    both = relprop.explain(model, x, torch.tensor([[0, 2]] * 2), **options).layers["shared"]
+    assert both.shape == relprop.explain(model, x, torch.tensor([[0, 2]] * 2), method="gradient_x_input",
+                                         layers=["shared"]).layers["shared"].shape == (2, 2, 2, 4)
+    for j, c in enumerate([0, 2]):
+        torch.testing.assert_close(both[:, j], relprop.explain(model, x, c, **options).layers["shared"])

@@ -318,6 +318,9 @@ def gradient_shap(
         ends.append(records)
     at_layers = stacked({name: [_expected(end - start, g, samples, k) for end, start, g in
                                 zip(ends[0][name], ends[1][name], layer_grads[name])] for name in layers})
+    if k is not None:  # a module that ran several times: (batch, k, calls, ...), as every method gives it
+        at_layers = {name: value.transpose(1, 2) if len(layer_grads[name]) > 1 else value
+                     for name, value in at_layers.items()}
     return Attribution(relevance, {}, at_layers)
 
 

@@ -39,7 +39,7 @@ from .ops import Op
 from .rules.mixed import Mixed, mixed_split
 from .safety import protected
 
-__all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES"]
+__all__ = ["RuleMap", "PRESETS", "preset", "get_preset", "LINEAR_TYPES", "CONV_TYPES", "activation_module"]
 
 Selector = type | tuple[type, ...] | str | Op | tuple[Op, ...] | Callable[[str, nn.Module], bool]
 
@@ -64,6 +64,12 @@ _ACTIVATION_LIBRARIES = ("transformers.activations", "timm.layers.activations")
 
 def _library_activation(name: str, module: nn.Module) -> bool:
     return type(module).__module__.startswith(_ACTIVATION_LIBRARIES) and not list(module.parameters())
+
+
+def activation_module(name: str, module: nn.Module) -> bool:
+    """Whether ``module`` is an element-wise activation: a torch one (``ACTIVATIONS``) or one of the libraries'
+    (transformers', timm's), the modules the presets give :class:`~relprop.rules.Pass`."""
+    return isinstance(module, ACTIVATIONS) or _library_activation(name, module)
 
 
 _ADVICE = {

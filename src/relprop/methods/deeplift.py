@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..canonizers import ExplicitRecurrent
-from ..composites import ACTIVATIONS, _library_activation
+from ..composites import activation_module
 from ..core import (
     FunctionalGuard,
     Rule,
@@ -203,10 +203,6 @@ class _Extremum:
         return (torch.cat([multiplier, torch.zeros_like(multiplier)]),)
 
 
-def _activation_module(name: str, module: nn.Module) -> bool:
-    return isinstance(module, ACTIVATIONS) or _library_activation(name, module)
-
-
 @method("deeplift", several_targets=True)
 def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseline: Tensor | float = 0.0,
              layers: Sequence[str] = (), layer_at: str = "output") -> Attribution:
@@ -235,7 +231,7 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
     with protected(root), contextlib.ExitStack() as stack:  # the model's lock; Ctrl-C waits for a safe point
         # stock nn.LSTM / nn.GRU / nn.RNN run as explicit cells, whose gates and products get the rules below
         stack.callback(ExplicitRecurrent().apply(root))
-        modules = [(name, m, rescale) for name, m in root.named_modules() if _activation_module(name, m)]
+        modules = [(name, m, rescale) for name, m in root.named_modules() if activation_module(name, m)]
         stack.enter_context(attach_rules(model, modules, guard=guard, in_region=True))
         records = stack.enter_context(recorded_layers(model, layers, layer_at))
         stack.enter_context(torch.enable_grad())

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops
-from ..composites import ACTIVATIONS, _library_activation
+from ..composites import activation_module
 from ..core import (
     FunctionalGuard,
     Site,
@@ -357,10 +357,6 @@ class _IdentityPool:
         return (relevance_out,)
 
 
-def _activation_module(name: str, module: nn.Module) -> bool:
-    return isinstance(module, ACTIVATIONS) or _library_activation(name, module)
-
-
 def _refusal(name: str, op: ops.Op | None) -> tuple[str, str]:
     what = "relprop has no rule for it" if op is None else f"PatternNet has no pattern for {op!r}"
     return what, ("PatternNet and PatternAttribution cover linear and convolutional layers, ReLUs, max pooling and "
@@ -407,7 +403,7 @@ def _backward(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, patterns
         pattern = patterns[name].to(_weight(module).device)
         weight = pattern * _weight(module).to(pattern) if attribution else pattern
         modules.append((name, module, _BackwardWeights(name, weight)))
-    modules += [(name, m, _Gradient()) for name, m in root.named_modules() if _activation_module(name, m)]
+    modules += [(name, m, _Gradient()) for name, m in root.named_modules() if activation_module(name, m)]
     route = Route()
     guard = FunctionalGuard({ops.ROUTE: route, ops.DROPOUT: route, ops.MAX: route, ops.ACTIVATION: route,
                              ops.CONSTANT: route, ops.ADD: _OnePath(), ops.SUB: _OnePath(),

@@ -50,7 +50,7 @@ from ..core import (
     script_module_error,
 )
 from ..errors import ConfigError, DataError, ExplanationError
-from ..files import atomic_write
+from ..files import atomic_write, load_tensors
 from ..progress import progress
 from ..rules.elementwise import Route
 from ..safety import protected
@@ -119,14 +119,9 @@ class Patterns(Mapping[str, Tensor]):
         """Read patterns written by :meth:`save`; a missing, corrupt or foreign file raises DataError."""
         from safetensors import safe_open
 
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as file:
-                metadata = file.metadata() or {}
-                tensors = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (not a dict)
-        except FileNotFoundError:
-            raise DataError(f"missing patterns file {path}") from None
-        except Exception as error:  # safetensors raises its own error types for corrupt headers
-            raise DataError(f"{path} is corrupt or not a safetensors file: {error}") from None
+        tensors = load_tensors(path)  # a missing or corrupt file: DataError
+        with safe_open(str(path), framework="pt", device="cpu") as file:  # its header, read by load_tensors already
+            metadata = file.metadata() or {}
         if metadata.get("format") != _FORMAT or metadata.get("kind") not in KINDS:
             raise DataError(f"{path} holds no relprop patterns (metadata {metadata}); make them with "
                             "relprop.methods.learn_patterns(...).save(path)")

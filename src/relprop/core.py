@@ -452,9 +452,9 @@ _SWAP = getattr(torch._C, "_swap_tensor_impl", None)  # torch >= 2.3: what torch
 
 
 def _can_rebind(held: Any) -> bool:
-    """Whether :func:`_rebind` can give the tensor object ``held`` a new value: a plain tensor on the relevance path
-    with an autograd history (not the explained input itself, nor a parameter, buffer or constant), no weak
-    references."""
+    """Whether :func:`_rebind` can give the tensor object ``held`` a new value: a plain tensor without weak
+    references that is on the relevance path with an autograd history (not the explained input itself, nor a
+    parameter, buffer or constant), or that a constructor made in this forward pass (:data:`_FRESH`)."""
     if _SWAP is None or type(held) is not Tensor or weakref.getweakrefcount(held):
         return False
     if getattr(held, _FRESH, False):  # made in this forward pass, holding no gradient: nothing else holds it

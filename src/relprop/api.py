@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from . import methods, validate  # noqa: F401  (methods: registers the methods)
 from ._ids import CHANGED, IdRoutes
+from .core import attached_rule, root_module
 from .errors import ConfigError, ExplanationError, RelpropError, boundary
 from .methods._common import (
     ClassTarget,
@@ -75,13 +76,14 @@ class _Call(nn.Module):
     tensor ``z`` (so relevance lands on the word embedding; position or token-type embeddings added inside the model
     are constants). ``model_kwargs`` (e.g. ``attention_mask``) go with every call, tiled like the input when a
     method runs a batch several times over; ``input_name`` passes the input by keyword (``inputs_embeds``);
-    ``output`` selects the scores from what the model returns (default: a tensor as it is, else its ``logits``).
+    ``output`` selects the scores from what the model returns (default: a tensor as it is, else its ``logits``);
+    ``unit``: the scores are a module's output instead (:class:`_Unit`).
     """
 
     def __init__(
         self, model: nn.Module, *, embedding: nn.Module | None = None, ids: Tensor | None = None,
         model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
-        output: Callable[[Any], Tensor] | None = None, batch: int | None = None,
+        output: Callable[[Any], Tensor] | None = None, batch: int | None = None, unit: _Unit | None = None,
     ) -> None:
         super().__init__()
         # plain attributes, none a module, parameter or buffer: set directly (nn.Module.__setattr__ is slow)
@@ -89,7 +91,7 @@ class _Call(nn.Module):
             batch=batch,  # the explained batch size: a method running it several times over gets tiled kwargs
             _model=model,  # not a child: rules attach to the model under its own names
             _embedding=embedding, ids=ids, model_kwargs=dict(model_kwargs or {}), input_name=input_name,
-            output=output, training=False,
+            output=output, unit=unit, training=False,
             # the embedding and those that share its weight: a model may embed through a copy of the module that
             # get_input_embeddings() returns (T5's encoder calls embed_tokens, tied to shared); found once a call
             _embeddings=() if embedding is None else _tied(model, embedding),
@@ -102,6 +104,7 @@ class _Call(nn.Module):
         self.model_kwargs: dict[str, Any]
         self.input_name: str | None
         self.output: Callable[[Any], Tensor] | None
+        self.unit: _Unit | None
 
     def relprop_root(self) -> nn.Module:
         model: nn.Module = self._model
@@ -117,6 +120,9 @@ class _Call(nn.Module):
         repeats = z.shape[0] // batch
         kwargs = {name: self._tiled(value, batch, repeats) for name, value in self.model_kwargs.items()}
         if self.ids is None or self._embedding is None:
+            if self.unit is not None:
+                return self.unit.output_of(lambda: self._model(**{self.input_name: z}, **kwargs)
+                                           if self.input_name else self._model(z, **kwargs))
             return self._select(self._model(**{self.input_name: z}, **kwargs) if self.input_name
                                 else self._model(z, **kwargs))
         ids = self._tiled(self.ids, batch, repeats)
@@ -146,10 +152,15 @@ class _Call(nn.Module):
             return vectors
 
         handles = [embedding.register_forward_hook(replace, with_kwargs=True) for embedding in self._embeddings]
+        unit: Tensor | None = None
         try:
             with routes if routes is not None else contextlib.nullcontext():
-                result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name \
-                    else self._model(ids, **kwargs)
+                if self.unit is not None:
+                    unit = self.unit.output_of(lambda: self._model(**{self.input_name: ids}, **kwargs)
+                                               if self.input_name else self._model(ids, **kwargs))
+                else:
+                    result = self._model(**{self.input_name: ids}, **kwargs) if self.input_name \
+                        else self._model(ids, **kwargs)
         finally:
             for handle in handles:
                 handle.remove()
@@ -158,7 +169,7 @@ class _Call(nn.Module):
                 f"the model's token embedding ({type(self._embedding).__name__}, or one sharing its weight) was not "
                 "called on the input ids; pass the embedded sequence instead: x = the embeddings, with "
                 "input_name='inputs_embeds' for a Hugging Face model")
-        return self._select(result)
+        return unit if unit is not None else self._select(result)
 
     def _select(self, result: Any) -> Tensor:
         if self.output is not None:
@@ -184,6 +195,130 @@ _REARRANGING: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 class _Rearranged(ExplanationError):
     """An embedding of other ids than the input's, in a forward pass that did not follow them."""
+
+
+class _Stop(BaseException):
+    """Ends the model's forward pass at the explained module: a BaseException, so that a model's own
+    ``except Exception`` lets it through."""
+
+    def __init__(self, output: Tensor) -> None:
+        super().__init__()
+        self.output = output
+
+
+class _Unit:
+    """``explain(..., output="name")``: the explained scores are the output of the model's module ``name``, one row
+    per sample (batch, units), the output flattened; ``target`` picks units as it picks classes (Captum's neuron
+    methods). The forward pass ends at that module, so the layers after it do not run and need no rules. With
+    ``probe`` it runs whole instead, to count the module's calls (its output must be one tensor: it must run once)
+    and record the shape of each call's output in :attr:`shapes`."""
+
+    def __init__(self, model: nn.Module, name: str, probe: bool = False) -> None:
+        modules = dict(model.named_modules())
+        if not name or name not in modules:
+            raise ConfigError(
+                f"output={name!r} names no module of {type(model).__name__}; a module's name as "
+                f"named_modules() gives it, e.g. {[n for n in modules if n][:8]}")
+        self.name, self.module, self.probe = name, modules[name], probe
+        parts = name.split(".")
+        self.ancestors = [(prefix, modules[prefix]) for prefix in
+                          ("".join(f"{p}." for p in parts[:i])[:-1] for i in range(1, len(parts)))]
+        self.shapes: list[torch.Size] = []
+
+    def output_of(self, run: Callable[[], Any]) -> Tensor:
+        """The module's output in the forward pass ``run`` (the model's call), as (batch, units)."""
+        owner = threading.get_ident()
+        first: list[Tensor] = []
+
+        def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            if threading.get_ident() != owner:  # another thread's plain forward pass of the model
+                return
+            if not isinstance(output, Tensor) or not output.is_floating_point() or output.dim() == 0:
+                raise ExplanationError(
+                    f"output={self.name!r}: module '{self.name}' ({type(module).__name__}) returns "
+                    f"{_described(output)}, not a floating-point tensor with a batch dimension; name a module whose "
+                    "output is one (e.g. a submodule of it)")
+            if self.probe:
+                self.shapes.append(output.shape)
+                if not first:
+                    first.append(output.clone())  # a later in-place op must not change it
+                return
+            for prefix, ancestor in self.ancestors:
+                if attached_rule(ancestor)[0] is not None:
+                    raise ExplanationError(
+                        f"output={self.name!r}: module '{self.name}' runs inside '{prefix}' "
+                        f"({type(ancestor).__name__}), whose rule explains it as a whole; name '{prefix}' or a "
+                        "module outside it")
+            raise _Stop(output)
+
+        handle = self.module.register_forward_hook(hook)
+        try:
+            run()
+        except _Stop as stop:
+            return stop.output.reshape(stop.output.shape[0], -1)
+        finally:
+            handle.remove()
+        if not first:
+            raise ExplanationError(
+                f"output={self.name!r}: module '{self.name}' ({type(self.module).__name__}) does not run in the "
+                "model's forward pass of the explained input")
+        return first[0].reshape(first[0].shape[0], -1)
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _unit_target(model: nn.Module, x: Tensor, name: str, target: Any, seed: _Seed, call: dict[str, Any]
+                 ) -> tuple[_Unit, Any, _Seed]:
+    """The module of ``output=name``, the target as unit indices and the seed: a tuple target is one unit's index in
+    the module's output (Captum's ``neuron_selector``), turned into its index in the flattened output; a tuple with
+    slices selects several units, whose sum is explained (a seed). One plain forward pass (without gradients)
+    checks that the module runs once and finds its output's shape."""
+    root = root_module(model)
+    probe = _Unit(root, name, probe=True)
+    forward, inputs = _forward_module(model, x, {**call, "unit": probe})
+    _plain_pass(forward, inputs, model, x)
+    if len(probe.shapes) > 1:
+        raise ExplanationError(
+            f"output={name!r}: module '{name}' ({type(probe.module).__name__}) runs {len(probe.shapes)} times in one "
+            "forward pass (a module used more than once, such as the ReLU of a torchvision ResNet block), so its "
+            "output is not one tensor; name a module that runs once")
+    if not isinstance(target, tuple):
+        return _Unit(root, name), target, seed
+    shape = probe.shapes[0][1:]
+    if len(target) != len(shape) or not all(
+            isinstance(i, slice) or isinstance(i, int) and not isinstance(i, bool) for i in target):
+        raise ConfigError(
+            f"target={target!r}: with output={name!r} a tuple is one unit's index in the module's output, "
+            f"{len(shape)} ints (or slices) for its shape {tuple(shape)} per sample (a list or tensor gives one flat "
+            "index per sample)")
+    if not all(isinstance(i, slice) or 0 <= i < n for i, n in zip(target, shape)):
+        raise ConfigError(f"target={target!r} lies outside the output of module '{name}', of shape "
+                          f"{tuple(shape)} per sample")
+    units = torch.arange(shape.numel()).reshape(shape)[target].reshape(-1)
+    if not any(isinstance(i, slice) for i in target):
+        return _Unit(root, name), int(units[0]), seed
+    if seed is not None:
+        raise ConfigError("pass either a target with slices or seed=, not both: the slices' sum is the seed")
+    if not len(units):
+        raise ConfigError(f"target={target!r} selects no unit of module '{name}' (shape {tuple(shape)} per sample)")
+    return _Unit(root, name), None, _UnitSum(units)
+
+
+_Seed = Tensor | Callable[[Tensor], Tensor] | None
+
+
+@dataclass(frozen=True)
+class _UnitSum:
+    """The seed of a target with slices: the sum of the selected units (Captum sums a slice's neurons)."""
+
+    units: Tensor
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return output[:, self.units.to(output.device)].sum(1)
 
 
 def _embedded_at(module: nn.Module, positions: Tensor | None, z: Tensor, output: Tensor, seen: list[bool]) -> Tensor:
@@ -362,7 +497,7 @@ def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, tar
 def explain(
     model: nn.Module, x: Tensor, target: int | str | Tensor | Sequence[Any] | None = None, method: str = "lrp", *,
     seed: Tensor | Callable[[Tensor], Tensor] | None = None, model_kwargs: Mapping[str, Any] | None = None,
-    input_name: str | None = None, output: Callable[[Any], Tensor] | None = None, **options: Any,
+    input_name: str | None = None, output: Callable[[Any], Tensor] | str | None = None, **options: Any,
 ) -> Explanation:
     """Explain ``model``'s prediction for the batch ``x`` with a registered method.
 
@@ -381,7 +516,11 @@ def explain(
     start token), each token's relevance adds up its uses (:mod:`relprop._ids`). ``model_kwargs`` go with every
     call of the model (``attention_mask``); ``input_name`` passes ``x`` by keyword
     (``input_name="inputs_embeds"``); ``output`` selects the scores from what the model returns (default: the
-    tensor itself, else its ``logits``).
+    tensor itself, else its ``logits``). A module's name as ``output`` (``output="features.3"``) explains that
+    module's units instead of the model's classes, as Captum's neuron methods do: the scores are its output
+    flattened per sample, (batch, units), ``target`` picks units as it picks classes, and a tuple ``target`` is
+    one unit's index in the module's output (``target=(channel, row, column)``; with slices, the sum of the units
+    they select); the forward pass ends at that module, which must run once in it.
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
     >>> explanation = explain(model, torch.randn(5, 4), target=1, method="gradient_x_input")
@@ -398,7 +537,7 @@ def explain(
     if not x.is_floating_point():
         options = _embedded_references(model, x, options)
     classes: int | str | Tensor | None = as_target_value(target)  # a list or array as a tensor, a numpy int as int
-    call = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
+    call: dict[str, Any] = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     spec = METHODS[method]
     if isinstance(seed, int) and not isinstance(seed, bool):  # a method's random seed (SmoothGrad's noise draws)
         if spec.options is not None and "seed" not in spec.options:
@@ -408,6 +547,9 @@ def explain(
     elif seed is not None and not (isinstance(seed, Tensor) or callable(seed)):
         raise ConfigError(f"seed= takes an output seed: a tensor shaped like the output or a function of it (or, for "
                           f"a method that draws at random, an integer); got {type(seed).__name__}")
+    if isinstance(output, str):
+        call["output"] = None
+        call["unit"], classes, seed = _unit_target(model, x, output, classes, seed, call)
     try:
         try:
             result, targets, scores, checked = _attempt(spec, model, x, classes, seed, options, call)

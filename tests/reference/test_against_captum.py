@@ -655,6 +655,82 @@ def test_functional_residual_breaks_captum_and_relprop_conserves(kind: str) -> N
     assert torch.equal(functional.relevance, explanation.relevance)
 
 
+# ---------------------------------------------------------------- neurons
+
+
+def _active_unit(model: nn.Module, x: Tensor, layer: str) -> tuple[int, ...]:
+    """A unit of ``layer``'s output that is positive for the most samples (a ReLU unit silent on all of them would
+    compare zeros)."""
+    seen: list[Tensor] = []
+    handle = getattr(model, layer).register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    active = (seen[0] > 0).sum(0)
+    return tuple(int(i) for i in (active == active.max()).nonzero()[0])
+
+
+@pytest.mark.parametrize("layer", ["conv2", "relu2", "relu1"])
+@pytest.mark.parametrize("name", ["gradient", "integrated_gradients", "guided_backprop", "deconvnet", "deeplift",
+                                  "deeplift_shap", "feature_ablation"])
+def test_neuron_methods_match_captums(name: str, layer: str) -> None:
+    """``explain(..., output=layer, target=unit)`` is Captum's ``Neuron*(model, layer).attribute(x, unit)``."""
+    from captum.attr import (
+        NeuronDeconvolution,
+        NeuronDeepLift,
+        NeuronDeepLiftShap,
+        NeuronFeatureAblation,
+        NeuronGradient,
+        NeuronGuidedBackprop,
+        NeuronIntegratedGradients,
+    )
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    unit = _active_unit(model, x, layer)
+    module = getattr(model, layer)
+    reference = 0.3 * _input("cnn", seed=5)
+    if name == "gradient":
+        want = NeuronGradient(model, module).attribute(x, unit)
+        got = relprop.explain(model, x, unit, method="gradient", output=layer)
+    elif name == "integrated_gradients":
+        want = NeuronIntegratedGradients(model, module).attribute(x, unit, baselines=reference, n_steps=16,
+                                                                  method="riemann_right")
+        got = relprop.explain(model, x, unit, method="integrated_gradients", output=layer, baseline=reference,
+                              steps=16)
+    elif name == "guided_backprop":
+        want = NeuronGuidedBackprop(model, module).attribute(x, unit)
+        got = relprop.explain(model, x, unit, method="guided_backprop", output=layer)
+    elif name == "deconvnet":
+        want = NeuronDeconvolution(model, module).attribute(x, unit)
+        got = relprop.explain(model, x, unit, method="deconvnet", output=layer)
+    elif name == "deeplift":
+        want = NeuronDeepLift(model, module).attribute(x, unit, baselines=reference)
+        got = relprop.explain(model, x, unit, method="deeplift", output=layer, baseline=reference)
+    elif name == "deeplift_shap":
+        want = NeuronDeepLiftShap(model, module).attribute(x, unit, baselines=reference[:3])
+        got = relprop.explain(model, x, unit, method="deeplift_shap", output=layer, baselines=reference[:3])
+    else:
+        groups = _quadrant_mask(channels=True)
+        want = NeuronFeatureAblation(model, module).attribute(x, unit, baselines=0.5, feature_mask=groups)
+        got = relprop.explain(model, x, unit, method="feature_ablation", output=layer, baseline=0.5,
+                              feature_mask=groups)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
+def test_a_neuron_selector_with_slices_matches_captums() -> None:
+    """Captum sums the units a selector with slices picks; so does relprop."""
+    from captum.attr import NeuronGradient, NeuronIntegratedGradients
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    unit = (slice(1, 4), 0, slice(None))
+    want = NeuronGradient(model, model.conv2).attribute(x, unit)
+    got = relprop.explain(model, x, unit, method="gradient", output="conv2")
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+    want = NeuronIntegratedGradients(model, model.conv2).attribute(x, unit, n_steps=16, method="riemann_right")
+    got = relprop.explain(model, x, unit, method="integrated_gradients", output="conv2", steps=16)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
 # ---------------------------------------------------------------- token ids
 
 

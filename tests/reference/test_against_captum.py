@@ -207,6 +207,21 @@ def test_feature_ablation_matches_captum(mask: str, baseline: float) -> None:
     assert max_relative_error(got.relevance, want) <= TOLERANCE
 
 
+@pytest.mark.parametrize("mask", ["none", "quadrants"])
+@pytest.mark.parametrize("seed", [0, 3])
+def test_feature_permutation_matches_captum(mask: str, seed: int) -> None:
+    """The same random orders of the batch: relprop's seed, Captum's after ``torch.manual_seed(seed)``."""
+    from captum.attr import FeaturePermutation
+
+    model, x = _model("cnn-max"), _input("cnn-max")
+    target = torch.tensor([0, 1, 2, 1])
+    groups = None if mask == "none" else _quadrant_mask(channels=True)
+    torch.manual_seed(seed)
+    want = FeaturePermutation(model).attribute(x, target=target, feature_mask=groups)
+    got = relprop.explain(model, x, target, method="feature_permutation", feature_mask=groups, seed=seed)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
 @pytest.mark.parametrize("baseline", [0.0, 0.5])
 def test_exact_shapley_values_match_captum(baseline: float) -> None:
     """Captum's ShapleyValues runs every order of the 4 groups; relprop every coalition (the same values)."""

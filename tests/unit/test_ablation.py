@@ -1,6 +1,6 @@
-"""Feature ablation and Shapley values: against literal twins written from their definitions, their properties
-(efficiency, linearity in the explained score, per-sample groups) and their errors. (Against Captum's
-FeatureAblation and ShapleyValues: tests/reference/test_against_captum.py.)"""
+"""Feature ablation, feature permutation and Shapley values: against literal twins written from their definitions,
+their properties (efficiency, linearity in the explained score, per-sample groups) and their errors. (Against Captum's
+FeatureAblation, FeaturePermutation and ShapleyValues: tests/reference/test_against_captum.py.)"""
 
 from __future__ import annotations
 
@@ -52,6 +52,44 @@ def test_feature_ablation_is_the_drop_per_group() -> None:
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     every = relprop.explain(model, x, 2, method="feature_ablation", baseline=0.5)  # every element alone
     assert len(torch.unique(every.relevance[0])) > 16
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_feature_permutation_is_the_drop_when_a_group_is_shuffled_across_the_batch(grouped: bool) -> None:
+    """The literal twin: group by group, the batch's values of that group in a random order (never the identity,
+    from a generator seeded as the method's), and the score's drop."""
+    model, x = _model(), _x()
+    mask = _quadrants() if grouped else torch.arange(32).reshape(1, 2, 4, 4)
+    got = relprop.explain(model, x, 1, method="feature_permutation", feature_mask=mask if grouped else None, seed=4,
+                          batch_size=7)
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        full = model(x)[:, 1]
+    want = torch.zeros_like(x)
+    for g in range(int(mask.max()) + 1):
+        order = torch.randperm(3, generator=generator)
+        while torch.equal(order, torch.arange(3)):
+            order = torch.randperm(3, generator=generator)
+        inside = (mask == g).expand_as(x)
+        shuffled = x.clone()
+        shuffled[inside] = x[order][inside]
+        with torch.no_grad():
+            want += (full - model(shuffled)[:, 1]).reshape(-1, 1, 1, 1) * inside
+    torch.testing.assert_close(got.relevance, want, rtol=1e-12, atol=1e-14)
+    other = relprop.explain(model, x, 1, method="feature_permutation", feature_mask=mask if grouped else None, seed=5)
+    assert not torch.equal(other.relevance, got.relevance)
+
+
+def test_feature_permutation_gives_a_feature_the_model_ignores_nothing_and_needs_two_samples() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 2)).double().eval()
+    with torch.no_grad():
+        model[0].weight[:, 2] = 0
+    x = torch.randn(6, 4, dtype=torch.float64)
+    got = relprop.explain(model, x, 0, method="feature_permutation")
+    assert bool((got.relevance[:, 2] == 0).all()) and bool((got.relevance[:, [0, 1, 3]] != 0).any())
+    with pytest.raises(ConfigError, match="needs a batch of at least 2 samples, got 1"):
+        relprop.explain(model, x[:1], 0, method="feature_permutation")
 
 
 def test_exact_shapley_values_are_the_mean_over_every_order() -> None:

@@ -1,6 +1,6 @@
-"""Attributions by removing groups of input features: feature ablation, Shapley values (exact, or sampled over
-permutations), KernelSHAP and LIME (a weighted linear model of the scores of random coalitions), on groups given by
-a feature mask (superpixels, tokens, channels; by default every element alone).
+"""Attributions by removing groups of input features: feature ablation, feature permutation, Shapley values (exact,
+or sampled over permutations), KernelSHAP and LIME (a weighted linear model of the scores of random coalitions),
+on groups given by a feature mask (superpixels, tokens, channels; by default every element alone).
 
 A group is removed by setting its elements to the ``baseline``. Every element of a group gets the group's value,
 as in Captum's ``FeatureAblation``, ``ShapleyValues``, ``ShapleyValueSampling``, ``KernelShap`` and ``Lime``. The
@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ._common import OutputSeed, target_score
 from ._registry import Attribution, method
 
-__all__ = ["feature_ablation", "shapley_values", "kernel_shap", "lime"]
+__all__ = ["feature_ablation", "feature_permutation", "shapley_values", "kernel_shap", "lime"]
 
 _EXACT_GROUPS = 12  # exact Shapley values up to 2^12 coalitions per sample
 
@@ -115,6 +115,58 @@ def feature_ablation(
     drops = full.unsqueeze(0) - _scores(model, x, target, all_but_one, count, groups, reference, batch_size,
                                         "feature_ablation", progress)
     return Attribution(_spread(drops.T, groups))
+
+
+def _shuffles(count: int, batch: int, seed: int) -> Iterator[Tensor]:
+    """One random order of the batch per group, none the identity (redrawn until it is not), drawn in group order
+    from a generator seeded with ``seed``: the orders Captum's ``FeaturePermutation`` draws after
+    ``torch.manual_seed(seed)``."""
+    generator = torch.Generator().manual_seed(seed)
+    identity = torch.arange(batch)
+    for _ in range(count):
+        order = torch.randperm(batch, generator=generator)
+        while torch.equal(order, identity):
+            order = torch.randperm(batch, generator=generator)
+        yield order
+
+
+@method("feature_permutation")
+def feature_permutation(
+    model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, feature_mask: Tensor | None = None,
+    seed: int = 0, batch_size: int = 256, max_evaluations: int = 20_000, progress: bool | None = None,
+) -> Attribution:
+    """Permutation feature importance (Breiman 2001; Captum's ``FeaturePermutation``): each group's
+    ``f(x) - f(x with the group's values shuffled across the batch)``, on every element of the group.
+
+    Each group gets its own random order of the batch (``seed``), never the identity, so the batch needs at least
+    2 samples; what a sample's group is replaced with is another sample's values there. ``feature_mask``: integer
+    group ids broadcasting to x's shape (default: every element alone). One forward pass of the batch per group,
+    ``batch_size`` inputs at a time. With group ids 0..G-1 the orders are those Captum draws after
+    ``torch.manual_seed(seed)``.
+    """
+    if len(x) < 2:
+        raise ConfigError("feature_permutation shuffles each feature group across the batch, so it needs a batch of "
+                          f"at least 2 samples, got {len(x)}")
+    groups, count = _groups(feature_mask, x)
+    if count > max_evaluations:
+        raise _too_many("feature_permutation", count, len(x), max_evaluations, "group the features with feature_mask")
+    shuffles = torch.stack(list(_shuffles(count, len(x), seed))).to(x.device)  # (G, batch)
+    with torch.no_grad():
+        full = target_score(model(x), target)
+    per_chunk = max(batch_size // len(x), 1)
+    chunks = range(0, count, per_chunk)
+    show = len(chunks) > 8 if progress is None else progress
+    lines = _deciles(len(chunks))
+    drops = []
+    with torch.no_grad():
+        for i in chunks:
+            part = torch.arange(i, min(i + per_chunk, count), device=x.device)  # the groups of this pass
+            inside = groups.unsqueeze(0) == part.reshape(-1, *(1,) * x.dim())  # (c, batch, ...)
+            inputs = torch.where(inside, x[shuffles[part]], x.unsqueeze(0)).reshape(-1, *x.shape[1:])
+            drops.append(full.unsqueeze(0) - target_score(model(inputs), target).reshape(len(part), len(x)))
+            if show and i // per_chunk in lines:
+                _progress("feature_permutation", i + len(part), count)
+    return Attribution(_spread(torch.cat(drops).T, groups))
 
 
 def _coalitions(count: int, device: torch.device, start: int = 0, stop: int | None = None) -> Tensor:

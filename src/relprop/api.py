@@ -77,13 +77,15 @@ class _Call(nn.Module):
     are constants). ``model_kwargs`` (e.g. ``attention_mask``) go with every call, tiled like the input when a
     method runs a batch several times over; ``input_name`` passes the input by keyword (``inputs_embeds``);
     ``output`` selects the scores from what the model returns (default: a tensor as it is, else its ``logits``);
-    ``unit``: the scores are a module's output instead (:class:`_Unit`).
+    ``unit``: the scores are a module's output instead (:class:`_Unit`); ``start``: the explained float tensor
+    replaces a module's output, and the model runs on the input of :class:`_Start`.
     """
 
     def __init__(
         self, model: nn.Module, *, embedding: nn.Module | None = None, ids: Tensor | None = None,
         model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
         output: Callable[[Any], Tensor] | None = None, batch: int | None = None, unit: _Unit | None = None,
+        start: _Start | None = None,
     ) -> None:
         super().__init__()
         # plain attributes, none a module, parameter or buffer: set directly (nn.Module.__setattr__ is slow)
@@ -91,7 +93,7 @@ class _Call(nn.Module):
             batch=batch,  # the explained batch size: a method running it several times over gets tiled kwargs
             _model=model,  # not a child: rules attach to the model under its own names
             _embedding=embedding, ids=ids, model_kwargs=dict(model_kwargs or {}), input_name=input_name,
-            output=output, unit=unit, training=False,
+            output=output, unit=unit, start=start, training=False,
             # the embedding and those that share its weight: a model may embed through a copy of the module that
             # get_input_embeddings() returns (T5's encoder calls embed_tokens, tied to shared); found once a call
             _embeddings=() if embedding is None else _tied(model, embedding),
@@ -105,6 +107,7 @@ class _Call(nn.Module):
         self.input_name: str | None
         self.output: Callable[[Any], Tensor] | None
         self.unit: _Unit | None
+        self.start: _Start | None
 
     def relprop_root(self) -> nn.Module:
         model: nn.Module = self._model
@@ -119,6 +122,8 @@ class _Call(nn.Module):
         batch = self.batch or (z.shape[0] if self.ids is None else self.ids.shape[0])
         repeats = z.shape[0] // batch
         kwargs = {name: self._tiled(value, batch, repeats) for name, value in self.model_kwargs.items()}
+        if self.start is not None:
+            return self._from(self.start, z, self._tiled(self.start.x, batch, repeats), kwargs)
         if self.ids is None or self._embedding is None:
             if self.unit is not None:
                 return self.unit.output_of(lambda: self._model(**{self.input_name: z}, **kwargs)
@@ -171,6 +176,29 @@ class _Call(nn.Module):
                 "input_name='inputs_embeds' for a Hugging Face model")
         return unit if unit is not None else self._select(result)
 
+    def _from(self, start: _Start, z: Tensor, x: Tensor, kwargs: dict[str, Any]) -> Tensor:
+        """The scores with ``z`` in place of the output of ``start``'s module, the model run on ``x``."""
+        owner = threading.get_ident()
+
+        def replace(module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+            if threading.get_ident() != owner:  # another thread's plain forward pass of the model
+                return None
+            if not isinstance(output, Tensor) or output.shape != z.shape:
+                raise ExplanationError(
+                    f"from_layer={start.name!r}: module '{start.name}' gave {_described(output)} in this pass, where "
+                    f"the explained activation is {tuple(z.shape)}: it must give the same shape in every pass")
+            return z.clone()  # the model may work on it in place (a ReLU with inplace=True after a batch norm)
+
+        handle = start.module.register_forward_hook(replace)
+        try:
+            if self.unit is not None:
+                return self.unit.output_of(lambda: self._model(**{self.input_name: x}, **kwargs)
+                                           if self.input_name else self._model(x, **kwargs))
+            return self._select(self._model(**{self.input_name: x}, **kwargs) if self.input_name
+                                else self._model(x, **kwargs))
+        finally:
+            handle.remove()
+
     def _select(self, result: Any) -> Tensor:
         if self.output is not None:
             result = self.output(result)
@@ -213,17 +241,18 @@ class _Unit:
     ``probe`` it runs whole instead, to count the module's calls (its output must be one tensor: it must run once)
     and record the shape of each call's output in :attr:`shapes`."""
 
-    def __init__(self, model: nn.Module, name: str, probe: bool = False) -> None:
+    def __init__(self, model: nn.Module, name: str, probe: bool = False, option: str = "output") -> None:
         modules = dict(model.named_modules())
         if not name or name not in modules:
             raise ConfigError(
-                f"output={name!r} names no module of {type(model).__name__}; a module's name as "
+                f"{option}={name!r} names no module of {type(model).__name__}; a module's name as "
                 f"named_modules() gives it, e.g. {[n for n in modules if n][:8]}")
-        self.name, self.module, self.probe = name, modules[name], probe
+        self.name, self.module, self.probe, self.option = name, modules[name], probe, option
         parts = name.split(".")
         self.ancestors = [(prefix, modules[prefix]) for prefix in
                           ("".join(f"{p}." for p in parts[:i])[:-1] for i in range(1, len(parts)))]
         self.shapes: list[torch.Size] = []
+        self.first: Tensor | None = None  # probe: the output of the first call
 
     def output_of(self, run: Callable[[], Any]) -> Tensor:
         """The module's output in the forward pass ``run`` (the model's call), as (batch, units)."""
@@ -235,7 +264,7 @@ class _Unit:
                 return
             if not isinstance(output, Tensor) or not output.is_floating_point() or output.dim() == 0:
                 raise ExplanationError(
-                    f"output={self.name!r}: module '{self.name}' ({type(module).__name__}) returns "
+                    f"{self.option}={self.name!r}: module '{self.name}' ({type(module).__name__}) returns "
                     f"{_described(output)}, not a floating-point tensor with a batch dimension; name a module whose "
                     "output is one (e.g. a submodule of it)")
             if self.probe:
@@ -260,8 +289,9 @@ class _Unit:
             handle.remove()
         if not first:
             raise ExplanationError(
-                f"output={self.name!r}: module '{self.name}' ({type(self.module).__name__}) does not run in the "
-                "model's forward pass of the explained input")
+                f"module '{self.name}' ({type(self.module).__name__}) does not run in the model's forward pass of "
+                "the explained input")
+        self.first = first[0]
         return first[0].reshape(first[0].shape[0], -1)
 
 
@@ -281,11 +311,7 @@ def _unit_target(model: nn.Module, x: Tensor, name: str, target: Any, seed: _See
     probe = _Unit(root, name, probe=True)
     forward, inputs = _forward_module(model, x, {**call, "unit": probe})
     _plain_pass(forward, inputs, model, x)
-    if len(probe.shapes) > 1:
-        raise ExplanationError(
-            f"output={name!r}: module '{name}' ({type(probe.module).__name__}) runs {len(probe.shapes)} times in one "
-            "forward pass (a module used more than once, such as the ReLU of a torchvision ResNet block), so its "
-            "output is not one tensor; name a module that runs once")
+    _runs_once(probe)
     if not isinstance(target, tuple):
         return _Unit(root, name), target, seed
     shape = probe.shapes[0][1:]
@@ -319,6 +345,38 @@ class _UnitSum:
 
     def __call__(self, output: Tensor) -> Tensor:
         return output[:, self.units.to(output.device)].sum(1)
+
+
+@dataclass(frozen=True, eq=False)
+class _Start:
+    """``explain(..., from_layer="name")``: the model explained from a module's output on. ``x`` is the model's
+    input, which the layers before that module run on as constants, ``value`` the module's output on it: the
+    explained input, which takes the module's output's place in every pass (Captum's layer attributions)."""
+
+    name: str
+    module: nn.Module
+    x: Tensor
+    value: Tensor
+
+
+def _start(model: nn.Module, x: Tensor, name: str, call: dict[str, Any]) -> _Start:
+    """The module of ``from_layer=name`` and its output on ``x``, from one plain forward pass that also checks that
+    the module runs once and gives a floating-point tensor with a batch dimension."""
+    root = root_module(model)
+    probe = _Unit(root, name, probe=True, option="from_layer")
+    forward, inputs = _forward_module(model, x, {**call, "unit": probe, "start": None})
+    _plain_pass(forward, inputs, model, x)
+    _runs_once(probe)
+    assert probe.first is not None
+    return _Start(name, probe.module, x, probe.first)
+
+
+def _runs_once(probe: _Unit) -> None:
+    if len(probe.shapes) > 1:
+        raise ExplanationError(
+            f"{probe.option}={probe.name!r}: module '{probe.name}' ({type(probe.module).__name__}) runs "
+            f"{len(probe.shapes)} times in one forward pass (a module used more than once, such as the ReLU of a "
+            "torchvision ResNet block), so its output is not one tensor; name a module that runs once")
 
 
 def _embedded_at(module: nn.Module, positions: Tensor | None, z: Tensor, output: Tensor, seen: list[bool]) -> Tensor:
@@ -497,7 +555,8 @@ def _run(spec: methods._registry.Method, forward: nn.Module, inputs: Tensor, tar
 def explain(
     model: nn.Module, x: Tensor, target: int | str | Tensor | Sequence[Any] | None = None, method: str = "lrp", *,
     seed: Tensor | Callable[[Tensor], Tensor] | None = None, model_kwargs: Mapping[str, Any] | None = None,
-    input_name: str | None = None, output: Callable[[Any], Tensor] | str | None = None, **options: Any,
+    input_name: str | None = None, output: Callable[[Any], Tensor] | str | None = None,
+    from_layer: str | None = None, **options: Any,
 ) -> Explanation:
     """Explain ``model``'s prediction for the batch ``x`` with a registered method.
 
@@ -520,7 +579,11 @@ def explain(
     module's units instead of the model's classes, as Captum's neuron methods do: the scores are its output
     flattened per sample, (batch, units), ``target`` picks units as it picks classes, and a tuple ``target`` is
     one unit's index in the module's output (``target=(channel, row, column)``; with slices, the sum of the units
-    they select); the forward pass ends at that module, which must run once in it.
+    they select); the forward pass ends at that module, which must run once in it. ``from_layer`` names a module
+    whose output is explained in place of x (Captum's layer attributions: ``LayerIntegratedGradients`` at a hidden
+    layer, ``LayerFeatureAblation``): the layers before it run on x as constants, relevance has the shape of the
+    module's output, and baselines are in that space (a number, or a tensor broadcasting to it, e.g. the module's
+    output on a reference input); the module must run once.
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
     >>> explanation = explain(model, torch.randn(5, 4), target=1, method="gradient_x_input")
@@ -531,10 +594,12 @@ def explain(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown method '{method}'; valid methods: {', '.join(sorted(METHODS))}")
-    model = validate.explanation_inputs(model, x, method, options)  # before anything runs, but for linear layers'
-    # weights, checked with the results (validate.finite_weights)
+    # before anything runs, but for linear layers' weights, checked with the results (validate.finite_weights);
+    # the options in the space of from_layer's module once its output is known
+    model = validate.explanation_inputs(model, x, method, options if from_layer is None else
+                                        {k: v for k, v in options.items() if k not in ("baseline", "low", "high")})
     _check_input(x)
-    if not x.is_floating_point():
+    if not x.is_floating_point() and from_layer is None:
         options = _embedded_references(model, x, options)
     classes: int | str | Tensor | None = as_target_value(target)  # a list or array as a tensor, a numpy int as int
     call: dict[str, Any] = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
@@ -547,6 +612,11 @@ def explain(
     elif seed is not None and not (isinstance(seed, Tensor) or callable(seed)):
         raise ConfigError(f"seed= takes an output seed: a tensor shaped like the output or a function of it (or, for "
                           f"a method that draws at random, an integer); got {type(seed).__name__}")
+    if from_layer is not None:
+        if not isinstance(from_layer, str):
+            raise ConfigError(f"from_layer must be a module's name, got {type(from_layer).__name__}")
+        call["start"] = _start(model, x, from_layer, call)
+        validate.method_options(method, options, call["start"].value, f"the output of '{from_layer}'")
     if isinstance(output, str):
         call["output"] = None
         call["unit"], classes, seed = _unit_target(model, x, output, classes, seed, call)
@@ -568,7 +638,7 @@ def explain(
         if not validate.finite_weights(model, (scores, result.relevance)):  # (True: the results read finite)
             validate.finite_results(scores, targets, result.relevance)
     details, relevance = dict(result.details), result.relevance
-    if not x.is_floating_point():
+    if not x.is_floating_point() and from_layer is None:
         details["embedding_relevance"] = relevance
         relevance = relevance.sum(-1)
     return Explanation(_detached(relevance), _detached(scores), targets, method, details, dict(result.layers))
@@ -634,6 +704,9 @@ def _own_scores(
 def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: bool = False) -> tuple[nn.Module, Tensor]:
     """(the module to explain, its float input): token ids run through the embedding; ``wrap``: always a
     :class:`_Call`, which selects the scores from any output of the model."""
+    start = call.get("start")
+    if start is not None:  # the module's output is the explained input
+        return _Call(model, batch=len(x), **call), start.value
     if not x.is_floating_point():
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():

@@ -285,8 +285,9 @@ def _finite_parameters(model: nn.Module, tensors: list[tuple[str, Tensor]]) -> N
         )
 
 
-def method_options(method: str, options: Mapping[str, Any], x: Tensor) -> None:
-    """Check the values of the options common to several methods (numbers, baselines, LRP's preset options)."""
+def method_options(method: str, options: Mapping[str, Any], x: Tensor, space: str = "x") -> None:
+    """Check the values of the options common to several methods (numbers, baselines, LRP's preset options);
+    ``x`` is the explained input, ``space`` what it is called in an error."""
     for name in _NON_NEGATIVE:
         if name in options:
             _number(name, options[name], minimum=0.0)
@@ -299,7 +300,7 @@ def method_options(method: str, options: Mapping[str, Any], x: Tensor) -> None:
     if "fill" in options:
         _number("fill", options["fill"])
     if "baseline" in options:
-        _baseline(options["baseline"], x)
+        _baseline(options["baseline"], x, space)
     if method == "lrp":
         _lrp_options(options, x)
 
@@ -312,12 +313,12 @@ def _number(name: str, value: Any, minimum: float | None = None) -> None:
         raise ConfigError(f"option {name}={value!r} must be {domain}")
 
 
-def _baseline(baseline: Any, x: Tensor) -> None:
+def _baseline(baseline: Any, x: Tensor, space: str) -> None:
     if isinstance(baseline, (int, float)) and not isinstance(baseline, bool):
         _number("baseline", baseline)
         return
     if not isinstance(baseline, Tensor):
-        raise ConfigError(f"option baseline must be a number or a tensor like x, got {type(baseline).__name__}")
+        raise ConfigError(f"option baseline must be a number or a tensor like {space}, got {type(baseline).__name__}")
     if baseline.is_floating_point() and not bool(torch.isfinite(baseline).all()):
         raise ConfigError("option baseline contains NaN or infinite values")
     if not x.is_floating_point():
@@ -326,7 +327,8 @@ def _baseline(baseline: Any, x: Tensor) -> None:
         torch.broadcast_shapes(baseline.shape, x.shape)  # type: ignore[no-untyped-call]
     except RuntimeError:
         raise ConfigError(
-            f"option baseline of shape {tuple(baseline.shape)} does not broadcast to x's shape {tuple(x.shape)}"
+            f"option baseline of shape {tuple(baseline.shape)} does not broadcast to the shape of {space} "
+            f"{tuple(x.shape)}"
         ) from None
 
 

@@ -746,6 +746,46 @@ def test_a_neuron_selector_with_slices_matches_captums() -> None:
     assert max_relative_error(got.relevance, want) <= TOLERANCE
 
 
+# ---------------------------------------------------------------- from a layer
+
+
+def _layer_output(model: nn.Module, x: Tensor, layer: str) -> Tensor:
+    seen: list[Tensor] = []
+    handle = getattr(model, layer).register_forward_hook(lambda module, args, out: seen.append(out.detach().clone()))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("layer", ["conv1", "pool", "relu2"])
+@pytest.mark.parametrize("name", ["integrated_gradients", "feature_ablation", "feature_permutation"])
+def test_methods_from_a_layer_match_captums_layer_methods(name: str, layer: str) -> None:
+    """``explain(..., from_layer=layer)`` is Captum's ``LayerIntegratedGradients``, ``LayerFeatureAblation`` and
+    ``LayerFeaturePermutation``; Captum's LayerIntegratedGradients takes its baseline in the input space and runs it
+    to the layer, relprop takes the layer's value there."""
+    from captum.attr import LayerFeatureAblation, LayerFeaturePermutation, LayerIntegratedGradients
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    target = torch.tensor([0, 1, 2, 1])
+    module = getattr(model, layer)
+    if name == "integrated_gradients":
+        reference = 0.3 * _input("cnn", seed=5)
+        want = LayerIntegratedGradients(model, module).attribute(x, baselines=reference, target=target, n_steps=16,
+                                                                 method="riemann_right")
+        got = relprop.explain(model, x, target, method=name, from_layer=layer, steps=16,
+                              baseline=_layer_output(model, reference, layer))
+    elif name == "feature_ablation":
+        want = LayerFeatureAblation(model, module).attribute(x, target=target, layer_baselines=0.25)
+        got = relprop.explain(model, x, target, method=name, from_layer=layer, baseline=0.25)
+    else:  # Captum's LayerFeaturePermutation takes the target out twice: given a function of one score per sample
+        torch.manual_seed(3)
+        want = LayerFeaturePermutation(lambda inputs: model(inputs)[torch.arange(len(inputs)), target],
+                                       module).attribute(x)
+        got = relprop.explain(model, x, target, method=name, from_layer=layer, seed=3)
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
 # ---------------------------------------------------------------- token ids
 
 

@@ -183,7 +183,7 @@ def test_a_folded_batch_is_explained_batch_outermost_and_refused_otherwise() -> 
 def test_a_bad_baseline_is_refused() -> None:
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).double().eval()
     x = _randn(2, 4)
-    with pytest.raises(ConfigError, match=r"baseline of shape \(3,\) does not broadcast to x's shape \(2, 4\)"):
+    with pytest.raises(ConfigError, match=r"baseline of shape \(3,\) does not broadcast to the shape of x \(2, 4\)"):
         relprop.explain(model, x, 0, method="deeplift", baseline=torch.zeros(3))
     with pytest.raises(ConfigError, match="baseline contains NaN"):
         relprop.explain(model, x, 0, method="deeplift", baseline=torch.full((4,), float("nan")))

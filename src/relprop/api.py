@@ -183,6 +183,7 @@ class _Call(nn.Module):
         def replace(module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
             if threading.get_ident() != owner:  # another thread's plain forward pass of the model
                 return None
+            start.site.outside_rules()
             if not isinstance(output, Tensor) or output.shape != z.shape:
                 raise ExplanationError(
                     f"from_layer={start.name!r}: module '{start.name}' gave {_described(output)} in this pass, where "
@@ -247,12 +248,23 @@ class _Unit:
             raise ConfigError(
                 f"{option}={name!r} names no module of {type(model).__name__}; a module's name as "
                 f"named_modules() gives it, e.g. {[n for n in modules if n][:8]}")
-        self.name, self.module, self.probe, self.option = name, modules[name], probe, option
+        self.name, self.probe, self.option = name, probe, option
+        self.module: nn.Module = modules[name]
         parts = name.split(".")
         self.ancestors = [(prefix, modules[prefix]) for prefix in
                           ("".join(f"{p}." for p in parts[:i])[:-1] for i in range(1, len(parts)))]
         self.shapes: list[torch.Size] = []
         self.first: Tensor | None = None  # probe: the output of the first call
+
+    def outside_rules(self) -> None:
+        """Refuse the module where it runs inside a module whose rule (attached in this thread) explains it whole:
+        relevance there is that rule's, not the module's."""
+        for prefix, ancestor in self.ancestors:
+            if attached_rule(ancestor)[0] is not None:
+                raise ExplanationError(
+                    f"{self.option}={self.name!r}: module '{self.name}' runs inside '{prefix}' "
+                    f"({type(ancestor).__name__}), whose rule explains it as a whole; name '{prefix}' or a module "
+                    "outside it")
 
     def output_of(self, run: Callable[[], Any]) -> Tensor:
         """The module's output in the forward pass ``run`` (the model's call), as (batch, units)."""
@@ -272,12 +284,7 @@ class _Unit:
                 if not first:
                     first.append(output.clone())  # a later in-place op must not change it
                 return
-            for prefix, ancestor in self.ancestors:
-                if attached_rule(ancestor)[0] is not None:
-                    raise ExplanationError(
-                        f"output={self.name!r}: module '{self.name}' runs inside '{prefix}' "
-                        f"({type(ancestor).__name__}), whose rule explains it as a whole; name '{prefix}' or a "
-                        "module outside it")
+            self.outside_rules()
             raise _Stop(output)
 
         handle = self.module.register_forward_hook(hook)
@@ -353,10 +360,17 @@ class _Start:
     input, which the layers before that module run on as constants, ``value`` the module's output on it: the
     explained input, which takes the module's output's place in every pass (Captum's layer attributions)."""
 
-    name: str
-    module: nn.Module
+    site: _Unit  # the module, found by its name
     x: Tensor
     value: Tensor
+
+    @property
+    def name(self) -> str:
+        return self.site.name
+
+    @property
+    def module(self) -> nn.Module:
+        return self.site.module
 
 
 def _start(model: nn.Module, x: Tensor, name: str, call: dict[str, Any]) -> _Start:
@@ -368,7 +382,7 @@ def _start(model: nn.Module, x: Tensor, name: str, call: dict[str, Any]) -> _Sta
     _plain_pass(forward, inputs, model, x)
     _runs_once(probe)
     assert probe.first is not None
-    return _Start(name, probe.module, x, probe.first)
+    return _Start(probe, x, probe.first)
 
 
 def _runs_once(probe: _Unit) -> None:

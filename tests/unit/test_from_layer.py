@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 
 import relprop
+from relprop import rules
+from relprop.composites import RuleMap
 
 
 class _Block(nn.Module):
@@ -156,4 +158,9 @@ def test_bad_layers_and_baselines_are_refused_and_leave_the_model_as_it_was() ->
     with pytest.raises(relprop.ExplanationError, match=r"from_layer='0': module '0' \(LSTM\) returns a tuple"):
         relprop.explain(lstm, torch.randn(2, 5, 3, dtype=torch.float64), 0, "gradient", from_layer="0",
                         output=lambda out: out[0][:, -1])
-    assert _no_hooks(model) and _no_hooks(twice) and _no_hooks(lstm)
+    inner = nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Linear(4, 2)).double().eval()
+    rule_map = RuleMap([("1", rules.Pass()), (nn.Linear, rules.Epsilon())])
+    with pytest.raises(relprop.ExplanationError, match=r"from_layer='1.0': module '1.0' runs inside '1' .*, whose "
+                                                       "rule explains it as a whole"):
+        relprop.explain(inner, torch.randn(2, 3, dtype=torch.float64), 0, "lrp", rule_map=rule_map, from_layer="1.0")
+    assert _no_hooks(model) and _no_hooks(twice) and _no_hooks(lstm) and _no_hooks(inner)

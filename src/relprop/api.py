@@ -319,9 +319,11 @@ def _unit_target(model: nn.Module, x: Tensor, name: str, target: Any, seed: _See
     forward, inputs = _forward_module(model, x, {**call, "unit": probe})
     _plain_pass(forward, inputs, model, x)
     _runs_once(probe)
+    shape = probe.shapes[0][1:]
+    if isinstance(seed, Tensor) and seed.dim() > 2 and seed.shape[1:] == shape:
+        seed = seed.reshape(len(seed), -1)  # a seed shaped like the module's output: flattened as its units are
     if not isinstance(target, tuple):
         return _Unit(root, name), target, seed
-    shape = probe.shapes[0][1:]
     if len(target) != len(shape) or not all(
             isinstance(i, slice) or isinstance(i, int) and not isinstance(i, bool) for i in target):
         raise ConfigError(
@@ -593,7 +595,8 @@ def explain(
     module's units instead of the model's classes, as Captum's neuron methods do: the scores are its output
     flattened per sample, (batch, units), ``target`` picks units as it picks classes, and a tuple ``target`` is
     one unit's index in the module's output (``target=(channel, row, column)``; with slices, the sum of the units
-    they select); the forward pass ends at that module, which must run once in it. ``from_layer`` names a module
+    they select), and a seed tensor may have the module's output's shape; the forward pass ends at that module,
+    which must run once in it. ``from_layer`` names a module
     whose output is explained in place of x (Captum's layer attributions: ``LayerIntegratedGradients`` at a hidden
     layer, ``LayerFeatureAblation``): the layers before it run on x as constants, relevance has the shape of the
     module's output, and baselines are in that space (a number, or a tensor broadcasting to it, e.g. the module's

@@ -92,10 +92,27 @@ def test_concept_conditional_relevance_is_a_masked_seed_at_a_layer(make_cnn, ran
     for channel in range(5):
         mask = torch.zeros_like(at_layer)
         mask[:, channel] = 1
-        conditional.append(relprop.explain(below, x, seed=at_layer * mask, preset="epsilon",
+        conditional.append(relprop.explain(model, x, seed=at_layer * mask, output="4", preset="epsilon",
                                             epsilon=1e-12, stabilizer=1e-12).relevance)
+        cut = relprop.explain(below, x, seed=at_layer * mask, preset="epsilon", epsilon=1e-12, stabilizer=1e-12)
+        assert torch.equal(conditional[-1], cut.relevance)  # output="4": the model cut after module "4"
         torch.testing.assert_close(conditional[-1].sum(), at_layer[:, channel].sum(), atol=1e-8, rtol=1e-6)
     torch.testing.assert_close(sum(conditional), full.relevance, atol=1e-10, rtol=1e-8)
+
+
+def test_concept_conditional_relevance_in_a_resnet() -> None:
+    """The same on torchvision's ResNet-18, which no cut of a Sequential gives: the conditional heatmaps of
+    layer3's channels add up to the full heatmap."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().double().eval()
+    x = torch.randn(1, 3, 48, 48, dtype=torch.float64)
+    full = relprop.explain(model, x, 3, preset="epsilon_plus_flat", layers=["layer3"])
+    at_layer = full.layers["layer3"]
+    groups = torch.arange(at_layer.shape[1]) % 4  # the 256 channels in 4 groups
+    conditional = [relprop.explain(model, x, seed=at_layer * (groups == g).reshape(1, -1, 1, 1), output="layer3",
+                                   preset="epsilon_plus_flat").relevance for g in range(4)]
+    torch.testing.assert_close(sum(conditional), full.relevance, atol=1e-12, rtol=1e-9)
 
 
 def test_layer_errors(make_mlp, randn) -> None:

@@ -78,14 +78,15 @@ class _Call(nn.Module):
     method runs a batch several times over; ``input_name`` passes the input by keyword (``inputs_embeds``);
     ``output`` selects the scores from what the model returns (default: a tensor as it is, else its ``logits``);
     ``unit``: the scores are a module's output instead (:class:`_Unit`); ``start``: the explained float tensor
-    replaces a module's output, and the model runs on the input of :class:`_Start`.
+    replaces a module's output, and the model runs on the input of :class:`_Start`; ``condition``: the backward
+    pass is masked at modules' outputs (:class:`_Condition`).
     """
 
     def __init__(
         self, model: nn.Module, *, embedding: nn.Module | None = None, ids: Tensor | None = None,
         model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
         output: Callable[[Any], Tensor] | None = None, batch: int | None = None, unit: _Unit | None = None,
-        start: _Start | None = None,
+        start: _Start | None = None, condition: _Condition | None = None,
     ) -> None:
         super().__init__()
         # plain attributes, none a module, parameter or buffer: set directly (nn.Module.__setattr__ is slow)
@@ -93,7 +94,7 @@ class _Call(nn.Module):
             batch=batch,  # the explained batch size: a method running it several times over gets tiled kwargs
             _model=model,  # not a child: rules attach to the model under its own names
             _embedding=embedding, ids=ids, model_kwargs=dict(model_kwargs or {}), input_name=input_name,
-            output=output, unit=unit, start=start, training=False,
+            output=output, unit=unit, start=start, condition=condition, training=False,
             # the embedding and those that share its weight: a model may embed through a copy of the module that
             # get_input_embeddings() returns (T5's encoder calls embed_tokens, tied to shared); found once a call
             _embeddings=() if embedding is None else _tied(model, embedding),
@@ -108,6 +109,7 @@ class _Call(nn.Module):
         self.output: Callable[[Any], Tensor] | None
         self.unit: _Unit | None
         self.start: _Start | None
+        self.condition: _Condition | None
 
     def relprop_root(self) -> nn.Module:
         model: nn.Module = self._model
@@ -121,6 +123,12 @@ class _Call(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         batch = self.batch or (z.shape[0] if self.ids is None else self.ids.shape[0])
         repeats = z.shape[0] // batch
+        if self.condition is None:
+            return self._forward(z, batch, repeats)
+        with self.condition.masking(batch, repeats):
+            return self._forward(z, batch, repeats)
+
+    def _forward(self, z: Tensor, batch: int, repeats: int) -> Tensor:
         kwargs = {name: self._tiled(value, batch, repeats) for name, value in self.model_kwargs.items()}
         if self.start is not None:
             return self._from(self.start, z, self._tiled(self.start.x, batch, repeats), kwargs)
@@ -356,6 +364,70 @@ class _UnitSum:
         return output[:, self.units.to(output.device)].sum(1)
 
 
+class _Condition:
+    """``explain(..., condition={"name": mask, ...})``: the backward pass masked at each named module's output, the
+    relevance (or gradient) arriving there multiplied by ``mask`` (1 where it goes on, 0 where it stops): zennit-crp's
+    conditional attributions in one pass, and with a one-hot mask on a unit, integrated gradients through that unit
+    (Captum's ``NeuronConductance``). A mask broadcasts to the module's output; one with the output's dimensions
+    and a row per explained sample follows the samples when a method runs the batch several times over. A module
+    that runs several times (a recurrent cell) is masked at every call."""
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, Tensor], batch: int) -> None:
+        if not isinstance(masks, Mapping) or not masks:
+            raise ConfigError("condition must be a dict {module name: mask}, e.g. {'layer3': mask} with mask "
+                              "broadcasting to that module's output")
+        modules = dict(model.named_modules())
+        self.masks: list[tuple[str, nn.Module, Tensor]] = []
+        for name, mask in masks.items():
+            if not isinstance(name, str) or not name or name not in modules:
+                raise ConfigError(f"condition names {name!r}, no module of {type(model).__name__}; a module's name as "
+                                  f"named_modules() gives it, e.g. {[n for n in modules if n][:8]}")
+            if not isinstance(mask, Tensor) or mask.is_complex():
+                raise ConfigError(f"condition[{name!r}] must be a real or boolean tensor, got {type(mask).__name__}")
+            if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
+                raise ConfigError(f"condition[{name!r}] contains NaN or infinite values")
+            self.masks.append((name, modules[name], mask))
+        self.batch = batch
+        self.seen: set[str] = set()
+
+    @contextmanager
+    def masking(self, batch: int, repeats: int) -> Iterator[None]:
+        owner = threading.get_ident()
+        handles = []
+
+        def hook(name: str, mask: Tensor) -> Callable[[nn.Module, tuple[Any, ...], Any], Any]:
+            def mask_output(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+                if threading.get_ident() != owner:
+                    return None
+                if not isinstance(output, Tensor) or not output.is_floating_point():
+                    raise ExplanationError(f"condition[{name!r}]: module '{name}' ({type(module).__name__}) returns "
+                                           f"{_described(output)}, not a floating-point tensor to mask")
+                rows = mask
+                if repeats > 1 and mask.dim() == output.dim() and mask.shape[0] == batch:
+                    rows = mask.repeat(repeats, *(1,) * (mask.dim() - 1))  # a row per sample: as the batch is tiled
+                try:
+                    factor = rows.to(output).expand_as(output)
+                except RuntimeError:
+                    raise ConfigError(f"condition[{name!r}]: a mask of shape {tuple(mask.shape)} does not broadcast "
+                                      f"to module '{name}''s output {tuple(output.shape)}") from None
+                self.seen.add(name)
+                if not output.requires_grad:  # off the way back (a plain forward pass)
+                    return None
+                output.register_hook(lambda gradient: gradient * factor)  # type: ignore[no-untyped-call]
+                return output.clone()  # the model goes on with a copy: an in-place op on it keeps the hook here
+
+            return mask_output
+
+        try:
+            for name, module, mask in self.masks:
+                handles.append(module.register_forward_hook(hook(name, mask.to(dtype=torch.float64)
+                                                                 if mask.dtype == torch.bool else mask)))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
 @dataclass(frozen=True, eq=False)
 class _Start:
     """``explain(..., from_layer="name")``: the model explained from a module's output on. ``x`` is the model's
@@ -572,7 +644,7 @@ def explain(
     model: nn.Module, x: Tensor, target: int | str | Tensor | Sequence[Any] | None = None, method: str = "lrp", *,
     seed: Tensor | Callable[[Tensor], Tensor] | None = None, model_kwargs: Mapping[str, Any] | None = None,
     input_name: str | None = None, output: Callable[[Any], Tensor] | str | None = None,
-    from_layer: str | None = None, **options: Any,
+    from_layer: str | None = None, condition: Mapping[str, Tensor] | None = None, **options: Any,
 ) -> Explanation:
     """Explain ``model``'s prediction for the batch ``x`` with a registered method.
 
@@ -600,7 +672,10 @@ def explain(
     whose output is explained in place of x (Captum's layer attributions: ``LayerIntegratedGradients`` at a hidden
     layer, ``LayerFeatureAblation``): the layers before it run on x as constants, relevance has the shape of the
     module's output, and baselines are in that space (a number, or a tensor broadcasting to it, e.g. the module's
-    output on a reference input); the module must run once.
+    output on a reference input); the module must run once. ``condition={"name": mask}`` masks the backward pass
+    at modules' outputs: the relevance (or gradient) arriving there is multiplied by the mask, which broadcasts to
+    the output (concept-conditional relevance in one pass; integrated gradients through one unit is Captum's
+    ``NeuronConductance``).
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
     >>> explanation = explain(model, torch.randn(5, 4), target=1, method="gradient_x_input")
@@ -629,6 +704,8 @@ def explain(
     elif seed is not None and not (isinstance(seed, Tensor) or callable(seed)):
         raise ConfigError(f"seed= takes an output seed: a tensor shaped like the output or a function of it (or, for "
                           f"a method that draws at random, an integer); got {type(seed).__name__}")
+    if condition is not None:
+        call["condition"] = _Condition(root_module(model), condition, len(x))
     if from_layer is not None:
         if not isinstance(from_layer, str):
             raise ConfigError(f"from_layer must be a module's name, got {type(from_layer).__name__}")
@@ -651,6 +728,11 @@ def explain(
         except ExplanationError as bad_weights:
             raise bad_weights from error
         raise
+    if condition is not None:
+        missing = [name for name, _, _ in call["condition"].masks if name not in call["condition"].seen]
+        if missing:
+            raise ExplanationError(f"condition names modules that did not run in the explained forward pass: "
+                                   f"{missing}")
     if not checked:
         if not validate.finite_weights(model, (scores, result.relevance)):  # (True: the results read finite)
             validate.finite_results(scores, targets, result.relevance)

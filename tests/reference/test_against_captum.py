@@ -732,6 +732,25 @@ def test_neuron_methods_match_captums(name: str, layer: str) -> None:
     assert max_relative_error(got.relevance, want) <= TOLERANCE
 
 
+@pytest.mark.parametrize("layer", ["conv2", "pool", "relu2"])
+def test_integrated_gradients_through_a_unit_is_captums_neuron_conductance(layer: str) -> None:
+    """``condition={layer: one-hot mask}`` lets the gradient through that unit only: integrated gradients then is
+    Captum's ``NeuronConductance`` (the unit's share of each input's attribution to the target)."""
+    from captum.attr import NeuronConductance
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    unit = _active_unit(model, x, layer)
+    mask = torch.zeros_like(_layer_output(model, x, layer)[0])
+    mask[unit] = 1
+    reference = 0.3 * _input("cnn", seed=5)
+    target = torch.tensor([0, 1, 2, 1])
+    want = NeuronConductance(model, getattr(model, layer)).attribute(
+        x, neuron_selector=unit, target=target, baselines=reference, n_steps=16, method="riemann_right")
+    got = relprop.explain(model, x, target, method="integrated_gradients", baseline=reference, steps=16,
+                          condition={layer: mask})
+    assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
 def test_a_neuron_selector_with_slices_matches_captums() -> None:
     """Captum sums the units a selector with slices picks; so does relprop."""
     from captum.attr import NeuronGradient, NeuronIntegratedGradients

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import relprop
 from relprop.errors import ConfigError, ExplanationError
@@ -218,3 +218,79 @@ def test_gradient_methods_keep_a_recorded_tensor_that_the_model_changes_in_place
     torch.testing.assert_close(got.relevance, want.relevance, rtol=0, atol=0)
     for name in layers:
         torch.testing.assert_close(got.layers[name], want.layers[name], rtol=0, atol=0)
+
+
+def test_a_condition_is_concept_conditional_relevance_in_one_pass(make_cnn, randn) -> None:
+    """condition={layer: mask} masks the relevance arriving at the layer during the one backward pass: the same as
+    the two passes above (the relevance at the layer, masked, as the seed of the model cut there)."""
+    model, x = make_cnn(bias=False), randn(2, 2, 8, 8)
+    options = {"preset": "epsilon", "epsilon": 1e-12, "stabilizer": 1e-12}
+    at_layer = relprop.explain(model, x, 1, layers=["4"], **options).layers["4"]
+    for channel in range(5):
+        mask = torch.zeros(1, 5, 1, 1, dtype=torch.float64)
+        mask[:, channel] = 1
+        one = relprop.explain(model, x, 1, condition={"4": mask}, **options)
+        two = relprop.explain(model, x, seed=at_layer * mask, output="4", **options)
+        torch.testing.assert_close(one.relevance, two.relevance, rtol=1e-12, atol=1e-15)
+
+
+def test_a_condition_masks_the_gradient_and_follows_the_samples(make_cnn, randn) -> None:
+    """The literal twin of a gradient method under a condition: the model with the gradient at the layer's output
+    multiplied by the mask. A mask with a row per sample keeps each sample's row when integrated gradients runs
+    the batch as many path points."""
+    model, x = make_cnn(), randn(3, 2, 8, 8)
+    mask = (torch.rand(3, 5, 2, 2, generator=torch.Generator().manual_seed(2)) < 0.5).double()
+    def masked(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
+        out.register_hook(lambda gradient: gradient * mask)
+
+    handle = model[3].register_forward_hook(masked)
+    x_grad = x.clone().requires_grad_()
+    (want,) = torch.autograd.grad(model(x_grad)[:, 2].sum(), x_grad)
+    handle.remove()
+    got = relprop.explain(model, x, 2, "gradient", condition={"3": mask.bool()})
+    torch.testing.assert_close(got.relevance, want, rtol=1e-12, atol=1e-15)
+    together = relprop.explain(model, x, 2, "integrated_gradients", steps=5, condition={"3": mask})
+    for i in range(3):
+        alone = relprop.explain(model, x[i:i + 1], 2, "integrated_gradients", steps=5, condition={"3": mask[i:i + 1]})
+        torch.testing.assert_close(together.relevance[i:i + 1], alone.relevance, rtol=1e-12, atol=1e-15)
+    plain = relprop.explain(model, x, 2, "integrated_gradients", steps=5)
+    everything = relprop.explain(model, x, 2, "integrated_gradients", steps=5, condition={"3": torch.ones(1)})
+    assert torch.equal(plain.relevance, everything.relevance)
+
+
+def test_a_condition_before_an_in_place_relu() -> None:
+    """torchvision's ResNet applies an in-place ReLU to bn1's output: the mask still applies there. Everything
+    flows through bn1, so a zero mask stops all of it, and a mask of ones changes nothing."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18().double().eval()
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    for method, options in [("gradient", {}), ("lrp", {"preset": "epsilon_plus_flat"})]:
+        plain = relprop.explain(model, x, 3, method, **options).relevance
+        ones = relprop.explain(model, x, 3, method, condition={"bn1": torch.ones(64, 1, 1)}, **options).relevance
+        zeros = relprop.explain(model, x, 3, method, condition={"bn1": torch.zeros(64, 1, 1)}, **options).relevance
+        assert torch.equal(plain, ones) and not bool(zeros.any())
+
+
+def test_condition_errors(make_cnn, randn) -> None:
+    model, x = make_cnn(), randn(2, 2, 8, 8)
+    with pytest.raises(ConfigError, match="condition names 'nope', no module"):
+        relprop.explain(model, x, condition={"nope": torch.ones(1)})
+    with pytest.raises(ConfigError, match="must be a dict"):
+        relprop.explain(model, x, condition=torch.ones(1))
+    with pytest.raises(ConfigError, match=r"condition\['3'\] must be a real or boolean tensor, got float"):
+        relprop.explain(model, x, condition={"3": 1.0})
+    with pytest.raises(ConfigError, match=r"a mask of shape \(3,\) does not broadcast to module '3''s output"):
+        relprop.explain(model, x, condition={"3": torch.ones(3)})
+
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = model, nn.Linear(2, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.used(x)
+
+    with pytest.raises(ExplanationError, match=r"did not run in the explained forward pass: \['unused'\]"):
+        relprop.explain(Unused().eval(), x, method="gradient", condition={"unused": torch.ones(1)})
+    assert all(not m._forward_hooks for m in model.modules())

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from . import (
     canonizers,
     composites,
+    concepts,
     layers,
     methods,
     metrics,
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "explain", "explain_dataset", "Explanation", "METHODS", "method",
     "RelpropError", "ExplanationError", "ConfigError", "DataError",
-    "rules", "ops", "composites", "canonizers", "layers", "methods", "metrics", "models", "viz",
+    "rules", "ops", "composites", "canonizers", "concepts", "layers", "methods", "metrics", "models", "viz",
     "__version__",
 ]
 __version__ = "0.1.0"  # the single source: pyproject.toml reads it (tool.setuptools.dynamic)

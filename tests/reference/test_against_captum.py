@@ -805,6 +805,46 @@ def test_methods_from_a_layer_match_captums_layer_methods(name: str, layer: str)
     assert max_relative_error(got.relevance, want) <= TOLERANCE
 
 
+# ---------------------------------------------------------------- concepts
+
+
+def test_tcav_scores_match_captums_tcav_with_the_same_cav(tmp_path) -> None:
+    """Captum's TCAV trains its own classifier; given relprop's CAV (a classifier that returns it), its sign count
+    and magnitude are relprop's (Captum scores in float32)."""
+    from captum.concept import TCAV, Concept
+    from captum.concept._utils.classifier import Classifier
+    from torch.utils.data import DataLoader
+
+    from relprop import concepts
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3)).double().eval()
+    striped = torch.randn(60, 6, dtype=torch.float64) + torch.tensor([2.0, 0, 0, 0, 0, -1], dtype=torch.float64)
+    random = torch.randn(60, 6, dtype=torch.float64)
+    x = torch.randn(20, 6, dtype=torch.float64)
+    cav = concepts.learn_cav(model, "1", striped, random)
+    got = concepts.tcav(model, x, 2, cav)
+
+    class Given(Classifier):  # the concept (id 0) along the CAV, the random set (id 1) against it
+        def __init__(self) -> None:
+            pass
+
+        def train_and_eval(self, dataloader: object, **kwargs: object) -> dict[str, Tensor]:
+            return {"accs": torch.tensor(cav.accuracy)}
+
+        def weights(self) -> Tensor:
+            return torch.stack([cav.vector, -cav.vector]).float()
+
+        def classes(self) -> list[int]:
+            return [0, 1]
+
+    tcav = TCAV(model, layers=["1"], classifier=Given(), save_path=str(tmp_path))
+    sets = [[Concept(0, "striped", DataLoader(striped, batch_size=20)), Concept(1, "random", DataLoader(random))]]
+    want = tcav.interpret(x, experimental_sets=sets, target=2)["0-1"]["1"]
+    assert round(float(want["sign_count"][0]) * len(x)) == round(float(got.sign_count) * len(x))  # the same count
+    torch.testing.assert_close(want["magnitude"][0].double(), got.magnitude, rtol=1e-6, atol=1e-9)
+
+
 # ---------------------------------------------------------------- token ids
 
 

@@ -38,10 +38,11 @@ __all__ = ["explain", "Explanation", "METHODS", "method"]
 class Explanation:
     """The result of :func:`explain`.
 
-    ``relevance`` has the shape of x (per token for integer inputs, summed over the embedding dimension);
-    ``output`` holds the model's scores (batch, classes); ``target`` the explained classes (batch,);
-    ``details`` method-specific diagnostics, e.g. ``conservation_gap`` (LRP, gradient x input: sum R - f(x)),
-    ``completeness_gap`` (IG: sum R - (f(x) - f(baseline))) and ``embedding_relevance`` (integer inputs).
+    ``relevance`` has the shape of x (per token for integer inputs, summed over the embedding dimension; with
+    ``from_layer=``, of that module's output); ``output`` holds the model's scores (batch, classes), or the units
+    of the module named by ``output=``; ``target`` the explained classes (batch,); ``details`` method-specific
+    diagnostics, e.g. ``conservation_gap`` (LRP, gradient x input: sum R - f(x)), ``completeness_gap`` (IG: sum
+    R - (f(x) - f(baseline))) and ``embedding_relevance`` (integer inputs).
     With several targets per sample (a (batch, k) ``target``, or ``"all"``) ``relevance`` is (batch, k, ...),
     ``target`` (batch, k) and each detail (batch, k, ...). With a ``seed``, ``target`` is -1. ``layers`` holds
     the relevance at the modules named in the ``layers`` option, (batch, [k,] ...) each.
@@ -325,7 +326,18 @@ def _unit_target(model: nn.Module, x: Tensor, name: str, target: Any, seed: _See
     root = root_module(model)
     probe = _Unit(root, name, probe=True)
     forward, inputs = _forward_module(model, x, {**call, "unit": probe})
-    _plain_pass(forward, inputs, model, x)
+    start = call.get("start")
+    if start is None:
+        _plain_pass(forward, inputs, model, x)
+    else:  # with gradients: whether the module's output depends on from_layer's (the weights' own do not count)
+        z = inputs.detach().requires_grad_()
+        with _wrapped_errors(model, x), torch.enable_grad():
+            forward(z)
+        first = probe.first
+        if first is not None and (not first.requires_grad or torch.autograd.grad(
+                first.sum(), z, allow_unused=True)[0] is None):
+            raise ConfigError(f"output={name!r} does not depend on from_layer={start.name!r}: module '{name}' runs "
+                              f"before '{start.name}' or beside it; name a module after it")
     _runs_once(probe)
     shape = probe.shapes[0][1:]
     if isinstance(seed, Tensor) and seed.dim() > 2 and seed.shape[1:] == shape:
@@ -372,7 +384,7 @@ class _Condition:
     and a row per explained sample follows the samples when a method runs the batch several times over. A module
     that runs several times (a recurrent cell) is masked at every call."""
 
-    def __init__(self, model: nn.Module, masks: Mapping[str, Tensor], batch: int) -> None:
+    def __init__(self, model: nn.Module, masks: Mapping[str, Tensor]) -> None:
         if not isinstance(masks, Mapping) or not masks:
             raise ConfigError("condition must be a dict {module name: mask}, e.g. {'layer3': mask} with mask "
                               "broadcasting to that module's output")
@@ -387,7 +399,6 @@ class _Condition:
             if mask.is_floating_point() and not bool(torch.isfinite(mask).all()):
                 raise ConfigError(f"condition[{name!r}] contains NaN or infinite values")
             self.masks.append((name, modules[name], mask))
-        self.batch = batch
         self.seen: set[str] = set()
 
     @contextmanager
@@ -663,19 +674,22 @@ def explain(
     start token), each token's relevance adds up its uses (:mod:`relprop._ids`). ``model_kwargs`` go with every
     call of the model (``attention_mask``); ``input_name`` passes ``x`` by keyword
     (``input_name="inputs_embeds"``); ``output`` selects the scores from what the model returns (default: the
-    tensor itself, else its ``logits``). A module's name as ``output`` (``output="features.3"``) explains that
-    module's units instead of the model's classes, as Captum's neuron methods do: the scores are its output
-    flattened per sample, (batch, units), ``target`` picks units as it picks classes, and a tuple ``target`` is
-    one unit's index in the module's output (``target=(channel, row, column)``; with slices, the sum of the units
-    they select), and a seed tensor may have the module's output's shape; the forward pass ends at that module,
-    which must run once in it. ``from_layer`` names a module
-    whose output is explained in place of x (Captum's layer attributions: ``LayerIntegratedGradients`` at a hidden
-    layer, ``LayerFeatureAblation``): the layers before it run on x as constants, relevance has the shape of the
-    module's output, and baselines are in that space (a number, or a tensor broadcasting to it, e.g. the module's
-    output on a reference input); the module must run once. ``condition={"name": mask}`` masks the backward pass
-    at modules' outputs: the relevance (or gradient) arriving there is multiplied by the mask, which broadcasts to
-    the output (concept-conditional relevance in one pass; integrated gradients through one unit is Captum's
-    ``NeuronConductance``).
+    tensor itself, else its ``logits``).
+
+    Hidden modules, each named as ``model.named_modules()`` names it (docs/layers.md):
+
+    - ``output="features.3"`` explains that module's units instead of the model's classes (Captum's neuron
+      methods). The scores are its output flattened per sample, (batch, units); ``target`` picks units as it picks
+      classes, a tuple ``target`` is one unit's index in the module's output (``target=(channel, row, column)``;
+      with slices, the sum of the units they select), and a seed tensor may have the module's output's shape. The
+      forward pass ends at that module, which must run once in it.
+    - ``from_layer="features.3"`` explains the model from that module's output on (Captum's layer attributions:
+      ``LayerIntegratedGradients`` at a hidden layer, ``LayerFeatureAblation``). The layers before it run on x as
+      constants, relevance has the shape of the module's output, and baselines are in that space (a number, or a
+      tensor broadcasting to it, e.g. the module's output on a reference input). The module must run once.
+    - ``condition={"features.3": mask}`` masks the backward pass at modules' outputs: the relevance (or gradient)
+      arriving there is multiplied by the mask, which broadcasts to the output (concept-conditional relevance in
+      one pass; integrated gradients through one unit is Captum's ``NeuronConductance``).
 
     >>> model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2)).eval()
     >>> explanation = explain(model, torch.randn(5, 4), target=1, method="gradient_x_input")
@@ -705,7 +719,7 @@ def explain(
         raise ConfigError(f"seed= takes an output seed: a tensor shaped like the output or a function of it (or, for "
                           f"a method that draws at random, an integer); got {type(seed).__name__}")
     if condition is not None:
-        call["condition"] = _Condition(root_module(model), condition, len(x))
+        call["condition"] = _Condition(root_module(model), condition)
     if from_layer is not None:
         if not isinstance(from_layer, str):
             raise ConfigError(f"from_layer must be a module's name, got {type(from_layer).__name__}")

@@ -148,6 +148,10 @@ def test_bad_layers_and_baselines_are_refused_and_leave_the_model_as_it_was() ->
     with pytest.raises(relprop.ConfigError, match=r"baseline of shape \(2, 10, 10\) does not broadcast to the shape "
                                                   r"of the output of '3' \(3, 4, 4, 4\)"):
         relprop.explain(model, x, 0, "integrated_gradients", from_layer="3", baseline=x[0])
+    for method in ("gradient", "occlusion"):  # occlusion would otherwise read the unit's independence as zeros
+        with pytest.raises(relprop.ConfigError, match="output='1' does not depend on from_layer='3': module '1' runs "
+                                                      "before '3' or beside it"):
+            relprop.explain(model, x, 0, method, from_layer="3", output="1")
     with pytest.raises(relprop.ConfigError, match="from_layer must be a module's name"):
         relprop.explain(model, x, 0, "gradient", from_layer=3)
     shared = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3)).double().eval()

@@ -805,6 +805,31 @@ def test_methods_from_a_layer_match_captums_layer_methods(name: str, layer: str)
     assert max_relative_error(got.relevance, want) <= TOLERANCE
 
 
+# ---------------------------------------------------------------- metrics
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_infidelity_matches_captums_with_the_same_perturbations(normalize: bool) -> None:
+    """Captum's ``infidelity`` repeats each sample ``n_perturb_samples`` times in a row; fed relprop's draws in
+    that order through ``perturb_func`` (x - I, as relprop perturbs), it gives relprop's values."""
+    from captum.metrics import infidelity
+
+    from relprop.metrics import Infidelity
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    target = torch.tensor([0, 1, 2, 1])
+    metric = Infidelity(scale=0.1, samples=5, seed=2, normalize=normalize)
+    attributions = relprop.explain(model, x, target, method="integrated_gradients", steps=8).relevance
+    draws = torch.stack(metric.perturbations(x.shape), 1).reshape(-1, *x.shape[1:])  # sample-major, as Captum
+
+    def perturb(inputs: Tensor) -> tuple[Tensor, Tensor]:
+        return draws, inputs - draws
+
+    want = infidelity(model, perturb, x, attributions, target=target, n_perturb_samples=5, normalize=normalize)
+    got = metric(model, x, target, lambda m, inputs, t: attributions)
+    assert max_relative_error(got, want) <= TOLERANCE
+
+
 # ---------------------------------------------------------------- concepts
 
 

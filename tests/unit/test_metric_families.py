@@ -1,4 +1,4 @@
-"""Complexity, robustness and randomisation metrics against literal twins written from their formulas."""
+"""Complexity, robustness, infidelity and randomisation metrics against literal twins written from their formulas."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 import relprop
 from relprop.errors import ConfigError
-from relprop.metrics import MaxSensitivity, ModelRandomisation, entropy, similarity, sparseness
+from relprop.metrics import Infidelity, MaxSensitivity, ModelRandomisation, entropy, similarity, sparseness
 
 
 def _gini_literal(values: list[float]) -> float:
@@ -70,6 +70,49 @@ def test_max_sensitivity_equals_a_literal_loop() -> None:
     torch.testing.assert_close(absolute, expected * reference.norm(dim=1), rtol=1e-12, atol=0)
     with pytest.raises(ConfigError):
         MaxSensitivity(samples=0)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_infidelity_equals_a_literal_loop(normalize: bool) -> None:
+    model, x = _model(), torch.randn(4, 5, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 0])
+    metric = Infidelity(scale=0.2, samples=6, seed=5, normalize=normalize)
+    relevance = _grad_x_input(model, x, target)
+    generator = torch.Generator().manual_seed(5)
+    predicted, actual = [[] for _ in range(4)], [[] for _ in range(4)]
+    with torch.no_grad():
+        for _ in range(6):
+            perturbation = 0.2 * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+            drop = model(x)[range(4), target] - model(x - perturbation)[range(4), target]
+            for i in range(4):
+                predicted[i].append(float((perturbation[i] * relevance[i]).sum()))
+                actual[i].append(float(drop[i]))
+    expected = []
+    for a, b in zip(predicted, actual):
+        beta = sum(p * q for p, q in zip(a, b)) / sum(p * p for p in a) if normalize else 1.0
+        expected.append(sum((beta * p - q) ** 2 for p, q in zip(a, b)) / 6)
+    got = metric(model, x, target, _grad_x_input)
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-12, atol=1e-15)
+    doubled = metric(model, x, target, lambda m, x, t: 2 * _grad_x_input(m, x, t))
+    if normalize:  # only the explanation's shape counts
+        torch.testing.assert_close(doubled, got, rtol=1e-10, atol=1e-15)
+    else:
+        assert not torch.allclose(doubled, got)
+    for bad in ({"samples": 0}, {"scale": 0.0}, {"scale": float("inf")}, {"samples": True}):
+        with pytest.raises(ConfigError, match="samples must be an integer >= 1 and scale a finite number > 0"):
+            Infidelity(**bad)
+
+
+def test_infidelity_is_zero_for_a_linear_models_gradient_and_runs_in_explain_dataset() -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3).double().eval()
+    x = torch.randn(6, 5, dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    gradient = Infidelity(samples=8)(model, x, target, lambda m, x, t: relprop.explain(m, x, t, "gradient").relevance)
+    assert float(gradient.max()) < 1e-28  # f(x) - f(x - I) = w . I exactly
+    loader = [(x[:3], target[:3]), (x[3:], target[3:])]
+    result = relprop.explain_dataset(model, loader, method="gradient", metrics=[Infidelity(samples=8)])
+    torch.testing.assert_close(result.scores["infidelity"], gradient, rtol=0, atol=1e-28)
 
 
 def test_spearman_equals_scipy_with_ties() -> None:
@@ -152,6 +195,8 @@ def test_non_finite_relevance_is_refused_by_every_metric(bad: float) -> None:
         "pixel_flipping": lambda: pixel_flipping(model, x, relevance, 0, steps=4),
         "MaxSensitivity": lambda: MaxSensitivity(samples=2)(model, x, torch.zeros(3, dtype=torch.long),
                                                               lambda m, x, t: relevance),
+        "Infidelity": lambda: Infidelity(samples=2)(model, x, torch.zeros(3, dtype=torch.long),
+                                                    lambda m, x, t: relevance),
         "ModelRandomisation": lambda: ModelRandomisation()(model, x, torch.zeros(3, dtype=torch.long),
                                                            lambda m, x, t: relevance),
     }

@@ -1,9 +1,9 @@
 """Metrics that score explanations, grouped by category; each records ``higher_is_better``.
 
-Categories: axiomatic (conservation), faithfulness (pixel flipping, word deletion), localisation (block cosine,
-relevance in region, relevance on the object), complexity (sparseness, entropy), robustness (max-sensitivity),
-randomisation (model-parameter randomisation test). The classes with a ``score(batch)`` method run inside
-:func:`relprop.explain_dataset`.
+Categories: axiomatic (conservation), faithfulness (pixel flipping, word deletion, infidelity), localisation
+(block cosine, relevance in region, relevance on the object), complexity (sparseness, entropy), robustness
+(max-sensitivity), randomisation (model-parameter randomisation test). The classes with a ``score(batch)`` method
+run inside :func:`relprop.explain_dataset`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,14 @@ from __future__ import annotations
 from relprop.metrics.axiomatic import conservation_error
 from relprop.metrics.batch import Batch, BatchMetric, ExplainFn
 from relprop.metrics.complexity import Entropy, Sparseness, entropy, sparseness
-from relprop.metrics.faithfulness import FlipConfig, FlipCurve, PixelFlipping, pixel_flipping, word_deletion
+from relprop.metrics.faithfulness import (
+    FlipConfig,
+    FlipCurve,
+    Infidelity,
+    PixelFlipping,
+    pixel_flipping,
+    word_deletion,
+)
 from relprop.metrics.localisation import (
     BlockCosine,
     RelevanceInRegion,
@@ -33,6 +40,7 @@ __all__ = [
     "ExplainFn",
     "FlipConfig",
     "FlipCurve",
+    "Infidelity",
     "MaxSensitivity",
     "ModelRandomisation",
     "PixelFlipping",

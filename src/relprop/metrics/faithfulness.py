@@ -3,6 +3,12 @@
 Pixel flipping / region perturbation (Bach et al. 2015; Samek et al. 2017): remove features in order of
 relevance, most relevant first ("morf"), and record the target-class output. A good explanation makes the
 output drop fast; the area over the perturbation curve (AOPC) summarises the drop.
+
+Infidelity (Yeh et al. 2019; Captum's ``infidelity``): how far the explanation's prediction of the score's change
+under a random perturbation ``I`` is from the change itself, ``mean_k (I_k . e(x) - (f(x) - f(x - I_k)))^2`` per
+sample, with ``I_k`` drawn from ``N(0, scale^2)`` per element (a ``torch.Generator`` seeded with ``seed``, float64).
+``normalize=True`` first scales the explanation by the factor that fits the changes best (least squares), as
+Captum's ``normalize`` does: then only the explanation's shape counts, not its scale. Lower is better.
 """
 
 from __future__ import annotations
@@ -19,9 +25,9 @@ from tqdm.auto import tqdm
 from relprop.core import eval_mode
 from relprop.errors import ConfigError, ExplanationError, boundary
 from relprop.metrics._checks import require_finite
-from relprop.metrics.batch import Batch
+from relprop.metrics.batch import Batch, ExplainFn
 
-__all__ = ["FlipConfig", "FlipCurve", "PixelFlipping", "pixel_flipping", "word_deletion"]
+__all__ = ["FlipConfig", "FlipCurve", "Infidelity", "PixelFlipping", "pixel_flipping", "word_deletion"]
 
 Order = Literal["morf", "lerf", "random"]
 
@@ -255,3 +261,61 @@ class PixelFlipping:
 
 pixel_flipping.higher_is_better = True  # type: ignore[attr-defined]
 word_deletion.higher_is_better = True  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Infidelity:
+    """Mean squared error of the explanation's prediction of the score's change under ``samples`` Gaussian
+    perturbations of standard deviation ``scale`` (module docstring).
+
+    Example
+    -------
+    >>> model = torch.nn.Linear(3, 2, bias=False).double().eval()
+    >>> exact = lambda model, x, target: model.weight[target].detach().expand_as(x)  # a linear model's own change
+    >>> x, target = torch.ones(2, 3, dtype=torch.float64), torch.tensor([0, 1])
+    >>> bool(Infidelity(samples=4)(model, x, target, exact).max() < 1e-28)
+    True
+    """
+
+    scale: float = 0.1
+    samples: int = 10
+    seed: int = 0
+    normalize: bool = False
+    higher_is_better: ClassVar[bool] = False
+
+    @boundary("relprop.metrics.Infidelity")
+    def __post_init__(self) -> None:
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1 or not (
+                0 < self.scale < float("inf")):
+            raise ConfigError(f"samples must be an integer >= 1 and scale a finite number > 0, got {self.samples!r} "
+                              f"and {self.scale!r}")
+
+    def perturbations(self, shape: torch.Size) -> list[Tensor]:
+        """The ``samples`` perturbations ``I_k`` this metric subtracts from x, float64 of ``shape``."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return [self.scale * torch.randn(shape, generator=generator, dtype=torch.float64)
+                for _ in range(self.samples)]
+
+    @boundary("relprop.metrics.Infidelity")
+    def __call__(self, model: nn.Module, x: Tensor, target: Tensor, explain: ExplainFn) -> Tensor:
+        """Per-sample infidelity (N,) of ``explain`` at ``x`` for ``target``."""
+        if not x.is_floating_point():
+            raise ConfigError("it perturbs the input, so x must be a float tensor (embed token ids first)")
+        relevance = explain(model, x, target).detach().reshape(len(x), -1).double()  # (N, D)
+        require_finite(relevance)
+        predicted, actual = [], []
+        with torch.no_grad(), eval_mode(model):
+            full = _target_scores(model, x, target).double()
+            for perturbation in self.perturbations(x.shape):
+                moved = _target_scores(model, x - perturbation.to(x), target).double()
+                predicted.append((relevance * perturbation.reshape(len(x), -1)).sum(1))
+                actual.append(full - moved)
+        a, b = torch.stack(predicted, 1), torch.stack(actual, 1)  # (N, samples)
+        if self.normalize:  # the least-squares scale of the explanation
+            energy = (a * a).sum(1)
+            beta = torch.where(energy > 0, (a * b).sum(1) / energy.clamp(min=torch.finfo(a.dtype).tiny), 0.0)
+            a = beta.unsqueeze(1) * a
+        return ((a - b) ** 2).mean(1)
+
+    def score(self, batch: Batch) -> Tensor:
+        return self(batch.model, batch.x, batch.target, batch.explain)

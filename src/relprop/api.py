@@ -587,6 +587,25 @@ def _embedded_references(model: nn.Module, x: Tensor, options: Mapping[str, Any]
     return {**options, **vectors}
 
 
+def _token_groups(model: nn.Module, x: Tensor, options: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """For token ids and a method over feature groups (ablation, Shapley values, LIME): ``feature_mask`` in the
+    space of the ids (default: each token alone), each group taking whole embedding vectors, as Captum's
+    ``LLMAttribution`` ablates whole tokens; and whether it is so (the method's value of a group is then on each
+    of a token's embedding dimensions). A mask that does not broadcast to the ids is one of the embedding space."""
+    mask = options.get("feature_mask")
+    if not isinstance(_find_embedding(model), nn.Embedding):  # an EmbeddingBag's output has no token axis
+        return dict(options), False
+    if mask is None:
+        mask = torch.arange(x[0].numel(), device=x.device).reshape(1, *x.shape[1:])
+    elif not isinstance(mask, Tensor) or mask.dim() > x.dim():
+        return dict(options), False
+    try:
+        torch.broadcast_shapes(mask.shape, x.shape)  # type: ignore[no-untyped-call]
+    except RuntimeError:
+        return dict(options), False
+    return {**options, "feature_mask": mask.unsqueeze(-1)}, True
+
+
 def _check_input(x: Any) -> None:
     if not isinstance(x, Tensor):
         raise ExplanationError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -671,8 +690,9 @@ def explain(
     (token ids) is explained through the model's token embedding (``get_input_embeddings()`` of a Hugging Face
     model, else its one ``nn.Embedding`` or ``nn.EmbeddingBag``): relevance per token, and per embedding dimension in
     ``details["embedding_relevance"]``; where the model embeds the ids rearranged (transposed, shifted behind a
-    start token), each token's relevance adds up its uses (:mod:`relprop._ids`). ``model_kwargs`` go with every
-    call of the model (``attention_mask``); ``input_name`` passes ``x`` by keyword
+    start token), each token's relevance adds up its uses (:mod:`relprop._ids`); the methods over feature groups
+    (ablation, Shapley values, LIME) take whole tokens, their ``feature_mask`` in the ids' space. ``model_kwargs``
+    go with every call of the model (``attention_mask``); ``input_name`` passes ``x`` by keyword
     (``input_name="inputs_embeds"``); ``output`` selects the scores from what the model returns (default: the
     tensor itself, else its ``logits``).
 
@@ -705,8 +725,12 @@ def explain(
     model = validate.explanation_inputs(model, x, method, options if from_layer is None else
                                         {k: v for k, v in options.items() if k not in ("baseline", "low", "high")})
     _check_input(x)
+    token_groups = False
     if not x.is_floating_point() and from_layer is None:
         options = _embedded_references(model, x, options)
+        spec_options = METHODS[method].options
+        if spec_options is not None and "feature_mask" in spec_options:
+            options, token_groups = _token_groups(model, x, options)
     classes: int | str | Tensor | None = as_target_value(target)  # a list or array as a tensor, a numpy int as int
     call: dict[str, Any] = {"model_kwargs": model_kwargs, "input_name": input_name, "output": output}
     spec = METHODS[method]
@@ -752,6 +776,8 @@ def explain(
             validate.finite_results(scores, targets, result.relevance)
     details, relevance = dict(result.details), result.relevance
     if not x.is_floating_point() and from_layer is None:
+        if token_groups:  # each token's value on each of its embedding dimensions: shared out among them
+            relevance = relevance / relevance.shape[-1]
         details["embedding_relevance"] = relevance
         relevance = relevance.sum(-1)
     return Explanation(_detached(relevance), _detached(scores), targets, method, details, dict(result.layers))

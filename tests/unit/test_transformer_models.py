@@ -155,3 +155,59 @@ def test_flex_attention_is_refused_with_a_way_out() -> None:
                     {"method": "guided_backprop"}):
         with pytest.raises(relprop.ExplanationError, match="flex_attention, which no rule .*implementation='sdpa'"):
             relprop.explain(model.eval(), ids, 0, **options)
+
+
+def _gpt2() -> nn.Module:
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=60, n_positions=32, n_embd=16, n_layer=2, n_head=2)
+    return transformers.GPT2LMHeadModel(config).double().eval()
+
+
+def test_a_language_models_next_token_is_explained_per_prompt_token() -> None:
+    """The next token's logit (``output=``) under both presets: relevance per prompt token, the score the logit."""
+    model = _gpt2()
+    prompt = torch.randint(0, 60, (2, 6), generator=torch.Generator().manual_seed(1))
+    for preset in PRESETS:
+        explanation = relprop.explain(model, prompt, 7, method="lrp", preset=preset,
+                                      output=lambda out: out.logits[:, -1], **OPTIONS)
+        assert explanation.relevance.shape == (2, 6)
+        torch.testing.assert_close(explanation.score, model(prompt).logits[:, -1, 7].detach())
+        assert bool(torch.isfinite(explanation.relevance).all())
+
+
+def test_an_answers_log_probability_by_ablation_is_the_literal_drop_per_token() -> None:
+    """Captum's LLMAttribution(FeatureAblation): each token replaced by token 0, and the drop of the answer's
+    log-probability; the literal twin runs each replacement by itself. LRP refuses the log-softmax by name."""
+    import torch.nn.functional as F
+
+    model = _gpt2()
+    ids = torch.randint(1, 60, (1, 10), generator=torch.Generator().manual_seed(1))
+    answer = ids[:, 6:]
+
+    def log_probability(out: object) -> torch.Tensor:
+        log_p = F.log_softmax(out.logits[:, 5:9], -1)  # type: ignore[attr-defined]
+        return log_p.gather(-1, answer.expand(len(log_p), -1).unsqueeze(-1)).sum((1, 2)).unsqueeze(1)
+
+    got = relprop.explain(model, ids, 0, method="feature_ablation", baseline=torch.zeros_like(ids),
+                          output=log_probability)  # token ids: the reference is token 0 (a number would be a vector)
+    with torch.no_grad():
+        full = log_probability(model(ids))[0, 0]
+        want = []
+        for position in range(10):
+            ablated = ids.clone()
+            ablated[0, position] = 0
+            want.append(full - log_probability(model(ablated))[0, 0])
+    torch.testing.assert_close(got.relevance[0], torch.stack(want), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.details["embedding_relevance"].sum(-1), got.relevance, rtol=0, atol=0)
+    pairs = torch.arange(10).reshape(1, 10) // 2  # a mask in the ids' space: two tokens a group
+    grouped = relprop.explain(model, ids, 0, method="feature_ablation", baseline=torch.zeros_like(ids),
+                              feature_mask=pairs, output=log_probability)
+    with torch.no_grad():
+        for group in range(5):
+            ablated = ids.clone()
+            ablated[0, 2 * group:2 * group + 2] = 0
+            drop = full - log_probability(model(ablated))[0, 0]
+            torch.testing.assert_close(grouped.relevance[0, 2 * group:2 * group + 2], drop.expand(2), rtol=1e-12,
+                                       atol=1e-12)
+    with pytest.raises(relprop.ExplanationError, match="'log_softmax' .* has no rule"):
+        relprop.explain(model, ids, 0, method="lrp", preset="attnlrp", output=log_probability)

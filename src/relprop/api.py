@@ -264,6 +264,7 @@ class _Unit:
                           ("".join(f"{p}." for p in parts[:i])[:-1] for i in range(1, len(parts)))]
         self.shapes: list[torch.Size] = []
         self.first: Tensor | None = None  # probe: the output of the first call
+        self.scores: Tensor | None = None  # the scores on the explained input, where a probe found them already
 
     def outside_rules(self) -> None:
         """Refuse the module where it runs inside a module whose rule (attached in this thread) explains it whole:
@@ -342,8 +343,11 @@ def _unit_target(model: nn.Module, x: Tensor, name: str, target: Any, seed: _See
     shape = probe.shapes[0][1:]
     if isinstance(seed, Tensor) and seed.dim() > 2 and seed.shape[1:] == shape:
         seed = seed.reshape(len(seed), -1)  # a seed shaped like the module's output: flattened as its units are
+    unit = _Unit(root, name)
+    if probe.first is not None:  # the scores of the plain pass: explain needs no other
+        unit.scores = probe.first.detach().reshape(len(probe.first), -1)
     if not isinstance(target, tuple):
-        return _Unit(root, name), target, seed
+        return unit, target, seed
     if len(target) != len(shape) or not all(
             isinstance(i, slice) or isinstance(i, int) and not isinstance(i, bool) for i in target):
         raise ConfigError(
@@ -355,12 +359,12 @@ def _unit_target(model: nn.Module, x: Tensor, name: str, target: Any, seed: _See
                           f"{tuple(shape)} per sample")
     units = torch.arange(shape.numel()).reshape(shape)[target].reshape(-1)
     if not any(isinstance(i, slice) for i in target):
-        return _Unit(root, name), int(units[0]), seed
+        return unit, int(units[0]), seed
     if seed is not None:
         raise ConfigError("pass either a target with slices or seed=, not both: the slices' sum is the seed")
     if not len(units):
         raise ConfigError(f"target={target!r} selects no unit of module '{name}' (shape {tuple(shape)} per sample)")
-    return _Unit(root, name), None, _UnitSum(units)
+    return unit, None, _UnitSum(units)
 
 
 _Seed = Tensor | Callable[[Tensor], Tensor] | None
@@ -864,6 +868,9 @@ def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: boo
 def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
     """(the module to explain, its float input, the model's scores): token ids run through the embedding."""
     forward, inputs = _forward_module(model, x, call)
+    unit = call.get("unit")
+    if unit is not None and unit.scores is not None:  # output="name": its probe ran the plain pass
+        return forward, inputs, unit.scores
     scores = _plain_pass(forward, inputs, model, x)
     if not isinstance(scores, Tensor):
         forward = _Call(model)  # a model output such as a Hugging Face ModelOutput: select its logits

@@ -115,6 +115,20 @@ def _named(metrics: Metrics) -> tuple[dict[str, Callable[[Batch], Scores]], dict
 Explainer = Callable[[nn.Module, Tensor, Any, Any], Explanation]  # (model, x, target, model_kwargs)
 
 
+def _metrics_of_the_classes(metrics: Metrics, options: Mapping[str, Any]) -> None:
+    """Refuse the metrics that score the model's classes on x (pixel flipping, infidelity) for an explanation of
+    something else: a hidden module's units (``output="name"``) or the model from a module on (``from_layer``)."""
+    from relprop.metrics import Infidelity, PixelFlipping
+
+    hidden = [f"{name}={options[name]!r}" for name in ("output", "from_layer") if isinstance(options.get(name), str)]
+    values = metrics.values() if isinstance(metrics, Mapping) else metrics
+    scoring = sorted(type(metric).__name__ for metric in values if isinstance(metric, (PixelFlipping, Infidelity)))
+    if hidden and scoring:
+        raise ConfigError(f"{', '.join(scoring)} score the model's classes on x, but {' and '.join(hidden)} explains "
+                          "something else; score these explanations with metrics of the relevance alone "
+                          "(Sparseness, Entropy) or leave the option out")
+
+
 def _explainer(method: Method, options: Mapping[str, Any]) -> Explainer:
     """The batch explainer ``f(model, x, target, model_kwargs)``; the metrics explain again through it, with the
     same batch's ``model_kwargs`` (:func:`_explain_batch`)."""
@@ -247,6 +261,7 @@ def explain_dataset(
     identified by its qualified name only: give each configuration of a callable its own store.
     """
     named, described = _named(metrics)
+    _metrics_of_the_classes(metrics, options)
     run = _explainer(method, options)
     if store is not None and Path(store).exists() and not Path(store).is_dir():
         raise ConfigError(f"store {store} is a file; give a directory (new, or one this run wrote)")

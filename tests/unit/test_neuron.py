@@ -221,3 +221,20 @@ def test_a_unit_inside_a_module_with_a_rule_of_its_own_is_refused() -> None:
         relprop.explain(model.eval(), x, 0, "lrp", rule_map=rule_map, output="1.0")
     assert _no_hooks(model)
     relprop.explain(model, x, 0, "gradient", output="1.0")  # no rules: a gradient reaches it
+
+
+def test_explain_dataset_takes_a_unit_and_refuses_the_metrics_of_the_classes() -> None:
+    """Over a dataset, output= gives each batch's unit explanations; pixel flipping and infidelity score the
+    model's classes, which such an explanation is not of, and are refused."""
+    from relprop.metrics import Infidelity, PixelFlipping, Sparseness
+
+    model, x = _model(), _input(4)
+    loader = [(x[:2], torch.tensor([5, 9])), (x[2:], torch.tensor([5, 9]))]
+    result = relprop.explain_dataset(model, loader, method="gradient", output="3", metrics=[Sparseness()],
+                                     progress=False)
+    want = relprop.explain(_cut(model, 3), x, torch.tensor([5, 9, 5, 9]), "gradient").relevance
+    torch.testing.assert_close(result.scores["sparseness"], relprop.metrics.sparseness(want), rtol=1e-12, atol=0)
+    for metric in (PixelFlipping(), Infidelity()):
+        for option in ({"output": "3"}, {"from_layer": "3"}):
+            with pytest.raises(relprop.ConfigError, match=f"{type(metric).__name__} score the model's classes"):
+                relprop.explain_dataset(model, loader, method="gradient", metrics=[metric], progress=False, **option)

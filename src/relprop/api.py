@@ -265,6 +265,7 @@ class _Unit:
         self.shapes: list[torch.Size] = []
         self.first: Tensor | None = None  # probe: the output of the first call
         self.scores: Tensor | None = None  # the scores on the explained input, where a probe found them already
+        self.result: Any = None  # probe: what the model returned
 
     def outside_rules(self) -> None:
         """Refuse the module where it runs inside a module whose rule (attached in this thread) explains it whole:
@@ -299,7 +300,7 @@ class _Unit:
 
         handle = self.module.register_forward_hook(hook)
         try:
-            run()
+            self.result = run()
         except _Stop as stop:
             return stop.output.reshape(stop.output.shape[0], -1)
         finally:
@@ -452,6 +453,7 @@ class _Start:
     site: _Unit  # the module, found by its name
     x: Tensor
     value: Tensor
+    scores: Tensor | None = None  # the model's scores on x, from the pass that found ``value``
 
     @property
     def name(self) -> str:
@@ -467,11 +469,14 @@ def _start(model: nn.Module, x: Tensor, name: str, call: dict[str, Any]) -> _Sta
     the module runs once and gives a floating-point tensor with a batch dimension."""
     root = root_module(model)
     probe = _Unit(root, name, probe=True, option="from_layer")
-    forward, inputs = _forward_module(model, x, {**call, "unit": probe, "start": None})
+    forward, inputs = _forward_module(model, x, {**call, "unit": probe, "start": None}, wrap=True)
     _plain_pass(forward, inputs, model, x)
     _runs_once(probe)
-    assert probe.first is not None
-    return _Start(probe, x, probe.first)
+    assert probe.first is not None and isinstance(forward, _Call)
+    result = probe.result
+    scores = forward._select(result) if isinstance(result, Tensor) or logits_of(result) is not None \
+        or forward.output is not None else None
+    return _Start(probe, x, probe.first, scores)
 
 
 def _runs_once(probe: _Unit) -> None:
@@ -748,13 +753,14 @@ def explain(
                           f"a method that draws at random, an integer); got {type(seed).__name__}")
     if condition is not None:
         call["condition"] = _Condition(root_module(model), condition)
+    if isinstance(output, str):
+        call["output"] = None  # the module's output, found below
     if from_layer is not None:
         if not isinstance(from_layer, str):
             raise ConfigError(f"from_layer must be a module's name, got {type(from_layer).__name__}")
         call["start"] = _start(model, x, from_layer, call)
         validate.method_options(method, options, call["start"].value, f"the output of '{from_layer}'")
     if isinstance(output, str):
-        call["output"] = None
         call["unit"], classes, seed = _unit_target(model, x, output, classes, seed, call)
     try:
         try:
@@ -868,9 +874,11 @@ def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: boo
 def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Module, Tensor, Tensor]:
     """(the module to explain, its float input, the model's scores): token ids run through the embedding."""
     forward, inputs = _forward_module(model, x, call)
-    unit = call.get("unit")
+    unit, start = call.get("unit"), call.get("start")
     if unit is not None and unit.scores is not None:  # output="name": its probe ran the plain pass
         return forward, inputs, unit.scores
+    if unit is None and start is not None and start.scores is not None:  # from_layer: as its probe found them
+        return forward, inputs, start.scores
     scores = _plain_pass(forward, inputs, model, x)
     if not isinstance(scores, Tensor):
         forward = _Call(model)  # a model output such as a Hugging Face ModelOutput: select its logits

@@ -90,8 +90,9 @@ def _batches(data: Data) -> Iterable[Tensor]:
         yield value
 
 
-def layer_activations(model: nn.Module, layer: str, data: Data) -> Tensor:
-    """The output of the module ``layer`` on every example of ``data``, flattened per example: (examples, units).
+def layer_activations(model: nn.Module, layer: str, data: Data, *, flatten: bool = True) -> Tensor:
+    """The output of the module ``layer`` on every example of ``data``, flattened per example: (examples, units);
+    with ``flatten=False`` in the output's own shape (Captum's ``LayerActivation``).
 
     The module must run once per forward pass and give a tensor; the model runs without gradients, in eval mode as
     the caller left it.
@@ -109,7 +110,7 @@ def layer_activations(model: nn.Module, layer: str, data: Data) -> Tensor:
         if not isinstance(output, Tensor) or not output.is_floating_point() or output.dim() == 0:
             raise ExplanationError(f"layer {layer!r} ({type(module).__name__}) returns {type(output).__name__}, "
                                    "not a floating-point tensor with a batch dimension")
-        seen.append(output.detach().reshape(len(output), -1).clone())
+        seen.append((output.detach().reshape(len(output), -1) if flatten else output.detach()).clone())
 
     rows = []
     handle = modules[layer].register_forward_hook(keep)

@@ -833,6 +833,18 @@ def test_infidelity_matches_captums_with_the_same_perturbations(normalize: bool)
 # ---------------------------------------------------------------- concepts
 
 
+def test_layer_activations_are_captums_layer_activation() -> None:
+    from captum.attr import LayerActivation
+
+    from relprop import concepts
+
+    model, x = _model("cnn-max"), _input("cnn-max")
+    for layer in ("conv1", "pool", "relu2"):
+        want = LayerActivation(model, getattr(model, layer)).attribute(x)
+        assert torch.equal(concepts.layer_activations(model, layer, x, flatten=False), want)
+        assert torch.equal(concepts.layer_activations(model, layer, x), want.flatten(1))
+
+
 def test_tcav_scores_match_captums_tcav_with_the_same_cav(tmp_path) -> None:
     """Captum's TCAV trains its own classifier; given relprop's CAV (a classifier that returns it), its sign count
     and magnitude are relprop's (Captum scores in float32)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from relprop.errors import ExplanationError
+from relprop.errors import ConfigError, ExplanationError
 from relprop.validate import non_finite_rows
 
 
@@ -20,3 +20,11 @@ def require_finite(values: Tensor, name: str = "relevance", where: str | None = 
         listed = f"{bad[:10]}{' ...' if len(bad) > 10 else ''}"
         raise ExplanationError(f"{where + ': ' if where else ''}the {name} of samples {listed} holds NaN or infinite "
                                "values, which have no score; explain them again (see the explanation's details)")
+
+
+def check_draws(samples: object, size: float, size_name: str) -> None:
+    """The settings of a metric that draws ``samples`` random perturbations of a given ``size``: an integer >= 1
+    and a finite number > 0."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1 or not 0 < size < float("inf"):
+        raise ConfigError(f"samples must be an integer >= 1 and {size_name} a finite number > 0, got {samples!r} "
+                          f"and {size!r}")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from relprop.core import eval_mode
 from relprop.errors import ConfigError, ExplanationError, boundary
-from relprop.metrics._checks import require_finite
+from relprop.metrics._checks import check_draws, require_finite
 from relprop.metrics.batch import Batch, ExplainFn
 
 __all__ = ["FlipConfig", "FlipCurve", "Infidelity", "PixelFlipping", "pixel_flipping", "word_deletion"]
@@ -285,10 +285,7 @@ class Infidelity:
 
     @boundary("relprop.metrics.Infidelity")
     def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1 or not (
-                0 < self.scale < float("inf")):
-            raise ConfigError(f"samples must be an integer >= 1 and scale a finite number > 0, got {self.samples!r} "
-                              f"and {self.scale!r}")
+        check_draws(self.samples, self.scale, "scale")
 
     def perturbations(self, shape: torch.Size) -> list[Tensor]:
         """The ``samples`` perturbations ``I_k`` this metric subtracts from x, float64 of ``shape``."""

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from relprop.errors import ConfigError, boundary
-from relprop.metrics._checks import require_finite
+from relprop.metrics._checks import check_draws, require_finite
 from relprop.metrics.batch import Batch, ExplainFn
 
 __all__ = ["MaxSensitivity"]
@@ -46,10 +46,7 @@ class MaxSensitivity:
 
     @boundary("relprop.metrics.MaxSensitivity")
     def __post_init__(self) -> None:
-        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1 or not (
-                0 < self.radius < float("inf")):
-            raise ConfigError(f"samples must be an integer >= 1 and radius a finite number > 0, got {self.samples!r} "
-                              f"and {self.radius!r}")
+        check_draws(self.samples, self.radius, "radius")
 
     def noise(self, shape: torch.Size) -> list[Tensor]:
         """The ``samples`` perturbations this metric adds, float64 of ``shape`` (the definition, for reference)."""

@@ -90,6 +90,11 @@ def test_feature_permutation_gives_a_feature_the_model_ignores_nothing_and_needs
     assert bool((got.relevance[:, 2] == 0).all()) and bool((got.relevance[:, [0, 1, 3]] != 0).any())
     with pytest.raises(ConfigError, match="needs a batch of at least 2 samples, got 1"):
         relprop.explain(model, x[:1], 0, method="feature_permutation")
+    # several classes share the shuffles of the batch (repeating it per class would pair samples with their copies)
+    every = relprop.explain(model, x, "all", method="feature_permutation", seed=3)
+    for c in range(2):
+        one = relprop.explain(model, x, c, method="feature_permutation", seed=3)
+        assert torch.equal(every.relevance[:, c], one.relevance)
 
 
 def test_exact_shapley_values_are_the_mean_over_every_order() -> None:

@@ -2,12 +2,13 @@
 or sampled over permutations), KernelSHAP and LIME (a weighted linear model of the scores of random coalitions),
 on groups given by a feature mask (superpixels, tokens, channels; by default every element alone).
 
-A group is removed by setting its elements to the ``baseline``. Every element of a group gets the group's value,
-as in Captum's ``FeatureAblation``, ``ShapleyValues``, ``ShapleyValueSampling``, ``KernelShap`` and ``Lime``. The
-groups are the mask's ids over the whole batch, and a batch shares its random draws; a sample whose mask lacks an
-id has a group without elements there, which changes nothing: its value is 0 for feature ablation and exact
-Shapley values, while the fits of the sampled KernelSHAP and LIME give it a small value of their noise (so there a
-sample's result depends on the ids of the rest of its batch).
+A group is removed by setting its elements to the ``baseline`` (feature permutation gives them another sample's
+values instead). Every element of a group gets the group's value, as in Captum's ``FeatureAblation``,
+``ShapleyValues``, ``ShapleyValueSampling``, ``KernelShap`` and ``Lime``. The groups are the mask's ids over the
+whole batch, and a batch shares its random draws; a sample whose mask lacks an id has a group without elements
+there, which changes nothing: its value is 0 for feature ablation and exact Shapley values, while the fits of the
+sampled KernelSHAP and LIME give it a small value of their noise (so there a sample's result depends on the ids of
+the rest of its batch).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ._common import OutputSeed, target_score
+from ._common import OutputSeed, is_several, target_score
 from ._registry import Attribution, method
 
 __all__ = ["feature_ablation", "feature_permutation", "shapley_values", "kernel_shap", "lime"]
@@ -130,7 +131,7 @@ def _shuffles(count: int, batch: int, seed: int) -> Iterator[Tensor]:
         yield order
 
 
-@method("feature_permutation")
+@method("feature_permutation", several_targets=True)
 def feature_permutation(
     model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, feature_mask: Tensor | None = None,
     seed: int = 0, batch_size: int = 256, max_evaluations: int = 20_000, progress: bool | None = None,
@@ -142,8 +143,10 @@ def feature_permutation(
     2 samples; what a sample's group is replaced with is another sample's values there. ``feature_mask``: integer
     group ids broadcasting to x's shape (default: every element alone). One forward pass of the batch per group,
     ``batch_size`` inputs at a time. With group ids 0..G-1 the orders are those Captum draws after
-    ``torch.manual_seed(seed)``.
+    ``torch.manual_seed(seed)``. Several classes per sample (a (batch, k) target) share the shuffles: the batch is
+    never repeated per class, which would let a sample trade places with its own copy.
     """
+    several = is_several(target)
     if len(x) < 2:
         raise ConfigError("feature_permutation shuffles each feature group across the batch, so it needs a batch of "
                           f"at least 2 samples, got {len(x)}")
@@ -151,8 +154,16 @@ def feature_permutation(
     if count > max_evaluations:
         raise _too_many("feature_permutation", count, len(x), max_evaluations, "group the features with feature_mask")
     shuffles = torch.stack(list(_shuffles(count, len(x), seed))).to(x.device)  # (G, batch)
+
+    def scores(output: Tensor, copies: int) -> Tensor:  # (copies, batch, k), k = 1 for one class or a seed
+        if several:
+            assert isinstance(target, Tensor)
+            rows = output.reshape(copies, len(x), -1)
+            return rows.gather(2, target.unsqueeze(0).expand(copies, -1, -1))
+        return target_score(output, target).reshape(copies, len(x), 1)
+
     with torch.no_grad():
-        full = target_score(model(x), target)
+        full = scores(model(x), 1)
     per_chunk = max(batch_size // len(x), 1)
     chunks = range(0, count, per_chunk)
     show = len(chunks) > 8 if progress is None else progress
@@ -163,10 +174,12 @@ def feature_permutation(
             part = torch.arange(i, min(i + per_chunk, count), device=x.device)  # the groups of this pass
             inside = groups.unsqueeze(0) == part.reshape(-1, *(1,) * x.dim())  # (c, batch, ...)
             inputs = torch.where(inside, x[shuffles[part]], x.unsqueeze(0)).reshape(-1, *x.shape[1:])
-            drops.append(full.unsqueeze(0) - target_score(model(inputs), target).reshape(len(part), len(x)))
+            drops.append(full - scores(model(inputs), len(part)))
             if show and i // per_chunk in lines:
                 _progress("feature_permutation", i + len(part), count)
-    return Attribution(_spread(torch.cat(drops).T, groups))
+    values = torch.cat(drops)  # (G, batch, k)
+    relevance = torch.cat([_spread(values[..., j].T, groups) for j in range(values.shape[2])])  # target-major
+    return Attribution(relevance).per_target(values.shape[2]) if several else Attribution(relevance)
 
 
 def _coalitions(count: int, device: torch.device, start: int = 0, stop: int | None = None) -> Tensor:

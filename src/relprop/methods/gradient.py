@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ._common import (
+    ClassTarget,
     OutputSeed,
     gradient_of_target,
     is_several,
@@ -31,10 +32,12 @@ __all__ = [
 Target = Tensor | OutputSeed
 
 
-def _gradients(
-    model: nn.Module, x: Tensor, target: Target, layers: Sequence[str], at: str
-) -> tuple[Tensor, Tensor, Records, Records]:
-    """(output, gradient at x, activations and gradients at the named layers) of one forward and backward.
+def _resolved_gradients(
+    model: nn.Module, x: Tensor, target: Target | ClassTarget, layers: Sequence[str], at: str
+) -> tuple[Tensor, Tensor, Records, Records, Target]:
+    """(output, gradient at x, activations and gradients at the named layers, the target) of one forward and
+    backward; a :class:`~relprop.methods._common.ClassTarget` is resolved against the output (the scores are the
+    method's own: no other forward pass).
 
     For a (batch, k) target the backward pass is batched over the k one-hot starts
     (:func:`~relprop.methods._layers.backward_batched`), and every gradient is (k, batch, ...). ``x`` may be the
@@ -43,12 +46,23 @@ def _gradients(
     x = x.detach().requires_grad_()
     with recorded_layers(model, layers, at, copies=True) as records, torch.enable_grad():
         output = model(x)
+        if isinstance(target, ClassTarget):
+            target = target.resolve(output.detach())
         if is_several(target):
             assert isinstance(target, Tensor)
             grad, at_layers = backward_batched(output, x, start_gradients(output, target), records)
         else:
             grad, at_layers = backward(output, x, start_gradient(output, target), records)
-    return output.detach(), grad, {n: [v.detach() for v in values] for n, values in records.items()}, at_layers
+    records = {n: [v.detach() for v in values] for n, values in records.items()}
+    return output.detach(), grad, records, at_layers, target
+
+
+def _gradients(
+    model: nn.Module, x: Tensor, target: Target, layers: Sequence[str], at: str
+) -> tuple[Tensor, Tensor, Records, Records]:
+    """:func:`_resolved_gradients` of a resolved target: (output, gradient at x, activations and gradients at the
+    named layers)."""
+    return _resolved_gradients(model, x, target, layers, at)[:4]
 
 
 def _input_gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
@@ -58,34 +72,58 @@ def _input_gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     return _gradients(model, x, target, (), "output")[1].transpose(0, 1)
 
 
-@method("gradient", several_targets=True)
+def _plain_forward(model: nn.Module, options: Mapping[str, Any]) -> bool:
+    """The gradient methods' forward pass is the model's own: it computes the scores ``explain`` reports."""
+    return True
+
+
+def _own_gradient(model: nn.Module, x: Tensor, target: Target | ClassTarget) -> tuple[Tensor, Tensor]:
+    """(``df/dx``, (batch, k, ...) for k targets; the scores) from one forward pass."""
+    output, grad, _, _, resolved = _resolved_gradients(model, x, target, (), "output")
+    return (grad.transpose(0, 1) if is_several(resolved) else grad), output
+
+
 def gradient(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     """Plain saliency ``df/dx`` (Simonyan et al. 2014)."""
     return _input_gradient(model, x, target)
 
 
-@method("sensitivity", several_targets=True)
+@method("gradient", own_scores=_plain_forward, several_targets=True)
+def explain_gradient(model: nn.Module, x: Tensor, target: Target | ClassTarget) -> Attribution:
+    """:func:`gradient`, with the scores of its own forward pass."""
+    grad, output = _own_gradient(model, x, target)
+    return Attribution(grad, output=output)
+
+
 def sensitivity(model: nn.Module, x: Tensor, target: Target) -> Tensor:
     """Sensitivity analysis ``R_i = (df/dx_i)^2`` (Baehrens et al. 2010)."""
     return _input_gradient(model, x, target) ** 2
 
 
-@method("gradient_x_input", several_targets=True)
+@method("sensitivity", own_scores=_plain_forward, several_targets=True)
+def explain_sensitivity(model: nn.Module, x: Tensor, target: Target | ClassTarget) -> Attribution:
+    """:func:`sensitivity`, with the scores of its own forward pass."""
+    grad, output = _own_gradient(model, x, target)
+    return Attribution(grad**2, output=output)
+
+
+@method("gradient_x_input", own_scores=_plain_forward, several_targets=True)
 def explain_gradient_x_input(
-    model: nn.Module, x: Tensor, target: Target, *, layers: Sequence[str] = (), layer_at: str = "output"
+    model: nn.Module, x: Tensor, target: Target | ClassTarget, *, layers: Sequence[str] = (),
+    layer_at: str = "output",
 ) -> Attribution:
     """Gradient x input, also at the named ``layers`` (activation x gradient there), with ``conservation_gap``
     (``sum R`` minus the explained score: the first-order Taylor remainder, zero for a bias-free ReLU network) and
     ``conservation_by_layer`` against the explained score. A (batch, k) target gives every result as
     (batch, k, ...) from one forward pass."""
-    output, grad, activations, grads = _gradients(model, x, target, layers, layer_at)
+    output, grad, activations, grads, target = _resolved_gradients(model, x, target, layers, layer_at)
     if not is_several(target):
         at_layers = stacked({n: [a * g for a, g in zip(activations[n], grads[n])] for n in layers})
         relevance, score = x * grad, target_score(output, target)
         details = {"conservation_gap": relevance.reshape(len(x), -1).sum(1) - score}
         if layers:
             details["conservation_by_layer"] = gap_by_layer(at_layers, score)
-        return Attribution(relevance, details, at_layers)
+        return Attribution(relevance, details, at_layers, output)
     assert isinstance(target, Tensor)
     k = target.shape[1]
     at_layers = stacked({n: [target_major(a * g) for a, g in zip(activations[n], grads[n])] for n in layers})
@@ -93,7 +131,7 @@ def explain_gradient_x_input(
     details = {"conservation_gap": relevance.reshape(len(score), -1).sum(1) - score}
     if layers:
         details["conservation_by_layer"] = gap_by_layer(at_layers, score)
-    return Attribution(relevance, details, at_layers).per_target(k)
+    return Attribution(relevance, details, at_layers).per_target(k, output)
 
 
 def gradient_x_input(model: nn.Module, x: Tensor, target: Target) -> Tensor:

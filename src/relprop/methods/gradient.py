@@ -8,12 +8,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..core import root_module
+from ..errors import ConfigError, ExplanationError
 from ._common import (
     ClassTarget,
     OutputSeed,
     gradient_of_target,
     is_several,
+    logits_of,
+    output_example,
     reference_inputs,
     start_gradient,
     start_gradients,
@@ -45,7 +48,12 @@ def _resolved_gradients(
     """
     x = x.detach().requires_grad_()
     with recorded_layers(model, layers, at, copies=True) as records, torch.enable_grad():
-        output = model(x)
+        returned = model(x)
+        output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
+        if output is None:
+            raise ExplanationError(
+                f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
+                "pass output= to select them, e.g. " + output_example(returned))
         if isinstance(target, ClassTarget):
             target = target.resolve(output.detach())
         if is_several(target):

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core import DYNAMO_REASON
+from ..core import DYNAMO_REASON, root_module
 from ..errors import ConfigError, ExplanationError
 
 __all__ = ["OutputSeed", "ClassTarget", "as_target", "as_targets", "as_target_value", "per_target", "is_several",
@@ -136,6 +136,17 @@ def logits_of(result: object) -> Tensor | None:
     ``ModelOutput``, or a mapping entry), None if there is no such tensor."""
     logits = result.get("logits") if isinstance(result, Mapping) else getattr(result, "logits", None)
     return logits if isinstance(logits, Tensor) else None
+
+
+def scores_of(model: nn.Module, returned: object) -> Tensor:
+    """The scores in what ``model`` returned to a method's own forward pass: the tensor itself, or a Hugging Face
+    style output's logits; otherwise an error that says how to select them with ``output=``."""
+    output = returned if isinstance(returned, Tensor) else logits_of(returned)
+    if output is None:
+        raise ExplanationError(
+            f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; pass "
+            "output= to select them, e.g. " + output_example(returned))
+    return output
 
 
 def one_hot_start(output: Tensor, target: Tensor, scale: Tensor | None = None) -> Tensor:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..core import root_module
 from ..errors import ConfigError, ExplanationError
-from ._common import ClassTarget, OutputSeed, logits_of, output_example, start_gradient
+from ._common import ClassTarget, OutputSeed, scores_of, start_gradient
 from ._layers import recorded_layers
 from ._registry import Attribution, method
 from .guided import guided_backprop
@@ -57,12 +57,7 @@ def class_activation_map(model: nn.Module, x: Tensor, target: Tensor | OutputSee
             "layer or block (for a transformer, method='lrp' with preset='attnlrp' explains every token)")
     x = x.detach().requires_grad_()
     with recorded_layers(model, [layer], copies=True) as records, torch.enable_grad():
-        returned = model(x)
-        output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
-        if output is None:
-            raise ExplanationError(
-                f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
-                "pass output= to relprop.explain to select them, e.g. " + output_example(returned))
+        output = scores_of(model, model(x))
         values = records[layer]
         if len(values) != 1:
             raise ExplanationError(

@@ -8,16 +8,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..core import root_module
-from ..errors import ConfigError, ExplanationError
+from ..errors import ConfigError
 from ._common import (
     ClassTarget,
     OutputSeed,
     gradient_of_target,
     is_several,
-    logits_of,
-    output_example,
     reference_inputs,
+    scores_of,
     start_gradient,
     start_gradients,
     target_major,
@@ -48,12 +46,7 @@ def _resolved_gradients(
     """
     x = x.detach().requires_grad_()
     with recorded_layers(model, layers, at, copies=True) as records, torch.enable_grad():
-        returned = model(x)
-        output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
-        if output is None:
-            raise ExplanationError(
-                f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
-                "pass output= to select them, e.g. " + output_example(returned))
+        output = scores_of(model, model(x))
         if isinstance(target, ClassTarget):
             target = target.resolve(output.detach())
         if is_several(target):

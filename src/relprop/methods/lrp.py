@@ -16,9 +16,8 @@ from ._common import (
     ClassTarget,
     OutputSeed,
     explained_forward,
-    logits_of,
-    output_example,
     repeated,
+    scores_of,
     start_relevance,
 )
 from ._layers import Records, backward, gap_by_layer, no_path_error, recorded_layers, stacked
@@ -86,15 +85,9 @@ def _explain(
         else:
             with guard, explained_forward():
                 returned = model(x)
-        output = returned if isinstance(returned, Tensor) else logits_of(returned)  # a Hugging Face style output
-        if output is None and not isinstance(returned, Tensor):
-            raise ExplanationError(
-                f"{type(root_module(model)).__name__} returns {type(returned).__name__}, not a tensor of scores; "
-                "pass output= to relprop.explain to select them, e.g. " + output_example(returned)
-            )
-        if output is not None:  # (a tagged output is on the path: nothing hidden to find)
-            refuse_hidden((output,), lambda: f"the output of {type(root_module(model)).__name__}")
-        if output is None or not on_path((output,)):
+        output = scores_of(model, returned)
+        refuse_hidden((output,), lambda: f"the output of {type(root_module(model)).__name__}")  # (none if tagged)
+        if not on_path((output,)):
             ends = (": a .detach(), torch.no_grad() or a round trip through numpy or .tolist() on the way cuts it"
                     if guard is None or not guard.constant_sites else (
                 f" through any rule; on the way, {guard.constant_sites[0]} took the relevance path in and gave a "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import platform
 import statistics
@@ -13,7 +14,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["cpu_model", "load_average", "versions", "machine", "torch_threads", "rotating_rounds"]
+__all__ = ["cpu_model", "load_average", "versions", "machine", "torch_threads", "rotating_rounds", "measure_rows",
+           "write_record"]
 
 
 def cpu_model() -> str:
@@ -78,3 +80,37 @@ def rotating_rounds(contenders: Mapping[str, Callable[[], Any]], rounds: int) ->
     return {"ms": {key: 1e3 * statistics.median(values) for key, values in times.items()},
             "ratio_median": {key: statistics.median(b / a for a, b in zip(times["gradient"], values))
                              for key, values in times.items() if key != "gradient"}}
+
+
+def measure_rows(specs: Sequence[str], measure: Callable[[str], dict[str, Any]], threads: int,
+                 width: int = 20) -> list[dict[str, Any]]:
+    """``measure(spec)`` for each spec on ``threads`` torch threads, under a progress bar. Each row (a
+    :func:`rotating_rounds` result and more) is printed as one line as it comes: the gradient's median time and
+    every other contender's median ratio to it."""
+    from tqdm import tqdm
+
+    rows = []
+    with torch_threads(threads):
+        for spec in tqdm(specs, desc="models", disable=None):
+            row = measure(spec)
+            rows.append(row)
+            ratios = "  ".join(f"{key} {value:.2f}x" for key, value in row["ratio_median"].items())
+            tqdm.write(f"{spec:{width}s} gradient {row['ms']['gradient']:7.1f} ms  {ratios}")
+    return rows
+
+
+def write_record(out: Path, script: str, argv: Sequence[str] | None, threads: int, packages: Sequence[str],
+                 settings: Mapping[str, Any], rows: list[dict[str, Any]]) -> None:
+    """Write a benchmark's JSON (atomically): the date, the command that ran (``script`` with ``argv``, or the
+    process's own arguments), the machine, the run's ``settings`` and the ``rows``."""
+    import sys
+
+    from relprop.files import write_json
+
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    write_json(out, {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["python", f"benchmarks/{script}", *arguments]), "machine": machine(threads, packages),
+        **settings, "rows": rows,
+    })
+    print(f"wrote {out}")

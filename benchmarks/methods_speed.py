@@ -25,7 +25,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: shared machine, spinning OpenMP threads hurt
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import sys  # noqa: E402
 import warnings  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -34,13 +33,11 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine, rotating_rounds, torch_threads  # noqa: E402
+from _machine import measure_rows, rotating_rounds, write_record  # noqa: E402
 
 import relprop  # noqa: E402
-from relprop.files import write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "methods_speed.json"
 LAYERS = {"resnet18": "layer4", "resnet50": "layer4", "vgg11": "features.18", "mobilenet_v3_large": "features.16",
@@ -123,20 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    rows = []
-    with torch_threads(args.threads):
-        for name in tqdm(args.models.split(","), desc="models", disable=None):
-            row = measure(name, args.size, args.batch, args.rounds)
-            rows.append(row)
-            ratios = "  ".join(f"{key} {value:.2f}x" for key, value in row["ratio_median"].items())
-            tqdm.write(f"{name:20s} gradient {row['ms']['gradient']:7.1f} ms  {ratios}")
-    command = "python benchmarks/methods_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_json(args.out, {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command.strip(), "machine": machine(args.threads, ["torchvision", "captum"]),
-        "size": args.size, "batch": args.batch, "rounds": args.rounds, "rows": rows,
-    })
-    print(f"wrote {args.out}")
+    rows = measure_rows(args.models.split(","), lambda name: measure(name, args.size, args.batch, args.rounds),
+                        args.threads)
+    write_record(args.out, "methods_speed.py", argv, args.threads, ["torchvision", "captum"],
+                 {"size": args.size, "batch": args.batch, "rounds": args.rounds}, rows)
     return 0
 
 

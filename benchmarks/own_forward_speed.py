@@ -19,7 +19,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: shared machine, spinning OpenMP threads hurt
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -31,10 +30,9 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine, torch_threads  # noqa: E402
+from _machine import torch_threads, write_record  # noqa: E402
 
 import relprop  # noqa: E402
-from relprop.files import write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "own_forward_speed.json"
 # (model, its layers with a forward of their own); each own-forward model follows its stock twin
@@ -88,13 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append({**measure(name, args.size, args.rounds), "own_forward_layers": layers.get(name, "?")})
             tqdm.write(f"{name:22s} gradient {rows[-1]['gradient_ms']:7.1f} ms  lrp {rows[-1]['lrp_ms']:7.1f} ms  "
                        f"{rows[-1]['ratio_median']:.2f}x")
-    command = "python benchmarks/own_forward_speed.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_json(args.out, {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command.strip(), "machine": machine(args.threads, ["timm"]),
-        "size": args.size, "rounds": args.rounds, "rows": rows,
-    })
-    print(f"wrote {args.out}")
+    write_record(args.out, "own_forward_speed.py", argv, args.threads, ["timm"],
+                 {"size": args.size, "rounds": args.rounds}, rows)
     return 0
 
 

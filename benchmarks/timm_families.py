@@ -22,7 +22,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: shared machine, spinning OpenMP threads hurt
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import re  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
@@ -35,10 +34,9 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import machine, torch_threads  # noqa: E402
+from _machine import torch_threads, write_record  # noqa: E402
 
 import relprop  # noqa: E402
-from relprop.files import write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "timm_families.json"
 PRESETS = ("epsilon_plus_flat", "attnlrp")
@@ -153,14 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append({"family": key, **run(known[key], args.timeout)})
     built = [row for row in rows if row.get("status") != "not built"]
     explained = {preset: sum(row[preset]["status"] == "ok" for row in built) for preset in PRESETS}
-    command = "python benchmarks/timm_families.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_json(args.out, {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command.strip(), "machine": machine(args.threads, ["timm"]),
-        "built": len(built), "explained": explained, "rows": rows,
-    })
+    write_record(args.out, "timm_families.py", argv, args.threads, ["timm"],
+                 {"built": len(built), "explained": explained}, rows)
     print(f"{len(built)} of {len(rows)} families built; explained: "
-          + ", ".join(f"{count} under {preset}" for preset, count in explained.items()) + f"; wrote {args.out}")
+          + ", ".join(f"{count} under {preset}" for preset, count in explained.items()))
     crashed = [row["family"] for row in built if any(row[preset]["status"] == "crash" for preset in PRESETS)]
     if crashed:
         print(f"crashed (a relprop bug): {', '.join(crashed)}")

@@ -358,6 +358,23 @@ def test_integrated_gradients_at_a_layer_is_captums_layer_conductance_in_the_lim
     assert max_relative_error(coarse.layers["1"], got.layers["1"]) < 5e-4
 
 
+@pytest.mark.parametrize(("quadrature", "captum_method"), [("right", "riemann_right"), ("midpoint", "riemann_middle")])
+@pytest.mark.parametrize(("layer", "at_input"), [("conv2", False), ("relu1", False), ("conv2", True)])
+def test_internal_influence_matches_captums(layer: str, at_input: bool, quadrature: str, captum_method: str) -> None:
+    """Captum's riemann_trapezoid is left out: its weights are 1 / n with halved ends, summing to (n - 1) / n."""
+    from captum.attr import InternalInfluence
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    reference = 0.3 * _input("cnn", seed=5)
+    target = torch.tensor([0, 1, 2, 1])
+    want = InternalInfluence(model, getattr(model, layer)).attribute(
+        x, baselines=reference, target=target, n_steps=20, method=captum_method, attribute_to_layer_input=at_input)
+    got = relprop.explain(model, x, target, method="integrated_gradients", baseline=reference, steps=20,
+                          quadrature=quadrature, layers=[layer], layer_at="input" if at_input else "output",
+                          layer_quantity="internal_influence")
+    assert max_relative_error(got.layers[layer], want) <= TOLERANCE
+
+
 @pytest.mark.parametrize(("layer", "at_input"), [("conv2", False), ("relu1", False), ("conv2", True)])
 def test_deeplift_shap_at_a_layer_matches_captums_layer_deeplift_shap(layer: str, at_input: bool) -> None:
     from captum.attr import LayerDeepLiftShap
@@ -730,6 +747,22 @@ def test_neuron_methods_match_captums(name: str, layer: str) -> None:
         got = relprop.explain(model, x, unit, method="feature_ablation", output=layer, baseline=0.5,
                               feature_mask=groups)
     assert max_relative_error(got.relevance, want) <= TOLERANCE
+
+
+@pytest.mark.parametrize("layer", ["conv2", "relu2"])
+def test_gradient_shap_of_a_unit_agrees_with_captums_neuron_gradient_shap_in_expectation(layer: str) -> None:
+    """As GradientSHAP of a class: two Monte Carlo estimates of one expectation, 2000 draws each (measured 1.3% and
+    1.7% apart)."""
+    from captum.attr import NeuronGradientShap
+
+    model, x = _model("cnn-avg"), _input("cnn-avg")
+    unit = _active_unit(model, x, layer)
+    references = 0.3 * _input("cnn-avg", seed=7)[:3]
+    torch.manual_seed(0)
+    want = NeuronGradientShap(model, getattr(model, layer)).attribute(x, unit, baselines=references,
+                                                                      n_samples=2000)
+    got = relprop.explain(model, x, unit, method="gradient_shap", output=layer, baselines=references, samples=2000)
+    assert max_relative_error(got.relevance, want) < 0.05
 
 
 @pytest.mark.parametrize("layer", ["conv2", "pool", "relu2"])

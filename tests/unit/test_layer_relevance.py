@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 import relprop
 from relprop.errors import ConfigError, ExplanationError
+from relprop.methods.gradient import ig_alphas
 from relprop.models.bilstm import BiLSTM, BiLSTMConfig
 
 
@@ -59,6 +60,37 @@ def test_integrated_gradients_at_layers_is_conductance(make_mlp, randn) -> None:
     assert gaps[:, 1].abs().max() < coarse.details["conservation_by_layer"].abs().max()
     with pytest.raises(ConfigError, match="quadrature='right'"):
         relprop.explain(model, x, method="integrated_gradients", quadrature="midpoint", layers=["2"])
+
+
+@pytest.mark.parametrize("quadrature", ["right", "midpoint", "trapezoid"])
+def test_internal_influence_is_the_layer_gradient_integrated_along_the_input_path(make_cnn, randn,
+                                                                                  quadrature: str) -> None:
+    """Literal twin: at each path point x' + a (x - x'), the layer's gradient by autograd, summed with the
+    quadrature's weights (Leino et al. 2018's internal influence)."""
+    model, x, baseline = make_cnn(), randn(2, 2, 8, 8), 0.5 * randn(2, 2, 8, 8)
+    target, steps = torch.tensor([2, 0]), 5
+    got = relprop.explain(model, x, target, method="integrated_gradients", baseline=baseline, steps=steps,
+                          quadrature=quadrature, layers=["3"], layer_quantity="internal_influence")
+    alphas, weights = ig_alphas(steps, quadrature, x)
+    want = torch.zeros(2, 5, 2, 2, dtype=x.dtype)  # the second conv's output
+    seen: list[Tensor] = []
+    handle = model[3].register_forward_hook(lambda m, i, out: seen.append(out))
+    for alpha, weight in zip(alphas, weights):
+        score = model(baseline + alpha * (x - baseline)).gather(1, target[:, None]).sum()
+        want += weight * torch.autograd.grad(score, seen.pop())[0]
+    handle.remove()
+    torch.testing.assert_close(got.layers["3"], want)
+    assert "conservation_by_layer" not in got.details  # not a share of f(x) - f(x')
+    plain = relprop.explain(model, x, target, method="integrated_gradients", baseline=baseline, steps=steps,
+                            quadrature=quadrature)
+    torch.testing.assert_close(got.relevance, plain.relevance)  # the input's IG is the same
+    several = relprop.explain(model, x, "all", method="integrated_gradients", baseline=baseline, steps=steps,
+                              quadrature=quadrature, layers=["3"], layer_quantity="internal_influence")
+    torch.testing.assert_close(several.layers["3"][torch.arange(2), target], want)
+    with pytest.raises(ConfigError, match="layer_quantity"):
+        relprop.explain(model, x, method="integrated_gradients", layers=["3"], layer_quantity="influence")
+    with pytest.raises(ConfigError, match="layers="):
+        relprop.explain(model, x, method="integrated_gradients", layer_quantity="internal_influence")
 
 
 def test_layers_with_many_targets_equal_the_loop(make_cnn, randn) -> None:

@@ -162,16 +162,24 @@ def ig_alphas(steps: int, quadrature: str, like: Tensor) -> tuple[Tensor, Tensor
 def explain_integrated_gradients(
     model: nn.Module, x: Tensor, target: Target, *, baseline: Tensor | float = 0.0, steps: int = 32,
     quadrature: str = "right", batch_size: int | None = None, layers: Sequence[str] = (), layer_at: str = "output",
+    layer_quantity: str = "conductance",
 ) -> Attribution:
     """Integrated gradients with ``completeness_gap`` (``sum R - (f(x) - f(x'))``); see :func:`integrated_gradients`.
 
     At the named ``layers`` it gives the conductance (Dhamdhere et al. 2018), ``sum_k df/da(x_k) (a(x_k) -
     a(x_{k-1}))`` over the path points ``x_k`` (``x_0`` the baseline): at the input it equals IG, and each layer's
     sum equals the input's up to the same quadrature error (``conservation_by_layer``, against ``f(x) - f(x')``).
+    ``layer_quantity="internal_influence"`` gives instead the layer's gradient integrated along the input's path,
+    ``sum_k w_k df/da(x_k)`` with the quadrature's weights (Leino et al. 2018; Captum's ``InternalInfluence``), which
+    is not a share of ``f(x) - f(x')`` and has no conservation check.
     A (batch, k) target gives every result as (batch, k, ...), the path run once for all k.
     """
-    if layers and quadrature != "right":
-        raise ConfigError(f"integrated gradients at layers needs quadrature='right', got {quadrature!r}")
+    if layer_quantity not in ("conductance", "internal_influence"):
+        raise ConfigError(f"layer_quantity takes 'conductance' or 'internal_influence', got {layer_quantity!r}")
+    if layer_quantity != "conductance" and not layers:
+        raise ConfigError(f"layer_quantity={layer_quantity!r} is a value at layers; name them with layers=[...]")
+    if layers and quadrature != "right" and layer_quantity == "conductance":
+        raise ConfigError(f"the conductance at layers needs quadrature='right', got {quadrature!r}")
     baseline = torch.as_tensor(baseline).to(x).expand_as(x)
     alphas, weights = ig_alphas(steps, quadrature, x)
     shape = (steps,) + (1,) * x.dim()
@@ -196,14 +204,18 @@ def explain_integrated_gradients(
     if several:
         relevance = target_major(relevance)
     details = {"completeness_gap": relevance.reshape(k * batch, -1).sum(1) - (score - reference)}
-    if layers:
-        conductance = stacked({name: [_conductance(i, name, parts, start, steps, several)
-                                      for i, start in enumerate(starts)]
-                               for name, starts in at_baseline.items()})
-        details["conservation_by_layer"] = gap_by_layer(conductance, score - reference)
+    if layers and layer_quantity == "internal_influence":
+        by_layer = stacked({name: [_influence(i, name, parts, weights, start, several)
+                                   for i, start in enumerate(starts)]
+                            for name, starts in at_baseline.items()})
+    elif layers:
+        by_layer = stacked({name: [_conductance(i, name, parts, start, steps, several)
+                                   for i, start in enumerate(starts)]
+                            for name, starts in at_baseline.items()})
+        details["conservation_by_layer"] = gap_by_layer(by_layer, score - reference)
     else:
-        conductance = {}
-    result = Attribution(relevance, details, conductance)
+        by_layer = {}
+    result = Attribution(relevance, details, by_layer)
     return result.per_target(k) if several else result
 
 
@@ -218,6 +230,16 @@ def _conductance(
     layer_grads = layer_grads.reshape(*layer_grads.shape[:int(several)], steps, *start.shape)
     before = torch.cat([start.unsqueeze(0), activations[:-1]])  # a(x_{k-1}), (steps, batch, ...)
     value = (layer_grads * (activations - before)).sum(int(several))  # ([k,] batch, ...)
+    return target_major(value) if several else value
+
+
+def _influence(call: int, name: str, parts: list[tuple[Tensor, Tensor, Records, Records]], weights: Tensor,
+               start: Tensor, several: bool) -> Tensor:
+    """``sum_k w_k df/da(x_k)`` at one call of layer ``name`` (``start``, its value at the baseline, gives the
+    shape); (batch, ...), or (k * batch, ...) target-major for k targets."""
+    layer_grads = torch.cat([g[name][call] for _, _, _, g in parts], int(several))  # ([k,] points, ...)
+    layer_grads = layer_grads.reshape(*layer_grads.shape[:int(several)], len(weights), *start.shape)
+    value = (weights.reshape(-1, *(1,) * start.dim()) * layer_grads).sum(int(several))  # ([k,] batch, ...)
     return target_major(value) if several else value
 
 

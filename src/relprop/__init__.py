@@ -27,6 +27,7 @@ from . import (
     ops,
     presets_recurrent,  # noqa: F401  (registers lstm_epsilon, thesis_dtd, thesis_lrp)
     rules,
+    summary,
 )
 from .api import METHODS, Explanation, explain, method
 from .datasets import explain_dataset
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "explain", "explain_dataset", "Explanation", "METHODS", "method",
     "RelpropError", "ExplanationError", "ConfigError", "DataError",
-    "rules", "ops", "composites", "canonizers", "concepts", "layers", "methods", "metrics", "models", "viz",
+    "rules", "ops", "composites", "canonizers", "concepts", "layers", "methods", "metrics", "models", "summary", "viz",
     "__version__",
 ]
 __version__ = "0.1.0"  # the single source: pyproject.toml reads it (tool.setuptools.dynamic)

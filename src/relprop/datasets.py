@@ -44,6 +44,7 @@ from relprop.api import Explanation, explain
 from relprop.errors import ConfigError, DataError, boundary
 from relprop.metrics.batch import Batch, BatchMetric, Scores
 from relprop.store import ResultStore
+from relprop.summary import RelevanceSummary
 
 __all__ = ["DatasetResult", "Method", "explain_dataset"]
 
@@ -55,11 +56,13 @@ Metrics = Sequence[BatchMetric] | Mapping[str, BatchMetric | Callable[[Batch], S
 
 @dataclass(frozen=True)
 class DatasetResult:
-    """``scores``: name -> per-sample values over the whole dataset (axis 0); ``store``: where relevance went."""
+    """``scores``: name -> per-sample values over the whole dataset (axis 0); ``store``: where relevance went;
+    ``summary``: the relevance's statistics overall and per explained class, with ``summarize=True``."""
 
     scores: dict[str, Tensor]
     samples: int
     store: ResultStore | None = None
+    summary: RelevanceSummary | None = None
 
 
 @dataclass(frozen=True)
@@ -247,7 +250,7 @@ class _Progress:
 @boundary("relprop.explain_dataset")
 def explain_dataset(
     model: nn.Module, loader: Iterable[Any], *, method: Method = "lrp", metrics: Metrics = (),
-    store: str | os.PathLike[str] | None = None, progress: bool = True, **options: Any,
+    store: str | os.PathLike[str] | None = None, progress: bool = True, summarize: bool = False, **options: Any,
 ) -> DatasetResult:
     """Explain every batch of ``loader`` with ``method`` (and ``options``), score ``metrics``, write to ``store``.
 
@@ -259,6 +262,9 @@ def explain_dataset(
     fingerprint holds a digest of the weights and each metric's settings; each batch's x, targets and mask are
     checksummed). A callable method is
     identified by its qualified name only: give each configuration of a callable its own store.
+    ``summarize=True`` keeps running statistics of the relevance (mean, variance, min, max; overall and per
+    explained class) in ``result.summary`` (:class:`~relprop.summary.RelevanceSummary`, Captum's
+    ``ClassSummarizer``); a resumed run reads the finished batches' relevance back from the store for them.
     """
     named, described = _named(metrics)
     _metrics_of_the_classes(metrics, options)
@@ -270,14 +276,18 @@ def explain_dataset(
     total = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     reporter = _Progress(total, progress)
     collected: dict[str, list[Tensor]] = {}
+    summary = RelevanceSummary() if summarize else None
     samples = seen = 0
     for index, raw in enumerate(loader):
         item = _unpack(raw, index)
         if shards is not None and index < finished:
             _check_skipped(shards, index, item)
-            scores = {k.removeprefix("score/"): v for k, v in shards.load(index).items() if k.startswith("score/")}
+            stored = shards.load(index)
+            scores = {k.removeprefix("score/"): v for k, v in stored.items() if k.startswith("score/")}
+            if summary is not None:
+                summary.update(stored["relevance"], stored["target"])
         else:
-            scores = _explain_batch(model, item, run, named, shards)
+            scores = _explain_batch(model, item, run, named, shards, summary)
         for key, value in scores.items():
             collected.setdefault(key, []).append(value)
         samples += len(item.x)
@@ -291,14 +301,16 @@ def explain_dataset(
             raise DataError(f"the loader yielded fewer batches than the store {shards.path} already holds")
         shards.finish()
     reporter.close(samples)
-    return DatasetResult({k: torch.cat(v) for k, v in collected.items()}, samples, shards)
+    return DatasetResult({k: torch.cat(v) for k, v in collected.items()}, samples, shards, summary)
 
 
 def _explain_batch(
     model: nn.Module, item: _Item, run: Explainer, named: Mapping[str, Callable[[Batch], Scores]],
-    shards: ResultStore | None,
+    shards: ResultStore | None, summary: RelevanceSummary | None = None,
 ) -> dict[str, Tensor]:
     explanation = run(model, item.x, item.target, item.model_kwargs)
+    if summary is not None:
+        summary.update(explanation.relevance, explanation.target)
 
     def again(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:  # the metrics' explain: this batch's kwargs
         return run(model, x, target, item.model_kwargs).relevance

@@ -863,6 +863,31 @@ def test_infidelity_matches_captums_with_the_same_perturbations(normalize: bool)
     assert max_relative_error(got, want) <= TOLERANCE
 
 
+def test_relevance_summary_matches_captums_class_summarizer() -> None:
+    """explain_dataset(..., summarize=True) keeps Captum's ClassSummarizer(CommonStats()) statistics, overall and
+    per class. (Captum is given the labels as ints: tensor labels key its classes by object, one class per sample.)"""
+    from captum.attr import ClassSummarizer, CommonStats
+
+    model, x = _model("cnn-avg"), _input("cnn-avg", seed=3)
+    batches = [torch.cat([x, _input("cnn-avg", seed=seed)]) for seed in (4, 5, 6)]
+    result = relprop.explain_dataset(model, batches, method="integrated_gradients", steps=8, summarize=True,
+                                     progress=False)
+    captum = ClassSummarizer(CommonStats())
+    for batch in batches:
+        explanation = relprop.explain(model, batch, method="integrated_gradients", steps=8)
+        captum.update(explanation.relevance, explanation.target.tolist())
+    assert result.summary is not None
+    names = {"mean": "mean", "sample_variance": "sample_variance", "sample_std": "sample_std_dev",
+             "minimum": "min", "maximum": "max"}
+    (overall,) = captum.summary
+    assert set(result.summary.by_class) == set(captum.class_summaries) and len(captum.class_summaries) > 1
+    for ours, theirs in names.items():
+        assert max_relative_error(getattr(result.summary.overall, ours), overall[theirs]) <= TOLERANCE
+        for label, stats in result.summary.by_class.items():
+            (want,) = captum.class_summaries[label]
+            assert max_relative_error(getattr(stats, ours), want[theirs]) <= TOLERANCE, (label, ours)
+
+
 # ---------------------------------------------------------------- concepts
 
 

@@ -208,6 +208,30 @@ def test_lime_on_a_nonlinear_model_is_the_literal_weighted_least_squares() -> No
     torch.testing.assert_close(got.details["intercept"], solution[0], rtol=1e-8, atol=1e-11)
 
 
+@pytest.mark.parametrize("method", ["kernel_shap", "lime"])
+def test_sampled_fits_give_each_sample_its_result_alone_when_masks_hold_other_ids(method: str) -> None:
+    """Per-sample masks with different sets of ids (sample 1 lacks group 3, sample 2 has an id 7 of its own): the
+    batch is fitted per set of ids, so no sample fits a group it lacks and each gets the result it gets alone."""
+    model, x = _model(), _x()
+    mask = _quadrants().expand(3, 2, 4, 4).clone()
+    mask[1][mask[1] == 3] = 2  # groups 0, 1, 2
+    mask[2][mask[2] == 0] = 7  # groups 1, 2, 3, 7
+    target, baseline = torch.tensor([0, 2, 1]), 0.1 * _x(seed=5)
+    options = {"samples": 50, "seed": 4, "feature_mask": mask}
+    together = relprop.explain(model, x, target, method=method, baseline=baseline, **options)
+    for i in range(3):
+        alone = relprop.explain(model, x[i:i + 1], target[i:i + 1], method=method, baseline=baseline[i:i + 1],
+                                **{**options, "feature_mask": mask[i:i + 1]})
+        torch.testing.assert_close(together.relevance[i:i + 1], alone.relevance, rtol=1e-12, atol=1e-14)
+        for name, value in alone.details.items():
+            torch.testing.assert_close(together.details[name][i:i + 1], value, rtol=1e-12, atol=1e-14)
+    same = relprop.explain(model, x[:1].expand(3, -1, -1, -1), target, method=method, baseline=baseline[:1],
+                           **{**options, "feature_mask": mask[:1].expand(3, -1, -1, -1)})  # one set: one fit
+    first = relprop.explain(model, x[:1], target[:1], method=method, baseline=baseline[:1],
+                            **{**options, "feature_mask": mask[:1]})
+    torch.testing.assert_close(same.relevance[:1], first.relevance, rtol=1e-12, atol=1e-14)
+
+
 def test_kernel_shap_and_lime_errors() -> None:
     model, x = _model(), _x()
     with pytest.raises(ConfigError, match="needs at least 2 feature groups"):

@@ -6,9 +6,11 @@ A group is removed by setting its elements to the ``baseline`` (feature permutat
 values instead). Every element of a group gets the group's value, as in Captum's ``FeatureAblation``,
 ``ShapleyValues``, ``ShapleyValueSampling``, ``KernelShap`` and ``Lime``. The groups are the mask's ids over the
 whole batch, and a batch shares its random draws; a sample whose mask lacks an id has a group without elements
-there, which changes nothing: its value is 0 for feature ablation and exact Shapley values, while the fits of the
-sampled KernelSHAP and LIME give it a small value of their noise (so there a sample's result depends on the ids of
-the rest of its batch).
+there, which changes nothing: its value is 0 for feature ablation and exact Shapley values. The sampled KernelSHAP
+and LIME would fit such a group to their noise, and draw coalitions over groups the sample does not have, so
+there the samples whose masks hold different sets of ids are explained apart, each set with its own draws: every
+sample's result is the one it gets alone. (A ``seed=`` function of the output is the exception: it may read
+per-sample tensors of the whole batch, so its batch stays whole.)
 """
 
 from __future__ import annotations
@@ -80,6 +82,49 @@ def _scores(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, present: C
             if show and i // per_chunk in lines:
                 _progress(name, i + len(part), total)
     return torch.cat(rows)
+
+
+def _by_id_sets(feature_mask: Tensor | None, x: Tensor, target: Tensor | OutputSeed
+                ) -> list[tuple[Tensor, Tensor]] | None:
+    """Where the samples' masks hold different sets of group ids: (the rows of one set, their masks) per set, in
+    the order of their first rows; None where every sample has the same ids (or a seed function keeps the batch
+    whole)."""
+    if feature_mask is None or len(x) < 2 or (isinstance(target, OutputSeed) and not isinstance(target.value, Tensor)):
+        return None
+    mask = feature_mask.to(x.device).expand_as(x)  # (checked by _groups before)
+    if feature_mask.dim() < x.dim() or feature_mask.shape[0] == 1:
+        return None  # one mask for the batch
+    flat = mask.reshape(len(x), -1)
+    present = [tuple(torch.unique(row).tolist()) for row in flat]
+    if len(set(present)) == 1:
+        return None
+    order = list(dict.fromkeys(present))
+    parts = []
+    for ids in order:
+        rows = torch.tensor([i for i, own in enumerate(present) if own == ids], device=x.device)
+        parts.append((rows, mask[rows]))
+    return parts
+
+
+def _rows(target: Tensor | OutputSeed, rows: Tensor) -> Tensor | OutputSeed:
+    """The target of the samples ``rows``: their classes, or their rows of a seed tensor (one row: every sample's)."""
+    if isinstance(target, Tensor):
+        return target[rows]
+    assert isinstance(target.value, Tensor)
+    return target if len(target.value) == 1 else OutputSeed(target.value[rows], None)
+
+
+def _joined(results: list[Attribution], parts: list[tuple[Tensor, Tensor]], x: Tensor) -> Attribution:
+    """The results of the parts of a batch put back in the batch's order (relevance and per-sample details)."""
+    relevance = torch.empty_like(x)
+    details: dict[str, Tensor] = {}
+    for result, (rows, _) in zip(results, parts):
+        relevance[rows] = result.relevance.to(x.dtype)
+        for name, value in result.details.items():
+            if name not in details:
+                details[name] = value.new_empty((len(x), *value.shape[1:]))
+            details[name][rows] = value
+    return Attribution(relevance, details)
 
 
 def _spread(values: Tensor, groups: Tensor) -> Tensor:
@@ -302,9 +347,15 @@ def kernel_shap(
     fits every coalition with the kernel's weights (at most 12 groups), which gives the exact Shapley values.
     """
     groups, count = _groups(feature_mask, x)
+    reference = _baseline(baseline, x)
+    parts = None if samples is None else _by_id_sets(feature_mask, x, target)
+    if parts is not None:  # (exact values give a group a sample lacks 0, and the others their values without it)
+        return _joined([kernel_shap(model, x[rows], _rows(target, rows), feature_mask=mask,
+                                    baseline=reference[rows], samples=samples, seed=seed, batch_size=batch_size,
+                                    max_evaluations=max_evaluations, progress=progress)
+                        for rows, mask in parts], parts, x)
     if count < 2:
         raise ConfigError(f"kernel_shap needs at least 2 feature groups, got {count}")
-    reference = _baseline(baseline, x)
 
     def run(present: Callable[[int, int], Tensor], total: int) -> Tensor:
         return _scores(model, x, target, present, total, groups, reference, batch_size, "kernel_shap", progress)
@@ -353,6 +404,12 @@ def lime(
     if not kernel_width > 0:
         raise ConfigError(f"lime needs kernel_width > 0, got {kernel_width}")
     reference = _baseline(baseline, x)
+    parts = _by_id_sets(feature_mask, x, target)
+    if parts is not None:
+        return _joined([lime(model, x[rows], _rows(target, rows), feature_mask=mask, baseline=reference[rows],
+                             samples=samples, kernel_width=kernel_width, ridge=ridge, seed=seed, batch_size=batch_size,
+                             max_evaluations=max_evaluations, progress=progress)
+                        for rows, mask in parts], parts, x)
     generator = torch.Generator().manual_seed(seed)
     z = torch.rand(samples, count, generator=generator) < 0.5
     z[0] = True  # the input itself, as LIME's first sample

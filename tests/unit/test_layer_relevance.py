@@ -62,7 +62,7 @@ def test_integrated_gradients_at_layers_is_conductance(make_mlp, randn) -> None:
         relprop.explain(model, x, method="integrated_gradients", quadrature="midpoint", layers=["2"])
 
 
-@pytest.mark.parametrize("quadrature", ["right", "midpoint", "trapezoid"])
+@pytest.mark.parametrize("quadrature", ["right", "left", "midpoint", "trapezoid"])
 def test_internal_influence_is_the_layer_gradient_integrated_along_the_input_path(make_cnn, randn,
                                                                                   quadrature: str) -> None:
     """Literal twin: at each path point x' + a (x - x'), the layer's gradient by autograd, summed with the

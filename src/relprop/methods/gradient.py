@@ -149,13 +149,15 @@ def ig_alphas(steps: int, quadrature: str, like: Tensor) -> tuple[Tensor, Tensor
         return (k + 1) / steps, torch.full_like(k, 1 / steps)
     if quadrature == "midpoint":
         return (k + 0.5) / steps, torch.full_like(k, 1 / steps)
+    if quadrature == "left":  # the baseline itself and not x (iNNvestigate's, Captum's riemann_left)
+        return k / steps, torch.full_like(k, 1 / steps)
     if quadrature == "trapezoid":
         if steps < 2:
             raise ConfigError("the trapezoid rule needs steps >= 2")
         weights = torch.full_like(k, 1 / (steps - 1))
         weights[0] = weights[-1] = 0.5 / (steps - 1)
         return k / (steps - 1), weights
-    raise ConfigError(f"unknown quadrature '{quadrature}'; valid: right, midpoint, trapezoid")
+    raise ConfigError(f"unknown quadrature '{quadrature}'; valid: right, left, midpoint, trapezoid")
 
 
 @method("integrated_gradients", several_targets=True)
@@ -250,7 +252,10 @@ def integrated_gradients(
     """Integrated gradients ``(x - x') * int_0^1 df(x' + a (x - x'))/dx da`` (Sundararajan et al. 2017).
 
     All ``steps`` points of the path run as one batch (or in chunks of ``batch_size`` samples). Completeness:
-    ``sum R = f(x) - f(x')`` up to the quadrature error, which shrinks as ``steps`` grows.
+    ``sum R = f(x) - f(x')`` up to the quadrature error, which shrinks as ``steps`` grows. ``quadrature``: the
+    points ``k / steps`` for k = 1..steps (``"right"``, Captum's ``riemann_right``), k = 0..steps-1 (``"left"``,
+    ``riemann_left`` and iNNvestigate's), ``(k + 1/2) / steps`` (``"midpoint"``), or ``steps`` points from 0 to 1
+    with the trapezoid rule's weights (``"trapezoid"``).
     """
     return explain_integrated_gradients(
         model, x, target, baseline=baseline, steps=steps, quadrature=quadrature, batch_size=batch_size

@@ -358,7 +358,8 @@ def test_integrated_gradients_at_a_layer_is_captums_layer_conductance_in_the_lim
     assert max_relative_error(coarse.layers["1"], got.layers["1"]) < 5e-4
 
 
-@pytest.mark.parametrize(("quadrature", "captum_method"), [("right", "riemann_right"), ("midpoint", "riemann_middle")])
+@pytest.mark.parametrize(("quadrature", "captum_method"), [("right", "riemann_right"), ("left", "riemann_left"),
+                                                         ("midpoint", "riemann_middle")])
 @pytest.mark.parametrize(("layer", "at_input"), [("conv2", False), ("relu1", False), ("conv2", True)])
 def test_internal_influence_matches_captums(layer: str, at_input: bool, quadrature: str, captum_method: str) -> None:
     """Captum's riemann_trapezoid is left out: its weights are 1 / n with halved ends, summing to (n - 1) / n."""
@@ -439,7 +440,8 @@ def test_deeplift_sums_to_delta_where_captum_does_not(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn-avg"])
-@pytest.mark.parametrize(("quadrature", "captum_method"), [("right", "riemann_right"), ("midpoint", "riemann_middle")])
+@pytest.mark.parametrize(("quadrature", "captum_method"), [("right", "riemann_right"), ("left", "riemann_left"),
+                                                         ("midpoint", "riemann_middle")])
 def test_integrated_gradients_matches_captum(quadrature: str, captum_method: str, kind: str) -> None:
     """Captum builds its alphas with float32 ``torch.linspace``; with 12 steps (k/12 is not a float32) that rounding
     (~1e-8) shows and stays within the tolerance."""

@@ -225,6 +225,11 @@ def test_sampled_fits_give_each_sample_its_result_alone_when_masks_hold_other_id
         torch.testing.assert_close(together.relevance[i:i + 1], alone.relevance, rtol=1e-12, atol=1e-14)
         for name, value in alone.details.items():
             torch.testing.assert_close(together.details[name][i:i + 1], value, rtol=1e-12, atol=1e-14)
+    one_hot = torch.nn.functional.one_hot(target, 3).double()  # a seed tensor is split with its samples
+    drawn = {"samples": 50, "feature_mask": mask}  # (an output seed= takes the place of the random seed's name)
+    seeded = relprop.explain(model, x, method=method, seed=one_hot, baseline=baseline, **drawn)
+    by_class = relprop.explain(model, x, target, method=method, baseline=baseline, **drawn)
+    torch.testing.assert_close(seeded.relevance, by_class.relevance, rtol=1e-12, atol=1e-14)
     same = relprop.explain(model, x[:1].expand(3, -1, -1, -1), target, method=method, baseline=baseline[:1],
                            **{**options, "feature_mask": mask[:1].expand(3, -1, -1, -1)})  # one set: one fit
     first = relprop.explain(model, x[:1], target[:1], method=method, baseline=baseline[:1],

@@ -89,11 +89,11 @@ def _by_id_sets(feature_mask: Tensor | None, x: Tensor, target: Tensor | OutputS
     """Where the samples' masks hold different sets of group ids: (the rows of one set, their masks) per set, in
     the order of their first rows; None where every sample has the same ids (or a seed function keeps the batch
     whole)."""
-    if feature_mask is None or len(x) < 2 or (isinstance(target, OutputSeed) and not isinstance(target.value, Tensor)):
+    if feature_mask is None or len(x) < 2 or feature_mask.dim() < x.dim() or feature_mask.shape[0] == 1:
+        return None  # one mask for the batch
+    if isinstance(target, OutputSeed) and not (isinstance(target.value, Tensor) and len(target.value) in (1, len(x))):
         return None
     mask = feature_mask.to(x.device).expand_as(x)  # (checked by _groups before)
-    if feature_mask.dim() < x.dim() or feature_mask.shape[0] == 1:
-        return None  # one mask for the batch
     flat = mask.reshape(len(x), -1)
     present = [tuple(torch.unique(row).tolist()) for row in flat]
     if len(set(present)) == 1:

@@ -1716,6 +1716,18 @@ class FunctionalGuard(TorchFunctionMode):
         """Put this guard back on the mode stack after :meth:`suspend`."""
         torch._C._push_on_torch_function_stack(self)
 
+    @contextlib.contextmanager
+    def reentered(self) -> Iterator[None]:
+        """This guard on the mode stack again for the ops computed inside a call it handles (a decomposition, the
+        mean of ``var_mean``). Not ``with self``: leaving that ends the explained forward pass, which takes the
+        tags off every tensor the pass tagged, and a tensor rebound before (``h += x``) would then leave the
+        relevance path for the rest of the pass."""
+        torch._C._push_on_torch_function_stack(self)
+        try:
+            yield
+        finally:
+            remove_mode(self)
+
     def __exit__(self, *exc_info: Any) -> None:
         # off the stack wherever it is (a module that failed while the guard was suspended left it off the stack; a
         # mode that failed to exit may sit above it)
@@ -1811,7 +1823,7 @@ class FunctionalGuard(TorchFunctionMode):
             return result
         decompose = getattr(rule, "decompose", None)
         if decompose is not None:  # a composite function: its inner ops come through this guard again
-            with self:
+            with self.reentered():
                 return decompose(func, args, kwargs)
         twin = ops.out_of_place(func, args, kwargs)
         call_func, call_args, call_kwargs = twin if twin is not None else (func, args, kwargs)
@@ -1838,7 +1850,7 @@ class FunctionalGuard(TorchFunctionMode):
         x = args[0]
         dim = kwargs.get("dim", args[1] if len(args) > 1 and not isinstance(args[1], bool) else None)
         keepdim = bool(kwargs.get("keepdim", args[3] if len(args) > 3 else False))
-        with self:
+        with self.reentered():
             return x.mean() if dim is None else x.mean(dim=dim, keepdim=keepdim)  # type: ignore[no-any-return]
 
     def _apply(self, rule: Rule, call: OpCall) -> Tensor:

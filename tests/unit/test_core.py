@@ -473,6 +473,40 @@ def test_attention_scores_masked_in_place_equal_the_out_of_place_mask(preset: st
     assert torch.equal(explanation.relevance, expected.relevance)
 
 
+class _ResidualBeforeAttention(nn.Module):
+    """``h = lin(x)``, ``h += x`` (or ``h = h + x``), attention on h as one ``F.scaled_dot_product_attention`` (which
+    the presets decompose into its ops), and h again after it."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place = in_place
+        self.lin, self.out = nn.Linear(4, 4, bias=False), nn.Linear(4, 3, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.lin(x)
+        if self.in_place:
+            h += x
+        else:
+            h = h + x
+        q = h.unsqueeze(1)
+        attended = F.scaled_dot_product_attention(q, q, q).squeeze(1)
+        return self.out(attended + h)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("preset", ["attnlrp", "cp_lrp"])
+def test_a_tensor_rebound_in_place_stays_on_the_path_after_a_decomposed_op(preset: str) -> None:
+    """A decomposition ran its ops under the guard entered again with ``with guard``, whose exit took the tags off
+    every tensor the pass had tagged: h, rebound by ``h += x`` before the attention, then counted as a constant in
+    ``attended + h``, and its share of the relevance was lost without an error (0.64 of the largest value here)."""
+    torch.manual_seed(0)
+    model, written_out = _ResidualBeforeAttention(True).double().eval(), _ResidualBeforeAttention(False).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    x = torch.randn(2, 4, dtype=torch.float64)
+    explanation = relprop.explain(model, x, 1, method="lrp", preset=preset)
+    expected = relprop.explain(written_out, x, 1, method="lrp", preset=preset)
+    assert torch.equal(explanation.relevance, expected.relevance)
+
+
 class _InputChangedAfterTheLayer(nn.Module):
     """``y = conv(h)``, then ``h.mul_(2)`` (or ``h = h * 2``), then ``bn(y) + h``: the batch norm merges with the
     convolution, which ran on the old ``h``."""

@@ -125,10 +125,8 @@ class _Refused(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.linear(x)
-        if self.kind == "layer_norm":
-            return F.layer_norm(h, (4,))
-        if self.kind == "softmax":
-            return h.softmax(-1)
+        if self.kind == "variance":
+            return h * h.var(-1, keepdim=True)
         if self.kind == "divide":
             return h / (h * h + 1)
         if self.kind == "maximum":
@@ -137,8 +135,7 @@ class _Refused(nn.Module):
 
 
 @pytest.mark.parametrize(("kind", "message"), [
-    ("layer_norm", r"'layer_norm' .* DeepLIFT has no rule for ops.LAYER_NORM here.*method='lrp'"),
-    ("softmax", r"'softmax' .* DeepLIFT has no rule for ops.SOFTMAX"),
+    ("variance", r"Rescale rule needs an element-wise function of one tensor"),
     ("divide", r"division by a tensor on the way"),
     ("maximum", r"maximum or minimum of 2 tensors on the way"),
     ("time_major", r"shape \(1, 6, 4\), not the batch \(6\) in dimension 0"),
@@ -290,3 +287,135 @@ def test_stock_recurrent_modules_run_as_explicit_cells_and_sum_to_delta(kind: ty
     assert [name for name, _ in model.named_children()] == ["rnn", "out"]  # the twin is gone
     assert "forward" not in model.rnn.__dict__
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+class _Norm(nn.Module):
+    """Linear, a normalisation (the module, or the same written out with means, products and rsqrt), tanh, head."""
+
+    def __init__(self, kind: str, written_out: bool) -> None:
+        super().__init__()
+        self.kind, self.written_out = kind, written_out
+        self.linear, self.head = nn.Linear(6, 8), nn.Linear(8 * 3, 3)
+        self.norm = {"layer": nn.LayerNorm(8), "rms": nn.RMSNorm(8, eps=1e-6), "group": nn.GroupNorm(2, 8),
+                     "instance": nn.InstanceNorm1d(8, affine=True),
+                     "instance_running": nn.InstanceNorm1d(8, affine=True, track_running_stats=True)}[kind]
+        with torch.no_grad():
+            for name, parameter in self.norm.named_parameters():
+                parameter.copy_(torch.linspace(0.5, 1.5, len(parameter)) if name == "weight"
+                                else torch.linspace(-0.3, 0.2, len(parameter)))
+            if kind == "instance_running":
+                self.norm.running_mean.copy_(torch.linspace(-1, 1, 8))
+                self.norm.running_var.copy_(torch.linspace(0.5, 2, 8))
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (batch, 3, 6)
+        h = self.linear(x)  # (batch, 3, 8)
+        if self.kind in ("group", "instance", "instance_running"):
+            h = h.transpose(1, 2)  # (batch, 8 channels, 3)
+        h = self._written_out(h) if self.written_out else self.norm(h)
+        if self.kind in ("group", "instance", "instance_running"):
+            h = h.transpose(1, 2)
+        return self.head(torch.tanh(h).flatten(1))  # type: ignore[no-any-return]
+
+    def _written_out(self, h: Tensor) -> Tensor:
+        norm = self.norm
+        if self.kind == "layer":
+            u = h - h.mean(-1, keepdim=True)
+            return u * torch.rsqrt((u * u).mean(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
+        if self.kind == "rms":
+            return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
+        channel = (1, -1, 1)
+        if self.kind == "instance_running":
+            scale = torch.rsqrt(norm.running_var + norm.eps).reshape(channel)
+            return (h - norm.running_mean.reshape(channel)) * scale * norm.weight.reshape(channel) + \
+                norm.bias.reshape(channel)
+        groups = h.reshape(len(h), 2 if self.kind == "group" else 8, -1)
+        u = groups - groups.mean(-1, keepdim=True)
+        normalised = (u * torch.rsqrt((u * u).mean(-1, keepdim=True) + norm.eps)).reshape(h.shape)
+        return normalised * norm.weight.reshape(channel) + norm.bias.reshape(channel)
+
+
+@pytest.mark.parametrize("kind", ["layer", "rms", "group", "instance", "instance_running"])
+def test_a_norm_is_explained_as_the_same_norm_written_out(kind: str) -> None:
+    """A norm runs as its elementary ops (means, a product of two tensors on the path, the Rescale of rsqrt): its
+    attributions equal those of the norm written out by hand, and sum to delta exactly."""
+    torch.manual_seed(0)
+    module, written = _Norm(kind, False).double().eval(), _Norm(kind, True).double().eval()
+    written.load_state_dict(module.state_dict())
+    x, ref = _randn(4, 3, 6), 0.3 * _randn(4, 3, 6, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(module(x), written(x))
+    got = relprop.explain(module, x, 1, method="deeplift", baseline=ref)
+    want = relprop.explain(written, x, 1, method="deeplift", baseline=ref)
+    torch.testing.assert_close(got.relevance, want.relevance, rtol=1e-10, atol=1e-13)
+    with torch.no_grad():
+        delta = module(x)[:, 1] - module(ref)[:, 1]
+    torch.testing.assert_close(got.relevance.flatten(1).sum(1), delta, rtol=1e-10, atol=1e-13)
+
+
+def test_the_softmax_is_the_literal_chain_of_its_elementary_ops() -> None:
+    """y = softmax(W x + b), score v . y: the literal DeepLIFT of y = e / S with e = exp(a - c) (the Rescale of exp),
+    S = sum e, r = 1 / S (the Rescale of 1 / s) and e * r (the product split) from its formulas."""
+    torch.manual_seed(0)
+    linear, head = nn.Linear(5, 4).double(), nn.Linear(4, 2).double()
+    model = nn.Sequential(linear, nn.Softmax(-1), head).eval()
+    x, ref = _randn(3, 5), 0.5 * _randn(3, 5, seed=3)
+    got = relprop.explain(model, x, 1, method="deeplift", baseline=ref).relevance
+    with torch.no_grad():
+        a, a_ref = linear(x), linear(ref)
+        c = torch.maximum(a.amax(-1, keepdim=True), a_ref.amax(-1, keepdim=True))
+        e, e_ref = (a - c).exp(), (a_ref - c).exp()
+        s, s_ref = e.sum(-1, keepdim=True), e_ref.sum(-1, keepdim=True)
+        r, r_ref = 1 / s, 1 / s_ref
+        g = head.weight[1].expand(3, -1)  # the score's multipliers at y
+        at_r = (g * (e + e_ref) / 2).sum(-1, keepdim=True)  # y = e * r: r's share of the product split
+        at_s = at_r * (r - r_ref) / (s - s_ref)  # the Rescale of 1 / s
+        at_e = g * (r + r_ref) / 2 + at_s  # e's share of the product, and through the sum
+        at_a = at_e * (e - e_ref) / (a - a_ref)  # the Rescale of exp
+        want = (x - ref) * (at_a @ linear.weight)
+        delta = model(x)[:, 1] - model(ref)[:, 1]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(got.sum(1), delta, rtol=1e-10, atol=1e-13)
+
+
+def _transformers() -> dict[str, nn.Module]:
+    torchvision = pytest.importorskip("torchvision")
+    from torchvision.models.convnext import CNBlockConfig
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(image_size=16, patch_size=8, num_layers=2, num_heads=2,
+                                               hidden_dim=16, mlp_dim=32, num_classes=3)
+    nn.init.normal_(vit.heads.head.weight, std=0.5)  # (torchvision starts the head at zero: delta 0)
+    swin = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[2, 2],
+                                              window_size=[2, 2], num_classes=3)
+    convnext = torchvision.models.ConvNeXt([CNBlockConfig(8, 16, 1), CNBlockConfig(16, None, 1)], num_classes=3)
+    return {"vit": vit, "swin": swin, "convnext": convnext}
+
+
+@pytest.mark.parametrize("name", ["vit", "swin", "convnext"])
+def test_transformers_and_convnext_sum_to_delta(name: str) -> None:
+    """Layer norms, nn.MultiheadAttention (its projections and softmax), windowed attention with its masks, a
+    ConvNeXt block's layer scale and in-place residual: every op gets its rule, and the sum is exact."""
+    model = _transformers()[name].double().eval()
+    x, ref = _randn(2, 3, 16, 16), 0.3 * _randn(2, 3, 16, 16, seed=5)
+    explanation = relprop.explain(model, x, method="deeplift", baseline=ref)
+    with torch.no_grad():
+        delta = (model(x) - model(ref)).gather(1, explanation.target.reshape(-1, 1))[:, 0]
+    assert bool((delta.abs() > 1e-6).all())
+    torch.testing.assert_close(explanation.relevance.flatten(1).sum(1), delta, rtol=1e-9, atol=1e-12)
+
+
+def test_a_bert_with_padding_sums_to_delta_per_token() -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=32, num_labels=3)
+    bert = transformers.BertForSequenceClassification(config).double().eval()
+    ids, mask = torch.randint(1, 50, (2, 7)), torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    reference = torch.zeros_like(ids)
+    explanation = relprop.explain(bert, ids, 2, method="deeplift", baseline=reference,
+                                  model_kwargs={"attention_mask": mask})
+    with torch.no_grad():
+        delta = bert(ids, attention_mask=mask).logits[:, 2] - bert(reference, attention_mask=mask).logits[:, 2]
+    assert explanation.relevance.shape == (2, 7)
+    torch.testing.assert_close(explanation.relevance.sum(1), delta, rtol=1e-9, atol=1e-12)

@@ -12,8 +12,18 @@ Every op on the way gets its rule by data flow through relprop's op guard, funct
 ones. A product of two tensors that both depend on x (``x * torch.sigmoid(x)``, ``q @ k``) splits its difference
 exactly: ``ab - a'b' = (a - a')(b + b')/2 + (a + a')/2 (b - b')``. Max pooling and other maxima and minima of one
 tensor split their difference between the input's winner and the reference's, as Captum's rule for max-pooling
-modules does. Normalisations, softmax, divisions by a tensor on the path and maxima of two such tensors have no
-DeepLIFT rule here and are refused, naming the op.
+modules does.
+
+Normalisations (layer, group, RMS and instance norms), the softmax and attention take several inputs at once,
+where the secant of one is not defined. They run as the elementary ops they are made of, each with its rule:
+a layer norm as ``u = a - mean(a)``, ``v = mean(u u)``, ``u rsqrt(v + eps)`` (a product of two tensors on the path,
+a Rescale of the element-wise ``rsqrt``, linear means), attention as ``softmax(q k^T * scale) @ v`` (products of
+two tensors). The softmax is ``e / sum(e)`` with ``e = exp(a - c)`` (``c`` one constant for the input and the
+reference): the product and Rescale rules on those ops, in closed form. So summation to delta stays exact, and a
+norm written by hand (``x * torch.rsqrt(x.pow(2).mean(-1) + eps)``) gets the same attributions as the module.
+Element-wise statistics (``rsqrt``, ``sqrt``, powers, ``reciprocal``) take the Rescale rule. Reductions such as
+``var``, ``std`` and ``norm``, divisions by a tensor on the path and maxima of two such tensors have no DeepLIFT
+rule here and are refused, naming the op.
 
 The input and the reference run as one batch of twice the size, the reference second, as Captum does; every
 tensor on the way must keep the batch in dimension 0, which each non-linearity checks.
@@ -22,8 +32,9 @@ tensor on the way must keep the batch in dimension 0, which each non-linearity c
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -44,7 +55,7 @@ from ..core import (
 )
 from ..errors import ConfigError, ExplanationError
 from ..ops import OpCall
-from ..rules import Route
+from ..rules import Decompose, Route
 from ..rules.elementwise import _added_term, vjp
 from ..safety import protected
 from ._common import (
@@ -104,12 +115,121 @@ def _gradient(site: Site, a: Tensor, grad_output: Tensor) -> Tensor:
     return pullback(lambda t: site.forward(t.clone()), (a,), grad_output)[0]
 
 
+_DECOMPOSED = (ops.LAYER_NORM, ops.GROUP_NORM, ops.INSTANCE_NORM, ops.RMS_NORM, ops.ATTENTION)
+
+
+def _normalised(x: Tensor, dims: tuple[int, ...], eps: float, centre: bool) -> Tensor:
+    """``u / sqrt(mean(u u) + eps)`` over ``dims``, ``u`` x centred (or x itself), in elementary ops."""
+    u = x - x.mean(dims, keepdim=True) if centre else x
+    return u * torch.rsqrt((u * u).mean(dims, keepdim=True) + eps)
+
+
+@dataclass(frozen=True)
+class _Elementary:
+    """Runs a normalisation or attention function as its elementary ops, each of which gets its DeepLIFT rule."""
+
+    def decompose(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = ops.function_name(func)
+        bound = _bound(func, name, args, kwargs)
+        if name in ("scaled_dot_product_attention", "multi_head_attention_forward"):
+            return Decompose().decompose(func, args, kwargs)
+        x = bound["input"]
+        weight, bias = bound.get("weight"), bound.get("bias")
+        if name == "layer_norm":
+            dims = tuple(range(-len(bound["normalized_shape"]), 0))
+            y = _normalised(x, dims, bound.get("eps", 1e-5), centre=True)
+        elif name == "rms_norm":
+            dims = tuple(range(-len(bound["normalized_shape"]), 0))
+            eps = bound.get("eps")
+            y = _normalised(x, dims, torch.finfo(x.dtype).eps if eps is None else eps, centre=False)
+        elif name == "group_norm":
+            groups = bound["num_groups"]
+            grouped = x.reshape(x.shape[0], groups, -1)
+            y = _normalised(grouped, (-1,), bound.get("eps", 1e-5), centre=True).reshape(x.shape)
+        elif name == "instance_norm" and bound.get("use_input_stats", True):
+            y = _normalised(x, tuple(range(2, x.dim())), bound.get("eps", 1e-5), centre=True)
+        elif name == "instance_norm":  # running statistics: an affine map of x
+            shape = (1, -1, *(1,) * (x.dim() - 2))
+            mean, var = bound["running_mean"].reshape(shape), bound["running_var"].reshape(shape)
+            y = (x - mean) * torch.rsqrt(var + bound.get("eps", 1e-5)).detach()
+        else:
+            raise ExplanationError(f"DeepLIFT has no decomposition of '{name}'")
+        if name in ("group_norm", "instance_norm"):  # per channel
+            shape = (1, -1, *(1,) * (x.dim() - 2))
+            weight = None if weight is None else weight.reshape(shape)
+            bias = None if bias is None else bias.reshape(shape)
+        if weight is not None:
+            y = y * weight
+        return y if bias is None else y + bias
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        raise ExplanationError(f"{site!r} runs as its elementary ops under DeepLIFT; it never relays itself")
+
+
+_SIGNATURES = {
+    "layer_norm": ("input", "normalized_shape", "weight", "bias", "eps"),
+    "rms_norm": ("input", "normalized_shape", "weight", "eps"),
+    "group_norm": ("input", "num_groups", "weight", "bias", "eps"),
+    "instance_norm": ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
+}
+
+
+def _bound(func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments by name (the torch.nn.functional signatures of the norms)."""
+    names = _SIGNATURES.get(name)
+    if names is None:
+        return {}
+    bound = dict(zip(names, args))
+    bound.update(kwargs)
+    return bound
+
+
+@dataclass(frozen=True)
+class _Softmax:
+    """The softmax ``y = e / S``, ``e = exp(a - c)``, ``S = sum(e)``, with ``c`` the larger maximum of the input's and
+    the reference's row (one constant for both): the Rescale rule on ``exp`` and on ``1 / S``, the product rule on
+    ``e * (1 / S)``, the sum linear. With ``r = 1 / S`` and the upstream multipliers ``g`` of y, e gets
+    ``g (r + r') / 2 - sum(g (e + e') / 2) / (S S')`` and a gets that times exp's secant."""
+
+    batch: int
+
+    def relevance(
+        self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        if len(inputs) != 1 or not isinstance(site, OpCall):
+            raise ExplanationError(f"DeepLIFT's softmax rule needs one input on the way; {site!r} has {len(inputs)}")
+        dim = site.kwargs.get("dim", site.args[1] if len(site.args) > 1 else None)  # (torch.softmax: no signature)
+        if not isinstance(dim, int):
+            raise ExplanationError(f"DeepLIFT at {site!r}: give the softmax its dim as an int, got {dim!r}")
+        (a,) = inputs
+        a_x, a_ref = _halves(a, self.batch, site)
+        g = _halves(relevance_out, self.batch, site)[0]
+        shift = torch.maximum(a_x.amax(dim, keepdim=True), a_ref.amax(dim, keepdim=True))
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))  # a row masked throughout
+        e_x, e_ref = torch.exp(a_x - shift), torch.exp(a_ref - shift)
+        s_x, s_ref = e_x.sum(dim, keepdim=True), e_ref.sum(dim, keepdim=True)
+        if bool((s_x == 0).any() or (s_ref == 0).any()):
+            raise ExplanationError(
+                f"DeepLIFT at {site!r}: the input's and the reference's scores are so far apart that one side's "
+                "exponentials all underflow to 0; explain in float64 or with a reference closer to the input")
+        r_x, r_ref = 1 / s_x, 1 / s_ref
+        at_e = g * (r_x + r_ref) / 2 - (g * (e_x + e_ref) / 2).sum(dim, keepdim=True) * (r_x * r_ref)
+        delta = a_x - a_ref
+        apart = (delta.abs() >= TOLERANCE) & torch.isfinite(delta)
+        secant = torch.where(apart, (e_x - e_ref) / torch.where(apart, delta, torch.ones_like(delta)), e_x)
+        multiplier = at_e * secant
+        return (torch.cat([multiplier, torch.zeros_like(multiplier)]),)
+
+
 def _refusal(name: str, op: ops.Op | None) -> tuple[str, str]:
     """Why an op without a DeepLIFT rule is refused, and what to do."""
     what = "relprop has no rule for it" if op is None else f"DeepLIFT has no rule for {op!r} here"
-    return what, ("DeepLIFT here covers linear maps, element-wise activations (Rescale), products of two tensors "
-                  "and max pooling; explain this model with method='lrp' (a transformer: preset='attnlrp'), "
-                  "'integrated_gradients' or 'gradient_x_input'")
+    return what, ("DeepLIFT here covers linear maps, element-wise activations and statistics (Rescale), products "
+                  "of two tensors, max pooling, the softmax, attention and layer, group, RMS and instance norms; "
+                  "explain this model with method='lrp' (a transformer: preset='attnlrp'), 'integrated_gradients' or "
+                  "'gradient_x_input'")
 
 
 @dataclass(frozen=True)
@@ -225,7 +345,9 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
     rescale, product = _Rescale(batch), _Product(batch)
     op_rules: dict[ops.Op, Rule] = {**{op: Route() for op in _LINEAR}, ops.ACTIVATION: rescale,
                                     ops.MUL: product, ops.DIV: product, ops.MATMUL: product,
-                                    ops.MAX: _Extremum(batch)}
+                                    ops.MAX: _Extremum(batch), ops.SOFTMAX: _Softmax(batch),
+                                    ops.NORM_STATISTIC: rescale, ops.POWER: rescale,
+                                    **{op: _Elementary() for op in _DECOMPOSED}}
     guard = FunctionalGuard(op_rules, refusal=_refusal)
     several = is_several(target)
     with protected(root), contextlib.ExitStack() as stack:  # the model's lock; Ctrl-C waits for a safe point

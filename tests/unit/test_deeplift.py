@@ -127,8 +127,6 @@ class _Refused(nn.Module):
         h = self.linear(x)
         if self.kind == "variance":
             return h * h.var(-1, keepdim=True)
-        if self.kind == "divide":
-            return h / (h * h + 1)
         if self.kind == "maximum":
             return torch.maximum(h, x)
         return F.relu(h.unsqueeze(1).transpose(0, 1)).transpose(0, 1)[:, 0]  # the batch in dimension 1
@@ -136,7 +134,6 @@ class _Refused(nn.Module):
 
 @pytest.mark.parametrize(("kind", "message"), [
     ("variance", r"Rescale rule needs an element-wise function of one tensor"),
-    ("divide", r"division by a tensor on the way"),
     ("maximum", r"maximum or minimum of 2 tensors on the way"),
     ("time_major", r"shape \(1, 6, 4\), not the batch \(6\) in dimension 0"),
 ])
@@ -296,7 +293,8 @@ class _Norm(nn.Module):
         super().__init__()
         self.kind, self.written_out = kind, written_out
         self.linear, self.head = nn.Linear(6, 8), nn.Linear(8 * 3, 3)
-        self.norm = {"layer": nn.LayerNorm(8), "rms": nn.RMSNorm(8, eps=1e-6), "group": nn.GroupNorm(2, 8),
+        self.norm = {"layer": nn.LayerNorm(8), "layer_divided": nn.LayerNorm(8), "rms": nn.RMSNorm(8, eps=1e-6),
+                     "group": nn.GroupNorm(2, 8),
                      "instance": nn.InstanceNorm1d(8, affine=True),
                      "instance_running": nn.InstanceNorm1d(8, affine=True, track_running_stats=True)}[kind]
         with torch.no_grad():
@@ -321,6 +319,9 @@ class _Norm(nn.Module):
         if self.kind == "layer":
             u = h - h.mean(-1, keepdim=True)
             return u * torch.rsqrt((u * u).mean(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
+        if self.kind == "layer_divided":  # as Hugging Face's ConvNext writes it: a division by a tensor on the path
+            u = h - h.mean(-1, keepdim=True)
+            return u / torch.sqrt(u.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight + norm.bias
         if self.kind == "rms":
             return h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.eps) * norm.weight
         channel = (1, -1, 1)
@@ -334,7 +335,7 @@ class _Norm(nn.Module):
         return normalised * norm.weight.reshape(channel) + norm.bias.reshape(channel)
 
 
-@pytest.mark.parametrize("kind", ["layer", "rms", "group", "instance", "instance_running"])
+@pytest.mark.parametrize("kind", ["layer", "layer_divided", "rms", "group", "instance", "instance_running"])
 def test_a_norm_is_explained_as_the_same_norm_written_out(kind: str) -> None:
     """A norm runs as its elementary ops (means, a product of two tensors on the path, the Rescale of rsqrt): its
     attributions equal those of the norm written out by hand, and sum to delta exactly."""
@@ -419,3 +420,36 @@ def test_a_bert_with_padding_sums_to_delta_per_token() -> None:
         delta = bert(ids, attention_mask=mask).logits[:, 2] - bert(reference, attention_mask=mask).logits[:, 2]
     assert explanation.relevance.shape == (2, 7)
     torch.testing.assert_close(explanation.relevance.sum(1), delta, rtol=1e-9, atol=1e-12)
+
+
+class _Divided(nn.Module):
+    def __init__(self, constant_numerator: bool) -> None:
+        super().__init__()
+        self.constant_numerator, self.linear, self.head = constant_numerator, nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear(x)
+        numerator = torch.linspace(1.0, 2.0, 4, dtype=x.dtype) if self.constant_numerator else h
+        return self.head(torch.div(numerator, h * h + 1.0))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("constant_numerator", [False, True])
+def test_a_division_by_a_tensor_on_the_path_is_the_literal_product_with_its_reciprocal(
+        constant_numerator: bool) -> None:
+    """``a / b``: a gets ``(1/b + 1/b') / 2``, b gets ``-(a + a') / 2 / (b b')``, then b = h h + 1 the product
+    split ``2 (h + h') / 2``; written out here from those formulas."""
+    torch.manual_seed(0)
+    model = _Divided(constant_numerator).double().eval()
+    x, ref = _randn(3, 4), 0.4 * _randn(3, 4, seed=6)
+    got = relprop.explain(model, x, 1, method="deeplift", baseline=ref).relevance
+    with torch.no_grad():
+        h, h_ref = model.linear(x), model.linear(ref)
+        b, b_ref = h * h + 1, h_ref * h_ref + 1
+        a, a_ref = (torch.linspace(1.0, 2.0, 4, dtype=x.dtype).expand(3, 4),) * 2 if constant_numerator else (h, h_ref)
+        g = model.head.weight[1].expand(3, -1)
+        at_b = -g * (a + a_ref) / 2 / (b * b_ref)
+        at_h = at_b * (h + h_ref) + (0 if constant_numerator else g * (1 / b + 1 / b_ref) / 2)
+        want = (x - ref) * (at_h @ model.linear.weight)
+        delta = model(x)[:, 1] - model(ref)[:, 1]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(got.sum(1), delta, rtol=1e-10, atol=1e-13)

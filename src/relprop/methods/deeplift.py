@@ -21,9 +21,10 @@ a Rescale of the element-wise ``rsqrt``, linear means), attention as ``softmax(q
 two tensors). The softmax is ``e / sum(e)`` with ``e = exp(a - c)`` (``c`` one constant for the input and the
 reference): the product and Rescale rules on those ops, in closed form. So summation to delta stays exact, and a
 norm written by hand (``x * torch.rsqrt(x.pow(2).mean(-1) + eps)``) gets the same attributions as the module.
-Element-wise statistics (``rsqrt``, ``sqrt``, powers, ``reciprocal``) take the Rescale rule. Reductions such as
-``var``, ``std`` and ``norm``, divisions by a tensor on the path and maxima of two such tensors have no DeepLIFT
-rule here and are refused, naming the op.
+Element-wise statistics (``rsqrt``, ``sqrt``, powers, ``reciprocal``) take the Rescale rule, and a division by a
+tensor on the path is the product with its reciprocal, whose secant ``-1 / (b b')`` is exact. Reductions such as
+``var``, ``std`` and ``norm`` and maxima of two tensors on the path have no DeepLIFT rule here and are refused,
+naming the op.
 
 The input and the reference run as one batch of twice the size, the reference second, as Captum does; every
 tensor on the way must keep the batch in dimension 0, which each non-linearity checks.
@@ -56,7 +57,7 @@ from ..core import (
 from ..errors import ConfigError, ExplanationError
 from ..ops import OpCall
 from ..rules import Decompose, Route
-from ..rules.elementwise import _added_term, vjp
+from ..rules.elementwise import _added_term, reduce_to, vjp
 from ..safety import protected
 from ._common import (
     OutputSeed,
@@ -263,7 +264,8 @@ class _Rescale:
 class _Product:
     """A product: with one factor on the way a linear map (its gradient); with two, the gradient of each factor
     taken at the mean of the other's two values, ``(b + b') / 2``, which splits ``ab - a'b'`` exactly. A term added
-    to the product (``addmm``'s input, a bias) keeps its gradient. A division by a tensor on the way is refused."""
+    to the product (``addmm``'s input, a bias) keeps its gradient. A division by a tensor on the way is the product
+    with its reciprocal (:meth:`_division`)."""
 
     batch: int
 
@@ -271,9 +273,7 @@ class _Product:
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
         if isinstance(site, OpCall) and site.op is ops.DIV and ({1, "other"} & set(site.keys)):
-            raise ExplanationError(
-                f"DeepLIFT has no rule here for a division by a tensor on the way ({site!r}); if the divisor is a "
-                "statistic meant as a constant, compute it from x.detach()")
+            return self._division(site, relevance_out)
         added = _added_term(site)
         factors = [i for i in range(len(inputs)) if i != added]
         if len(factors) <= 1:
@@ -288,6 +288,35 @@ class _Product:
             (other,) = (j for j in factors if j != i)
             at_mean = tuple(means[j] if j == other else t for j, t in enumerate(inputs))
             grads[i] = vjp(site, at_mean, relevance_out)[i]
+        return tuple(grads)
+
+    def _division(self, site: OpCall, relevance_out: Tensor) -> tuple[Tensor | None, ...]:
+        """``a / b`` with b on the way: the product ``a r`` of ``r = 1 / b``, whose secant ``-1 / (b b')`` is exact
+        (the derivative where ``b = b'``): ``a`` gets ``(r + r') / 2``, ``b`` gets ``-(a + a') / 2 / (b b')``."""
+        numerator = site.args[0] if site.args else site.kwargs.get("input")
+        divisor = site.args[1] if len(site.args) > 1 else site.kwargs.get("other")
+        if site.kwargs.get("rounding_mode") is not None or not isinstance(divisor, Tensor) or \
+                not isinstance(numerator, (Tensor, int, float)):
+            raise ExplanationError(f"DeepLIFT has no rule here for {site!r}")
+        a_x: Tensor | float
+        a_ref: Tensor | float
+        if isinstance(numerator, Tensor) and ({0, "input", "self"} & set(site.keys) or (
+                numerator.dim() == divisor.dim() and numerator.shape[0] == divisor.shape[0])):  # per-sample values
+            a_x, a_ref = _halves(numerator, self.batch, site)
+        else:
+            a_x = a_ref = numerator
+        b_x, b_ref = _halves(divisor, self.batch, site)
+        g = _halves(relevance_out, self.batch, site)[0]
+        r_x, r_ref = 1 / b_x, 1 / b_ref
+        to_divisor = reduce_to(g * (a_x + a_ref) / 2 * -(r_x * r_ref), b_x.shape)
+        grads = []
+        for key in site.keys:
+            if key in (1, "other"):
+                grads.append(torch.cat([to_divisor, torch.zeros_like(to_divisor)]))
+            else:
+                assert isinstance(a_x, Tensor)
+                to_numerator = reduce_to(g * (r_x + r_ref) / 2, a_x.shape)
+                grads.append(torch.cat([to_numerator, torch.zeros_like(to_numerator)]))
         return tuple(grads)
 
 

@@ -204,7 +204,8 @@ class Rule(Protocol):
 # - ``merges_batch_norm = True``: a batch norm fed by a layer with this rule is explained with the layer
 #   (:class:`MergedBatchNorm`).
 # - ``constant_output = True``: at an op site, the result is a constant, off the relevance path.
-# - ``decompose(func, args, kwargs)``: at an op site, computes the op from other ops, which then get their rules.
+# - ``decompose(func, args, kwargs)``: at an op site, computes the op from other ops, which then get their rules;
+#   with ``decomposes(name) -> bool``, only the functions of that name (the others get ``relevance``).
 
 
 @contextlib.contextmanager
@@ -1822,7 +1823,8 @@ class FunctionalGuard(TorchFunctionMode):
                 return _rebind(args[0], result, self._touched, ops.caller_location())  # the model's object holds it
             return result
         decompose = getattr(rule, "decompose", None)
-        if decompose is not None:  # a composite function: its inner ops come through this guard again
+        if decompose is not None and getattr(rule, "decomposes", lambda _: True)(name):
+            # a composite function: its inner ops come through this guard again
             with self.reentered():
                 return decompose(func, args, kwargs)
         twin = ops.out_of_place(func, args, kwargs)

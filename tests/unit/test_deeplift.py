@@ -125,15 +125,12 @@ class _Refused(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.linear(x)
-        if self.kind == "variance":
-            return h * h.var(-1, keepdim=True)
         if self.kind == "maximum":
             return torch.maximum(h, x)
         return F.relu(h.unsqueeze(1).transpose(0, 1)).transpose(0, 1)[:, 0]  # the batch in dimension 1
 
 
 @pytest.mark.parametrize(("kind", "message"), [
-    ("variance", r"Rescale rule needs an element-wise function of one tensor"),
     ("maximum", r"maximum or minimum of 2 tensors on the way"),
     ("time_major", r"shape \(1, 6, 4\), not the batch \(6\) in dimension 0"),
 ])
@@ -453,3 +450,55 @@ def test_a_division_by_a_tensor_on_the_path_is_the_literal_product_with_its_reci
         delta = model(x)[:, 1] - model(ref)[:, 1]
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(got.sum(1), delta, rtol=1e-10, atol=1e-13)
+
+
+class _Statistics(nn.Module):
+    """Linear, a normalisation written with a statistic, tanh, head."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.linear, self.head = kind, nn.Linear(5, 6), nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear(x)
+        centred = h - h.mean(-1, keepdim=True)
+        if self.kind == "layer_norm":
+            h = F.layer_norm(h, (6,), eps=1e-5)
+        elif self.kind == "var":
+            h = centred / torch.sqrt(h.var(-1, keepdim=True, unbiased=False) + 1e-5)
+        elif self.kind == "var_mean":
+            variance, mean = torch.var_mean(h, dim=-1, keepdim=True, correction=0)
+            h = (h - mean) * torch.rsqrt(variance + 1e-5)
+        elif self.kind == "std":
+            h = centred / (h.std(-1, keepdim=True) + 1e-5)
+        elif self.kind == "norm":
+            h = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        elif self.kind == "normalize":
+            h = F.normalize(h, dim=-1)
+        elif self.kind == "var_of_everything":
+            h = h * h.var()
+        return self.head(torch.tanh(h))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["var", "var_mean", "std", "norm", "normalize"])
+def test_statistics_run_as_their_ops_and_sum_to_delta(kind: str) -> None:
+    """var, std, var_mean and the 2-norm (and F.normalize) run as their elementary ops: exact, and a layer norm
+    written with var or var_mean equals F.layer_norm, F.normalize the division by the norm."""
+    torch.manual_seed(0)
+    model = _Statistics(kind).double().eval()
+    x, ref = _randn(3, 5), 0.3 * _randn(3, 5, seed=7)
+    got = relprop.explain(model, x, 1, method="deeplift", baseline=ref).relevance
+    with torch.no_grad():
+        delta = model(x)[:, 1] - model(ref)[:, 1]
+    torch.testing.assert_close(got.sum(1), delta, rtol=1e-10, atol=1e-13)
+    twin = {"var": "layer_norm", "var_mean": "layer_norm", "normalize": "norm"}.get(kind)
+    if twin is not None:
+        other = _Statistics(twin).double().eval()
+        other.load_state_dict(model.state_dict())
+        want = relprop.explain(other, x, 1, method="deeplift", baseline=ref).relevance
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-13)
+
+
+def test_a_statistic_over_the_whole_batch_is_refused() -> None:
+    with pytest.raises(ExplanationError, match="mixes the samples of the batch"):
+        relprop.explain(_Statistics("var_of_everything").double().eval(), _randn(3, 5), 1, method="deeplift")

@@ -21,10 +21,10 @@ a Rescale of the element-wise ``rsqrt``, linear means), attention as ``softmax(q
 two tensors). The softmax is ``e / sum(e)`` with ``e = exp(a - c)`` (``c`` one constant for the input and the
 reference): the product and Rescale rules on those ops, in closed form. So summation to delta stays exact, and a
 norm written by hand (``x * torch.rsqrt(x.pow(2).mean(-1) + eps)``) gets the same attributions as the module.
-Element-wise statistics (``rsqrt``, ``sqrt``, powers, ``reciprocal``) take the Rescale rule, and a division by a
-tensor on the path is the product with its reciprocal, whose secant ``-1 / (b b')`` is exact. Reductions such as
-``var``, ``std`` and ``norm`` and maxima of two tensors on the path have no DeepLIFT rule here and are refused,
-naming the op.
+Element-wise statistics (``rsqrt``, ``sqrt``, powers, ``reciprocal``) take the Rescale rule; ``var``, ``std`` and
+the 2-norm over given dimensions run as their elementary ops; a division by a tensor on the path is the product
+with its reciprocal, whose secant ``-1 / (b b')`` is exact. Maxima of two tensors on the path have no DeepLIFT rule
+here and are refused, naming the op.
 
 The input and the reference run as one batch of twice the size, the reference second, as Captum does; every
 tensor on the way must keep the batch in dimension 0, which each non-linearity checks.
@@ -33,6 +33,7 @@ tensor on the way must keep the batch in dimension 0, which each non-linearity c
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -116,7 +117,7 @@ def _gradient(site: Site, a: Tensor, grad_output: Tensor) -> Tensor:
     return pullback(lambda t: site.forward(t.clone()), (a,), grad_output)[0]
 
 
-_DECOMPOSED = (ops.LAYER_NORM, ops.GROUP_NORM, ops.INSTANCE_NORM, ops.RMS_NORM, ops.ATTENTION)
+_DECOMPOSED = (ops.LAYER_NORM, ops.GROUP_NORM, ops.INSTANCE_NORM, ops.RMS_NORM, ops.ATTENTION, ops.NORMALIZE)
 
 
 def _normalised(x: Tensor, dims: tuple[int, ...], eps: float, centre: bool) -> Tensor:
@@ -134,6 +135,12 @@ class _Elementary:
         bound = _bound(func, name, args, kwargs)
         if name in ("scaled_dot_product_attention", "multi_head_attention_forward"):
             return Decompose().decompose(func, args, kwargs)
+        if name == "normalize":  # x / max(||x||_p over dim, eps), for p = 2
+            x, p = args[0], kwargs.get("p", args[1] if len(args) > 1 else 2.0)
+            dim, eps = kwargs.get("dim", args[2] if len(args) > 2 else 1), kwargs.get("eps", 1e-12)
+            if p != 2:
+                raise ExplanationError(f"DeepLIFT runs F.normalize as its ops for p=2 only, got p={p!r}")
+            return x / torch.sqrt((x * x).sum(dim, keepdim=True)).clamp_min(eps)
         x = bound["input"]
         weight, bias = bound.get("weight"), bound.get("bias")
         if name == "layer_norm":
@@ -260,6 +267,55 @@ class _Rescale:
         return (torch.where(_twice(apart), rescaled, _gradient(site, a, relevance_out)),)
 
 
+_SPREADS = frozenset({"var", "std", "var_mean", "std_mean", "norm", "linalg_vector_norm"})
+
+
+@dataclass(frozen=True)
+class _Statistic(_Rescale):
+    """A norm's statistics: the element-wise ones (``rsqrt``, ``sqrt``, powers, ``reciprocal``) take the Rescale rule;
+    ``var``, ``std`` (and their ``_mean`` forms) and the 2-norm over given dimensions run as their elementary ops
+    (a centred product, a sum, a division by the count, ``sqrt``)."""
+
+    def decomposes(self, name: str) -> bool:
+        return name in _SPREADS
+
+    def decompose(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = ops.function_name(func)
+        x, rest = args[0], list(args[1:])
+        if name in ("norm", "linalg_vector_norm"):
+            order = kwargs.get("ord" if name == "linalg_vector_norm" else "p", rest.pop(0) if rest else 2)
+            dim = kwargs.get("dim", rest.pop(0) if rest else None)
+            keepdim = bool(kwargs.get("keepdim", rest.pop(0) if rest else False))
+            if order not in (2, 2.0, "fro") or dim is None:
+                raise ExplanationError(
+                    f"DeepLIFT runs '{name}' as its ops for the 2-norm over given dimensions (dim=...) only; got "
+                    f"order {order!r}, dim {dim!r} at {ops.caller_location()}")
+            return torch.sqrt((x * x).sum(dim, keepdim=keepdim))
+        dim, unbiased = kwargs.get("dim"), kwargs.get("unbiased")
+        if rest and isinstance(rest[0], bool):
+            unbiased = rest.pop(0)
+        elif rest:
+            dim = rest.pop(0)
+        if rest and isinstance(rest[0], bool):
+            unbiased = rest.pop(0)
+        keepdim = bool(kwargs.get("keepdim", rest.pop(0) if rest else False))
+        correction = kwargs.get("correction", 1 if unbiased is None or unbiased else 0)
+        if dim is None:
+            raise ExplanationError(
+                f"'{name}' over every element at {ops.caller_location()} mixes the samples of the batch, which "
+                "DeepLIFT runs with their references; give it the dimensions of one sample (dim=...)")
+        dims = (dim,) if isinstance(dim, int) else tuple(dim)
+        count = math.prod(x.shape[d] for d in dims)
+        mean = x.mean(dims, keepdim=True)
+        u = x - mean
+        spread = (u * u).sum(dims, keepdim=keepdim) / max(count - correction, 0)
+        if name.startswith("std"):
+            spread = torch.sqrt(spread)
+        if name.endswith("_mean"):
+            return spread, (mean if keepdim else mean.squeeze(dims))
+        return spread
+
+
 @dataclass(frozen=True)
 class _Product:
     """A product: with one factor on the way a linear map (its gradient); with two, the gradient of each factor
@@ -375,7 +431,7 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
     op_rules: dict[ops.Op, Rule] = {**{op: Route() for op in _LINEAR}, ops.ACTIVATION: rescale,
                                     ops.MUL: product, ops.DIV: product, ops.MATMUL: product,
                                     ops.MAX: _Extremum(batch), ops.SOFTMAX: _Softmax(batch),
-                                    ops.NORM_STATISTIC: rescale, ops.POWER: rescale,
+                                    ops.NORM_STATISTIC: _Statistic(batch), ops.POWER: rescale,
                                     **{op: _Elementary() for op in _DECOMPOSED}}
     guard = FunctionalGuard(op_rules, refusal=_refusal)
     several = is_several(target)

@@ -134,6 +134,8 @@ class _Call(nn.Module):
         if self.start is not None:
             return self._from(self.start, z, self._tiled(self.start.x, batch, repeats), kwargs)
         if self.ids is None or self._embedding is None:
+            if self.input_name:  # embeddings given by name (inputs_embeds), which the model may scale in place
+                z = z.clone()
             if self.unit is not None:
                 return self.unit.output_of(lambda: self._model(**{self.input_name: z}, **kwargs)
                                            if self.input_name else self._model(z, **kwargs))
@@ -154,7 +156,8 @@ class _Call(nn.Module):
             if embedded is ids or positions is None and embedded is not None and embedded.shape == ids.shape \
                     and torch.equal(embedded, ids):
                 seen.append(True)
-                vectors = z.reshape(*ids.shape, -1) if bag else z.reshape(output.shape)
+                # a copy: the model may work on its embeddings in place (CTRL scales them), never on the explained z
+                vectors = z.reshape(*ids.shape, -1).clone() if bag else z.reshape(output.shape).clone()
             elif routes is None:
                 raise _Rearranged(f"{module} embeds other ids than the input's: explain again, following them")
             else:

@@ -467,20 +467,61 @@ class _Doubling(nn.Module):
 @pytest.mark.parametrize("writer", ["relu_inplace", "mul_"])
 def test_a_model_that_writes_into_its_input_is_refused_and_the_input_kept(method: str, writer: str) -> None:
     """Such a model changed the caller's x (up to x 4), occlusion explained the changed input without an error, and
-    the gradient methods failed with autograd's in-place error. LRP runs every ruled module on copies: it works."""
+    the gradient methods failed with autograd's in-place error. LRP runs every ruled module on copies: it works.
+    The gradient and the gradient x input (no plain pass) give the model a copy: they explain it as written."""
     torch.manual_seed(0)
     model = (nn.Sequential(nn.ReLU(inplace=True), nn.Linear(4, 3)) if writer == "relu_inplace" else _Doubling())
     model = model.double().eval()
     x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     kept = x.clone()
     options = {"sliding_window_shapes": (1,)} if method == "occlusion" else {}
-    with pytest.raises(ExplanationError, match="changes its input in place"):
-        relprop.explain(model, x, 0, method=method, **options)
+    if method in ("gradient", "gradient_x_input"):
+        leaf = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(model(leaf.clone())[:, 0].sum(), leaf)
+        got = relprop.explain(model, x, 0, method=method, **options).relevance
+        torch.testing.assert_close(got, grad if method == "gradient" else x * grad)
+    else:
+        with pytest.raises(ExplanationError, match="changes its input in place"):
+            relprop.explain(model, x, 0, method=method, **options)
     assert torch.equal(x, kept)
     if writer == "relu_inplace":  # the same model with the ReLU out of place: LRP agrees
         expected = relprop.explain(nn.Sequential(nn.ReLU(), model[1]).eval(), x, 0, method="lrp").relevance
         assert torch.equal(relprop.explain(model, x, 0, method="lrp").relevance, expected)
         assert torch.equal(x, kept)
+
+
+class _ScalingEmbeddings(nn.Module):
+    """Scales its token embeddings in place, as CTRL does (``inputs_embeds *= sqrt(d_model)``), or out of place."""
+
+    def __init__(self, in_place: bool) -> None:
+        super().__init__()
+        self.in_place, self.embedding, self.out = in_place, nn.Embedding(11, 4), nn.Linear(4, 2)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        h = self.embedding(ids)
+        if self.in_place:
+            h.mul_(2.0)
+        else:
+            h = h * 2.0
+        return self.out(torch.tanh(h).mean(1))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("method", "options"), [
+    ("gradient", {}), ("integrated_gradients", {"steps": 4}), ("smoothgrad", {"samples": 3}), ("deeplift", {}),
+    ("guided_backprop", {}), ("lrp", {"preset": "epsilon"}), ("feature_ablation", {}),
+])
+def test_a_model_scaling_its_embeddings_in_place_equals_the_out_of_place_one(method: str, options: dict[str, Any]
+                                                                              ) -> None:
+    """The embedded input reaches the model as a copy. Before, the model scaled relprop's own tensor: integrated
+    gradients and guided backprop failed inside autograd, SmoothGrad and DeepLIFT gave other numbers silently."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model, written_out = _ScalingEmbeddings(True).double().eval(), _ScalingEmbeddings(False).double().eval()
+    written_out.load_state_dict(model.state_dict())
+    ids = torch.tensor([[1, 4, 2, 9, 3], [2, 2, 5, 7, 1]])
+    got = relprop.explain(model, ids, 1, method=method, **options).relevance
+    want = relprop.explain(written_out, ids, 1, method=method, **options).relevance
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-15)
 
 
 # ---------------------------------------------------------------- the scores of the explained forward pass

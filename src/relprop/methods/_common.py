@@ -395,7 +395,7 @@ def gradient_of_target(model: nn.Module, x: Tensor, target: Tensor | OutputSeed)
     """d f_target(x) / dx for a batch (each sample's own target, or the seed's score)."""
     x = x.detach().requires_grad_()
     with torch.enable_grad():
-        output = model(x)
+        output = model(x.clone())  # (a model may work on its input in place: not on the leaf)
         (grad,) = torch.autograd.grad(output, x, start_gradient(output, target))
     return grad
 

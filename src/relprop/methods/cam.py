@@ -57,7 +57,7 @@ def class_activation_map(model: nn.Module, x: Tensor, target: Tensor | OutputSee
             "layer or block (for a transformer, method='lrp' with preset='attnlrp' explains every token)")
     x = x.detach().requires_grad_()
     with recorded_layers(model, [layer], copies=True) as records, torch.enable_grad():
-        output = scores_of(model, model(x))
+        output = scores_of(model, model(x.clone()))  # (a model may work on its input in place: not on the leaf)
         values = records[layer]
         if len(values) != 1:
             raise ExplanationError(

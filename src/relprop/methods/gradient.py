@@ -46,7 +46,7 @@ def _resolved_gradients(
     """
     x = x.detach().requires_grad_()
     with recorded_layers(model, layers, at, copies=True) as records, torch.enable_grad():
-        output = scores_of(model, model(x))
+        output = scores_of(model, model(x.clone()))  # (a model may work on its input in place: not on the leaf)
         if isinstance(target, ClassTarget):
             target = target.resolve(output.detach())
         if is_several(target):

@@ -502,3 +502,18 @@ def test_statistics_run_as_their_ops_and_sum_to_delta(kind: str) -> None:
 def test_a_statistic_over_the_whole_batch_is_refused() -> None:
     with pytest.raises(ExplanationError, match="mixes the samples of the batch"):
         relprop.explain(_Statistics("var_of_everything").double().eval(), _randn(3, 5), 1, method="deeplift")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attributions_that_cancel_beyond_the_dtypes_precision_are_refused(dtype: torch.dtype) -> None:
+    """A layer norm fed by a bias-free layer sees zeros at a zero reference: its secant is 1 / sqrt(eps) there, and
+    those of four such norms multiply. The attributions' absolute values then exceed f(x) - f(x') by far more than
+    the dtype's rounding lets the sum be checked: refused, where a noise reference is explained."""
+    torch.manual_seed(0)
+    blocks = [module for _ in range(4) for module in (nn.Linear(8, 8, bias=False), nn.LayerNorm(8, eps=1e-12))]
+    model = nn.Sequential(nn.Linear(6, 8, bias=False), *blocks, nn.Linear(8, 3)).to(dtype).eval()
+    x = _randn(2, 6).to(dtype)
+    with pytest.raises(ExplanationError, match="attributions cancel.*choose a reference"):
+        relprop.explain(model, x, 1, method="deeplift", baseline=0.0)
+    explanation = relprop.explain(model, x, 1, method="deeplift", baseline=0.3 * _randn(2, 6, seed=8).to(dtype))
+    assert float(explanation.details["summation_gap"].abs().max()) < 1e-4

@@ -486,7 +486,9 @@ def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
     Every rule here sums to delta exactly, up to the derivative taken where an activation's two inputs nearly
     agree, and rounding; a gap above 1e-3 of the scale (16 units of the last place in float16 and bfloat16) means
     the halves of a tensor on the way were not the input's and the reference's (a batch folded with another
-    dimension outermost, (steps * batch, ...))."""
+    dimension outermost, (steps * batch, ...)). Attributions whose absolute values add up to more than that limit
+    over the dtype's precision times ``|delta|`` cancel beyond what the dtype can check (a reference at which a norm
+    sees a constant input), and are refused as well."""
     gap = relevance.sum(1) - delta
     wide = relevance.double()  # the check itself summed without the dtype's rounding
     scale = wide.abs().sum(1) + delta.double().abs()
@@ -498,6 +500,19 @@ def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
             f"{float(delta[worst]):.3g}): the input and the reference run as one batch, split in halves of dimension "
             "0 at every non-linearity, and the model has folded another dimension outside the batch there (a "
             "time-major (steps * batch, ...) layout); explain it with the batch outermost")
+    eps = torch.finfo(relevance.dtype).eps
+    absolute = wide.abs().sum(1)
+    cancelling = (absolute * eps > limit * delta.double().abs()) & (absolute > 0)
+    if bool(cancelling.any()):
+        worst = int((absolute / delta.double().abs().clamp(min=torch.finfo(torch.float64).tiny)).argmax())
+        raise ExplanationError(
+            f"DeepLIFT's attributions cancel: for sample {worst} their absolute values add up to "
+            f"{float(absolute[worst]):.3g}, against f(x) - f(x') = {float(delta[worst]):.3g}, so that "
+            f"{relevance.dtype}'s rounding alone could move their sum by more than {limit:g} of it and no heatmap of "
+            "them means much. Usually a normalisation whose input is constant at the reference (a zero image through "
+            "a convolution without bias, a reference of padding tokens) has a huge secant there; choose a reference "
+            "on which the model's norms see varied values (noise, a blurred image, other tokens), or explain in "
+            "float64")
     return gap
 
 

@@ -541,6 +541,17 @@ def _find_embedding(model: nn.Module) -> nn.Module:
     return embeddings[0]
 
 
+def _embedding_vectors(embedding: nn.Module, ids: Tensor) -> Tensor:
+    """:func:`_token_vectors`, which must be a float tensor (an ExplanationError otherwise)."""
+    vectors = _token_vectors(embedding, ids)
+    if not isinstance(vectors, Tensor) or not vectors.is_floating_point():
+        raise ExplanationError(
+            f"the token embedding {type(embedding).__name__} returns {type(vectors).__name__}, not a tensor of "
+            "embedding vectors (a quantised embedding returns its scale too); pass the embedded sequence "
+            "instead: x = the embeddings, with input_name='inputs_embeds' for a Hugging Face model")
+    return vectors
+
+
 def _token_vectors(embedding: nn.Module, ids: Tensor) -> Any:
     """The embedding vector of each token: the embedding's output, or for an ``nn.EmbeddingBag`` (which reduces
     them per bag) its rows looked up one per token."""
@@ -595,7 +606,7 @@ def _embedded_references(model: nn.Module, x: Tensor, options: Mapping[str, Any]
         if ids.numel() and (int(ids.min()) < 0 or (size is not None and int(ids.max()) >= size)):
             raise ConfigError(f"option {name} holds token ids outside the embedding's vocabulary [0, {size})")
         with torch.no_grad():
-            vectors[name] = _token_vectors(embedding, ids.to(x.device)).detach()
+            vectors[name] = _embedding_vectors(embedding, ids.to(x.device)).detach()
     return {**options, **vectors}
 
 
@@ -862,12 +873,7 @@ def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: boo
     if not x.is_floating_point():
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():
-            inputs = _token_vectors(embedding, x)
-        if not isinstance(inputs, Tensor) or not inputs.is_floating_point():
-            raise ExplanationError(
-                f"the token embedding {type(embedding).__name__} returns {type(inputs).__name__}, not a tensor of "
-                "embedding vectors (a quantised embedding returns its scale too); pass the embedded sequence "
-                "instead: x = the embeddings, with input_name='inputs_embeds' for a Hugging Face model")
+            inputs = _embedding_vectors(embedding, x)
         return _Call(model, embedding=embedding, ids=x, **call), inputs
     if wrap or any(v is not None for v in call.values()):
         return _Call(model, batch=len(x), **call), x

@@ -388,6 +388,10 @@ def test_an_embedding_that_returns_no_tensor_is_refused() -> None:
     model.embedding.register_forward_hook(lambda module, args, output: (output, torch.ones(())))
     with pytest.raises(relprop.ExplanationError, match="returns tuple, not a tensor of embedding vectors"):
         relprop.explain(model, torch.tensor([[1, 2, 3]]))
+    for method in ("deeplift", "integrated_gradients"):  # a baseline of ids was embedded first: an AttributeError
+        with pytest.raises(relprop.ExplanationError, match="returns tuple, not a tensor of embedding vectors"):
+            relprop.explain(model, torch.tensor([[1, 2, 3]]), method=method,
+                            baseline=torch.zeros(1, 3, dtype=torch.long))
 
 
 def test_explanation_is_frozen(mlp, x) -> None:

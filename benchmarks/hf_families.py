@@ -1,13 +1,14 @@
-"""Which Hugging Face model families relprop's transformer presets explain, and which they refuse (and why).
+"""Which Hugging Face model families relprop's transformer presets (and DeepLIFT) explain, and which they refuse.
 
 Each family is built from a tiny config (2 layers, hidden size 32, random weights seeded per family, float64, eval
 mode) with its sequence-classification head (text) or image-classification head (vision), and explained under
-``attnlrp`` and ``cp_lrp`` for target 0 on a batch of 2 (12 token ids, or a 32x32 or 64x64 image). A row holds
-the outcome per preset: ``ok`` with the relative conservation gap |sum R - f(x)| / |f(x)| and the smallest
-|f(x)| (biases, layer-norm shifts and, under attnlrp, the softmax rule keep the gap from 0, and a score that has
-vanished through a randomly initialised model below epsilon is absorbed whole: a sanity figure, not a target),
-``refused`` with the first line of relprop's ExplanationError, or ``crash`` (any other exception: a bug in
-relprop). No weights are downloaded.
+``attnlrp`` and ``cp_lrp`` and with DeepLIFT, for target 0 on a batch of 2 (12 token ids, or a 32x32 or 64x64
+image). A row holds the outcome per preset and for DeepLIFT: ``ok`` with the relative gap and the smallest score
+(LRP: the conservation gap |sum R - f(x)| / |f(x)| and |f(x)|; biases, layer-norm shifts and, under attnlrp, the
+softmax rule keep it from 0, and a score that has vanished through a randomly initialised model below epsilon is
+absorbed whole: a sanity figure, not a target; DeepLIFT: |sum R - (f(x) - f(x'))| / |f(x) - f(x')|), ``refused``
+with the first line of relprop's ExplanationError, or ``crash`` (any other exception: a bug in relprop). No
+weights are downloaded.
 
     PYTHONPATH=src python benchmarks/hf_families.py --threads 1      # all families, under a minute
     PYTHONPATH=src python benchmarks/hf_families.py --families bert,llama --out /tmp/hf.json
@@ -39,6 +40,7 @@ from relprop.files import write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "hf_families.json"
 PRESETS = ("attnlrp", "cp_lrp")
+COLUMNS = (*PRESETS, "deeplift")  # LRP under each preset, and DeepLIFT
 _TEXT = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
          "vocab_size": 120, "num_labels": 3, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
 _VISION = {"num_labels": 3}
@@ -153,18 +155,30 @@ def build(family: str) -> tuple[nn.Module, Tensor]:
     return model, x
 
 
-def outcome(model: nn.Module, x: Tensor, preset: str) -> dict[str, Any]:
-    """``status`` ok / refused / crash, with the relative conservation gap or the message's first line."""
+def outcome(model: nn.Module, x: Tensor, column: str) -> dict[str, Any]:
+    """``status`` ok / refused / crash, with the relative conservation gap or the message's first line. ``column``:
+    an LRP preset, or ``"deeplift"`` (against token id 0, the padding of most families, or a noise image: a zero
+    image makes the norms of bias-free stems see constants, whose attributions DeepLIFT refuses), whose gap is
+    relative to f(x) - f(x')."""
     started = time.perf_counter()
     try:
-        explanation = relprop.explain(model, x, 0, method="lrp", preset=preset)
+        if column == "deeplift":
+            reference = (torch.zeros_like(x) if not x.is_floating_point() else
+                         0.3 * torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1)))
+            explanation = relprop.explain(model, x, 0, method="deeplift", baseline=reference)
+        else:
+            explanation = relprop.explain(model, x, 0, method="lrp", preset=column)
     except relprop.ExplanationError as error:
         return {"status": "refused", "message": str(error).splitlines()[0]}
     except Exception as error:  # anything else is a bug in relprop
         return {"status": "crash", "message": f"{type(error).__name__}: {str(error).splitlines()[0]}"}
-    score = explanation.output[:, 0].abs()
-    gap = explanation.details["conservation_gap"].abs() / score
-    return {"status": "ok", "relative_gap": float(gap.max()), "smallest_score": float(score.min()),
+    if column == "deeplift":
+        gap = explanation.details["summation_gap"]
+        score = (explanation.relevance.flatten(1).sum(1) - gap).abs()  # |f(x) - f(x')|
+    else:
+        score = explanation.output[:, 0].abs()
+        gap = explanation.details["conservation_gap"]
+    return {"status": "ok", "relative_gap": float((gap.abs() / score).max()), "smallest_score": float(score.min()),
             "seconds": time.perf_counter() - started}
 
 
@@ -189,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"family": family, "build_error": f"{type(error).__name__}: {error}"[:300]})
                 continue
             rows.append({"family": family, "kind": FAMILIES[family][0], "input": list(x.shape),
-                         **{preset: outcome(model, x, preset) for preset in PRESETS}})
+                         **{column: outcome(model, x, column) for column in COLUMNS}})
     result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["hf_families.py", *(argv if argv is not None else sys.argv[1:])]),
@@ -200,10 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         cells = [row["build_error"][:60] if "build_error" in row else
                  f"{row[p]['status']} {row[p].get('relative_gap', 0):.1e}" if row[p]["status"] == "ok" else
-                 f"{row[p]['status']}: {row[p]['message'][:60]}" for p in PRESETS]
+                 f"{row[p]['status']}: {row[p]['message'][:60]}" for p in COLUMNS]
         print(f"{row['family']:14s} " + " | ".join(cells))
     print(f"wrote {args.out}")
-    return 1 if any(row.get(p, {}).get("status") == "crash" for row in rows for p in PRESETS) else 0
+    return 1 if any(row.get(p, {}).get("status") == "crash" for row in rows for p in COLUMNS) else 0
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ def test_two_families_write_their_outcomes(tmp_path: Path) -> None:
     for preset in script.PRESETS:  # nystromformer: its 1 / max(sum(k)) is held constant, as a normaliser's
         for family in ("gpt2", "nystromformer"):
             assert rows[family][preset]["status"] == "ok" and rows[family][preset]["smallest_score"] > 0
+    assert rows["gpt2"]["deeplift"]["status"] == "ok" and rows["gpt2"]["deeplift"]["relative_gap"] < 1e-9
+    assert rows["nystromformer"]["deeplift"]["status"] == "refused"  # (its iterations fold the batch)
     cumulative = nn.Sequential(nn.Linear(4, 3), Cumulative()).double().eval()  # no rule for cumsum: a refusal
     refused = script.outcome(cumulative, torch.randn(2, 4, dtype=torch.float64), "attnlrp")
     assert refused["status"] == "refused" and "'cumsum'" in refused["message"]

@@ -517,3 +517,34 @@ def test_attributions_that_cancel_beyond_the_dtypes_precision_are_refused(dtype:
         relprop.explain(model, x, 1, method="deeplift", baseline=0.0)
     explanation = relprop.explain(model, x, 1, method="deeplift", baseline=0.3 * _randn(2, 6, seed=8).to(dtype))
     assert float(explanation.details["summation_gap"].abs().max()) < 1e-4
+
+
+class _InstanceNorm(nn.Module):
+    """An instance norm through the module (F.instance_norm) or through torch.instance_norm, which takes the weight
+    and bias before the running statistics."""
+
+    def __init__(self, direct: bool) -> None:
+        super().__init__()
+        self.direct, self.linear, self.head = direct, nn.Linear(4, 12), nn.Linear(12, 2)
+        self.norm = nn.InstanceNorm1d(3, affine=True)
+        with torch.no_grad():
+            self.norm.weight.copy_(torch.tensor([0.5, 1.0, 2.0]))
+            self.norm.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear(x).reshape(len(x), 3, 4)
+        if self.direct:
+            h = torch.instance_norm(h, self.norm.weight, self.norm.bias, None, None, True, 0.1, 1e-5, False)
+        else:
+            h = self.norm(h)
+        return self.head(torch.tanh(h.flatten(1)))  # type: ignore[no-any-return]
+
+
+def test_torch_instance_norm_is_read_in_its_own_argument_order() -> None:
+    torch.manual_seed(0)
+    direct, module = _InstanceNorm(True).double().eval(), _InstanceNorm(False).double().eval()
+    module.load_state_dict(direct.state_dict())
+    x, ref = _randn(2, 4), 0.3 * _randn(2, 4, seed=9)
+    got = relprop.explain(direct, x, 1, method="deeplift", baseline=ref).relevance
+    want = relprop.explain(module, x, 1, method="deeplift", baseline=ref).relevance
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

@@ -189,6 +189,8 @@ def _bound(func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: d
     names = _SIGNATURES.get(name)
     if names is None:
         return {}
+    if func is torch.instance_norm:  # (torch's own takes the weight and bias first)
+        names = ("input", "weight", "bias", "running_mean", "running_var", "use_input_stats", "momentum", "eps")
     bound = dict(zip(names, args))
     bound.update(kwargs)
     return bound

@@ -23,6 +23,7 @@ from typing import Any
 from ..errors import ConfigError, RelpropError
 from ..files import atomic_write, write_json
 from ..progress import log
+from .cells import CONV_ARCHS, GRID_ARCHS
 from .evaluate import EvalConfig, evaluate, evaluated_epoch, missing_scores, read_evaluation, read_samples
 from .executor import run_tasks
 from .records import check_restored, is_restored, restore_record, save_record
@@ -34,8 +35,6 @@ __all__ = [
     "CONV_ARCHS", "THESIS_RECIPE", "THESIS_EPOCHS", "tables", "cell_dir",
 ]
 
-CONV_ARCHS = ("convdeep", "conv+deep", "convrlstm_sd", "conv+rlstm_sd")
-GRID_ARCHS = ("shallow", "deep", "deep_sd", "rlstm", "rlstm_sd", "rgru", *CONV_ARCHS)
 
 # the thesis's training: Adam lr 2e-4, batch 50, keep probability 0.8, 100 epochs (its final models'
 # result.yaml), its R-LSTM without stationary dropout 200 (THESIS_EPOCHS). The thesis trains a fixed number of

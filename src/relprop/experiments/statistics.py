@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from .cells import GRID_ARCHS
+
 __all__ = ["ALPHA", "FWER", "MARGIN", "MeanCI", "mean_ci", "compare", "anova", "tukey", "conclusions", "pairwise",
            "CLAIMS", "DEEPER", "FINE", "METRICS"]
 
@@ -44,7 +46,7 @@ FINE = ("relevance_on_object",)  # relprop's fine-grained score: the correct blo
 
 # Every architecture of the grid but shallow, each tested against shallow as the thesis's notebook tests every
 # architecture it is given against its base.
-DEEPER = ("deep", "deep_sd", "rlstm", "rlstm_sd", "rgru", "convdeep", "conv+deep", "convrlstm_sd", "conv+rlstm_sd")
+DEEPER = tuple(arch for arch in GRID_ARCHS if arch != "shallow")
 
 # (claim, better architecture, worse architecture, the scores it is tested on): the comparisons each conclusion
 # rests on. The thesis judged "convolutional layers help fine-grained explanations" from heatmaps; here it is

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -114,11 +115,14 @@ def _rows(target: Tensor | OutputSeed, rows: Tensor) -> Tensor | OutputSeed:
     return target if len(target.value) == 1 else OutputSeed(target.value[rows], None)
 
 
-def _joined(results: list[Attribution], parts: list[tuple[Tensor, Tensor]], x: Tensor) -> Attribution:
-    """The results of the parts of a batch put back in the batch's order (relevance and per-sample details)."""
+def _apart(method: Callable[..., Attribution], model: nn.Module, x: Tensor, target: Tensor | OutputSeed,
+           reference: Tensor, parts: list[tuple[Tensor, Tensor]], **options: Any) -> Attribution:
+    """``method`` on each part of the batch (its rows, their targets, masks and references), the results put back in
+    the batch's order (relevance and per-sample details)."""
     relevance = torch.empty_like(x)
     details: dict[str, Tensor] = {}
-    for result, (rows, _) in zip(results, parts):
+    for rows, mask in parts:
+        result = method(model, x[rows], _rows(target, rows), feature_mask=mask, baseline=reference[rows], **options)
         relevance[rows] = result.relevance.to(x.dtype)
         for name, value in result.details.items():
             if name not in details:
@@ -350,10 +354,8 @@ def kernel_shap(
     reference = _baseline(baseline, x)
     parts = None if samples is None else _by_id_sets(feature_mask, x, target)
     if parts is not None:  # (exact values give a group a sample lacks 0, and the others their values without it)
-        return _joined([kernel_shap(model, x[rows], _rows(target, rows), feature_mask=mask,
-                                    baseline=reference[rows], samples=samples, seed=seed, batch_size=batch_size,
-                                    max_evaluations=max_evaluations, progress=progress)
-                        for rows, mask in parts], parts, x)
+        return _apart(kernel_shap, model, x, target, reference, parts, samples=samples, seed=seed,
+                      batch_size=batch_size, max_evaluations=max_evaluations, progress=progress)
     if count < 2:
         raise ConfigError(f"kernel_shap needs at least 2 feature groups, got {count}")
 
@@ -406,10 +408,8 @@ def lime(
     reference = _baseline(baseline, x)
     parts = _by_id_sets(feature_mask, x, target)
     if parts is not None:
-        return _joined([lime(model, x[rows], _rows(target, rows), feature_mask=mask, baseline=reference[rows],
-                             samples=samples, kernel_width=kernel_width, ridge=ridge, seed=seed, batch_size=batch_size,
-                             max_evaluations=max_evaluations, progress=progress)
-                        for rows, mask in parts], parts, x)
+        return _apart(lime, model, x, target, reference, parts, samples=samples, kernel_width=kernel_width,
+                      ridge=ridge, seed=seed, batch_size=batch_size, max_evaluations=max_evaluations, progress=progress)
     generator = torch.Generator().manual_seed(seed)
     z = torch.rand(samples, count, generator=generator) < 0.5
     z[0] = True  # the input itself, as LIME's first sample

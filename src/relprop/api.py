@@ -80,14 +80,15 @@ class _Call(nn.Module):
     ``output`` selects the scores from what the model returns (default: a tensor as it is, else its ``logits``);
     ``unit``: the scores are a module's output instead (:class:`_Unit`); ``start``: the explained float tensor
     replaces a module's output, and the model runs on the input of :class:`_Start`; ``condition``: the backward
-    pass is masked at modules' outputs (:class:`_Condition`).
+    pass is masked at modules' outputs (:class:`_Condition`); ``copy``: the model is given a copy of its float
+    input in every pass (one that writes into its input, :data:`_WRITES_INPUT`).
     """
 
     def __init__(
         self, model: nn.Module, *, embedding: nn.Module | None = None, ids: Tensor | None = None,
         model_kwargs: Mapping[str, Any] | None = None, input_name: str | None = None,
         output: Callable[[Any], Tensor] | None = None, batch: int | None = None, unit: _Unit | None = None,
-        start: _Start | None = None, condition: _Condition | None = None,
+        start: _Start | None = None, condition: _Condition | None = None, copy: bool = False,
     ) -> None:
         super().__init__()
         # plain attributes, none a module, parameter or buffer: set directly (nn.Module.__setattr__ is slow)
@@ -95,7 +96,7 @@ class _Call(nn.Module):
             batch=batch,  # the explained batch size: a method running it several times over gets tiled kwargs
             _model=model,  # not a child: rules attach to the model under its own names
             _embedding=embedding, ids=ids, model_kwargs=dict(model_kwargs or {}), input_name=input_name,
-            output=output, unit=unit, start=start, condition=condition, training=False,
+            output=output, unit=unit, start=start, condition=condition, copy=copy, training=False,
             # the embedding and those that share its weight: a model may embed through a copy of the module that
             # get_input_embeddings() returns (T5's encoder calls embed_tokens, tied to shared); found once a call
             _embeddings=() if embedding is None else _tied(model, embedding),
@@ -111,6 +112,7 @@ class _Call(nn.Module):
         self.unit: _Unit | None
         self.start: _Start | None
         self.condition: _Condition | None
+        self.copy: bool
 
     def relprop_root(self) -> nn.Module:
         model: nn.Module = self._model
@@ -132,10 +134,11 @@ class _Call(nn.Module):
     def _forward(self, z: Tensor, batch: int, repeats: int) -> Tensor:
         kwargs = {name: self._tiled(value, batch, repeats) for name, value in self.model_kwargs.items()}
         if self.start is not None:
-            return self._from(self.start, z, self._tiled(self.start.x, batch, repeats), kwargs)
+            x = self._tiled(self.start.x, batch, repeats)
+            return self._from(self.start, z, x.clone() if self.copy else x, kwargs)
         if self.ids is None or self._embedding is None:
-            if self.input_name:  # embeddings given by name (inputs_embeds), which the model may scale in place
-                z = z.clone()
+            if self.input_name or self.copy:  # embeddings given by name (inputs_embeds), which the model may scale
+                z = z.clone()  # in place (CTRL), or a model seen to write into its input
             if self.unit is not None:
                 return self.unit.output_of(lambda: self._model(**{self.input_name: z}, **kwargs)
                                            if self.input_name else self._model(z, **kwargs))
@@ -232,6 +235,13 @@ class _Call(nn.Module):
 # explained with the ids followed (relprop._ids), which costs a Python call per op of the forward pass; other models
 # run without. A model found to need it on its first explanation is explained again (explain), from the start.
 _REARRANGING: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+# Models seen to write into their float input (an in-place op on it, such as nn.ReLU(inplace=True) first or
+# x.sub_(mean)): explained with a copy of the input given to every pass (_Call's copy), so that no pass changes the
+# caller's tensor or a method's own (an integrated-gradients path point, an occluded batch). Found by the first plain
+# pass (_plain_pass), which runs on a copy; other models are run on the input as it is.
+_WRITES_INPUT: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 class _Rearranged(ExplanationError):
@@ -868,15 +878,16 @@ def _forward_module(model: nn.Module, x: Tensor, call: dict[str, Any], wrap: boo
     """(the module to explain, its float input): token ids run through the embedding; ``wrap``: always a
     :class:`_Call`, which selects the scores from any output of the model."""
     start = call.get("start")
+    copy = model in _WRITES_INPUT
     if start is not None:  # the module's output is the explained input
-        return _Call(model, batch=len(x), **call), start.value
+        return _Call(model, batch=len(x), copy=copy, **call), start.value
     if not x.is_floating_point():
         embedding = _find_embedding(model)
         with _wrapped_errors(model, x), torch.no_grad():
             inputs = _embedding_vectors(embedding, x)
         return _Call(model, embedding=embedding, ids=x, **call), inputs
-    if wrap or any(v is not None for v in call.values()):
-        return _Call(model, batch=len(x), **call), x
+    if wrap or copy or any(v is not None for v in call.values()):
+        return _Call(model, batch=len(x), copy=copy, **call), x
     return model, x
 
 
@@ -889,24 +900,22 @@ def _prepared(model: nn.Module, x: Tensor, call: dict[str, Any]) -> tuple[nn.Mod
     if unit is None and start is not None and start.scores is not None:  # from_layer: as its probe found them
         return forward, inputs, start.scores
     scores = _plain_pass(forward, inputs, model, x)
-    if not isinstance(scores, Tensor):
-        forward = _Call(model)  # a model output such as a Hugging Face ModelOutput: select its logits
+    if not isinstance(scores, Tensor):  # a model output such as a Hugging Face ModelOutput: select its logits
+        forward, _ = _forward_module(model, x, call, wrap=True)
         scores = _plain_pass(forward, inputs, model, x)
+    elif model in _WRITES_INPUT and not (isinstance(forward, _Call) and forward.copy):
+        forward, _ = _forward_module(model, x, call)  # found by this pass: a copy from now on
     return forward, inputs, scores
 
 
 def _plain_pass(forward: nn.Module, inputs: Tensor, model: nn.Module, x: Tensor) -> Any:
     """``forward(inputs)`` without gradients; on a copy where ``inputs`` is the caller's ``x``: a model that writes
     into its input (an in-place op on it, such as ``nn.ReLU(inplace=True)`` first or ``x.sub_(mean)``) changes the
-    copy, not the caller's tensor, and is refused, since the methods' own passes would see a changed input (or fail
-    on autograd's in-place check). (Token ids are the caller's: the embedded input is relprop's own.)"""
+    copy, not the caller's tensor, and is noted in :data:`_WRITES_INPUT`: every later pass gives it a copy. (Token
+    ids are the caller's: the embedded input is relprop's own.)"""
     probe = inputs.clone() if inputs is x else inputs
     with _wrapped_errors(model, x), torch.no_grad():
         output = forward(probe)
     if probe is not inputs and probe._version != 0:
-        raise ExplanationError(
-            f"{type(model).__name__} changes its input in place (an in-place op such as nn.ReLU(inplace=True) or "
-            "x.sub_(mean) on the tensor it is given): the explanation would see a changed input. Make that op "
-            "out of place (inplace=False, x = x - mean) or pass the model a copy in its forward (x = x.clone())"
-        )
+        _WRITES_INPUT.add(model)
     return output

@@ -375,6 +375,23 @@ def test_no_side_effects_after_success_and_failure(method: str, case_id: str, op
     _assert_untouched(failing, before)
 
 
+@pytest.mark.parametrize(("method", "case_id", "options"), CASES, ids=[c[1] for c in CASES])
+def test_a_model_that_writes_into_its_input_is_explained_as_written(make_cnn, method: str, case_id: str,
+                                                                    options: dict[str, Any]) -> None:
+    """nn.ReLU(inplace=True) first (as torchvision's models have it after a stem) writes into the tensor the model
+    is given. Every method explains it as the same model with the ReLU out of place, and the caller's x is kept."""
+    layers = list(make_cnn(pool="max" if options.get("patterns") is _LEARNED else "avg"))
+    writer, twin = nn.Sequential(nn.ReLU(inplace=True), *layers).eval(), nn.Sequential(nn.ReLU(), *layers).eval()
+    options = _for(twin, options)
+    x = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 2 - 1
+    kept = x.clone()
+    got = relprop.explain(writer, x, 1, method=method, **options)
+    assert torch.equal(x, kept), "the caller's input changed"
+    expected = relprop.explain(twin, x, 1, method=method, **options)
+    assert torch.equal(got.output, expected.output)
+    torch.testing.assert_close(got.relevance, expected.relevance, rtol=1e-12, atol=1e-15)
+
+
 class _Uncovered(nn.Module):
     """Linear + BatchNorm (merged while explaining), then something relprop refuses in the middle of the forward."""
 

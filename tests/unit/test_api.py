@@ -466,32 +466,48 @@ class _Doubling(nn.Module):
         return self.linear(x.mul_(2.0))  # type: ignore[no-any-return]
 
 
+class _HalfDoubling(_Doubling):
+    """The same model out of place."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x * 2.0)  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("method", ["gradient", "gradient_x_input", "integrated_gradients", "smoothgrad",
-                                    "guided_backprop", "occlusion"])
-@pytest.mark.parametrize("writer", ["relu_inplace", "mul_"])
-def test_a_model_that_writes_into_its_input_is_refused_and_the_input_kept(method: str, writer: str) -> None:
+                                    "guided_backprop", "occlusion", "lrp"])
+@pytest.mark.parametrize(("writer", "how"), [  # (from _Doubling's one layer, nothing is left to write into)
+    *[(writer, how) for writer in ("relu_inplace", "mul_") for how in ("plain", "output_module", "model_kwargs")],
+    ("relu_inplace", "from_layer")])
+def test_a_model_that_writes_into_its_input_gets_a_copy(method: str, writer: str, how: str) -> None:
     """Such a model changed the caller's x (up to x 4), occlusion explained the changed input without an error, and
-    the gradient methods failed with autograd's in-place error. LRP runs every ruled module on copies: it works.
-    The gradient and the gradient x input (no plain pass) give the model a copy: they explain it as written."""
+    the gradient methods failed with autograd's in-place error; then it was refused. Now the first plain pass (on a
+    copy) finds it, and every pass after gives it a copy: it is explained as the same model out of place, with
+    output=, from_layer= and model_kwargs (each a different way in), and the caller's x is kept."""
     torch.manual_seed(0)
-    model = (nn.Sequential(nn.ReLU(inplace=True), nn.Linear(4, 3)) if writer == "relu_inplace" else _Doubling())
-    model = model.double().eval()
+    linear = nn.Linear(4, 3).double()
+    if writer == "relu_inplace":
+        model, twin = nn.Sequential(nn.ReLU(inplace=True), linear), nn.Sequential(nn.ReLU(), linear)
+    else:
+        model, twin = _Doubling().double(), _HalfDoubling().double()
+        twin.linear = model.linear = linear
+    model, twin = model.eval(), twin.eval()
     x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     kept = x.clone()
-    options = {"sliding_window_shapes": (1,)} if method == "occlusion" else {}
-    if method in ("gradient", "gradient_x_input"):
-        leaf = x.clone().requires_grad_()
-        (grad,) = torch.autograd.grad(model(leaf.clone())[:, 0].sum(), leaf)
-        got = relprop.explain(model, x, 0, method=method, **options).relevance
-        torch.testing.assert_close(got, grad if method == "gradient" else x * grad)
+    options: dict[str, Any] = {"window": (1,)} if method == "occlusion" else {}
+    last = "1" if writer == "relu_inplace" else "linear"
+    if how == "output_module":
+        options["output"], target = last, 0
+    elif how == "from_layer":
+        options["from_layer"], target = "0", 0
     else:
-        with pytest.raises(ExplanationError, match="changes its input in place"):
-            relprop.explain(model, x, 0, method=method, **options)
+        target = 0
+    if how == "model_kwargs":
+        options["model_kwargs"], options["output"] = {}, lambda out: out
+    got = relprop.explain(model, x, target, method=method, **options)
     assert torch.equal(x, kept)
-    if writer == "relu_inplace":  # the same model with the ReLU out of place: LRP agrees
-        expected = relprop.explain(nn.Sequential(nn.ReLU(), model[1]).eval(), x, 0, method="lrp").relevance
-        assert torch.equal(relprop.explain(model, x, 0, method="lrp").relevance, expected)
-        assert torch.equal(x, kept)
+    expected = relprop.explain(twin, x, target, method=method, **options)
+    torch.testing.assert_close(got.relevance, expected.relevance, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(got.output, expected.output, rtol=0, atol=0)
 
 
 class _ScalingEmbeddings(nn.Module):

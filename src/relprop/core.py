@@ -205,7 +205,8 @@ class Rule(Protocol):
 #   (:class:`MergedBatchNorm`).
 # - ``constant_output = True``: at an op site, the result is a constant, off the relevance path.
 # - ``decompose(func, args, kwargs)``: at an op site, computes the op from other ops, which then get their rules;
-#   with ``decomposes(name) -> bool``, only the functions of that name (the others get ``relevance``).
+#   with ``decomposes(name) -> bool``, only the functions of that name (the others get ``relevance``); a call it
+#   returns ``NotImplemented`` for gets ``relevance`` too (a form of the function it does not decompose).
 
 
 @contextlib.contextmanager
@@ -1826,7 +1827,9 @@ class FunctionalGuard(TorchFunctionMode):
         if decompose is not None and getattr(rule, "decomposes", lambda _: True)(name):
             # a composite function: its inner ops come through this guard again
             with self.reentered():
-                return decompose(func, args, kwargs)
+                decomposed = decompose(func, args, kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
         twin = ops.out_of_place(func, args, kwargs)
         call_func, call_args, call_kwargs = twin if twin is not None else (func, args, kwargs)
         keys: tuple[int | str, ...] = (

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import ops
@@ -50,6 +51,7 @@ from ..core import (
     Site,
     attach_rules,
     mark_path,
+    on_path,
     pullback,
     refuse_hidden,
     root_module,
@@ -76,7 +78,6 @@ from ._registry import Attribution, method
 
 __all__ = ["deeplift", "deeplift_shap"]
 
-TOLERANCE = 1e-10  # |a - a'| below it: the derivative at a instead of the secant (Captum's eps)
 _LINEAR = (ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE, ops.DROPOUT, ops.BATCH_NORM,
            ops.ROUTE)
 
@@ -99,10 +100,21 @@ def _mean_of_halves(tensor: Tensor, batch: int, site: Site) -> Tensor:
     return (first + second) / 2
 
 
-def _apart(delta: Tensor) -> tuple[Tensor, Tensor]:
-    """Where the input and the reference differ by at least TOLERANCE, and ``delta`` with 1 elsewhere (a safe
-    divisor: there the derivative replaces the quotient)."""
-    apart = delta.abs() >= TOLERANCE
+def _apart(a: Tensor, a_ref: Tensor) -> tuple[Tensor, Tensor]:
+    """Where the input's ``a`` and the reference's ``a_ref`` differ by at least the square root of the dtype's
+    precision times the larger of their sizes (1.5e-8 in float64, 3.5e-4 in float32), and ``a - a_ref`` with 1
+    elsewhere (a safe divisor: there the derivative at ``a`` replaces the secant).
+
+    Closer than that, the secant's rounding error (the dtype's precision over the relative difference) exceeds the
+    derivative's error (the relative difference itself), and the sum of the attributions moves by no more than
+    rounding. The bound is relative: Captum's absolute 1e-10 takes the derivative at every activation of a model
+    whose values have shrunk below it (a random MobileNetV2's, about 1e-22), whose sum then missed f(x) - f(x') by
+    about twice that difference; in float32 it took secants of differences in the last digits, whose noise put a
+    random EfficientNet-B0's attributions 4.1e-4 away from float64's (2.8e-5 with this bound;
+    tests/unit/test_deeplift.py)."""
+    delta = a - a_ref
+    size = torch.maximum(a.abs(), a_ref.abs())
+    apart = (delta.abs() >= math.sqrt(torch.finfo(delta.dtype).eps) * size) & (delta != 0)
     return apart, torch.where(apart, delta, torch.ones_like(delta))
 
 
@@ -226,9 +238,9 @@ class _Softmax:
                 "exponentials all underflow to 0; explain in float64 or with a reference closer to the input")
         r_x, r_ref = 1 / s_x, 1 / s_ref
         at_e = g * (r_x + r_ref) / 2 - (g * (e_x + e_ref) / 2).sum(dim, keepdim=True) * (r_x * r_ref)
-        delta = a_x - a_ref
-        apart = (delta.abs() >= TOLERANCE) & torch.isfinite(delta)
-        secant = torch.where(apart, (e_x - e_ref) / torch.where(apart, delta, torch.ones_like(delta)), e_x)
+        finite = torch.isfinite(a_x) & torch.isfinite(a_ref)  # (a row masked with -inf throughout)
+        apart, divisor = _apart(torch.where(finite, a_x, 0.0), torch.where(finite, a_ref, 0.0))
+        secant = torch.where(apart, (e_x - e_ref) / divisor, e_x)
         multiplier = at_e * secant
         return (torch.cat([multiplier, torch.zeros_like(multiplier)]),)
 
@@ -245,7 +257,8 @@ def _refusal(name: str, op: ops.Op | None) -> tuple[str, str]:
 @dataclass(frozen=True)
 class _Rescale:
     """The Rescale rule at an element-wise non-linearity ``y = g(a)``: the backward pass multiplies by
-    ``(g(a) - g(a')) / (a - a')`` (by ``g'(a)`` where ``|a - a'| < TOLERANCE``), for both halves of the batch."""
+    ``(g(a) - g(a')) / (a - a')`` (by ``g'(a)`` where a and a' nearly agree, :func:`_apart`), for both halves of
+    the batch."""
 
     batch: int
 
@@ -260,8 +273,7 @@ class _Rescale:
         (a,) = inputs
         a_x, a_ref = _halves(a, self.batch, site)
         y_x, y_ref = _halves(output, self.batch, site)
-        delta = a_x - a_ref
-        apart, divisor = _apart(delta)
+        apart, divisor = _apart(a_x, a_ref)
         secant = _twice((y_x - y_ref) / divisor)
         rescaled = relevance_out * secant
         if bool(apart.all()):
@@ -378,13 +390,45 @@ class _Product:
         return tuple(grads)
 
 
+_EXTREMA = frozenset({"max", "min", "maximum", "minimum", "fmax", "fmin"})
+
+
 @dataclass(frozen=True)
 class _Extremum:
     """Max pooling and other maxima (minima) of one tensor on the way, split exactly as Captum splits max pooling:
     with ``m = max(y, y')``, ``m - y'`` goes to where the input's own maximum is and ``y - m`` to where the
-    reference's is, each divided by ``a - a'`` there; their sum is ``y - y'``."""
+    reference's is, each divided by ``a - a'`` there; their sum is ``y - y'``.
+
+    Two forms run as other ops (:meth:`decompose`): the maximum of two tensors on the way is ``a + relu(b - a)``
+    (the minimum ``a - relu(a - b)``), whose Rescale gives ``(1 - m) (a - a') + m (b - b')``, the same for
+    ``max(b, a)``; a maximum over a dimension that returns its indices too (``x.max(dim)``) is ``amax`` with the
+    indices a constant."""
 
     batch: int
+
+    def decomposes(self, name: str) -> bool:
+        return name in _EXTREMA
+
+    def decompose(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        name = ops.function_name(func)
+        x = args[0] if args else kwargs.get("input")
+        rest = list(args[1:])
+        second = rest.pop(0) if rest else kwargs.get("other", kwargs.get("dim"))
+        minimum = name in ("min", "minimum", "fmin")
+        if not isinstance(x, Tensor) or kwargs.get("out") is not None:
+            return NotImplemented
+        if isinstance(second, Tensor):  # of two tensors (torch.max(a, b) as well)
+            if not (on_path([x]) and on_path([second])):
+                return NotImplemented  # one on the way: an element-wise extremum with a constant
+            return x - F.relu(x - second) if minimum else x + F.relu(second - x)
+        if name in ("max", "min") and isinstance(second, int):  # over a dimension: (values, indices)
+            keepdim = bool(kwargs.get("keepdim", rest.pop(0) if rest else False))
+            values = (torch.amin if minimum else torch.amax)(x, second, keepdim)
+            with torch.no_grad():
+                indices = (torch.argmin if minimum else torch.argmax)(x.detach(), second, keepdim)
+            kind = torch.return_types.min if minimum else torch.return_types.max
+            return kind((values, indices))
+        return NotImplemented
 
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
@@ -401,8 +445,7 @@ class _Extremum:
         cross = torch.minimum(y_x, y_ref) if minimum else torch.maximum(y_x, y_ref)
         routed = vjp(site, inputs, torch.cat([g * (cross - y_ref), g * (y_x - cross)]))[0]  # to each half's winner
         share = sum(_halves(routed, self.batch, site))  # both winners' shares, at their places in the input
-        delta = a_x - a_ref
-        apart, divisor = _apart(delta)
+        apart, divisor = _apart(a_x, a_ref)
         multiplier = share / divisor
         if not bool(apart.all()):
             multiplier = torch.where(apart, multiplier, _halves(vjp(site, inputs, relevance_out)[0], self.batch,
@@ -414,14 +457,14 @@ class _Extremum:
 def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseline: Tensor | float = 0.0,
              layers: Sequence[str] = (), layer_at: str = "output") -> Attribution:
     """DeepLIFT-Rescale against the reference input ``baseline`` (a number, or a tensor that broadcasts to x's
-    shape), with ``details["summation_gap"]``: ``sum R - (f(x) - f(x'))`` per sample, zero up to rounding
-    (an activation whose input differs from the reference's by less than 1e-10 takes its derivative there instead
-    of the secant). At the modules named in ``layers`` (their outputs, or inputs with ``layer_at="input"``) the
-    attributions of their values, ``(a - a') m`` with ``m`` the multipliers there (Captum's ``LayerDeepLift``), in
-    ``Explanation.layers``, and ``details["summation_by_layer"]``, each layer's ``sum - (f(x) - f(x'))`` (zero
-    for a layer that every path from the input to the output passes through, not for one beside a residual). A
-    (batch, k) target gives every result as (batch, k, ...) from one forward pass. See
-    :mod:`relprop.methods.deeplift`."""
+    shape), with ``details["summation_gap"]``: ``sum R - (f(x) - f(x'))`` per sample, zero up to rounding (an
+    activation whose input differs from the reference's by less than the square root of the dtype's precision times
+    their size takes its derivative there instead of the secant). At the modules named in ``layers`` (their outputs,
+    or inputs with ``layer_at="input"``) the attributions of their values, ``(a - a') m`` with ``m`` the multipliers
+    there (Captum's ``LayerDeepLift``), in ``Explanation.layers``, and ``details["summation_by_layer"]``, each
+    layer's ``sum - (f(x) - f(x'))`` (zero for a layer that every path from the input to the output passes through,
+    not for one beside a residual). A (batch, k) target gives every result as (batch, k, ...) from one forward pass.
+    See :mod:`relprop.methods.deeplift`."""
     root = root_module(model)
     scripted = next((name for name, m in root.named_modules() if isinstance(m, torch.jit.ScriptModule)), None)
     if scripted is not None:  # its activations would keep their gradient, unseen
@@ -488,9 +531,10 @@ def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
     Every rule here sums to delta exactly, up to the derivative taken where an activation's two inputs nearly
     agree, and rounding; a gap above 1e-3 of the scale (16 units of the last place in float16 and bfloat16) means
     the halves of a tensor on the way were not the input's and the reference's (a batch folded with another
-    dimension outermost, (steps * batch, ...)). Attributions whose absolute values add up to more than that limit
-    over the dtype's precision times ``|delta|`` cancel beyond what the dtype can check (a reference at which a norm
-    sees a constant input), and are refused as well."""
+    dimension outermost, (steps * batch, ...)), or that values were picked at places found from the values (topk,
+    sort, a gather at argmax's indices), which differ between the two halves. Attributions whose absolute values
+    add up to more than that limit over the dtype's precision times ``|delta|`` cancel beyond what the dtype can
+    check (a reference at which a norm sees a constant input), and are refused as well."""
     gap = relevance.sum(1) - delta
     wide = relevance.double()  # the check itself summed without the dtype's rounding
     scale = wide.abs().sum(1) + delta.double().abs()
@@ -500,8 +544,11 @@ def _checked_gap(relevance: Tensor, delta: Tensor) -> Tensor:
         raise ExplanationError(
             f"DeepLIFT's attributions do not sum to f(x) - f(x') (gap {float(gap[worst]):.3g} against "
             f"{float(delta[worst]):.3g}): the input and the reference run as one batch, split in halves of dimension "
-            "0 at every non-linearity, and the model has folded another dimension outside the batch there (a "
-            "time-major (steps * batch, ...) layout); explain it with the batch outermost")
+            "0 at every non-linearity. Either the model has folded another dimension outside the batch there (a "
+            "time-major (steps * batch, ...) layout; explain it with the batch outermost), or it picks values at "
+            "places found from the values themselves (topk, sort, a gather at the indices of a maximum), which "
+            "are other places for the reference: DeepLIFT here splits only a maximum or minimum so; explain such a "
+            "model with method='integrated_gradients' or 'lrp'")
     eps = torch.finfo(relevance.dtype).eps
     absolute = wide.abs().sum(1)
     cancelling = (absolute * eps > limit * delta.double().abs()) & (absolute > 0)

@@ -208,10 +208,11 @@ def test_lime_on_a_nonlinear_model_is_the_literal_weighted_least_squares() -> No
     torch.testing.assert_close(got.details["intercept"], solution[0], rtol=1e-8, atol=1e-11)
 
 
-@pytest.mark.parametrize("method", ["kernel_shap", "lime"])
+@pytest.mark.parametrize("method", ["kernel_shap", "lime", "shapley_values"])
 def test_sampled_fits_give_each_sample_its_result_alone_when_masks_hold_other_ids(method: str) -> None:
     """Per-sample masks with different sets of ids (sample 1 lacks group 3, sample 2 has an id 7 of its own): the
-    batch is fitted per set of ids, so no sample fits a group it lacks and each gets the result it gets alone."""
+    batch is fitted (sampled Shapley values: its orders drawn) per set of ids, so no sample fits a group it lacks
+    and each gets the result it gets alone."""
     model, x = _model(), _x()
     mask = _quadrants().expand(3, 2, 4, 4).clone()
     mask[1][mask[1] == 3] = 2  # groups 0, 1, 2

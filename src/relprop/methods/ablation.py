@@ -277,11 +277,17 @@ def shapley_values(
     The value of a set of groups is the target score with those groups kept and the others at ``baseline``. With
     ``samples=None``, exact: every coalition (2^G forward passes of the batch, G <= 12 groups). With
     ``samples=N``: the mean over N random orders of the groups (``seed``) of each group's marginal contribution as
-    it is added (N (G + 1) forward passes), as Captum's ``ShapleyValueSampling``. Either way the values sum to
-    ``f(x) - f(baseline)`` (``details["efficiency_gap"]``, rounding).
+    it is added (N (G + 1) forward passes), as Captum's ``ShapleyValueSampling``; where the samples' masks hold
+    different sets of group ids, each set draws its own orders, so that a sample's values do not depend on the rest
+    of the batch. Either way the values sum to ``f(x) - f(baseline)`` (``details["efficiency_gap"]``, rounding).
     """
     groups, count = _groups(feature_mask, x)
     reference = _baseline(baseline, x)
+    parts = None if samples is None else _by_id_sets(feature_mask, x, target)
+    if parts is not None:  # each set of ids its own orders, so that a sample's draws do not depend on the batch
+        return _apart(shapley_values, model, x, target, reference, parts, samples=samples, seed=seed,
+                      batch_size=batch_size, max_evaluations=max_evaluations, progress=progress)
+
     def run(present: Callable[[int, int], Tensor], total: int) -> Tensor:
         return _scores(model, x, target, present, total, groups, reference, batch_size, "shapley_values", progress)
 

@@ -5,8 +5,10 @@ timm names its models ``<family><variant>`` (``resnet50``, ``tf_efficientnet_b0`
 the name up to its first digit or underscore (with a ``tf_`` prefix kept). For each family the script takes one
 model: of the five shortest names without "large", "huge", "giant", "xl" or "base" in them, the one with the
 fewest parameters. It builds it with random weights and 3 classes (float32, eval mode) and explains class 0 of one
-image (64x64, or the model's own input size where it needs that) under ``epsilon_plus_flat`` and ``attnlrp``. A
-row holds the outcome per preset: ``ok``, ``refused`` with the first line of relprop's ExplanationError, ``crash``
+image (64x64, or the model's own input size where it needs that) under ``epsilon_plus_flat`` and ``attnlrp``, and
+by DeepLIFT against a noise image (0.3 times standard normal: a zero image makes the norms of bias-free stems see
+constants, whose attributions DeepLIFT refuses). A row holds the outcome per column: ``ok`` (DeepLIFT's with its
+summation gap relative to f(x) - f(x')), ``refused`` with the first line of relprop's ExplanationError, ``crash``
 (any other exception: a bug in relprop, and the script exits with 1) or ``timeout``. A model that does not build
 or run at that size in plain PyTorch, or has more than 200M parameters, is ``not built`` and left out of the
 counts. No weights are downloaded.
@@ -40,6 +42,7 @@ import relprop  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "timm_families.json"
 PRESETS = ("epsilon_plus_flat", "attnlrp")
+COLUMNS = (*PRESETS, "deeplift")
 _LARGE = ("large", "huge", "giant", "xl", "_l", "base")
 MAX_PARAMETERS = 200_000_000  # a family whose smallest model is larger is left out (memory)
 
@@ -94,7 +97,7 @@ def _input(model: torch.nn.Module) -> torch.Tensor:
 
 
 def run(name: str, timeout: int) -> dict[str, Any]:
-    """One family's row: the model, and per preset its outcome."""
+    """One family's row: the model, and per column its outcome."""
     import timm
 
     row: dict[str, Any] = {"model": name}
@@ -116,17 +119,24 @@ def run(name: str, timeout: int) -> dict[str, Any]:
             raise
         return {**row, "status": "not built", "message": f"{type(error).__name__}: {str(error)[:200]}"}
     row["input"] = list(x.shape)
-    for preset in PRESETS:
+    reference = 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
+    for column in COLUMNS:
         try:
             signal.alarm(timeout)
-            relprop.explain(model, x, 0, method="lrp", preset=preset)
-            row[preset] = {"status": "ok"}
+            if column == "deeplift":
+                explanation = relprop.explain(model, x, 0, method="deeplift", baseline=reference)
+                gap = explanation.details["summation_gap"]
+                difference = (explanation.relevance.flatten(1).sum(1) - gap).abs()  # |f(x) - f(x')|
+                row[column] = {"status": "ok", "gap": float(gap.abs().max()), "difference": float(difference.min())}
+            else:
+                relprop.explain(model, x, 0, method="lrp", preset=column)
+                row[column] = {"status": "ok"}
         except relprop.ExplanationError as error:
-            row[preset] = {"status": "refused", "message": str(error).split("\n")[0][:400]}
+            row[column] = {"status": "refused", "message": str(error).split("\n")[0][:400]}
         except _Timeout:
-            row[preset] = {"status": "timeout"}
+            row[column] = {"status": "timeout"}
         except Exception as error:  # noqa: BLE001  (a crash is the finding)
-            row[preset] = {"status": "crash", "message": f"{type(error).__name__}: {str(error)[:300]}"}
+            row[column] = {"status": "crash", "message": f"{type(error).__name__}: {str(error)[:300]}"}
         finally:
             signal.alarm(0)
     return row
@@ -136,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", default="", help="comma-separated (default: all)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--timeout", type=int, default=120, help="seconds per model and preset")
+    parser.add_argument("--timeout", type=int, default=120, help="seconds per model and column")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     known = families(args.families.split(",") if args.families else None)
@@ -150,12 +160,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for key in tqdm(chosen, desc="families", disable=None):
             rows.append({"family": key, **run(known[key], args.timeout)})
     built = [row for row in rows if row.get("status") != "not built"]
-    explained = {preset: sum(row[preset]["status"] == "ok" for row in built) for preset in PRESETS}
+    explained = {column: sum(row[column]["status"] == "ok" for row in built) for column in COLUMNS}
     write_record(args.out, "timm_families.py", argv, args.threads, ["timm"],
                  {"built": len(built), "explained": explained}, rows)
     print(f"{len(built)} of {len(rows)} families built; explained: "
-          + ", ".join(f"{count} under {preset}" for preset, count in explained.items()))
-    crashed = [row["family"] for row in built if any(row[preset]["status"] == "crash" for preset in PRESETS)]
+          + ", ".join(f"{count} {'by' if column == 'deeplift' else 'under'} {column}"
+                      for column, count in explained.items()))
+    crashed = [row["family"] for row in built if any(row[column]["status"] == "crash" for column in COLUMNS)]
     if crashed:
         print(f"crashed (a relprop bug): {', '.join(crashed)}")
     return 1 if crashed else 0

@@ -121,10 +121,16 @@ FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
                            "moe_intermediate_size": 16, "shared_expert_intermediate_size": 16}),
     "qwen3_moe": ("text", {"num_key_value_heads": 2, "num_experts": 4, "num_experts_per_tok": 2,
                            "moe_intermediate_size": 16, "head_dim": 8}),
+    # added 2026-12-05: DeepSeek-V3's latent attention (its keys copied into slices of a tensor it makes, copy_)
+    # and its mixture of experts from the second layer on (a sigmoid router with a shared expert)
+    "deepseek_v3": ("text", {"num_key_value_heads": 2, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                             "n_group": 1, "topk_group": 1, "moe_intermediate_size": 16, "first_k_dense_replace": 1,
+                             "n_shared_experts": 1, "kv_lora_rank": 8, "q_lora_rank": 8, "qk_rope_head_dim": 4,
+                             "qk_nope_head_dim": 4, "v_head_dim": 8}),
 }
 # their experts run one by one (transformers' "eager" experts): torch's grouped matrix product, the default, takes
 # no float64 (float32 models explain through it too: tests/unit/test_moe.py)
-_EAGER_EXPERTS = frozenset({"mixtral", "qwen2_moe", "qwen3_moe"})
+_EAGER_EXPERTS = frozenset({"mixtral", "qwen2_moe", "qwen3_moe", "deepseek_v3"})
 
 
 def build(family: str) -> tuple[nn.Module, Tensor]:

@@ -1925,9 +1925,12 @@ class FunctionalGuard(TorchFunctionMode):
             result = func(copy, *args[1:], **kwargs)
             changed = _rebind(args[0], copy, self._touched, ops.caller_location(), reshaped=name in ops.INPLACE_VIEWS)
             result = changed if result is copy else result
-        if ops.is_inplace_name(name) and isinstance(args[0], Tensor) and not getattr(args[0], _PATH, False):
-            mark_path(args[0])  # x[i] = y: x now holds path values
-            self._touched.append(args[0])
+        if ops.is_inplace_name(name) and isinstance(args[0], Tensor):
+            # x[i] = y, or y copied into a view of x (x[..., :n].copy_(y)): x now holds path values
+            for held in (args[0], args[0]._base):
+                if held is not None and not getattr(held, _PATH, False):
+                    mark_path(held)
+                    self._touched.append(held)
         if bounded:
             for target in {id(t): t for t in (result, args[0] if ops.is_inplace_name(name) else None)
                            if isinstance(t, Tensor)}.values():

@@ -102,7 +102,7 @@ ROUTE = _op("route", """view view_as reshape reshape_as flatten unflatten permut
     take_along_dim flip fliplr flipud roll rot90 movedim moveaxis swapaxes swapdims to float double half bfloat16
     type type_as cpu cuda __get__ unfold pad pixel_shuffle pixel_unshuffle channel_shuffle native_channel_shuffle
     where masked_fill masked_fill_ topk sort diagonal tril triu index_fill index_fill_ masked_scatter masked_scatter_
-    unsqueeze_ squeeze_ t_ transpose_ swapdims_ swapaxes_ as_strided complex""")
+    unsqueeze_ squeeze_ t_ transpose_ swapdims_ swapaxes_ as_strided complex copy_""")
 # In-place routing ops that change the shape of the tensor they are called on, not its values
 INPLACE_VIEWS = frozenset({"unsqueeze_", "squeeze_", "t_", "transpose_", "swapdims_", "swapaxes_"})
 # Routing ops that bring in values of their own: where each takes them from ((position, keyword), default)

@@ -679,3 +679,42 @@ def test_a_constant_cast_to_a_path_tensor_stays_a_constant(form: str, preset: st
     x = torch.randn(3, 4, dtype=torch.float64)
     explanation = relprop.explain(model, x, 0, method="lrp", preset=preset, epsilon=1e-12, stabilizer=1e-12)
     torch.testing.assert_close(explanation.relevance.sum(1), explanation.score, rtol=1e-9, atol=1e-11)
+
+
+class _Assembled(nn.Module):
+    """Two layers' outputs side by side: by ``cat``, by ``x[..., :4] = a`` into a tensor made in the forward pass, or
+    by ``copy_`` into its slices (DeepSeek-V3's latent attention assembles its keys so)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind, self.a, self.b, self.head = kind, nn.Linear(6, 4), nn.Linear(6, 3), nn.Linear(7, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        a, b = self.a(x), self.b(x)
+        if self.kind == "cat":
+            h = torch.cat([a, b], -1)
+        else:
+            h = a.new_empty(len(x), 7)
+            if self.kind == "setitem":
+                h[..., :4], h[..., 4:] = a, b
+            else:
+                h[..., :4].copy_(a)
+                h[..., 4:].copy_(b)
+        return self.head(torch.relu(h))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", ["setitem", "copy"])
+@pytest.mark.parametrize(("method", "options"), [("lrp", {"preset": "epsilon"}), ("lrp", {"preset": "zplus"}),
+                                                 ("deeplift", {})])
+def test_values_copied_into_a_new_tensor_keep_their_relevance(kind: str, method: str, options: dict[str, Any]
+                                                             ) -> None:
+    """``copy_`` into slices of a tensor the forward pass made routes each slice's relevance to its source, as
+    ``cat`` does; it was refused (no rule), which kept Hugging Face's DeepSeek-V3 from being explained."""
+    torch.manual_seed(0)
+    joined, model = _Assembled("cat").double().eval(), _Assembled(kind).double().eval()
+    model.load_state_dict(joined.state_dict())
+    x = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    got = relprop.explain(model, x, 1, method=method, **options)
+    expected = relprop.explain(joined, x, 1, method=method, **options)
+    torch.testing.assert_close(got.relevance, expected.relevance, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(got.output, expected.output, rtol=0, atol=0)

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,9 +83,32 @@ _LINEAR = (ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE, o
            ops.ROUTE)
 
 
+class _Precisions(threading.local):
+    """The floating dtypes of the tensors the rules of this thread's running :func:`deeplift` split (None outside
+    one): a model may compute in a coarser dtype than its input (Hugging Face's LLaMA casts its RMS norm to
+    float32 in a float64 model), and the attributions are then known only to that dtype's precision."""
+
+    seen: set[torch.dtype] | None = None
+
+
+_PRECISIONS = _Precisions()
+
+
+@contextlib.contextmanager
+def _precisions() -> Iterator[set[torch.dtype]]:
+    """Collect the dtypes the rules see (:class:`_Precisions`) while the body runs."""
+    outer, _PRECISIONS.seen = _PRECISIONS.seen, set()
+    try:
+        yield _PRECISIONS.seen
+    finally:
+        _PRECISIONS.seen = outer
+
+
 def _halves(tensor: Tensor, batch: int, site: Site) -> tuple[Tensor, Tensor]:
     """The input's and the reference's part of a tensor on the way: the two halves of dimension 0, which holds the
     batch of 2 * ``batch`` (times any dimension folded into it, the batch outermost: (batch * steps, ...))."""
+    if _PRECISIONS.seen is not None and tensor.is_floating_point():
+        _PRECISIONS.seen.add(tensor.dtype)
     if tensor.dim() == 0 or tensor.shape[0] == 0 or tensor.shape[0] % (2 * batch):
         where = site if isinstance(site, OpCall) else type(site).__name__
         raise ExplanationError(
@@ -495,6 +519,7 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
         stack.enter_context(attach_rules(model, modules, guard=guard, in_region=True))
         records = stack.enter_context(recorded_layers(model, layers, layer_at))
         stack.enter_context(torch.enable_grad())
+        dtypes = stack.enter_context(_precisions())
         with guard, explained_forward():
             output = model(both)
         refuse_hidden((output,), lambda: f"the output of {type(root).__name__}")
@@ -524,7 +549,8 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
         return target_major((first - second).unsqueeze(0) * multipliers.chunk(2, dim=1)[0])
 
     relevance = attributed(both, grad)
-    gap = _checked_gap(relevance.reshape(len(delta), -1), delta, torch.maximum(high.abs(), low.abs()))
+    coarsest = max(dtypes | {relevance.dtype}, key=lambda dtype: torch.finfo(dtype).eps)
+    gap = _checked_gap(relevance.reshape(len(delta), -1), delta, torch.maximum(high.abs(), low.abs()), coarsest)
     layer_relevance = stacked({name: [attributed(v, m) for v, m in zip(records[name], at_layers[name])]
                                for name in layers})
     details = {"summation_gap": gap}
@@ -534,9 +560,11 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
     return result.per_target(target.shape[1]) if several and isinstance(target, Tensor) else result
 
 
-def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor) -> Tensor:
+def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor, coarsest: torch.dtype) -> Tensor:
     """``sum R - delta`` per row of ``relevance`` (rows, features); an ExplanationError where it is not rounding.
-    ``size``: the larger of ``|f(x)|`` and ``|f(x')|`` per row.
+    ``size``: the larger of ``|f(x)|`` and ``|f(x')|`` per row; ``coarsest``: the least precise dtype of the values
+    the rules saw (a model may compute its norms in float32 inside a float64 model), whose precision bounds the
+    attributions'.
 
     Every rule here sums to delta exactly, up to the derivative taken where an activation's two inputs nearly
     agree, and rounding; a gap above 1e-3 of the scale (16 units of the last place in float16 and bfloat16) means
@@ -544,7 +572,9 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor) -> Tensor:
     dimension outermost, (steps * batch, ...)), or that values were picked at places found from the values (topk,
     sort, a gather at argmax's indices), which differ between the two halves. Attributions whose absolute values
     add up to more than that limit over the dtype's precision times ``|delta|`` cancel beyond what the dtype can
-    check (a reference at which a norm sees a constant input), and are refused as well.
+    check (a reference at which a norm sees a constant input), and are refused as well; the dtype's precision is
+    ``coarsest``'s (Hugging Face's Gemma and Qwen3 in float64, their RMS norms in float32, gave attributions adding
+    up to 1e6 times the difference with token 0 as the reference, which float32 knows to 0.1-0.25 of it).
 
     Both checks allow 16 units of the last place of the scores themselves besides: f(x) - f(x') is known no better
     (a random model whose scores hardly depend on its input: timm's ConvMixer, RepVGG and CSPNeXt, where the
@@ -552,7 +582,7 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor) -> Tensor:
     gap = relevance.sum(1) - delta
     wide = relevance.double()  # the check itself summed without the dtype's rounding
     scale = wide.abs().sum(1) + delta.double().abs()
-    eps = torch.finfo(relevance.dtype).eps
+    eps = torch.finfo(coarsest).eps
     limit = max(1e-3, 16 * eps)
     floor = 16 * eps * size.double()  # the scores' own rounding
     if bool(((wide.sum(1) - delta.double()).abs() > limit * scale + floor).any()):
@@ -564,9 +594,10 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor) -> Tensor:
             "time-major (steps * batch, ...) layout; explain it with the batch outermost), or it picks values at "
             "places found from the values themselves (topk, sort, a gather at the indices of a maximum), which "
             "are other places for the reference: DeepLIFT here splits only a maximum or minimum so; explain such a "
-            "model with method='integrated_gradients' or 'lrp'" + ("" if relevance.dtype == torch.float64 else
-            f". In {relevance.dtype} it may also be rounding inside the model where f(x) - f(x') is small against "
-            "the values there: explain in float64 to tell"))
+            "model with method='integrated_gradients' or 'lrp'" + ("" if coarsest == torch.float64 else
+            f". In {coarsest} it may also be rounding inside the model where f(x) - f(x') is small against the "
+            "values there" + (": explain in float64 to tell" if coarsest == relevance.dtype else
+                              f" (the model computes some of its values in {coarsest})")))
     absolute = wide.abs().sum(1)
     cancelling = (absolute * eps > limit * delta.double().abs() + floor) & (absolute > 0)
     if bool(cancelling.any()):
@@ -574,11 +605,13 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor) -> Tensor:
         raise ExplanationError(
             f"DeepLIFT's attributions cancel: for sample {worst} their absolute values add up to "
             f"{float(absolute[worst]):.3g}, against f(x) - f(x') = {float(delta[worst]):.3g}, so that "
-            f"{relevance.dtype}'s rounding alone could move their sum by more than {limit:g} of it and no heatmap of "
-            "them means much. Usually a normalisation whose input is constant at the reference (a zero image through "
-            "a convolution without bias, a reference of padding tokens) has a huge secant there; choose a reference "
-            "on which the model's norms see varied values (noise, a blurred image, other tokens), or explain in "
-            "float64")
+            f"{coarsest}'s rounding alone could move their sum by more than {limit:g} of it and no heatmap of them "
+            "means much" + ("" if coarsest == relevance.dtype else
+                            f" (the model computes some of its values in {coarsest}, a norm cast to it)") +
+            ". Usually a normalisation whose input is constant at the reference (a zero image through a convolution "
+            "without bias, a reference of padding tokens) has a huge secant there; choose a reference on which the "
+            "model's norms see varied values (noise, a blurred image, other tokens)" +
+            (", or explain in float64" if coarsest == relevance.dtype != torch.float64 else ""))
     return gap
 
 

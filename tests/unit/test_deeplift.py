@@ -171,6 +171,31 @@ def test_a_difference_below_the_scores_rounding_is_not_refused() -> None:
     assert bool((gap != 0).any()) and float(gap.abs().max()) <= 16 * torch.finfo(torch.float32).eps
 
 
+class _PickedAndCancelled(nn.Module):
+    """The larger of features 0 and 1 (topk: the input's and the reference's at other places) plus ``scale`` times
+    features 2 and 3, equal in every sample, taken apart: attributions of +-scale that cancel exactly."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        picked = x[:, :2].topk(1, dim=1).values
+        return picked + self.scale * (x[:, 2:3] - x[:, 3:4])
+
+
+def test_a_gap_hidden_by_cancelling_attributions_is_refused() -> None:
+    """topk routes the input's half at the input's maximum and the reference's at its own, so the sum misses
+    f(x) - f(x') by x'_i - x'_j where the two maxima lie apart. The 1e-3 of the attributions' absolute sum that the
+    check allowed was 2 here, and the gap of 0.5 passed silently; the allowance is now the square root of
+    the precision (1.5e-8 in float64) of that sum, the derivatives' bound, besides 1e-3 of the difference."""
+    x = torch.tensor([[2.0, 0.0, 1.0, 1.0]], dtype=torch.float64)
+    ref = torch.tensor([[0.0, 0.5, 0.0, 0.0]], dtype=torch.float64)  # the maximum at feature 1, the input's at 0
+    for scale in (0.0, 1e3):  # (without the cancelling pair the old check refused it too)
+        with pytest.raises(ExplanationError, match=r"do not sum to f\(x\) - f\(x'\) \(gap 0.5 against 1.5\)"):
+            relprop.explain(_PickedAndCancelled(scale).eval(), x, 0, method="deeplift", baseline=ref)
+
+
 class _CastNorm(nn.Module):
     """An RMS norm computed in float32 inside a float64 model (``cast``, as Hugging Face's LLaMA computes it), or
     in the model's dtype; its input at the zero reference is the first layer's bias, 1e-4 of its weights' scale."""

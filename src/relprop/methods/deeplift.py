@@ -566,27 +566,30 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor, coarsest: torch
     the rules saw (a model may compute its norms in float32 inside a float64 model), whose precision bounds the
     attributions'.
 
-    Every rule here sums to delta exactly, up to the derivative taken where an activation's two inputs nearly
-    agree, and rounding; a gap above 1e-3 of the scale (16 units of the last place in float16 and bfloat16) means
-    the halves of a tensor on the way were not the input's and the reference's (a batch folded with another
-    dimension outermost, (steps * batch, ...)), or that values were picked at places found from the values (topk,
-    sort, a gather at argmax's indices), which differ between the two halves. Attributions whose absolute values
-    add up to more than that limit over the dtype's precision times ``|delta|`` cancel beyond what the dtype can
-    check (a reference at which a norm sees a constant input), and are refused as well; the dtype's precision is
-    ``coarsest``'s (Hugging Face's Gemma and Qwen3 in float64, their RMS norms in float32, gave attributions adding
-    up to 1e6 times the difference with token 0 as the reference, which float32 knows to 0.1-0.25 of it).
+    Every rule here sums to delta exactly, up to the derivative taken where an activation's two inputs nearly agree
+    (each such term off by at most the square root of the dtype's precision of itself, :func:`_apart`), and
+    rounding; a gap above 1e-3 of delta (16 units of the last place in float16 and bfloat16) plus that root of the
+    precision times the attributions' absolute sum means the halves of a tensor on the way were not the input's and
+    the reference's (a batch folded with another dimension outermost, (steps * batch, ...)), or that values were
+    picked at places found from the values (topk, sort, a gather at argmax's indices), which differ between the two
+    halves. Attributions whose absolute values add up to more than that limit over the dtype's precision times
+    ``|delta|`` cancel beyond what the dtype can check (a reference at which a norm sees a constant input), and are
+    refused as well; the dtype's precision is ``coarsest``'s (Hugging Face's Gemma and Qwen3 in float64, their RMS
+    norms in float32, gave attributions adding up to 1e6 times the difference with token 0 as the reference, which
+    float32 knows to 0.1-0.25 of it).
 
     Both checks allow 16 units of the last place of the scores themselves besides: f(x) - f(x') is known no better
     (a random model whose scores hardly depend on its input: timm's ConvMixer, RepVGG and CSPNeXt, where the
     difference was 0 or one unit of the last place and the attributions summed to 1e-13)."""
     gap = relevance.sum(1) - delta
     wide = relevance.double()  # the check itself summed without the dtype's rounding
-    scale = wide.abs().sum(1) + delta.double().abs()
+    absolute = wide.abs().sum(1)
     eps = torch.finfo(coarsest).eps
     limit = max(1e-3, 16 * eps)
     floor = 16 * eps * size.double()  # the scores' own rounding
-    if bool(((wide.sum(1) - delta.double()).abs() > limit * scale + floor).any()):
-        worst = int((gap.abs() / scale.clamp(min=torch.finfo(scale.dtype).tiny)).argmax())
+    allowed = limit * delta.double().abs() + math.sqrt(eps) * absolute + floor
+    if bool(((wide.sum(1) - delta.double()).abs() > allowed).any()):
+        worst = int((gap.abs() / allowed.clamp(min=torch.finfo(allowed.dtype).tiny)).argmax())
         raise ExplanationError(
             f"DeepLIFT's attributions do not sum to f(x) - f(x') (gap {float(gap[worst]):.3g} against "
             f"{float(delta[worst]):.3g}): the input and the reference run as one batch, split in halves of dimension "
@@ -598,7 +601,6 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor, coarsest: torch
             f". In {coarsest} it may also be rounding inside the model where f(x) - f(x') is small against the "
             "values there" + (": explain in float64 to tell" if coarsest == relevance.dtype else
                               f" (the model computes some of its values in {coarsest})")))
-    absolute = wide.abs().sum(1)
     cancelling = (absolute * eps > limit * delta.double().abs() + floor) & (absolute > 0)
     if bool(cancelling.any()):
         worst = int((absolute / delta.double().abs().clamp(min=torch.finfo(torch.float64).tiny)).argmax())

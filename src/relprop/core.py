@@ -1796,7 +1796,10 @@ class FunctionalGuard(TorchFunctionMode):
         if rule is None or op is None:
             if not self.strict:
                 self._check_operands(func, args, kwargs)
-                return mark_path(func(*args, **kwargs))
+                result = mark_path(func(*args, **kwargs))
+                if ops.is_inplace_name(name) and isinstance(args[0], Tensor):
+                    self._written(args[0])
+                return result
             return self._refuse(func, name, op, args, kwargs)
         self._check_operands(func, args, kwargs)  # the other operands of an op on the path
         if kwargs.get("out") is not None:
@@ -1926,11 +1929,7 @@ class FunctionalGuard(TorchFunctionMode):
             changed = _rebind(args[0], copy, self._touched, ops.caller_location(), reshaped=name in ops.INPLACE_VIEWS)
             result = changed if result is copy else result
         if ops.is_inplace_name(name) and isinstance(args[0], Tensor):
-            # x[i] = y, or y copied into a view of x (x[..., :n].copy_(y)): x now holds path values
-            for held in (args[0], args[0]._base):
-                if held is not None and not getattr(held, _PATH, False):
-                    mark_path(held)
-                    self._touched.append(held)
+            self._written(args[0])
         if bounded:
             for target in {id(t): t for t in (result, args[0] if ops.is_inplace_name(name) else None)
                            if isinstance(t, Tensor)}.values():
@@ -1944,6 +1943,14 @@ class FunctionalGuard(TorchFunctionMode):
                     and result.dtype == args[0].dtype:
                 setattr(result, _PRODUCER, getattr(args[0], _PRODUCER))
         return mark_path(result)
+
+    def _written(self, held: Tensor) -> None:
+        """``held`` was written into in place with values of the path (``x[i] = y``, or ``y`` copied into a view of
+        ``x``: ``x[..., :n].copy_(y)``): it, and the tensor it is a view of, now hold path values."""
+        for tensor in (held, held._base):
+            if tensor is not None and not getattr(tensor, _PATH, False):
+                mark_path(tensor)
+                self._touched.append(tensor)
 
     def _refuse(self, func: Any, name: str, op: Op | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if op is None and not ops.is_inplace_name(name) and ops.out_of_place(func, args, kwargs) is None:

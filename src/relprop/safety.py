@@ -177,6 +177,7 @@ def explaining(function: _F) -> _F:
         region = _Region(model, restore_grad_mode=True)
         try:
             region.open()
+            kept = _histories(model)
             try:
                 if region.interruptible:
                     _MAIN.mode = "raise"
@@ -185,7 +186,27 @@ def explaining(function: _F) -> _F:
             finally:
                 if region.interruptible:
                     _MAIN.mode = "defer"
+                _drop_new_histories(model, kept)
         finally:
             region.close()
 
     return cast(_F, wrapper)
+
+
+def _histories(model: nn.Module) -> set[int]:
+    """The buffers of ``model`` that hold an autograd history already (ids)."""
+    return {id(buffer) for buffer in model.buffers() if buffer.grad_fn is not None}
+
+
+def _drop_new_histories(model: nn.Module, kept: set[int]) -> None:
+    """A model that writes explained values into its own buffers in its forward pass (a cache:
+    ``self.cache[:n].copy_(h)``) leaves them holding the explained pass's autograd history, which its plain forward
+    pass without gradients would not: the next call would find a buffer computed from an input, and the graph
+    would stay alive. Those buffers are detached in place, keeping the values the forward pass wrote."""
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None and buffer.grad_fn is not None and id(buffer) not in kept:
+                try:
+                    buffer.detach_()
+                except RuntimeError:  # a view of another tensor cannot be detached in place
+                    module._buffers[name] = buffer.detach()

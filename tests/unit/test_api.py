@@ -1011,3 +1011,37 @@ def test_gradient_shap_at_a_module_that_runs_twice_gives_each_class_its_calls() 
                                          layers=["shared"]).layers["shared"].shape == (2, 2, 2, 4)
     for j, c in enumerate([0, 2]):
         torch.testing.assert_close(both[:, j], relprop.explain(model, x, c, **options).layers["shared"])
+
+
+class _Caching(nn.Module):
+    """Writes its hidden values into a buffer of its own in the forward pass, as a cache does, then reads them."""
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how, self.linear, self.head = how, nn.Linear(4, 4), nn.Linear(4, 2)
+        self.register_buffer("cache", torch.zeros(3, 4))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.linear(x)
+        if self.how == "copy_":
+            self.cache[:len(x)].copy_(h)
+        else:
+            self.cache[:len(x)] = h
+        return self.head(torch.relu(self.cache[:len(x)]))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("how", ["copy_", "setitem"])
+@pytest.mark.parametrize("method", ["lrp", "gradient", "guided_backprop"])
+def test_a_model_writing_into_its_own_buffer_keeps_no_autograd_history(how: str, method: str) -> None:
+    """The buffer held the explained pass's autograd history after the call, which a plain forward pass does not
+    leave: the next explanation refused it as computed by code relprop cannot see. It keeps the values the forward
+    pass wrote, and explaining again gives the same result."""
+    torch.manual_seed(0)
+    model = _Caching(how).double().eval()
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    first = relprop.explain(model, x, 0, method=method)
+    assert model.cache.grad_fn is None and not model.cache.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(model.cache, model.linear(x), rtol=0, atol=0)
+    again = relprop.explain(model, x, 0, method=method)
+    torch.testing.assert_close(again.relevance, first.relevance, rtol=0, atol=0)

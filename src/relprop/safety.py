@@ -174,6 +174,8 @@ def explaining(function: _F) -> _F:
 
     @functools.wraps(function)
     def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(model, nn.Module):  # no lock to take: the function's own checks say what is wrong
+            return function(model, *args, **kwargs)
         region = _Region(model, restore_grad_mode=True)
         try:
             region.open()

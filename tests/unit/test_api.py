@@ -152,6 +152,13 @@ def test_bad_input(mlp, bad: object, pattern: str) -> None:
         relprop.explain(mlp, bad, method="gradient")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("model", [lambda x: x, "resnet18", None])
+def test_a_model_that_is_no_module(x, model: object) -> None:
+    """A function or a name was an AttributeError from inside relprop's lock ('named_modules')."""
+    with pytest.raises(ConfigError, match=f"model must be a torch.nn.Module, got {type(model).__name__}"):
+        relprop.explain(model, x, method="gradient")  # type: ignore[arg-type]
+
+
 def test_model_in_training_mode(mlp, x) -> None:
     mlp.train()
     with pytest.raises(ExplanationError, match="training mode.*eval()"):

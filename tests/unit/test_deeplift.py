@@ -4,6 +4,7 @@ functional, and its refusals. (Against Captum's DeepLift: tests/reference/test_a
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -194,6 +195,21 @@ def test_a_gap_hidden_by_cancelling_attributions_is_refused() -> None:
     for scale in (0.0, 1e3):  # (without the cancelling pair the old check refused it too)
         with pytest.raises(ExplanationError, match=r"do not sum to f\(x\) - f\(x'\) \(gap 0.5 against 1.5\)"):
             relprop.explain(_PickedAndCancelled(scale).eval(), x, 0, method="deeplift", baseline=ref)
+
+
+@pytest.mark.parametrize(("scale", "dtype", "advice"), [(200.0, torch.float32, ", or explain in float64"),
+                                                       (2000.0, torch.float64, "")])
+def test_a_softmax_whose_exponentials_underflow_is_refused_with_the_distance(scale: float, dtype: torch.dtype,
+                                                                            advice: str) -> None:
+    """The input's largest softmax score lies ``scale`` above the reference's, whose exponentials then all underflow
+    (beyond 87 in float32, 708 in float64). float64 helps only where the distance is below its bound."""
+    model = nn.Sequential(nn.Linear(2, 3, bias=False), nn.Softmax(-1)).to(dtype).eval()
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([[scale, 0.0], [0.0, scale], [0.0, 0.0]]))
+    x, ref = torch.tensor([[1.0, 0.5]], dtype=dtype), torch.tensor([[-1.0, -1.0]], dtype=dtype)
+    with pytest.raises(ExplanationError, match=rf"maxima by up to {re.escape(f'{scale:.3g}')}.*closer to the input"
+                                               rf"{advice}$"):
+        relprop.explain(model, x, 0, method="deeplift", baseline=ref)
 
 
 class _CastNorm(nn.Module):

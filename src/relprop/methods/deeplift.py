@@ -265,9 +265,13 @@ class _Softmax:
         e_x, e_ref = torch.exp(a_x - shift), torch.exp(a_ref - shift)
         s_x, s_ref = e_x.sum(dim, keepdim=True), e_ref.sum(dim, keepdim=True)
         if bool((s_x == 0).any() or (s_ref == 0).any()):
+            distance = float((a_x.amax(dim) - a_ref.amax(dim)).abs().nan_to_num(0.0).max())
+            underflow = -math.log(torch.finfo(a_x.dtype).tiny)
             raise ExplanationError(
-                f"DeepLIFT at {site!r}: the input's and the reference's scores are so far apart that one side's "
-                "exponentials all underflow to 0; explain in float64 or with a reference closer to the input")
+                f"DeepLIFT at {site!r}: the input's and the reference's scores lie so far apart (their rows' maxima "
+                f"by up to {distance:.3g}; exp underflows {underflow:.0f} below the maximum in {a_x.dtype}) that one "
+                "side's exponentials all underflow to 0; choose a reference closer to the input" +
+                (", or explain in float64" if a_x.dtype != torch.float64 and distance < 700 else ""))
         r_x, r_ref = 1 / s_x, 1 / s_ref
         at_e = g * (r_x + r_ref) / 2 - (g * (e_x + e_ref) / 2).sum(dim, keepdim=True) * (r_x * r_ref)
         finite = torch.isfinite(a_x) & torch.isfinite(a_ref)  # (a row masked with -inf throughout)

@@ -179,7 +179,8 @@ def explaining(function: _F) -> _F:
         region = _Region(model, restore_grad_mode=True)
         try:
             region.open()
-            kept = _histories(model)
+            holders = _buffer_holders(model)
+            kept = _histories(holders)
             try:
                 if region.interruptible:
                     _MAIN.mode = "raise"
@@ -188,24 +189,32 @@ def explaining(function: _F) -> _F:
             finally:
                 if region.interruptible:
                     _MAIN.mode = "defer"
-                _drop_new_histories(model, kept)
+                _drop_new_histories(holders, kept)
         finally:
             region.close()
 
     return cast(_F, wrapper)
 
 
-def _histories(model: nn.Module) -> set[int]:
-    """The buffers of ``model`` that hold an autograd history already (ids)."""
-    return {id(buffer) for buffer in model.buffers() if buffer.grad_fn is not None}
+def _buffer_holders(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that have buffers (from its cached structure: a few microseconds)."""
+    from .core import named_modules  # (core imports this module)
+
+    return [module for _, module in named_modules(model) if module._buffers]
 
 
-def _drop_new_histories(model: nn.Module, kept: set[int]) -> None:
+def _histories(holders: list[nn.Module]) -> set[int]:
+    """The buffers of ``holders`` that hold an autograd history already (ids)."""
+    return {id(buffer) for module in holders for buffer in module._buffers.values()
+            if buffer is not None and buffer.grad_fn is not None}
+
+
+def _drop_new_histories(holders: list[nn.Module], kept: set[int]) -> None:
     """A model that writes explained values into its own buffers in its forward pass (a cache:
     ``self.cache[:n].copy_(h)``) leaves them holding the explained pass's autograd history, which its plain forward
     pass without gradients would not: the next call would find a buffer computed from an input, and the graph
     would stay alive. Those buffers are detached in place, keeping the values the forward pass wrote."""
-    for module in model.modules():
+    for module in holders:
         for name, buffer in module._buffers.items():
             if buffer is not None and buffer.grad_fn is not None and id(buffer) not in kept:
                 try:

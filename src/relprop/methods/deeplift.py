@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -83,32 +82,9 @@ _LINEAR = (ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE, o
            ops.ROUTE)
 
 
-class _Precisions(threading.local):
-    """The floating dtypes of the tensors the rules of this thread's running :func:`deeplift` split (None outside
-    one): a model may compute in a coarser dtype than its input (Hugging Face's LLaMA casts its RMS norm to
-    float32 in a float64 model), and the attributions are then known only to that dtype's precision."""
-
-    seen: set[torch.dtype] | None = None
-
-
-_PRECISIONS = _Precisions()
-
-
-@contextlib.contextmanager
-def _precisions() -> Iterator[set[torch.dtype]]:
-    """Collect the dtypes the rules see (:class:`_Precisions`) while the body runs."""
-    outer, _PRECISIONS.seen = _PRECISIONS.seen, set()
-    try:
-        yield _PRECISIONS.seen
-    finally:
-        _PRECISIONS.seen = outer
-
-
 def _halves(tensor: Tensor, batch: int, site: Site) -> tuple[Tensor, Tensor]:
     """The input's and the reference's part of a tensor on the way: the two halves of dimension 0, which holds the
     batch of 2 * ``batch`` (times any dimension folded into it, the batch outermost: (batch * steps, ...))."""
-    if _PRECISIONS.seen is not None and tensor.is_floating_point():
-        _PRECISIONS.seen.add(tensor.dtype)
     if tensor.dim() == 0 or tensor.shape[0] == 0 or tensor.shape[0] % (2 * batch):
         where = site if isinstance(site, OpCall) else type(site).__name__
         raise ExplanationError(
@@ -248,6 +224,10 @@ class _Softmax:
     ``g (r + r') / 2 - sum(g (e + e') / 2) / (S S')`` and a gets that times exp's secant."""
 
     batch: int
+    # the dtypes of the tensors it splits, shared by the rules of one call: a model may compute in a coarser dtype
+    # than its input (Hugging Face's LLaMA casts its RMS norm to float32 in a float64 model), and its attributions
+    # are then known only to that dtype's precision (_checked_gap)
+    seen: set[torch.dtype] = field(default_factory=set, compare=False)
 
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
@@ -258,6 +238,7 @@ class _Softmax:
         if not isinstance(dim, int):
             raise ExplanationError(f"DeepLIFT at {site!r}: give the softmax its dim as an int, got {dim!r}")
         (a,) = inputs
+        self.seen.add(a.dtype)
         a_x, a_ref = _halves(a, self.batch, site)
         g = _halves(relevance_out, self.batch, site)[0]
         shift = torch.maximum(a_x.amax(dim, keepdim=True), a_ref.amax(dim, keepdim=True))
@@ -297,6 +278,7 @@ class _Rescale:
     the batch."""
 
     batch: int
+    seen: set[torch.dtype] = field(default_factory=set, compare=False)
 
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
@@ -307,6 +289,7 @@ class _Rescale:
                 f"{len(inputs)} such inputs of shapes {[tuple(t.shape) for t in inputs]} for an output of shape "
                 f"{tuple(output.shape)}")
         (a,) = inputs
+        self.seen.add(a.dtype)
         a_x, a_ref = _halves(a, self.batch, site)
         y_x, y_ref = _halves(output, self.batch, site)
         apart, divisor = _apart(a_x, a_ref)
@@ -374,10 +357,12 @@ class _Product:
     with its reciprocal (:meth:`_division`)."""
 
     batch: int
+    seen: set[torch.dtype] = field(default_factory=set, compare=False)
 
     def relevance(
         self, site: Site, inputs: tuple[Tensor, ...], output: Tensor, relevance_out: Tensor
     ) -> tuple[Tensor | None, ...]:
+        self.seen.update(t.dtype for t in inputs)
         if isinstance(site, OpCall) and site.op is ops.DIV and ({1, "other"} & set(site.keys)):
             return self._division(site, relevance_out)
         added = _added_term(site)
@@ -441,6 +426,7 @@ class _Extremum:
     indices a constant."""
 
     batch: int
+    seen: set[torch.dtype] = field(default_factory=set, compare=False)
 
     def decomposes(self, name: str) -> bool:
         return name in _EXTREMA
@@ -474,6 +460,7 @@ class _Extremum:
                 f"DeepLIFT has no rule here for a maximum or minimum of {len(inputs)} tensors on the way ({site!r}); "
                 "explain this model with method='lrp' or 'integrated_gradients'")
         (a,) = inputs
+        self.seen.add(a.dtype)
         a_x, a_ref = _halves(a, self.batch, site)
         y_x, y_ref = _halves(output, self.batch, site)
         g = _halves(relevance_out, self.batch, site)[0]
@@ -508,11 +495,12 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
     reference = torch.as_tensor(baseline).to(x).expand_as(x)  # (its shape and values: relprop.validate)
     batch = len(x)
     both = mark_path(torch.cat([x.detach(), reference]).requires_grad_())
-    rescale, product = _Rescale(batch), _Product(batch)
+    seen: set[torch.dtype] = set()  # the dtypes the rules split
+    rescale, product = _Rescale(batch, seen), _Product(batch, seen)
     op_rules: dict[ops.Op, Rule] = {**{op: Route() for op in _LINEAR}, ops.ACTIVATION: rescale,
                                     ops.MUL: product, ops.DIV: product, ops.MATMUL: product,
-                                    ops.MAX: _Extremum(batch), ops.SOFTMAX: _Softmax(batch),
-                                    ops.NORM_STATISTIC: _Statistic(batch), ops.POWER: rescale,
+                                    ops.MAX: _Extremum(batch, seen), ops.SOFTMAX: _Softmax(batch, seen),
+                                    ops.NORM_STATISTIC: _Statistic(batch, seen), ops.POWER: rescale,
                                     **{op: _Elementary() for op in _DECOMPOSED}}
     guard = FunctionalGuard(op_rules, refusal=_refusal)
     several = is_several(target)
@@ -523,7 +511,6 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
         stack.enter_context(attach_rules(model, modules, guard=guard, in_region=True))
         records = stack.enter_context(recorded_layers(model, layers, layer_at))
         stack.enter_context(torch.enable_grad())
-        dtypes = stack.enter_context(_precisions())
         with guard, explained_forward():
             output = model(both)
         refuse_hidden((output,), lambda: f"the output of {type(root).__name__}")
@@ -553,7 +540,7 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
         return target_major((first - second).unsqueeze(0) * multipliers.chunk(2, dim=1)[0])
 
     relevance = attributed(both, grad)
-    coarsest = max(dtypes | {relevance.dtype}, key=lambda dtype: torch.finfo(dtype).eps)
+    coarsest = max(seen | {relevance.dtype}, key=lambda dtype: torch.finfo(dtype).eps)
     gap = _checked_gap(relevance.reshape(len(delta), -1), delta, torch.maximum(high.abs(), low.abs()), coarsest)
     layer_relevance = stacked({name: [attributed(v, m) for v, m in zip(records[name], at_layers[name])]
                                for name in layers})

@@ -172,3 +172,21 @@ def test_a_mixture_with_more_components_than_samples_is_a_config_error() -> None
 
     with pytest.raises(ConfigError, match="mixture of 5 components needs at least 5 samples"):
         GaussianMixturePrior.fit(torch.randn(3, 4, dtype=torch.float64), k=5)
+
+
+def test_a_buffer_the_forward_pass_writes_into_keeps_no_autograd_history() -> None:
+    """A cache written in the forward pass held the optimised input's autograd history after the call."""
+
+    class Caching(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.head = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)
+            self.register_buffer("cache", torch.zeros(1, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.cache[:len(x)] = self.linear(x)
+            return self.head(torch.relu(self.cache[:len(x)]))  # type: ignore[no-any-return]
+
+    model = Caching().eval()
+    activation_maximization(model, 1, shape=(4,), config=Maximization(steps=1))
+    assert model.cache.grad_fn is None and not model.cache.requires_grad

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from relprop.core import eval_mode
 from relprop.errors import ConfigError, ExplanationError, boundary
+from relprop.safety import explaining
 
 __all__ = [
     "DensityModel", "GaussianMixturePrior", "GaussianPrior", "Maximization", "activation_maximization", "prototypes",
@@ -198,6 +199,7 @@ class Maximization:
 
 
 @boundary("relprop.methods.maximization.prototypes")
+@explaining  # the model's lock; grad mode restored; buffers the forward pass wrote into detached (relprop.safety)
 def prototypes(
     model: nn.Module,
     classes: Sequence[int] | Tensor,

@@ -759,14 +759,15 @@ def test_neuron_methods_match_captums(name: str, layer: str) -> None:
 
 @pytest.mark.parametrize("layer", ["conv2", "relu2"])
 def test_gradient_shap_of_a_unit_agrees_with_captums_neuron_gradient_shap_in_expectation(layer: str) -> None:
-    """As GradientSHAP of a class: two Monte Carlo estimates of one expectation, 2000 draws each (measured 1.3% and
-    1.7% apart)."""
+    """As GradientSHAP of a class: two Monte Carlo estimates of one expectation, 2000 draws each (1.0% and 1.8% apart;
+    numpy seeded, as Captum draws its path points from numpy's global generator)."""
     from captum.attr import NeuronGradientShap
 
     model, x = _model("cnn-avg"), _input("cnn-avg")
     unit = _active_unit(model, x, layer)
     references = 0.3 * _input("cnn-avg", seed=7)[:3]
     torch.manual_seed(0)
+    np.random.seed(0)
     want = NeuronGradientShap(model, getattr(model, layer)).attribute(x, unit, baselines=references,
                                                                       n_samples=2000)
     got = relprop.explain(model, x, unit, method="gradient_shap", output=layer, baselines=references, samples=2000)

@@ -206,7 +206,8 @@ class Rule(Protocol):
 # - ``constant_output = True``: at an op site, the result is a constant, off the relevance path.
 # - ``decompose(func, args, kwargs)``: at an op site, computes the op from other ops, which then get their rules;
 #   with ``decomposes(name) -> bool``, only the functions of that name (the others get ``relevance``); a call it
-#   returns ``NotImplemented`` for gets ``relevance`` too (a form of the function it does not decompose).
+#   returns ``NotImplemented`` for gets ``relevance`` too (a form of the function it does not decompose), or runs
+#   as it is with ``gradient_is_relevance``: it is asked first, so it may only check the call (DeepLIFT's top-k).
 
 
 @contextlib.contextmanager
@@ -1808,6 +1809,14 @@ class FunctionalGuard(TorchFunctionMode):
             constant = _constant_source(args) or _constant_source(kwargs.values())
             if constant is not None:
                 raise _constant_error(f"'{name}' at {ops.caller_location()}", constant)
+        decompose = getattr(rule, "decompose", None)
+        if decompose is not None and getattr(rule, "decomposes", lambda _: True)(name):
+            # a composite function: its inner ops come through this guard again (a rule may also only look at the call
+            # and return NotImplemented: DeepLIFT's check of a top-k selection)
+            with self.reentered():
+                decomposed = decompose(func, args, kwargs)
+            if decomposed is not NotImplemented:
+                return decomposed
         if getattr(rule, "gradient_is_relevance", False):
             return self._run_as_is(func, name, args, kwargs)
         if getattr(rule, "constant_output", False):  # e.g. CP-LRP's softmax: the result leaves the path
@@ -1826,13 +1835,6 @@ class FunctionalGuard(TorchFunctionMode):
             if twin is not None and isinstance(args[0], Tensor) and isinstance(result, Tensor):
                 return _rebind(args[0], result, self._touched, ops.caller_location())  # the model's object holds it
             return result
-        decompose = getattr(rule, "decompose", None)
-        if decompose is not None and getattr(rule, "decomposes", lambda _: True)(name):
-            # a composite function: its inner ops come through this guard again
-            with self.reentered():
-                decomposed = decompose(func, args, kwargs)
-            if decomposed is not NotImplemented:
-                return decomposed
         twin = ops.out_of_place(func, args, kwargs)
         call_func, call_args, call_kwargs = twin if twin is not None else (func, args, kwargs)
         keys: tuple[int | str, ...] = (

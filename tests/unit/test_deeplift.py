@@ -173,7 +173,8 @@ def test_a_difference_below_the_scores_rounding_is_not_refused() -> None:
 
 
 class _PickedAndCancelled(nn.Module):
-    """The larger of features 0 and 1 (topk: the input's and the reference's at other places) plus ``scale`` times
+    """The larger of features 0 and 1 (the first of a descending sort: the input's and the reference's at other
+    places, which the summation check catches, as a top-k selection is caught at the op) plus ``scale`` times
     features 2 and 3, equal in every sample, taken apart: attributions of +-scale that cancel exactly."""
 
     def __init__(self, scale: float) -> None:
@@ -181,12 +182,12 @@ class _PickedAndCancelled(nn.Module):
         self.scale = scale
 
     def forward(self, x: Tensor) -> Tensor:
-        picked = x[:, :2].topk(1, dim=1).values
+        picked = x[:, :2].sort(dim=1, descending=True).values[:, :1]
         return picked + self.scale * (x[:, 2:3] - x[:, 3:4])
 
 
 def test_a_gap_hidden_by_cancelling_attributions_is_refused() -> None:
-    """topk routes the input's half at the input's maximum and the reference's at its own, so the sum misses
+    """sort routes the input's half at the input's maximum and the reference's at its own, so the sum misses
     f(x) - f(x') by x'_i - x'_j where the two maxima lie apart. The 1e-3 of the attributions' absolute sum that the
     check allowed was 2 here, and the gap of 0.5 passed silently; the allowance is now the square root of
     the precision (1.5e-8 in float64) of that sum, the derivatives' bound, besides 1e-3 of the difference."""
@@ -358,11 +359,21 @@ class _Refused(nn.Module):
         h = self.linear(x)
         if self.kind == "topk":  # the input's two largest against the reference's, at other places
             return torch.cat([h.topk(2, dim=1).values, h], 1)
+        if self.kind == "sort":  # the same by a sort, which only the summation check catches
+            return torch.cat([h.sort(dim=1, descending=True).values[:, :2], h], 1)
+        if self.kind == "topk_over_batch":  # the largest sample of each feature: across the input and the reference
+            return h - h.topk(1, dim=0).values
+        if self.kind == "scalar":  # scaled by a sum over the whole batch: the input's and the reference's together
+            return h * h.sum()
         return F.relu(h.unsqueeze(1).transpose(0, 1)).transpose(0, 1)[:, 0]  # the batch in dimension 1
 
 
 @pytest.mark.parametrize(("kind", "message"), [
-    ("topk", r"do not sum to f\(x\) - f\(x'\).*places found from the values themselves \(topk"),
+    ("topk", r"DeepLIFT at topk at .*test_deeplift\.py:\d+: the input and the reference select different values "
+             r"in [1-3] of 3 rows"),
+    ("sort", r"do not sum to f\(x\) - f\(x'\).*places found from the values themselves \(sort"),
+    ("topk_over_batch", r"DeepLIFT at topk at .*: the selection runs over dimension 0"),
+    ("scalar", r"at mul .* a tensor on the way is a scalar, computed over the whole batch"),
     ("time_major", r"shape \(1, 6, 4\), not the batch \(6\) in dimension 0"),
 ])
 def test_ops_without_a_deeplift_rule_are_refused(kind: str, message: str) -> None:
@@ -779,3 +790,83 @@ def test_torch_instance_norm_is_read_in_its_own_argument_order() -> None:
     got = relprop.explain(direct, x, 1, method="deeplift", baseline=ref).relevance
     want = relprop.explain(module, x, 1, method="deeplift", baseline=ref).relevance
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+class _TopPooled(nn.Module):
+    """ReLU units, the 3 largest of them (``topk``, or a gather at ``places`` given: the literal twin of a selection
+    that the input and the reference share), then a linear head."""
+
+    def __init__(self, places: Tensor | None = None) -> None:
+        super().__init__()
+        self.places, self.units, self.head = places, nn.Linear(8, 6), nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(self.units(x))
+        if self.places is None:
+            return self.head(h.topk(3, dim=1).values)  # type: ignore[no-any-return]
+        return self.head(h.gather(1, self.places.repeat(len(h) // len(self.places), 1)))  # type: ignore[no-any-return]
+
+
+def test_a_top_k_selection_of_tied_values_is_the_gather_at_the_input_places() -> None:
+    """At the zero reference every unit is 0 (the bias is -5), so the reference's top 3 are ties at other places than
+    the input's, of the same values: the selection is then a gather at the input's places, exactly."""
+    torch.manual_seed(0)
+    model = _TopPooled().double().eval()
+    with torch.no_grad():
+        model.units.bias.fill_(-5.0)
+    x = 4 * _randn(4, 8, seed=1)
+    with torch.no_grad():
+        places = torch.relu(model.units(x)).topk(3, dim=1).indices
+    assert bool((places != torch.arange(3)).any())  # the reference's own choice (0, 1, 2) is another one
+    twin = _TopPooled(places).double().eval()
+    twin.load_state_dict(model.state_dict())
+    explanation = relprop.explain(model, x, 0, method="deeplift")
+    torch.testing.assert_close(explanation.relevance, relprop.explain(twin, x, 0, method="deeplift").relevance,
+                               rtol=0, atol=0)
+    assert float(explanation.details["summation_gap"].abs().max()) < 1e-12
+
+
+class _DenseMixture(nn.Module):
+    """A mixture of 4 experts, each token's top 2 by a bias-free router, their weights renormalised, every expert
+    run on every token (no rows regrouped): a scaled input (0.5 x) is routed as the input, a noise reference not."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.router, self.experts = nn.Linear(6, 4, bias=False), nn.ModuleList(nn.Linear(6, 3) for _ in range(4))
+
+    def forward(self, x: Tensor) -> Tensor:  # x: (batch, tokens, 6)
+        out = torch.stack([F.relu(expert(x)) for expert in self.experts], 2)  # (batch, tokens, 4, 3)
+        weights, chosen = F.softmax(self.router(x), -1).topk(2, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        picked = out.gather(2, chosen.unsqueeze(-1).expand(-1, -1, -1, 3))  # (batch, tokens, 2, 3)
+        return (picked * weights.unsqueeze(-1)).sum((1, 2))  # type: ignore[no-any-return]
+
+
+def test_a_mixture_of_experts_is_explained_where_the_reference_is_routed_alike_and_refused_at_its_router() -> None:
+    torch.manual_seed(0)
+    model = _DenseMixture().double().eval()
+    x = _randn(2, 5, 6, seed=1)
+    explanation = relprop.explain(model, x, 1, method="deeplift", baseline=0.5 * x)
+    delta = model(x)[:, 1] - model(0.5 * x)[:, 1]
+    assert float((explanation.details["summation_gap"] / delta.detach()).abs().max()) < 1e-12
+    with pytest.raises(ExplanationError, match=r"DeepLIFT at topk at .*test_deeplift\.py:\d+: the input and the "
+                                               r"reference select different values in [12] of 2 rows .*mixture of"):
+        relprop.explain(model, x, 1, method="deeplift", baseline=_randn(2, 5, 6, seed=2))
+
+
+def test_mixtral_under_deeplift_is_refused_at_its_router() -> None:
+    """Hugging Face's Mixtral folds its tokens into rows (batch * tokens, hidden) and routes each row to 2 of 4
+    experts; with token 3 as the reference the choices differ, and the error names the router's topk, not the
+    regrouped rows further on. (Token 0, the padding token, embeds as zeros, which the router scores alike for
+    every expert: ties, of the same values as at the input's places, so the check passes there, and the summation
+    check refuses the rows regrouped per expert.)"""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MixtralConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, num_labels=3, pad_token_id=0,
+                                        num_local_experts=4, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    model = transformers.MixtralForSequenceClassification(config).eval()
+    ids = torch.randint(1, 60, (2, 7), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ExplanationError, match=r"DeepLIFT at topk at .*modeling_mixtral\.py:\d+: the input and the "
+                                               r"reference select different values in \d+ of 14 rows"):
+        relprop.explain(model, ids, 1, method="deeplift", baseline=torch.full_like(ids, 3))

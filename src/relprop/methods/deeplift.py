@@ -23,8 +23,9 @@ reference): the product and Rescale rules on those ops, in closed form. So summa
 norm written by hand (``x * torch.rsqrt(x.pow(2).mean(-1) + eps)``) gets the same attributions as the module.
 Element-wise statistics (``rsqrt``, ``sqrt``, powers, ``reciprocal``) take the Rescale rule; ``var``, ``std`` and
 the 2-norm over given dimensions run as their elementary ops; a division by a tensor on the path is the product
-with its reciprocal, whose secant ``-1 / (b b')`` is exact. Maxima of two tensors on the path have no DeepLIFT rule
-here and are refused, naming the op.
+with its reciprocal, whose secant ``-1 / (b b')`` is exact. The maximum of two tensors on the path runs as
+``a + relu(b - a)``. A top-k selection is a linear map where the input and the reference select the same places,
+and refused, naming the op, where they do not (a mixture of experts' router).
 
 The input and the reference run as one batch of twice the size, the reference second, as Captum does; every
 tensor on the way must keep the batch in dimension 0, which each non-linearity checks.
@@ -85,12 +86,19 @@ _LINEAR = (ops.ADD, ops.SUB, ops.SUM, ops.MEAN, ops.AVG_POOL, ops.INTERPOLATE, o
 def _halves(tensor: Tensor, batch: int, site: Site) -> tuple[Tensor, Tensor]:
     """The input's and the reference's part of a tensor on the way: the two halves of dimension 0, which holds the
     batch of 2 * ``batch`` (times any dimension folded into it, the batch outermost: (batch * steps, ...))."""
-    if tensor.dim() == 0 or tensor.shape[0] == 0 or tensor.shape[0] % (2 * batch):
-        where = site if isinstance(site, OpCall) else type(site).__name__
+    where = site if isinstance(site, OpCall) else type(site).__name__
+    if tensor.dim() == 0:
+        raise ExplanationError(
+            f"DeepLIFT runs the input and the reference as one batch, but at {where} a tensor on the way is a scalar, "
+            "computed over the whole batch (a maximum or sum over every sample), which mixes the input with the "
+            "reference; explain this model with method='integrated_gradients' or 'lrp'")
+    if tensor.shape[0] == 0 or tensor.shape[0] % (2 * batch):
         raise ExplanationError(
             f"DeepLIFT runs the input and the reference as one batch, but at {where} a tensor on the way has shape "
             f"{tuple(tensor.shape)}, not the batch ({2 * batch}) in dimension 0: the model moves the batch "
-            "elsewhere (a time-major layout); explain it with a batch-first layout")
+            "elsewhere (a time-major layout; explain it with a batch-first layout) or regroups its rows by values it "
+            "computed (a mixture of experts gathering each expert's tokens; explain it with "
+            "method='integrated_gradients' or 'lrp')")
     half = tensor.shape[0] // 2
     return tensor[:half], tensor[half:]
 
@@ -476,6 +484,57 @@ class _Extremum:
         return (torch.cat([multiplier, torch.zeros_like(multiplier)]),)
 
 
+@dataclass(frozen=True)
+class _Selection(Route):
+    """The routing ops' own backward (:class:`~relprop.rules.Route`), with a check at ``topk``: in every slot of
+    the result, the reference's selected value must be exactly its value at the input's place (the same place, or
+    a tie). Each selected value is then compared with its reference value at the same place, and the selection is a
+    linear map. Where the two select different values (a mixture of experts' router sending a token and its
+    reference to different experts, top-k pooling), the difference of the selected values is not that map of
+    ``a - a'``, and the error names the op and its line; the summation check would catch it only at the end, naming
+    no op. ``sort`` is left to that check: its result is often summed or pooled, where the order does not matter."""
+
+    batch: int
+
+    def decomposes(self, name: str) -> bool:
+        return name == "topk"
+
+    def decompose(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, Tensor) or x.dim() == 0 or not on_path([x]):
+            return NotImplemented
+        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
+        where = ops.caller_location()
+        if int(dim) % x.dim() == 0:
+            raise ExplanationError(
+                f"DeepLIFT at topk at {where}: the selection runs over dimension 0, where the input and the reference "
+                f"lie side by side (a batch of 2 x {self.batch}), so it would pick across them; select over another "
+                "dimension, or explain this model with method='integrated_gradients' or 'lrp'")
+        with torch.no_grad():
+            plain = (x.detach(), *args[1:]) if args else ()
+            values, indices = func(*plain, **({**kwargs, "input": x.detach()} if not args else kwargs))
+        if indices.shape[0] % (2 * self.batch):  # the batch moved: the halves' checks elsewhere say so
+            return NotImplemented
+        rows, d = indices.shape[0] // 2, int(dim) % x.dim()
+        # the reference's selected values against its values at the input's places, both copies of stored values:
+        # equal at the same places and at ties (zeros after a ReLU). Not within rounding: near-ties pick other
+        # places, whose indices may choose other experts (a random Mixtral's router probabilities lie within 1e-4
+        # of each other, and its sum then missed f(x) - f(x') by 4%)
+        own, at_input = values[rows:], x.detach()[rows:].gather(d, indices[:rows])
+        differ = (own != at_input).reshape(rows, -1).any(1)
+        if bool(differ.any()):
+            raise ExplanationError(
+                f"DeepLIFT at topk at {where}: the input and the reference select different values in "
+                f"{int(differ.sum())} of {rows} rows (a row: a sample, or a token where the model folds its positions "
+                "into the batch), so a selected value would be compared with a reference value from another place. "
+                "A mixture of experts' router does this (it sends a token and its reference to different experts), "
+                "as does top-k pooling. DeepLIFT splits a maximum or minimum between the input's place and the "
+                "reference's, but not a top-k selection: explain this model with method='integrated_gradients' or "
+                "'gradient_x_input', or method='lrp' (preset='attnlrp' for a transformer); or choose a reference at "
+                "which the model selects the same places")
+        return NotImplemented
+
+
 @method("deeplift", several_targets=True)
 def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseline: Tensor | float = 0.0,
              layers: Sequence[str] = (), layer_at: str = "output") -> Attribution:
@@ -497,7 +556,8 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor | OutputSeed, *, baseli
     both = mark_path(torch.cat([x.detach(), reference]).requires_grad_())
     seen: set[torch.dtype] = set()  # the dtypes the rules split
     rescale, product = _Rescale(batch, seen), _Product(batch, seen)
-    op_rules: dict[ops.Op, Rule] = {**{op: Route() for op in _LINEAR}, ops.ACTIVATION: rescale,
+    op_rules: dict[ops.Op, Rule] = {**{op: Route() for op in _LINEAR}, ops.ROUTE: _Selection(batch),
+                                    ops.ACTIVATION: rescale,
                                     ops.MUL: product, ops.DIV: product, ops.MATMUL: product,
                                     ops.MAX: _Extremum(batch, seen), ops.SOFTMAX: _Softmax(batch, seen),
                                     ops.NORM_STATISTIC: _Statistic(batch, seen), ops.POWER: rescale,
@@ -562,9 +622,10 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor, coarsest: torch
     rounding; a gap above 1e-3 of delta (16 units of the last place in float16 and bfloat16) plus that root of the
     precision times the attributions' absolute sum means the halves of a tensor on the way were not the input's and
     the reference's (a batch folded with another dimension outermost, (steps * batch, ...)), or that values were
-    picked at places found from the values (topk, sort, a gather at argmax's indices), which differ between the two
-    halves. Attributions whose absolute values add up to more than that limit over the dtype's precision times
-    ``|delta|`` cancel beyond what the dtype can check (a reference at which a norm sees a constant input), and are
+    picked at places found from the values (sort, a gather at argmax's indices, a top-k selection of ties whose
+    indices choose other rows, as a mixture of experts regroups its tokens), which differ between the two halves.
+    Attributions whose absolute values add up to more than that limit over the dtype's precision times ``|delta|``
+    cancel beyond what the dtype can check (a reference at which a norm sees a constant input), and are
     refused as well; the dtype's precision is ``coarsest``'s (Hugging Face's Gemma and Qwen3 in float64, their RMS
     norms in float32, gave attributions adding up to 1e6 times the difference with token 0 as the reference, which
     float32 knows to 0.1-0.25 of it).
@@ -586,9 +647,10 @@ def _checked_gap(relevance: Tensor, delta: Tensor, size: Tensor, coarsest: torch
             f"{float(delta[worst]):.3g}): the input and the reference run as one batch, split in halves of dimension "
             "0 at every non-linearity. Either the model has folded another dimension outside the batch there (a "
             "time-major (steps * batch, ...) layout; explain it with the batch outermost), or it picks values at "
-            "places found from the values themselves (topk, sort, a gather at the indices of a maximum), which "
-            "are other places for the reference: DeepLIFT here splits only a maximum or minimum so; explain such a "
-            "model with method='integrated_gradients' or 'lrp'" + ("" if coarsest == torch.float64 else
+            "places found from the values themselves (sort, a gather at the indices of a maximum, rows regrouped "
+            "by a mixture of experts' choices), which are other places for the reference: DeepLIFT here splits "
+            "only a maximum or minimum so; explain such a model with method='integrated_gradients' or 'lrp'"
+            + ("" if coarsest == torch.float64 else
             f". In {coarsest} it may also be rounding inside the model where f(x) - f(x') is small against the "
             "values there" + (": explain in float64 to tell" if coarsest == relevance.dtype else
                               f" (the model computes some of its values in {coarsest})")))

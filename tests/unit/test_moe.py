@@ -10,6 +10,8 @@ forward pass take the in-place sum's result, where a buffer of the model is left
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -123,15 +125,20 @@ def test_grouped_matrix_product_is_a_linear_map() -> None:
         torch.testing.assert_close(ours.relevance, twin.relevance, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("experts", ["grouped_mm", "eager"])
-def test_mixtral_explains_with_either_experts_implementation(experts: str) -> None:
+def _mixtral(layers: int) -> tuple[Any, Tensor]:
+    """A random Mixtral classifier (4 experts, 2 per token, hidden size 16) and a batch of 2 x 7 token ids."""
     transformers = pytest.importorskip("transformers")
-    config = transformers.MixtralConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+    config = transformers.MixtralConfig(vocab_size=60, hidden_size=16, intermediate_size=32, num_hidden_layers=layers,
                                         num_attention_heads=2, num_key_value_heads=2, num_labels=3, pad_token_id=0,
                                         num_local_experts=4, num_experts_per_tok=2)
     torch.manual_seed(0)
     model = transformers.MixtralForSequenceClassification(config).eval()
-    ids = torch.randint(1, 60, (2, 7), generator=torch.Generator().manual_seed(1))
+    return model, torch.randint(1, 60, (2, 7), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("experts", ["grouped_mm", "eager"])
+def test_mixtral_explains_with_either_experts_implementation(experts: str) -> None:
+    model, ids = _mixtral(2)
     reference = relprop.explain(model, ids, 1, method="lrp", preset="cp_lrp").relevance  # its default: grouped
     if experts == "eager":
         model.config._experts_implementation = "eager"
@@ -139,3 +146,16 @@ def test_mixtral_explains_with_either_experts_implementation(experts: str) -> No
     assert float((explanation.relevance - reference).abs().max() / reference.abs().max()) < 1e-3  # float32
     gap = explanation.details["conservation_gap"].abs() / explanation.output[:, 1].abs()
     assert float(gap.max()) < 0.01  # cp_lrp: the router's weights are constants, the rest conserves but biases
+
+
+def test_mixtral_under_deeplift_is_refused_at_its_router() -> None:
+    """Mixtral folds its tokens into rows (batch * tokens, hidden) and routes each row to 2 of 4 experts. With token
+    3 as the reference the choices differ, and DeepLIFT's error names the router's topk. Token 0, the padding token,
+    embeds as zeros, which the router scores alike for every expert: ties, the same values as at the input's
+    places, so the router passes, and the rows regrouped per expert are refused further on."""
+    model, ids = _mixtral(1)
+    with pytest.raises(relprop.ExplanationError, match=r"DeepLIFT at topk at .*modeling_mixtral\.py:\d+: the input and "
+                                                       r"the reference select different values in \d+ of 14 rows"):
+        relprop.explain(model, ids, 1, method="deeplift", baseline=torch.full_like(ids, 3))
+    with pytest.raises(relprop.ExplanationError, match=r"regroup"):
+        relprop.explain(model, ids, 1, method="deeplift")

@@ -159,10 +159,9 @@ class _Elementary:
         if name in ("scaled_dot_product_attention", "multi_head_attention_forward"):
             return Decompose().decompose(func, args, kwargs)
         if name == "addcmul":  # a sum and products: one factor on the way a linear map, two the product rule
-            terms = dict(zip(("input", "tensor1", "tensor2"), args), **kwargs)
-            product = terms["tensor1"] * terms["tensor2"]
-            value = terms.get("value", 1)
-            return terms["input"] + (product if value == 1 else value * product)
+            product = bound["tensor1"] * bound["tensor2"]
+            value = bound.get("value", 1)
+            return bound["input"] + (product if value == 1 else value * product)
         if name == "normalize":  # x / max(||x||_p over dim, eps), for p = 2
             x, p = args[0], kwargs.get("p", args[1] if len(args) > 1 else 2.0)
             dim, eps = kwargs.get("dim", args[2] if len(args) > 2 else 1), kwargs.get("eps", 1e-12)
@@ -209,11 +208,14 @@ _SIGNATURES = {
     "rms_norm": ("input", "normalized_shape", "weight", "eps"),
     "group_norm": ("input", "num_groups", "weight", "bias", "eps"),
     "instance_norm": ("input", "running_mean", "running_var", "weight", "bias", "use_input_stats", "momentum", "eps"),
+    "addcmul": ("input", "tensor1", "tensor2"),  # (value: keyword only)
+    "topk": ("input", "k", "dim", "largest", "sorted"),
 }
 
 
 def _bound(func: Callable[..., Any], name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The call's arguments by name (the torch.nn.functional signatures of the norms)."""
+    """The call's arguments by name (the torch.nn.functional signatures of the norms, ``addcmul``'s and
+    ``topk``'s)."""
     names = _SIGNATURES.get(name)
     if names is None:
         return {}
@@ -500,22 +502,22 @@ class _Selection(Route):
         return name == "topk"
 
     def decompose(self, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        x = args[0] if args else kwargs.get("input")
+        bound = _bound(func, "topk", args, kwargs)
+        x = bound.get("input")
         if not isinstance(x, Tensor) or x.dim() == 0 or not on_path([x]):
             return NotImplemented
-        dim = args[2] if len(args) > 2 else kwargs.get("dim", -1)
-        where = ops.caller_location()
-        if int(dim) % x.dim() == 0:
+        d = int(bound.get("dim", -1)) % x.dim()
+        if d == 0:
             raise ExplanationError(
-                f"DeepLIFT at topk at {where}: the selection runs over dimension 0, where the input and the reference "
-                f"lie side by side (a batch of 2 x {self.batch}), so it would pick across them; select over another "
-                "dimension, or explain this model with method='integrated_gradients' or 'lrp'")
+                f"DeepLIFT at topk at {ops.caller_location()}: the selection runs over dimension 0, where the input "
+                f"and the reference lie side by side (a batch of 2 x {self.batch}), so it would pick across them; "
+                "select over another dimension, or explain this model with method='integrated_gradients' or 'lrp'")
         with torch.no_grad():
-            plain = (x.detach(), *args[1:]) if args else ()
-            values, indices = func(*plain, **({**kwargs, "input": x.detach()} if not args else kwargs))
+            values, indices = torch.topk(x.detach(), bound["k"], d, bound.get("largest", True),
+                                         bound.get("sorted", True))
         if indices.shape[0] % (2 * self.batch):  # the batch moved: the halves' checks elsewhere say so
             return NotImplemented
-        rows, d = indices.shape[0] // 2, int(dim) % x.dim()
+        rows = indices.shape[0] // 2
         # the reference's selected values against its values at the input's places, both copies of stored values:
         # equal at the same places and at ties (zeros after a ReLU). Not within rounding: near-ties pick other
         # places, whose indices may choose other experts (a random Mixtral's router probabilities lie within 1e-4
@@ -524,7 +526,7 @@ class _Selection(Route):
         differ = (own != at_input).reshape(rows, -1).any(1)
         if bool(differ.any()):
             raise ExplanationError(
-                f"DeepLIFT at topk at {where}: the input and the reference select different values in "
+                f"DeepLIFT at topk at {ops.caller_location()}: the input and the reference select different values in "
                 f"{int(differ.sum())} of {rows} rows (a row: a sample, or a token where the model folds its positions "
                 "into the batch), so a selected value would be compared with a reference value from another place. "
                 "A mixture of experts' router does this (it sends a token and its reference to different experts), "
